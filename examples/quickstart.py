@@ -1,0 +1,102 @@
+"""Build three small maps and read random batches from them, the way a data loader does.
+
+    python examples/quickstart.py [OUT_DIR]
+
+OUT_DIR (default: a temporary folder, removed at the end) receives the maps.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import mmap_ninja
+from mmap_ninja import numpy as np_ninja
+from mmap_ninja.ragged import RaggedMmap
+from mmap_ninja.string import StringsMmap
+
+BATCH = 256
+
+
+def disk_size(path: Path) -> str:
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return f"{size / 2**20:.1f} MiB"
+
+
+def median_ms(fn, repeats: int = 200) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def timed_open(opener):
+    start = time.perf_counter()
+    opened = opener()
+    return opened, (time.perf_counter() - start) * 1e3
+
+
+def main(out: Path) -> None:
+    rng = np.random.default_rng(0)
+    print(f"mmap_ninja {mmap_ninja.__version__}: writing maps to {out}\n")
+
+    # Ragged map: token sequences of different lengths, built from a generator in batches.
+    n = 20_000
+    lengths = rng.integers(16, 512, size=n)
+    sequences = (rng.integers(0, 32_000, size=length, dtype=np.int32) for length in lengths)
+    print(f"1. RaggedMmap of {n:,} token sequences (16-511 int32 tokens each)")
+    RaggedMmap.from_generator(out / "tokens", sequences, batch_size=4096, n=n, verbose=True)
+    tokens, open_ms = timed_open(lambda: RaggedMmap(out / "tokens"))
+    print(f"   {tokens!r}: {disk_size(out / 'tokens')} on disk, opened in {open_ms:.2f} ms")
+    indices = rng.integers(0, n, size=BATCH)
+    batch = tokens[indices]
+    assert all(len(sample) == lengths[i] for sample, i in zip(batch, indices))
+    ms = median_ms(lambda: tokens[rng.integers(0, n, size=BATCH)])
+    print(f"   tokens[{BATCH} random indices] -> list of {BATCH} arrays (views, no copy): "
+          f"{ms:.3f} ms per batch, {BATCH / ms * 1e3:,.0f} samples/s")
+    print(f"   tokens[{indices[0]}] = array of shape {batch[0].shape}, first tokens {batch[0][:5].tolist()}\n")
+
+    # Strings map: sentences with non-ASCII text, appended to after it is built.
+    words = ["data", "loader", "память", "ninja", "日本", "fast", "map", "😀"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(3, 30))) for _ in range(10_000)]
+    print(f"2. StringsMmap of {len(texts):,} sentences")
+    strings = StringsMmap.from_strings(out / "texts", texts, verbose=True)
+    strings.extend(["one more sentence", "и ещё одна"])
+    print(f"   {strings!r}: {disk_size(out / 'texts')} on disk")
+    picked = rng.integers(0, len(texts), size=BATCH)
+    assert strings[picked] == [texts[i] for i in picked]
+    ms = median_ms(lambda: strings[rng.integers(0, len(texts), size=BATCH)])
+    print(f"   strings[{BATCH} random indices] -> list of str: {ms:.3f} ms per batch")
+    print(f"   strings[-1] = {strings[-1]!r}\n")
+
+    # Fixed-shape map: same-shaped rows as an np.memmap, extended in place.
+    print("3. numpy map of 100,000 x 64 float32 rows")
+    np_ninja.from_ndarray(out / "rows", rng.standard_normal((100_000, 64), dtype=np.float32))
+    np_ninja.extend_dir(out / "rows", np.zeros((10, 64), np.float32))
+    rows, open_ms = timed_open(lambda: np_ninja.open_existing(out / "rows"))
+    print(f"   np.memmap of shape {rows.shape}, {rows.dtype}: {disk_size(out / 'rows')} on disk, "
+          f"opened in {open_ms:.2f} ms")
+    ms = median_ms(lambda: rows[np.sort(rng.integers(0, len(rows), size=1024))])
+    print(f"   rows[1024 random indices] -> array {(1024, rows.shape[1])}: {ms:.3f} ms per batch")
+
+    print("\nEvery map reopens in O(1) and reads only what is asked for: see README.md for the API.")
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # keep prints in step with the progress bars
+    if len(sys.argv) > 1:
+        main(Path(sys.argv[1]))
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="mmap_ninja_quickstart_"))
+        try:
+            main(tmp)
+        finally:
+            shutil.rmtree(tmp)

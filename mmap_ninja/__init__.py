@@ -1,0 +1,43 @@
+"""mmap_ninja: machine-learning datasets as memory-mapped files, read at random at memory speed.
+
+- ``mmap_ninja.numpy``: fixed-shape arrays (``np.memmap``), growable along the first axis;
+- ``mmap_ninja.ragged.RaggedMmap``: arrays of different shapes;
+- ``mmap_ninja.string.StringsMmap``: strings;
+- ``mmap_ninja.generic.open_existing``: open any of them from its directory.
+"""
+
+from ._version import __version__
+
+try:
+    from . import _core
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "mmap_ninja's compiled extension mmap_ninja._core is not built. Install the package "
+        "with `pip install .` (or `pip install -e .` for development) from its source tree; "
+        "this compiles the extension and needs a C compiler."
+    ) from exc
+
+from .base import Wrapped
+from .generic import open_existing
+from .numpy import append as np_append
+from .numpy import extend as np_extend
+from .numpy import extend_dir as np_extend_dir
+from .numpy import from_generator as np_from_generator
+from .numpy import from_ndarray as np_from_ndarray
+from .numpy import open_existing as np_open_existing
+from .ragged import RaggedMmap
+from .string import StringsMmap
+
+__all__ = [
+    "__version__",
+    "Wrapped",
+    "RaggedMmap",
+    "StringsMmap",
+    "open_existing",
+    "np_from_ndarray",
+    "np_from_generator",
+    "np_open_existing",
+    "np_extend_dir",
+    "np_extend",
+    "np_append",
+]

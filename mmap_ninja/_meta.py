@@ -1,0 +1,167 @@
+"""Reading and writing the ``.ninja`` metadata files of a map directory.
+
+Every map is a directory. Its metadata are small files ending in ``.ninja`` with no trailing
+newline, as mmap_ninja 0.9.0 writes them. All reads and writes of those files go through this
+module: writes replace a file atomically (a temporary file renamed over it), reads check sizes and
+encodings and name the offending file in their errors.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+TYPE = "type.ninja"
+DTYPE = "dtype.ninja"
+SHAPE = "shape.ninja"
+ORDER = "order.ninja"
+DATA = "data.ninja"
+SHAPES_ARE_FLAT = "shapes_are_flat.ninja"
+ZSTD_LEVEL = "zstd_level.ninja"
+ZSTD_DICT = "zstd_dict.ninja"
+
+# The largest metadata file this library reads (the zstd dictionary is the only big one).
+_MAX_META_BYTES = 1 << 28
+
+
+def read_bytes(path: Path) -> bytes:
+    """Read a whole metadata file; ``FileNotFoundError`` names the missing path."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing metadata file: {path}") from None
+    if size > _MAX_META_BYTES:
+        raise ValueError(f"{path}: metadata file of {size} bytes is too large")
+    return path.read_bytes()
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: readers see the old or the new content."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def read_text(path: Path) -> str:
+    raw = read_bytes(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: expected UTF-8 text, found {raw[:40]!r}") from None
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def read_int32(path: Path) -> int:
+    raw = read_bytes(path)
+    if len(raw) != 4:
+        raise ValueError(f"{path}: expected a 4-byte integer, found {len(raw)} bytes")
+    return struct.unpack("<i", raw)[0]
+
+
+def write_int32(path: Path, value: int) -> None:
+    write_bytes(path, struct.pack("<i", value))
+
+
+def read_shape(path: Path) -> Tuple[int, ...]:
+    raw = read_bytes(path)
+    if len(raw) % 8:
+        raise ValueError(f"{path}: a shape is a multiple of 8 bytes, found {len(raw)} bytes")
+    shape = struct.unpack(f"<{len(raw) // 8}Q", raw)
+    if any(axis >= 1 << 62 for axis in shape):
+        raise ValueError(f"{path}: implausible shape {shape}")
+    return shape
+
+
+def write_shape(path: Path, shape: Tuple[int, ...]) -> None:
+    write_bytes(path, struct.pack(f"<{len(shape)}Q", *shape))
+
+
+def read_type(out_dir: Path) -> Optional[str]:
+    """The kind of map stored in ``out_dir`` (``numpy``, ``ragged`` or ``string``), or ``None``
+    when there is no ``type.ninja``."""
+    path = out_dir / TYPE
+    if not path.exists():
+        return None
+    return read_text(path)
+
+
+def write_type(out_dir: Path, type_name: str) -> None:
+    write_text(out_dir / TYPE, type_name)
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """The name stored in ``dtype.ninja`` for ``dtype``; ``TypeError`` for dtypes whose name
+    does not describe them (objects, structured or byte-swapped dtypes)."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise TypeError("arrays of Python objects cannot be memory-mapped; convert them to a "
+                        "numeric, bool or fixed-width string dtype first")
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise TypeError(f"structured dtype {dtype} cannot be stored: dtype.ninja holds only "
+                        f"the dtype's name")
+    if not dtype.isnative:
+        raise TypeError(f"byte-swapped dtype {dtype.str} cannot be stored; use "
+                        f"arr.astype(arr.dtype.newbyteorder('='))")
+    return dtype.name
+
+
+def dtype_from_name(name: str, path: Path) -> np.dtype:
+    """Parse a dtype name as written by numpy's ``dtype.name`` (``int64``, ``str160``, ...)."""
+    for prefix, code, bits_per_unit in (("str", "U", 32), ("bytes", "S", 8), ("void", "V", 8)):
+        rest = name[len(prefix):]
+        if name.startswith(prefix) and rest.isdigit() and int(rest) % bits_per_unit == 0:
+            return np.dtype(f"{code}{int(rest) // bits_per_unit}")
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        raise ValueError(f"{path}: unknown dtype {name!r}") from None
+    if dtype.hasobject:
+        raise ValueError(f"{path}: dtype {name!r} cannot be memory-mapped")
+    return dtype
+
+
+@dataclass(frozen=True)
+class ArrayMeta:
+    """What ``np.memmap`` needs to open a fixed-shape array: dtype, shape and order."""
+
+    dtype: np.dtype
+    shape: Tuple[int, ...]
+    order: str = "C"
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one entry along the first axis."""
+        return int(np.prod(self.shape[1:], dtype=object)) * self.dtype.itemsize
+
+    def with_rows(self, rows: int) -> "ArrayMeta":
+        return ArrayMeta(self.dtype, (rows, *self.shape[1:]), self.order)
+
+    @classmethod
+    def read(cls, out_dir: Path) -> "ArrayMeta":
+        dtype = dtype_from_name(read_text(out_dir / DTYPE), out_dir / DTYPE)
+        shape = read_shape(out_dir / SHAPE)
+        order = read_text(out_dir / ORDER)
+        if order not in ("C", "F"):
+            raise ValueError(f"{out_dir / ORDER}: order must be 'C' or 'F', found {order!r}")
+        return cls(dtype, shape, order)
+
+    def write(self, out_dir: Path) -> None:
+        """Write dtype, order and, last, shape (the file that extends commit)."""
+        write_text(out_dir / DTYPE, dtype_name(self.dtype))
+        write_text(out_dir / ORDER, self.order)
+        write_shape(out_dir / SHAPE, self.shape)

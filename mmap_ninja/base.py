@@ -1,0 +1,173 @@
+"""What every kind of map shares: the ``Wrapped`` view, progress bars, batching of sample
+streams and the rule for casting values into a map's dtype."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from copy import copy
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar, Union
+
+import numpy as np
+
+from . import _meta
+
+PathLike = Union[str, "os.PathLike[str]"]
+M = TypeVar("M")
+
+
+class Wrapped:
+    """A sequence whose items are ``wrapper_fn(data[i])``, computed lazily on ``[]``.
+
+    ``data`` is anything indexable (a map, a list, an array). With ``copy_before_wrapper_fn``
+    (the default) each item is copied first, so that ``wrapper_fn`` may keep or change it
+    without touching the mapped file.
+    """
+
+    def __init__(self, data: Any, wrapper_fn: Callable[[Any], Any], copy_before_wrapper_fn: bool = True):
+        self.data = data
+        self.wrapper_fn = wrapper_fn
+        self.copy_before_wrapper_fn = copy_before_wrapper_fn
+
+    def __getitem__(self, item):
+        sample = self.data[item]
+        if self.copy_before_wrapper_fn:
+            sample = copy(sample)
+        return self.wrapper_fn(sample)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"Wrapped({self.data!r}, wrapper_fn={self.wrapper_fn!r})"
+
+
+def as_dir(out_dir: PathLike) -> Path:
+    """A map directory given as ``str`` or any ``os.PathLike``."""
+    if isinstance(out_dir, (bytes, bytearray)):
+        out_dir = os.fsdecode(out_dir)
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"a map directory must be a str or os.PathLike, not {type(out_dir).__name__}")
+    return Path(out_dir)
+
+
+def map_type(out_dir: Path, must_exist: bool = False) -> Optional[str]:
+    """The kind of map at ``out_dir`` (its ``type.ninja``), or ``None`` where there is none.
+
+    ``FileNotFoundError`` when ``must_exist`` and nothing is at ``out_dir``; ``ValueError``
+    when ``out_dir`` is a file.
+    """
+    if not out_dir.exists():
+        if must_exist:
+            raise FileNotFoundError(f"no map at {out_dir}")
+        return None
+    if not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a map directory")
+    return _meta.read_type(out_dir)
+
+
+def known_length(obj: Any) -> Optional[int]:
+    """``len(obj)`` when ``obj`` has one, else ``None`` (generators, iterators)."""
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def progress(total: Optional[int], verbose: bool, desc: Optional[str] = None):
+    """A tqdm progress bar, shown only when ``verbose``; update it with ``.update(k)``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not verbose, desc=desc, unit=" samples")
+
+
+def in_batches(samples: Iterable[Any], batch_size: int) -> Iterator[List[Any]]:
+    """Lists of up to ``batch_size`` consecutive items of ``samples``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    iterator = iter(samples)
+    while True:
+        batch = list(itertools.islice(iterator, int(batch_size)))
+        if not batch:
+            return
+        yield batch
+
+
+def build_in_batches(
+    batches: Iterable[List[Any]],
+    create: Callable[[List[Any]], M],
+    extend: Callable[[M, List[Any]], None],
+) -> M:
+    """Create a map from the first batch (possibly empty) and extend it with each next one;
+    every batch is committed before the next is read."""
+    memmap = None
+    for batch in batches:
+        if memmap is None:
+            memmap = create(batch)
+        else:
+            extend(memmap, batch)
+    if memmap is None:
+        memmap = create([])
+    return memmap
+
+
+def cast_values(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """``values`` as ``dtype``, refusing casts that lose more than float rounding.
+
+    Allowed: numpy's safe casts; integer, boolean or integral float values that all fit in an
+    integer ``dtype``; and any real or integer values into a floating or complex ``dtype``
+    (rounded). Anything else (fractional floats into integers, complex into real, strings into
+    numbers, ...) raises ``TypeError`` naming ``what``.
+    """
+    src = values.dtype
+    if src == dtype:
+        return values
+    if np.can_cast(src, dtype, "safe"):
+        return values.astype(dtype)
+    if src.kind in "biuf" and dtype.kind in "iu":
+        if src.kind == "f" and not np.all(np.isfinite(values) & (values == np.trunc(values))):
+            raise TypeError(f"{what}: {src} values with fractions or non-finite values cannot be "
+                            f"stored as {dtype}; round or convert them explicitly")
+        if values.size:
+            info = np.iinfo(dtype)
+            lo, hi = values.min(), values.max()
+            if lo < info.min or hi > info.max:
+                raise TypeError(f"{what}: values in [{lo}, {hi}] do not fit in {dtype}")
+        return values.astype(dtype)
+    if (src.kind in "biuf" and dtype.kind in "fc") or (src.kind == "c" and dtype.kind == "c"):
+        return values.astype(dtype)
+    raise TypeError(f"{what}: {src} values cannot be stored as {dtype} without losing "
+                    f"information; convert them explicitly (e.g. with .astype({dtype.name!r}))")
+
+
+def stored_dtype(dtype: Any) -> np.dtype:
+    """``np.dtype(dtype)``, checked to be storable (its name round-trips through
+    ``dtype.ninja``)."""
+    dtype = np.dtype(dtype)
+    _meta.dtype_name(dtype)
+    return dtype
+
+
+# Component directories that a map may hold beside its ``.ninja`` files.
+MAP_SUBDIRS = ("starts", "ends", "shapes", "flattened_shapes")
+
+
+def reset_map_dir(out_dir: Path) -> None:
+    """Make ``out_dir`` an empty place for a new map: create it, or remove the map already
+    there (``type.ninja`` first, so that an interrupted removal leaves no map). Files that do
+    not belong to a map are left alone."""
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / _meta.TYPE).unlink(missing_ok=True)
+    for name in MAP_SUBDIRS:
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
+    for path in out_dir.glob("*.ninja*"):
+        if path.is_file():
+            path.unlink()

@@ -1,0 +1,172 @@
+"""Fixed-shape maps: an array of same-shaped samples in one ``np.memmap``, growable along its
+first axis.
+
+A map is a directory with ``data.ninja`` (the raw bytes, in C or Fortran order) and
+``dtype.ninja``, ``shape.ninja``, ``order.ninja``, ``type.ninja`` (``numpy``). Functions that
+open a map return a ``np.memmap``, so everything numpy does works on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _meta
+from ._meta import ArrayMeta
+from ._storage import ArrayDir
+from .base import (
+    PathLike,
+    as_dir,
+    cast_values,
+    in_batches,
+    known_length,
+    map_type,
+    progress,
+    reset_map_dir,
+    stored_dtype,
+)
+
+_OPEN_MODES = ("r", "r+", "c", "readonly", "readwrite", "copyonwrite")
+
+
+def _open_dir(out_dir: PathLike, types: Tuple[str, ...] = ("numpy",)) -> ArrayDir:
+    """The array directory at ``out_dir``, checked to hold a map of one of ``types``."""
+    out_dir = as_dir(out_dir)
+    type_name = map_type(out_dir, must_exist=True)
+    if type_name is None and not (out_dir / _meta.DTYPE).exists():
+        raise ValueError(f"{out_dir} is not a mmap_ninja map: it has no {_meta.TYPE}")
+    if type_name is not None and type_name not in types:
+        raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a numpy map")
+    return ArrayDir.open(out_dir)
+
+
+def _create(out_dir: PathLike, arr: np.ndarray, order: str = "C") -> ArrayDir:
+    """Write ``arr`` as a new map at ``out_dir`` (replacing a map already there)."""
+    out_dir = as_dir(out_dir)
+    stored_dtype(arr.dtype)
+    reset_map_dir(out_dir)
+    array = ArrayDir(out_dir)
+    array.commit(array.write_rows(arr, order=order))
+    _meta.write_type(out_dir, "numpy")
+    return array
+
+
+def _empty(out_dir: PathLike, dtype: Any, shape: Sequence[int], order: str) -> np.memmap:
+    """Create a zero-filled map of ``shape`` and ``dtype`` in ``order`` (``"C"`` or ``"F"``)
+    and return it as a writable ``np.memmap``, to be filled in place."""
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    out_dir = as_dir(out_dir)
+    meta = ArrayMeta(stored_dtype(dtype), tuple(int(axis) for axis in shape), order)
+    if any(axis < 0 for axis in meta.shape):
+        raise ValueError(f"negative dimensions are not allowed: {meta.shape}")
+    reset_map_dir(out_dir)
+    array = ArrayDir(out_dir)
+    array.commit(array.allocate(meta))
+    _meta.write_type(out_dir, "numpy")
+    return array.map("r+")
+
+
+def from_ndarray(out_dir: PathLike, arr: Any) -> np.memmap:
+    """Store ``arr`` (any array-like) as a map at ``out_dir``, keeping its C or Fortran order,
+    and return it as a writable ``np.memmap`` of the same shape and dtype."""
+    arr = np.asarray(arr)
+    order = "F" if np.isfortran(arr) else "C"
+    return _create(out_dir, arr, order).map("r+")
+
+
+def _stack(samples: List[Any], meta: Optional[ArrayMeta], first_index: int) -> np.ndarray:
+    """Samples as one array ``(len(samples), *sample_shape)`` of the map's dtype (or of the
+    first sample's, for a new map)."""
+    arrays = [np.asarray(sample) for sample in samples]
+    if meta is None:
+        dtype, sample_shape = stored_dtype(arrays[0].dtype), arrays[0].shape
+    else:
+        dtype, sample_shape = meta.dtype, meta.shape[1:]
+    out = np.empty((len(arrays), *sample_shape), dtype=dtype)
+    for k, arr in enumerate(arrays):
+        if arr.shape != sample_shape:
+            raise ValueError(f"sample {first_index + k} has shape {arr.shape}, "
+                             f"but the map's samples have shape {sample_shape}")
+        out[k] = arr if arr.dtype == dtype else cast_values(arr, dtype, f"sample {first_index + k}")
+    return out
+
+
+def from_generator(
+    out_dir: PathLike,
+    sample_generator: Iterable[Any],
+    batch_size: int,
+    n: Optional[int] = None,
+    verbose: bool = False,
+) -> np.memmap:
+    """Build a map from an iterable of same-shaped samples, writing every ``batch_size``
+    samples to disk, and return it as a writable ``np.memmap`` of shape
+    ``(number of samples, *sample_shape)``.
+
+    ``n``, the expected number of samples, sizes the progress bar (``verbose=True``) and the
+    file, which is reserved up front and trimmed at the end if fewer samples came.
+    """
+    out_dir = as_dir(out_dir)
+    total = n if n is not None else known_length(sample_generator)
+    array: Optional[ArrayDir] = None
+    with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
+        for batch in in_batches(sample_generator, batch_size):
+            if array is None:
+                array = _create(out_dir, _stack(batch, None, 0))
+                if n is not None and n > array.rows:
+                    array.reserve(n)
+            else:
+                array.commit(array.write_rows(_stack(batch, array.meta, array.rows)))
+            bar.update(len(batch))
+    if array is None:
+        raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created: "
+                         f"a numpy map takes its dtype and sample shape from the first sample")
+    array.release()
+    return array.map("r+")
+
+
+def open_existing(out_dir: PathLike, mode: str = "r") -> np.memmap:
+    """Open the map at ``out_dir`` as a ``np.memmap`` (``mode``: ``"r"`` read-only, ``"r+"``
+    writable in place, ``"c"`` copy-on-write). The flattened data of a ragged map opens too."""
+    if mode not in _OPEN_MODES:
+        raise ValueError(f"mode must be one of {_OPEN_MODES}, got {mode!r}")
+    return _open_dir(out_dir, ("numpy", "ragged")).map(mode)
+
+
+def extend_dir(out_dir: PathLike, arr: Any) -> None:
+    """Append the samples ``arr`` (shape ``(k, *sample_shape)``) to the map at ``out_dir``.
+
+    Values are cast to the map's dtype when that loses nothing but float rounding; otherwise,
+    or when the sample shape differs, the map is left unchanged and an error is raised.
+    """
+    array = _open_dir(out_dir)
+    arr = np.asarray(arr)
+    shape = array.meta.shape
+    if not shape:
+        raise ValueError(f"{array.path} holds a 0-d array, which has no axis to extend")
+    if arr.ndim == 0 or arr.shape[1:] != shape[1:]:
+        raise ValueError(f"cannot extend {array.path} (shape {shape}) with an array of shape "
+                         f"{arr.shape}: its samples must have shape {shape[1:]}")
+    arr = cast_values(arr, array.meta.dtype, f"extending {array.path}")
+    array.commit(array.write_rows(arr))
+
+
+def extend(np_mmap: np.memmap, arr: Any) -> None:
+    """Append the samples ``arr`` to the map that ``np_mmap`` was opened from.
+
+    ``np_mmap`` keeps its old shape; reopen the map with ``open_existing`` to see the new
+    samples.
+    """
+    filename = getattr(np_mmap, "filename", None)
+    if filename is None:
+        raise TypeError("extend needs a np.memmap opened by mmap_ninja.numpy; "
+                        "use extend_dir(out_dir, arr) with the map's directory instead")
+    extend_dir(Path(filename).parent, arr)
+
+
+def append(np_mmap: np.memmap, sample: Any) -> None:
+    """Append one sample (shape ``sample_shape``) to the map that ``np_mmap`` was opened
+    from."""
+    extend(np_mmap, np.expand_dims(np.asarray(sample), axis=0))

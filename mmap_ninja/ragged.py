@@ -1,0 +1,481 @@
+"""Ragged maps: samples of different shapes, and even of different ranks, in one map.
+
+All samples are flattened in C order and concatenated into one 1-d array (the map directory is
+itself a fixed-shape array, ``data.ninja`` and its metadata). Beside it:
+
+- ``starts/``, ``ends/``: ``int64`` element offsets of each sample in the data;
+- ``flattened_shapes/``: ``int64`` number of elements of each sample;
+- ``shapes/`` and ``shapes_are_flat.ninja``: when every sample is 1-d (or a scalar), an
+  ``int64`` array of shape ``(n, 1)`` with each length (0 for a scalar); otherwise a ragged map
+  whose sample ``i`` is the shape of sample ``i``.
+
+``ragged[i]`` is a view of the mapped data (nothing is copied), or a Python scalar for a 0-d
+sample; ``ragged[indices]`` is a list of such views.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core, _meta
+from ._storage import ArrayDir, byte_view, write_at
+from .base import (
+    PathLike,
+    as_dir,
+    build_in_batches,
+    cast_values,
+    in_batches,
+    known_length,
+    map_type,
+    progress,
+    reset_map_dir,
+    stored_dtype,
+)
+from .parallel import indexable_batches
+
+_MODES = ("r", "r+", "c")
+
+
+@dataclass
+class _Batch:
+    """Samples flattened for writing: all values back to back, and per sample its number of
+    elements and its shape (``()`` for a scalar)."""
+
+    values: np.ndarray
+    counts: np.ndarray
+    shapes: List[Tuple[int, ...]]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    @property
+    def flat(self) -> bool:
+        return all(len(shape) <= 1 for shape in self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def _flatten(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int = 0, bar=None) -> _Batch:
+    """Flatten ``samples`` (arrays or array-likes) into one batch of ``dtype`` (by default the
+    dtype of the first sample); ``TypeError`` names a sample whose values do not fit."""
+    arrays = []
+    for k, sample in enumerate(samples):
+        arr = np.asarray(sample)
+        what = f"sample {first_index + k}"
+        if dtype is None:
+            try:
+                dtype = stored_dtype(arr.dtype)
+            except TypeError as exc:
+                raise TypeError(f"{what}: {exc}") from None
+        elif arr.dtype != dtype:
+            arr = cast_values(arr, dtype, what)
+        arrays.append(arr)
+        if bar is not None:
+            bar.update(1)
+    if dtype is None:
+        values = np.empty(0, dtype=np.float64)
+    elif arrays:
+        values = np.concatenate([arr.ravel() for arr in arrays])
+    else:
+        values = np.empty(0, dtype=dtype)
+    counts = np.fromiter((arr.size for arr in arrays), dtype=np.int64, count=len(arrays))
+    return _Batch(values, counts, [arr.shape for arr in arrays])
+
+
+class _RaggedFiles:
+    """The component arrays of a ragged map directory, with what is committed of each, and the
+    writer that appends a batch to them.
+
+    A batch is appended in two phases: first every component gets its new entries past its
+    committed end (nothing visible yet); then the components are committed in an order that
+    ends with ``starts``, whose length is the length of the map. An interrupted append leaves
+    the map as it was, plus unreferenced bytes that the next append writes over or skips.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.data = ArrayDir(out_dir)
+        self.starts = ArrayDir(out_dir / "starts")
+        self.ends = ArrayDir(out_dir / "ends")
+        self.flattened_shapes = ArrayDir(out_dir / "flattened_shapes")
+        self.flat_shapes = ArrayDir(out_dir / "shapes")
+        self.nested_shapes: Optional[_RaggedFiles] = None
+        self.flat = True
+        self.dtype: Optional[np.dtype] = None
+
+    @property
+    def n(self) -> int:
+        return self.starts.rows
+
+    @classmethod
+    def open(cls, out_dir: Path) -> "_RaggedFiles":
+        """Read what is committed at ``out_dir``; a directory without a map (or no directory)
+        gives an empty map."""
+        files = cls(out_dir)
+        type_name = map_type(out_dir)
+        if type_name is None:
+            if (out_dir / _meta.SHAPES_ARE_FLAT).exists():
+                raise ValueError(f"{out_dir} holds an incomplete ragged map: it has no {_meta.TYPE}")
+            return files
+        if type_name != "ragged":
+            raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a ragged map")
+        if (out_dir / _meta.DTYPE).exists():
+            files.dtype = _meta.dtype_from_name(_meta.read_text(out_dir / _meta.DTYPE), out_dir / _meta.DTYPE)
+        if not (out_dir / "starts").exists():
+            return files  # an empty map, which may know its dtype
+        files.data = ArrayDir.open(out_dir)
+        files.dtype = files.data.meta.dtype
+        files.starts = _index_array(out_dir / "starts")
+        files.ends = _index_array(out_dir / "ends")
+        files.flattened_shapes = _index_array(out_dir / "flattened_shapes")
+        flat = _meta.read_int32(out_dir / _meta.SHAPES_ARE_FLAT)
+        if flat not in (0, 1):
+            raise ValueError(f"{out_dir / _meta.SHAPES_ARE_FLAT}: expected 0 or 1, found {flat}")
+        files.flat = bool(flat)
+        if files.flat:
+            files.flat_shapes = _index_array(out_dir / "shapes", ndim=2)
+        else:
+            files.nested_shapes = _RaggedFiles.open(out_dir / "shapes")
+            if not files.nested_shapes.flat:
+                raise ValueError(f"{out_dir / 'shapes'}: the shapes of a ragged map must be 1-d")
+            if files.nested_shapes.n < files.n:
+                raise ValueError(f"{out_dir / 'shapes'}: holds {files.nested_shapes.n} shapes "
+                                 f"for {files.n} samples")
+        if len(files.data.meta.shape) != 1:
+            raise ValueError(f"{out_dir / _meta.SHAPE}: the data of a ragged map is 1-d, "
+                             f"found shape {files.data.meta.shape}")
+        return files
+
+    def reader(self, mode: str) -> Optional[_core.RaggedReader]:
+        """The compiled reader over the committed samples (``None`` for an empty map)."""
+        if self.n == 0:
+            return None
+        data = self.data.map(mode)
+        starts, ends = self.starts.map(), self.ends.map()
+        source = str(self.out_dir)
+        if self.flat:
+            sizes = self.flat_shapes.map().reshape(-1)
+            return _core.RaggedReader(data, starts, ends, sizes=sizes, source=source)
+        shapes = self.nested_shapes
+        return _core.RaggedReader(
+            data, starts, ends, shape_values=shapes.data.map(), shape_starts=shapes.starts.map(),
+            shape_ends=shapes.ends.map(), source=source,
+        )
+
+    def write_empty(self, dtype: Optional[np.dtype]) -> None:
+        """Write a map with no samples: ``type.ninja`` and, when known, ``dtype.ninja``."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if dtype is not None:
+            _meta.write_text(self.out_dir / _meta.DTYPE, _meta.dtype_name(dtype))
+        _meta.write_type(self.out_dir, "ragged")
+        self.dtype = dtype
+
+    def append(self, batch: _Batch, at: Optional[int] = None) -> None:
+        """Append ``batch`` after the first ``at`` samples (default: all committed ones)."""
+        if len(batch) == 0:
+            return
+        at = self.n if at is None else at
+        new_map = at == 0
+        if new_map:
+            reset_map_dir(self.out_dir)
+            self.__init__(self.out_dir)
+        flat = batch.flat and (self.flat or new_map)
+        converting = not flat and self.flat and not new_map
+        if converting:
+            self._convert_shapes_to_nested(at)
+        elif not flat and self.nested_shapes is None:
+            self.nested_shapes = _RaggedFiles(self.out_dir / "shapes")
+
+        total = self.data.rows
+        ends = total + np.cumsum(batch.counts)
+        starts = ends - batch.counts
+        data_meta = self.data.write_rows(batch.values)
+        counts_meta = self.flattened_shapes.write_rows(batch.counts, at)
+        if flat:
+            lengths = np.array([shape[0] if shape else 0 for shape in batch.shapes], dtype=np.int64)
+            shapes_meta = self.flat_shapes.write_rows(lengths.reshape(-1, 1), at)
+        ends_meta = self.ends.write_rows(ends, at)
+        starts_meta = self.starts.write_rows(starts, at)
+
+        self.data.commit(data_meta)
+        self.flattened_shapes.commit(counts_meta)
+        if flat:
+            self.flat_shapes.commit(shapes_meta)
+        else:
+            self.nested_shapes.append(_shape_batch(batch.shapes), at)
+        if new_map or converting:
+            _meta.write_int32(self.out_dir / _meta.SHAPES_ARE_FLAT, int(flat))
+        self.ends.commit(ends_meta)
+        self.starts.commit(starts_meta)
+        self.flat = flat
+        self.dtype = batch.dtype
+        if new_map:
+            _meta.write_type(self.out_dir, "ragged")
+
+    def _convert_shapes_to_nested(self, n: int) -> None:
+        """Turn the ``(n, 1)`` shapes of a flat map into a ragged map of shapes, before samples
+        of other ranks are appended (a rewrite of ``shapes/``, proportional to ``n``)."""
+        lengths = self.flat_shapes.map()[:n, 0]
+        counts = self.flattened_shapes.map()[:n]
+        shapes = [() if (length == 0 and count == 1) else (int(length),)
+                  for length, count in zip(lengths, counts)]
+        staging = self.out_dir / "shapes.new"
+        reset_map_dir(staging)
+        nested = _RaggedFiles(staging)
+        nested.append(_shape_batch(shapes))
+        retired = self.out_dir / "shapes.old"
+        shutil.rmtree(retired, ignore_errors=True)
+        (self.out_dir / "shapes").rename(retired)
+        staging.rename(self.out_dir / "shapes")
+        shutil.rmtree(retired)
+        self.nested_shapes = _RaggedFiles.open(self.out_dir / "shapes")
+
+
+def _shape_batch(shapes: Sequence[Tuple[int, ...]]) -> _Batch:
+    """The batch of shape vectors stored in the ``shapes/`` map of a ragged map."""
+    counts = np.fromiter((len(shape) for shape in shapes), dtype=np.int64, count=len(shapes))
+    values = np.fromiter((axis for shape in shapes for axis in shape), dtype=np.int64, count=int(counts.sum()))
+    return _Batch(values, counts, [(len(shape),) for shape in shapes])
+
+
+def _index_array(path: Path, ndim: int = 1) -> ArrayDir:
+    """An ``int64`` component array of a map (offsets, sizes or shapes), checked."""
+    array = ArrayDir.open(path)
+    meta = array.meta
+    if meta.dtype != np.int64:
+        raise ValueError(f"{path / _meta.DTYPE}: expected int64, found {meta.dtype}")
+    if len(meta.shape) != ndim or (ndim == 2 and meta.shape[1] != 1):
+        expected = "(n,)" if ndim == 1 else "(n, 1)"
+        raise ValueError(f"{path / _meta.SHAPE}: expected shape {expected}, found {meta.shape}")
+    return array
+
+
+class RaggedMmap:
+    """A memory-mapped list of numpy arrays of any shapes, opened from ``out_dir``.
+
+    ``len(m)``; ``m[i]`` (negative ``i`` too) is sample ``i`` as an array view of the file (a
+    Python scalar for a 0-d sample); ``m[slice]``, ``m[list or array of ints]`` and
+    ``m[boolean mask]`` are lists of samples. With ``wrapper_fn``, every sample is passed
+    through it (after a copy, unless ``copy_before_wrapper_fn=False``).
+
+    ``mode`` maps the data ``"r"`` read-only (the default), ``"r+"`` writable (assigning into a
+    returned view writes the file) or ``"c"`` copy-on-write. ``append``, ``extend`` and
+    ``m[i] = value`` write the files in every mode.
+
+    A directory with no map (or no directory) opens as an empty map; nothing is written
+    until the first ``append`` or ``extend``.
+    """
+
+    def __init__(
+        self,
+        out_dir: PathLike,
+        wrapper_fn: Optional[Callable[[Any], Any]] = None,
+        mode: str = "r",
+        copy_before_wrapper_fn: bool = True,
+    ):
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.out_dir = as_dir(out_dir)
+        self.wrapper_fn = wrapper_fn
+        self.mode = mode
+        self.copy_before_wrapper_fn = copy_before_wrapper_fn
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the map from disk, to see samples appended since it was opened."""
+        self._files = _RaggedFiles.open(self.out_dir)
+        self._reader = self._files.reader(self.mode)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return 0 if self._reader is None else self._reader.n
+
+    def __getitem__(self, item):
+        reader = self._reader
+        if reader is None:
+            _core.normalize_index(item, 0)  # raises for any integer
+            return []
+        if type(item) is int and self.wrapper_fn is None:
+            return reader.sample(item)
+        index = _core.normalize_index(item, reader.n)
+        if type(index) is int:
+            return self._wrap(reader.sample(index))
+        return [self._wrap(sample) for sample in reader.samples(index)]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def _wrap(self, sample):
+        if self.wrapper_fn is None:
+            return sample
+        if self.copy_before_wrapper_fn and isinstance(sample, np.ndarray):
+            sample = sample.copy()
+        return self.wrapper_fn(sample)
+
+    @property
+    def dtype(self) -> Optional[np.dtype]:
+        """The dtype of every sample (``None`` for an empty map that was never given one)."""
+        return self._files.dtype
+
+    @property
+    def shapes_are_flat(self) -> bool:
+        """Whether every sample is 1-d or a scalar."""
+        return self._files.flat
+
+    @property
+    def memmap(self) -> np.ndarray:
+        """All samples flattened and concatenated, as one 1-d array."""
+        return self._files.data.map(self.mode) if len(self) else np.empty(0, self.dtype or np.float64)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """``int64`` element offset in ``memmap`` where each sample begins."""
+        return self._files.starts.map()[: len(self)] if len(self) else np.empty(0, np.int64)
+
+    @property
+    def ends(self) -> np.ndarray:
+        """``int64`` element offset in ``memmap`` one past the end of each sample."""
+        return self._files.ends.map()[: len(self)] if len(self) else np.empty(0, np.int64)
+
+    def __repr__(self) -> str:
+        dtype = "unknown" if self.dtype is None else self.dtype.name
+        kind = "1-d samples" if self.shapes_are_flat else "n-d samples"
+        return f"RaggedMmap({str(self.out_dir)!r}, {len(self)} {kind} of {dtype})"
+
+    # -- writing ------------------------------------------------------------------------
+
+    def __setitem__(self, key, value) -> None:
+        """Replace samples in place with values of the same shape (or broadcastable to it):
+        ``m[i] = arr`` or ``m[slice or indices] = sequence of arrays``. All values are checked
+        before any is written."""
+        n = len(self)
+        index = _core.normalize_index(key, n)
+        if type(index) is int:
+            pairs = [(index, value)]
+        else:
+            values = list(value)
+            if len(values) != len(index):
+                raise ValueError(f"cannot assign {len(values)} values to {len(index)} samples")
+            pairs = list(zip(index.tolist(), values))
+        writes = []
+        for i, new_value in pairs:
+            shape = np.shape(self._reader.sample(i))
+            arr = cast_values(np.asarray(new_value), self.dtype, f"value for sample {i}")
+            try:
+                arr = np.broadcast_to(arr, shape)
+            except ValueError:
+                raise ValueError(f"sample {i} has shape {shape}; a value of shape {arr.shape} "
+                                 f"cannot replace it (samples keep their size)") from None
+            start, _ = self._reader.span(i)
+            writes.append((start * self.dtype.itemsize, byte_view(arr)))
+        for offset, data in writes:
+            write_at(self._files.data.data_file, offset, data)
+
+    def append(self, sample: Any) -> None:
+        """Append one sample (an array of any shape, or a scalar)."""
+        self.extend([sample])
+
+    def extend(self, samples: Iterable[Any], verbose: bool = False) -> None:
+        """Append samples (arrays of any shapes), cast to the map's dtype; on error nothing is
+        written."""
+        samples = list(samples)
+        with progress(len(samples), verbose, desc=f"Extending {self.out_dir.name}") as bar:
+            batch = _flatten(samples, self._files.dtype, len(self), bar)
+        self._files.append(batch)
+        self._reader = self._files.reader(self.mode)
+
+    # -- building -----------------------------------------------------------------------
+
+    @classmethod
+    def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None, **open_kwargs) -> "RaggedMmap":
+        """Write ``batches`` of samples as a new map (``bar`` advances per sample flattened)
+        and open it."""
+        out_dir = as_dir(out_dir)
+        dtype = None if dtype is None else stored_dtype(dtype)
+
+        def create(samples: List[Any]) -> _RaggedFiles:
+            batch = _flatten(samples, dtype, bar=bar)
+            files = _RaggedFiles(out_dir)
+            if len(batch):
+                files.append(batch)
+            else:
+                reset_map_dir(out_dir)
+                files.write_empty(dtype)
+            return files
+
+        def extend(files: _RaggedFiles, samples: List[Any]) -> None:
+            files.append(_flatten(samples, files.dtype, files.n, bar))
+
+        build_in_batches(batches, create, extend)
+        return cls(out_dir, **open_kwargs)
+
+    @classmethod
+    def from_lists(
+        cls,
+        out_dir: PathLike,
+        lists: Iterable[Any],
+        dtype: Any = None,
+        wrapper_fn: Optional[Callable[[Any], Any]] = None,
+        mode: str = "r+",
+        copy_before_wrapper_fn: bool = True,
+        verbose: bool = False,
+    ) -> "RaggedMmap":
+        """Write the samples ``lists`` (arrays of any shapes) as a new map at ``out_dir``,
+        replacing a map already there, and open it. ``dtype`` defaults to the first sample's."""
+        with progress(known_length(lists), verbose, desc=f"Writing {as_dir(out_dir).name}") as bar:
+            return cls._build(out_dir, [list(lists)], dtype, bar, wrapper_fn=wrapper_fn, mode=mode,
+                              copy_before_wrapper_fn=copy_before_wrapper_fn)
+
+    @classmethod
+    def from_generator(
+        cls,
+        out_dir: PathLike,
+        sample_generator: Iterable[Any],
+        batch_size: int,
+        verbose: bool = False,
+        n: Optional[int] = None,
+        dtype: Any = None,
+        wrapper_fn: Optional[Callable[[Any], Any]] = None,
+        mode: str = "r+",
+        copy_before_wrapper_fn: bool = True,
+    ) -> "RaggedMmap":
+        """Write the samples of an iterable as a new map at ``out_dir``, committing every
+        ``batch_size`` samples, and open it. ``verbose`` shows a progress bar, whose total is
+        ``n`` (the expected number of samples) or the iterable's length when it has one."""
+        out_dir = as_dir(out_dir)
+        total = n if n is not None else known_length(sample_generator)
+        with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
+            return cls._build(out_dir, in_batches(sample_generator, batch_size), dtype, bar,
+                              wrapper_fn=wrapper_fn, mode=mode, copy_before_wrapper_fn=copy_before_wrapper_fn)
+
+    @classmethod
+    def from_indexable(
+        cls,
+        out_dir: PathLike,
+        indexable: Any,
+        batch_size: int,
+        n_jobs: Optional[int] = None,
+        verbose: bool = False,
+        dtype: Any = None,
+        wrapper_fn: Optional[Callable[[Any], Any]] = None,
+        mode: str = "r+",
+        copy_before_wrapper_fn: bool = True,
+    ) -> "RaggedMmap":
+        """Write ``indexable[0], indexable[1], ...`` (or ``indexable(i)`` for a function) as a
+        new map at ``out_dir``, until ``len(indexable)`` or the first ``IndexError``/
+        ``KeyError``; ``n_jobs`` > 1 reads each batch in parallel with joblib."""
+        batches = indexable_batches(indexable, batch_size, n_jobs=n_jobs, verbose=verbose)
+        return cls._build(out_dir, batches, dtype, wrapper_fn=wrapper_fn, mode=mode,
+                          copy_before_wrapper_fn=copy_before_wrapper_fn)
+
+
+RaggedMmmap = RaggedMmap

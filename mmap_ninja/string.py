@@ -1,0 +1,378 @@
+"""Strings maps: a memory-mapped list of ``str``.
+
+``data.ninja`` holds the UTF-8 bytes of all strings back to back (or one zstd frame per string,
+when compressed); ``starts/`` and ``ends/`` are ``int64`` byte offsets of each string. A
+compressed map has ``zstd_level.ninja`` and, with a trained dictionary, ``zstd_dict.ninja``.
+Strings are decoded straight from the mapped bytes by the compiled core.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core, _meta
+from ._storage import ArrayDir, map_bytes, write_at
+from .base import PathLike, as_dir, build_in_batches, in_batches, known_length, map_type, progress, reset_map_dir
+
+_MODES = ("r+b", "rb")
+
+
+def _zstandard():
+    try:
+        import zstandard
+    except ImportError:
+        raise ImportError("compressed strings maps need zstandard: pip install 'mmap_ninja[zstd]'") from None
+    return zstandard
+
+
+def _encode(strings: Sequence[Any], first_index: int) -> List[bytes]:
+    """UTF-8 bytes of each string; ``TypeError`` names an item that is not a ``str``."""
+    encoded = []
+    for k, string in enumerate(strings):
+        if not isinstance(string, str):
+            raise TypeError(f"item {first_index + k} is a {type(string).__name__}, "
+                            f"a StringsMmap stores only str")
+        encoded.append(string.encode("utf-8"))
+    return encoded
+
+
+class _Codec:
+    """How strings become stored bytes: plain UTF-8, or one zstd frame per string."""
+
+    def __init__(self, level: Optional[int] = None, dictionary: Optional[bytes] = None):
+        self.level = level
+        self.dictionary = dictionary
+        self._compressor = self._decompressor = None
+        if level is not None:
+            zstd = _zstandard()
+            dict_data = zstd.ZstdCompressionDict(dictionary) if dictionary is not None else None
+            self._compressor = zstd.ZstdCompressor(level=level, dict_data=dict_data)
+            self._decompressor = zstd.ZstdDecompressor(dict_data=dict_data)
+
+    @property
+    def compressed(self) -> bool:
+        return self.level is not None
+
+    @classmethod
+    def read(cls, out_dir: Path) -> "_Codec":
+        level_file = out_dir / _meta.ZSTD_LEVEL
+        if not level_file.exists():
+            return cls()
+        text = _meta.read_text(level_file)
+        try:
+            level = int(text)
+        except ValueError:
+            raise ValueError(f"{level_file}: expected an integer zstd level, found {text!r}") from None
+        dict_file = out_dir / _meta.ZSTD_DICT
+        return cls(level, _meta.read_bytes(dict_file) if dict_file.exists() else None)
+
+    def write(self, out_dir: Path) -> None:
+        if self.dictionary is not None:
+            _meta.write_bytes(out_dir / _meta.ZSTD_DICT, self.dictionary)
+        if self.level is not None:
+            _meta.write_text(out_dir / _meta.ZSTD_LEVEL, str(self.level))
+
+    def pack(self, strings: Sequence[Any], first_index: int, bar=None) -> Tuple[bytes, np.ndarray]:
+        """The stored bytes of ``strings`` back to back, and the length of each (``bar``
+        advances per string)."""
+        encoded = _encode(strings, first_index)
+        if self._compressor is not None:
+            encoded = [self._compressor.compress(raw) for raw in encoded]
+        if bar is not None:
+            bar.update(len(encoded))
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        return b"".join(encoded), lengths
+
+    def unpack(self, raw: bytes) -> str:
+        return self._decompressor.decompress(raw).decode("utf-8")
+
+
+class _StringsFiles:
+    """The files of a strings map and the writer that appends to them (data first, then
+    ``ends``, then ``starts``, whose length is the length of the map)."""
+
+    def __init__(self, out_dir: Path, codec: _Codec):
+        self.out_dir = out_dir
+        self.codec = codec
+        self.starts = ArrayDir(out_dir / "starts")
+        self.ends = ArrayDir(out_dir / "ends")
+
+    @property
+    def data_file(self) -> Path:
+        return self.out_dir / _meta.DATA
+
+    @property
+    def n(self) -> int:
+        return self.starts.rows
+
+    @classmethod
+    def open(cls, out_dir: Path) -> "_StringsFiles":
+        type_name = map_type(out_dir)
+        if type_name not in (None, "string"):
+            raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a strings map")
+        files = cls(out_dir, _Codec.read(out_dir))
+        if type_name is not None and (out_dir / "starts").exists():
+            files.starts = _offsets(out_dir / "starts")
+            files.ends = _offsets(out_dir / "ends")
+        return files
+
+    def reader(self) -> Tuple[Optional[_core.StringsReader], Any]:
+        """The compiled reader over the committed strings and the mapped data it reads."""
+        if self.n == 0:
+            return None, b""
+        buffer = map_bytes(self.data_file)
+        reader = _core.StringsReader(buffer, self.starts.map(), self.ends.map(), source=str(self.out_dir))
+        return reader, buffer
+
+    def create(self) -> None:
+        """Write an empty map: the codec's files, then ``type.ninja``."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.codec.write(self.out_dir)
+        _meta.write_type(self.out_dir, "string")
+
+    def append(self, strings: Sequence[Any], bar=None) -> None:
+        """Append ``strings`` to a map whose ``type.ninja`` is written."""
+        n = self.n
+        payload, lengths = self.codec.pack(strings, n, bar)
+        if not len(lengths):
+            return
+        offset = self.data_file.stat().st_size if n else 0
+        write_at(self.data_file, offset, payload, truncate=not n)
+        if offset + len(payload) == 0:
+            write_at(self.data_file, 0, b"\0")  # 0.9.0 cannot map an empty data file
+        ends = offset + np.cumsum(lengths)
+        ends_meta = self.ends.write_rows(ends, n)
+        starts_meta = self.starts.write_rows(ends - lengths, n)
+        self.ends.commit(ends_meta)
+        self.starts.commit(starts_meta)
+
+
+def _offsets(path: Path) -> ArrayDir:
+    array = ArrayDir.open(path)
+    if array.meta.dtype != np.int64 or len(array.meta.shape) != 1:
+        raise ValueError(f"{path}: expected a 1-d int64 array of offsets, found "
+                         f"{array.meta.dtype} of shape {array.meta.shape}")
+    return array
+
+
+class StringsMmap:
+    """A memory-mapped list of ``str``, opened from ``out_dir``.
+
+    ``len(m)``; ``m[i]`` (negative ``i`` too) is a ``str``; ``m[slice]``, ``m[list or array of
+    ints]`` and ``m[boolean mask]`` are lists of ``str``. ``mode="r+b"`` (the default) allows
+    ``m[i] = s`` for strings of the same UTF-8 length, ``append`` and ``extend``; ``mode="rb"``
+    only reads, and works on read-only files.
+
+    A directory with no map (or no directory) opens as an empty map; nothing is written until
+    the first ``append`` or ``extend``.
+    """
+
+    def __init__(self, out_dir: PathLike, mode: str = "r+b"):
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.out_dir = as_dir(out_dir)
+        self.mode = mode
+        self._buffer: Any = b""
+        self._closed = False
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the map from disk, to see strings appended since it was opened."""
+        self._files = _StringsFiles.open(self.out_dir)
+        self._release()
+        self._reader, self._buffer = self._files.reader()
+        self._closed = False
+
+    def _release(self) -> None:
+        self._reader = None
+        buffer, self._buffer = self._buffer, b""
+        if hasattr(buffer, "close"):
+            try:
+                buffer.close()
+            except BufferError:
+                pass  # a memoryview still uses it; it is unmapped when that goes away
+
+    def close(self) -> None:
+        """Unmap the data; the map can be reopened with ``refresh()``."""
+        self._release()
+        self._closed = True
+
+    def __enter__(self) -> "StringsMmap":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._files.n
+
+    def _live_reader(self) -> Optional[_core.StringsReader]:
+        if self._closed:
+            raise ValueError(f"{self.out_dir}: the StringsMmap is closed")
+        return self._reader
+
+    def __getitem__(self, item):
+        reader = self._live_reader()
+        if reader is None:
+            _core.normalize_index(item, 0)  # raises for any integer
+            return []
+        index = _core.normalize_index(item, reader.n)
+        codec = self._files.codec
+        if type(index) is int:
+            return codec.unpack(reader.get(index, True)) if codec.compressed else reader.get(index)
+        if codec.compressed:
+            return [codec.unpack(raw) for raw in reader.get_many(index, True)]
+        return reader.get_many(index)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def starts(self) -> np.ndarray:
+        """``int64`` byte offset in ``data.ninja`` where each string begins."""
+        return self._files.starts.map() if len(self) else np.empty(0, np.int64)
+
+    @property
+    def ends(self) -> np.ndarray:
+        """``int64`` byte offset in ``data.ninja`` one past the end of each string."""
+        return self._files.ends.map() if len(self) else np.empty(0, np.int64)
+
+    def __repr__(self) -> str:
+        codec = self._files.codec
+        compression = f", zstd level {codec.level}" if codec.compressed else ""
+        return f"StringsMmap({str(self.out_dir)!r}, {len(self)} strings{compression})"
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.mode == "rb":
+            raise io.UnsupportedOperation(f"{self.out_dir} was opened read-only (mode='rb')")
+
+    def __setitem__(self, key, value) -> None:
+        """Replace strings in place with strings of the same UTF-8 byte length:
+        ``m[i] = s`` or ``m[slice or indices] = sequence of str``. All are checked before any
+        is written; compressed maps cannot be changed in place."""
+        self._check_writable()
+        reader = self._live_reader()
+        if self._files.codec.compressed:
+            raise ValueError("in-place modification is not supported for compressed StringsMmap")
+        index = _core.normalize_index(key, len(self))
+        if type(index) is int:
+            pairs = [(index, value)]
+        else:
+            values = [value] if isinstance(value, str) else list(value)
+            if len(values) != len(index):
+                raise ValueError(f"cannot assign {len(values)} strings to {len(index)} items")
+            pairs = list(zip(index.tolist(), values))
+        writes = []
+        for i, new_value in pairs:
+            (raw,) = _encode([new_value], i)
+            start, end = reader.span(i)
+            if len(raw) != end - start:
+                raise ValueError(f"string {i} is {end - start} bytes long in UTF-8; a replacement "
+                                 f"of {len(raw)} bytes cannot be written in place")
+            writes.append((start, raw))
+        for start, raw in writes:
+            write_at(self._files.data_file, start, raw)
+
+    def append(self, string: str) -> None:
+        """Append one string."""
+        self.extend([string])
+
+    def extend(self, list_of_strings: Iterable[str], verbose: bool = False) -> None:
+        """Append strings; on a non-``str`` item nothing is written."""
+        self._check_writable()
+        strings = list(list_of_strings)
+        with progress(len(strings), verbose, desc=f"Extending {self.out_dir.name}") as bar:
+            if not self._files.n and not (self.out_dir / _meta.TYPE).exists():
+                _encode(strings, 0)
+                self._files.create()
+            self._files.append(strings, bar)
+        self.refresh()
+
+    # -- building -----------------------------------------------------------------------
+
+    @classmethod
+    def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], zstd_level: Optional[int],
+               zstd_train_dictionary_size: Optional[int], mode: str, bar=None) -> "StringsMmap":
+        """Write ``batches`` of strings as a new map (``bar`` advances per string) and open
+        it."""
+        out_dir = as_dir(out_dir)
+
+        def create(strings: List[Any]) -> _StringsFiles:
+            codec = _Codec()
+            if zstd_level is not None:
+                dictionary = None
+                if zstd_train_dictionary_size is not None:
+                    dictionary = _train_dictionary(_encode(strings, 0), zstd_train_dictionary_size)
+                codec = _Codec(zstd_level, dictionary)
+            else:
+                _encode(strings, 0)
+            reset_map_dir(out_dir)
+            files = _StringsFiles(out_dir, codec)
+            files.create()
+            files.append(strings, bar)
+            return files
+
+        def extend(files: _StringsFiles, strings: List[Any]) -> None:
+            files.append(strings, bar)
+
+        build_in_batches(batches, create, extend)
+        return cls(out_dir, mode=mode)
+
+    @classmethod
+    def from_strings(
+        cls,
+        out_dir: PathLike,
+        strings: Iterable[str],
+        verbose: bool = False,
+        zstd_level: Optional[int] = None,
+        zstd_train_dictionary_size: Optional[int] = None,
+        mode: str = "r+b",
+    ) -> "StringsMmap":
+        """Write ``strings`` as a new map at ``out_dir`` (replacing a map already there) and
+        open it. With ``zstd_level``, each string is compressed with zstd (the ``zstd`` extra),
+        optionally with a dictionary of ``zstd_train_dictionary_size`` bytes trained on them."""
+        with progress(known_length(strings), verbose, desc=f"Writing {as_dir(out_dir).name}") as bar:
+            return cls._build(out_dir, [list(strings)], zstd_level, zstd_train_dictionary_size, mode, bar)
+
+    @classmethod
+    def from_generator(
+        cls,
+        out_dir: PathLike,
+        sample_generator: Iterable[str],
+        batch_size: int,
+        verbose: bool = False,
+        n: Optional[int] = None,
+        zstd_level: Optional[int] = None,
+        zstd_train_dictionary_size: Optional[int] = None,
+        mode: str = "r+b",
+    ) -> "StringsMmap":
+        """Write the strings of an iterable as a new map at ``out_dir``, committing every
+        ``batch_size`` strings, and open it (a zstd dictionary is trained on the first batch).
+        ``verbose`` shows a progress bar, whose total is ``n`` (the expected number of strings)
+        or the iterable's length when it has one."""
+        out_dir = as_dir(out_dir)
+        total = n if n is not None else known_length(sample_generator)
+        with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
+            batches = in_batches(sample_generator, batch_size)
+            return cls._build(out_dir, batches, zstd_level, zstd_train_dictionary_size, mode, bar)
+
+
+def _train_dictionary(samples: List[bytes], size: int) -> bytes:
+    zstd = _zstandard()
+    try:
+        return zstd.train_dictionary(size, samples).as_bytes()
+    except zstd.ZstdError as exc:
+        raise ValueError(f"could not train a zstd dictionary of {size} bytes on {len(samples)} "
+                         f"strings ({exc}); use more strings or no dictionary") from None
+
+
+StringsMmmap = StringsMmap

@@ -1,0 +1,98 @@
+"""Fixtures shared by the tests: the datasets written by mmap_ninja 0.9.0, a way to run code
+under the published 0.9.0, and helpers to compare samples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mmap_ninja-0.9.0"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Folder of datasets written by mmap_ninja 0.9.0 (read-only: copy before writing)."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict:
+    """What each fixture folder must read back as (see fixtures/.../README.md)."""
+    return json.loads((FIXTURES / "expected.json").read_text())
+
+
+@pytest.fixture
+def fixture_copy(tmp_path):
+    """Copy a fixture folder to a writable place: ``fixture_copy("ragged_flat")``."""
+
+    def copy(name: str) -> Path:
+        dest = tmp_path / name
+        if (FIXTURES / name).exists():
+            shutil.copytree(FIXTURES / name, dest)
+        else:
+            dest.mkdir()  # git keeps no empty folder: strings_empty is one
+        return dest
+
+    return copy
+
+
+def assert_sample_equal(actual, expected_array) -> None:
+    """``actual`` (an array or a scalar read from a map) equals ``expected_array`` in dtype,
+    shape and values."""
+    expected_array = np.asarray(expected_array)
+    if expected_array.ndim == 0:
+        assert np.isscalar(actual) or np.ndim(actual) == 0, f"expected a scalar, got {actual!r}"
+    actual = np.asarray(actual)
+    assert actual.shape == expected_array.shape
+    if expected_array.ndim:
+        assert actual.dtype == expected_array.dtype
+    np.testing.assert_array_equal(actual, expected_array)
+
+
+class Reference090:
+    """Runs Python code in a subprocess that imports the published mmap_ninja 0.9.0."""
+
+    def __init__(self, site: Path):
+        self.site = site
+
+    def run(self, code: str, cwd: Path):
+        """Run ``code`` under 0.9.0; it sets ``result`` (JSON-serialisable), which is
+        returned."""
+        script = textwrap.dedent(
+            f"""
+            import json, sys
+            sys.path.insert(0, {str(self.site)!r})
+            import mmap_ninja
+            assert mmap_ninja.__version__ == "0.9.0", mmap_ninja.__file__
+            """
+        ) + textwrap.dedent(code) + "\nprint(json.dumps(result))\n"
+        proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"mmap_ninja 0.9.0 failed:\n{proc.stderr}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_REGISTRY_UNREACHABLE = ("No matching distribution", "Could not fetch", "connection", "Connection",
+                         "Temporary failure", "Network is unreachable", "Max retries")
+
+
+@pytest.fixture(scope="session")
+def ref090(tmp_path_factory) -> Reference090:
+    """mmap_ninja 0.9.0 from the package registry, in a folder of its own."""
+    site = tmp_path_factory.mktemp("mmap_ninja_090")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), "mmap-ninja==0.9.0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode != 0:
+        output = proc.stdout + proc.stderr
+        if any(word in output for word in _REGISTRY_UNREACHABLE):
+            pytest.skip(f"mmap-ninja 0.9.0 could not be fetched from the package registry: {output[-500:]}")
+        raise AssertionError(f"installing mmap-ninja 0.9.0 failed:\n{output}")
+    return Reference090(site)

@@ -1,0 +1,461 @@
+"""Tests of mmap_ninja.ragged: building, reading, indexing, extending and changing ragged maps."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conftest import assert_sample_equal
+from mmap_ninja import _meta
+from mmap_ninja.ragged import RaggedMmap, RaggedMmmap
+
+MIXED = [np.array([11, 13, -1, 17]), np.arange(6).reshape(2, 3), np.array(5), np.array([], dtype=np.int64),
+         np.arange(24).reshape(2, 3, 4)]
+
+
+def read_all(m):
+    return [m[i] for i in range(len(m))]
+
+
+def assert_samples_equal(actual, expected):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert_sample_equal(a, e)
+
+
+# -- building and reading -------------------------------------------------------------------
+
+def test_from_lists_flat_reads_back_views(tmp_path):
+    samples = [np.array([11, 13, -1, 17]), np.array([2, 3, 4, 19]), np.array([90, 12])]
+    m = RaggedMmap.from_lists(tmp_path / "simple", samples)
+    assert len(m) == 3
+    assert m.shapes_are_flat
+    assert_samples_equal(read_all(m), samples)
+    assert isinstance(m[0], np.ndarray) and not m[0].flags.owndata
+    assert m.dtype == np.int64
+
+
+def test_from_lists_mixed_ranks_scalars_and_empty(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "mixed", MIXED)
+    assert not m.shapes_are_flat
+    assert_samples_equal(read_all(m), MIXED)
+    assert isinstance(m[2], int) and m[2] == 5
+
+
+def test_scalars_in_flat_map_read_back_as_python_scalars(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "s", [0, 1, 2])
+    assert m.shapes_are_flat and m.dtype == np.int64
+    assert read_all(m) == [0, 1, 2]
+    assert all(type(x) is int for x in read_all(m))
+
+
+def test_dtype_argument_converts_and_refuses_losses(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "a", [[1, 2], [3]], dtype=np.uint8)
+    assert m.dtype == np.uint8 and m[0].dtype == np.uint8
+    with pytest.raises(TypeError, match="sample 1"):
+        RaggedMmap.from_lists(tmp_path / "b", [[1, 2], [300]], dtype=np.uint8)
+    with pytest.raises(TypeError, match="sample 0"):
+        RaggedMmap.from_lists(tmp_path / "c", [[1.5]], dtype=np.int32)
+    with pytest.raises(TypeError, match="object"):
+        RaggedMmap.from_lists(tmp_path / "d", [np.array([{}, 1], dtype=object)])
+
+
+def test_samples_take_first_samples_dtype(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "f", [np.array([1.5], np.float32), np.array([2.25])])
+    assert m.dtype == np.float32
+    assert_samples_equal(read_all(m), [np.array([1.5], np.float32), np.array([2.25], np.float32)])
+
+
+def test_alias_with_three_ms(tmp_path):
+    assert RaggedMmmap is RaggedMmap
+
+
+def test_pathlike_and_str_paths(tmp_path):
+    RaggedMmap.from_lists(str(tmp_path / "p"), [[1]])
+    assert RaggedMmap(tmp_path / "p")[0].tolist() == [1]
+    with pytest.raises(TypeError, match="os.PathLike"):
+        RaggedMmap(42)
+
+
+def test_repr_names_path_length_and_dtype(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "r", [np.zeros(3, np.float32)])
+    assert repr(m) == f"RaggedMmap({str(tmp_path / 'r')!r}, 1 1-d samples of float32)"
+
+
+def test_iteration_yields_every_sample(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "it", MIXED)
+    assert_samples_equal(list(m), MIXED)
+
+
+# -- indexing -------------------------------------------------------------------------------
+
+@pytest.fixture
+def ten(tmp_path):
+    samples = [np.arange(i, dtype=np.int32) + 100 * i for i in range(10)]
+    return RaggedMmap.from_lists(tmp_path / "ten", samples), samples
+
+
+@pytest.mark.parametrize("item", [
+    3, -1, -10, np.int64(4), np.uint8(2), np.int16(-3),
+])
+def test_integer_indices(ten, item):
+    m, samples = ten
+    assert_sample_equal(m[item], samples[int(item)])
+
+
+@pytest.mark.parametrize("item", [
+    slice(None), slice(2, 8, 3), slice(None, None, -1), slice(-3, None), slice(8, 2, -2), slice(20, 30),
+    [0, 9, 0, -1], (1, 2), range(0, 10, 4), np.array([5, 5, 1], np.uint16), np.array([], np.int64), [],
+    np.array([True, False] * 5), [True] * 10,
+])
+def test_batch_indices_follow_numpy(ten, item):
+    m, samples = ten
+    positions = np.arange(10)[np.asarray(item) if isinstance(item, (list, tuple, range)) and len(item) else item]
+    assert_samples_equal(m[item], [samples[i] for i in np.atleast_1d(positions)])
+
+
+@pytest.mark.parametrize("item", [10, -11, 2**70, [0, 10], np.array([-11])])
+def test_out_of_range_raises_index_error_naming_index_and_length(ten, item):
+    m, _ = ten
+    with pytest.raises(IndexError, match="out of bounds for a map of length 10"):
+        m[item]
+
+
+@pytest.mark.parametrize("item", [1.0, "a", None, True, {1}, [0.5, 1.0]])
+def test_non_integer_indices_raise_type_error(ten, item):
+    m, _ = ten
+    with pytest.raises(TypeError):
+        m[item]
+
+
+def test_wrong_length_mask_raises(ten):
+    m, _ = ten
+    with pytest.raises(IndexError, match="mask of length 3"):
+        m[[True, False, True]]
+
+
+def test_wrapper_fn_applies_to_every_sample_on_a_copy(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "w", [np.array([1, 2]), np.array([3])])
+    seen = []
+
+    def wrapper(sample):
+        seen.append(sample)
+        return sample.sum()
+
+    m = RaggedMmap(tmp_path / "w", wrapper_fn=wrapper)
+    assert m[0] == 3 and m[[1, 0]] == [3, 3]
+    assert all(s.flags.owndata for s in seen)
+    m = RaggedMmap(tmp_path / "w", wrapper_fn=lambda s: s, copy_before_wrapper_fn=False)
+    assert not m[0].flags.owndata
+
+
+# -- modes and files -------------------------------------------------------------------------
+
+def test_default_mode_gives_read_only_views_and_r_plus_writes_through(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "m", [np.array([1, 2, 3])])
+    view = RaggedMmap(tmp_path / "m")[0]
+    with pytest.raises(ValueError):
+        view[0] = 7
+    writable = RaggedMmap(tmp_path / "m", mode="r+")[0]
+    writable[0] = 7
+    writable.base.flush()
+    assert RaggedMmap(tmp_path / "m")[0].tolist() == [7, 2, 3]
+    with pytest.raises(ValueError, match="mode"):
+        RaggedMmap(tmp_path / "m", mode="w+")
+
+
+def test_opens_read_only_files(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "ro", MIXED)
+    for root, dirs, files in os.walk(tmp_path / "ro"):
+        for name in files:
+            os.chmod(os.path.join(root, name), stat.S_IRUSR)
+    try:
+        assert_samples_equal(read_all(RaggedMmap(tmp_path / "ro")), MIXED)
+    finally:
+        for root, dirs, files in os.walk(tmp_path / "ro"):
+            for name in files:
+                os.chmod(os.path.join(root, name), stat.S_IRUSR | stat.S_IWUSR)
+
+
+# -- empty maps -----------------------------------------------------------------------------
+
+def test_map_on_missing_path_is_empty_and_writes_nothing(tmp_path):
+    m = RaggedMmap(tmp_path / "nothing" / "here")
+    assert len(m) == 0
+    assert m[:] == [] and m[[]] == []
+    with pytest.raises(IndexError, match="length 0"):
+        m[0]
+    assert not (tmp_path / "nothing").exists()
+    m.append(np.array([1, 2]))
+    m.extend([np.array([3])])
+    assert_samples_equal(read_all(m), [np.array([1, 2]), np.array([3])])
+    assert_samples_equal(read_all(RaggedMmap(tmp_path / "nothing" / "here")), [np.array([1, 2]), np.array([3])])
+
+
+def test_from_lists_of_nothing_is_an_empty_map_that_keeps_its_dtype(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "e", [], dtype=np.float32)
+    assert len(m) == 0 and m.dtype == np.float32
+    m = RaggedMmap(tmp_path / "e")
+    m.extend([[1, 2]])
+    assert m[0].dtype == np.float32
+
+
+def test_empty_samples_and_empty_first_batch(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "e", [np.array([], np.int16), np.array([], np.int16)])
+    assert [s.shape for s in read_all(m)] == [(0,), (0,)]
+    m.extend([np.array([1, 2], np.int16), np.zeros((0, 3), np.int16)])
+    m = RaggedMmap(tmp_path / "e")
+    assert_samples_equal(read_all(m), [np.array([], np.int16), np.array([], np.int16),
+                                       np.array([1, 2], np.int16), np.zeros((0, 3), np.int16)])
+    assert m.memmap.tolist() == [1, 2]
+
+
+def test_extend_with_nothing_changes_nothing(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "x", [[1]])
+    m.extend([])
+    assert len(RaggedMmap(tmp_path / "x")) == 1
+    empty = RaggedMmap(tmp_path / "y")
+    empty.extend([])
+    assert not (tmp_path / "y").exists()
+
+
+# -- extending --------------------------------------------------------------------------------
+
+def test_extend_flat_then_nd_then_flat(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "g", [np.array([1, 2]), np.array(3)])
+    assert m.shapes_are_flat
+    m.extend([np.arange(6).reshape(3, 2)])
+    assert not m.shapes_are_flat
+    m.append(np.array([7, 8, 9]))
+    m.append(4)
+    expected = [np.array([1, 2]), np.array(3), np.arange(6).reshape(3, 2), np.array([7, 8, 9]), np.array(4)]
+    assert_samples_equal(read_all(m), expected)
+    assert_samples_equal(read_all(RaggedMmap(tmp_path / "g")), expected)
+    assert not (tmp_path / "g" / "shapes.new").exists() and not (tmp_path / "g" / "shapes.old").exists()
+
+
+def test_extend_casts_safely_and_refuses_lossy_values_leaving_the_map_unchanged(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "c", [np.array([1, 2], np.uint8)])
+    m.extend([[3, 4], np.array([5.0])])
+    assert m[2].dtype == np.uint8
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "c").rglob("*")) if p.is_file()}
+    with pytest.raises(TypeError, match="sample 4"):
+        m.extend([[1], [256]])
+    with pytest.raises(TypeError, match="sample 3"):
+        m.extend([[0.5]])
+    after = {p: p.read_bytes() for p in sorted((tmp_path / "c").rglob("*")) if p.is_file()}
+    assert before == after
+    assert len(RaggedMmap(tmp_path / "c")) == 3
+
+
+def test_open_reader_sees_extension_after_refresh(tmp_path):
+    writer = RaggedMmap.from_lists(tmp_path / "rf", [[1]])
+    reader = RaggedMmap(tmp_path / "rf")
+    old = reader[0]
+    writer.extend([[2, 3]])
+    assert len(reader) == 1
+    reader.refresh()
+    assert len(reader) == 2 and reader[1].tolist() == [2, 3] and old.tolist() == [1]
+
+
+# -- changing samples in place -----------------------------------------------------------
+
+def test_setitem_replaces_same_size_samples(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "s", [np.array([1, 2]), np.zeros((2, 2)), np.array([5])])
+    m[0] = [9, 8]
+    m[1] = 7  # broadcast to the sample's shape
+    m[-1] = np.array([6.0])
+    m[[0, 2]] = [np.array([4, 4]), np.array([3])]
+    m[1:2] = [np.eye(2)]
+    reopened = RaggedMmap(tmp_path / "s")
+    assert_samples_equal(read_all(reopened), [np.array([4, 4]), np.eye(2, dtype=np.int64), np.array([3])])
+
+
+def test_setitem_with_another_size_raises_and_writes_nothing(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "s", [np.array([1, 2]), np.array([3])])
+    with pytest.raises(ValueError, match="sample 1 has shape"):
+        m[[0, 1]] = [np.array([7, 7]), np.array([1, 2])]
+    with pytest.raises(ValueError, match="cannot assign 1 values to 2"):
+        m[:] = [np.array([1, 2])]
+    with pytest.raises(IndexError):
+        m[5] = [1]
+    assert_samples_equal(read_all(m), [np.array([1, 2]), np.array([3])])
+
+
+# -- building from generators and indexables ----------------------------------------------
+
+def test_from_generator_commits_batches_and_shows_progress(tmp_path, capsys):
+    samples = [np.full((i % 4, 2), i, dtype=np.float32) for i in range(23)]
+    m = RaggedMmap.from_generator(tmp_path / "g", iter(samples), batch_size=5, verbose=True)
+    assert_samples_equal(read_all(m), samples)
+    assert "23" in capsys.readouterr().err
+
+
+def test_from_generator_progress_has_total_when_length_is_known(tmp_path, capsys):
+    RaggedMmap.from_generator(tmp_path / "g", [[1]] * 7, batch_size=3, verbose=True)
+    assert "7/7" in capsys.readouterr().err
+
+
+def test_from_generator_of_nothing_gives_an_empty_map(tmp_path):
+    m = RaggedMmap.from_generator(tmp_path / "g", iter([]), batch_size=4)
+    assert len(m) == 0 and (tmp_path / "g" / _meta.TYPE).read_text() == "ragged"
+
+
+def test_from_generator_error_keeps_committed_batches(tmp_path):
+    def samples():
+        for i in range(7):
+            yield [i]
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        RaggedMmap.from_generator(tmp_path / "g", samples(), batch_size=3)
+    assert [s.tolist() for s in read_all(RaggedMmap(tmp_path / "g"))] == [[i] for i in range(6)]
+
+
+def test_from_lists_replaces_an_existing_map(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "r", [np.zeros((2, 2))])
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    m = RaggedMmap.from_lists(tmp_path / "r", [[1, 2, 3]])
+    assert m.shapes_are_flat and len(m) == 1
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+
+
+class Squares:
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return np.arange(i) ** 2
+
+
+def test_from_indexable_with_len(tmp_path):
+    m = RaggedMmap.from_indexable(tmp_path / "i", Squares(), batch_size=2)
+    assert_samples_equal(read_all(m), [np.arange(i) ** 2 for i in range(5)])
+
+
+def test_from_indexable_function_stops_at_index_error(tmp_path, capsys):
+    def sample(i):
+        if i >= 7:
+            raise IndexError(i)
+        return np.full(i, i)
+
+    m = RaggedMmap.from_indexable(tmp_path / "f", sample, batch_size=3, verbose=True)
+    assert_samples_equal(read_all(m), [np.full(i, i) for i in range(7)])
+    assert "7" in capsys.readouterr().err
+
+
+def test_from_indexable_dict_stops_at_key_error(tmp_path):
+    m = RaggedMmap.from_indexable(tmp_path / "d", {0: [1], 1: [2, 3], 2: [4]}, batch_size=2)
+    assert_samples_equal(read_all(m), [np.array([1]), np.array([2, 3]), np.array([4])])
+
+
+def test_from_indexable_in_parallel(tmp_path):
+    m = RaggedMmap.from_indexable(tmp_path / "p", Squares(), batch_size=2, n_jobs=2)
+    assert_samples_equal(read_all(m), [np.arange(i) ** 2 for i in range(5)])
+
+
+def test_from_indexable_rejects_what_is_not_indexable(tmp_path):
+    with pytest.raises(TypeError, match="__getitem__"):
+        RaggedMmap.from_indexable(tmp_path / "x", 42, batch_size=2)
+
+
+# -- corrupted files -----------------------------------------------------------------------
+
+def _rewrite_index_array(path, values):
+    arr = np.asarray(values, dtype=np.int64)
+    (path / "data.ninja").write_bytes(arr.tobytes())
+    _meta.write_shape(path / "shape.ninja", arr.shape)
+
+
+@pytest.mark.parametrize("component, values, message", [
+    ("ends", [3, 99], "corrupted offsets for sample 1"),
+    ("starts", [-5, 3], "corrupted offsets for sample 0"),
+    ("starts", [3, 3], r"sample 0 has shape \(3,\) but 0 stored elements"),
+])
+def test_corrupted_offsets_raise_instead_of_reading_outside_the_data(tmp_path, component, values, message):
+    RaggedMmap.from_lists(tmp_path / "c", [np.array([1, 2, 3]), np.array([4, 5])])
+    _rewrite_index_array(tmp_path / "c" / component, values)
+    m = RaggedMmap(tmp_path / "c")
+    with pytest.raises(ValueError, match=message):
+        read_all(m)
+
+
+def test_shape_that_disagrees_with_offsets_raises(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "c", [np.zeros((2, 3)), np.zeros((1, 1))])
+    nested = tmp_path / "c" / "shapes"
+    (nested / "data.ninja").write_bytes(np.array([2, 4, 1, 1], np.int64).tobytes())
+    m = RaggedMmap(tmp_path / "c")
+    with pytest.raises(ValueError, match=r"sample 0 has shape \(2, 4\) but 6 stored elements"):
+        m[0]
+    assert m[1].shape == (1, 1)
+
+
+def test_truncated_data_file_raises_at_open_naming_it(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "t", [np.arange(100)])
+    with open(tmp_path / "t" / "data.ninja", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(ValueError, match="data.ninja"):
+        RaggedMmap(tmp_path / "t")
+
+
+def test_other_kind_of_map_is_refused(tmp_path):
+    from mmap_ninja.string import StringsMmap
+
+    StringsMmap.from_strings(tmp_path / "s", ["a"])
+    with pytest.raises(ValueError, match="'string' map, expected a ragged map"):
+        RaggedMmap(tmp_path / "s")
+
+
+# -- properties ---------------------------------------------------------------------------
+
+DTYPES = [np.int8, np.uint16, np.int64, np.float32, np.float64]
+
+
+def ragged_samples(dtype):
+    """Lists of arrays of ``dtype`` of any rank up to 3, empty ones and 0-d ones included."""
+    shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)
+    return st.lists(hnp.arrays(dtype=dtype, shape=shapes), min_size=0, max_size=12)
+
+
+any_ragged_samples = st.sampled_from(DTYPES).flatmap(ragged_samples)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples=any_ragged_samples, data=st.data())
+def test_write_reopen_identical_and_batches_equal_per_sample(tmp_path_factory, samples, data):
+    out = tmp_path_factory.mktemp("prop") / "m"
+    RaggedMmap.from_lists(out, samples)
+    m = RaggedMmap(out)
+    assert len(m) == len(samples)
+    for actual, expected in zip(read_all(m), samples):
+        np.testing.assert_array_equal(np.asarray(actual), expected)
+        assert np.shape(actual) == expected.shape
+    if samples:
+        indices = data.draw(st.lists(st.integers(-len(samples), len(samples) - 1), max_size=20))
+        batch = m[indices]
+        assert len(batch) == len(indices)
+        for actual, i in zip(batch, indices):
+            np.testing.assert_array_equal(np.asarray(actual), np.asarray(m[i]))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.sampled_from(DTYPES).flatmap(lambda dtype: st.lists(ragged_samples(dtype), min_size=1, max_size=4)))
+def test_extend_in_batches_equals_one_build(tmp_path_factory, batches):
+    flat = [s for batch in batches for s in batch]
+    out = tmp_path_factory.mktemp("ext") / "m"
+    m = RaggedMmap(out)
+    start = 0
+    for batch in batches:
+        m.extend(flat[start:start + len(batch)])
+        start += len(batch)
+    reopened = RaggedMmap(out)
+    assert len(reopened) == len(flat)
+    for actual, expected in zip(read_all(reopened), flat):
+        np.testing.assert_array_equal(np.asarray(actual), expected)
+        assert np.shape(actual) == expected.shape
