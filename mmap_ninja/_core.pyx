@@ -61,6 +61,15 @@ cdef Py_ssize_t _wrap_indices(const int64_t[::1] src, int64_t[::1] dst, int64_t 
     return -1
 
 
+cdef Py_ssize_t _slice_length(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t step) noexcept nogil:
+    """Number of positions in ``range(start, stop, step)`` (``step`` != 0)."""
+    if step > 0 and start < stop:
+        return (stop - start - 1) // step + 1
+    if step < 0 and start > stop:
+        return (start - stop - 1) // (-step) + 1
+    return 0
+
+
 cdef bint _is_integer_scalar(object item):
     return (isinstance(item, int) or isinstance(item, np.integer)) and not (
         isinstance(item, bool) or isinstance(item, np.bool_))
@@ -309,6 +318,15 @@ cdef class RaggedReader(_Offsets):
             out.append(self._sample(_wrap_scalar(indices[k], self.n)))
         return out
 
+    def samples_in(self, slice item):
+        """The samples of a slice of the map (any step), as a list of views."""
+        cdef Py_ssize_t start, stop, step, k
+        start, stop, step = item.indices(self.n)
+        cdef list out = []
+        for k in range(_slice_length(start, stop, step)):
+            out.append(self._sample(start + k * step))
+        return out
+
 
 # --------------------------------------------------------------------------------------------
 # Strings maps
@@ -348,4 +366,13 @@ cdef class StringsReader(_Offsets):
         cdef list out = []
         for k in range(indices.shape[0]):
             out.append(self._get(_wrap_scalar(indices[k], self.n), as_bytes))
+        return out
+
+    def get_in(self, slice item, bint as_bytes=False):
+        """The strings (or raw bytes) of a slice of the map (any step), as a list."""
+        cdef Py_ssize_t start, stop, step, k
+        start, stop, step = item.indices(self.n)
+        cdef list out = []
+        for k in range(_slice_length(start, stop, step)):
+            out.append(self._get(start + k * step, as_bytes))
         return out

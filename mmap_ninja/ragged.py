@@ -305,6 +305,8 @@ class RaggedMmap:
             return []
         if type(item) is int and self.wrapper_fn is None:
             return reader.sample(item)
+        if type(item) is slice:
+            return [self._wrap(sample) for sample in reader.samples_in(item)]
         index = _core.normalize_index(item, reader.n)
         if type(index) is int:
             return self._wrap(reader.sample(index))

@@ -222,8 +222,12 @@ class StringsMmap:
         if reader is None:
             _core.normalize_index(item, 0)  # raises for any integer
             return []
-        index = _core.normalize_index(item, reader.n)
         codec = self._files.codec
+        if type(item) is slice:
+            if codec.compressed:
+                return [codec.unpack(raw) for raw in reader.get_in(item, True)]
+            return reader.get_in(item)
+        index = _core.normalize_index(item, reader.n)
         if type(index) is int:
             return codec.unpack(reader.get(index, True)) if codec.compressed else reader.get(index)
         if codec.compressed:

@@ -188,3 +188,18 @@ def test_strings_reader_over_empty_data():
     assert reader.get_many(i64(0, 1)) == ["", ""]
     with pytest.raises(ValueError):
         _core.StringsReader(b"", i64(0), i64(1)).get(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 30), start=st.one_of(st.none(), st.integers(-40, 40)),
+       stop=st.one_of(st.none(), st.integers(-40, 40)), step=st.one_of(st.none(), st.integers(-5, 5).filter(bool)))
+def test_slices_of_readers_match_python_slices(n, start, stop, step):
+    item = slice(start, stop, step)
+    data = np.arange(n, dtype=np.int16)
+    ragged = _core.RaggedReader(data, np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64),
+                                sizes=np.ones(n, np.int64))
+    assert [s.tolist() for s in ragged.samples_in(item)] == [[i] for i in range(n)][item]
+    text = "".join(chr(ord("a") + i % 26) for i in range(n))
+    strings = _core.StringsReader(text.encode(), np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64))
+    assert strings.get_in(item) == list(text)[item]
+    assert strings.get_in(item, as_bytes=True) == [c.encode() for c in list(text)[item]]
