@@ -25,13 +25,14 @@ from .numpy import extend_dir as np_extend_dir
 from .numpy import from_generator as np_from_generator
 from .numpy import from_ndarray as np_from_ndarray
 from .numpy import open_existing as np_open_existing
-from .ragged import RaggedMmap
+from .ragged import RaggedBatch, RaggedMmap
 from .string import StringsMmap
 
 __all__ = [
     "__version__",
     "Wrapped",
     "RaggedMmap",
+    "RaggedBatch",
     "StringsMmap",
     "open_existing",
     "np_from_ndarray",

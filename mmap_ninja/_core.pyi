@@ -1,47 +1,78 @@
 """Type stub of the compiled core (mmap_ninja/_core.pyx)."""
 
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
-def normalize_index(item: Any, n: int) -> Union[int, npt.NDArray[np.int64]]:
+Int64Array = npt.NDArray[np.int64]
+
+def normalize_index(item: Any, n: int) -> Union[int, Int64Array]:
     """An ``int`` in ``[0, n)`` for an integer scalar, else a new 1-d ``int64`` array of checked
     positions (slice, sequence or array of integers, boolean mask of length ``n``)."""
 
+def batch_index(item: Any, n: int) -> Int64Array:
+    """Like ``normalize_index``, always an ``int64`` array (``TypeError`` for a scalar)."""
+
+def gather_rows(src: np.ndarray, indices: Int64Array, out: np.ndarray) -> np.ndarray:
+    """``out[k] = src[indices[k]]`` for a C-contiguous ``src``, without the GIL; returns ``out``."""
+
+class RaggedBatch:
+    """Samples copied back to back into one buffer, with their offsets and shapes."""
+
+    values: np.ndarray
+    offsets: Int64Array
+    shape_values: Int64Array
+    shape_offsets: Int64Array
+    def __init__(self, values: np.ndarray, offsets: Any, shape_values: Any, shape_offsets: Any) -> None: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, k: int) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def arrays(self) -> List[Any]: ...
+    @property
+    def shapes(self) -> List[Tuple[int, ...]]: ...
+    @property
+    def lengths(self) -> Int64Array: ...
+    @property
+    def nbytes(self) -> int: ...
+
 class RaggedReader:
+    """Offset lookup, zero-copy sample views and batch gathers over a ragged map."""
+
     n: int
     source: str
     def __init__(
         self,
         data: np.ndarray,
-        starts: npt.NDArray[np.int64],
-        ends: npt.NDArray[np.int64],
-        sizes: Optional[npt.NDArray[np.int64]] = ...,
-        shape_values: Optional[npt.NDArray[np.int64]] = ...,
-        shape_starts: Optional[npt.NDArray[np.int64]] = ...,
-        shape_ends: Optional[npt.NDArray[np.int64]] = ...,
+        starts: Int64Array,
+        ends: Int64Array,
+        sizes: Optional[Int64Array] = ...,
+        shape_values: Optional[Int64Array] = ...,
+        shape_starts: Optional[Int64Array] = ...,
+        shape_ends: Optional[Int64Array] = ...,
         source: str = ...,
     ) -> None: ...
     def __len__(self) -> int: ...
+    @property
+    def dtype(self) -> np.dtype: ...
     def sample(self, i: int) -> Any:
         """Sample ``i`` as a view of the data, or a Python scalar for a 0-d sample."""
-    def samples(self, indices: npt.NDArray[np.int64]) -> List[Any]: ...
+    def samples(self, indices: Int64Array) -> List[Any]: ...
     def samples_in(self, item: slice) -> List[Any]: ...
     def span(self, i: int) -> Tuple[int, int]: ...
+    def take(self, indices: Int64Array) -> RaggedBatch: ...
+    def padded(
+        self, indices: Int64Array, pad_value: np.ndarray, max_len: int = ..., out: Optional[np.ndarray] = ...
+    ) -> Tuple[np.ndarray, Int64Array]: ...
 
 class StringsReader:
+    """Offset lookup and UTF-8 decoding over a strings map."""
+
     n: int
     source: str
-    def __init__(
-        self,
-        data: Any,
-        starts: npt.NDArray[np.int64],
-        ends: npt.NDArray[np.int64],
-        source: str = ...,
-    ) -> None: ...
+    def __init__(self, data: Any, starts: Int64Array, ends: Int64Array, source: str = ...) -> None: ...
     def __len__(self) -> int: ...
     def get(self, i: int, as_bytes: bool = ...) -> Union[str, bytes]: ...
-    def get_many(self, indices: npt.NDArray[np.int64], as_bytes: bool = ...) -> List[Union[str, bytes]]: ...
+    def get_many(self, indices: Int64Array, as_bytes: bool = ...) -> List[Union[str, bytes]]: ...
     def get_in(self, item: slice, as_bytes: bool = ...) -> List[Union[str, bytes]]: ...
     def span(self, i: int) -> Tuple[int, int]: ...

@@ -4,21 +4,27 @@
 
 Everything here works on memoryviews of the memory-mapped files of a map:
 
-- ``normalize_index``: one place where user indices (ints, slices, sequences, masks) become
-  checked, non-negative ``int64`` positions;
-- ``RaggedReader``: offset lookup and zero-copy sample views of a ragged map;
-- ``StringsReader``: offset lookup and UTF-8 decoding of a strings map.
+- ``normalize_index``: the one place where user indices (integers, slices, sequences, masks)
+  become checked, non-negative ``int64`` positions;
+- ``RaggedReader``: offset lookup, zero-copy sample views and batch gathers of a ragged map:
+  ``take`` copies samples back to back into a ``RaggedBatch``, ``padded`` into a padded array;
+- ``StringsReader``: offset lookup and UTF-8 decoding of a strings map;
+- ``gather_rows``: rows of a fixed-shape array gathered into a new or given array.
 
-Every offset read from disk is checked against the length of the mapped data before any memory
-is touched, so a corrupted file raises ``ValueError`` instead of reading outside the mapping.
+Every offset read from disk is checked against the length of the mapped data before memory is
+touched, so a corrupted file raises ``ValueError`` instead of reading outside the mapping.
+Batch copies run without the GIL, so several threads can gather at once.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsSsize_t
 from cpython.ref cimport Py_INCREF, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
 
+cimport cython
 cimport numpy as cnp
 import numpy as np
 
@@ -29,10 +35,35 @@ cdef extern from "numpy/arrayobject.h":
     object PyArray_NewFromDescr(PyTypeObject* subtype, cnp.PyArray_Descr* descr, int nd,
                                 cnp.npy_intp* dims, cnp.npy_intp* strides, void* data,
                                 int flags, object obj)
+    object PyArray_Empty(int nd, cnp.npy_intp* dims, cnp.PyArray_Descr* descr, int fortran)
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MN_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
+    #else
+    #define MN_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void prefetch "MN_PREFETCH"(const void* p) noexcept nogil
 
 cdef enum:
     # Largest number of axes a stored sample may have (NumPy 1.x allows 32, NumPy 2.x 64).
     MAX_SAMPLE_NDIM = 32
+    # How many samples ahead a batch gather asks the CPU to fetch offsets and data.
+    PREFETCH_DISTANCE = 8
+    # How many bytes of a sample's data are fetched ahead (the rest streams in sequence).
+    PREFETCH_BYTES = 1024
+
+ctypedef fused index_t:
+    int8_t
+    int16_t
+    int32_t
+    int64_t
+    uint8_t
+    uint16_t
+    uint32_t
+    uint64_t
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,19 +77,27 @@ cdef inline Py_ssize_t _wrap_scalar(Py_ssize_t i, Py_ssize_t n) except -1:
     return j
 
 
-cdef Py_ssize_t _wrap_indices(const int64_t[::1] src, int64_t[::1] dst, int64_t n) noexcept nogil:
-    """Copy ``src`` to ``dst`` with negative indices wrapped; return the position of the first
-    index out of ``[-n, n)``, or -1 when all are valid."""
-    cdef Py_ssize_t k
+def _wrap_indices(const index_t[::1] src, int64_t[::1] dst, int64_t n):
+    """Copy ``src`` (any integer dtype) to ``dst`` with negative indices wrapped; return the
+    position of the first index out of ``[-n, n)``, or -1 when all are valid."""
+    cdef Py_ssize_t k, bad = -1
     cdef int64_t i
-    for k in range(src.shape[0]):
-        i = src[k]
-        if i < 0:
-            i += n
-        if i < 0 or i >= n:
-            return k
-        dst[k] = i
-    return -1
+    with nogil:
+        for k in range(src.shape[0]):
+            if index_t is uint64_t:
+                if src[k] >= <uint64_t>n:
+                    bad = k
+                    break
+                i = <int64_t>src[k]
+            else:
+                i = <int64_t>src[k]
+                if i < 0:
+                    i += n
+                if i < 0 or i >= n:
+                    bad = k
+                    break
+            dst[k] = i
+    return bad
 
 
 cdef Py_ssize_t _slice_length(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t step) noexcept nogil:
@@ -123,20 +162,111 @@ def normalize_index(object item, Py_ssize_t n):
         return np.flatnonzero(arr).astype(np.int64, copy=False)
     if arr.shape[0] == 0:
         return np.empty(0, dtype=np.int64)
-    if kind == "u":
-        if int(arr.max()) >= n:
-            bad = int(arr[np.argmax(arr >= n)])
-            raise IndexError(f"index {bad} is out of bounds for a map of length {n}")
-    elif kind != "i":
+    if kind not in "iu":
         raise TypeError(f"indices must be integers or booleans, not {arr.dtype}")
-    cdef const int64_t[::1] src = np.ascontiguousarray(arr, dtype=np.int64)
-    out = np.empty(src.shape[0], dtype=np.int64)
-    cdef int64_t[::1] dst = out
-    cdef Py_ssize_t bad_pos
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    out = np.empty(arr.shape[0], dtype=np.int64)
+    bad = _wrap_indices(arr, out, n)
+    if bad >= 0:
+        raise IndexError(f"index {arr[bad]} is out of bounds for a map of length {n}")
+    return out
+
+
+def batch_index(object item, Py_ssize_t n):
+    """Like ``normalize_index``, for a batch: always a 1-d ``int64`` array of positions
+    (``TypeError`` for an integer scalar)."""
+    index = normalize_index(item, n)
+    if not isinstance(index, np.ndarray):
+        raise TypeError(f"a batch needs a sequence, array, mask or slice of indices, not "
+                        f"{type(item).__name__}")
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# Array views and copies
+# --------------------------------------------------------------------------------------------
+
+cdef inline int _view_flags(cnp.ndarray owner):
+    cdef int flags = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    if cnp.PyArray_ISWRITEABLE(owner):
+        flags |= cnp.NPY_ARRAY_WRITEABLE
+    return flags
+
+
+cdef object _view(cnp.ndarray owner, char* ptr, int nd, cnp.npy_intp* dims, int flags):
+    """A C-contiguous array of ``owner``'s dtype over ``ptr`` (inside ``owner``'s data), which
+    keeps ``owner`` alive; a Python scalar when ``nd`` is 0."""
+    if nd == 0:
+        return cnp.PyArray_GETITEM(owner, ptr)
+    descr = cnp.PyArray_DESCR(owner)
+    Py_INCREF(<object>descr)  # PyArray_NewFromDescr steals this reference
+    view = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL, ptr, flags, None)
+    cnp.set_array_base(view, owner)
+    return view
+
+
+cdef void _fill(char* dst, Py_ssize_t nbytes, const char* pattern, Py_ssize_t itemsize,
+                bint zero) noexcept nogil:
+    """Fill ``nbytes`` (a multiple of ``itemsize``) at ``dst`` with copies of one element."""
+    cdef Py_ssize_t filled, chunk
+    if nbytes <= 0:
+        return
+    if zero:
+        memset(dst, 0, nbytes)
+        return
+    memcpy(dst, pattern, itemsize)
+    filled = itemsize
+    while filled < nbytes:
+        chunk = filled if filled < nbytes - filled else nbytes - filled
+        memcpy(dst + filled, dst, chunk)
+        filled += chunk
+
+
+cdef inline void _prefetch_bytes(const char* ptr, Py_ssize_t nbytes) noexcept nogil:
+    """Ask the CPU for the first ``PREFETCH_BYTES`` of ``nbytes`` at ``ptr``."""
+    cdef Py_ssize_t done = 0
+    while done < nbytes and done < PREFETCH_BYTES:
+        prefetch(ptr + done)
+        done += 64
+
+
+cdef inline object _empty(int nd, cnp.npy_intp* dims, cnp.dtype descr):
+    """A new C-contiguous array of ``descr``."""
+    Py_INCREF(descr)  # PyArray_Empty steals this reference
+    return PyArray_Empty(nd, dims, <cnp.PyArray_Descr*>descr, 0)
+
+
+def gather_rows(src, const int64_t[::1] indices, out):
+    """Copy ``src[indices[k]]`` to ``out[k]`` for every ``k``, without the GIL, and return
+    ``out``.
+
+    ``src``: C-contiguous array of ``n`` rows (shape ``(n, *row_shape)``, any dtype);
+    ``indices``: ``int64`` positions in ``[0, n)``; ``out``: writable C-contiguous array of
+    shape ``(len(indices), *row_shape)`` and ``src``'s dtype.
+    """
+    if not isinstance(src, np.ndarray) or src.ndim < 1 or not src.flags.c_contiguous:
+        raise ValueError("gather_rows needs a C-contiguous array with at least one axis")
+    if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writable C-contiguous array")
+    if out.dtype != src.dtype:
+        raise ValueError(f"out has dtype {out.dtype}, the rows have dtype {src.dtype}")
+    cdef tuple expected = (indices.shape[0],) + tuple(src.shape)[1:]
+    if tuple(out.shape) != expected:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {expected}")
+    cdef Py_ssize_t n = src.shape[0], k, bad = -1
+    cdef Py_ssize_t row_bytes = src.dtype.itemsize * int(np.prod(src.shape[1:], dtype=np.int64))
+    cdef const char* base = cnp.PyArray_BYTES(<cnp.ndarray>src)
+    cdef char* dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
     with nogil:
-        bad_pos = _wrap_indices(src, dst, n)
-    if bad_pos >= 0:
-        raise IndexError(f"index {src[bad_pos]} is out of bounds for a map of length {n}")
+        for k in range(indices.shape[0]):
+            if indices[k] < 0 or indices[k] >= n:
+                bad = k
+                break
+            if k + PREFETCH_DISTANCE < indices.shape[0] and 0 <= indices[k + PREFETCH_DISTANCE] < n:
+                _prefetch_bytes(base + indices[k + PREFETCH_DISTANCE] * row_bytes, row_bytes)
+            memcpy(dst + k * row_bytes, base + indices[k] * row_bytes, row_bytes)
+    if bad >= 0:
+        raise IndexError(f"index {indices[bad]} is out of bounds for {n} rows")
     return out
 
 
@@ -144,27 +274,45 @@ def normalize_index(object item, Py_ssize_t n):
 # Offsets shared by both readers
 # --------------------------------------------------------------------------------------------
 
+cdef inline const int64_t* _first(const int64_t[::1] view) noexcept nogil:
+    return &view[0] if view.shape[0] else NULL
+
+
+cdef inline bint _valid_span(int64_t start, int64_t end, int64_t length) noexcept nogil:
+    return 0 <= start and start <= end and end <= length
+
+
+cdef inline object _empty_int64(Py_ssize_t size):
+    cdef cnp.npy_intp dims[1]
+    dims[0] = size
+    return cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+
+
 cdef class _Offsets:
     """``starts``/``ends`` offsets into data of ``length`` units; the first ``n = len(starts)``
     entries are used. ``source`` names the map in error messages."""
 
-    cdef const int64_t[::1] starts
-    cdef const int64_t[::1] ends
+    cdef const int64_t[::1] starts_view
+    cdef const int64_t[::1] ends_view
+    cdef const int64_t* starts
+    cdef const int64_t* ends
     cdef int64_t length
     cdef readonly Py_ssize_t n
     cdef readonly object source
     cdef str item_name, unit_name
 
     cdef _init_offsets(self, starts, ends, int64_t length, source, str item_name, str unit_name):
-        self.starts = starts
-        self.ends = ends
-        self.n = self.starts.shape[0]
+        self.starts_view = starts
+        self.ends_view = ends
+        self.starts = _first(self.starts_view)
+        self.ends = _first(self.ends_view)
+        self.n = self.starts_view.shape[0]
         self.length = length
         self.source = source
         self.item_name = item_name
         self.unit_name = unit_name
-        if self.ends.shape[0] < self.n:
-            raise ValueError(f"{source}: ends holds {self.ends.shape[0]} offsets, "
+        if self.ends_view.shape[0] < self.n:
+            raise ValueError(f"{source}: ends holds {self.ends_view.shape[0]} offsets, "
                              f"starts holds {self.n}")
 
     def __len__(self):
@@ -174,11 +322,19 @@ cdef class _Offsets:
         """Offsets of item ``i``, checked to lie within the data."""
         start[0] = self.starts[i]
         end[0] = self.ends[i]
-        if start[0] < 0 or end[0] < start[0] or end[0] > self.length:
+        if not _valid_span(start[0], end[0], self.length):
             raise ValueError(
                 f"{self.source}: corrupted offsets for {self.item_name} {i}: "
                 f"[{start[0]}, {end[0]}) is not within the {self.length} stored {self.unit_name}")
         return 0
+
+    cdef int _raise_unreadable(self, int64_t i) except -1:
+        """Raise the error that makes position ``i`` of a batch unreadable: out of range, or
+        offsets outside the data."""
+        cdef int64_t start, end
+        if i < 0 or i >= self.n:
+            raise IndexError(f"index {i} is out of bounds for a map of length {self.n}")
+        return self._bounds(i, &start, &end)
 
     def span(self, i):
         """``(start, end)`` offsets of item ``i`` (negative counts from the end), checked
@@ -192,45 +348,60 @@ cdef class _Offsets:
 # Ragged maps
 # --------------------------------------------------------------------------------------------
 
-cdef inline int64_t _checked_product(const int64_t[::1] dims, Py_ssize_t lo, Py_ssize_t hi,
-                                     int64_t limit) noexcept nogil:
-    """Product of ``dims[lo:hi]``, or -1 when an axis is negative or the product exceeds
+cdef inline int64_t _checked_product(const int64_t* dims, Py_ssize_t nd, int64_t limit) noexcept nogil:
+    """Product of ``dims[:nd]``, or -1 when an axis is negative or the product exceeds
     ``limit``."""
     cdef int64_t product = 1
     cdef Py_ssize_t k
     cdef bint zero = False
-    for k in range(lo, hi):
+    for k in range(nd):
         if dims[k] < 0:
             return -1
         if dims[k] == 0:
             zero = True
     if zero:
         return 0
-    for k in range(lo, hi):
+    for k in range(nd):
         if product > limit // dims[k]:
             return -1
         product *= dims[k]
     return product
 
 
+cdef enum:
+    # Why a sample cannot go into a padded batch.
+    PAD_OK = 0
+    PAD_CORRUPTED = 1
+    PAD_SCALAR = 2
+    PAD_OTHER_ROW_SHAPE = 3
+
+
+@cython.final
 cdef class RaggedReader(_Offsets):
-    """Offset lookup and zero-copy sample views over the mapped files of a ragged map.
+    """Offset lookup, zero-copy sample views and batch gathers over a ragged map.
 
     ``data`` is the flattened 1-d array of all samples (any dtype, C-contiguous); ``starts``
     and ``ends`` are ``int64`` arrays of element offsets into it, of which the first ``n =
     len(starts)`` entries are used. Shapes come either from ``sizes`` (flat maps: the length of
-    each 1-d sample, 0 with one element for a scalar) or from ``shape_values`` sliced by
+    each 1-d sample, 0 with one element for a scalar; only consulted for samples of one
+    element, since the offsets give the length) or from ``shape_values`` sliced by
     ``shape_starts``/``shape_ends`` (maps with samples of other ranks). ``source`` names the
     map in error messages.
     """
 
     cdef cnp.ndarray data
+    cdef cnp.dtype descr
     cdef char* base
     cdef Py_ssize_t itemsize
-    cdef const int64_t[::1] sizes
-    cdef const int64_t[::1] shape_values
-    cdef const int64_t[::1] shape_starts
-    cdef const int64_t[::1] shape_ends
+    cdef const int64_t[::1] sizes_view
+    cdef const int64_t[::1] shape_values_view
+    cdef const int64_t[::1] shape_starts_view
+    cdef const int64_t[::1] shape_ends_view
+    cdef const int64_t* sizes
+    cdef const int64_t* shape_values
+    cdef const int64_t* shape_starts
+    cdef const int64_t* shape_ends
+    cdef int64_t n_shape_values
     cdef bint nested
     cdef int flags
 
@@ -240,69 +411,95 @@ cdef class RaggedReader(_Offsets):
             raise ValueError(f"{source}: the data of a ragged map must be a contiguous 1-d array")
         self._init_offsets(starts, ends, data.shape[0], source, "sample", "elements")
         self.data = data
+        self.descr = data.dtype
         self.base = cnp.PyArray_BYTES(data)
         self.itemsize = data.dtype.itemsize
-        self.flags = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
-        if cnp.PyArray_ISWRITEABLE(data):
-            self.flags |= cnp.NPY_ARRAY_WRITEABLE
+        self.flags = _view_flags(data)
         self.nested = sizes is None
         if self.nested:
-            self.shape_values = shape_values
-            self.shape_starts = shape_starts
-            self.shape_ends = shape_ends
-            if self.shape_starts.shape[0] < self.n or self.shape_ends.shape[0] < self.n:
+            self.shape_values_view = shape_values
+            self.shape_starts_view = shape_starts
+            self.shape_ends_view = shape_ends
+            self.shape_values = _first(self.shape_values_view)
+            self.shape_starts = _first(self.shape_starts_view)
+            self.shape_ends = _first(self.shape_ends_view)
+            self.n_shape_values = self.shape_values_view.shape[0]
+            if self.shape_starts_view.shape[0] < self.n or self.shape_ends_view.shape[0] < self.n:
                 raise ValueError(f"{source}: shapes holds fewer entries than the {self.n} samples")
         else:
-            self.sizes = sizes
-            if self.sizes.shape[0] < self.n:
-                raise ValueError(f"{source}: shapes holds {self.sizes.shape[0]} entries, "
+            self.sizes_view = sizes
+            self.sizes = _first(self.sizes_view)
+            if self.sizes_view.shape[0] < self.n:
+                raise ValueError(f"{source}: shapes holds {self.sizes_view.shape[0]} entries, "
                                  f"fewer than the {self.n} samples")
 
-    cdef int _shape(self, Py_ssize_t i, int64_t count, cnp.npy_intp* dims) except -2:
-        """Fill ``dims`` with the shape of sample ``i`` holding ``count`` elements; return its
-        number of axes, or -1 for a scalar."""
-        cdef int64_t lo, hi, product
-        cdef Py_ssize_t k
+    @property
+    def dtype(self):
+        return self.descr
+
+    # -- one sample ---------------------------------------------------------------------------
+
+    cdef inline int _ndim(self, Py_ssize_t i, int64_t count, int64_t* dims_at) noexcept nogil:
+        """Number of axes of sample ``i`` holding ``count`` elements (0 for a scalar), or -1
+        when its stored shape disagrees with ``count``; ``dims_at`` receives where its axes are
+        in ``shape_values`` (nested maps)."""
+        cdef int64_t lo, hi
         if not self.nested:
-            if self.sizes[i] == count:
-                dims[0] = count
+            # the offsets give a 1-d sample's length; its stored size only tells a sample of
+            # one element (size 1) from a scalar (size 0)
+            if count != 1 or self.sizes[i] == 1:
                 return 1
-            if self.sizes[i] == 0 and count == 1:
-                return -1
-            raise ValueError(f"{self.source}: sample {i} has shape ({self.sizes[i]},) "
-                             f"but {count} stored elements")
+            return 0 if self.sizes[i] == 0 else -1
         lo = self.shape_starts[i]
         hi = self.shape_ends[i]
-        if lo < 0 or hi < lo or hi > self.shape_values.shape[0] or hi - lo > MAX_SAMPLE_NDIM:
-            raise ValueError(f"{self.source}: corrupted shape offsets for sample {i}: "
-                             f"[{lo}, {hi})")
-        product = _checked_product(self.shape_values, lo, hi, self.length)
-        if product == count:
-            if hi == lo:
-                return -1
-            for k in range(hi - lo):
-                dims[k] = self.shape_values[lo + k]
+        if lo < 0 or hi < lo or hi > self.n_shape_values or hi - lo > MAX_SAMPLE_NDIM:
+            return -1
+        dims_at[0] = lo
+        if _checked_product(self.shape_values + lo, hi - lo, self.length) == count:
             return <int>(hi - lo)
         if hi - lo == 1 and self.shape_values[lo] == 0 and count == 1:
-            return -1
-        shape = tuple(self.shape_values[lo:hi])
+            return 0
+        return -1
+
+    cdef inline void _dims(self, int nd, int64_t dims_at, int64_t count, cnp.npy_intp* dims) noexcept nogil:
+        """Axes of a sample (``nd`` >= 0 and ``dims_at`` as found by ``_ndim``)."""
+        cdef int k
+        if not self.nested:
+            if nd:
+                dims[0] = count
+            return
+        for k in range(nd):
+            dims[k] = self.shape_values[dims_at + k]
+
+    cdef int _raise_invalid(self, Py_ssize_t i) except -1:
+        """Raise the error that makes sample ``i`` unreadable."""
+        cdef int64_t start, end, lo, hi
+        self._bounds(i, &start, &end)
+        if not self.nested:
+            raise ValueError(f"{self.source}: sample {i} has shape ({self.sizes[i]},) "
+                             f"but {end - start} stored elements")
+        lo = self.shape_starts[i]
+        hi = self.shape_ends[i]
+        if lo < 0 or hi < lo or hi > self.n_shape_values or hi - lo > MAX_SAMPLE_NDIM:
+            raise ValueError(f"{self.source}: corrupted shape offsets for sample {i}: [{lo}, {hi})")
+        shape = tuple(self.shape_values_view[lo:hi])
         raise ValueError(f"{self.source}: sample {i} has shape {shape} "
-                         f"but {count} stored elements")
+                         f"but {end - start} stored elements")
+
+    cdef int _raise_at(self, int64_t i) except -1:
+        """Raise the error that makes position ``i`` of a batch unreadable."""
+        self._raise_unreadable(i)
+        return self._raise_invalid(i)
 
     cdef object _sample(self, Py_ssize_t i):
-        cdef int64_t start, end
+        cdef int64_t start, end, dims_at = 0
         cdef cnp.npy_intp dims[MAX_SAMPLE_NDIM]
-        cdef int nd
         self._bounds(i, &start, &end)
-        nd = self._shape(i, end - start, dims)
+        cdef int nd = self._ndim(i, end - start, &dims_at)
         if nd < 0:
-            return cnp.PyArray_GETITEM(self.data, self.base + start * self.itemsize)
-        descr = cnp.PyArray_DESCR(self.data)
-        Py_INCREF(<object>descr)  # PyArray_NewFromDescr steals this reference
-        view = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL,
-                                    self.base + start * self.itemsize, self.flags, None)
-        cnp.set_array_base(view, self.data)
-        return view
+            self._raise_invalid(i)
+        self._dims(nd, dims_at, end - start, dims)
+        return _view(self.data, self.base + start * self.itemsize, nd, dims, self.flags)
 
     def sample(self, i):
         """Sample ``i`` (an integer; negative counts from the end) as an array view of the
@@ -312,9 +509,10 @@ cdef class RaggedReader(_Offsets):
     def samples(self, const int64_t[::1] indices):
         """The samples at checked, non-negative ``indices`` (as from ``normalize_index``), as a
         list of views."""
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, batch = indices.shape[0]
         cdef list out = []
-        for k in range(indices.shape[0]):
+        for k in range(batch):
+            self._prefetch_sample(_first(indices), k + PREFETCH_DISTANCE, batch)
             out.append(self._sample(_wrap_scalar(indices[k], self.n)))
         return out
 
@@ -327,11 +525,320 @@ cdef class RaggedReader(_Offsets):
             out.append(self._sample(start + k * step))
         return out
 
+    # -- batches --------------------------------------------------------------------------------
+
+    cdef inline void _prefetch_sample(self, const int64_t* idx, Py_ssize_t k, Py_ssize_t batch) noexcept nogil:
+        """Ask the CPU for the offsets and shape of the sample at ``idx[k]``, if any."""
+        cdef int64_t i
+        if k >= batch:
+            return
+        i = idx[k]
+        if i < 0 or i >= self.n:
+            return
+        prefetch(self.starts + i)
+        prefetch(self.ends + i)
+        if self.nested:
+            prefetch(self.shape_starts + i)
+
+    cdef Py_ssize_t _plan(self, const int64_t* idx, Py_ssize_t batch, int64_t* src, int64_t* where,
+                          int64_t* off, int64_t* soff) noexcept nogil:
+        """Check every sample of a batch and record its data start (``src``), the position of
+        its axes in ``shape_values`` (``where``), and the running totals of values (``off``)
+        and axes (``soff``), while the CPU fetches the offsets of the samples that come next.
+        Return the position of the first invalid sample, or -1."""
+        cdef Py_ssize_t k
+        cdef int64_t i, start, end, dims_at = 0
+        cdef int nd
+        off[0] = 0
+        soff[0] = 0
+        for k in range(batch):
+            self._prefetch_sample(idx, k + PREFETCH_DISTANCE, batch)
+            i = idx[k]
+            if i < 0 or i >= self.n:
+                return k
+            start = self.starts[i]
+            end = self.ends[i]
+            if not _valid_span(start, end, self.length):
+                return k
+            nd = self._ndim(i, end - start, &dims_at)
+            if nd < 0:
+                return k
+            src[k] = start
+            where[k] = dims_at
+            off[k + 1] = off[k] + end - start
+            soff[k + 1] = soff[k] + nd
+        return -1
+
+    def take(self, const int64_t[::1] indices):
+        """The samples at ``indices`` (``int64``, as from ``normalize_index``) copied back to
+        back into one new buffer, as a ``RaggedBatch``.
+
+        A first pass checks every sample's offsets and shape and sizes the buffer; a second
+        copies, while the CPU fetches the data of the samples that come next. Both run without
+        the GIL; nothing is copied when a sample fails its checks.
+        """
+        cdef Py_ssize_t batch = indices.shape[0], k, bad
+        cdef const int64_t* idx = _first(indices)
+        cdef int nd, a
+        offsets = _empty_int64(batch + 1)
+        shape_offsets = _empty_int64(batch + 1)
+        cdef int64_t* off = <int64_t*>cnp.PyArray_DATA(offsets)
+        cdef int64_t* soff = <int64_t*>cnp.PyArray_DATA(shape_offsets)
+        cdef int64_t* src = <int64_t*>malloc((2 * batch + 1) * sizeof(int64_t))
+        if src == NULL:
+            raise MemoryError()
+        cdef int64_t* where = src + batch
+        cdef cnp.npy_intp size[1]
+        cdef char* out
+        cdef int64_t* dims
+        try:
+            with nogil:
+                bad = self._plan(idx, batch, src, where, off, soff)
+            if bad >= 0:
+                self._raise_at(idx[bad])
+            size[0] = off[batch]
+            values = _empty(1, size, self.descr)
+            shape_values = _empty_int64(soff[batch])
+            out = cnp.PyArray_BYTES(values)
+            dims = <int64_t*>cnp.PyArray_DATA(shape_values)
+            with nogil:
+                for k in range(batch):
+                    if k + PREFETCH_DISTANCE < batch:
+                        _prefetch_bytes(self.base + src[k + PREFETCH_DISTANCE] * self.itemsize,
+                                        (off[k + PREFETCH_DISTANCE + 1] - off[k + PREFETCH_DISTANCE]) * self.itemsize)
+                    memcpy(out + off[k] * self.itemsize, self.base + src[k] * self.itemsize,
+                           (off[k + 1] - off[k]) * self.itemsize)
+                    nd = <int>(soff[k + 1] - soff[k])
+                    if nd and not self.nested:
+                        dims[soff[k]] = off[k + 1] - off[k]
+                    elif nd:
+                        for a in range(nd):
+                            dims[soff[k] + a] = self.shape_values[where[k] + a]
+        finally:
+            free(src)
+        return _new_batch(values, offsets, shape_values, shape_offsets)
+
+    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None):
+        """The samples at ``indices`` as one array ``(B, L, *row_shape)`` padded with
+        ``pad_value`` (a 0-d array of the map's dtype), and their lengths along the first axis
+        (``int64``, at most ``L``).
+
+        Every sample must have at least one axis and the same ``row_shape`` after the first.
+        ``L`` is ``max_len`` when given (longer samples are truncated), else ``out.shape[1]``
+        when ``out`` is given, else the longest sample's length. ``out``, if given, is a
+        writable C-contiguous array of the map's dtype and of that shape.
+        """
+        cdef Py_ssize_t batch = indices.shape[0], k, bad = -1
+        cdef const int64_t* idx = _first(indices)
+        cdef int64_t i, start, end, dims_at = 0, longest = 0, row_elems = 1, ref_at = 0, kept
+        cdef int nd, ref_nd = -1, reason = PAD_OK, a
+        lengths = _empty_int64(batch)
+        cdef int64_t* length = <int64_t*>cnp.PyArray_DATA(lengths)
+        cdef int64_t* src = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
+        if src == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                for k in range(batch):
+                    self._prefetch_sample(idx, k + PREFETCH_DISTANCE, batch)
+                    i = idx[k]
+                    reason = PAD_CORRUPTED
+                    if i < 0 or i >= self.n:
+                        bad = k
+                        break
+                    start = self.starts[i]
+                    end = self.ends[i]
+                    nd = self._ndim(i, end - start, &dims_at) if _valid_span(start, end, self.length) else -1
+                    reason = PAD_CORRUPTED if nd < 0 else PAD_SCALAR if nd == 0 else PAD_OK
+                    if reason == PAD_OK and ref_nd < 0:
+                        ref_nd = nd
+                        ref_at = dims_at
+                    elif reason == PAD_OK and nd != ref_nd:
+                        reason = PAD_OTHER_ROW_SHAPE
+                    elif reason == PAD_OK and self.nested:
+                        for a in range(1, nd):
+                            if self.shape_values[dims_at + a] != self.shape_values[ref_at + a]:
+                                reason = PAD_OTHER_ROW_SHAPE
+                    if reason != PAD_OK:
+                        bad = k
+                        break
+                    src[k] = start
+                    length[k] = self.shape_values[dims_at] if self.nested else end - start
+                    if length[k] > longest:
+                        longest = length[k]
+            if bad >= 0:
+                self._raise_padding_error(idx, bad, reason)
+            if batch == 0 and self.n:
+                # no sample to take the row shape from: the map's first sample stands for all
+                shape = np.shape(self._sample(0))
+                ref_nd, row_shape = len(shape), tuple(shape[1:])
+            elif self.nested and ref_nd > 0:
+                row_shape = tuple(self.shape_values_view[ref_at + 1:ref_at + ref_nd])
+            else:
+                row_shape = ()
+            for a in range(len(row_shape)):
+                row_elems *= row_shape[a]
+            if max_len >= 0:
+                longest = max_len
+            elif out is not None:
+                longest = out.shape[1] if out.ndim >= 2 else -1
+            expected = (batch, longest) + row_shape
+            if out is None:
+                out = np.empty(expected, dtype=self.descr)
+            elif (not isinstance(out, np.ndarray) or out.dtype != self.descr
+                  or tuple(out.shape) != expected or not out.flags.c_contiguous
+                  or not out.flags.writeable):
+                raise ValueError(f"out must be a writable C-contiguous {self.descr} array of "
+                                 f"shape {expected}")
+            pad = np.ascontiguousarray(pad_value, dtype=self.descr)
+            self._fill_padded(src, length, batch, longest, row_elems * self.itemsize,
+                              cnp.PyArray_BYTES(<cnp.ndarray>out), pad)
+        finally:
+            free(src)
+        return out, lengths
+
+    cdef int _raise_padding_error(self, const int64_t* idx, Py_ssize_t bad, int reason) except -1:
+        if reason == PAD_CORRUPTED:
+            return self._raise_at(idx[bad])
+        if reason == PAD_SCALAR:
+            raise ValueError(f"sample {idx[bad]} is a scalar: a padded batch needs samples with "
+                             f"at least one axis")
+        raise ValueError(f"sample {idx[bad]} has shape {np.shape(self._sample(idx[bad]))}, sample "
+                         f"{idx[0]} has shape {np.shape(self._sample(idx[0]))}: a padded batch "
+                         f"needs samples that differ only in their first axis")
+
+    cdef void _fill_padded(self, const int64_t* src, int64_t* length, Py_ssize_t batch,
+                           int64_t longest, Py_ssize_t row_bytes, char* dst, cnp.ndarray pad):
+        """Copy each sample's first ``longest`` rows into row ``k`` of ``dst`` and pad the
+        rest with ``pad``; ``length`` becomes the number of rows kept."""
+        cdef const char* pattern = cnp.PyArray_BYTES(pad)
+        cdef bint zero = not pad.view(np.uint8).any()
+        cdef Py_ssize_t k
+        cdef int64_t kept
+        with nogil:
+            for k in range(batch):
+                if k + PREFETCH_DISTANCE < batch:
+                    _prefetch_bytes(self.base + src[k + PREFETCH_DISTANCE] * self.itemsize, row_bytes)
+                kept = length[k] if length[k] < longest else longest
+                length[k] = kept
+                memcpy(dst + k * longest * row_bytes, self.base + src[k] * self.itemsize,
+                       kept * row_bytes)
+                _fill(dst + (k * longest + kept) * row_bytes, (longest - kept) * row_bytes,
+                      pattern, self.itemsize, zero)
+
+
+@cython.final
+cdef class RaggedBatch:
+    """Samples copied back to back into one buffer, with their offsets and shapes.
+
+    ``values``: 1-d array of every sample's values, in C order, back to back;
+    ``offsets``: ``int64`` array ``(B + 1,)``, sample ``k`` is ``values[offsets[k]:offsets[k + 1]]``;
+    ``shape_values``, ``shape_offsets``: ``int64``, the shape of sample ``k`` is
+    ``shape_values[shape_offsets[k]:shape_offsets[k + 1]]`` (empty for a scalar).
+
+    ``batch[k]`` and ``batch.arrays()`` give the samples as views of ``values`` (a Python scalar
+    for a 0-d sample), without copying again.
+    """
+
+    cdef readonly cnp.ndarray values
+    cdef readonly cnp.ndarray offsets
+    cdef readonly cnp.ndarray shape_values
+    cdef readonly cnp.ndarray shape_offsets
+    cdef const int64_t* off
+    cdef const int64_t* soff
+    cdef const int64_t* dims
+    cdef char* base
+    cdef Py_ssize_t itemsize
+    cdef int flags
+
+    def __init__(self, values, offsets, shape_values, shape_offsets):
+        values = np.asarray(values)
+        if values.ndim != 1 or not values.flags.c_contiguous:
+            raise ValueError("values must be a contiguous 1-d array")
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        shape_values = np.ascontiguousarray(shape_values, dtype=np.int64)
+        shape_offsets = np.ascontiguousarray(shape_offsets, dtype=np.int64)
+        cdef Py_ssize_t batch = offsets.shape[0] - 1, k
+        if offsets.ndim != 1 or batch < 0 or shape_offsets.shape != offsets.shape:
+            raise ValueError("offsets and shape_offsets must both hold len(batch) + 1 entries")
+        cdef const int64_t[::1] off = offsets, soff = shape_offsets, dims = shape_values
+        for k in range(batch + 1):
+            if (off[k] < (off[k - 1] if k else 0) or off[k] > values.shape[0]
+                    or soff[k] < (soff[k - 1] if k else 0) or soff[k] > dims.shape[0]
+                    or (k and soff[k] - soff[k - 1] > MAX_SAMPLE_NDIM)):
+                raise ValueError(f"offsets of a RaggedBatch are inconsistent at entry {k}")
+            if k and _checked_product(_first(dims) + soff[k - 1], soff[k] - soff[k - 1],
+                                      values.shape[0]) != off[k] - off[k - 1]:
+                raise ValueError(f"sample {k - 1} of a RaggedBatch has a shape that does not "
+                                 f"match its number of values")
+        self._set(values, offsets, shape_values, shape_offsets)
+
+    cdef _set(self, cnp.ndarray values, cnp.ndarray offsets, cnp.ndarray shape_values,
+              cnp.ndarray shape_offsets):
+        self.values = values
+        self.offsets = offsets
+        self.shape_values = shape_values
+        self.shape_offsets = shape_offsets
+        self.off = <const int64_t*>cnp.PyArray_DATA(offsets)
+        self.soff = <const int64_t*>cnp.PyArray_DATA(shape_offsets)
+        self.dims = <const int64_t*>cnp.PyArray_DATA(shape_values)
+        self.base = cnp.PyArray_BYTES(values)
+        self.itemsize = values.dtype.itemsize
+        self.flags = _view_flags(values)
+
+    def __len__(self):
+        return self.offsets.shape[0] - 1
+
+    cdef object _item(self, Py_ssize_t k):
+        cdef cnp.npy_intp dims[MAX_SAMPLE_NDIM]
+        cdef int nd = <int>(self.soff[k + 1] - self.soff[k]), a
+        for a in range(nd):
+            dims[a] = self.dims[self.soff[k] + a]
+        return _view(self.values, self.base + self.off[k] * self.itemsize, nd, dims, self.flags)
+
+    def __getitem__(self, k):
+        return self._item(_scalar_index(k, len(self)))
+
+    def __iter__(self):
+        return iter(self.arrays())
+
+    def arrays(self):
+        """Every sample, as a list of views of ``values``."""
+        cdef Py_ssize_t k
+        return [self._item(k) for k in range(len(self))]
+
+    @property
+    def shapes(self):
+        """The shape of every sample, as a list of tuples."""
+        cdef Py_ssize_t k
+        return [tuple(self.shape_values[self.soff[k]:self.soff[k + 1]].tolist()) for k in range(len(self))]
+
+    @property
+    def lengths(self):
+        """Number of values of every sample (``int64``)."""
+        return np.diff(self.offsets)
+
+    @property
+    def nbytes(self):
+        """Bytes of all values."""
+        return self.values.nbytes
+
+    def __repr__(self):
+        return f"RaggedBatch({len(self)} samples, {self.values.shape[0]} values of {self.values.dtype})"
+
+
+cdef RaggedBatch _new_batch(values, offsets, shape_values, shape_offsets):
+    """A ``RaggedBatch`` over arrays that ``RaggedReader.take`` made consistent."""
+    cdef RaggedBatch batch = RaggedBatch.__new__(RaggedBatch)
+    batch._set(values, offsets, shape_values, shape_offsets)
+    return batch
+
 
 # --------------------------------------------------------------------------------------------
 # Strings maps
 # --------------------------------------------------------------------------------------------
 
+@cython.final
 cdef class StringsReader(_Offsets):
     """Offset lookup and UTF-8 decoding over the mapped files of a strings map.
 
@@ -339,21 +846,22 @@ cdef class StringsReader(_Offsets):
     ``int64`` arrays of byte offsets, of which the first ``n = len(starts)`` are used.
     """
 
-    cdef const unsigned char[::1] data
+    cdef const unsigned char[::1] data_view
+    cdef const char* data
 
     def __cinit__(self, data, starts, ends, source=""):
-        self.data = data
-        self._init_offsets(starts, ends, self.data.shape[0], source, "string", "bytes")
+        self.data_view = data
+        self.data = <const char*>&self.data_view[0] if self.data_view.shape[0] else NULL
+        self._init_offsets(starts, ends, self.data_view.shape[0], source, "string", "bytes")
 
     cdef object _get(self, Py_ssize_t i, bint as_bytes):
         cdef int64_t start, end
         self._bounds(i, &start, &end)
         if end == start:
             return b"" if as_bytes else ""
-        cdef const char* ptr = <const char*>&self.data[start]
         if as_bytes:
-            return PyBytes_FromStringAndSize(ptr, end - start)
-        return PyUnicode_DecodeUTF8(ptr, end - start, NULL)
+            return PyBytes_FromStringAndSize(self.data + start, end - start)
+        return PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
 
     def get(self, i, bint as_bytes=False):
         """String ``i`` (an integer; negative counts from the end) decoded from UTF-8, or its
@@ -361,12 +869,53 @@ cdef class StringsReader(_Offsets):
         return self._get(_scalar_index(i, self.n), as_bytes)
 
     def get_many(self, const int64_t[::1] indices, bint as_bytes=False):
-        """The strings (or raw bytes) at checked, non-negative ``indices``, as a list."""
-        cdef Py_ssize_t k
-        cdef list out = []
-        for k in range(indices.shape[0]):
-            out.append(self._get(_wrap_scalar(indices[k], self.n), as_bytes))
-        return out
+        """The strings (or raw bytes) at ``indices`` (``int64``, as from ``normalize_index``),
+        as a list.
+
+        Without the GIL, a first pass checks every string's offsets (fetching those of the
+        strings that come next) and a second gathers their bytes into one buffer (fetching the
+        bytes that come next); the strings are then decoded from that buffer, which is in the
+        CPU's cache.
+        """
+        cdef Py_ssize_t batch = indices.shape[0], k, bad = -1, ahead
+        cdef const int64_t* idx = _first(indices)
+        cdef int64_t i
+        cdef int64_t* off = <int64_t*>malloc((2 * batch + 1) * sizeof(int64_t))
+        if off == NULL:
+            raise MemoryError(f"cannot allocate a batch of {batch} strings")
+        cdef int64_t* src = off + batch + 1
+        cdef char* gathered = NULL
+        try:
+            with nogil:
+                off[0] = 0
+                for k in range(batch):
+                    ahead = k + PREFETCH_DISTANCE
+                    if ahead < batch and 0 <= idx[ahead] < self.n:
+                        prefetch(self.starts + idx[ahead])
+                        prefetch(self.ends + idx[ahead])
+                    i = idx[k]
+                    if i < 0 or i >= self.n or not _valid_span(self.starts[i], self.ends[i], self.length):
+                        bad = k
+                        break
+                    src[k] = self.starts[i]
+                    off[k + 1] = off[k] + self.ends[i] - self.starts[i]
+            if bad >= 0:
+                self._raise_unreadable(idx[bad])
+            gathered = <char*>malloc(off[batch] + 1)
+            if gathered == NULL:
+                raise MemoryError(f"cannot allocate {off[batch]} bytes for a batch of strings")
+            with nogil:
+                for k in range(batch):
+                    ahead = k + PREFETCH_DISTANCE
+                    if ahead < batch:
+                        _prefetch_bytes(self.data + src[ahead], off[ahead + 1] - off[ahead])
+                    memcpy(gathered + off[k], self.data + src[k], off[k + 1] - off[k])
+            if as_bytes:
+                return [PyBytes_FromStringAndSize(gathered + off[k], off[k + 1] - off[k]) for k in range(batch)]
+            return [PyUnicode_DecodeUTF8(gathered + off[k], off[k + 1] - off[k], NULL) for k in range(batch)]
+        finally:
+            free(off)
+            free(gathered)
 
     def get_in(self, slice item, bint as_bytes=False):
         """The strings (or raw bytes) of a slice of the map (any step), as a list."""

@@ -13,7 +13,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _meta
+from . import _core, _meta
 from ._meta import ArrayMeta
 from ._storage import ArrayDir
 from .base import (
@@ -133,6 +133,24 @@ def open_existing(out_dir: PathLike, mode: str = "r") -> np.memmap:
     if mode not in _OPEN_MODES:
         raise ValueError(f"mode must be one of {_OPEN_MODES}, got {mode!r}")
     return _open_dir(out_dir, ("numpy", "ragged")).map(mode)
+
+
+def take(arr: np.ndarray, indices: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rows ``arr[indices]`` gathered into a new array (or into ``out``, a writable
+    C-contiguous array of shape ``(len(indices), *arr.shape[1:])`` and ``arr``'s dtype).
+
+    ``arr`` is a ``np.memmap`` of a map, or any array with a first axis; ``indices`` a
+    sequence, array, boolean mask or slice, with numpy's semantics. Rows of a C-ordered array
+    are copied without the GIL, so several threads can gather at once.
+    """
+    if not isinstance(arr, np.ndarray) or arr.ndim == 0:
+        raise TypeError("take needs an array with at least one axis")
+    index = _core.batch_index(indices, arr.shape[0])
+    if out is None:
+        out = np.empty((len(index), *arr.shape[1:]), dtype=arr.dtype)
+    if arr.flags.c_contiguous:
+        return _core.gather_rows(arr, index, out)
+    return np.take(arr, index, axis=0, out=out)
 
 
 def extend_dir(out_dir: PathLike, arr: Any) -> None:

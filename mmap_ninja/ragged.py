@@ -40,6 +40,8 @@ from .parallel import indexable_batches
 
 _MODES = ("r", "r+", "c")
 
+RaggedBatch = _core.RaggedBatch
+
 
 @dataclass
 class _Batch:
@@ -315,6 +317,56 @@ class RaggedMmap:
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> List[Any]:
+        """The samples at ``indices`` (through ``wrapper_fn``), copied in one pass into one
+        buffer: each is a writable view of it. ``torch.utils.data.DataLoader`` fetches whole
+        batches with this method."""
+        batch = self.take(indices)
+        if self.wrapper_fn is None:
+            return batch.arrays()
+        return [self.wrapper_fn(sample) for sample in batch.arrays()]
+
+    def take(self, indices) -> RaggedBatch:
+        """The samples at ``indices`` (a sequence, array, boolean mask or slice) copied back to
+        back into one new buffer, as a ``RaggedBatch``: ``.values`` (1-d), ``.offsets``
+        (``int64``, ``len + 1``), ``.shapes``, and ``batch[k]`` / ``batch.arrays()`` as views of
+        ``.values``. ``wrapper_fn`` is not applied."""
+        reader = self._reader
+        if reader is None:
+            _core.batch_index(indices, 0)
+            empty = np.empty(0, dtype=self.dtype or np.float64)
+            return RaggedBatch(empty, np.zeros(1, np.int64), np.empty(0, np.int64), np.zeros(1, np.int64))
+        return reader.take(_core.batch_index(indices, reader.n))
+
+    def padded(
+        self,
+        indices,
+        pad_value: Any = 0,
+        max_len: Optional[int] = None,
+        out: Optional[np.ndarray] = None,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """The samples at ``indices`` (sequences along their first axis, same shape after it)
+        as one array ``(B, L, *row_shape)`` padded with ``pad_value``, and the number of valid
+        entries of each along the first axis (``int64``, ``B``).
+
+        ``L`` is ``max_len`` when given (longer samples are cut), else ``out.shape[1]`` when
+        ``out`` (a preallocated C-contiguous array of the map's dtype) is given, else the
+        longest sample's length. ``wrapper_fn`` is not applied.
+        """
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 0):
+            raise ValueError(f"max_len must be a non-negative integer, got {max_len!r}")
+        if out is not None and not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
+        dtype = self.dtype or np.dtype(np.float64)
+        pad = cast_values(np.asarray(pad_value), dtype, "pad_value")
+        reader = self._reader
+        if reader is None:
+            _core.batch_index(indices, 0)
+            length = max_len if max_len is not None else (out.shape[1] if out is not None and out.ndim > 1 else 0)
+            return np.full((0, length), pad, dtype=dtype) if out is None else out, np.empty(0, np.int64)
+        index = _core.batch_index(indices, reader.n)
+        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out)
 
     def _wrap(self, sample):
         if self.wrapper_fn is None:

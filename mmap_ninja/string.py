@@ -87,8 +87,11 @@ class _Codec:
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         return b"".join(encoded), lengths
 
+    def decompress(self, raw: bytes) -> bytes:
+        return self._decompressor.decompress(raw)
+
     def unpack(self, raw: bytes) -> str:
-        return self._decompressor.decompress(raw).decode("utf-8")
+        return self.decompress(raw).decode("utf-8")
 
 
 class _StringsFiles:
@@ -218,6 +221,9 @@ class StringsMmap:
         return self._reader
 
     def __getitem__(self, item):
+        reader = self._reader
+        if type(item) is int and reader is not None and not self._files.codec.compressed:
+            return reader.get(item)
         reader = self._live_reader()
         if reader is None:
             _core.normalize_index(item, 0)  # raises for any integer
@@ -233,6 +239,26 @@ class StringsMmap:
         if codec.compressed:
             return [codec.unpack(raw) for raw in reader.get_many(index, True)]
         return reader.get_many(index)
+
+    def __getitems__(self, indices: Sequence[int]) -> List[str]:
+        """The strings at ``indices``, as a list (``torch.utils.data.DataLoader`` fetches
+        whole batches with this method)."""
+        return self[_core.batch_index(indices, len(self))]
+
+    def get_bytes(self, item):
+        """Like ``m[item]``, but the UTF-8 bytes of each string, without decoding them (a
+        compressed map decompresses them)."""
+        reader = self._live_reader()
+        if reader is None:
+            _core.normalize_index(item, 0)  # raises for any integer
+            return []
+        codec = self._files.codec
+        index = _core.normalize_index(item, reader.n)
+        if type(index) is int:
+            raw = reader.get(index, True)
+            return codec.decompress(raw) if codec.compressed else raw
+        raws = reader.get_many(index, True)
+        return [codec.decompress(raw) for raw in raws] if codec.compressed else raws
 
     def __iter__(self):
         for i in range(len(self)):

@@ -107,6 +107,12 @@ def test_read_only_data_gives_read_only_views():
     assert not view.flags.writeable
 
 
+def test_flat_lengths_come_from_the_offsets():
+    reader = flat_reader(np.arange(10), [0, 3], [3, 10], [99, -5])
+    assert reader.sample(0).tolist() == [0, 1, 2] and reader.sample(1).shape == (7,)
+    assert [s.shape for s in reader.take(i64(1, 0)).arrays()] == [(7,), (3,)]
+
+
 def test_scalar_and_empty_samples():
     reader = flat_reader(np.array([7, 8]), [0, 1, 1], [1, 1, 2], [0, 0, 1])
     assert reader.sample(0) == 7 and type(reader.sample(0)) is int
@@ -130,8 +136,8 @@ def test_nested_shapes():
     ([-1], [2], [3], "corrupted offsets for sample 0"),
     ([5], [4], [1], "corrupted offsets"),
     ([2**62], [2**62 + 1], [1], "corrupted offsets"),
-    ([0], [4], [5], r"shape \(5,\) but 4 stored elements"),
-    ([0], [2], [0], "shape"),
+    ([0], [1], [5], r"shape \(5,\) but 1 stored elements"),
+    ([0], [1], [2], "shape"),
 ])
 def test_corrupted_flat_offsets_raise(starts, ends, sizes, message):
     reader = flat_reader(np.arange(10), starts, ends, sizes)
@@ -203,3 +209,71 @@ def test_slices_of_readers_match_python_slices(n, start, stop, step):
     strings = _core.StringsReader(text.encode(), np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64))
     assert strings.get_in(item) == list(text)[item]
     assert strings.get_in(item, as_bytes=True) == [c.encode() for c in list(text)[item]]
+
+
+# -- batch gathers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("starts, ends, sizes, bad", [
+    ([0, 4], [4, 99], [4, 95], 1),
+    ([0, -4], [4, 6], [4, 10], 1),
+    ([0, 4], [4, 5], [4, 7], 1),
+])
+def test_take_and_padded_check_every_offset_before_copying(starts, ends, sizes, bad):
+    reader = flat_reader(np.arange(10), starts, ends, sizes)
+    with pytest.raises(ValueError, match=f"sample {bad}"):
+        reader.take(i64(0, bad))
+    with pytest.raises(ValueError, match=f"sample {bad}"):
+        reader.padded(i64(0, bad), np.array(0))
+
+
+def test_gathers_refuse_positions_outside_the_map():
+    reader = flat_reader(np.arange(10), [0], [10], [10])
+    with pytest.raises(IndexError, match="index 3 is out of bounds"):
+        reader.take(i64(0, 3))
+    with pytest.raises(IndexError, match="index -1 is out of bounds"):
+        reader.padded(i64(-1), np.array(0))
+    with pytest.raises(IndexError, match="index 2 is out of bounds for 2 rows"):
+        _core.gather_rows(np.zeros((2, 3)), i64(0, 2), np.empty((2, 3)))
+
+
+def test_nested_take_copies_shapes():
+    data = np.arange(13, dtype=np.uint8)
+    reader = _core.RaggedReader(data, i64(0, 6, 6, 12), i64(6, 6, 12, 13), shape_values=i64(2, 3, 0, 3, 1, 2),
+                                shape_starts=i64(0, 2, 3, 6), shape_ends=i64(2, 3, 6, 6))
+    batch = reader.take(i64(2, 3, 0, 1))
+    assert batch.shapes == [(3, 1, 2), (), (2, 3), (0,)]
+    assert batch.shape_offsets.tolist() == [0, 3, 3, 5, 6]
+    assert batch[0].tolist() == [[[6, 7]], [[8, 9]], [[10, 11]]] and batch[1] == 12
+
+
+@pytest.mark.parametrize("values, offsets, shape_values, shape_offsets, message", [
+    (np.arange(3), [0, 4], [4], [0, 1], "inconsistent at entry 1"),
+    (np.arange(3), [0, 2, 1], [2, 1], [0, 1, 2], "inconsistent at entry 2"),
+    (np.arange(3), [0, 3], [2], [0, 1], "sample 0 of a RaggedBatch has a shape"),
+    (np.arange(3), [0, 3], [3], [0, 2], "inconsistent at entry 1"),
+    (np.arange(3), [0, 3], [3], [0], "both hold"),
+    (np.zeros((2, 2)), [0], [], [0], "1-d"),
+])
+def test_ragged_batch_checks_what_it_is_given(values, offsets, shape_values, shape_offsets, message):
+    with pytest.raises(ValueError, match=message):
+        _core.RaggedBatch(values, offsets, shape_values, shape_offsets)
+
+
+def test_ragged_batch_built_by_hand():
+    batch = _core.RaggedBatch(np.arange(5.0), [0, 2, 5], [2, 3], [0, 1, 2])
+    assert [b.tolist() for b in batch] == [[0.0, 1.0], [2.0, 3.0, 4.0]]
+    assert batch.lengths.tolist() == [2, 3]
+    with pytest.raises(IndexError):
+        batch[2]
+
+
+def test_pad_fill_of_every_width():
+    for dtype in (np.uint8, np.int16, np.float32, np.complex128, "<U3"):
+        data = np.array(["a", "b", "c"] if dtype == "<U3" else [1, 2, 3], dtype=dtype)
+        reader = flat_reader(data, [0, 1], [1, 3], [1, 2])
+        pad = np.array("zz" if dtype == "<U3" else 7, dtype=dtype)
+        padded, lengths = reader.padded(i64(0, 1, 0), pad, 5)
+        assert padded.dtype == data.dtype and lengths.tolist() == [1, 2, 1]
+        expected = np.full((3, 5), pad, dtype=dtype)
+        expected[0, 0], expected[1, :2], expected[2, 0] = data[0], data[1:], data[0]
+        np.testing.assert_array_equal(padded, expected)

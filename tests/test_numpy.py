@@ -182,3 +182,42 @@ def test_write_extend_reopen_identical(tmp_path_factory, arr, fortran, extra):
     np_ninja.extend_dir(out, rows)
     np.testing.assert_array_equal(np_ninja.open_existing(out), np.concatenate([arr, rows]))
     assert np_ninja.open_existing(out).dtype == arr.dtype
+
+
+# -- gathering rows -------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arr=hnp.arrays(dtype=st.sampled_from(["uint8", "int32", "float64", "complex64", "<U2"]),
+                      shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6)),
+       data=st.data(), fortran=st.booleans(), use_out=st.booleans())
+def test_take_equals_numpy_fancy_indexing(tmp_path_factory, arr, data, fortran, use_out):
+    memmap = np_ninja.from_ndarray(tmp_path_factory.mktemp("take") / "a", np.asfortranarray(arr) if fortran else arr)
+    n = len(arr)
+    indices = data.draw(st.one_of(
+        st.lists(st.integers(-n, n - 1), max_size=20),
+        st.lists(st.booleans(), min_size=n, max_size=n),
+        st.builds(slice, st.one_of(st.none(), st.integers(-n, n)), st.one_of(st.none(), st.integers(-n, n)),
+                  st.one_of(st.none(), st.integers(-3, 3).filter(bool))),
+    ))
+    expected = arr[np.asarray(indices, dtype=bool if indices and isinstance(indices[0], bool) else np.int64)] \
+        if isinstance(indices, list) else arr[indices]
+    out = np.empty_like(expected, order="C") if use_out else None
+    result = np_ninja.take(memmap, indices, out=out)
+    np.testing.assert_array_equal(result, expected)
+    assert result.dtype == arr.dtype and result.flags.c_contiguous and not isinstance(result, np.memmap)
+    if use_out:
+        assert result is out
+
+
+def test_take_errors():
+    arr = np.arange(12).reshape(4, 3)
+    with pytest.raises(IndexError, match="index 4 is out of bounds for a map of length 4"):
+        np_ninja.take(arr, [0, 4])
+    with pytest.raises(ValueError, match=r"out has shape \(2, 4\), expected \(2, 3\)"):
+        np_ninja.take(arr, [0, 1], out=np.empty((2, 4), arr.dtype))
+    with pytest.raises(ValueError, match="out has dtype float32"):
+        np_ninja.take(arr, [0, 1], out=np.empty((2, 3), np.float32))
+    with pytest.raises(TypeError, match="a batch needs"):
+        np_ninja.take(arr, 1)
+    with pytest.raises(TypeError, match="at least one axis"):
+        np_ninja.take(np.float32(1), [0])

@@ -376,7 +376,7 @@ def _rewrite_index_array(path, values):
 @pytest.mark.parametrize("component, values, message", [
     ("ends", [3, 99], "corrupted offsets for sample 1"),
     ("starts", [-5, 3], "corrupted offsets for sample 0"),
-    ("starts", [3, 3], r"sample 0 has shape \(3,\) but 0 stored elements"),
+    ("starts", [4, 3], "corrupted offsets for sample 0"),
 ])
 def test_corrupted_offsets_raise_instead_of_reading_outside_the_data(tmp_path, component, values, message):
     RaggedMmap.from_lists(tmp_path / "c", [np.array([1, 2, 3]), np.array([4, 5])])
@@ -459,3 +459,156 @@ def test_extend_in_batches_equals_one_build(tmp_path_factory, batches):
     for actual, expected in zip(read_all(reopened), flat):
         np.testing.assert_array_equal(np.asarray(actual), expected)
         assert np.shape(actual) == expected.shape
+
+
+# -- batch outputs ---------------------------------------------------------------------------
+
+index_lists = st.lists(st.integers(-1000, 1000), max_size=24)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples=any_ragged_samples, raw_indices=index_lists)
+def test_take_equals_per_sample_reads(tmp_path_factory, samples, raw_indices):
+    m = RaggedMmap.from_lists(tmp_path_factory.mktemp("take") / "m", samples)
+    indices = [i % len(samples) - (len(samples) if i < 0 else 0) for i in raw_indices] if samples else []
+    batch = m.take(indices)
+    assert len(batch) == len(indices)
+    expected = [np.asarray(m[i]) for i in indices]
+    for k, (got, want) in enumerate(zip(batch.arrays(), expected)):
+        assert np.shape(got) == want.shape
+        np.testing.assert_array_equal(np.asarray(got), want)
+        np.testing.assert_array_equal(np.asarray(batch[k]), want)
+    assert batch.shapes == [w.shape for w in expected]
+    assert batch.lengths.tolist() == [w.size for w in expected]
+    assert batch.offsets.tolist() == np.concatenate([[0], np.cumsum([w.size for w in expected])]).tolist()
+    if samples:
+        assert batch.values.dtype == m.dtype
+        np.testing.assert_array_equal(batch.values, np.concatenate([w.ravel() for w in expected] + [np.empty(0, m.dtype)]))
+
+
+def test_take_copies_into_one_writable_buffer(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "t", [np.arange(3), np.arange(4).reshape(2, 2), np.array(7)])
+    batch = m.take([1, 0, 2, 1])
+    assert repr(batch) == "RaggedBatch(4 samples, 12 values of int64)"
+    views = batch.arrays()
+    assert all(v.base is batch.values for v in views[:2]) and views[2] == 7
+    views[0][0, 0] = 100  # the batch is a copy: the map does not change
+    assert batch.values[0] == 100 and m[1][0, 0] == 0
+    assert not np.shares_memory(batch.values, m.memmap)
+    assert [np.shape(v) for v in batch] == [(2, 2), (3,), (), (2, 2)]
+    assert batch.nbytes == 12 * 8
+
+
+def test_take_rejects_scalar_indices_and_reports_bad_ones(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "t", [np.arange(3)])
+    with pytest.raises(TypeError, match="a batch needs"):
+        m.take(0)
+    with pytest.raises(IndexError, match="index 5 is out of bounds for a map of length 1"):
+        m.take([0, 5])
+    assert len(m.take(slice(None))) == 1 and len(m.take([])) == 0
+    assert len(m.take([True])) == 1
+
+
+def test_take_and_padded_on_an_empty_map(tmp_path):
+    m = RaggedMmap(tmp_path / "none")
+    assert len(m.take([])) == 0
+    padded, lengths = m.padded([], max_len=4)
+    assert padded.shape == (0, 4) and lengths.shape == (0,)
+    with pytest.raises(IndexError):
+        m.take([0])
+
+
+sequence_maps = st.tuples(
+    st.sampled_from([np.int32, np.float64, np.uint8]).map(np.dtype),
+    hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3),
+    st.lists(st.integers(0, 9), max_size=10),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=sequence_maps, raw_indices=index_lists, max_len=st.one_of(st.none(), st.integers(0, 12)),
+       pad=st.integers(0, 100), use_out=st.booleans())
+def test_padded_equals_reference(tmp_path_factory, spec, raw_indices, max_len, pad, use_out):
+    dtype, row_shape, lengths = spec
+    rng = np.random.default_rng(len(lengths))
+    samples = [rng.integers(0, 100, size=(n, *row_shape)).astype(dtype) for n in lengths]
+    m = RaggedMmap.from_lists(tmp_path_factory.mktemp("pad") / "m", samples)
+    indices = [i % len(samples) for i in raw_indices] if samples else []
+    longest = max([len(samples[i]) for i in indices], default=0)
+    width = longest if max_len is None else max_len
+    row = row_shape if samples and not m.shapes_are_flat else ()
+    out = np.full((len(indices), width, *row), 255, dtype=m.dtype or np.float64) if use_out else None
+    result, got_lengths = m.padded(indices, pad_value=pad, max_len=max_len, out=out)
+    expected = np.full((len(indices), width, *row), pad, dtype=m.dtype or np.float64)
+    for k, i in enumerate(indices):
+        kept = min(len(samples[i]), width)
+        expected[k, :kept] = samples[i][:kept].reshape(kept, *row)
+    np.testing.assert_array_equal(result, expected)
+    assert result.dtype == (dtype if samples else np.float64)  # a map never written has no dtype
+    assert got_lengths.tolist() == [min(len(samples[i]), width) for i in indices]
+    if use_out:
+        assert result is out
+
+
+def test_padded_refuses_what_cannot_be_padded(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "p", [np.zeros((2, 3)), np.zeros((1, 4)), np.array(1.0)])
+    with pytest.raises(ValueError, match=r"sample 1 has shape \(1, 4\), sample 0 has shape \(2, 3\)"):
+        m.padded([0, 1])
+    with pytest.raises(ValueError, match="sample 2 is a scalar"):
+        m.padded([2])
+    with pytest.raises(ValueError, match=r"shape \(1, 2, 3\)"):
+        m.padded([0], out=np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match="float64"):
+        m.padded([0], out=np.zeros((1, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="max_len"):
+        m.padded([0], max_len=-1)
+    with pytest.raises(TypeError, match="pad_value"):
+        RaggedMmap.from_lists(tmp_path / "u", [np.zeros(2, np.uint8)]).padded([0], pad_value=-1)
+
+
+def test_getitems_returns_the_batch_as_a_list_through_wrapper_fn(tmp_path):
+    samples = [np.arange(i) for i in range(5)]
+    RaggedMmap.from_lists(tmp_path / "g", samples)
+    m = RaggedMmap(tmp_path / "g")
+    assert_samples_equal(m.__getitems__([4, 0, 4]), [samples[4], samples[0], samples[4]])
+    assert all(s.flags.writeable for s in m.__getitems__([1, 2]))
+    wrapped = RaggedMmap(tmp_path / "g", wrapper_fn=len)
+    assert wrapped.__getitems__([3, 1]) == [3, 1]
+
+
+def test_dataloader_fetches_batches_through_getitems(tmp_path):
+    import torch
+    samples = [np.full(i % 4 + 1, i, dtype=np.int64) for i in range(10)]
+    RaggedMmap.from_lists(tmp_path / "d", samples)
+    calls = []
+
+    class Recording(RaggedMmap):
+        def __getitems__(self, indices):
+            calls.append(list(indices))
+            return super().__getitems__(indices)
+
+    loader = torch.utils.data.DataLoader(Recording(tmp_path / "d"), batch_size=4, collate_fn=list)
+    batches = list(loader)
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert_samples_equal([s for batch in batches for s in batch], samples)
+
+
+def test_threads_gather_at_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    samples = [rng.integers(0, 1000, size=rng.integers(0, 300), dtype=np.int32) for _ in range(500)]
+    m = RaggedMmap.from_lists(tmp_path / "th", samples)
+    index_sets = [rng.integers(0, 500, size=64) for _ in range(40)]
+
+    def check(indices):
+        batch = m.take(indices)
+        padded, lengths = m.padded(indices, pad_value=-1)
+        for k, i in enumerate(indices):
+            np.testing.assert_array_equal(batch[k], samples[i])
+            np.testing.assert_array_equal(padded[k, :lengths[k]], samples[i])
+            assert (padded[k, lengths[k]:] == -1).all()
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(check, index_sets))

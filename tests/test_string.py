@@ -229,3 +229,29 @@ def test_write_extend_reopen_identical_and_batches_equal_per_string(tmp_path_fac
     if expected:
         indices = data.draw(st.lists(st.integers(-len(expected), len(expected) - 1), max_size=20))
         assert m[indices] == [expected[i] for i in indices]
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(max_size=30), max_size=15), raw_indices=st.lists(st.integers(-100, 100), max_size=20),
+       compressed=st.booleans())
+def test_batches_bytes_and_getitems_equal_per_string_reads(tmp_path_factory, texts, raw_indices, compressed):
+    out = tmp_path_factory.mktemp("batch") / "s"
+    m = StringsMmap.from_strings(out, texts, **({"zstd_level": 1} if compressed else {}))
+    indices = [i % len(texts) - (len(texts) if i < 0 else 0) for i in raw_indices] if texts else []
+    assert m[indices] == [texts[i] for i in indices]
+    assert m.__getitems__(indices) == [texts[i] for i in indices]
+    assert m.get_bytes(indices) == [texts[i].encode() for i in indices]
+    if texts:
+        assert m.get_bytes(indices[0] if indices else 0) == texts[indices[0] if indices else 0].encode()
+    assert m.get_bytes(slice(None, None, -1)) == [t.encode() for t in texts[::-1]]
+
+
+def test_get_bytes_on_an_empty_map(tmp_path):
+    m = StringsMmap(tmp_path / "none")
+    assert m.get_bytes([]) == [] and m.__getitems__([]) == []
+    with pytest.raises(IndexError):
+        m.get_bytes(0)
+    with pytest.raises(TypeError, match="a batch needs"):
+        StringsMmap.from_strings(tmp_path / "s", ["a"]).__getitems__(0)
