@@ -17,8 +17,9 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "this compiles the extension and needs a C compiler."
     ) from exc
 
+from ._storage import durability, set_durability
 from .base import Wrapped
-from .generic import open_existing
+from .generic import open_existing, verify
 from .numpy import append as np_append
 from .numpy import extend as np_extend
 from .numpy import extend_dir as np_extend_dir
@@ -35,6 +36,9 @@ __all__ = [
     "RaggedBatch",
     "StringsMmap",
     "open_existing",
+    "verify",
+    "durability",
+    "set_durability",
     "np_from_ndarray",
     "np_from_generator",
     "np_open_existing",

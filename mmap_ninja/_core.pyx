@@ -18,6 +18,7 @@ Batch copies run without the GIL, so several threads can gather at once.
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsSsize_t
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -26,6 +27,8 @@ from libc.string cimport memcpy, memset
 
 cimport cython
 cimport numpy as cnp
+import operator
+
 import numpy as np
 
 cnp.import_array()
@@ -100,28 +103,31 @@ def _wrap_indices(const index_t[::1] src, int64_t[::1] dst, int64_t n):
     return bad
 
 
-cdef Py_ssize_t _slice_length(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t step) noexcept nogil:
-    """Number of positions in ``range(start, stop, step)`` (``step`` != 0)."""
-    if step > 0 and start < stop:
-        return (stop - start - 1) // step + 1
-    if step < 0 and start > stop:
-        return (start - stop - 1) // (-step) + 1
-    return 0
+cdef tuple _slice_bounds(slice item, Py_ssize_t n):
+    """``(start, step, count)`` of the positions a slice selects in a map of length ``n``
+    (any step, even one past the length)."""
+    positions = range(n)[item]
+    count = len(positions)
+    return (positions.start if count else 0), (positions.step if count > 1 else 1), count
 
 
-cdef bint _is_integer_scalar(object item):
-    return (isinstance(item, int) or isinstance(item, np.integer)) and not (
-        isinstance(item, bool) or isinstance(item, np.bool_))
+cdef object _slice_positions(slice item, Py_ssize_t n):
+    cdef Py_ssize_t start, step, count
+    start, step, count = _slice_bounds(item, n)
+    return np.arange(count, dtype=np.int64) * step + start
 
 
 cdef Py_ssize_t _scalar_index(object item, Py_ssize_t n) except -1:
-    """Checked position in ``[0, n)`` of an integer scalar (Python or NumPy, negative
-    allowed)."""
+    """Checked position in ``[0, n)`` of an integer scalar (Python or NumPy int, 0-d integer
+    array, anything with ``__index__``; negative counts from the end)."""
     cdef Py_ssize_t i
     if type(item) is not int:
-        if not _is_integer_scalar(item):
-            raise TypeError(f"an index must be an integer, not {type(item).__name__}")
-        item = int(item)
+        if isinstance(item, (bool, np.bool_)):
+            raise TypeError("a boolean is not an index; use a mask of the map's length")
+        try:
+            item = operator.index(item)
+        except TypeError:
+            raise TypeError(f"an index must be an integer, not {type(item).__name__}") from None
     try:
         i = PyLong_AsSsize_t(item)
     except OverflowError:
@@ -130,28 +136,39 @@ cdef Py_ssize_t _scalar_index(object item, Py_ssize_t n) except -1:
 
 
 def normalize_index(object item, Py_ssize_t n):
-    """Turn a user index into checked positions of a map of length ``n``.
+    """Turn a user index into checked positions of a map of length ``n``, as numpy would.
 
-    Returns an ``int`` in ``[0, n)`` for an integer scalar (Python or NumPy, negative allowed),
-    or a new 1-d ``int64`` array of positions for a slice (any step), a list, tuple, range or
-    1-d array of integers of any integer dtype, or a boolean mask of length ``n``.
+    Returns an ``int`` in ``[0, n)`` for an integer scalar (Python or NumPy, a 0-d integer
+    array or tensor, anything with ``__index__``; negative counts from the end), or a new 1-d
+    ``int64`` array of positions for a slice (any step), a boolean mask of length ``n``, or a
+    sequence or array-like of integers of any integer dtype (list, tuple, range, ndarray,
+    ``array.array``, a tensor). An empty tuple selects every sample.
 
     Raises ``IndexError`` for an index out of range (naming it and ``n``) or a mask of the wrong
     length, and ``TypeError`` for anything else (floats, strings, ``None``, boolean scalars).
     """
-    if type(item) is int or _is_integer_scalar(item):
+    if type(item) is int:
         return _scalar_index(item, n)
     if isinstance(item, slice):
-        start, stop, step = item.indices(n)
-        return np.arange(start, stop, step, dtype=np.int64)
-    if isinstance(item, cnp.ndarray):
-        arr = item
-    elif isinstance(item, (list, tuple, range)):
-        arr = np.asarray(item)
-    else:
+        return _slice_positions(item, n)
+    if item is None or isinstance(item, (str, bytes, bytearray, float, complex, bool, np.bool_)):
         raise TypeError(
             f"indices must be integers, slices, sequences of integers or boolean masks, "
             f"not {type(item).__name__}")
+    if isinstance(item, tuple) and not item:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(item, cnp.ndarray):
+        arr = item
+    else:
+        try:
+            return _scalar_index(operator.index(item), n)
+        except TypeError:
+            arr = np.asarray(item)
+    if arr.ndim == 0:
+        if arr.dtype.kind in "iu":
+            return _scalar_index(int(arr), n)
+        raise TypeError(f"indices must be integers, slices, sequences of integers or boolean "
+                        f"masks, not {type(item).__name__} of {arr.dtype}")
     if arr.ndim != 1:
         raise IndexError(f"index arrays must be 1-d, got an array of shape {arr.shape}")
     kind = arr.dtype.kind
@@ -250,6 +267,8 @@ def gather_rows(src, const int64_t[::1] indices, out):
         raise ValueError("out must be a writable C-contiguous array")
     if out.dtype != src.dtype:
         raise ValueError(f"out has dtype {out.dtype}, the rows have dtype {src.dtype}")
+    if src.dtype.hasobject:
+        raise TypeError("gather_rows copies bytes, which cannot hold Python objects")
     cdef tuple expected = (indices.shape[0],) + tuple(src.shape)[1:]
     if tuple(out.shape) != expected:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {expected}")
@@ -407,8 +426,9 @@ cdef class RaggedReader(_Offsets):
 
     def __cinit__(self, cnp.ndarray data, starts, ends, sizes=None, shape_values=None,
                   shape_starts=None, shape_ends=None, source=""):
-        if data.ndim != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(data):
-            raise ValueError(f"{source}: the data of a ragged map must be a contiguous 1-d array")
+        if data.ndim != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(data) or data.dtype.hasobject:
+            raise ValueError(f"{source}: the data of a ragged map must be a contiguous 1-d array "
+                             f"of numbers, booleans or fixed-width strings")
         self._init_offsets(starts, ends, data.shape[0], source, "sample", "elements")
         self.data = data
         self.descr = data.dtype
@@ -439,37 +459,32 @@ cdef class RaggedReader(_Offsets):
 
     # -- one sample ---------------------------------------------------------------------------
 
-    cdef inline int _ndim(self, Py_ssize_t i, int64_t count, int64_t* dims_at) noexcept nogil:
-        """Number of axes of sample ``i`` holding ``count`` elements (0 for a scalar), or -1
-        when its stored shape disagrees with ``count``; ``dims_at`` receives where its axes are
-        in ``shape_values`` (nested maps)."""
-        cdef int64_t lo, hi
+    cdef int _shape(self, Py_ssize_t i, int64_t count, int64_t* dims) noexcept nogil:
+        """Copy the shape of sample ``i``, which holds ``count`` elements, into ``dims`` and
+        return its number of axes (0 for a scalar), or -1 when the stored shape is corrupted or
+        disagrees with ``count``. Each stored value is read once: every check and every later
+        use is of the copy, whatever happens to the file meanwhile."""
+        cdef int64_t lo, hi, k
         if not self.nested:
             # the offsets give a 1-d sample's length; its stored size only tells a sample of
             # one element (size 1) from a scalar (size 0)
-            if count != 1 or self.sizes[i] == 1:
+            if count != 1:
+                dims[0] = count
                 return 1
-            return 0 if self.sizes[i] == 0 else -1
+            k = self.sizes[i]
+            dims[0] = 1
+            return 1 if k == 1 else 0 if k == 0 else -1
         lo = self.shape_starts[i]
         hi = self.shape_ends[i]
         if lo < 0 or hi < lo or hi > self.n_shape_values or hi - lo > MAX_SAMPLE_NDIM:
             return -1
-        dims_at[0] = lo
-        if _checked_product(self.shape_values + lo, hi - lo, self.length) == count:
+        for k in range(hi - lo):
+            dims[k] = self.shape_values[lo + k]
+        if _checked_product(dims, hi - lo, self.length) == count:
             return <int>(hi - lo)
-        if hi - lo == 1 and self.shape_values[lo] == 0 and count == 1:
-            return 0
+        if hi - lo == 1 and dims[0] == 0 and count == 1:
+            return 0  # a scalar as mmap_ninja 0.9.0 stores it among samples of other ranks
         return -1
-
-    cdef inline void _dims(self, int nd, int64_t dims_at, int64_t count, cnp.npy_intp* dims) noexcept nogil:
-        """Axes of a sample (``nd`` >= 0 and ``dims_at`` as found by ``_ndim``)."""
-        cdef int k
-        if not self.nested:
-            if nd:
-                dims[0] = count
-            return
-        for k in range(nd):
-            dims[k] = self.shape_values[dims_at + k]
 
     cdef int _raise_invalid(self, Py_ssize_t i) except -1:
         """Raise the error that makes sample ``i`` unreadable."""
@@ -492,14 +507,17 @@ cdef class RaggedReader(_Offsets):
         return self._raise_invalid(i)
 
     cdef object _sample(self, Py_ssize_t i):
-        cdef int64_t start, end, dims_at = 0
-        cdef cnp.npy_intp dims[MAX_SAMPLE_NDIM]
+        cdef int64_t start, end
+        cdef int64_t dims[MAX_SAMPLE_NDIM]
+        cdef cnp.npy_intp view_dims[MAX_SAMPLE_NDIM]
+        cdef int nd, a
         self._bounds(i, &start, &end)
-        cdef int nd = self._ndim(i, end - start, &dims_at)
+        nd = self._shape(i, end - start, dims)
         if nd < 0:
             self._raise_invalid(i)
-        self._dims(nd, dims_at, end - start, dims)
-        return _view(self.data, self.base + start * self.itemsize, nd, dims, self.flags)
+        for a in range(nd):
+            view_dims[a] = dims[a]
+        return _view(self.data, self.base + start * self.itemsize, nd, view_dims, self.flags)
 
     def sample(self, i):
         """Sample ``i`` (an integer; negative counts from the end) as an array view of the
@@ -518,12 +536,44 @@ cdef class RaggedReader(_Offsets):
 
     def samples_in(self, slice item):
         """The samples of a slice of the map (any step), as a list of views."""
-        cdef Py_ssize_t start, stop, step, k
-        start, stop, step = item.indices(self.n)
+        cdef Py_ssize_t start, step, k
+        start, step, count = _slice_bounds(item, self.n)
         cdef list out = []
-        for k in range(_slice_length(start, stop, step)):
+        for k in range(count):
             out.append(self._sample(start + k * step))
         return out
+
+    def verify(self, Py_ssize_t limit=20):
+        """Problems found in one pass over every sample, at most ``limit`` of them: offsets
+        outside the data or out of order, stored shapes that disagree with the offsets. An
+        empty list when every sample is sound."""
+        cdef list problems = []
+        cdef Py_ssize_t i
+        cdef int64_t start, end, previous_end = 0
+        cdef int64_t dims[MAX_SAMPLE_NDIM]
+        cdef bint sound
+        for i in range(self.n):
+            start = self.starts[i]
+            end = self.ends[i]
+            if not _valid_span(start, end, self.length):
+                sound = False
+            elif self.nested:
+                sound = self._shape(i, end - start, dims) >= 0
+            else:
+                sound = self.sizes[i] == end - start or (self.sizes[i] == 0 and end - start == 1)
+            if not sound:
+                try:
+                    self._raise_invalid(i)
+                except ValueError as exc:
+                    problems.append(str(exc))
+            elif start < previous_end:
+                problems.append(f"{self.source}: sample {i} starts at {start}, before sample "
+                                f"{i - 1} ends at {previous_end}: offsets out of order")
+            if sound:
+                previous_end = end
+            if len(problems) >= limit:
+                break
+        return problems
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -540,14 +590,16 @@ cdef class RaggedReader(_Offsets):
         if self.nested:
             prefetch(self.shape_starts + i)
 
-    cdef Py_ssize_t _plan(self, const int64_t* idx, Py_ssize_t batch, int64_t* src, int64_t* where,
+    cdef Py_ssize_t _plan(self, const int64_t* idx, Py_ssize_t batch, int64_t* src, int64_t* dims,
                           int64_t* off, int64_t* soff) noexcept nogil:
-        """Check every sample of a batch and record its data start (``src``), the position of
-        its axes in ``shape_values`` (``where``), and the running totals of values (``off``)
-        and axes (``soff``), while the CPU fetches the offsets of the samples that come next.
-        Return the position of the first invalid sample, or -1."""
+        """Check every sample of a batch and record its data start (``src``), its axes (of a
+        nested map, in ``dims``, ``MAX_SAMPLE_NDIM`` per sample; a flat map's are its counts)
+        and the running totals of values (``off``) and axes (``soff``), while the CPU fetches
+        the offsets of the samples that come next. Return the position of the first invalid
+        sample, ``batch`` when the totals would not fit in memory, or -1."""
         cdef Py_ssize_t k
-        cdef int64_t i, start, end, dims_at = 0
+        cdef int64_t i, start, end, most = PY_SSIZE_T_MAX // self.itemsize
+        cdef int64_t flat_dims[1]
         cdef int nd
         off[0] = 0
         soff[0] = 0
@@ -560,11 +612,12 @@ cdef class RaggedReader(_Offsets):
             end = self.ends[i]
             if not _valid_span(start, end, self.length):
                 return k
-            nd = self._ndim(i, end - start, &dims_at)
+            nd = self._shape(i, end - start, dims + k * MAX_SAMPLE_NDIM if self.nested else flat_dims)
             if nd < 0:
                 return k
+            if end - start > most - off[k]:
+                return batch
             src[k] = start
-            where[k] = dims_at
             off[k + 1] = off[k] + end - start
             soff[k + 1] = soff[k] + nd
         return -1
@@ -584,23 +637,26 @@ cdef class RaggedReader(_Offsets):
         shape_offsets = _empty_int64(batch + 1)
         cdef int64_t* off = <int64_t*>cnp.PyArray_DATA(offsets)
         cdef int64_t* soff = <int64_t*>cnp.PyArray_DATA(shape_offsets)
-        cdef int64_t* src = <int64_t*>malloc((2 * batch + 1) * sizeof(int64_t))
+        cdef Py_ssize_t scratch = batch * (MAX_SAMPLE_NDIM + 1) if self.nested else batch
+        cdef int64_t* src = <int64_t*>malloc((scratch + 1) * sizeof(int64_t))
         if src == NULL:
-            raise MemoryError()
-        cdef int64_t* where = src + batch
+            raise MemoryError(f"cannot allocate a batch of {batch} samples")
+        cdef int64_t* dims = src + batch
         cdef cnp.npy_intp size[1]
         cdef char* out
-        cdef int64_t* dims
+        cdef int64_t* shape_out
         try:
             with nogil:
-                bad = self._plan(idx, batch, src, where, off, soff)
+                bad = self._plan(idx, batch, src, dims, off, soff)
+            if bad == batch:
+                raise MemoryError(f"a batch of {batch} samples is too large for memory")
             if bad >= 0:
                 self._raise_at(idx[bad])
             size[0] = off[batch]
             values = _empty(1, size, self.descr)
             shape_values = _empty_int64(soff[batch])
             out = cnp.PyArray_BYTES(values)
-            dims = <int64_t*>cnp.PyArray_DATA(shape_values)
+            shape_out = <int64_t*>cnp.PyArray_DATA(shape_values)
             with nogil:
                 for k in range(batch):
                     if k + PREFETCH_DISTANCE < batch:
@@ -609,18 +665,19 @@ cdef class RaggedReader(_Offsets):
                     memcpy(out + off[k] * self.itemsize, self.base + src[k] * self.itemsize,
                            (off[k + 1] - off[k]) * self.itemsize)
                     nd = <int>(soff[k + 1] - soff[k])
-                    if nd and not self.nested:
-                        dims[soff[k]] = off[k + 1] - off[k]
-                    elif nd:
+                    if not self.nested:
+                        if nd:
+                            shape_out[soff[k]] = off[k + 1] - off[k]
+                    else:
                         for a in range(nd):
-                            dims[soff[k] + a] = self.shape_values[where[k] + a]
+                            shape_out[soff[k] + a] = dims[k * MAX_SAMPLE_NDIM + a]
         finally:
             free(src)
         return _new_batch(values, offsets, shape_values, shape_offsets)
 
     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None):
         """The samples at ``indices`` as one array ``(B, L, *row_shape)`` padded with
-        ``pad_value`` (a 0-d array of the map's dtype), and their lengths along the first axis
+        ``pad_value`` (one value of the map's dtype), and their lengths along the first axis
         (``int64``, at most ``L``).
 
         Every sample must have at least one axis and the same ``row_shape`` after the first.
@@ -630,13 +687,18 @@ cdef class RaggedReader(_Offsets):
         """
         cdef Py_ssize_t batch = indices.shape[0], k, bad = -1
         cdef const int64_t* idx = _first(indices)
-        cdef int64_t i, start, end, dims_at = 0, longest = 0, row_elems = 1, ref_at = 0, kept
-        cdef int nd, ref_nd = -1, reason = PAD_OK, a
+        cdef int64_t i, start, end, longest = 0, row_elems = 1
+        cdef int64_t dims[MAX_SAMPLE_NDIM]
+        cdef int64_t first[MAX_SAMPLE_NDIM]
+        cdef int nd, first_nd = -1, reason = PAD_OK, a
+        pad = np.ascontiguousarray(pad_value, dtype=self.descr)
+        if pad.size != 1:
+            raise ValueError(f"pad_value must be one value, not an array of shape {pad.shape}")
         lengths = _empty_int64(batch)
         cdef int64_t* length = <int64_t*>cnp.PyArray_DATA(lengths)
         cdef int64_t* src = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
         if src == NULL:
-            raise MemoryError()
+            raise MemoryError(f"cannot allocate a batch of {batch} samples")
         try:
             with nogil:
                 for k in range(batch):
@@ -648,34 +710,31 @@ cdef class RaggedReader(_Offsets):
                         break
                     start = self.starts[i]
                     end = self.ends[i]
-                    nd = self._ndim(i, end - start, &dims_at) if _valid_span(start, end, self.length) else -1
+                    nd = self._shape(i, end - start, dims) if _valid_span(start, end, self.length) else -1
                     reason = PAD_CORRUPTED if nd < 0 else PAD_SCALAR if nd == 0 else PAD_OK
-                    if reason == PAD_OK and ref_nd < 0:
-                        ref_nd = nd
-                        ref_at = dims_at
-                    elif reason == PAD_OK and nd != ref_nd:
+                    if reason == PAD_OK and first_nd < 0:
+                        first_nd = nd
+                        memcpy(first, dims, nd * sizeof(int64_t))
+                    elif reason == PAD_OK and nd != first_nd:
                         reason = PAD_OTHER_ROW_SHAPE
-                    elif reason == PAD_OK and self.nested:
+                    elif reason == PAD_OK:
                         for a in range(1, nd):
-                            if self.shape_values[dims_at + a] != self.shape_values[ref_at + a]:
+                            if dims[a] != first[a]:
                                 reason = PAD_OTHER_ROW_SHAPE
                     if reason != PAD_OK:
                         bad = k
                         break
                     src[k] = start
-                    length[k] = self.shape_values[dims_at] if self.nested else end - start
+                    length[k] = dims[0]
                     if length[k] > longest:
                         longest = length[k]
             if bad >= 0:
                 self._raise_padding_error(idx, bad, reason)
             if batch == 0 and self.n:
                 # no sample to take the row shape from: the map's first sample stands for all
-                shape = np.shape(self._sample(0))
-                ref_nd, row_shape = len(shape), tuple(shape[1:])
-            elif self.nested and ref_nd > 0:
-                row_shape = tuple(self.shape_values_view[ref_at + 1:ref_at + ref_nd])
+                row_shape = tuple(np.shape(self._sample(0))[1:])
             else:
-                row_shape = ()
+                row_shape = tuple(first[a] for a in range(1, first_nd))
             for a in range(len(row_shape)):
                 row_elems *= row_shape[a]
             if max_len >= 0:
@@ -690,7 +749,6 @@ cdef class RaggedReader(_Offsets):
                   or not out.flags.writeable):
                 raise ValueError(f"out must be a writable C-contiguous {self.descr} array of "
                                  f"shape {expected}")
-            pad = np.ascontiguousarray(pad_value, dtype=self.descr)
             self._fill_padded(src, length, batch, longest, row_elems * self.itemsize,
                               cnp.PyArray_BYTES(<cnp.ndarray>out), pad)
         finally:
@@ -737,7 +795,8 @@ cdef class RaggedBatch:
     ``shape_values[shape_offsets[k]:shape_offsets[k + 1]]`` (empty for a scalar).
 
     ``batch[k]`` and ``batch.arrays()`` give the samples as views of ``values`` (a Python scalar
-    for a 0-d sample), without copying again.
+    for a 0-d sample), without copying again. ``values`` is writable; the offsets and shapes are
+    read-only, and each sample's are checked again when it is read.
     """
 
     cdef readonly cnp.ndarray values
@@ -748,33 +807,30 @@ cdef class RaggedBatch:
     cdef const int64_t* soff
     cdef const int64_t* dims
     cdef char* base
-    cdef Py_ssize_t itemsize
+    cdef Py_ssize_t itemsize, batch, n_values, n_dims
     cdef int flags
 
     def __init__(self, values, offsets, shape_values, shape_offsets):
         values = np.asarray(values)
-        if values.ndim != 1 or not values.flags.c_contiguous:
-            raise ValueError("values must be a contiguous 1-d array")
-        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        shape_values = np.ascontiguousarray(shape_values, dtype=np.int64)
-        shape_offsets = np.ascontiguousarray(shape_offsets, dtype=np.int64)
-        cdef Py_ssize_t batch = offsets.shape[0] - 1, k
-        if offsets.ndim != 1 or batch < 0 or shape_offsets.shape != offsets.shape:
+        if values.ndim != 1 or not values.flags.c_contiguous or values.dtype.hasobject:
+            raise ValueError("values must be a contiguous 1-d array, not of Python objects")
+        offsets = np.array(offsets, dtype=np.int64)
+        shape_values = np.array(shape_values, dtype=np.int64)
+        shape_offsets = np.array(shape_offsets, dtype=np.int64)
+        if offsets.ndim != 1 or offsets.shape[0] < 1 or shape_offsets.shape != offsets.shape \
+                or shape_values.ndim != 1:
             raise ValueError("offsets and shape_offsets must both hold len(batch) + 1 entries")
-        cdef const int64_t[::1] off = offsets, soff = shape_offsets, dims = shape_values
-        for k in range(batch + 1):
-            if (off[k] < (off[k - 1] if k else 0) or off[k] > values.shape[0]
-                    or soff[k] < (soff[k - 1] if k else 0) or soff[k] > dims.shape[0]
-                    or (k and soff[k] - soff[k - 1] > MAX_SAMPLE_NDIM)):
-                raise ValueError(f"offsets of a RaggedBatch are inconsistent at entry {k}")
-            if k and _checked_product(_first(dims) + soff[k - 1], soff[k] - soff[k - 1],
-                                      values.shape[0]) != off[k] - off[k - 1]:
-                raise ValueError(f"sample {k - 1} of a RaggedBatch has a shape that does not "
-                                 f"match its number of values")
         self._set(values, offsets, shape_values, shape_offsets)
+        cdef Py_ssize_t k
+        for k in range(self.batch):
+            if self._nd(k) < 0:
+                raise ValueError(f"the offsets or shape of sample {k} of a RaggedBatch do not fit "
+                                 f"its values")
 
     cdef _set(self, cnp.ndarray values, cnp.ndarray offsets, cnp.ndarray shape_values,
               cnp.ndarray shape_offsets):
+        for array in (offsets, shape_values, shape_offsets):
+            array.flags.writeable = False
         self.values = values
         self.offsets = offsets
         self.shape_values = shape_values
@@ -784,20 +840,37 @@ cdef class RaggedBatch:
         self.dims = <const int64_t*>cnp.PyArray_DATA(shape_values)
         self.base = cnp.PyArray_BYTES(values)
         self.itemsize = values.dtype.itemsize
+        self.batch = offsets.shape[0] - 1
+        self.n_values = values.shape[0]
+        self.n_dims = shape_values.shape[0]
         self.flags = _view_flags(values)
 
+    cdef int _nd(self, Py_ssize_t k) noexcept:
+        """Number of axes of sample ``k`` after checking that its offsets and shape fit the
+        arrays, or -1."""
+        cdef int64_t lo = self.soff[k], hi = self.soff[k + 1]
+        if not (0 <= self.off[k] <= self.off[k + 1] <= self.n_values):
+            return -1
+        if not (0 <= lo <= hi <= self.n_dims) or hi - lo > MAX_SAMPLE_NDIM:
+            return -1
+        if _checked_product(self.dims + lo, hi - lo, self.n_values) != self.off[k + 1] - self.off[k]:
+            return -1
+        return <int>(hi - lo)
+
     def __len__(self):
-        return self.offsets.shape[0] - 1
+        return self.batch
 
     cdef object _item(self, Py_ssize_t k):
-        cdef cnp.npy_intp dims[MAX_SAMPLE_NDIM]
-        cdef int nd = <int>(self.soff[k + 1] - self.soff[k]), a
+        cdef cnp.npy_intp view_dims[MAX_SAMPLE_NDIM]
+        cdef int nd = self._nd(k), a
+        if nd < 0:
+            raise ValueError(f"the offsets or shape of sample {k} of a RaggedBatch do not fit its values")
         for a in range(nd):
-            dims[a] = self.dims[self.soff[k] + a]
-        return _view(self.values, self.base + self.off[k] * self.itemsize, nd, dims, self.flags)
+            view_dims[a] = self.dims[self.soff[k] + a]
+        return _view(self.values, self.base + self.off[k] * self.itemsize, nd, view_dims, self.flags)
 
     def __getitem__(self, k):
-        return self._item(_scalar_index(k, len(self)))
+        return self._item(_scalar_index(k, self.batch))
 
     def __iter__(self):
         return iter(self.arrays())
@@ -805,13 +878,13 @@ cdef class RaggedBatch:
     def arrays(self):
         """Every sample, as a list of views of ``values``."""
         cdef Py_ssize_t k
-        return [self._item(k) for k in range(len(self))]
+        return [self._item(k) for k in range(self.batch)]
 
     @property
     def shapes(self):
         """The shape of every sample, as a list of tuples."""
         cdef Py_ssize_t k
-        return [tuple(self.shape_values[self.soff[k]:self.soff[k + 1]].tolist()) for k in range(len(self))]
+        return [tuple(self.shape_values[self.soff[k]:self.soff[k + 1]].tolist()) for k in range(self.batch)]
 
     @property
     def lengths(self):
@@ -821,10 +894,15 @@ cdef class RaggedBatch:
     @property
     def nbytes(self):
         """Bytes of all values."""
-        return self.values.nbytes
+        return self.values.nbytes if self.values is not None else 0
+
+    def __reduce__(self):
+        return RaggedBatch, (self.values, self.offsets, self.shape_values, self.shape_offsets)
 
     def __repr__(self):
-        return f"RaggedBatch({len(self)} samples, {self.values.shape[0]} values of {self.values.dtype})"
+        if self.values is None:
+            return "RaggedBatch(empty)"
+        return f"RaggedBatch({self.batch} samples, {self.values.shape[0]} values of {self.values.dtype})"
 
 
 cdef RaggedBatch _new_batch(values, offsets, shape_values, shape_offsets):
@@ -868,6 +946,34 @@ cdef class StringsReader(_Offsets):
         raw bytes."""
         return self._get(_scalar_index(i, self.n), as_bytes)
 
+    def verify(self, Py_ssize_t limit=20, bint utf8=True):
+        """Problems found in one pass over every string, at most ``limit`` of them: offsets
+        outside the data or out of order, and (with ``utf8``) bytes that are not UTF-8. An empty
+        list when every string is sound."""
+        cdef list problems = []
+        cdef Py_ssize_t i
+        cdef int64_t start, end, previous_end = 0
+        for i in range(self.n):
+            start = self.starts[i]
+            end = self.ends[i]
+            if not _valid_span(start, end, self.length):
+                problems.append(f"{self.source}: corrupted offsets for string {i}: [{start}, {end}) "
+                                f"is not within the {self.length} stored bytes")
+            else:
+                if start < previous_end:
+                    problems.append(f"{self.source}: string {i} starts at {start}, before string "
+                                    f"{i - 1} ends at {previous_end}: offsets out of order")
+                if utf8 and end > start:
+                    try:
+                        PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
+                    except UnicodeDecodeError as exc:
+                        problems.append(f"{self.source}: string {i} is not valid UTF-8 ({exc.reason} "
+                                        f"at byte {exc.start})")
+                previous_end = end
+            if len(problems) >= limit:
+                break
+        return problems
+
     def get_many(self, const int64_t[::1] indices, bint as_bytes=False):
         """The strings (or raw bytes) at ``indices`` (``int64``, as from ``normalize_index``),
         as a list.
@@ -898,7 +1004,12 @@ cdef class StringsReader(_Offsets):
                         bad = k
                         break
                     src[k] = self.starts[i]
-                    off[k + 1] = off[k] + self.ends[i] - self.starts[i]
+                    if self.ends[i] - src[k] > PY_SSIZE_T_MAX - 1 - off[k]:
+                        bad = batch
+                        break
+                    off[k + 1] = off[k] + self.ends[i] - src[k]
+            if bad == batch:
+                raise MemoryError(f"a batch of {batch} strings is too large for memory")
             if bad >= 0:
                 self._raise_unreadable(idx[bad])
             gathered = <char*>malloc(off[batch] + 1)
@@ -919,9 +1030,9 @@ cdef class StringsReader(_Offsets):
 
     def get_in(self, slice item, bint as_bytes=False):
         """The strings (or raw bytes) of a slice of the map (any step), as a list."""
-        cdef Py_ssize_t start, stop, step, k
-        start, stop, step = item.indices(self.n)
+        cdef Py_ssize_t start, step, k
+        start, step, count = _slice_bounds(item, self.n)
         cdef list out = []
-        for k in range(_slice_length(start, stop, step)):
+        for k in range(count):
             out.append(self._get(start + k * step, as_bytes))
         return out

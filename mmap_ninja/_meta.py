@@ -9,6 +9,7 @@ encodings and name the offending file in their errors.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ DATA = "data.ninja"
 SHAPES_ARE_FLAT = "shapes_are_flat.ninja"
 ZSTD_LEVEL = "zstd_level.ninja"
 ZSTD_DICT = "zstd_dict.ninja"
+# Lists the renames of a commit that replaces a whole data file (see _storage.ArrayDir).
+PENDING = "pending.ninja"
+# Every file a map directory may hold (beside its component folders).
+MAP_FILES = (TYPE, DTYPE, SHAPE, ORDER, DATA, SHAPES_ARE_FLAT, ZSTD_LEVEL, ZSTD_DICT, PENDING)
 
 # The largest metadata file this library reads (the zstd dictionary is the only big one).
 _MAX_META_BYTES = 1 << 28
@@ -42,12 +47,22 @@ def read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: readers see the old or the new content."""
+def write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` atomically: readers see the old or the new content. When
+    ``durable``, the new content and the directory entry are flushed to disk first and last."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_text(path: Path) -> str:
@@ -69,8 +84,9 @@ def read_int32(path: Path) -> int:
     return struct.unpack("<i", raw)[0]
 
 
-def write_int32(path: Path, value: int) -> None:
-    write_bytes(path, struct.pack("<i", value))
+def int32_bytes(value: int) -> bytes:
+    """The content of a 4-byte integer file such as ``shapes_are_flat.ninja``."""
+    return struct.pack("<i", value)
 
 
 def read_shape(path: Path) -> Tuple[int, ...]:
@@ -83,8 +99,13 @@ def read_shape(path: Path) -> Tuple[int, ...]:
     return shape
 
 
+def shape_bytes(shape: Tuple[int, ...]) -> bytes:
+    """The content of a ``shape.ninja``: each axis as a little-endian uint64."""
+    return struct.pack(f"<{len(shape)}Q", *shape)
+
+
 def write_shape(path: Path, shape: Tuple[int, ...]) -> None:
-    write_bytes(path, struct.pack(f"<{len(shape)}Q", *shape))
+    write_bytes(path, shape_bytes(shape))
 
 
 def read_type(out_dir: Path) -> Optional[str]:
@@ -113,20 +134,28 @@ def dtype_name(dtype: np.dtype) -> str:
     if not dtype.isnative:
         raise TypeError(f"byte-swapped dtype {dtype.str} cannot be stored; use "
                         f"arr.astype(arr.dtype.newbyteorder('='))")
+    if dtype.itemsize == 0:
+        raise TypeError(f"dtype {dtype} has no bytes per element and cannot be stored")
     return dtype.name
+
+
+# What numpy's dtype.name looks like: int64, float16, bool, str160, datetime64[ns], ...
+_DTYPE_NAME = re.compile(r"[a-z]+[0-9]*(\[[0-9]*[a-zA-Z]+\])?")
 
 
 def dtype_from_name(name: str, path: Path) -> np.dtype:
     """Parse a dtype name as written by numpy's ``dtype.name`` (``int64``, ``str160``, ...)."""
+    if not _DTYPE_NAME.fullmatch(name):
+        raise ValueError(f"{path}: unknown dtype {name!r}")
     for prefix, code, bits_per_unit in (("str", "U", 32), ("bytes", "S", 8), ("void", "V", 8)):
         rest = name[len(prefix):]
         if name.startswith(prefix) and rest.isdigit() and int(rest) % bits_per_unit == 0:
-            return np.dtype(f"{code}{int(rest) // bits_per_unit}")
+            name = f"{code}{int(rest) // bits_per_unit}"  # numpy does not parse its own name
     try:
         dtype = np.dtype(name)
-    except TypeError:
+    except Exception:  # numpy raises TypeError, or SyntaxError for some malformed names
         raise ValueError(f"{path}: unknown dtype {name!r}") from None
-    if dtype.hasobject:
+    if dtype.hasobject or dtype.itemsize == 0:
         raise ValueError(f"{path}: dtype {name!r} cannot be memory-mapped")
     return dtype
 
@@ -152,16 +181,11 @@ class ArrayMeta:
         return ArrayMeta(self.dtype, (rows, *self.shape[1:]), self.order)
 
     @classmethod
-    def read(cls, out_dir: Path) -> "ArrayMeta":
+    def read(cls, out_dir: Path, shape_file: Optional[Path] = None) -> "ArrayMeta":
+        """The metadata in ``out_dir`` (the shape from ``shape_file`` when given)."""
         dtype = dtype_from_name(read_text(out_dir / DTYPE), out_dir / DTYPE)
-        shape = read_shape(out_dir / SHAPE)
+        shape = read_shape(shape_file or out_dir / SHAPE)
         order = read_text(out_dir / ORDER)
         if order not in ("C", "F"):
             raise ValueError(f"{out_dir / ORDER}: order must be 'C' or 'F', found {order!r}")
         return cls(dtype, shape, order)
-
-    def write(self, out_dir: Path) -> None:
-        """Write dtype, order and, last, shape (the file that extends commit)."""
-        write_text(out_dir / DTYPE, dtype_name(self.dtype))
-        write_text(out_dir / ORDER, self.order)
-        write_shape(out_dir / SHAPE, self.shape)

@@ -1,30 +1,77 @@
-"""Fixed-shape arrays stored in a directory: the building block of every map.
+"""Files of a map: fixed-shape array directories, commits, durability and the writer lock.
 
 An array directory holds ``data.ninja`` (the raw bytes) beside ``dtype.ninja``, ``shape.ninja``
 and ``order.ninja``. A numpy map is one such directory; a ragged map is one (its flattened data)
 holding others (``starts``, ``ends``, ``flattened_shapes``, ``shapes``); a strings map holds two
 (``starts`` and ``ends``).
 
-Writes follow one rule: new bytes go to the data file first, past everything committed, and only
-then does ``shape.ninja``, replaced atomically, make them part of the array. Readers map exactly
-the committed bytes, so they never see a half-written row, and bytes past the committed length
-(left by an interrupted write, or the single padding byte of an empty array) are ignored.
+Every change is a ``Commit``. Its new bytes go into data files first, past everything committed,
+where no reader looks. ``Commit.finish`` then replaces small metadata files atomically, in the
+order they were given: the last is the ``shape.ninja`` that sets the map's length, so a reader
+(or a process killed at any moment) sees the map before or after the commit, never between.
+Bytes past a committed length (from an interrupted commit, or the single padding byte of an
+empty array) are ignored by readers and written over by the next commit.
+
+With durability on (the default; see ``durability``), data files are flushed to disk before the
+first metadata file is replaced, and every replacement is flushed, with its directory, before the
+next: a commit that was visible survives a power loss.
+
+One writer at a time: writes take an exclusive lock on ``writer.lock`` in the map directory (a
+file that mmap_ninja 0.9.0 ignores); readers take none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _meta
 from ._meta import ArrayMeta
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux or macOS
+    fcntl = None
+
 # os.pwrite writes at most this many bytes per call on Linux.
 _WRITE_CHUNK = 1 << 30
+LOCK_FILE = "writer.lock"
+PENDING = _meta.PENDING
+
+_durable = True
+
+
+@contextlib.contextmanager
+def durability(durable: bool) -> Iterator[None]:
+    """Within this block, commits are (``True``) or are not (``False``) flushed to disk before
+    they become visible. Without flushing, a commit is still atomic for processes that die, but
+    may be lost, with the commits after it, if the machine loses power."""
+    global _durable
+    previous, _durable = _durable, bool(durable)
+    try:
+        yield
+    finally:
+        _durable = previous
+
+
+def set_durability(durable: bool) -> None:
+    """Turn flushing of commits to disk on (the default) or off for the whole process."""
+    global _durable
+    _durable = bool(durable)
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def byte_view(arr: np.ndarray, order: str = "C") -> memoryview:
@@ -48,18 +95,85 @@ def write_at(path: Path, offset: int, data: Union[bytes, memoryview], truncate: 
         os.close(fd)
 
 
+class Commit:
+    """The writes of one change to a map, made visible together by ``finish``."""
+
+    def __init__(self):
+        self.durable = _durable
+        self._written: List[Path] = []
+        self._steps: List[Tuple[str, Path, Union[bytes, Path, None]]] = []
+
+    def write(self, path: Path, offset: int, data: Union[bytes, memoryview], truncate: bool = False) -> None:
+        """Write new bytes into a data file now, where no reader looks yet."""
+        write_at(path, offset, data, truncate)
+        if path not in self._written:
+            self._written.append(path)
+
+    def replace(self, path: Path, data: bytes) -> None:
+        """At ``finish``, replace the metadata file ``path`` with ``data``, atomically."""
+        self._steps.append(("replace", path, data))
+
+    def rename(self, source: Path, target: Path) -> None:
+        """At ``finish``, rename ``source`` over ``target``."""
+        self._steps.append(("rename", source, target))
+
+    def remove(self, path: Path) -> None:
+        """At ``finish``, remove ``path``."""
+        self._steps.append(("remove", path, None))
+
+    def finish(self) -> None:
+        """Flush the data files (when durable), then take the metadata steps in order, each
+        flushed with its directory before the next."""
+        if self.durable:
+            for path in self._written:
+                _fsync_path(path)
+        for action, path, argument in self._steps:
+            if action == "replace":
+                _meta.write_bytes(path, argument, durable=self.durable)
+            elif action == "rename":
+                os.replace(path, argument)
+            else:
+                path.unlink(missing_ok=True)
+            if self.durable and action != "replace":
+                _fsync_path(path.parent, directory=True)
+        self._written.clear()
+        self._steps.clear()
+
+
+class WriterLock:
+    """Exclusive lock of a map directory for one writer (``with WriterLock(out_dir): ...``),
+    which fails at once with ``BlockingIOError`` when another process or object holds it."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "WriterLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise BlockingIOError(
+                    errno.EWOULDBLOCK,
+                    f"{self.path.parent} is being written by another writer (it holds {LOCK_FILE}); "
+                    f"a map takes one writer at a time", str(self.path)) from None
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the lock
+            self._fd = None
+
+
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except FileNotFoundError:
         raise FileNotFoundError(f"missing data file: {path}") from None
-
-
-def _ensure_size(path: Path, size: int) -> None:
-    """Grow ``path`` to at least ``size`` bytes (zero-filled, sparse where the file system
-    allows)."""
-    if _file_size(path) < size:
-        os.truncate(path, size)
 
 
 def empty_memmap(path: Path, dtype: np.dtype, shape, order: str, mode: str) -> np.memmap:
@@ -81,7 +195,7 @@ def map_file(path: Path, meta: ArrayMeta, mode: str = "r") -> np.memmap:
                          f"{meta.dtype} needs {meta.nbytes}")
     if meta.nbytes == 0:
         return empty_memmap(path, meta.dtype, meta.shape, meta.order, mode)
-    return np.memmap(path, dtype=meta.dtype, mode=mode, shape=meta.shape, order=meta.order)
+    return np.memmap(str(path), dtype=meta.dtype, mode=mode, shape=meta.shape, order=meta.order)
 
 
 def map_bytes(path: Path) -> Union[mmap.mmap, bytes]:
@@ -93,6 +207,17 @@ def map_bytes(path: Path) -> Union[mmap.mmap, bytes]:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def _pending(path: Path) -> List[Tuple[str, str]]:
+    """The renames of an unfinished whole-file commit in the array directory ``path``."""
+    pending = path / PENDING
+    if not pending.exists():
+        return []
+    pairs = [line.split(" ", 1) for line in _meta.read_text(pending).splitlines() if line]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"{pending}: expected lines 'source target', found {pairs!r}")
+    return [(source, target) for source, target in pairs]
+
+
 class ArrayDir:
     """A fixed-shape array in a directory, with its committed metadata (``None`` while
     nothing is committed)."""
@@ -100,17 +225,30 @@ class ArrayDir:
     def __init__(self, path: Path, meta: Optional[ArrayMeta] = None):
         self.path = path
         self.meta = meta
-        self._replacement: Optional[Path] = None
-
-    @property
-    def data_file(self) -> Path:
-        return self.path / _meta.DATA
+        self.data_file = path / _meta.DATA
+        self._rewritten = False  # write_rows staged a whole new data file
 
     @classmethod
     def open(cls, path: Path) -> "ArrayDir":
+        """Read the committed state of ``path``. A whole-file commit that was under way is
+        read as done: its new files stand in for the ones they replace."""
         if not path.is_dir():
             raise FileNotFoundError(f"missing array directory: {path}")
-        return cls(path, ArrayMeta.read(path))
+        renamed = {target: path / source for source, target in _pending(path) if (path / source).exists()}
+        array = cls(path, ArrayMeta.read(path, shape_file=renamed.get(_meta.SHAPE)))
+        array.data_file = renamed.get(_meta.DATA, array.data_file)
+        return array
+
+    def finish_pending(self) -> None:
+        """Complete a whole-file commit that a writer left unfinished (before writing)."""
+        pairs = _pending(self.path)
+        for source, target in pairs:
+            if (self.path / source).exists():
+                os.replace(self.path / source, self.path / target)
+        (self.path / PENDING).unlink(missing_ok=True)
+        for leftover in (_meta.DATA + ".new", _meta.SHAPE + ".new"):
+            (self.path / leftover).unlink(missing_ok=True)
+        self.data_file = self.path / _meta.DATA
 
     def map(self, mode: str = "r") -> np.memmap:
         return map_file(self.data_file, self.meta, mode)
@@ -119,45 +257,46 @@ class ArrayDir:
     def rows(self) -> int:
         return self.meta.shape[0] if self.meta is not None else 0
 
-    def write_rows(self, rows: np.ndarray, at: Optional[int] = None, order: str = "C") -> ArrayMeta:
+    def write_rows(self, rows: np.ndarray, commit: Commit, at: Optional[int] = None, order: str = "C") -> ArrayMeta:
         """Write ``rows`` (an array whose first axis runs over entries) after the first ``at``
-        committed entries (default: all of them) and return the metadata that commits them.
+        committed entries (default: all of them), and return the metadata that ``commit_rows``
+        makes visible.
 
-        Nothing is visible until ``commit``. A new array takes its dtype and trailing shape from
-        ``rows`` and the given ``order``. Appending to a Fortran-ordered array of more than one
-        axis rewrites it into a new file (its layout interleaves the first axis), swapped in by
-        ``commit``.
+        A new array takes its dtype and trailing shape from ``rows`` and the given ``order``.
+        Appending to a Fortran-ordered array of more than one axis rewrites it into a new file
+        (its layout interleaves the first axis), swapped in by ``commit_rows``.
         """
         if self.meta is None:
             self.path.mkdir(parents=True, exist_ok=True)
             meta = ArrayMeta(rows.dtype, rows.shape, order)
-            write_at(self.data_file, 0, byte_view(rows, order), truncate=True)
+            commit.write(self.data_file, 0, byte_view(rows, order), truncate=True)
             if meta.nbytes == 0:
                 # mmap_ninja 0.9.0 opens every data file with np.memmap, which cannot map an
                 # empty file: keep one byte past the (empty) array, as numpy itself does.
-                write_at(self.data_file, 0, b"\0")
+                commit.write(self.data_file, 0, b"\0")
             return meta
         at = self.rows if at is None else at
         meta = self.meta.with_rows(at + rows.shape[0])
         if self.meta.order == "F" and len(self.meta.shape) > 1 and at > 0:
-            old = self.map("r")[:at]
-            combined = np.concatenate([old, rows], axis=0)
-            self._replacement = self.path / (_meta.DATA + ".new")
-            write_at(self._replacement, 0, byte_view(combined, "F"), truncate=True)
+            combined = np.concatenate([self.map("r")[:at], rows], axis=0)
+            commit.write(self.path / (_meta.DATA + ".new"), 0, byte_view(combined, "F"), truncate=True)
+            self._rewritten = True
             return meta
-        write_at(self.data_file, at * self.meta.row_bytes, byte_view(rows, self.meta.order))
+        commit.write(self.data_file, at * self.meta.row_bytes, byte_view(rows, self.meta.order))
         return meta
 
-    def allocate(self, meta: ArrayMeta) -> ArrayMeta:
-        """Create a new, zero-filled data file for ``meta``, committed by ``commit``."""
+    def allocate(self, meta: ArrayMeta, commit: Commit) -> ArrayMeta:
+        """Create a new, zero-filled data file for ``meta``, committed by ``commit_rows``."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_at(self.data_file, 0, b"", truncate=True)
+        commit.write(self.data_file, 0, b"", truncate=True)
         os.truncate(self.data_file, max(meta.nbytes, 1))
         return meta
 
     def reserve(self, rows: int) -> None:
         """Grow the data file to hold ``rows`` entries, so that later writes fill it in place."""
-        _ensure_size(self.data_file, rows * self.meta.row_bytes)
+        size = rows * self.meta.row_bytes
+        if _file_size(self.data_file) < size:
+            os.truncate(self.data_file, size)
 
     def release(self) -> None:
         """Drop reserved bytes past the committed entries."""
@@ -165,14 +304,26 @@ class ArrayDir:
         if _file_size(self.data_file) > size:
             os.truncate(self.data_file, size)
 
-    def commit(self, meta: ArrayMeta) -> None:
-        """Make written entries visible: swap in a rewritten data file, then write the
-        metadata, ``shape.ninja`` last."""
-        if self._replacement is not None:
-            os.replace(self._replacement, self.data_file)
-            self._replacement = None
-        if self.meta is None:
-            meta.write(self.path)
+    def commit_rows(self, meta: ArrayMeta, commit: Commit, type_name: Optional[str] = "numpy") -> None:
+        """Add to ``commit`` the metadata steps that make ``meta`` the array's committed state:
+        ``shape.ninja``, after a new array's dtype and order and before its ``type.ninja``
+        (``type_name``, or none when the caller writes it)."""
+        new = self.meta is None
+        if new:
+            commit.replace(self.path / _meta.DTYPE, _meta.dtype_name(meta.dtype).encode())
+            commit.replace(self.path / _meta.ORDER, meta.order.encode())
+        if self._rewritten:
+            # two files change together: list their renames in PENDING first, so that readers
+            # (and the next writer) take the new files as soon as that list exists
+            self._rewritten = False
+            shape_new = self.path / (_meta.SHAPE + ".new")
+            commit.replace(shape_new, _meta.shape_bytes(meta.shape))
+            commit.replace(self.path / PENDING, f"{_meta.DATA}.new {_meta.DATA}\n{_meta.SHAPE}.new {_meta.SHAPE}\n".encode())
+            commit.rename(self.path / (_meta.DATA + ".new"), self.data_file)
+            commit.rename(shape_new, self.path / _meta.SHAPE)
+            commit.remove(self.path / PENDING)
         else:
-            _meta.write_shape(self.path / _meta.SHAPE, meta.shape)
+            commit.replace(self.path / _meta.SHAPE, _meta.shape_bytes(meta.shape))
+        if new and type_name is not None:
+            commit.replace(self.path / _meta.TYPE, type_name.encode())
         self.meta = meta

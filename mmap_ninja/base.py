@@ -7,7 +7,7 @@ import itertools
 import os
 from copy import copy
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -146,11 +146,65 @@ def cast_values(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
 
 
 def stored_dtype(dtype: Any) -> np.dtype:
-    """``np.dtype(dtype)``, checked to be storable (its name round-trips through
-    ``dtype.ninja``)."""
+    """``np.dtype(dtype)`` in native byte order, checked to be storable (its name round-trips
+    through ``dtype.ninja``)."""
     dtype = np.dtype(dtype)
+    if not dtype.isnative:
+        dtype = dtype.newbyteorder("=")
     _meta.dtype_name(dtype)
     return dtype
+
+
+def native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in native byte order (the same values)."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
+class Legacy090Names:
+    """The names that mmap_ninja 0.9.0's ``RaggedMmap`` and ``StringsMmap`` offered, kept for
+    code written against it."""
+
+    @property
+    def n(self) -> int:
+        return len(self)
+
+    @property
+    def range(self) -> np.ndarray:
+        """``np.arange(len(self))``."""
+        return np.arange(len(self))
+
+    def get_single(self, item):
+        return self[item]
+
+    get_multiple = get_single
+
+    def set_single(self, key, value) -> None:
+        self[key] = value
+
+    set_multiple = set_single
+
+
+def component_names(given: dict, known: Tuple[str, ...]) -> dict:
+    """mmap_ninja 0.9.0's ``starts_key=...`` arguments, checked to be among ``known``."""
+    unknown = set(given) - set(known)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    return given
+
+
+def check_options(verbose: Any = False, wrapper_fn: Any = None, **unsupported: Any) -> None:
+    """Refuse arguments that would be silently misread: a ``verbose`` that is not a bool, a
+    ``wrapper_fn`` that cannot be called, and mmap_ninja 0.9.0's component names other than
+    their defaults (``starts_key="starts"``, ...)."""
+    if not isinstance(verbose, (bool, np.bool_)):
+        raise TypeError(f"verbose must be True or False, not {verbose!r} (pass other options by keyword)")
+    if wrapper_fn is not None and not callable(wrapper_fn):
+        raise TypeError(f"wrapper_fn must be callable, not {wrapper_fn!r} (pass other options by keyword)")
+    for name, value in unsupported.items():
+        default = name[: -len("_key")]
+        if value != default:
+            raise ValueError(f"{name}={value!r} is not supported: the components of a map keep "
+                             f"their standard names ({name}={default!r})")
 
 
 # Component directories that a map may hold beside its ``.ninja`` files.
@@ -159,15 +213,17 @@ MAP_SUBDIRS = ("starts", "ends", "shapes", "flattened_shapes")
 
 def reset_map_dir(out_dir: Path) -> None:
     """Make ``out_dir`` an empty place for a new map: create it, or remove the map already
-    there (``type.ninja`` first, so that an interrupted removal leaves no map). Files that do
-    not belong to a map are left alone."""
+    there (``type.ninja`` first, so that an interrupted removal leaves no map). Only a map's
+    own files go: its ``.ninja`` files (and their temporary or new versions) and the component
+    folders that hold one; anything else in ``out_dir`` stays."""
     import shutil
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / _meta.TYPE).unlink(missing_ok=True)
     for name in MAP_SUBDIRS:
-        if (out_dir / name).is_dir():
-            shutil.rmtree(out_dir / name)
-    for path in out_dir.glob("*.ninja*"):
-        if path.is_file():
-            path.unlink()
+        component = out_dir / name
+        if (component / _meta.DTYPE).exists() or (component / _meta.TYPE).exists():
+            shutil.rmtree(component)
+    for name in _meta.MAP_FILES:
+        for suffix in ("", ".tmp", ".new"):
+            (out_dir / (name + suffix)).unlink(missing_ok=True)

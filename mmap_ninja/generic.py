@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from . import _meta
 from . import numpy as np_ninja
 from .base import PathLike, Wrapped, as_dir, map_type
+from . import ragged, string
 from .ragged import RaggedMmap
 from .string import StringsMmap
+
+
+# One mode for every kind of map: the file modes that StringsMmap takes ("rb", "r+b") and the
+# mapping modes of numpy and ragged maps ("r", "r+") mean the same.
+_ARRAY_MODES = {"rb": "r", "r+b": "r+"}
+_STRING_MODES = {"r": "rb", "r+": "r+b"}
+
+
+def _mode(mode: Optional[str], translation: dict) -> dict:
+    return {} if mode is None else {"mode": translation.get(mode, mode)}
+
+
+def verify(out_dir: PathLike, limit: int = 20) -> List[str]:
+    """Check the map at ``out_dir``, of any kind, in one pass and return what is wrong, one
+    line per problem naming the file, at most ``limit`` lines; an empty list when it is sound."""
+    out_dir = as_dir(out_dir)
+    try:
+        type_name = map_type(out_dir, must_exist=True)
+    except (OSError, ValueError) as exc:
+        return [str(exc)]
+    verifiers = {"numpy": np_ninja.verify, "ragged": ragged.verify_dir, "string": string.verify_dir}
+    if type_name not in verifiers:
+        return [f"{out_dir} is not a mmap_ninja map: " + (f"it has no {_meta.TYPE}" if type_name is None
+                else f"unknown map type {type_name!r} in {out_dir / _meta.TYPE}")]
+    return verifiers[type_name](out_dir, limit)
 
 
 def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: Optional[str] = None):
@@ -21,14 +47,13 @@ def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] 
     """
     out_dir = as_dir(out_dir)
     type_name = map_type(out_dir, must_exist=True)
-    mode_kwargs = {} if mode is None else {"mode": mode}
     if type_name == "numpy":
-        memmap = np_ninja.open_existing(out_dir, **mode_kwargs)
+        memmap = np_ninja.open_existing(out_dir, **_mode(mode, _ARRAY_MODES))
         return memmap if wrapper_fn is None else Wrapped(memmap, wrapper_fn)
     if type_name == "ragged":
-        return RaggedMmap(out_dir, wrapper_fn=wrapper_fn, **mode_kwargs)
+        return RaggedMmap(out_dir, wrapper_fn=wrapper_fn, **_mode(mode, _ARRAY_MODES))
     if type_name == "string":
-        memmap = StringsMmap(out_dir, **mode_kwargs)
+        memmap = StringsMmap(out_dir, **_mode(mode, _STRING_MODES))
         return memmap if wrapper_fn is None else Wrapped(memmap, wrapper_fn)
     if type_name is None:
         raise ValueError(f"{out_dir} is not a mmap_ninja map: it has no {_meta.TYPE}")

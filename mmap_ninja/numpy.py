@@ -15,14 +15,16 @@ import numpy as np
 
 from . import _core, _meta
 from ._meta import ArrayMeta
-from ._storage import ArrayDir
+from ._storage import ArrayDir, Commit, WriterLock
 from .base import (
     PathLike,
     as_dir,
     cast_values,
+    check_options,
     in_batches,
     known_length,
     map_type,
+    native,
     progress,
     reset_map_dir,
     stored_dtype,
@@ -42,15 +44,23 @@ def _open_dir(out_dir: PathLike, types: Tuple[str, ...] = ("numpy",)) -> ArrayDi
     return ArrayDir.open(out_dir)
 
 
-def _create(out_dir: PathLike, arr: np.ndarray, order: str = "C") -> ArrayDir:
-    """Write ``arr`` as a new map at ``out_dir`` (replacing a map already there)."""
-    out_dir = as_dir(out_dir)
+def _create(out_dir: Path, arr: np.ndarray, order: str = "C") -> ArrayDir:
+    """Write ``arr`` as a new map at ``out_dir`` (replacing a map already there), under the
+    caller's writer lock."""
+    arr = native(arr)
     stored_dtype(arr.dtype)
     reset_map_dir(out_dir)
-    array = ArrayDir(out_dir)
-    array.commit(array.write_rows(arr, order=order))
-    _meta.write_type(out_dir, "numpy")
+    array, commit = ArrayDir(out_dir), Commit()
+    array.commit_rows(array.write_rows(arr, commit, order=order), commit)
+    commit.finish()
     return array
+
+
+def _append(array: ArrayDir, rows: np.ndarray) -> None:
+    """Append ``rows`` to ``array`` in one commit."""
+    commit = Commit()
+    array.commit_rows(array.write_rows(rows, commit), commit)
+    commit.finish()
 
 
 def _empty(out_dir: PathLike, dtype: Any, shape: Sequence[int], order: str) -> np.memmap:
@@ -62,10 +72,11 @@ def _empty(out_dir: PathLike, dtype: Any, shape: Sequence[int], order: str) -> n
     meta = ArrayMeta(stored_dtype(dtype), tuple(int(axis) for axis in shape), order)
     if any(axis < 0 for axis in meta.shape):
         raise ValueError(f"negative dimensions are not allowed: {meta.shape}")
-    reset_map_dir(out_dir)
-    array = ArrayDir(out_dir)
-    array.commit(array.allocate(meta))
-    _meta.write_type(out_dir, "numpy")
+    with WriterLock(out_dir):
+        reset_map_dir(out_dir)
+        array, commit = ArrayDir(out_dir), Commit()
+        array.commit_rows(array.allocate(meta, commit), commit)
+        commit.finish()
     return array.map("r+")
 
 
@@ -74,7 +85,9 @@ def from_ndarray(out_dir: PathLike, arr: Any) -> np.memmap:
     and return it as a writable ``np.memmap`` of the same shape and dtype."""
     arr = np.asarray(arr)
     order = "F" if np.isfortran(arr) else "C"
-    return _create(out_dir, arr, order).map("r+")
+    out_dir = as_dir(out_dir)
+    with WriterLock(out_dir):
+        return _create(out_dir, arr, order).map("r+")
 
 
 def _stack(samples: List[Any], meta: Optional[ArrayMeta], first_index: int) -> np.ndarray:
@@ -106,24 +119,28 @@ def from_generator(
     ``(number of samples, *sample_shape)``.
 
     ``n``, the expected number of samples, sizes the progress bar (``verbose=True``) and the
-    file, which is reserved up front and trimmed at the end if fewer samples came.
+    file, which is reserved up front and trimmed at the end if fewer samples came. (A bool in
+    its place is taken as ``verbose``, where mmap_ninja 0.9.0 had it.)
     """
+    if isinstance(n, (bool, np.bool_)):
+        n, verbose = None, bool(n)
+    check_options(verbose)
     out_dir = as_dir(out_dir)
     total = n if n is not None else known_length(sample_generator)
     array: Optional[ArrayDir] = None
-    with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
+    with WriterLock(out_dir), progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
         for batch in in_batches(sample_generator, batch_size):
             if array is None:
                 array = _create(out_dir, _stack(batch, None, 0))
                 if n is not None and n > array.rows:
                     array.reserve(n)
             else:
-                array.commit(array.write_rows(_stack(batch, array.meta, array.rows)))
+                _append(array, _stack(batch, array.meta, array.rows))
             bar.update(len(batch))
-    if array is None:
-        raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created: "
-                         f"a numpy map takes its dtype and sample shape from the first sample")
-    array.release()
+        if array is None:
+            raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created: "
+                             f"a numpy map takes its dtype and sample shape from the first sample")
+        array.release()
     return array.map("r+")
 
 
@@ -148,9 +165,9 @@ def take(arr: np.ndarray, indices: Any, out: Optional[np.ndarray] = None) -> np.
     index = _core.batch_index(indices, arr.shape[0])
     if out is None:
         out = np.empty((len(index), *arr.shape[1:]), dtype=arr.dtype)
-    if arr.flags.c_contiguous:
+    if arr.flags.c_contiguous and not arr.dtype.hasobject and not np.may_share_memory(arr, out):
         return _core.gather_rows(arr, index, out)
-    return np.take(arr, index, axis=0, out=out)
+    return np.take(arr, index, axis=0, out=out)  # numpy buffers an out that overlaps arr
 
 
 def extend_dir(out_dir: PathLike, arr: Any) -> None:
@@ -159,16 +176,30 @@ def extend_dir(out_dir: PathLike, arr: Any) -> None:
     Values are cast to the map's dtype when that loses nothing but float rounding; otherwise,
     or when the sample shape differs, the map is left unchanged and an error is raised.
     """
-    array = _open_dir(out_dir)
-    arr = np.asarray(arr)
-    shape = array.meta.shape
-    if not shape:
-        raise ValueError(f"{array.path} holds a 0-d array, which has no axis to extend")
-    if arr.ndim == 0 or arr.shape[1:] != shape[1:]:
-        raise ValueError(f"cannot extend {array.path} (shape {shape}) with an array of shape "
-                         f"{arr.shape}: its samples must have shape {shape[1:]}")
-    arr = cast_values(arr, array.meta.dtype, f"extending {array.path}")
-    array.commit(array.write_rows(arr))
+    _open_dir(out_dir)  # the map must be there before a lock file is created in it
+    out_dir = as_dir(out_dir)
+    with WriterLock(out_dir):
+        array = _open_dir(out_dir)
+        arr = np.asarray(arr)
+        shape = array.meta.shape
+        if not shape:
+            raise ValueError(f"{array.path} holds a 0-d array, which has no axis to extend")
+        if arr.ndim == 0 or arr.shape[1:] != shape[1:]:
+            raise ValueError(f"cannot extend {array.path} (shape {shape}) with an array of shape "
+                             f"{arr.shape}: its samples must have shape {shape[1:]}")
+        arr = cast_values(arr, array.meta.dtype, f"extending {array.path}")
+        array.finish_pending()
+        _append(array, arr)
+
+
+def verify(out_dir: PathLike, limit: int = 20) -> List[str]:
+    """Check the map at ``out_dir`` (metadata, data size) and return what is wrong, one line
+    per problem naming the file; an empty list when the map is sound."""
+    try:
+        _open_dir(out_dir).map("r")
+    except (OSError, ValueError) as exc:
+        return [str(exc)][:limit]
+    return []
 
 
 def extend(np_mmap: np.memmap, arr: Any) -> None:

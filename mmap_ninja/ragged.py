@@ -15,6 +15,7 @@ sample; ``ragged[indices]`` is a list of such views.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,15 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _meta
-from ._storage import ArrayDir, byte_view, write_at
+from ._storage import ArrayDir, Commit, WriterLock, byte_view
 from .base import (
     PathLike,
     as_dir,
     build_in_batches,
     cast_values,
+    Legacy090Names,
+    check_options,
+    component_names as component_names_of,
     in_batches,
     known_length,
     map_type,
@@ -39,6 +43,9 @@ from .base import (
 from .parallel import indexable_batches
 
 _MODES = ("r", "r+", "c")
+_COMPONENT_KEYS = ("starts_key", "ends_key", "shapes_key", "flattened_shapes_key")
+# Axes a sample may have (as many as NumPy 1.x allows).
+_MAX_NDIM = 32
 
 RaggedBatch = _core.RaggedBatch
 
@@ -71,6 +78,8 @@ def _flatten(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int
     for k, sample in enumerate(samples):
         arr = np.asarray(sample)
         what = f"sample {first_index + k}"
+        if arr.ndim > _MAX_NDIM:
+            raise ValueError(f"{what} has {arr.ndim} axes; samples may have at most {_MAX_NDIM}")
         if dtype is None:
             try:
                 dtype = stored_dtype(arr.dtype)
@@ -95,10 +104,9 @@ class _RaggedFiles:
     """The component arrays of a ragged map directory, with what is committed of each, and the
     writer that appends a batch to them.
 
-    A batch is appended in two phases: first every component gets its new entries past its
-    committed end (nothing visible yet); then the components are committed in an order that
-    ends with ``starts``, whose length is the length of the map. An interrupted append leaves
-    the map as it was, plus unreferenced bytes that the next append writes over or skips.
+    A batch is appended in one ``Commit``: every component gets its new entries past its
+    committed end (nothing visible yet), then the components' ``shape.ninja`` files are
+    replaced in an order that ends with ``starts``, whose length is the length of the map.
     """
 
     def __init__(self, out_dir: Path):
@@ -110,6 +118,7 @@ class _RaggedFiles:
         self.flat_shapes = ArrayDir(out_dir / "shapes")
         self.nested_shapes: Optional[_RaggedFiles] = None
         self.flat = True
+        self.flag_on_disk: Optional[bool] = None  # what shapes_are_flat.ninja says
         self.dtype: Optional[np.dtype] = None
 
     @property
@@ -132,34 +141,39 @@ class _RaggedFiles:
             files.dtype = _meta.dtype_from_name(_meta.read_text(out_dir / _meta.DTYPE), out_dir / _meta.DTYPE)
         if not (out_dir / "starts").exists():
             return files  # an empty map, which may know its dtype
-        files.data = ArrayDir.open(out_dir)
-        files.dtype = files.data.meta.dtype
-        files.starts = _index_array(out_dir / "starts")
-        files.ends = _index_array(out_dir / "ends")
-        files.flattened_shapes = _index_array(out_dir / "flattened_shapes")
-        flat = _meta.read_int32(out_dir / _meta.SHAPES_ARE_FLAT)
-        if flat not in (0, 1):
-            raise ValueError(f"{out_dir / _meta.SHAPES_ARE_FLAT}: expected 0 or 1, found {flat}")
-        files.flat = bool(flat)
+        # starts, whose length is the map's, is committed last: read it first, so that every
+        # component read after it is at least as new
+        files.starts = _flat_array(out_dir / "starts")
+        files.ends = _flat_array(out_dir / "ends")
+        files.flattened_shapes = _flat_array(out_dir / "flattened_shapes")
+        flag = _meta.read_int32(out_dir / _meta.SHAPES_ARE_FLAT)
+        if flag not in (0, 1):
+            raise ValueError(f"{out_dir / _meta.SHAPES_ARE_FLAT}: expected 0 or 1, found {flag}")
+        files.flag_on_disk = bool(flag)
+        # shapes/ says what it holds; the flag lags behind it if a conversion was interrupted
+        shapes_type = map_type(out_dir / "shapes")
+        files.flat = shapes_type == "numpy" if shapes_type in ("numpy", "ragged") else bool(flag)
         if files.flat:
-            files.flat_shapes = _index_array(out_dir / "shapes", ndim=2)
+            files.flat_shapes = _flat_array(out_dir / "shapes")
         else:
             files.nested_shapes = _RaggedFiles.open(out_dir / "shapes")
+            if files.nested_shapes.dtype != np.int64 and files.nested_shapes.n:
+                raise ValueError(f"{out_dir / 'shapes' / _meta.DTYPE}: expected int64, found "
+                                 f"{files.nested_shapes.dtype}")
             if not files.nested_shapes.flat:
                 raise ValueError(f"{out_dir / 'shapes'}: the shapes of a ragged map must be 1-d")
             if files.nested_shapes.n < files.n:
                 raise ValueError(f"{out_dir / 'shapes'}: holds {files.nested_shapes.n} shapes "
                                  f"for {files.n} samples")
-        if len(files.data.meta.shape) != 1:
-            raise ValueError(f"{out_dir / _meta.SHAPE}: the data of a ragged map is 1-d, "
-                             f"found shape {files.data.meta.shape}")
+        files.data = _flat_array(out_dir, any_dtype=True)
+        files.dtype = files.data.meta.dtype
         return files
 
     def reader(self, mode: str) -> Optional[_core.RaggedReader]:
         """The compiled reader over the committed samples (``None`` for an empty map)."""
         if self.n == 0:
             return None
-        data = self.data.map(mode)
+        data = self.data.map(mode).reshape(-1)
         starts, ends = self.starts.map(), self.ends.map()
         source = str(self.out_dir)
         if self.flat:
@@ -167,20 +181,22 @@ class _RaggedFiles:
             return _core.RaggedReader(data, starts, ends, sizes=sizes, source=source)
         shapes = self.nested_shapes
         return _core.RaggedReader(
-            data, starts, ends, shape_values=shapes.data.map(), shape_starts=shapes.starts.map(),
+            data, starts, ends, shape_values=shapes.data.map().reshape(-1), shape_starts=shapes.starts.map(),
             shape_ends=shapes.ends.map(), source=source,
         )
 
-    def write_empty(self, dtype: Optional[np.dtype]) -> None:
-        """Write a map with no samples: ``type.ninja`` and, when known, ``dtype.ninja``."""
+    def write_empty(self, dtype: Optional[np.dtype], commit: Commit) -> None:
+        """Add to ``commit`` a map with no samples: ``dtype.ninja`` when known, and
+        ``type.ninja``."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if dtype is not None:
-            _meta.write_text(self.out_dir / _meta.DTYPE, _meta.dtype_name(dtype))
-        _meta.write_type(self.out_dir, "ragged")
+            commit.replace(self.out_dir / _meta.DTYPE, _meta.dtype_name(dtype).encode())
+        commit.replace(self.out_dir / _meta.TYPE, b"ragged")
         self.dtype = dtype
 
-    def append(self, batch: _Batch, at: Optional[int] = None) -> None:
-        """Append ``batch`` after the first ``at`` samples (default: all committed ones)."""
+    def append(self, batch: _Batch, commit: Commit, at: Optional[int] = None) -> None:
+        """Add ``batch`` to ``commit``, after the first ``at`` samples (default: all committed
+        ones)."""
         if len(batch) == 0:
             return
         at = self.n if at is None else at
@@ -189,55 +205,100 @@ class _RaggedFiles:
             reset_map_dir(self.out_dir)
             self.__init__(self.out_dir)
         flat = batch.flat and (self.flat or new_map)
-        converting = not flat and self.flat and not new_map
-        if converting:
+        if not flat and self.flat and not new_map:
             self._convert_shapes_to_nested(at)
         elif not flat and self.nested_shapes is None:
             self.nested_shapes = _RaggedFiles(self.out_dir / "shapes")
 
-        total = self.data.rows
-        ends = total + np.cumsum(batch.counts)
+        ends = self.data.rows + np.cumsum(batch.counts)
         starts = ends - batch.counts
-        data_meta = self.data.write_rows(batch.values)
-        counts_meta = self.flattened_shapes.write_rows(batch.counts, at)
+        data_meta = self.data.write_rows(batch.values, commit)
+        counts_meta = self.flattened_shapes.write_rows(batch.counts, commit, at)
         if flat:
             lengths = np.array([shape[0] if shape else 0 for shape in batch.shapes], dtype=np.int64)
-            shapes_meta = self.flat_shapes.write_rows(lengths.reshape(-1, 1), at)
-        ends_meta = self.ends.write_rows(ends, at)
-        starts_meta = self.starts.write_rows(starts, at)
+            shapes_meta = self.flat_shapes.write_rows(lengths.reshape(-1, 1), commit, at)
+        ends_meta = self.ends.write_rows(ends, commit, at)
+        starts_meta = self.starts.write_rows(starts, commit, at)
 
-        self.data.commit(data_meta)
-        self.flattened_shapes.commit(counts_meta)
+        self.data.commit_rows(data_meta, commit, type_name=None)  # type.ninja comes last
+        self.flattened_shapes.commit_rows(counts_meta, commit)
         if flat:
-            self.flat_shapes.commit(shapes_meta)
+            self.flat_shapes.commit_rows(shapes_meta, commit)
         else:
-            self.nested_shapes.append(_shape_batch(batch.shapes), at)
-        if new_map or converting:
-            _meta.write_int32(self.out_dir / _meta.SHAPES_ARE_FLAT, int(flat))
-        self.ends.commit(ends_meta)
-        self.starts.commit(starts_meta)
-        self.flat = flat
-        self.dtype = batch.dtype
+            self.nested_shapes.append(_shape_batch(batch.shapes), commit, at)
+        if self.flag_on_disk != flat:
+            commit.replace(self.out_dir / _meta.SHAPES_ARE_FLAT, _meta.int32_bytes(int(flat)))
+        self.ends.commit_rows(ends_meta, commit)
+        self.starts.commit_rows(starts_meta, commit)
         if new_map:
-            _meta.write_type(self.out_dir, "ragged")
+            commit.replace(self.out_dir / _meta.TYPE, b"ragged")
+        self.flat, self.flag_on_disk, self.dtype = flat, flat, batch.dtype
 
     def _convert_shapes_to_nested(self, n: int) -> None:
-        """Turn the ``(n, 1)`` shapes of a flat map into a ragged map of shapes, before samples
-        of other ranks are appended (a rewrite of ``shapes/``, proportional to ``n``)."""
-        lengths = self.flat_shapes.map()[:n, 0]
-        counts = self.flattened_shapes.map()[:n]
-        shapes = [() if (length == 0 and count == 1) else (int(length),)
-                  for length, count in zip(lengths, counts)]
-        staging = self.out_dir / "shapes.new"
-        reset_map_dir(staging)
-        nested = _RaggedFiles(staging)
-        nested.append(_shape_batch(shapes))
-        retired = self.out_dir / "shapes.old"
-        shutil.rmtree(retired, ignore_errors=True)
-        (self.out_dir / "shapes").rename(retired)
-        staging.rename(self.out_dir / "shapes")
-        shutil.rmtree(retired)
-        self.nested_shapes = _RaggedFiles.open(self.out_dir / "shapes")
+        """Turn the flat shapes of the first ``n`` samples into a ragged map of shapes, in
+        place and in a commit of its own, before samples of other ranks are appended.
+
+        The lengths already stored become the data of the new map: sample ``i``'s shape is
+        the one value at position ``i``, or no value for a scalar (whose stored 0 is skipped).
+        Its offsets, sizes and shapes are written beside them; replacing ``shapes/type.ninja``
+        switches readers over, and ``shapes_are_flat.ninja`` follows for mmap_ninja 0.9.0.
+        """
+        commit = Commit()
+        shapes_dir = self.out_dir / "shapes"
+        lengths = self.flat_shapes.map().reshape(-1)[:n]
+        counts = self.ends.map()[:n] - self.starts.map()[:n]
+        axes = np.where((lengths == 0) & (counts == 1), 0, 1).astype(np.int64)
+        positions = np.arange(n, dtype=np.int64)
+        for name, rows in (("starts", positions), ("ends", positions + axes),
+                           ("flattened_shapes", axes), ("shapes", axes.reshape(-1, 1))):
+            component = ArrayDir(shapes_dir / name)
+            if component.path.exists():
+                shutil.rmtree(component.path)  # left by an interrupted conversion
+            component.commit_rows(component.write_rows(rows, commit), commit)
+        commit.replace(shapes_dir / _meta.SHAPES_ARE_FLAT, _meta.int32_bytes(1))
+        commit.replace(shapes_dir / _meta.TYPE, b"ragged")
+        commit.replace(shapes_dir / _meta.SHAPE, _meta.shape_bytes((n,)))
+        commit.replace(self.out_dir / _meta.SHAPES_ARE_FLAT, _meta.int32_bytes(0))
+        commit.finish()
+        self.nested_shapes = _RaggedFiles.open(shapes_dir)
+        self.flat = self.flag_on_disk = False
+
+
+def verify_dir(out_dir: Path, limit: int = 20) -> List[str]:
+    """Problems of the ragged map at ``out_dir``, at most ``limit`` (none when it is sound)."""
+    try:
+        files = _RaggedFiles.open(out_dir)
+        reader = files.reader("r")
+    except (OSError, ValueError) as exc:
+        return [str(exc)]
+    if reader is None:
+        return []
+    problems = reader.verify(limit)
+    n = files.n
+    sizes = files.flattened_shapes
+    if sizes.rows < n:
+        problems.append(f"{sizes.path}: holds {sizes.rows} sizes for {n} samples")
+    else:
+        for start in range(0, n, _VERIFY_CHUNK):
+            stop = min(start + _VERIFY_CHUNK, n)
+            counts = files.ends.map()[start:stop] - files.starts.map()[start:stop]
+            bad = np.flatnonzero(sizes.map().reshape(-1)[start:stop] != counts)
+            if bad.size:
+                i = start + int(bad[0])
+                problems.append(f"{sizes.path}: sample {i} has size {int(sizes.map().reshape(-1)[i])}, "
+                                f"its offsets hold {int(counts[bad[0]])} elements")
+                break
+    if files.flag_on_disk != files.flat:
+        problems.append(f"{out_dir / _meta.SHAPES_ARE_FLAT}: says {int(files.flag_on_disk)} but shapes/ holds "
+                        f"{'an array of lengths' if files.flat else 'a ragged map of shapes'} (left by an "
+                        f"interrupted write; the next write corrects it)")
+    if not files.flat:
+        problems += verify_dir(out_dir / "shapes", limit)
+    return problems[:limit]
+
+
+# Samples checked at a time by verify, to bound its memory.
+_VERIFY_CHUNK = 1 << 20
 
 
 def _shape_batch(shapes: Sequence[Tuple[int, ...]]) -> _Batch:
@@ -247,19 +308,19 @@ def _shape_batch(shapes: Sequence[Tuple[int, ...]]) -> _Batch:
     return _Batch(values, counts, [(len(shape),) for shape in shapes])
 
 
-def _index_array(path: Path, ndim: int = 1) -> ArrayDir:
-    """An ``int64`` component array of a map (offsets, sizes or shapes), checked."""
+def _flat_array(path: Path, any_dtype: bool = False) -> ArrayDir:
+    """A component array of a ragged map, checked: ``int64`` (unless ``any_dtype``), of shape
+    ``(n,)`` or ``(n, 1)``."""
     array = ArrayDir.open(path)
     meta = array.meta
-    if meta.dtype != np.int64:
+    if not any_dtype and meta.dtype != np.int64:
         raise ValueError(f"{path / _meta.DTYPE}: expected int64, found {meta.dtype}")
-    if len(meta.shape) != ndim or (ndim == 2 and meta.shape[1] != 1):
-        expected = "(n,)" if ndim == 1 else "(n, 1)"
-        raise ValueError(f"{path / _meta.SHAPE}: expected shape {expected}, found {meta.shape}")
+    if not (len(meta.shape) == 1 or (len(meta.shape) == 2 and meta.shape[1] == 1)):
+        raise ValueError(f"{path / _meta.SHAPE}: expected shape (n,) or (n, 1), found {meta.shape}")
     return array
 
 
-class RaggedMmap:
+class RaggedMmap(Legacy090Names):
     """A memory-mapped list of numpy arrays of any shapes, opened from ``out_dir``.
 
     ``len(m)``; ``m[i]`` (negative ``i`` too) is sample ``i`` as an array view of the file (a
@@ -280,10 +341,13 @@ class RaggedMmap:
         out_dir: PathLike,
         wrapper_fn: Optional[Callable[[Any], Any]] = None,
         mode: str = "r",
+        *,
         copy_before_wrapper_fn: bool = True,
+        **component_names: str,
     ):
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        check_options(wrapper_fn=wrapper_fn, **component_names_of(component_names, _COMPONENT_KEYS))
         self.out_dir = as_dir(out_dir)
         self.wrapper_fn = wrapper_fn
         self.mode = mode
@@ -400,6 +464,31 @@ class RaggedMmap:
         """``int64`` element offset in ``memmap`` one past the end of each sample."""
         return self._files.ends.map()[: len(self)] if len(self) else np.empty(0, np.int64)
 
+    # -- the names mmap_ninja 0.9.0 gave (see also Legacy090Names) ---------------------------
+
+    @property
+    def flattened_shapes(self) -> np.ndarray:
+        """``int64`` number of elements of each sample."""
+        return self.ends - self.starts
+
+    @property
+    def shapes(self):
+        """The stored shapes: an ``(n, 1)`` array of lengths for a map of 1-d samples, else a
+        ``RaggedMmap`` whose sample ``i`` is the shape of sample ``i``."""
+        if self._files.flat:
+            return self._files.flat_shapes.map()[: len(self)] if len(self) else np.empty((0, 1), np.int64)
+        return RaggedMmap(self.out_dir / "shapes")
+
+    def verify(self, limit: int = 20) -> List[str]:
+        """Check the whole map in one pass (files, offsets, sizes, shapes) and return what is
+        wrong, one line per problem naming the file, at most ``limit`` lines; an empty list
+        when the map is sound."""
+        return verify_dir(self.out_dir, limit)
+
+    def __reduce__(self):
+        # a map pickles as its path and options, and reopens where it is unpickled
+        return _reopen, (type(self), str(self.out_dir), self.wrapper_fn, self.mode, self.copy_before_wrapper_fn)
+
     def __repr__(self) -> str:
         dtype = "unknown" if self.dtype is None else self.dtype.name
         kind = "1-d samples" if self.shapes_are_flat else "n-d samples"
@@ -411,65 +500,83 @@ class RaggedMmap:
         """Replace samples in place with values of the same shape (or broadcastable to it):
         ``m[i] = arr`` or ``m[slice or indices] = sequence of arrays``. All values are checked
         before any is written."""
-        n = len(self)
-        index = _core.normalize_index(key, n)
-        if type(index) is int:
-            pairs = [(index, value)]
-        else:
-            values = list(value)
-            if len(values) != len(index):
-                raise ValueError(f"cannot assign {len(values)} values to {len(index)} samples")
-            pairs = list(zip(index.tolist(), values))
-        writes = []
-        for i, new_value in pairs:
-            shape = np.shape(self._reader.sample(i))
-            arr = cast_values(np.asarray(new_value), self.dtype, f"value for sample {i}")
-            try:
-                arr = np.broadcast_to(arr, shape)
-            except ValueError:
-                raise ValueError(f"sample {i} has shape {shape}; a value of shape {arr.shape} "
-                                 f"cannot replace it (samples keep their size)") from None
-            start, _ = self._reader.span(i)
-            writes.append((start * self.dtype.itemsize, byte_view(arr)))
-        for offset, data in writes:
-            write_at(self._files.data.data_file, offset, data)
+        with WriterLock(self.out_dir) if len(self) else contextlib.nullcontext():
+            self.refresh()
+            n = len(self)
+            index = _core.normalize_index(key, n)
+            if type(index) is int:
+                pairs = [(index, value)]
+            else:
+                values = list(value)
+                if len(values) != len(index):
+                    raise ValueError(f"cannot assign {len(values)} values to {len(index)} samples")
+                pairs = list(zip(index.tolist(), values))
+            writes = []
+            for i, new_value in pairs:
+                shape = np.shape(self._reader.sample(i))
+                arr = cast_values(np.asarray(new_value), self.dtype, f"value for sample {i}")
+                try:
+                    arr = np.broadcast_to(arr, shape)
+                except ValueError:
+                    raise ValueError(f"sample {i} has shape {shape}; a value of shape {arr.shape} "
+                                     f"cannot replace it (samples keep their size)") from None
+                start, _ = self._reader.span(i)
+                writes.append((start * self.dtype.itemsize, byte_view(arr)))
+            commit = Commit()
+            for offset, data in writes:
+                commit.write(self._files.data.data_file, offset, data)
+            commit.finish()
 
     def append(self, sample: Any) -> None:
         """Append one sample (an array of any shape, or a scalar)."""
         self.extend([sample])
 
     def extend(self, samples: Iterable[Any], verbose: bool = False) -> None:
-        """Append samples (arrays of any shapes), cast to the map's dtype; on error nothing is
-        written."""
+        """Append samples (arrays of any shapes), cast to the map's dtype, in one commit; on
+        error nothing is written. Takes the map's writer lock while it writes."""
         samples = list(samples)
+        if not samples:
+            return
         with progress(len(samples), verbose, desc=f"Extending {self.out_dir.name}") as bar:
             batch = _flatten(samples, self._files.dtype, len(self), bar)
-        self._files.append(batch)
-        self._reader = self._files.reader(self.mode)
+        with WriterLock(self.out_dir):
+            files = _RaggedFiles.open(self.out_dir)  # another writer may have extended it
+            if files.n != len(self) or files.dtype not in (None, batch.dtype):
+                batch = _flatten(samples, files.dtype, files.n)
+            commit = Commit()
+            files.append(batch, commit)
+            commit.finish()
+        self._files, self._reader = files, files.reader(self.mode)
 
     # -- building -----------------------------------------------------------------------
 
     @classmethod
     def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None, **open_kwargs) -> "RaggedMmap":
-        """Write ``batches`` of samples as a new map (``bar`` advances per sample flattened)
-        and open it."""
+        """Write ``batches`` of samples as a new map, one commit per batch, under the writer
+        lock (``bar`` advances per sample flattened), and open it."""
+        if open_kwargs["mode"] not in _MODES:  # checked before anything is written
+            raise ValueError(f"mode must be one of {_MODES}, got {open_kwargs['mode']!r}")
         out_dir = as_dir(out_dir)
         dtype = None if dtype is None else stored_dtype(dtype)
 
         def create(samples: List[Any]) -> _RaggedFiles:
             batch = _flatten(samples, dtype, bar=bar)
-            files = _RaggedFiles(out_dir)
+            files, commit = _RaggedFiles(out_dir), Commit()
             if len(batch):
-                files.append(batch)
+                files.append(batch, commit)
             else:
                 reset_map_dir(out_dir)
-                files.write_empty(dtype)
+                files.write_empty(dtype, commit)
+            commit.finish()
             return files
 
         def extend(files: _RaggedFiles, samples: List[Any]) -> None:
-            files.append(_flatten(samples, files.dtype, files.n, bar))
+            commit = Commit()
+            files.append(_flatten(samples, files.dtype, files.n, bar), commit)
+            commit.finish()
 
-        build_in_batches(batches, create, extend)
+        with WriterLock(out_dir):
+            build_in_batches(batches, create, extend)
         return cls(out_dir, **open_kwargs)
 
     @classmethod
@@ -478,13 +585,17 @@ class RaggedMmap:
         out_dir: PathLike,
         lists: Iterable[Any],
         dtype: Any = None,
-        wrapper_fn: Optional[Callable[[Any], Any]] = None,
         mode: str = "r+",
+        wrapper_fn: Optional[Callable[[Any], Any]] = None,
+        *,
         copy_before_wrapper_fn: bool = True,
         verbose: bool = False,
+        **component_names: str,
     ) -> "RaggedMmap":
         """Write the samples ``lists`` (arrays of any shapes) as a new map at ``out_dir``,
-        replacing a map already there, and open it. ``dtype`` defaults to the first sample's."""
+        replacing a map already there, and open it. ``dtype`` defaults to the first sample's.
+        (The order of the arguments is mmap_ninja 0.9.0's.)"""
+        check_options(verbose, wrapper_fn, **component_names_of(component_names, _COMPONENT_KEYS))
         with progress(known_length(lists), verbose, desc=f"Writing {as_dir(out_dir).name}") as bar:
             return cls._build(out_dir, [list(lists)], dtype, bar, wrapper_fn=wrapper_fn, mode=mode,
                               copy_before_wrapper_fn=copy_before_wrapper_fn)
@@ -496,6 +607,7 @@ class RaggedMmap:
         sample_generator: Iterable[Any],
         batch_size: int,
         verbose: bool = False,
+        *,
         n: Optional[int] = None,
         dtype: Any = None,
         wrapper_fn: Optional[Callable[[Any], Any]] = None,
@@ -505,6 +617,7 @@ class RaggedMmap:
         """Write the samples of an iterable as a new map at ``out_dir``, committing every
         ``batch_size`` samples, and open it. ``verbose`` shows a progress bar, whose total is
         ``n`` (the expected number of samples) or the iterable's length when it has one."""
+        check_options(verbose, wrapper_fn)
         out_dir = as_dir(out_dir)
         total = n if n is not None else known_length(sample_generator)
         with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
@@ -519,6 +632,7 @@ class RaggedMmap:
         batch_size: int,
         n_jobs: Optional[int] = None,
         verbose: bool = False,
+        *,
         dtype: Any = None,
         wrapper_fn: Optional[Callable[[Any], Any]] = None,
         mode: str = "r+",
@@ -527,9 +641,15 @@ class RaggedMmap:
         """Write ``indexable[0], indexable[1], ...`` (or ``indexable(i)`` for a function) as a
         new map at ``out_dir``, until ``len(indexable)`` or the first ``IndexError``/
         ``KeyError``; ``n_jobs`` > 1 reads each batch in parallel with joblib."""
+        check_options(verbose, wrapper_fn)
         batches = indexable_batches(indexable, batch_size, n_jobs=n_jobs, verbose=verbose)
         return cls._build(out_dir, batches, dtype, wrapper_fn=wrapper_fn, mode=mode,
                           copy_before_wrapper_fn=copy_before_wrapper_fn)
+
+
+def _reopen(cls, out_dir: str, wrapper_fn, mode: str, copy_before_wrapper_fn: bool) -> "RaggedMmap":
+    """Reopen a pickled map."""
+    return cls(out_dir, wrapper_fn, mode, copy_before_wrapper_fn=copy_before_wrapper_fn)
 
 
 RaggedMmmap = RaggedMmap

@@ -8,6 +8,7 @@ Strings are decoded straight from the mapped bytes by the compiled core.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
@@ -15,10 +16,24 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _meta
-from ._storage import ArrayDir, map_bytes, write_at
-from .base import PathLike, as_dir, build_in_batches, in_batches, known_length, map_type, progress, reset_map_dir
+from ._storage import LOCK_FILE, ArrayDir, Commit, WriterLock, map_bytes
+from .base import (
+    PathLike,
+    as_dir,
+    build_in_batches,
+    Legacy090Names,
+    check_options,
+    component_names as component_names_of,
+    in_batches,
+    known_length,
+    map_type,
+    progress,
+    reset_map_dir,
+)
 
 _MODES = ("r+b", "rb")
+# Larger strings would come from a corrupted zstd frame header.
+_MAX_STRING_BYTES = 1 << 31
 
 
 def _zstandard():
@@ -70,11 +85,12 @@ class _Codec:
         dict_file = out_dir / _meta.ZSTD_DICT
         return cls(level, _meta.read_bytes(dict_file) if dict_file.exists() else None)
 
-    def write(self, out_dir: Path) -> None:
+    def write(self, out_dir: Path, commit: Commit) -> None:
+        """Add the codec's files to ``commit``."""
         if self.dictionary is not None:
-            _meta.write_bytes(out_dir / _meta.ZSTD_DICT, self.dictionary)
+            commit.replace(out_dir / _meta.ZSTD_DICT, self.dictionary)
         if self.level is not None:
-            _meta.write_text(out_dir / _meta.ZSTD_LEVEL, str(self.level))
+            commit.replace(out_dir / _meta.ZSTD_LEVEL, str(self.level).encode())
 
     def pack(self, strings: Sequence[Any], first_index: int, bar=None) -> Tuple[bytes, np.ndarray]:
         """The stored bytes of ``strings`` back to back, and the length of each (``bar``
@@ -88,7 +104,16 @@ class _Codec:
         return b"".join(encoded), lengths
 
     def decompress(self, raw: bytes) -> bytes:
-        return self._decompressor.decompress(raw)
+        """The UTF-8 bytes in one stored zstd frame; ``ValueError`` for a frame that is
+        corrupted or claims more than ``_MAX_STRING_BYTES``."""
+        zstd = _zstandard()
+        try:
+            size = zstd.frame_content_size(raw)
+            if size > _MAX_STRING_BYTES:
+                raise ValueError(f"a compressed string claims {size} bytes")
+            return self._decompressor.decompress(raw)
+        except zstd.ZstdError as exc:
+            raise ValueError(f"a compressed string does not decompress: {exc}") from None
 
     def unpack(self, raw: bytes) -> str:
         return self.decompress(raw).decode("utf-8")
@@ -131,27 +156,28 @@ class _StringsFiles:
         reader = _core.StringsReader(buffer, self.starts.map(), self.ends.map(), source=str(self.out_dir))
         return reader, buffer
 
-    def create(self) -> None:
-        """Write an empty map: the codec's files, then ``type.ninja``."""
+    def create(self, commit: Commit) -> None:
+        """Add an empty map to ``commit``: the codec's files, then ``type.ninja``."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.codec.write(self.out_dir)
-        _meta.write_type(self.out_dir, "string")
+        self.codec.write(self.out_dir, commit)
+        commit.replace(self.out_dir / _meta.TYPE, b"string")
 
-    def append(self, strings: Sequence[Any], bar=None) -> None:
-        """Append ``strings`` to a map whose ``type.ninja`` is written."""
+    def append(self, strings: Sequence[Any], commit: Commit, bar=None) -> None:
+        """Add ``strings`` to ``commit`` (for a map whose ``type.ninja`` is written, or in
+        ``commit`` already)."""
         n = self.n
         payload, lengths = self.codec.pack(strings, n, bar)
         if not len(lengths):
             return
         offset = self.data_file.stat().st_size if n else 0
-        write_at(self.data_file, offset, payload, truncate=not n)
+        commit.write(self.data_file, offset, payload, truncate=not n)
         if offset + len(payload) == 0:
-            write_at(self.data_file, 0, b"\0")  # 0.9.0 cannot map an empty data file
+            commit.write(self.data_file, 0, b"\0")  # 0.9.0 cannot map an empty data file
         ends = offset + np.cumsum(lengths)
-        ends_meta = self.ends.write_rows(ends, n)
-        starts_meta = self.starts.write_rows(ends - lengths, n)
-        self.ends.commit(ends_meta)
-        self.starts.commit(starts_meta)
+        ends_meta = self.ends.write_rows(ends, commit, n)
+        starts_meta = self.starts.write_rows(ends - lengths, commit, n)
+        self.ends.commit_rows(ends_meta, commit)
+        self.starts.commit_rows(starts_meta, commit)
 
 
 def _offsets(path: Path) -> ArrayDir:
@@ -162,7 +188,7 @@ def _offsets(path: Path) -> ArrayDir:
     return array
 
 
-class StringsMmap:
+class StringsMmap(Legacy090Names):
     """A memory-mapped list of ``str``, opened from ``out_dir``.
 
     ``len(m)``; ``m[i]`` (negative ``i`` too) is a ``str``; ``m[slice]``, ``m[list or array of
@@ -174,11 +200,15 @@ class StringsMmap:
     the first ``append`` or ``extend``.
     """
 
-    def __init__(self, out_dir: PathLike, mode: str = "r+b"):
+    def __init__(self, out_dir: PathLike, mode: str = "r+b", **component_names: str):
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        check_options(**component_names_of(component_names, ("starts_key", "ends_key")))
         self.out_dir = as_dir(out_dir)
         self.mode = mode
+        if mode == "rb" and map_type(self.out_dir, must_exist=True) is None and \
+                any(entry.name != LOCK_FILE for entry in self.out_dir.iterdir()):
+            raise ValueError(f"{self.out_dir} is not a strings map: it has no {_meta.TYPE}")
         self._buffer: Any = b""
         self._closed = False
         self.refresh()
@@ -229,16 +259,20 @@ class StringsMmap:
             _core.normalize_index(item, 0)  # raises for any integer
             return []
         codec = self._files.codec
-        if type(item) is slice:
-            if codec.compressed:
-                return [codec.unpack(raw) for raw in reader.get_in(item, True)]
+        if type(item) is slice and not codec.compressed:
             return reader.get_in(item)
         index = _core.normalize_index(item, reader.n)
+        if not codec.compressed:
+            return reader.get(index) if type(index) is int else reader.get_many(index)
         if type(index) is int:
-            return codec.unpack(reader.get(index, True)) if codec.compressed else reader.get(index)
-        if codec.compressed:
-            return [codec.unpack(raw) for raw in reader.get_many(index, True)]
-        return reader.get_many(index)
+            return self._unpack(index, reader.get(index, True))
+        return [self._unpack(i, raw) for i, raw in zip(index.tolist(), reader.get_many(index, True))]
+
+    def _unpack(self, i: int, raw: bytes) -> str:
+        try:
+            return self._files.codec.unpack(raw)
+        except ValueError as exc:
+            raise ValueError(f"{self.out_dir}: string {i}: {exc}") from None
 
     def __getitems__(self, indices: Sequence[int]) -> List[str]:
         """The strings at ``indices``, as a list (``torch.utils.data.DataLoader`` fetches
@@ -274,6 +308,21 @@ class StringsMmap:
         """``int64`` byte offset in ``data.ninja`` one past the end of each string."""
         return self._files.ends.map() if len(self) else np.empty(0, np.int64)
 
+    @property
+    def buffer(self):
+        """The mapped ``data.ninja`` (read-only), as mmap_ninja 0.9.0 named it."""
+        return self._buffer
+
+    def verify(self, limit: int = 20) -> List[str]:
+        """Check the whole map in one pass (files, offsets, UTF-8, compressed frames) and
+        return what is wrong, one line per problem naming the file, at most ``limit`` lines; an
+        empty list when the map is sound."""
+        return verify_dir(self.out_dir, limit)
+
+    def __reduce__(self):
+        # a map pickles as its path and mode, and reopens where it is unpickled
+        return type(self), (str(self.out_dir), self.mode)
+
     def __repr__(self) -> str:
         codec = self._files.codec
         compression = f", zstd level {codec.level}" if codec.compressed else ""
@@ -290,27 +339,31 @@ class StringsMmap:
         ``m[i] = s`` or ``m[slice or indices] = sequence of str``. All are checked before any
         is written; compressed maps cannot be changed in place."""
         self._check_writable()
-        reader = self._live_reader()
+        self._live_reader()
         if self._files.codec.compressed:
             raise ValueError("in-place modification is not supported for compressed StringsMmap")
-        index = _core.normalize_index(key, len(self))
-        if type(index) is int:
-            pairs = [(index, value)]
-        else:
-            values = [value] if isinstance(value, str) else list(value)
-            if len(values) != len(index):
-                raise ValueError(f"cannot assign {len(values)} strings to {len(index)} items")
-            pairs = list(zip(index.tolist(), values))
-        writes = []
-        for i, new_value in pairs:
-            (raw,) = _encode([new_value], i)
-            start, end = reader.span(i)
-            if len(raw) != end - start:
-                raise ValueError(f"string {i} is {end - start} bytes long in UTF-8; a replacement "
-                                 f"of {len(raw)} bytes cannot be written in place")
-            writes.append((start, raw))
-        for start, raw in writes:
-            write_at(self._files.data_file, start, raw)
+        with WriterLock(self.out_dir) if len(self) else contextlib.nullcontext():
+            self.refresh()
+            index = _core.normalize_index(key, len(self))
+            if type(index) is int:
+                pairs = [(index, value)]
+            else:
+                values = [value] if isinstance(value, str) else list(value)
+                if len(values) != len(index):
+                    raise ValueError(f"cannot assign {len(values)} strings to {len(index)} items")
+                pairs = list(zip(index.tolist(), values))
+            commit = Commit()
+            writes = []
+            for i, new_value in pairs:
+                (raw,) = _encode([new_value], i)
+                start, end = self._reader.span(i)
+                if len(raw) != end - start:
+                    raise ValueError(f"string {i} is {end - start} bytes long in UTF-8; a replacement "
+                                     f"of {len(raw)} bytes cannot be written in place")
+                writes.append((start, raw))
+            for start, raw in writes:
+                commit.write(self._files.data_file, start, raw)
+            commit.finish()
 
     def append(self, string: str) -> None:
         """Append one string."""
@@ -320,12 +373,19 @@ class StringsMmap:
         """Append strings; on a non-``str`` item nothing is written."""
         self._check_writable()
         strings = list(list_of_strings)
-        with progress(len(strings), verbose, desc=f"Extending {self.out_dir.name}") as bar:
-            if not self._files.n and not (self.out_dir / _meta.TYPE).exists():
-                _encode(strings, 0)
-                self._files.create()
-            self._files.append(strings, bar)
-        self.refresh()
+        if not strings:
+            return
+        _encode(strings, len(self))  # check every item before anything is written
+        with WriterLock(self.out_dir), progress(len(strings), verbose, desc=f"Extending {self.out_dir.name}") as bar:
+            files = _StringsFiles.open(self.out_dir)  # another writer may have extended it
+            commit = Commit()
+            if not (self.out_dir / _meta.TYPE).exists():
+                files.create(commit)
+            files.append(strings, commit, bar)
+            commit.finish()
+        self._files = files
+        self._release()
+        self._reader, self._buffer = files.reader()
 
     # -- building -----------------------------------------------------------------------
 
@@ -334,6 +394,8 @@ class StringsMmap:
                zstd_train_dictionary_size: Optional[int], mode: str, bar=None) -> "StringsMmap":
         """Write ``batches`` of strings as a new map (``bar`` advances per string) and open
         it."""
+        if mode not in _MODES:  # checked before anything is written
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         out_dir = as_dir(out_dir)
 
         def create(strings: List[Any]) -> _StringsFiles:
@@ -346,15 +408,19 @@ class StringsMmap:
             else:
                 _encode(strings, 0)
             reset_map_dir(out_dir)
-            files = _StringsFiles(out_dir, codec)
-            files.create()
-            files.append(strings, bar)
+            files, commit = _StringsFiles(out_dir, codec), Commit()
+            files.create(commit)
+            files.append(strings, commit, bar)
+            commit.finish()
             return files
 
         def extend(files: _StringsFiles, strings: List[Any]) -> None:
-            files.append(strings, bar)
+            commit = Commit()
+            files.append(strings, commit, bar)
+            commit.finish()
 
-        build_in_batches(batches, create, extend)
+        with WriterLock(out_dir):
+            build_in_batches(batches, create, extend)
         return cls(out_dir, mode=mode)
 
     @classmethod
@@ -365,11 +431,14 @@ class StringsMmap:
         verbose: bool = False,
         zstd_level: Optional[int] = None,
         zstd_train_dictionary_size: Optional[int] = None,
+        *,
         mode: str = "r+b",
+        **component_names: str,
     ) -> "StringsMmap":
         """Write ``strings`` as a new map at ``out_dir`` (replacing a map already there) and
         open it. With ``zstd_level``, each string is compressed with zstd (the ``zstd`` extra),
         optionally with a dictionary of ``zstd_train_dictionary_size`` bytes trained on them."""
+        check_options(verbose, **component_names_of(component_names, ("starts_key", "ends_key")))
         with progress(known_length(strings), verbose, desc=f"Writing {as_dir(out_dir).name}") as bar:
             return cls._build(out_dir, [list(strings)], zstd_level, zstd_train_dictionary_size, mode, bar)
 
@@ -380,6 +449,7 @@ class StringsMmap:
         sample_generator: Iterable[str],
         batch_size: int,
         verbose: bool = False,
+        *,
         n: Optional[int] = None,
         zstd_level: Optional[int] = None,
         zstd_train_dictionary_size: Optional[int] = None,
@@ -389,11 +459,33 @@ class StringsMmap:
         ``batch_size`` strings, and open it (a zstd dictionary is trained on the first batch).
         ``verbose`` shows a progress bar, whose total is ``n`` (the expected number of strings)
         or the iterable's length when it has one."""
+        check_options(verbose)
         out_dir = as_dir(out_dir)
         total = n if n is not None else known_length(sample_generator)
         with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
             batches = in_batches(sample_generator, batch_size)
             return cls._build(out_dir, batches, zstd_level, zstd_train_dictionary_size, mode, bar)
+
+
+def verify_dir(out_dir: Path, limit: int = 20) -> List[str]:
+    """Problems of the strings map at ``out_dir``, at most ``limit`` (none when it is sound)."""
+    try:
+        files = _StringsFiles.open(out_dir)
+        reader, _ = files.reader()
+    except (OSError, ValueError, ImportError) as exc:
+        return [str(exc)]
+    if reader is None:
+        return []
+    problems = reader.verify(limit, not files.codec.compressed)
+    if files.codec.compressed:
+        for i in range(len(reader)):
+            if len(problems) >= limit:
+                break
+            try:
+                files.codec.unpack(reader.get(i, True))
+            except ValueError as exc:  # a corrupted frame, offsets outside the data, not UTF-8
+                problems.append(f"{out_dir}: string {i} cannot be read: {exc}")
+    return problems[:limit]
 
 
 def _train_dictionary(samples: List[bytes], size: int) -> bytes:

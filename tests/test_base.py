@@ -68,3 +68,30 @@ def test_cast_values_allows_lossless_and_float_rounding(values, dtype):
 def test_cast_values_refuses_losses(values, dtype, message):
     with pytest.raises(TypeError, match=message):
         cast_values(values, np.dtype(dtype), "x")
+
+
+def test_reset_map_dir_removes_a_map_and_nothing_else(tmp_path):
+    from mmap_ninja.base import reset_map_dir
+    from mmap_ninja.ragged import RaggedMmap
+
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "my_annotations.json").write_text("{}")
+    (tmp_path / "starts").mkdir()
+    (tmp_path / "starts" / "notes.txt").write_text("mine")
+    (tmp_path / "results.ninja.bak").write_text("mine too")
+    reset_map_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["my_annotations.json", "notes.txt", "results.ninja.bak",
+                                                          "shapes", "starts"]
+    RaggedMmap.from_lists(tmp_path / "m", [np.zeros((2, 2))])
+    (tmp_path / "m" / "keep.txt").write_text("x")
+    reset_map_dir(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["keep.txt", "writer.lock"]
+
+
+def test_dtypes_without_bytes_are_refused():
+    from mmap_ninja.base import stored_dtype
+
+    for dtype in ("S0", "U0", "V0"):
+        with pytest.raises(TypeError, match="no bytes"):
+            stored_dtype(dtype)
+    assert stored_dtype(">f8") == np.dtype("float64")

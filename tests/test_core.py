@@ -80,9 +80,30 @@ def test_type_errors(item):
 
 
 def test_empty_sequences_give_empty_positions():
-    for item in ([], (), np.array([], np.float64), range(0)):
+    for item in ([], np.array([], np.float64), range(0)):
         out = _core.normalize_index(item, 3)
         assert out.dtype == np.int64 and out.shape == (0,)
+    assert _core.normalize_index((), 3).tolist() == [0, 1, 2]  # as numpy: every position
+
+
+def test_array_likes_index_as_numpy_does():
+    import array
+
+    import torch
+
+    assert _core.normalize_index(np.array(2), 5) == 2
+    assert _core.normalize_index(torch.tensor(-1), 5) == 4
+    assert _core.normalize_index(torch.tensor([4, 0]), 5).tolist() == [4, 0]
+    assert _core.normalize_index(array.array("q", [1, 3]), 5).tolist() == [1, 3]
+    assert _core.normalize_index(memoryview(np.array([2, 2], np.int32)), 5).tolist() == [2, 2]
+
+    class Position:
+        def __index__(self):
+            return 3
+
+    assert _core.normalize_index(Position(), 5) == 3
+    assert _core.normalize_index(slice(None, None, 2**65), 5).tolist() == [0]
+    assert _core.normalize_index(slice(None, None, -(2**65)), 5).tolist() == [4]
 
 
 # -- RaggedReader -----------------------------------------------------------------------------
@@ -247,16 +268,31 @@ def test_nested_take_copies_shapes():
 
 
 @pytest.mark.parametrize("values, offsets, shape_values, shape_offsets, message", [
-    (np.arange(3), [0, 4], [4], [0, 1], "inconsistent at entry 1"),
-    (np.arange(3), [0, 2, 1], [2, 1], [0, 1, 2], "inconsistent at entry 2"),
-    (np.arange(3), [0, 3], [2], [0, 1], "sample 0 of a RaggedBatch has a shape"),
-    (np.arange(3), [0, 3], [3], [0, 2], "inconsistent at entry 1"),
+    (np.arange(3), [0, 4], [4], [0, 1], "sample 0 of a RaggedBatch"),
+    (np.arange(3), [0, 2, 1], [2, 1], [0, 1, 2], "sample 1 of a RaggedBatch"),
+    (np.arange(3), [0, 3], [2], [0, 1], "sample 0 of a RaggedBatch"),
+    (np.arange(3), [0, 3], [3], [0, 2], "sample 0 of a RaggedBatch"),
     (np.arange(3), [0, 3], [3], [0], "both hold"),
     (np.zeros((2, 2)), [0], [], [0], "1-d"),
+    (np.array([{}, 1], dtype=object), [0, 2], [2], [0, 1], "Python objects"),
 ])
 def test_ragged_batch_checks_what_it_is_given(values, offsets, shape_values, shape_offsets, message):
     with pytest.raises(ValueError, match=message):
         _core.RaggedBatch(values, offsets, shape_values, shape_offsets)
+
+
+def test_ragged_batch_keeps_its_offsets_to_itself():
+    offsets = np.array([0, 2, 5])
+    batch = _core.RaggedBatch(np.arange(5.0), offsets, [2, 3], [0, 1, 2])
+    offsets[1] = 1 << 40  # the caller's array is not the batch's
+    assert batch[1].tolist() == [2.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match="read-only"):
+        batch.offsets[1] = 1 << 40
+    assert len(_core.RaggedBatch.__new__(_core.RaggedBatch)) == 0
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(batch))
+    assert [b.tolist() for b in copy] == [[0.0, 1.0], [2.0, 3.0, 4.0]]
 
 
 def test_ragged_batch_built_by_hand():

@@ -55,3 +55,15 @@ def test_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         generic.open_existing(tmp_path / "file")
+
+
+def test_every_mode_name_works_for_every_kind(tmp_path):
+    np_ninja.from_ndarray(tmp_path / "n", np.arange(4))
+    RaggedMmap.from_lists(tmp_path / "r", [np.arange(2)])
+    StringsMmap.from_strings(tmp_path / "s", ["a"])
+    for mode in ("rb", "r"):
+        assert generic.open_existing(tmp_path / "n", mode=mode).mode in ("r", "readonly")
+        assert generic.open_existing(tmp_path / "r", mode=mode).mode == "r"
+        assert generic.open_existing(tmp_path / "s", mode=mode).mode == "rb"
+    assert generic.open_existing(tmp_path / "r", mode="r+b").mode == "r+"
+    assert generic.open_existing(tmp_path / "s", mode="r+").mode == "r+b"

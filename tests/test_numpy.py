@@ -221,3 +221,33 @@ def test_take_errors():
         np_ninja.take(arr, 1)
     with pytest.raises(TypeError, match="at least one axis"):
         np_ninja.take(np.float32(1), [0])
+
+
+def test_verify(tmp_path):
+    np_ninja.from_ndarray(tmp_path / "v", np.zeros((4, 2)))
+    assert np_ninja.verify(tmp_path / "v") == []
+    with open(tmp_path / "v" / "data.ninja", "r+b") as f:
+        f.truncate(10)
+    assert len(np_ninja.verify(tmp_path / "v")) == 1 and "data.ninja" in np_ninja.verify(tmp_path / "v")[0]
+    assert np_ninja.verify(tmp_path / "missing") == [f"no map at {tmp_path / 'missing'}"]
+
+
+def test_take_of_objects_and_of_an_overlapping_out_is_numpy_take():
+    objects = np.array([[1.5, "text"], [2.5, "more"]], dtype=object)
+    for _ in range(20):
+        assert np_ninja.take(objects, [1, 0, 1]).tolist() == [[2.5, "more"], [1.5, "text"], [2.5, "more"]]
+    assert objects.tolist() == [[1.5, "text"], [2.5, "more"]]
+    a = np.arange(6).reshape(3, 2)
+    np.testing.assert_array_equal(np_ninja.take(a, [2, 1, 0], out=a), [[4, 5], [2, 3], [0, 1]])
+
+
+def test_from_generator_takes_verbose_where_090_had_it(tmp_path, capsys):
+    np_ninja.from_generator(tmp_path / "g", iter([[1], [2]]), 1, True)
+    assert "samples" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="verbose"):
+        np_ninja.from_generator(tmp_path / "h", iter([[1]]), 1, verbose="yes")
+
+
+def test_memmap_filename_is_a_str(tmp_path):
+    memmap = np_ninja.from_ndarray(tmp_path / "s", np.arange(3))
+    assert isinstance(memmap.filename, str) and memmap.filename.endswith("data.ninja")

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from conftest import assert_sample_equal
 from mmap_ninja import _meta
-from mmap_ninja.ragged import RaggedMmap, RaggedMmmap
+from mmap_ninja.ragged import RaggedBatch, RaggedMmap, RaggedMmmap
 
 MIXED = [np.array([11, 13, -1, 17]), np.arange(6).reshape(2, 3), np.array(5), np.array([], dtype=np.int64),
          np.arange(24).reshape(2, 3, 4)]
@@ -612,3 +612,74 @@ def test_threads_gather_at_once(tmp_path):
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(check, index_sets))
+
+
+# -- guards ---------------------------------------------------------------------------------------
+
+def test_samples_of_too_many_axes_are_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="sample 1 has 40 axes; samples may have at most 32"):
+        RaggedMmap.from_lists(tmp_path / "deep", [np.zeros((2, 2)), np.zeros((1,) * 40)])
+    assert not (tmp_path / "deep" / "type.ninja").exists()
+
+
+def test_big_endian_samples_are_stored_in_native_order(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "be", [np.arange(3, dtype=">i4"), np.arange(2, dtype="<i4")])
+    assert m.dtype == np.dtype("int32") and m[0].tolist() == [0, 1, 2]
+
+
+def test_options_that_would_be_misread_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        RaggedMmap.from_lists(tmp_path / "a", [[1]], None, len)  # the 4th argument is mode, as in 0.9.0
+    with pytest.raises(TypeError, match="wrapper_fn must be callable"):
+        RaggedMmap(tmp_path / "a", "r")
+    with pytest.raises(TypeError, match="verbose must be True or False"):
+        RaggedMmap.from_generator(tmp_path / "a", [[1]], 1, "yes")
+    with pytest.raises(ValueError, match="starts_key='begin' is not supported"):
+        RaggedMmap(tmp_path / "a", starts_key="begin")
+    assert len(RaggedMmap(tmp_path / "a", starts_key="starts")) == 0
+    with pytest.raises(TypeError, match="unexpected keyword arguments: colour"):
+        RaggedMmap(tmp_path / "a", colour="red")
+    m = RaggedMmap.from_lists(tmp_path / "b", [[1, 2]], None, "r", np.sum)
+    assert m.mode == "r" and m[0] == 3
+
+
+def test_names_of_mmap_ninja_090(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "o", [np.arange(3), np.zeros((2, 2)), np.array(5)])
+    assert m.n == 3 and m.range.tolist() == [0, 1, 2]
+    assert m.flattened_shapes.tolist() == [3, 4, 1]
+    assert isinstance(m.shapes, RaggedMmap) and m.shapes[1].tolist() == [2, 2]
+    assert m.get_single(2) == 5 and [s.shape for s in m.get_multiple([0, 1])] == [(3,), (2, 2)]
+    m.set_single(0, [7, 8, 9])
+    m.set_multiple([2], [6])
+    assert m[0].tolist() == [7, 8, 9] and m[2] == 6
+    flat = RaggedMmap.from_lists(tmp_path / "f", [np.arange(3), np.arange(1)])
+    assert flat.shapes.tolist() == [[3], [1]]
+
+
+def test_a_file_changing_under_a_reader_never_crashes_it(tmp_path):
+    import threading
+
+    samples = [np.zeros((2, 2), np.int16) for _ in range(200)]
+    m = RaggedMmap.from_lists(tmp_path / "race", samples)
+    shapes = RaggedMmap(tmp_path / "race" / "shapes", mode="r+").memmap
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            for value in (2, 1 << 20, -3, 2):
+                shapes[0] = value
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        for _ in range(300):
+            for read in (lambda: m[0], lambda: m.take(np.zeros(64, np.int64)), lambda: m.padded([0, 0, 1])):
+                try:
+                    result = read()
+                except ValueError:
+                    continue
+                if isinstance(result, RaggedBatch):
+                    assert all(b.size == 4 for b in result)
+    finally:
+        stop.set()
+        flipper.join()

@@ -255,3 +255,26 @@ def test_get_bytes_on_an_empty_map(tmp_path):
         m.get_bytes(0)
     with pytest.raises(TypeError, match="a batch needs"):
         StringsMmap.from_strings(tmp_path / "s", ["a"]).__getitems__(0)
+
+
+def test_read_only_open_needs_a_map(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no map at"):
+        StringsMmap(tmp_path / "none", mode="rb")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a strings map: it has no type.ninja"):
+        StringsMmap(tmp_path / "other", mode="rb")
+    (tmp_path / "empty").mkdir()  # how mmap_ninja 0.9.0 leaves a map of no strings
+    assert len(StringsMmap(tmp_path / "empty", mode="rb")) == 0
+
+
+def test_corrupted_zstd_frames_raise_value_errors(tmp_path):
+    m = StringsMmap.from_strings(tmp_path / "z", ["hello " * 20, "world " * 20], zstd_level=3)
+    raw = bytearray((tmp_path / "z" / "data.ninja").read_bytes())
+    raw[4] |= 0xC0  # the frame header now claims an 8-byte content size, read from the payload
+    (tmp_path / "z" / "data.ninja").write_bytes(bytes(raw))
+    m.refresh()
+    with pytest.raises(ValueError, match="compressed string"):
+        m[0]
+    assert m[1] == "world " * 20
+    assert any("string 0 cannot be read" in problem for problem in m.verify())

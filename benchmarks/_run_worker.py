@@ -1,7 +1,10 @@
-"""Times mmap_ninja 0.9.0 on the benchmark's data: run by bench_batches.py in a subprocess,
-with 0.9.0's folder first on sys.path.
+"""Times the cases that mmap_ninja 0.9.0 can do, with either library: run by bench_batches.py
+in a subprocess (0.9.0 has the same import name), alternating the two libraries so that every
+ratio compares runs made side by side.
 
-    python _run_090.py SITE DATA_DIR  ->  JSON {case: median seconds} on stdout
+    python _run_worker.py SITE DATA_DIR  ->  JSON {case: median seconds} on stdout
+
+SITE is the folder holding mmap_ninja 0.9.0, or "-" for the mmap_ninja installed here.
 """
 
 import json
@@ -10,7 +13,8 @@ import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 site, data_dir = sys.argv[1], sys.argv[2]
-sys.path.insert(0, site)
+if site != "-":
+    sys.path.insert(0, site)
 sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
@@ -20,7 +24,7 @@ from _timing import median_per_item, median_time  # noqa: E402
 from mmap_ninja.ragged import RaggedMmap  # noqa: E402
 from mmap_ninja.string import StringsMmap  # noqa: E402
 
-assert mmap_ninja.__version__ == "0.9.0", mmap_ninja.__file__
+assert (mmap_ninja.__version__ == "0.9.0") == (site != "-"), mmap_ninja.__file__
 indices = np.load(os.path.join(data_dir, "indices.npz"))
 tokens = RaggedMmap(os.path.join(data_dir, "tokens"))
 strings = StringsMmap(os.path.join(data_dir, "strings"))

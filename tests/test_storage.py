@@ -1,0 +1,195 @@
+"""Tests of mmap_ninja._storage: commits, durability, the writer lock, and recovery of
+interrupted commits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import mmap_ninja
+from mmap_ninja import _meta
+from mmap_ninja import numpy as np_ninja
+from mmap_ninja._storage import Commit, WriterLock, durability, set_durability
+from mmap_ninja.ragged import RaggedMmap
+from mmap_ninja.string import StringsMmap
+
+
+def listing(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_commit_makes_metadata_visible_in_order_at_finish(tmp_path):
+    commit = Commit()
+    commit.write(tmp_path / "data.bin", 0, b"abc")
+    commit.replace(tmp_path / "first.ninja", b"1")
+    commit.replace(tmp_path / "second.ninja", b"2")
+    assert (tmp_path / "data.bin").read_bytes() == b"abc"
+    assert not (tmp_path / "first.ninja").exists()
+    commit.finish()
+    assert (tmp_path / "first.ninja").read_bytes() == b"1" and (tmp_path / "second.ninja").read_bytes() == b"2"
+    assert listing(tmp_path) == ["data.bin", "first.ninja", "second.ninja"]
+
+
+def test_durability_switches(tmp_path):
+    assert Commit().durable
+    with durability(False):
+        assert not Commit().durable
+        with durability(True):
+            assert Commit().durable
+        assert not Commit().durable
+    assert Commit().durable
+    set_durability(False)
+    try:
+        assert not Commit().durable
+        RaggedMmap.from_lists(tmp_path / "fast", [[1, 2]]).extend([[3]])
+        assert len(RaggedMmap(tmp_path / "fast")) == 2
+    finally:
+        set_durability(True)
+    assert mmap_ninja.durability is durability
+
+
+def test_writer_lock_is_exclusive_and_released(tmp_path):
+    with WriterLock(tmp_path):
+        with pytest.raises(BlockingIOError, match="being written by another writer"):
+            with WriterLock(tmp_path):
+                pass
+    with WriterLock(tmp_path):
+        pass
+
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from mmap_ninja._storage import WriterLock
+    with WriterLock(Path(sys.argv[1])):
+        print("locked", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["ragged", "strings", "numpy"])
+def test_a_second_writer_fails_at_once_while_readers_go_on(tmp_path, kind):
+    path = tmp_path / kind
+    if kind == "ragged":
+        RaggedMmap.from_lists(path, [[1], [2, 3]])
+    elif kind == "strings":
+        StringsMmap.from_strings(path, ["a", "bc"])
+    else:
+        np_ninja.from_ndarray(path, np.arange(6).reshape(3, 2))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        start = time.monotonic()
+        with pytest.raises(BlockingIOError, match=str(path)):
+            if kind == "ragged":
+                RaggedMmap(path).extend([[4]])
+            elif kind == "strings":
+                StringsMmap(path).append("d")
+            else:
+                np_ninja.extend_dir(path, np.zeros((1, 2)))
+        assert time.monotonic() - start < 5  # at once, not after waiting for the other writer
+        with pytest.raises(BlockingIOError):
+            RaggedMmap.from_lists(path, [[9]])
+        assert mmap_ninja.open_existing(path)[1] is not None  # readers take no lock
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert len(mmap_ninja.open_existing(path)) in (2, 3)
+
+
+def test_readers_write_nothing(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "r", [np.zeros((2, 2)), np.arange(3)])
+    StringsMmap.from_strings(tmp_path / "s", ["a"], zstd_level=1)
+    np_ninja.from_ndarray(tmp_path / "n", np.zeros(3))
+    for name in ("r", "s", "n"):
+        (tmp_path / name / "writer.lock").unlink()
+    before = listing(tmp_path)
+    m = RaggedMmap(tmp_path / "r")
+    m[0], m[[0, 1]], m.take([1]), m.verify()
+    StringsMmap(tmp_path / "s", mode="rb")[:]
+    np_ninja.open_existing(tmp_path / "n")
+    mmap_ninja.verify(tmp_path / "r")
+    RaggedMmap(tmp_path / "none")
+    StringsMmap(tmp_path / "none")
+    assert listing(tmp_path) == before
+
+
+def test_an_interrupted_fortran_rewrite_reads_as_done_and_is_finished_by_the_next_writer(tmp_path):
+    path = tmp_path / "f"
+    np_ninja.from_ndarray(path, np.asfortranarray(np.arange(6).reshape(2, 3)))
+    # the state a writer killed inside the commit of a 3-row extend leaves behind
+    grown = np.asfortranarray(np.arange(9).reshape(3, 3))
+    (path / "data.ninja.new").write_bytes(grown.tobytes(order="F"))
+    (path / "shape.ninja.new").write_bytes(_meta.shape_bytes((3, 3)))
+    (path / "pending.ninja").write_text("data.ninja.new data.ninja\nshape.ninja.new shape.ninja\n")
+    np.testing.assert_array_equal(np_ninja.open_existing(path), grown)
+    (path / "data.ninja.new").rename(path / "data.ninja")  # one of the two renames was done
+    np.testing.assert_array_equal(np_ninja.open_existing(path), grown)
+    np_ninja.extend_dir(path, np.full((1, 3), 9))
+    np.testing.assert_array_equal(np_ninja.open_existing(path), np.vstack([grown, np.full((1, 3), 9)]))
+    assert not (path / "pending.ninja").exists() and not (path / "shape.ninja.new").exists()
+
+
+def test_new_files_of_an_unlisted_rewrite_are_ignored_and_cleaned(tmp_path):
+    path = tmp_path / "f"
+    arr = np.asfortranarray(np.arange(6).reshape(2, 3))
+    np_ninja.from_ndarray(path, arr)
+    (path / "data.ninja.new").write_bytes(b"garbage")
+    (path / "shape.ninja.new").write_bytes(_meta.shape_bytes((5, 3)))
+    np.testing.assert_array_equal(np_ninja.open_existing(path), arr)
+    np_ninja.append(np_ninja.open_existing(path), [6, 7, 8])
+    np.testing.assert_array_equal(np_ninja.open_existing(path), np.vstack([arr, [6, 7, 8]]))
+    assert not (path / "data.ninja.new").exists()
+
+
+def test_an_interrupted_conversion_to_nested_shapes_reads_and_is_repaired(tmp_path):
+    path = tmp_path / "r"
+    RaggedMmap.from_lists(path, [np.arange(3), np.array(7)])
+    RaggedMmap(path).append(np.zeros((2, 2)))
+    # a writer killed between switching shapes/ and writing the flag leaves it behind
+    (path / _meta.SHAPES_ARE_FLAT).write_bytes(_meta.int32_bytes(1))
+    m = RaggedMmap(path)
+    assert [np.shape(s) for s in m] == [(3,), (), (2, 2)]
+    assert any("interrupted write" in problem for problem in m.verify())
+    m.append(np.arange(2))
+    assert _meta.read_int32(path / _meta.SHAPES_ARE_FLAT) == 0 and m.verify() == []
+
+
+APPEND_FOREVER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from mmap_ninja import durability
+    from mmap_ninja.ragged import RaggedMmap
+    m = RaggedMmap(sys.argv[1])
+    with durability(False):
+        while True:
+            m.extend([np.full(n % 7 + 1, n) for n in range(len(m), len(m) + 3)])
+    """
+)
+
+
+def test_maps_opened_while_a_writer_commits_are_consistent(tmp_path):
+    path = tmp_path / "busy"
+    RaggedMmap.from_lists(path, [np.full(1, 0)])
+    writer = subprocess.Popen([sys.executable, "-c", APPEND_FOREVER, str(path)])
+    try:
+        deadline = time.monotonic() + 3
+        opened = 0
+        while time.monotonic() < deadline:
+            m = RaggedMmap(path)
+            i = len(m) - 1
+            np.testing.assert_array_equal(m[i], np.full(i % 7 + 1, i))
+            opened += 1
+        assert opened > 20 and len(RaggedMmap(path)) > 4
+    finally:
+        writer.kill()
+        writer.wait()
