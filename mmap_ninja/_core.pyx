@@ -402,8 +402,7 @@ cdef class RaggedReader(_Offsets):
     ``data`` is the flattened 1-d array of all samples (any dtype, C-contiguous); ``starts``
     and ``ends`` are ``int64`` arrays of element offsets into it, of which the first ``n =
     len(starts)`` entries are used. Shapes come either from ``sizes`` (flat maps: the length of
-    each 1-d sample, 0 with one element for a scalar; only consulted for samples of one
-    element, since the offsets give the length) or from ``shape_values`` sliced by
+    each 1-d sample, 0 with one element for a scalar) or from ``shape_values`` sliced by
     ``shape_starts``/``shape_ends`` (maps with samples of other ranks). ``source`` names the
     map in error messages.
     """
@@ -466,14 +465,10 @@ cdef class RaggedReader(_Offsets):
         use is of the copy, whatever happens to the file meanwhile."""
         cdef int64_t lo, hi, k
         if not self.nested:
-            # the offsets give a 1-d sample's length; its stored size only tells a sample of
-            # one element (size 1) from a scalar (size 0)
-            if count != 1:
-                dims[0] = count
-                return 1
+            # the stored size must agree with the offsets (0 with one element is a scalar)
             k = self.sizes[i]
-            dims[0] = 1
-            return 1 if k == 1 else 0 if k == 0 else -1
+            dims[0] = count
+            return 1 if k == count else 0 if k == 0 and count == 1 else -1
         lo = self.shape_starts[i]
         hi = self.shape_ends[i]
         if lo < 0 or hi < lo or hi > self.n_shape_values or hi - lo > MAX_SAMPLE_NDIM:
@@ -587,8 +582,7 @@ cdef class RaggedReader(_Offsets):
             return
         prefetch(self.starts + i)
         prefetch(self.ends + i)
-        if self.nested:
-            prefetch(self.shape_starts + i)
+        prefetch(self.shape_starts + i if self.nested else self.sizes + i)
 
     cdef Py_ssize_t _plan(self, const int64_t* idx, Py_ssize_t batch, int64_t* src, int64_t* dims,
                           int64_t* off, int64_t* soff) noexcept nogil:

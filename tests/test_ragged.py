@@ -377,6 +377,7 @@ def _rewrite_index_array(path, values):
     ("ends", [3, 99], "corrupted offsets for sample 1"),
     ("starts", [-5, 3], "corrupted offsets for sample 0"),
     ("starts", [4, 3], "corrupted offsets for sample 0"),
+    ("starts", [1, 3], r"sample 0 has shape \(3,\) but 2 stored elements"),
 ])
 def test_corrupted_offsets_raise_instead_of_reading_outside_the_data(tmp_path, component, values, message):
     RaggedMmap.from_lists(tmp_path / "c", [np.array([1, 2, 3]), np.array([4, 5])])
