@@ -18,9 +18,9 @@ if site != "-":
 sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+from _timing import median_per_item, median_time  # noqa: E402
 
 import mmap_ninja  # noqa: E402
-from _timing import median_per_item, median_time  # noqa: E402
 from mmap_ninja.ragged import RaggedMmap  # noqa: E402
 from mmap_ninja.string import StringsMmap  # noqa: E402
 

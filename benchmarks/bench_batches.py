@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _timing import interleaved_medians, median_per_item, median_time  # noqa: E402
+from _timing import interleaved_medians, median_per_item  # noqa: E402
 
 import mmap_ninja  # noqa: E402
 from mmap_ninja import numpy as np_ninja  # noqa: E402
@@ -498,10 +498,29 @@ def main() -> None:
     (args.out / "RESULTS.md").write_text(
         "# Batch reads: mmap_ninja and the alternatives\n\n"
         f"Measured {datetime.date.today().isoformat()} with `python benchmarks/bench_batches.py"
-        f"{' --quick' if args.quick else ''}` ({versions}).\n\n" + report + "\n\n![median time per batch](results.png)\n"
+        f"{' --quick' if args.quick else ''}` ({versions}).\n\n" + report
+        + "\n\n![median time per batch](results.png)\n"
     )
     plot(table, args.out / "results.png")
+    if not args.quick and args.out == HERE:
+        update_readme(report)
     print(f"\nwrote {args.out / 'RESULTS.md'} and {args.out / 'results.png'}")
+
+
+README = HERE.parent / "README.md"
+MARKERS = ("<!-- results -->", "<!-- /results -->")
+
+
+def readme_section(report: str) -> str:
+    """What the README shows of a report: its tables, without the introduction."""
+    return report.split("\n", 2)[2]
+
+
+def update_readme(report: str) -> None:
+    """Put the tables of ``report`` between the README's results markers."""
+    text = README.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    README.write_text(text[:start] + "\n" + readme_section(report) + "\n" + text[end:])
 
 
 if __name__ == "__main__":

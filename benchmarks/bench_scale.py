@@ -71,14 +71,14 @@ def main() -> None:
         start = time.perf_counter()
         RaggedMmap.from_generator(path, samples(n), batch_size=65536)
         build = time.perf_counter() - start
-        open_time = median_seconds(lambda: RaggedMmap(path))
+        open_time = median_seconds(lambda path=path: RaggedMmap(path))
         m = RaggedMmap(path)
         extra = list(samples(1000, seed=1))
-        extend = median_seconds(lambda: m.extend(extra), repeats=10)
+        extend = median_seconds(lambda m=m, extra=extra: m.extend(extra), repeats=10)
         rng = np.random.default_rng(2)
         batches = [rng.integers(0, len(m), size=256) for _ in range(200)]
         m.take(batches[0])
-        take = statistics.median(median_seconds(lambda b=b: m.take(b), repeats=1) for b in batches)
+        take = statistics.median(median_seconds(lambda m=m, b=b: m.take(b), repeats=1) for b in batches)
         rows.append((n, build / n, open_time, extend, take))
         # read every sample once, in random batches, and watch anonymous memory
         order = np.random.default_rng(3).permutation(len(m))
@@ -98,7 +98,7 @@ def main() -> None:
         m.extend(list(samples(10)))
         batch = list(samples(10, seed=4))
         with mmap_ninja.durability(durable):
-            durability.append((durable, median_seconds(lambda: m.extend(batch), repeats=200)))
+            durability.append((durable, median_seconds(lambda m=m, batch=batch: m.extend(batch), repeats=200)))
         shutil.rmtree(path)
 
     lines = [

@@ -9,7 +9,7 @@
 from ._version import __version__
 
 try:
-    from . import _core
+    from . import _core  # noqa: F401  (imported here to fail early, with the message below)
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "mmap_ninja's compiled extension mmap_ninja._core is not built. Install the package "

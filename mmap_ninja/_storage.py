@@ -318,7 +318,8 @@ class ArrayDir:
             self._rewritten = False
             shape_new = self.path / (_meta.SHAPE + ".new")
             commit.replace(shape_new, _meta.shape_bytes(meta.shape))
-            commit.replace(self.path / PENDING, f"{_meta.DATA}.new {_meta.DATA}\n{_meta.SHAPE}.new {_meta.SHAPE}\n".encode())
+            renames = f"{_meta.DATA}.new {_meta.DATA}\n{_meta.SHAPE}.new {_meta.SHAPE}\n"
+            commit.replace(self.path / PENDING, renames.encode())
             commit.rename(self.path / (_meta.DATA + ".new"), self.data_file)
             commit.rename(shape_new, self.path / _meta.SHAPE)
             commit.remove(self.path / PENDING)

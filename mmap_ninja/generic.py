@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional
 
-from . import _meta
+from . import _meta, ragged, string
 from . import numpy as np_ninja
 from .base import PathLike, Wrapped, as_dir, map_type
-from . import ragged, string
 from .ragged import RaggedMmap
 from .string import StringsMmap
-
 
 # One mode for every kind of map: the file modes that StringsMmap takes ("rb", "r+b") and the
 # mapping modes of numpy and ragged maps ("r", "r+") mean the same.

@@ -26,19 +26,21 @@ import numpy as np
 from . import _core, _meta
 from ._storage import ArrayDir, Commit, WriterLock, byte_view
 from .base import (
+    Legacy090Names,
     PathLike,
     as_dir,
     build_in_batches,
     cast_values,
-    Legacy090Names,
     check_options,
-    component_names as component_names_of,
     in_batches,
     known_length,
     map_type,
     progress,
     reset_map_dir,
     stored_dtype,
+)
+from .base import (
+    component_names as component_names_of,
 )
 from .parallel import indexable_batches
 
@@ -418,7 +420,8 @@ class RaggedMmap(Legacy090Names):
         ``out`` (a preallocated C-contiguous array of the map's dtype) is given, else the
         longest sample's length. ``wrapper_fn`` is not applied.
         """
-        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 0):
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
+                                    or max_len < 0):
             raise ValueError(f"max_len must be a non-negative integer, got {max_len!r}")
         if out is not None and not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
@@ -551,7 +554,8 @@ class RaggedMmap(Legacy090Names):
     # -- building -----------------------------------------------------------------------
 
     @classmethod
-    def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None, **open_kwargs) -> "RaggedMmap":
+    def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None,
+               **open_kwargs) -> "RaggedMmap":
         """Write ``batches`` of samples as a new map, one commit per batch, under the writer
         lock (``bar`` advances per sample flattened), and open it."""
         if open_kwargs["mode"] not in _MODES:  # checked before anything is written

@@ -18,17 +18,19 @@ import numpy as np
 from . import _core, _meta
 from ._storage import LOCK_FILE, ArrayDir, Commit, WriterLock, map_bytes
 from .base import (
+    Legacy090Names,
     PathLike,
     as_dir,
     build_in_batches,
-    Legacy090Names,
     check_options,
-    component_names as component_names_of,
     in_batches,
     known_length,
     map_type,
     progress,
     reset_map_dir,
+)
+from .base import (
+    component_names as component_names_of,
 )
 
 _MODES = ("r+b", "rb")

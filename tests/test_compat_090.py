@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
-
 from conftest import assert_sample_equal
+
 from mmap_ninja import generic
 from mmap_ninja import numpy as np_ninja
 from mmap_ninja.ragged import RaggedMmap
@@ -304,7 +304,8 @@ def _ragged_extensions(name: str, dtype: np.dtype) -> Dict[str, List[Any]]:
 
 
 @pytest.mark.parametrize("name", RAGGED_FIXTURES)
-def test_extending_ragged_fixture_from_090_appends_samples_readable_by_both(name, expected, fixtures_dir, ref090, tmp_path):
+def test_extending_ragged_fixture_from_090_appends_samples_readable_by_both(
+        name, expected, fixtures_dir, ref090, tmp_path):
     old = _expected_contents(expected[name])
     dtype = old[0].dtype
     targets, wants = [], {}
@@ -328,7 +329,8 @@ def test_extending_ragged_fixture_from_090_appends_samples_readable_by_both(name
 
 
 @pytest.mark.parametrize("name", STRINGS_FIXTURES)
-def test_extending_strings_fixture_from_090_appends_strings_readable_by_both(name, expected, fixture_copy, ref090, tmp_path):
+def test_extending_strings_fixture_from_090_appends_strings_readable_by_both(
+        name, expected, fixture_copy, ref090, tmp_path):
     out_dir = fixture_copy(name)
     old = _expected_contents(expected[name])
     compressed = (out_dir / "zstd_level.ninja").exists()

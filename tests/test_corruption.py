@@ -26,7 +26,8 @@ def build_maps(root: Path) -> dict:
     rng = np.random.default_rng(0)
     maps = {
         "ragged_flat": lambda p: RaggedMmap.from_lists(p, [rng.integers(0, 9, size=n) for n in (3, 0, 5, 1)] + [7]),
-        "ragged_nested": lambda p: RaggedMmap.from_lists(p, [np.zeros((2, 3)), np.arange(4.0), np.array(2.5), np.ones((1, 1, 2))]),
+        "ragged_nested": lambda p: RaggedMmap.from_lists(
+            p, [np.zeros((2, 3)), np.arange(4.0), np.array(2.5), np.ones((1, 1, 2))]),
         "strings": lambda p: StringsMmap.from_strings(p, ["Torba", "", "Привет", "日本語", "x" * 40]),
         "strings_zstd": lambda p: StringsMmap.from_strings(p, ["Torba " * 9, "", "Привет " * 5], zstd_level=3),
         "numpy_c": lambda p: np_ninja.from_ndarray(p, np.arange(24, dtype=np.int16).reshape(6, 4)),

@@ -5,8 +5,8 @@ mmap_ninja 0.9.0 reads after the next commit. 29 kills here; tools/crash_test.py
 from __future__ import annotations
 
 import pytest
-
 from crashing import DIGEST_090, check_prefix, digest, extend_once, kill_writer
+
 from mmap_ninja import verify
 
 

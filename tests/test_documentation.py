@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from conftest import assert_sample_equal  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
@@ -419,8 +418,9 @@ def test_001_004_samples_of_different_shape(tmp_path, monkeypatch, capsys):
     sample_generator = [rng.standard_normal(shape) for shape in [(3,), (2, 5), (4, 1, 2), (7,), (1, 6)]]
     out_path = 'ragged_out'  # the page's '<OUTPUT PATH>'
 
-    from mmap_ninja.ragged import RaggedMmap
     from pathlib import Path  # noqa: F401,F811  (imported by the example)
+
+    from mmap_ninja.ragged import RaggedMmap
 
     val_images = RaggedMmap.from_generator(
         out_dir=out_path,
@@ -588,9 +588,11 @@ def test_002_003_memory_mapping_images_with_different_shapes(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     coco_dir = write_pngs(tmp_path / "coco" / "val2017", RAGGED_SHAPES)
 
-    import matplotlib.pyplot as plt  # noqa: F811
-    from mmap_ninja.ragged import RaggedMmap
     from pathlib import Path  # noqa: F811
+
+    import matplotlib.pyplot as plt  # noqa: F811
+
+    from mmap_ninja.ragged import RaggedMmap
 
     coco_path = Path(coco_dir)  # '/home/hvrigazov/data/coco/val2017' in the document
     val_images = RaggedMmap.from_generator('val_images',

@@ -27,3 +27,9 @@ def test_importing_without_the_compiled_core_says_how_to_build_it(tmp_path):
     proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "mmap_ninja._core is not built" in proc.stderr and "pip install ." in proc.stderr
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = "import sys, mmap_ninja, mmap_ninja.cli; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False"

@@ -7,11 +7,11 @@ import stat
 
 import numpy as np
 import pytest
+from conftest import assert_sample_equal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import assert_sample_equal
 from mmap_ninja import _meta
 from mmap_ninja.ragged import RaggedBatch, RaggedMmap, RaggedMmmap
 
@@ -172,13 +172,13 @@ def test_default_mode_gives_read_only_views_and_r_plus_writes_through(tmp_path):
 
 def test_opens_read_only_files(tmp_path):
     RaggedMmap.from_lists(tmp_path / "ro", MIXED)
-    for root, dirs, files in os.walk(tmp_path / "ro"):
+    for root, _, files in os.walk(tmp_path / "ro"):
         for name in files:
             os.chmod(os.path.join(root, name), stat.S_IRUSR)
     try:
         assert_samples_equal(read_all(RaggedMmap(tmp_path / "ro")), MIXED)
     finally:
-        for root, dirs, files in os.walk(tmp_path / "ro"):
+        for root, _, files in os.walk(tmp_path / "ro"):
             for name in files:
                 os.chmod(os.path.join(root, name), stat.S_IRUSR | stat.S_IWUSR)
 
@@ -484,7 +484,8 @@ def test_take_equals_per_sample_reads(tmp_path_factory, samples, raw_indices):
     assert batch.offsets.tolist() == np.concatenate([[0], np.cumsum([w.size for w in expected])]).tolist()
     if samples:
         assert batch.values.dtype == m.dtype
-        np.testing.assert_array_equal(batch.values, np.concatenate([w.ravel() for w in expected] + [np.empty(0, m.dtype)]))
+        flat = np.concatenate([w.ravel() for w in expected] + [np.empty(0, m.dtype)])
+        np.testing.assert_array_equal(batch.values, flat)
 
 
 def test_take_copies_into_one_writable_buffer(tmp_path):

@@ -24,3 +24,16 @@ def test_readme_examples_run(tmp_path, monkeypatch, capsys):
     for block in python_blocks():
         exec(compile(block, str(README), "exec"), namespace)
     assert "[[0 1 2]\n [3 4 5]]" in capsys.readouterr().out
+
+
+def test_readme_shows_the_latest_benchmark_tables():
+    import sys
+
+    sys.path.insert(0, str(README.parent / "benchmarks"))
+    from bench_batches import MARKERS, readme_section
+
+    results = (README.parent / "benchmarks" / "RESULTS.md").read_text()
+    report = results.split("\n\n", 2)[2].split("\n\n![median", 1)[0]
+    text = README.read_text()
+    shown = text[text.index(MARKERS[0]) + len(MARKERS[0]):text.index(MARKERS[1])].strip()
+    assert shown == readme_section(report).strip()
