@@ -43,6 +43,8 @@ except ImportError:  # pragma: no cover - not on Linux or macOS
 _WRITE_CHUNK = 1 << 30
 LOCK_FILE = "writer.lock"
 PENDING = _meta.PENDING
+# How often ArrayDir.open reads a directory that a writer keeps changing before giving up.
+_OPEN_ATTEMPTS = 100
 
 _durable = True
 
@@ -186,16 +188,37 @@ def empty_memmap(path: Path, dtype: np.dtype, shape, order: str, mode: str) -> n
     return arr
 
 
-def map_file(path: Path, meta: ArrayMeta, mode: str = "r") -> np.memmap:
+class ChangedWhileOpening(ValueError):
+    """A data file was replaced between reading its metadata and mapping it."""
+
+
+def _inode(path: Path) -> Optional[Tuple[int, int]]:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def map_file(path: Path, meta: ArrayMeta, mode: str = "r", inode: Optional[Tuple[int, int]] = None) -> np.memmap:
     """Map the first ``meta.nbytes`` bytes of ``path`` as an array; ``ValueError`` naming the
-    file when it is shorter than that."""
-    size = _file_size(path)
-    if size < meta.nbytes:
-        raise ValueError(f"{path}: holds {size} bytes, but its shape {meta.shape} of "
-                         f"{meta.dtype} needs {meta.nbytes}")
+    file when it is shorter than that, ``ChangedWhileOpening`` when it is no longer the file
+    ``inode`` (read with ``meta``) names."""
     if meta.nbytes == 0:
+        _file_size(path)
         return empty_memmap(path, meta.dtype, meta.shape, meta.order, mode)
-    return np.memmap(str(path), dtype=meta.dtype, mode=mode, shape=meta.shape, order=meta.order)
+    try:
+        f = open(path, "r+b" if mode in ("r+", "readwrite") else "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing data file: {path}") from None
+    with f:
+        status = os.fstat(f.fileno())
+        if inode is not None and (status.st_dev, status.st_ino) != inode:
+            raise ChangedWhileOpening(f"{path} was replaced while it was being opened; open it again")
+        if status.st_size < meta.nbytes:
+            raise ValueError(f"{path}: holds {status.st_size} bytes, but its shape {meta.shape} of "
+                             f"{meta.dtype} needs {meta.nbytes}")
+        return np.memmap(f, dtype=meta.dtype, mode=mode, shape=meta.shape, order=meta.order)
 
 
 def map_bytes(path: Path) -> Union[mmap.mmap, bytes]:
@@ -226,18 +249,32 @@ class ArrayDir:
         self.path = path
         self.meta = meta
         self.data_file = path / _meta.DATA
+        self.inode: Optional[Tuple[int, int]] = None  # of the data file that ``meta`` describes
         self._rewritten = False  # write_rows staged a whole new data file
 
     @classmethod
     def open(cls, path: Path) -> "ArrayDir":
         """Read the committed state of ``path``. A whole-file commit that was under way is
-        read as done: its new files stand in for the ones they replace."""
+        read as done: its new files stand in for the ones they replace. The metadata and the
+        data file are read again until they are seen to belong together (a writer may swap
+        them meanwhile); ``map`` then checks that it maps that very data file."""
         if not path.is_dir():
             raise FileNotFoundError(f"missing array directory: {path}")
-        renamed = {target: path / source for source, target in _pending(path) if (path / source).exists()}
-        array = cls(path, ArrayMeta.read(path, shape_file=renamed.get(_meta.SHAPE)))
-        array.data_file = renamed.get(_meta.DATA, array.data_file)
-        return array
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                pending = _pending(path)
+                renamed = {target: path / source for source, target in pending if (path / source).exists()}
+                data_file = renamed.get(_meta.DATA, path / _meta.DATA)
+                inode = _inode(data_file)
+                meta = ArrayMeta.read(path, shape_file=renamed.get(_meta.SHAPE))
+                if _pending(path) == pending and _inode(data_file) == inode:
+                    array = cls(path, meta)
+                    array.data_file, array.inode = data_file, inode
+                    return array
+            except FileNotFoundError:
+                if attempt == _OPEN_ATTEMPTS - 1 or not (path / PENDING).exists() and attempt > 0:
+                    raise
+        raise ChangedWhileOpening(f"{path} kept changing while it was being opened")
 
     def finish_pending(self) -> None:
         """Complete a whole-file commit that a writer left unfinished (before writing)."""
@@ -251,7 +288,7 @@ class ArrayDir:
         self.data_file = self.path / _meta.DATA
 
     def map(self, mode: str = "r") -> np.memmap:
-        return map_file(self.data_file, self.meta, mode)
+        return map_file(self.data_file, self.meta, mode, self.inode)
 
     @property
     def rows(self) -> int:
@@ -323,6 +360,7 @@ class ArrayDir:
             commit.rename(self.path / (_meta.DATA + ".new"), self.data_file)
             commit.rename(shape_new, self.path / _meta.SHAPE)
             commit.remove(self.path / PENDING)
+            self.inode = None  # a new data file
         else:
             commit.replace(self.path / _meta.SHAPE, _meta.shape_bytes(meta.shape))
         if new and type_name is not None:

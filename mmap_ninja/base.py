@@ -129,6 +129,10 @@ def cast_values(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         return values
     if np.can_cast(src, dtype, "safe"):
         return values.astype(dtype)
+    if dtype.kind == "b" and src.kind in "iuf":
+        if values.size and not np.isin(values, (0, 1)).all():
+            raise TypeError(f"{what}: only 0 and 1 can be stored as bool")
+        return values.astype(dtype)
     if src.kind in "biuf" and dtype.kind in "iu":
         if src.kind == "f" and not np.all(np.isfinite(values) & (values == np.trunc(values))):
             raise TypeError(f"{what}: {src} values with fractions or non-finite values cannot be "
@@ -211,19 +215,22 @@ def check_options(verbose: Any = False, wrapper_fn: Any = None, **unsupported: A
 MAP_SUBDIRS = ("starts", "ends", "shapes", "flattened_shapes")
 
 
-def reset_map_dir(out_dir: Path) -> None:
+def reset_map_dir(out_dir: Path, keep: Tuple[str, ...] = ()) -> None:
     """Make ``out_dir`` an empty place for a new map: create it, or remove the map already
-    there (``type.ninja`` first, so that an interrupted removal leaves no map). Only a map's
-    own files go: its ``.ninja`` files (and their temporary or new versions) and the component
-    folders that hold one; anything else in ``out_dir`` stays."""
+    there (``type.ninja`` first, so that an interrupted removal leaves no map) but for the
+    files named in ``keep``. Only a map's own files go: its ``.ninja`` files (and their
+    temporary or new versions) and the component folders that hold one; anything else in
+    ``out_dir`` stays."""
     import shutil
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / _meta.TYPE).unlink(missing_ok=True)
+    if _meta.TYPE not in keep:
+        (out_dir / _meta.TYPE).unlink(missing_ok=True)
     for name in MAP_SUBDIRS:
         component = out_dir / name
         if (component / _meta.DTYPE).exists() or (component / _meta.TYPE).exists():
             shutil.rmtree(component)
     for name in _meta.MAP_FILES:
         for suffix in ("", ".tmp", ".new"):
-            (out_dir / (name + suffix)).unlink(missing_ok=True)
+            if suffix or name not in keep:
+                (out_dir / (name + suffix)).unlink(missing_ok=True)

@@ -177,8 +177,10 @@ def add_bench_command(commands) -> None:
     bench.add_argument("kind", choices=["images", "texts"])
     bench.add_argument("--source", type=Path, help="a folder of image files or .txt files (default: written "
                        "for the run, and removed after)")
-    bench.add_argument("--count", type=int, help="how many files (default: 500 images, 11,314 texts)")
-    bench.add_argument("--passes", type=int, default=3, help="passes over the data (the median is shown)")
+    from .cli import positive
+
+    bench.add_argument("--count", type=positive, help="how many files (default: 500 images, 11,314 texts)")
+    bench.add_argument("--passes", type=positive, default=3, help="passes over the data (the median is shown)")
     bench.add_argument("--workdir", type=Path, help="where the map (and generated files) go")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=command_bench)

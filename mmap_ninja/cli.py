@@ -18,6 +18,7 @@ import argparse
 import itertools
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence
 
@@ -177,7 +178,8 @@ def read_text(path: Path) -> str:
 
 
 class _FileReader:
-    """``reader(files[i])``, indexable and picklable, for ``from_indexable`` with workers."""
+    """``reader(files[i])``, indexable and picklable, for ``from_indexable`` with workers; an
+    unreadable file becomes an error that names it."""
 
     def __init__(self, files: List[Path], reader: Callable):
         self.files, self.reader = files, reader
@@ -186,7 +188,16 @@ class _FileReader:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        return self.reader(self.files[i])
+        return _read(self.reader, self.files[i])
+
+
+def _read(reader: Callable, path: Path):
+    try:
+        return reader(path)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def _jsonl_values(path: Path, field: str) -> Iterator:
@@ -239,8 +250,8 @@ def command_convert(args) -> int:
             m = RaggedMmap.from_generator(args.out, values, args.batch_size, verbose, dtype=dtype)
     elif kind == "texts":
         files = _files(args.source, (".txt",))
-        m = StringsMmap.from_generator(args.out, map(read_text, files), args.batch_size, verbose,
-                                       n=len(files), zstd_level=args.zstd)
+        texts = (_read(read_text, path) for path in files)
+        m = StringsMmap.from_generator(args.out, texts, args.batch_size, verbose, n=len(files), zstd_level=args.zstd)
     else:
         reader, suffixes = (read_image, IMAGE_SUFFIXES) if kind == "images" else (np.load, (".npy",))
         files = _files(args.source, suffixes)
@@ -252,6 +263,14 @@ def command_convert(args) -> int:
 
 
 # -- entry point --------------------------------------------------------------------------------
+
+def positive(text: str) -> int:
+    """An argument that must be a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmap-ninja", description="Inspect, check, convert and benchmark "
@@ -266,12 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("verify", help="check a whole map; exit 1 when something is wrong")
     check.add_argument("path", type=Path)
-    check.add_argument("--limit", type=int, default=100, help="report at most this many problems")
+    check.add_argument("--limit", type=positive, default=100, help="report at most this many problems")
     check.set_defaults(run=command_verify)
 
     head = commands.add_parser("head", help="print the first samples")
     head.add_argument("path", type=Path)
-    head.add_argument("-n", type=int, default=5, help="how many (default 5)")
+    head.add_argument("-n", type=positive, default=5, help="how many (default 5)")
     head.set_defaults(run=command_head)
 
     convert = commands.add_parser("convert", help="files into a map: a folder of images, .txt or .npy files, "
@@ -281,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--kind", choices=["images", "texts", "npy", "jsonl"],
                          help="what the source holds (default: guessed from it)")
     convert.add_argument("--field", help="the field of each .jsonl record to store")
-    convert.add_argument("--batch-size", type=int, default=1024, help="samples per commit (default 1024)")
-    convert.add_argument("--workers", type=int, default=1, help="processes reading files (images, .npy)")
+    convert.add_argument("--batch-size", type=positive, default=1024, help="samples per commit (default 1024)")
+    convert.add_argument("--workers", type=positive, default=1, help="processes reading files (images, .npy)")
     convert.add_argument("--zstd", type=int, default=None, metavar="LEVEL", help="compress strings with zstd")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(run=command_convert)
@@ -301,10 +320,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("mmap-ninja: interrupted", file=sys.stderr)
         return 2
-    except (UsageError, OSError, ValueError, TypeError, ImportError) as exc:
+    except Exception as exc:
         if args.debug:
-            raise
-        print(f"mmap-ninja {args.command}: error: {exc}", file=sys.stderr)
+            traceback.print_exc()
+        message = str(exc) if isinstance(exc, (UsageError, OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        print(f"mmap-ninja {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core, _meta
 from ._meta import ArrayMeta
-from ._storage import ArrayDir, Commit, WriterLock
+from ._storage import ArrayDir, ChangedWhileOpening, Commit, WriterLock
 from .base import (
     PathLike,
     as_dir,
@@ -31,15 +31,16 @@ from .base import (
 )
 
 _OPEN_MODES = ("r", "r+", "c", "readonly", "readwrite", "copyonwrite")
+_OPEN_ATTEMPTS = 100
 
 
 def _open_dir(out_dir: PathLike, types: Tuple[str, ...] = ("numpy",)) -> ArrayDir:
     """The array directory at ``out_dir``, checked to hold a map of one of ``types``."""
     out_dir = as_dir(out_dir)
     type_name = map_type(out_dir, must_exist=True)
-    if type_name is None and not (out_dir / _meta.DTYPE).exists():
+    if type_name is None:  # type.ninja comes last: a map whose creation was cut short has none
         raise ValueError(f"{out_dir} is not a mmap_ninja map: it has no {_meta.TYPE}")
-    if type_name is not None and type_name not in types:
+    if type_name not in types:
         raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a numpy map")
     return ArrayDir.open(out_dir)
 
@@ -129,18 +130,21 @@ def from_generator(
     total = n if n is not None else known_length(sample_generator)
     array: Optional[ArrayDir] = None
     with WriterLock(out_dir), progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
-        for batch in in_batches(sample_generator, batch_size):
-            if array is None:
-                array = _create(out_dir, _stack(batch, None, 0))
-                if n is not None and n > array.rows:
-                    array.reserve(n)
-            else:
-                _append(array, _stack(batch, array.meta, array.rows))
-            bar.update(len(batch))
+        try:
+            for batch in in_batches(sample_generator, batch_size):
+                if array is None:
+                    array = _create(out_dir, _stack(batch, None, 0))
+                    if n is not None and n > array.rows:
+                        array.reserve(n)
+                else:
+                    _append(array, _stack(batch, array.meta, array.rows))
+                bar.update(len(batch))
+        finally:
+            if array is not None:
+                array.release()  # the space reserved for samples that did not come
         if array is None:
             raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created: "
                              f"a numpy map takes its dtype and sample shape from the first sample")
-        array.release()
     return array.map("r+")
 
 
@@ -149,7 +153,12 @@ def open_existing(out_dir: PathLike, mode: str = "r") -> np.memmap:
     writable in place, ``"c"`` copy-on-write). The flattened data of a ragged map opens too."""
     if mode not in _OPEN_MODES:
         raise ValueError(f"mode must be one of {_OPEN_MODES}, got {mode!r}")
-    return _open_dir(out_dir, ("numpy", "ragged")).map(mode)
+    for _ in range(_OPEN_ATTEMPTS):
+        try:
+            return _open_dir(out_dir, ("numpy", "ragged")).map(mode)
+        except ChangedWhileOpening:  # a writer replaced the data file (Fortran order): again
+            continue
+    raise ChangedWhileOpening(f"{out_dir} kept changing while it was being opened")
 
 
 def take(arr: np.ndarray, indices: Any, out: Optional[np.ndarray] = None) -> np.ndarray:

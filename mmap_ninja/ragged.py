@@ -134,15 +134,13 @@ class _RaggedFiles:
         files = cls(out_dir)
         type_name = map_type(out_dir)
         if type_name is None:
-            if (out_dir / _meta.SHAPES_ARE_FLAT).exists():
-                raise ValueError(f"{out_dir} holds an incomplete ragged map: it has no {_meta.TYPE}")
-            return files
+            return files  # no map, or one whose first commit was cut short: type.ninja comes last
         if type_name != "ragged":
             raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a ragged map")
         if (out_dir / _meta.DTYPE).exists():
             files.dtype = _meta.dtype_from_name(_meta.read_text(out_dir / _meta.DTYPE), out_dir / _meta.DTYPE)
-        if not (out_dir / "starts").exists():
-            return files  # an empty map, which may know its dtype
+        if not (out_dir / "starts" / _meta.TYPE).exists():
+            return files  # an empty map (which may know its dtype): starts/type.ninja comes last
         # starts, whose length is the map's, is committed last: read it first, so that every
         # component read after it is at least as new
         files.starts = _flat_array(out_dir / "starts")
@@ -204,7 +202,10 @@ class _RaggedFiles:
         at = self.n if at is None else at
         new_map = at == 0
         if new_map:
-            reset_map_dir(self.out_dir)
+            # an empty map keeps its type.ninja and dtype.ninja: cut short, this commit leaves it
+            # as it was; anything left by an earlier such commit goes
+            keep = (_meta.TYPE, _meta.DTYPE) if map_type(self.out_dir) == "ragged" else ()
+            reset_map_dir(self.out_dir, keep=keep)
             self.__init__(self.out_dir)
         flat = batch.flat and (self.flat or new_map)
         if not flat and self.flat and not new_map:

@@ -145,7 +145,7 @@ class _StringsFiles:
         if type_name not in (None, "string"):
             raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a strings map")
         files = cls(out_dir, _Codec.read(out_dir))
-        if type_name is not None and (out_dir / "starts").exists():
+        if type_name is not None and (out_dir / "starts" / _meta.TYPE).exists():  # written last
             files.starts = _offsets(out_dir / "starts")
             files.ends = _offsets(out_dir / "ends")
         return files

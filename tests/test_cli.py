@@ -105,8 +105,15 @@ def test_usage_errors_debug_and_module_entry_point(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["info"])
     assert exit_info.value.code == 2
-    with pytest.raises(FileNotFoundError):
-        main(["--debug", "head", str(tmp_path / "none")])
+    assert main(["--debug", "head", str(tmp_path / "none")]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["head", str(tmp_path), "-n", "-1"])
+    assert "expected a number of at least 1" in capsys.readouterr().err
+    (tmp_path / "npy").mkdir()
+    (tmp_path / "npy" / "broken.npy").write_bytes(b"")
+    code, _, err = run(capsys, "convert", tmp_path / "npy", tmp_path / "out", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "broken.npy: cannot be read" in err
     proc = subprocess.run([sys.executable, "-m", "mmap_ninja", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("mmap_ninja ")
 

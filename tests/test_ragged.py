@@ -685,3 +685,11 @@ def test_a_file_changing_under_a_reader_never_crashes_it(tmp_path):
     finally:
         stop.set()
         flipper.join()
+
+
+def test_bool_maps_pad_with_false_by_default(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "b", [np.array([True, False, True]), np.array([True])])
+    padded, lengths = m.padded([0, 1])
+    assert padded.tolist() == [[True, False, True], [True, False, False]] and lengths.tolist() == [3, 1]
+    with pytest.raises(TypeError, match="only 0 and 1"):
+        m.extend([[2]])

@@ -193,3 +193,157 @@ def test_maps_opened_while_a_writer_commits_are_consistent(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+# -- a writer cut short at every step of a commit ------------------------------------------------
+
+class Killed(BaseException):
+    """Stands for the process dying: nothing after it runs."""
+
+
+def cut_short(monkeypatch, steps: int):
+    """Make the ``steps + 1``-th file system write (data, metadata, rename) raise ``Killed``."""
+    import os
+
+    from mmap_ninja import _meta as meta_module
+    from mmap_ninja import _storage as storage_module
+
+    done = [0]
+
+    def counted(original):
+        def write(*args, **kwargs):
+            if done[0] >= steps:
+                raise Killed()
+            done[0] += 1
+            return original(*args, **kwargs)
+        return write
+
+    monkeypatch.setattr(storage_module, "write_at", counted(storage_module.write_at))
+    monkeypatch.setattr(meta_module, "write_bytes", counted(meta_module.write_bytes))
+    monkeypatch.setattr(os, "replace", counted(os.replace))
+
+
+def ragged_contents(path):
+    return [np.asarray(s).tolist() for s in RaggedMmap(path)]
+
+
+def strings_contents(path):
+    return StringsMmap(path)[:]
+
+
+def numpy_contents(path):
+    try:
+        return np_ninja.open_existing(path).tolist()
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+SCENARIOS = {
+    # name: (prepare(path), write(path), read(path), then(path): a further write of one sample)
+    "ragged from_lists": (None, lambda p: RaggedMmap.from_lists(p, [np.arange(3), np.arange(2)]), ragged_contents,
+                          lambda p: RaggedMmap(p).extend([np.arange(1)])),
+    "ragged from_lists nested": (None, lambda p: RaggedMmap.from_lists(p, [np.zeros((2, 2)), 5]), ragged_contents,
+                                 lambda p: RaggedMmap(p).extend([np.ones((1, 2))])),
+    "ragged extend of an empty map": (lambda p: RaggedMmap.from_lists(p, [], dtype=np.int16),
+                                      lambda p: RaggedMmap(p).extend([np.arange(3)]), ragged_contents,
+                                      lambda p: RaggedMmap(p).extend([np.arange(1)])),
+    "ragged extend, flat to nested": (lambda p: RaggedMmap.from_lists(p, [np.arange(3), 4]),
+                                      lambda p: RaggedMmap(p).extend([np.zeros((2, 2), np.int64)]), ragged_contents,
+                                      lambda p: RaggedMmap(p).extend([np.arange(1)])),
+    "ragged from_generator": (None, lambda p: RaggedMmap.from_generator(p, iter([[1], [2, 3], [4]]), 2),
+                              ragged_contents, lambda p: RaggedMmap(p).extend([[9]])),
+    "strings from_strings": (None, lambda p: StringsMmap.from_strings(p, ["ab", "", "cd"]), strings_contents,
+                             lambda p: StringsMmap(p).extend(["x"])),
+    "strings zstd": (None, lambda p: StringsMmap.from_strings(p, ["ab", "cd"], zstd_level=1), strings_contents,
+                     lambda p: StringsMmap(p).extend(["x"])),
+    "strings extend of an empty map": (lambda p: StringsMmap.from_strings(p, []),
+                                       lambda p: StringsMmap(p).extend(["a", "b"]), strings_contents,
+                                       lambda p: StringsMmap(p).extend(["x"])),
+    "numpy from_ndarray": (None, lambda p: np_ninja.from_ndarray(p, np.arange(6).reshape(3, 2)), numpy_contents,
+                           None),
+    "numpy extend, Fortran order": (lambda p: np_ninja.from_ndarray(p, np.asfortranarray(np.zeros((2, 2)))),
+                                    lambda p: np_ninja.extend_dir(p, np.ones((1, 2))), numpy_contents,
+                                    lambda p: np_ninja.extend_dir(p, np.full((1, 2), 7.0))),
+}
+
+
+# States a write of several commits may also stop at: the batches committed so far.
+BETWEEN_COMMITS = {"ragged from_generator": [[[1], [2, 3]]]}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_a_commit_cut_short_at_any_step_leaves_the_state_before_or_after(tmp_path, monkeypatch, name):
+    prepare, write, read, then = SCENARIOS[name]
+    clean = tmp_path / "clean" / "map"
+    if prepare:
+        prepare(clean)
+    write(clean)
+    expected_after = read(clean)
+    for steps in range(200):
+        path = tmp_path / f"{steps}" / "map"
+        if prepare:
+            prepare(path)
+        before = read(path)
+        with monkeypatch.context() as patch:
+            cut_short(patch, steps)
+            try:
+                write(path)
+                finished = True
+            except Killed:
+                finished = False
+        after = read(path)
+        if finished:
+            assert after == expected_after
+            break
+        assert after in [before, expected_after] + BETWEEN_COMMITS.get(name, []), (steps, before, after)
+        if then is not None:
+            then(path)  # and the map takes the next write
+            assert len(read(path)) == len(after or []) + 1
+    assert finished and steps > 3
+
+
+EXTEND_FORTRAN_FOREVER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from mmap_ninja import durability, numpy as np_ninja
+    with durability(False):
+        while True:
+            n = len(np_ninja.open_existing(sys.argv[1]))
+            np_ninja.extend_dir(sys.argv[1], np.full((1, 3), n))
+    """
+)
+
+
+def test_fortran_maps_opened_while_a_writer_rewrites_them_are_consistent(tmp_path):
+    path = tmp_path / "f"
+    np_ninja.from_ndarray(path, np.asfortranarray(np.zeros((1, 3), np.int64)))
+    writer = subprocess.Popen([sys.executable, "-c", EXTEND_FORTRAN_FOREVER, str(path)])
+    try:
+        deadline, opened = time.monotonic() + 3, 0
+        while time.monotonic() < deadline:
+            rows = np.asarray(np_ninja.open_existing(path))
+            np.testing.assert_array_equal(rows, np.repeat(np.arange(len(rows))[:, None], 3, axis=1))
+            opened += 1
+        assert opened > 20 and len(np_ninja.open_existing(path)) > 3
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_numpy_map_whose_creation_was_cut_short_is_no_map(tmp_path):
+    np_ninja.from_ndarray(tmp_path / "n", np.zeros(3))
+    (tmp_path / "n" / "type.ninja").unlink()
+    with pytest.raises(ValueError, match="not a mmap_ninja map"):
+        np_ninja.open_existing(tmp_path / "n")
+    assert mmap_ninja.verify(tmp_path / "n") == [f"{tmp_path / 'n'} is not a mmap_ninja map: it has no type.ninja"]
+
+
+def test_a_failing_generator_gives_back_the_space_reserved_for_it(tmp_path):
+    def rows():
+        yield from np.zeros((4, 2))
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        np_ninja.from_generator(tmp_path / "g", rows(), batch_size=2, n=10**6)
+    assert (tmp_path / "g" / "data.ninja").stat().st_size == 4 * 2 * 8
