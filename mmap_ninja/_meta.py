@@ -73,8 +73,6 @@ def read_text(path: Path) -> str:
         raise ValueError(f"{path}: expected UTF-8 text, found {raw[:40]!r}") from None
 
 
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
 
 
 def read_int32(path: Path) -> int:
@@ -104,8 +102,6 @@ def shape_bytes(shape: Tuple[int, ...]) -> bytes:
     return struct.pack(f"<{len(shape)}Q", *shape)
 
 
-def write_shape(path: Path, shape: Tuple[int, ...]) -> None:
-    write_bytes(path, shape_bytes(shape))
 
 
 def read_type(out_dir: Path) -> Optional[str]:
@@ -117,8 +113,6 @@ def read_type(out_dir: Path) -> Optional[str]:
     return read_text(path)
 
 
-def write_type(out_dir: Path, type_name: str) -> None:
-    write_text(out_dir / TYPE, type_name)
 
 
 def dtype_name(dtype: np.dtype) -> str:

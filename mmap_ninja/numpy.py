@@ -185,8 +185,8 @@ def extend_dir(out_dir: PathLike, arr: Any) -> None:
     Values are cast to the map's dtype when that loses nothing but float rounding; otherwise,
     or when the sample shape differs, the map is left unchanged and an error is raised.
     """
-    _open_dir(out_dir)  # the map must be there before a lock file is created in it
     out_dir = as_dir(out_dir)
+    map_type(out_dir, must_exist=True)  # the folder must be there before the lock creates it
     with WriterLock(out_dir):
         array = _open_dir(out_dir)
         arr = np.asarray(arr)

@@ -46,15 +46,18 @@ def _zstandard():
     return zstandard
 
 
-def _encode(strings: Sequence[Any], first_index: int) -> List[bytes]:
-    """UTF-8 bytes of each string; ``TypeError`` names an item that is not a ``str``."""
-    encoded = []
+def _check_items(strings: Sequence[Any], first_index: int) -> None:
+    """``TypeError`` naming the first item that is not a ``str``."""
     for k, string in enumerate(strings):
         if not isinstance(string, str):
             raise TypeError(f"item {first_index + k} is a {type(string).__name__}, "
                             f"a StringsMmap stores only str")
-        encoded.append(string.encode("utf-8"))
-    return encoded
+
+
+def _encode(strings: Sequence[Any], first_index: int) -> List[bytes]:
+    """UTF-8 bytes of each string; ``TypeError`` names an item that is not a ``str``."""
+    _check_items(strings, first_index)
+    return [string.encode("utf-8") for string in strings]
 
 
 class _Codec:
@@ -377,7 +380,7 @@ class StringsMmap(Legacy090Names):
         strings = list(list_of_strings)
         if not strings:
             return
-        _encode(strings, len(self))  # check every item before anything is written
+        _check_items(strings, len(self))  # before the lock creates anything on disk
         with WriterLock(self.out_dir), progress(len(strings), verbose, desc=f"Extending {self.out_dir.name}") as bar:
             files = _StringsFiles.open(self.out_dir)  # another writer may have extended it
             commit = Commit()
@@ -407,8 +410,7 @@ class StringsMmap(Legacy090Names):
                 if zstd_train_dictionary_size is not None:
                     dictionary = _train_dictionary(_encode(strings, 0), zstd_train_dictionary_size)
                 codec = _Codec(zstd_level, dictionary)
-            else:
-                _encode(strings, 0)
+            _check_items(strings, 0)  # before the map already there is removed
             reset_map_dir(out_dir)
             files, commit = _StringsFiles(out_dir, codec), Commit()
             files.create(commit)

@@ -23,9 +23,9 @@ def test_malformed_dtype_names_raise_value_errors_naming_the_file(tmp_path, name
 
 
 def test_shapes_ints_and_texts(tmp_path):
-    _meta.write_shape(tmp_path / "shape.ninja", (3, 0, 2**40))
+    _meta.write_bytes(tmp_path / "shape.ninja", _meta.shape_bytes((3, 0, 2**40)))
     assert _meta.read_shape(tmp_path / "shape.ninja") == (3, 0, 2**40)
-    _meta.write_shape(tmp_path / "shape.ninja", ())
+    _meta.write_bytes(tmp_path / "shape.ninja", _meta.shape_bytes(()))
     assert (tmp_path / "shape.ninja").read_bytes() == b"" and _meta.read_shape(tmp_path / "shape.ninja") == ()
     (tmp_path / "bad.ninja").write_bytes(b"1234567")
     with pytest.raises(ValueError, match="multiple of 8"):

@@ -370,7 +370,7 @@ def test_from_indexable_rejects_what_is_not_indexable(tmp_path):
 def _rewrite_index_array(path, values):
     arr = np.asarray(values, dtype=np.int64)
     (path / "data.ninja").write_bytes(arr.tobytes())
-    _meta.write_shape(path / "shape.ninja", arr.shape)
+    _meta.write_bytes(path / "shape.ninja", _meta.shape_bytes(arr.shape))
 
 
 @pytest.mark.parametrize("component, values, message", [

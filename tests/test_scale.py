@@ -18,7 +18,7 @@ GIB = 1 << 30
 def grow_data(path, rows: int, dtype) -> None:
     """Make a map's data ``rows`` long with a hole, as if large samples had been committed."""
     os.truncate(path / "data.ninja", rows * np.dtype(dtype).itemsize)
-    _meta.write_shape(path / "shape.ninja", (rows,))
+    _meta.write_bytes(path / "shape.ninja", _meta.shape_bytes((rows,)))
 
 
 def test_ragged_map_over_4_gib_with_more_than_2_31_elements(tmp_path):
@@ -64,7 +64,7 @@ def sparse_index(path, values: dict, rows: int, column: bool = False) -> None:
             f.write(np.int64(value).tobytes())
     for name, text in (("dtype.ninja", "int64"), ("order.ninja", "C"), ("type.ninja", "numpy")):
         (path / name).write_text(text)
-    _meta.write_shape(path / "shape.ninja", shape)
+    _meta.write_bytes(path / "shape.ninja", _meta.shape_bytes(shape))
 
 
 def test_opening_three_billion_samples_reads_nothing_per_sample(tmp_path):
@@ -74,7 +74,7 @@ def test_opening_three_billion_samples_reads_nothing_per_sample(tmp_path):
     np.arange(10, dtype=np.int16).tofile(path / "data.ninja")
     for name, text in (("dtype.ninja", "int16"), ("order.ninja", "C"), ("type.ninja", "ragged")):
         (path / name).write_text(text)
-    _meta.write_shape(path / "shape.ninja", (10,))
+    _meta.write_bytes(path / "shape.ninja", _meta.shape_bytes((10,)))
     (path / _meta.SHAPES_ARE_FLAT).write_bytes(_meta.int32_bytes(1))
     # every sample is empty but the last, which holds elements 4..9
     sparse_index(path / "starts", {n - 1: 4}, n)
