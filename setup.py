@@ -1,14 +1,18 @@
-"""Build of the compiled core, mmap_ninja._core (the rest is in pyproject.toml)."""
+"""Build of the compiled modules (the rest is in pyproject.toml): mmap_ninja._core (the
+kernels over mapped data) and mmap_ninja._mapping (mappings and directory exchange)."""
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-extension = Extension(
-    "mmap_ninja._core",
-    ["mmap_ninja/_core.pyx"],
-    include_dirs=[numpy.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-)
+extensions = [
+    Extension(
+        "mmap_ninja._core",
+        ["mmap_ninja/_core.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
+    Extension("mmap_ninja._mapping", ["mmap_ninja/_mapping.pyx"]),
+]
 
-setup(ext_modules=cythonize([extension], compiler_directives={"language_level": "3"}))
+setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

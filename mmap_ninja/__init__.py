@@ -17,7 +17,8 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "this compiles the extension and needs a C compiler."
     ) from exc
 
-from ._storage import durability, set_durability
+from ._lifecycle import Report
+from ._storage import ChangedWhileOpening, durability, set_durability
 from .base import Wrapped
 from .generic import open_existing, verify
 from .numpy import append as np_append
@@ -37,6 +38,8 @@ __all__ = [
     "StringsMmap",
     "open_existing",
     "verify",
+    "Report",
+    "ChangedWhileOpening",
     "durability",
     "set_durability",
     "np_from_ndarray",

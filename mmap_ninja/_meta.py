@@ -29,8 +29,10 @@ ZSTD_LEVEL = "zstd_level.ninja"
 ZSTD_DICT = "zstd_dict.ninja"
 # Lists the renames of a commit that replaces a whole data file (see _storage.ArrayDir).
 PENDING = "pending.ninja"
+# CRC-32 of what each commit wrote (see _storage.verify_checksums); mmap_ninja 0.9.0 ignores it.
+CHECKSUMS = "checksums.ninja"
 # Every file a map directory may hold (beside its component folders).
-MAP_FILES = (TYPE, DTYPE, SHAPE, ORDER, DATA, SHAPES_ARE_FLAT, ZSTD_LEVEL, ZSTD_DICT, PENDING)
+MAP_FILES = (TYPE, DTYPE, SHAPE, ORDER, DATA, SHAPES_ARE_FLAT, ZSTD_LEVEL, ZSTD_DICT, PENDING, CHECKSUMS)
 
 # The largest metadata file this library reads (the zstd dictionary is the only big one).
 _MAX_META_BYTES = 1 << 28

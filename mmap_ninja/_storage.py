@@ -18,20 +18,36 @@ next: a commit that was visible survives a power loss.
 
 One writer at a time: writes take an exclusive lock on ``writer.lock`` in the map directory (a
 file that mmap_ninja 0.9.0 ignores); readers take none.
+
+A write that changes what is already committed (a map built anew by ``from_*``, a Fortran-order
+array rewritten, shapes converted, samples replaced) builds the new version of the whole map in
+a sibling folder, sharing unchanged data files by hard links, and swaps it in with one atomic
+exchange of the two folders (``Replacement``). Readers open a map with ``open_consistent``, which
+checks that the folder they read is still the map's folder when they are done, so they see the
+old or the new version, never a mix.
+
+Files are mapped with ``_mapping.Mapping``, which keeps no file descriptor open. Each commit
+records the CRC-32 of the bytes it writes, with a CRC-32 of the array's metadata, in
+``checksums.ninja`` beside them (``verify_checksums`` reads it back).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
+import shutil
+import struct
+import time
+import uuid
+import zlib
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
 from . import _meta
+from ._mapping import Mapping, exchange
 from ._meta import ArrayMeta
 
 try:
@@ -97,6 +113,41 @@ def write_at(path: Path, offset: int, data: Union[bytes, memoryview], truncate: 
         os.close(fd)
 
 
+# One entry of checksums.ninja: byte offset and length of a range written by a commit, the
+# CRC-32 of its bytes, and the CRC-32 of the array's metadata after that commit.
+CHECKSUMS = _meta.CHECKSUMS
+_ENTRY = struct.Struct("<QQII")
+
+
+def metadata_bytes(meta: ArrayMeta) -> bytes:
+    """What the checksum of an array's metadata covers: dtype name, order and shape."""
+    return f"{_meta.dtype_name(meta.dtype)}|{meta.order}|".encode() + _meta.shape_bytes(meta.shape)
+
+
+def read_checksum_entries(log: Path) -> List[Tuple[int, int, int, int]]:
+    raw = _meta.read_bytes(log) if log.exists() else b""
+    whole = len(raw) - len(raw) % _ENTRY.size  # a torn last entry (a commit cut short) is no entry
+    return list(_ENTRY.iter_unpack(raw[:whole]))
+
+
+def _log_end(log: Path, committed_end: int) -> int:
+    """Where the next entry of ``log`` goes: after the last entry that lies within the
+    ``committed_end`` bytes committed (later ones were left by commits cut short)."""
+    try:
+        size = log.stat().st_size
+    except FileNotFoundError:
+        return 0
+    position = size - size % _ENTRY.size
+    with open(log, "rb") as f:
+        while position:
+            f.seek(position - _ENTRY.size)
+            offset, length, _, _ = _ENTRY.unpack(f.read(_ENTRY.size))
+            if offset + length <= committed_end:
+                break
+            position -= _ENTRY.size
+    return position
+
+
 class Commit:
     """The writes of one change to a map, made visible together by ``finish``."""
 
@@ -111,17 +162,20 @@ class Commit:
         if path not in self._written:
             self._written.append(path)
 
+    def record_checksum(self, directory: Path, offset: int, data: Union[bytes, memoryview], metadata: bytes,
+                        committed_end: int) -> None:
+        """Append to ``directory/checksums.ninja`` the CRC-32 of ``data``, written at byte
+        ``offset`` of the data file by this commit, and of ``metadata`` as this commit leaves
+        it; entries past the ``committed_end`` bytes already committed are dropped."""
+        log = directory / CHECKSUMS
+        position = _log_end(log, committed_end)
+        entry = _ENTRY.pack(offset, len(memoryview(data).cast("B")), zlib.crc32(data), zlib.crc32(metadata))
+        self.write(log, position, entry)
+        os.truncate(log, position + _ENTRY.size)
+
     def replace(self, path: Path, data: bytes) -> None:
         """At ``finish``, replace the metadata file ``path`` with ``data``, atomically."""
         self._steps.append(("replace", path, data))
-
-    def rename(self, source: Path, target: Path) -> None:
-        """At ``finish``, rename ``source`` over ``target``."""
-        self._steps.append(("rename", source, target))
-
-    def remove(self, path: Path) -> None:
-        """At ``finish``, remove ``path``."""
-        self._steps.append(("remove", path, None))
 
     def finish(self) -> None:
         """Flush the data files (when durable), then take the metadata steps in order, each
@@ -129,41 +183,49 @@ class Commit:
         if self.durable:
             for path in self._written:
                 _fsync_path(path)
-        for action, path, argument in self._steps:
-            if action == "replace":
-                _meta.write_bytes(path, argument, durable=self.durable)
-            elif action == "rename":
-                os.replace(path, argument)
-            else:
-                path.unlink(missing_ok=True)
-            if self.durable and action != "replace":
-                _fsync_path(path.parent, directory=True)
+        for _, path, data in self._steps:
+            _meta.write_bytes(path, data, durable=self.durable)
         self._written.clear()
         self._steps.clear()
 
 
 class WriterLock:
     """Exclusive lock of a map directory for one writer (``with WriterLock(out_dir): ...``),
-    which fails at once with ``BlockingIOError`` when another process or object holds it."""
+    which fails at once with ``BlockingIOError`` when another process or object holds it.
+
+    The lock is ``writer.lock`` in the map's folder. A ``Replacement`` swaps the folder for a
+    new one whose ``writer.lock`` it has locked already, and hands that lock over to this one.
+    """
 
     def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
         self.path = out_dir / LOCK_FILE
         self._fd: Optional[int] = None
 
     def __enter__(self) -> "WriterLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise BlockingIOError(
-                    errno.EWOULDBLOCK,
-                    f"{self.path.parent} is being written by another writer (it holds {LOCK_FILE}); "
-                    f"a map takes one writer at a time", str(self.path)) from None
-        self._fd = fd
-        return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise BlockingIOError(
+                        errno.EWOULDBLOCK,
+                        f"{self.path.parent} is being written by another writer (it holds {LOCK_FILE}); "
+                        f"a map takes one writer at a time", str(self.path)) from None
+            # the folder may have been swapped for a new version since the file was opened
+            if _inode(self.path) == _fd_inode(fd):
+                self._fd = fd
+                return self
+            os.close(fd)
+
+    def take_over(self, other: "WriterLock") -> None:
+        """Hold ``other``'s lock in place of this one (after ``other``'s folder became this
+        one's)."""
+        self.__exit__()
+        self._fd, other._fd = other._fd, None
 
     def __exit__(self, *exc_info) -> None:
         if self._fd is not None:
@@ -185,11 +247,13 @@ def empty_memmap(path: Path, dtype: np.dtype, shape, order: str, mode: str) -> n
     arr.filename = os.path.abspath(path)
     arr.offset = 0
     arr.mode = mode
+    arr._mmap = None
+    arr.flags.writeable = mode != "r"
     return arr
 
 
 class ChangedWhileOpening(ValueError):
-    """A data file was replaced between reading its metadata and mapping it."""
+    """The map was replaced by another process while it was being opened: open it again."""
 
 
 def _inode(path: Path) -> Optional[Tuple[int, int]]:
@@ -200,34 +264,212 @@ def _inode(path: Path) -> Optional[Tuple[int, int]]:
     return status.st_dev, status.st_ino
 
 
+def _fd_inode(fd: int) -> Tuple[int, int]:
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
+
+
+# The mapping modes of np.memmap, by their long names too.
+_MAPPING_MODES = {"r": "r", "readonly": "r", "r+": "r+", "readwrite": "r+", "c": "c", "copyonwrite": "c"}
+
+
 def map_file(path: Path, meta: ArrayMeta, mode: str = "r", inode: Optional[Tuple[int, int]] = None) -> np.memmap:
-    """Map the first ``meta.nbytes`` bytes of ``path`` as an array; ``ValueError`` naming the
-    file when it is shorter than that, ``ChangedWhileOpening`` when it is no longer the file
-    ``inode`` (read with ``meta``) names."""
+    """Map the first ``meta.nbytes`` bytes of ``path`` as a ``np.memmap`` (holding no file
+    descriptor); ``ValueError`` naming the file when it is shorter than that,
+    ``ChangedWhileOpening`` when it is no longer the file ``inode`` (read with ``meta``)
+    names."""
+    mapping_mode = _MAPPING_MODES[mode]
     if meta.nbytes == 0:
         _file_size(path)
-        return empty_memmap(path, meta.dtype, meta.shape, meta.order, mode)
+        return empty_memmap(path, meta.dtype, meta.shape, meta.order, mapping_mode)
     try:
-        f = open(path, "r+b" if mode in ("r+", "readwrite") else "rb")
+        mapping = Mapping(path, None, mapping_mode)
     except FileNotFoundError:
         raise FileNotFoundError(f"missing data file: {path}") from None
-    with f:
-        status = os.fstat(f.fileno())
-        if inode is not None and (status.st_dev, status.st_ino) != inode:
-            raise ChangedWhileOpening(f"{path} was replaced while it was being opened; open it again")
-        if status.st_size < meta.nbytes:
-            raise ValueError(f"{path}: holds {status.st_size} bytes, but its shape {meta.shape} of "
-                             f"{meta.dtype} needs {meta.nbytes}")
-        return np.memmap(f, dtype=meta.dtype, mode=mode, shape=meta.shape, order=meta.order)
+    if inode is not None and mapping.inode != inode:
+        raise ChangedWhileOpening(f"{path} was replaced while it was being opened; open it again")
+    if len(mapping) < meta.nbytes:
+        raise ValueError(f"{path}: holds {len(mapping)} bytes, but its shape {meta.shape} of "
+                         f"{meta.dtype} needs {meta.nbytes}")
+    arr = np.ndarray.__new__(np.memmap, meta.shape, dtype=meta.dtype, buffer=mapping, order=meta.order)
+    arr._mmap, arr.filename, arr.offset, arr.mode = mapping, os.path.abspath(path), 0, mapping_mode
+    return arr
 
 
-def map_bytes(path: Path) -> Union[mmap.mmap, bytes]:
-    """Map all of ``path`` read-only (``b""`` for an empty file)."""
-    size = _file_size(path)
-    if size == 0:
-        return b""
-    with open(path, "rb") as f:
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+def map_bytes(path: Path, mode: str = "r") -> Mapping:
+    """Map all of ``path`` (``mode`` ``"r"``, ``"r+"`` or ``"c"``), holding no file
+    descriptor."""
+    try:
+        return Mapping(path, None, mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing data file: {path}") from None
+
+
+T = TypeVar("T")
+
+
+def open_consistent(out_dir: Path, opener: Callable[[], T]) -> T:
+    """``opener()``, which reads the map at ``out_dir``, done again if the folder was swapped
+    for a new version meanwhile, so that everything it read belongs to one version.
+
+    While the folder is open here its inode cannot be reused, so finding the same inode at
+    ``out_dir`` before and after means no swap happened in between. ``ChangedWhileOpening``
+    when the map keeps being replaced."""
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            fd = os.open(out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return opener()  # no folder: the opener says what that means
+        try:
+            before = _fd_inode(fd)
+            try:
+                result = opener()
+            except (OSError, ValueError):
+                if _inode(out_dir) == before:
+                    raise  # read from one version: the error is real
+            else:
+                if _inode(out_dir) == before:
+                    return result
+        finally:
+            os.close(fd)
+        time.sleep(0.0005 * attempt)
+    raise ChangedWhileOpening(f"{out_dir} is being replaced by another writer and kept changing while it "
+                              f"was being opened; open it again")
+
+
+# What a map's folder holds of its own: everything else in it is the user's, and moves along
+# when the folder is replaced.
+_MAP_ENTRIES = frozenset(_meta.MAP_FILES) | {CHECKSUMS, LOCK_FILE, "starts", "ends", "shapes", "flattened_shapes"}
+
+
+def _own_entry(name: str) -> bool:
+    return name in _MAP_ENTRIES or name.endswith((".tmp", ".new"))
+
+
+def link_map(source: Path, target: Path, leave_out: Tuple[str, ...] = ()) -> None:
+    """Lay out at ``target`` a copy of the map at ``source`` that shares its data files by
+    hard links (no data is copied; commits only ever add bytes past what is committed, so the
+    two versions never see each other's changes) and copies its small files; ``leave_out``
+    names entries (relative paths) not to copy."""
+    target.mkdir(exist_ok=True)
+    for entry in os.scandir(source):
+        relative = entry.name
+        if not _own_entry(relative) or relative in leave_out or relative == LOCK_FILE \
+                or relative.endswith((".tmp", ".new")) or relative == PENDING:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            inner = tuple(name.split("/", 1)[1] for name in leave_out if name.startswith(relative + "/"))
+            link_map(Path(entry.path), target / relative, inner)
+        elif relative == _meta.DATA:
+            os.link(entry.path, target / relative)
+        else:
+            shutil.copyfile(entry.path, target / relative)
+
+
+class Replacement:
+    """A new version of the map at ``out_dir`` built in a sibling folder, swapped in whole.
+
+    ``with Replacement(lock) as build: ...`` writes the new version into ``build`` (a new
+    folder beside ``out_dir``, locked for writing); when the block ends without an error, the
+    user's own files in ``out_dir`` move into ``build``, the two folders are exchanged in one
+    atomic step and the old version is removed; on any error ``build`` is removed and
+    ``out_dir`` stays as it was. ``lock`` is the writer lock of ``out_dir``, which ends up
+    holding the lock of the new folder. Folders left by writers that died are removed first.
+    """
+
+    def __init__(self, lock: WriterLock):
+        self.lock = lock
+        self.out_dir = lock.out_dir
+        self.build = self.out_dir.parent / f".{self.out_dir.name}.{uuid.uuid4().hex[:12]}.building"
+        self._build_lock = WriterLock(self.build)
+
+    def __enter__(self) -> Path:
+        _remove_abandoned_builds(self.out_dir)
+        self.build.mkdir()
+        self._build_lock.__enter__()
+        return self.build
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._build_lock.__exit__()
+            shutil.rmtree(self.build, ignore_errors=True)
+            return
+        try:
+            for entry in os.scandir(self.out_dir):
+                if not _own_entry(entry.name) and not (self.build / entry.name).exists():
+                    os.rename(entry.path, self.build / entry.name)
+            _swap(self.build, self.out_dir)
+        except BaseException:
+            self._build_lock.__exit__()
+            shutil.rmtree(self.build, ignore_errors=True)
+            raise
+        if _durable:
+            _fsync_path(self.out_dir.parent, directory=True)
+        self.lock.take_over(self._build_lock)
+        shutil.rmtree(self.build, ignore_errors=True)  # the old version, now at the build path
+
+
+def _swap(build: Path, out_dir: Path) -> None:
+    """Put ``build`` at ``out_dir`` and the old ``out_dir`` at ``build``."""
+    try:
+        exchange(build, out_dir)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.ENOTSUP):
+            raise
+        # no atomic exchange here: two renames, between which readers find no map
+        old = build.with_name(build.name + ".old")
+        os.rename(out_dir, old)
+        os.rename(build, out_dir)
+        os.rename(old, build)
+
+
+def _remove_abandoned_builds(out_dir: Path) -> None:
+    """Remove the build folders of ``out_dir`` whose writer died (their lock is free)."""
+    prefix = f".{out_dir.name}."
+    try:
+        entries = [entry for entry in os.scandir(out_dir.parent)
+                   if entry.name.startswith(prefix) and entry.name.endswith((".building", ".building.old"))]
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            with WriterLock(Path(entry.path)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except (BlockingIOError, FileNotFoundError):
+            continue  # still being built by a live writer, or gone
+
+
+def verify_checksums(directory: Path, data_file: Path, committed_end: int, metadata: Optional[bytes],
+                     deep: bool) -> Tuple[List[str], List[str]]:
+    """Problems and notes from ``directory/checksums.ninja``: whether ``metadata`` (when
+    given) is what the last commit recorded, and with ``deep`` whether every recorded range of
+    ``data_file`` within its ``committed_end`` bytes still has its checksum."""
+    log = directory / CHECKSUMS
+    if not log.exists():
+        return [], [f"{directory}: no checksums recorded (written by mmap_ninja 0.9.0, or by hand): "
+                    f"damage to its bytes or metadata cannot be detected"]
+    entries = [entry for entry in read_checksum_entries(log) if entry[0] + entry[1] <= committed_end]
+    problems: List[str] = []
+    notes: List[str] = []
+    if metadata is not None:
+        expected = zlib.crc32(metadata)
+        if not any(offset + length == committed_end and meta == expected for offset, length, _, meta in entries):
+            problems.append(f"{directory}: its metadata (dtype.ninja, shape.ninja, order.ninja) is not what the "
+                            f"last commit recorded in {CHECKSUMS}: edited or damaged")
+    if entries and entries[0][0] > 0:
+        notes.append(f"{data_file}: bytes [0, {entries[0][0]}) were written before checksums were recorded")
+    if deep and any(length for _, length, _, _ in entries):
+        mapping = map_bytes(data_file)
+        view = memoryview(mapping)
+        for offset, length, crc, _ in entries:
+            if offset + length > len(view):
+                problems.append(f"{data_file}: bytes [{offset}, {offset + length}) are missing (the file holds "
+                                f"{len(view)} bytes)")
+            elif length and zlib.crc32(view[offset:offset + length]) != crc:
+                problems.append(f"{data_file}: bytes [{offset}, {offset + length}) do not match their checksum: "
+                                f"damaged")
+        view.release()
+    return problems, notes
 
 
 def _pending(path: Path) -> List[Tuple[str, str]]:
@@ -250,7 +492,6 @@ class ArrayDir:
         self.meta = meta
         self.data_file = path / _meta.DATA
         self.inode: Optional[Tuple[int, int]] = None  # of the data file that ``meta`` describes
-        self._rewritten = False  # write_rows staged a whole new data file
 
     @classmethod
     def open(cls, path: Path) -> "ArrayDir":
@@ -296,34 +537,37 @@ class ArrayDir:
 
     def write_rows(self, rows: np.ndarray, commit: Commit, at: Optional[int] = None, order: str = "C") -> ArrayMeta:
         """Write ``rows`` (an array whose first axis runs over entries) after the first ``at``
-        committed entries (default: all of them), and return the metadata that ``commit_rows``
-        makes visible.
+        committed entries (default: all of them), record their checksum, and return the
+        metadata that ``commit_rows`` makes visible.
 
         A new array takes its dtype and trailing shape from ``rows`` and the given ``order``.
-        Appending to a Fortran-ordered array of more than one axis rewrites it into a new file
-        (its layout interleaves the first axis), swapped in by ``commit_rows``.
+        A Fortran-ordered array of more than one axis interleaves its first axis, so it cannot
+        take rows in place: it is built anew (see ``numpy.extend_dir``).
         """
         if self.meta is None:
             self.path.mkdir(parents=True, exist_ok=True)
             meta = ArrayMeta(rows.dtype, rows.shape, order)
-            commit.write(self.data_file, 0, byte_view(rows, order), truncate=True)
+            data = byte_view(rows, order)
+            commit.write(self.data_file, 0, data, truncate=True)
             if meta.nbytes == 0:
                 # mmap_ninja 0.9.0 opens every data file with np.memmap, which cannot map an
                 # empty file: keep one byte past the (empty) array, as numpy itself does.
                 commit.write(self.data_file, 0, b"\0")
+            commit.record_checksum(self.path, 0, data, metadata_bytes(meta), 0)
             return meta
         at = self.rows if at is None else at
-        meta = self.meta.with_rows(at + rows.shape[0])
         if self.meta.order == "F" and len(self.meta.shape) > 1 and at > 0:
-            combined = np.concatenate([self.map("r")[:at], rows], axis=0)
-            commit.write(self.path / (_meta.DATA + ".new"), 0, byte_view(combined, "F"), truncate=True)
-            self._rewritten = True
-            return meta
-        commit.write(self.data_file, at * self.meta.row_bytes, byte_view(rows, self.meta.order))
+            raise ValueError(f"{self.path}: a Fortran-ordered array cannot take rows in place")
+        meta = self.meta.with_rows(at + rows.shape[0])
+        offset = at * self.meta.row_bytes
+        data = byte_view(rows, self.meta.order)
+        commit.write(self.data_file, offset, data)
+        commit.record_checksum(self.path, offset, data, metadata_bytes(meta), offset)
         return meta
 
     def allocate(self, meta: ArrayMeta, commit: Commit) -> ArrayMeta:
-        """Create a new, zero-filled data file for ``meta``, committed by ``commit_rows``."""
+        """Create a new, zero-filled data file for ``meta``, committed by ``commit_rows``.
+        No checksum is recorded: the array is handed out to be filled in place."""
         self.path.mkdir(parents=True, exist_ok=True)
         commit.write(self.data_file, 0, b"", truncate=True)
         os.truncate(self.data_file, max(meta.nbytes, 1))
@@ -349,20 +593,11 @@ class ArrayDir:
         if new:
             commit.replace(self.path / _meta.DTYPE, _meta.dtype_name(meta.dtype).encode())
             commit.replace(self.path / _meta.ORDER, meta.order.encode())
-        if self._rewritten:
-            # two files change together: list their renames in PENDING first, so that readers
-            # (and the next writer) take the new files as soon as that list exists
-            self._rewritten = False
-            shape_new = self.path / (_meta.SHAPE + ".new")
-            commit.replace(shape_new, _meta.shape_bytes(meta.shape))
-            renames = f"{_meta.DATA}.new {_meta.DATA}\n{_meta.SHAPE}.new {_meta.SHAPE}\n"
-            commit.replace(self.path / PENDING, renames.encode())
-            commit.rename(self.path / (_meta.DATA + ".new"), self.data_file)
-            commit.rename(shape_new, self.path / _meta.SHAPE)
-            commit.remove(self.path / PENDING)
-            self.inode = None  # a new data file
-        else:
-            commit.replace(self.path / _meta.SHAPE, _meta.shape_bytes(meta.shape))
+        commit.replace(self.path / _meta.SHAPE, _meta.shape_bytes(meta.shape))
         if new and type_name is not None:
             commit.replace(self.path / _meta.TYPE, type_name.encode())
         self.meta = meta
+
+    def verify_checksums(self, deep: bool) -> Tuple[List[str], List[str]]:
+        """Problems and notes of this array's checksums (see ``verify_checksums``)."""
+        return verify_checksums(self.path, self.data_file, self.meta.nbytes, metadata_bytes(self.meta), deep)

@@ -80,7 +80,7 @@ def describe(path: Path) -> List[tuple]:
                 lines.append(("shapes", _shape_summary(m)))
     elif kind == "string":
         s = StringsMmap(path, mode="rb")
-        codec = s._files.codec
+        codec = s.codec
         lines += [("kind", "strings"), ("samples", f"{len(s):,}")]
         if len(s):
             unit = "per string" + (" (compressed)" if codec.compressed else "")

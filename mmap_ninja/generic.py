@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Optional
 
 from . import _meta, ragged, string
 from . import numpy as np_ninja
+from ._lifecycle import Report, verify_map
 from .base import PathLike, Wrapped, as_dir, map_type
 from .ragged import RaggedMmap
 from .string import StringsMmap
@@ -20,19 +21,21 @@ def _mode(mode: Optional[str], translation: dict) -> dict:
     return {} if mode is None else {"mode": translation.get(mode, mode)}
 
 
-def verify(out_dir: PathLike, limit: int = 20) -> List[str]:
-    """Check the map at ``out_dir``, of any kind, in one pass and return what is wrong, one
-    line per problem naming the file, at most ``limit`` lines; an empty list when it is sound."""
+def verify(out_dir: PathLike, limit: int = 20, deep: bool = False) -> Report:
+    """Check the map at ``out_dir``, of any kind, and return what is wrong, one line per
+    problem naming the file, at most ``limit`` lines (an empty list when it is sound), with
+    ``.notes`` on what could not be checked. ``deep`` also checks every byte written by a
+    commit against its checksum. Damage is reported, never raised."""
     out_dir = as_dir(out_dir)
     try:
         type_name = map_type(out_dir, must_exist=True)
     except (OSError, ValueError) as exc:
-        return [str(exc)]
-    verifiers = {"numpy": np_ninja.verify, "ragged": ragged.verify_dir, "string": string.verify_dir}
+        return Report([str(exc)])
+    verifiers = {"numpy": np_ninja._verify_dir, "ragged": ragged.verify_dir, "string": string.verify_dir}
     if type_name not in verifiers:
-        return [f"{out_dir} is not a mmap_ninja map: " + (f"it has no {_meta.TYPE}" if type_name is None
-                else f"unknown map type {type_name!r} in {out_dir / _meta.TYPE}")]
-    return verifiers[type_name](out_dir, limit)
+        return Report([f"{out_dir} is not a mmap_ninja map: " + (f"it has no {_meta.TYPE}" if type_name is None
+                       else f"unknown map type {type_name!r} in {out_dir / _meta.TYPE}")])
+    return verify_map(out_dir, verifiers[type_name], limit, deep)
 
 
 def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: Optional[str] = None):

@@ -14,8 +14,9 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _meta
+from ._lifecycle import building, verify_map
 from ._meta import ArrayMeta
-from ._storage import ArrayDir, ChangedWhileOpening, Commit, WriterLock
+from ._storage import ArrayDir, Commit, Replacement, WriterLock, open_consistent
 from .base import (
     PathLike,
     as_dir,
@@ -26,12 +27,10 @@ from .base import (
     map_type,
     native,
     progress,
-    reset_map_dir,
     stored_dtype,
 )
 
 _OPEN_MODES = ("r", "r+", "c", "readonly", "readwrite", "copyonwrite")
-_OPEN_ATTEMPTS = 100
 
 
 def _open_dir(out_dir: PathLike, types: Tuple[str, ...] = ("numpy",)) -> ArrayDir:
@@ -46,11 +45,9 @@ def _open_dir(out_dir: PathLike, types: Tuple[str, ...] = ("numpy",)) -> ArrayDi
 
 
 def _create(out_dir: Path, arr: np.ndarray, order: str = "C") -> ArrayDir:
-    """Write ``arr`` as a new map at ``out_dir`` (replacing a map already there), under the
-    caller's writer lock."""
+    """Write ``arr`` as a new map in the new folder ``out_dir``."""
     arr = native(arr)
     stored_dtype(arr.dtype)
-    reset_map_dir(out_dir)
     array, commit = ArrayDir(out_dir), Commit()
     array.commit_rows(array.write_rows(arr, commit, order=order), commit)
     commit.finish()
@@ -73,12 +70,11 @@ def _empty(out_dir: PathLike, dtype: Any, shape: Sequence[int], order: str) -> n
     meta = ArrayMeta(stored_dtype(dtype), tuple(int(axis) for axis in shape), order)
     if any(axis < 0 for axis in meta.shape):
         raise ValueError(f"negative dimensions are not allowed: {meta.shape}")
-    with WriterLock(out_dir):
-        reset_map_dir(out_dir)
-        array, commit = ArrayDir(out_dir), Commit()
+    with building(out_dir) as build:
+        array, commit = ArrayDir(build), Commit()
         array.commit_rows(array.allocate(meta, commit), commit)
         commit.finish()
-    return array.map("r+")
+    return open_existing(out_dir, "r+")
 
 
 def from_ndarray(out_dir: PathLike, arr: Any) -> np.memmap:
@@ -86,9 +82,9 @@ def from_ndarray(out_dir: PathLike, arr: Any) -> np.memmap:
     and return it as a writable ``np.memmap`` of the same shape and dtype."""
     arr = np.asarray(arr)
     order = "F" if np.isfortran(arr) else "C"
-    out_dir = as_dir(out_dir)
-    with WriterLock(out_dir):
-        return _create(out_dir, arr, order).map("r+")
+    with building(out_dir) as build:
+        _create(build, arr, order)
+    return open_existing(out_dir, "r+")
 
 
 def _stack(samples: List[Any], meta: Optional[ArrayMeta], first_index: int) -> np.ndarray:
@@ -129,23 +125,20 @@ def from_generator(
     out_dir = as_dir(out_dir)
     total = n if n is not None else known_length(sample_generator)
     array: Optional[ArrayDir] = None
-    with WriterLock(out_dir), progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
-        try:
-            for batch in in_batches(sample_generator, batch_size):
-                if array is None:
-                    array = _create(out_dir, _stack(batch, None, 0))
-                    if n is not None and n > array.rows:
-                        array.reserve(n)
-                else:
-                    _append(array, _stack(batch, array.meta, array.rows))
-                bar.update(len(batch))
-        finally:
-            if array is not None:
-                array.release()  # the space reserved for samples that did not come
+    with building(out_dir) as build, progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
+        for batch in in_batches(sample_generator, batch_size):
+            if array is None:
+                array = _create(build, _stack(batch, None, 0))
+                if n is not None and n > array.rows:
+                    array.reserve(n)
+            else:
+                _append(array, _stack(batch, array.meta, array.rows))
+            bar.update(len(batch))
         if array is None:
             raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created: "
                              f"a numpy map takes its dtype and sample shape from the first sample")
-    return array.map("r+")
+        array.release()  # the space reserved for samples that did not come
+    return open_existing(out_dir, "r+")
 
 
 def open_existing(out_dir: PathLike, mode: str = "r") -> np.memmap:
@@ -153,12 +146,8 @@ def open_existing(out_dir: PathLike, mode: str = "r") -> np.memmap:
     writable in place, ``"c"`` copy-on-write). The flattened data of a ragged map opens too."""
     if mode not in _OPEN_MODES:
         raise ValueError(f"mode must be one of {_OPEN_MODES}, got {mode!r}")
-    for _ in range(_OPEN_ATTEMPTS):
-        try:
-            return _open_dir(out_dir, ("numpy", "ragged")).map(mode)
-        except ChangedWhileOpening:  # a writer replaced the data file (Fortran order): again
-            continue
-    raise ChangedWhileOpening(f"{out_dir} kept changing while it was being opened")
+    out_dir = as_dir(out_dir)
+    return open_consistent(out_dir, lambda: _open_dir(out_dir, ("numpy", "ragged")).map(mode))
 
 
 def take(arr: np.ndarray, indices: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -187,7 +176,7 @@ def extend_dir(out_dir: PathLike, arr: Any) -> None:
     """
     out_dir = as_dir(out_dir)
     map_type(out_dir, must_exist=True)  # the folder must be there before the lock creates it
-    with WriterLock(out_dir):
+    with WriterLock(out_dir) as lock:
         array = _open_dir(out_dir)
         arr = np.asarray(arr)
         shape = array.meta.shape
@@ -198,17 +187,27 @@ def extend_dir(out_dir: PathLike, arr: Any) -> None:
                              f"{arr.shape}: its samples must have shape {shape[1:]}")
         arr = cast_values(arr, array.meta.dtype, f"extending {array.path}")
         array.finish_pending()
-        _append(array, arr)
+        if array.meta.order == "F" and len(shape) > 1 and shape[0] > 0:
+            # Fortran order interleaves the first axis: the array is written anew, aside
+            combined = np.concatenate([array.map("r"), arr], axis=0)
+            with Replacement(lock) as build:
+                _create(build, combined, "F")
+        else:
+            _append(array, arr)
 
 
-def verify(out_dir: PathLike, limit: int = 20) -> List[str]:
-    """Check the map at ``out_dir`` (metadata, data size) and return what is wrong, one line
-    per problem naming the file; an empty list when the map is sound."""
-    try:
-        _open_dir(out_dir).map("r")
-    except (OSError, ValueError) as exc:
-        return [str(exc)][:limit]
-    return []
+def _verify_dir(out_dir: Path, limit: int, deep: bool) -> Tuple[List[str], List[str]]:
+    array = _open_dir(out_dir)
+    array.map("r")
+    return array.verify_checksums(deep)
+
+
+def verify(out_dir: PathLike, limit: int = 20, deep: bool = False) -> List[str]:
+    """Check the map at ``out_dir`` (metadata, data size, and the metadata its last commit
+    recorded; with ``deep``, every byte against the checksums of its commits) and return what
+    is wrong, one line per problem naming the file (an empty list when the map is sound),
+    with ``.notes`` on what could not be checked."""
+    return verify_map(as_dir(out_dir), _verify_dir, limit, deep)
 
 
 def extend(np_mmap: np.memmap, arr: Any) -> None:

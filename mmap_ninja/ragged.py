@@ -15,7 +15,6 @@ sample; ``ragged[indices]`` is a list of such views.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,11 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _meta
-from ._storage import ArrayDir, Commit, WriterLock, byte_view
+from ._lifecycle import MapObject, checksum_problems
+from ._storage import ArrayDir, Commit, Replacement, WriterLock, link_map
 from .base import (
-    Legacy090Names,
     PathLike,
     as_dir,
-    build_in_batches,
     cast_values,
     check_options,
     in_batches,
@@ -169,21 +167,27 @@ class _RaggedFiles:
         files.dtype = files.data.meta.dtype
         return files
 
-    def reader(self, mode: str) -> Optional[_core.RaggedReader]:
-        """The compiled reader over the committed samples (``None`` for an empty map)."""
+    def reader(self, mode: str) -> Tuple[Optional[_core.RaggedReader], Optional[np.ndarray]]:
+        """The compiled reader over the committed samples and the flattened data it reads,
+        mapped in ``mode`` (``(None, None)`` for an empty map)."""
         if self.n == 0:
-            return None
+            return None, None
         data = self.data.map(mode).reshape(-1)
         starts, ends = self.starts.map(), self.ends.map()
         source = str(self.out_dir)
         if self.flat:
             sizes = self.flat_shapes.map().reshape(-1)
-            return _core.RaggedReader(data, starts, ends, sizes=sizes, source=source)
+            return _core.RaggedReader(data, starts, ends, sizes=sizes, source=source), data
         shapes = self.nested_shapes
         return _core.RaggedReader(
             data, starts, ends, shape_values=shapes.data.map().reshape(-1), shape_starts=shapes.starts.map(),
             shape_ends=shapes.ends.map(), source=source,
-        )
+        ), data
+
+    def arrays(self) -> List[ArrayDir]:
+        """The component arrays of a non-empty map, nested shapes' included."""
+        arrays = [self.data, self.starts, self.ends, self.flattened_shapes]
+        return arrays + ([self.flat_shapes] if self.flat else self.nested_shapes.arrays())
 
     def write_empty(self, dtype: Optional[np.dtype], commit: Commit) -> None:
         """Add to ``commit`` a map with no samples: ``dtype.ninja`` when known, and
@@ -267,37 +271,40 @@ class _RaggedFiles:
         self.flat = self.flag_on_disk = False
 
 
-def verify_dir(out_dir: Path, limit: int = 20) -> List[str]:
-    """Problems of the ragged map at ``out_dir``, at most ``limit`` (none when it is sound)."""
-    try:
-        files = _RaggedFiles.open(out_dir)
-        reader = files.reader("r")
-    except (OSError, ValueError) as exc:
-        return [str(exc)]
+def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List[str], List[str]]:
+    """Problems and notes of the ragged map at ``out_dir``: at most ``limit`` problems (none
+    when it is sound); ``deep`` also checks every byte against the checksums of its commits.
+    Raises on damage that keeps the map from being read (``verify_map`` reports it)."""
+    files = _RaggedFiles.open(out_dir)
+    reader, _ = files.reader("r")
     if reader is None:
-        return []
+        return [], []
     problems = reader.verify(limit)
     n = files.n
     sizes = files.flattened_shapes
     if sizes.rows < n:
         problems.append(f"{sizes.path}: holds {sizes.rows} sizes for {n} samples")
     else:
+        stored = sizes.map().reshape(-1)
         for start in range(0, n, _VERIFY_CHUNK):
             stop = min(start + _VERIFY_CHUNK, n)
             counts = files.ends.map()[start:stop] - files.starts.map()[start:stop]
-            bad = np.flatnonzero(sizes.map().reshape(-1)[start:stop] != counts)
+            bad = np.flatnonzero(stored[start:stop] != counts)
             if bad.size:
                 i = start + int(bad[0])
-                problems.append(f"{sizes.path}: sample {i} has size {int(sizes.map().reshape(-1)[i])}, "
+                problems.append(f"{sizes.path}: sample {i} has size {int(stored[i])}, "
                                 f"its offsets hold {int(counts[bad[0]])} elements")
                 break
     if files.flag_on_disk != files.flat:
         problems.append(f"{out_dir / _meta.SHAPES_ARE_FLAT}: says {int(files.flag_on_disk)} but shapes/ holds "
                         f"{'an array of lengths' if files.flat else 'a ragged map of shapes'} (left by an "
                         f"interrupted write; the next write corrects it)")
+    notes: List[str] = []
     if not files.flat:
-        problems += verify_dir(out_dir / "shapes", limit)
-    return problems[:limit]
+        found, notes = verify_dir(out_dir / "shapes", limit, deep)
+        problems += found
+    found, noted = checksum_problems(files.arrays() if files.flat else files.arrays()[:4], deep)
+    return problems + found, noted + notes
 
 
 # Samples checked at a time by verify, to bound its memory.
@@ -323,7 +330,7 @@ def _flat_array(path: Path, any_dtype: bool = False) -> ArrayDir:
     return array
 
 
-class RaggedMmap(Legacy090Names):
+class RaggedMmap(MapObject):
     """A memory-mapped list of numpy arrays of any shapes, opened from ``out_dir``.
 
     ``len(m)``; ``m[i]`` (negative ``i`` too) is sample ``i`` as an array view of the file (a
@@ -331,13 +338,17 @@ class RaggedMmap(Legacy090Names):
     ``m[boolean mask]`` are lists of samples. With ``wrapper_fn``, every sample is passed
     through it (after a copy, unless ``copy_before_wrapper_fn=False``).
 
-    ``mode`` maps the data ``"r"`` read-only (the default), ``"r+"`` writable (assigning into a
-    returned view writes the file) or ``"c"`` copy-on-write. ``append``, ``extend`` and
-    ``m[i] = value`` write the files in every mode.
+    ``mode``: ``"r"`` (the default) maps the files read-only and refuses ``m[i] = value``;
+    ``"r+"`` gives writable views and ``m[i] = value`` commits a new version of the map;
+    ``"c"`` is copy-on-write: assignments change this process's copy only. ``append`` and
+    ``extend`` add samples in ``"r"`` and ``"r+"``.
 
     A directory with no map (or no directory) opens as an empty map; nothing is written
-    until the first ``append`` or ``extend``.
+    until the first ``append`` or ``extend``. ``close()`` (or ``with RaggedMmap(...) as m``)
+    lets go of the files; no file descriptor is held while the map is open.
     """
+
+    MODES = _MODES
 
     def __init__(
         self,
@@ -348,27 +359,67 @@ class RaggedMmap(Legacy090Names):
         copy_before_wrapper_fn: bool = True,
         **component_names: str,
     ):
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         check_options(wrapper_fn=wrapper_fn, **component_names_of(component_names, _COMPONENT_KEYS))
-        self.out_dir = as_dir(out_dir)
         self.wrapper_fn = wrapper_fn
-        self.mode = mode
         self.copy_before_wrapper_fn = copy_before_wrapper_fn
-        self.refresh()
+        self._init_map(out_dir, mode)
 
-    def refresh(self) -> None:
-        """Re-read the map from disk, to see samples appended since it was opened."""
-        self._files = _RaggedFiles.open(self.out_dir)
-        self._reader = self._files.reader(self.mode)
+    # -- what the lifecycle asks of a ragged map -------------------------------------------
+
+    @classmethod
+    def _read_files(cls, out_dir: Path) -> _RaggedFiles:
+        return _RaggedFiles.open(out_dir)
+
+    def _open_reader(self, files: _RaggedFiles):
+        return files.reader(self._mapping_mode)
+
+    def _options(self) -> dict:
+        return {"wrapper_fn": self.wrapper_fn, "mode": self.mode, "copy_before_wrapper_fn": self.copy_before_wrapper_fn}
+
+    def _prepare(self, samples: List[Any], files: _RaggedFiles, bar=None) -> _Batch:
+        return _flatten(samples, files.dtype, files.n, bar)
+
+    def _append(self, lock: WriterLock, files: _RaggedFiles, batch: _Batch, bar=None) -> None:
+        if files.n and files.flat and not batch.flat:
+            # the first sample of another rank: the shapes become a ragged map, in a new version
+            with Replacement(lock) as build:
+                link_map(self.out_dir, build)
+                files = _RaggedFiles.open(build)
+                commit = Commit()
+                files.append(batch, commit)
+                commit.finish()
+            return
+        commit = Commit()
+        files.append(batch, commit)
+        commit.finish()
+
+    def _replacement_bytes(self, reader: _core.RaggedReader, i: int, value: Any) -> bytes:
+        shape = np.shape(reader.sample(i))
+        arr = cast_values(np.asarray(value), reader.dtype, f"value for sample {i}")
+        try:
+            arr = np.broadcast_to(arr, shape)
+        except ValueError:
+            raise ValueError(f"sample {i} has shape {shape}; a value of shape {arr.shape} "
+                             f"cannot replace it (samples keep their size)") from None
+        return np.ascontiguousarray(arr).tobytes()
+
+    def _unit(self, files: _RaggedFiles) -> int:
+        return files.dtype.itemsize
+
+    def _append_bytes(self, files: _RaggedFiles, raw: bytes, commit: Commit) -> int:
+        offset = files.data.rows
+        files.data.commit_rows(files.data.write_rows(np.frombuffer(raw, dtype=files.dtype), commit), commit,
+                               type_name=None)
+        return offset
+
+    @classmethod
+    def _verify_dir(cls, out_dir: Path, limit: int, deep: bool):
+        return verify_dir(out_dir, limit, deep)
 
     # -- reading ------------------------------------------------------------------------
 
-    def __len__(self) -> int:
-        return 0 if self._reader is None else self._reader.n
-
     def __getitem__(self, item):
-        reader = self._reader
+        reader = self._live()[1]
         if reader is None:
             _core.normalize_index(item, 0)  # raises for any integer
             return []
@@ -380,10 +431,6 @@ class RaggedMmap(Legacy090Names):
         if type(index) is int:
             return self._wrap(reader.sample(index))
         return [self._wrap(sample) for sample in reader.samples(index)]
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
 
     def __getitems__(self, indices: Sequence[int]) -> List[Any]:
         """The samples at ``indices`` (through ``wrapper_fn``), copied in one pass into one
@@ -399,10 +446,10 @@ class RaggedMmap(Legacy090Names):
         back into one new buffer, as a ``RaggedBatch``: ``.values`` (1-d), ``.offsets``
         (``int64``, ``len + 1``), ``.shapes``, and ``batch[k]`` / ``batch.arrays()`` as views of
         ``.values``. ``wrapper_fn`` is not applied."""
-        reader = self._reader
+        files, reader, _ = self._live()
         if reader is None:
             _core.batch_index(indices, 0)
-            empty = np.empty(0, dtype=self.dtype or np.float64)
+            empty = np.empty(0, dtype=files.dtype or np.float64)
             return RaggedBatch(empty, np.zeros(1, np.int64), np.empty(0, np.int64), np.zeros(1, np.int64))
         return reader.take(_core.batch_index(indices, reader.n))
 
@@ -426,9 +473,9 @@ class RaggedMmap(Legacy090Names):
             raise ValueError(f"max_len must be a non-negative integer, got {max_len!r}")
         if out is not None and not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
-        dtype = self.dtype or np.dtype(np.float64)
+        files, reader, _ = self._live()
+        dtype = files.dtype or np.dtype(np.float64)
         pad = cast_values(np.asarray(pad_value), dtype, "pad_value")
-        reader = self._reader
         if reader is None:
             _core.batch_index(indices, 0)
             length = max_len if max_len is not None else (out.shape[1] if out is not None and out.ndim > 1 else 0)
@@ -446,27 +493,31 @@ class RaggedMmap(Legacy090Names):
     @property
     def dtype(self) -> Optional[np.dtype]:
         """The dtype of every sample (``None`` for an empty map that was never given one)."""
-        return self._files.dtype
+        return self._live()[0].dtype
 
     @property
     def shapes_are_flat(self) -> bool:
         """Whether every sample is 1-d or a scalar."""
-        return self._files.flat
+        return self._live()[0].flat
 
     @property
     def memmap(self) -> np.ndarray:
-        """All samples flattened and concatenated, as one 1-d array."""
-        return self._files.data.map(self.mode) if len(self) else np.empty(0, self.dtype or np.float64)
+        """All samples flattened and concatenated, as one 1-d array (mapped in the map's
+        mode)."""
+        files, reader, data = self._live()
+        return data if reader is not None else np.empty(0, files.dtype or np.float64)
 
     @property
     def starts(self) -> np.ndarray:
         """``int64`` element offset in ``memmap`` where each sample begins."""
-        return self._files.starts.map()[: len(self)] if len(self) else np.empty(0, np.int64)
+        files = self._live()[0]
+        return files.starts.map()[: files.n] if files.n else np.empty(0, np.int64)
 
     @property
     def ends(self) -> np.ndarray:
         """``int64`` element offset in ``memmap`` one past the end of each sample."""
-        return self._files.ends.map()[: len(self)] if len(self) else np.empty(0, np.int64)
+        files = self._live()[0]
+        return files.ends.map()[: files.n] if files.n else np.empty(0, np.int64)
 
     # -- the names mmap_ninja 0.9.0 gave (see also Legacy090Names) ---------------------------
 
@@ -479,98 +530,33 @@ class RaggedMmap(Legacy090Names):
     def shapes(self):
         """The stored shapes: an ``(n, 1)`` array of lengths for a map of 1-d samples, else a
         ``RaggedMmap`` whose sample ``i`` is the shape of sample ``i``."""
-        if self._files.flat:
-            return self._files.flat_shapes.map()[: len(self)] if len(self) else np.empty((0, 1), np.int64)
+        files = self._live()[0]
+        if files.flat:
+            return files.flat_shapes.map()[: files.n] if files.n else np.empty((0, 1), np.int64)
         return RaggedMmap(self.out_dir / "shapes")
 
-    def verify(self, limit: int = 20) -> List[str]:
-        """Check the whole map in one pass (files, offsets, sizes, shapes) and return what is
-        wrong, one line per problem naming the file, at most ``limit`` lines; an empty list
-        when the map is sound."""
-        return verify_dir(self.out_dir, limit)
-
-    def __reduce__(self):
-        # a map pickles as its path and options, and reopens where it is unpickled
-        return _reopen, (type(self), str(self.out_dir), self.wrapper_fn, self.mode, self.copy_before_wrapper_fn)
-
     def __repr__(self) -> str:
+        if self.closed:
+            return f"RaggedMmap({str(self.out_dir)!r}, closed)"
         dtype = "unknown" if self.dtype is None else self.dtype.name
         kind = "1-d samples" if self.shapes_are_flat else "n-d samples"
         return f"RaggedMmap({str(self.out_dir)!r}, {len(self)} {kind} of {dtype})"
 
-    # -- writing ------------------------------------------------------------------------
-
-    def __setitem__(self, key, value) -> None:
-        """Replace samples in place with values of the same shape (or broadcastable to it):
-        ``m[i] = arr`` or ``m[slice or indices] = sequence of arrays``. All values are checked
-        before any is written."""
-        with WriterLock(self.out_dir) if len(self) else contextlib.nullcontext():
-            self.refresh()
-            n = len(self)
-            index = _core.normalize_index(key, n)
-            if type(index) is int:
-                pairs = [(index, value)]
-            else:
-                values = list(value)
-                if len(values) != len(index):
-                    raise ValueError(f"cannot assign {len(values)} values to {len(index)} samples")
-                pairs = list(zip(index.tolist(), values))
-            writes = []
-            for i, new_value in pairs:
-                shape = np.shape(self._reader.sample(i))
-                arr = cast_values(np.asarray(new_value), self.dtype, f"value for sample {i}")
-                try:
-                    arr = np.broadcast_to(arr, shape)
-                except ValueError:
-                    raise ValueError(f"sample {i} has shape {shape}; a value of shape {arr.shape} "
-                                     f"cannot replace it (samples keep their size)") from None
-                start, _ = self._reader.span(i)
-                writes.append((start * self.dtype.itemsize, byte_view(arr)))
-            commit = Commit()
-            for offset, data in writes:
-                commit.write(self._files.data.data_file, offset, data)
-            commit.finish()
-
-    def append(self, sample: Any) -> None:
-        """Append one sample (an array of any shape, or a scalar)."""
-        self.extend([sample])
-
-    def extend(self, samples: Iterable[Any], verbose: bool = False) -> None:
-        """Append samples (arrays of any shapes), cast to the map's dtype, in one commit; on
-        error nothing is written. Takes the map's writer lock while it writes."""
-        samples = list(samples)
-        if not samples:
-            return
-        with progress(len(samples), verbose, desc=f"Extending {self.out_dir.name}") as bar:
-            batch = _flatten(samples, self._files.dtype, len(self), bar)
-        with WriterLock(self.out_dir):
-            files = _RaggedFiles.open(self.out_dir)  # another writer may have extended it
-            if files.n != len(self) or files.dtype not in (None, batch.dtype):
-                batch = _flatten(samples, files.dtype, files.n)
-            commit = Commit()
-            files.append(batch, commit)
-            commit.finish()
-        self._files, self._reader = files, files.reader(self.mode)
-
     # -- building -----------------------------------------------------------------------
 
     @classmethod
-    def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None,
-               **open_kwargs) -> "RaggedMmap":
-        """Write ``batches`` of samples as a new map, one commit per batch, under the writer
-        lock (``bar`` advances per sample flattened), and open it."""
-        if open_kwargs["mode"] not in _MODES:  # checked before anything is written
-            raise ValueError(f"mode must be one of {_MODES}, got {open_kwargs['mode']!r}")
-        out_dir = as_dir(out_dir)
+    def _build_ragged(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None,
+                      **open_kwargs) -> "RaggedMmap":
+        """Write ``batches`` of samples as a new map aside, one commit per batch (``bar``
+        advances per sample flattened), swap it in and open it."""
         dtype = None if dtype is None else stored_dtype(dtype)
 
-        def create(samples: List[Any]) -> _RaggedFiles:
+        def create(build: Path, samples: List[Any]) -> _RaggedFiles:
             batch = _flatten(samples, dtype, bar=bar)
-            files, commit = _RaggedFiles(out_dir), Commit()
+            files, commit = _RaggedFiles(build), Commit()
             if len(batch):
                 files.append(batch, commit)
             else:
-                reset_map_dir(out_dir)
                 files.write_empty(dtype, commit)
             commit.finish()
             return files
@@ -580,9 +566,7 @@ class RaggedMmap(Legacy090Names):
             files.append(_flatten(samples, files.dtype, files.n, bar), commit)
             commit.finish()
 
-        with WriterLock(out_dir):
-            build_in_batches(batches, create, extend)
-        return cls(out_dir, **open_kwargs)
+        return cls._build(out_dir, batches, create, extend, **open_kwargs)
 
     @classmethod
     def from_lists(
@@ -598,12 +582,12 @@ class RaggedMmap(Legacy090Names):
         **component_names: str,
     ) -> "RaggedMmap":
         """Write the samples ``lists`` (arrays of any shapes) as a new map at ``out_dir``,
-        replacing a map already there, and open it. ``dtype`` defaults to the first sample's.
-        (The order of the arguments is mmap_ninja 0.9.0's.)"""
+        replacing a map already there once the new one is whole, and open it. ``dtype``
+        defaults to the first sample's. (The order of the arguments is mmap_ninja 0.9.0's.)"""
         check_options(verbose, wrapper_fn, **component_names_of(component_names, _COMPONENT_KEYS))
         with progress(known_length(lists), verbose, desc=f"Writing {as_dir(out_dir).name}") as bar:
-            return cls._build(out_dir, [list(lists)], dtype, bar, wrapper_fn=wrapper_fn, mode=mode,
-                              copy_before_wrapper_fn=copy_before_wrapper_fn)
+            return cls._build_ragged(out_dir, [list(lists)], dtype, bar, wrapper_fn=wrapper_fn, mode=mode,
+                                     copy_before_wrapper_fn=copy_before_wrapper_fn)
 
     @classmethod
     def from_generator(
@@ -620,14 +604,15 @@ class RaggedMmap(Legacy090Names):
         copy_before_wrapper_fn: bool = True,
     ) -> "RaggedMmap":
         """Write the samples of an iterable as a new map at ``out_dir``, committing every
-        ``batch_size`` samples, and open it. ``verbose`` shows a progress bar, whose total is
+        ``batch_size`` samples to a folder beside it that replaces the map there once the
+        iterable is exhausted, and open it. ``verbose`` shows a progress bar, whose total is
         ``n`` (the expected number of samples) or the iterable's length when it has one."""
         check_options(verbose, wrapper_fn)
         out_dir = as_dir(out_dir)
         total = n if n is not None else known_length(sample_generator)
         with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
-            return cls._build(out_dir, in_batches(sample_generator, batch_size), dtype, bar,
-                              wrapper_fn=wrapper_fn, mode=mode, copy_before_wrapper_fn=copy_before_wrapper_fn)
+            return cls._build_ragged(out_dir, in_batches(sample_generator, batch_size), dtype, bar,
+                                     wrapper_fn=wrapper_fn, mode=mode, copy_before_wrapper_fn=copy_before_wrapper_fn)
 
     @classmethod
     def from_indexable(
@@ -648,13 +633,8 @@ class RaggedMmap(Legacy090Names):
         ``KeyError``; ``n_jobs`` > 1 reads each batch in parallel with joblib."""
         check_options(verbose, wrapper_fn)
         batches = indexable_batches(indexable, batch_size, n_jobs=n_jobs, verbose=verbose)
-        return cls._build(out_dir, batches, dtype, wrapper_fn=wrapper_fn, mode=mode,
-                          copy_before_wrapper_fn=copy_before_wrapper_fn)
-
-
-def _reopen(cls, out_dir: str, wrapper_fn, mode: str, copy_before_wrapper_fn: bool) -> "RaggedMmap":
-    """Reopen a pickled map."""
-    return cls(out_dir, wrapper_fn, mode, copy_before_wrapper_fn=copy_before_wrapper_fn)
+        return cls._build_ragged(out_dir, batches, dtype, wrapper_fn=wrapper_fn, mode=mode,
+                                 copy_before_wrapper_fn=copy_before_wrapper_fn)
 
 
 RaggedMmmap = RaggedMmap

@@ -8,32 +8,38 @@ Strings are decoded straight from the mapped bytes by the compiled core.
 
 from __future__ import annotations
 
-import contextlib
-import io
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _core, _meta
-from ._storage import LOCK_FILE, ArrayDir, Commit, WriterLock, map_bytes
+from ._lifecycle import MapObject, checksum_problems
+from ._storage import (
+    CHECKSUMS,
+    LOCK_FILE,
+    ArrayDir,
+    Commit,
+    WriterLock,
+    map_bytes,
+    read_checksum_entries,
+    verify_checksums,
+)
 from .base import (
-    Legacy090Names,
     PathLike,
     as_dir,
-    build_in_batches,
     check_options,
     in_batches,
     known_length,
     map_type,
     progress,
-    reset_map_dir,
 )
 from .base import (
     component_names as component_names_of,
 )
 
-_MODES = ("r+b", "rb")
+_MODES = ("r+b", "rb", "r", "r+", "c")
 # Larger strings would come from a corrupted zstd frame header.
 _MAX_STRING_BYTES = 1 << 31
 
@@ -89,6 +95,10 @@ class _Codec:
             raise ValueError(f"{level_file}: expected an integer zstd level, found {text!r}") from None
         dict_file = out_dir / _meta.ZSTD_DICT
         return cls(level, _meta.read_bytes(dict_file) if dict_file.exists() else None)
+
+    def metadata(self) -> bytes:
+        """What the checksum of the codec's files covers: level and dictionary."""
+        return f"{self.level}|".encode() + (self.dictionary or b"")
 
     def write(self, out_dir: Path, commit: Commit) -> None:
         """Add the codec's files to ``commit``."""
@@ -153,11 +163,12 @@ class _StringsFiles:
             files.ends = _offsets(out_dir / "ends")
         return files
 
-    def reader(self) -> Tuple[Optional[_core.StringsReader], Any]:
-        """The compiled reader over the committed strings and the mapped data it reads."""
+    def reader(self, mode: str = "r") -> Tuple[Optional[_core.StringsReader], Any]:
+        """The compiled reader over the committed strings and the data it reads, mapped in
+        ``mode`` (``(None, None)`` for an empty map)."""
         if self.n == 0:
-            return None, b""
-        buffer = map_bytes(self.data_file)
+            return None, None
+        buffer = map_bytes(self.data_file, mode)
         reader = _core.StringsReader(buffer, self.starts.map(), self.ends.map(), source=str(self.out_dir))
         return reader, buffer
 
@@ -174,15 +185,32 @@ class _StringsFiles:
         payload, lengths = self.codec.pack(strings, n, bar)
         if not len(lengths):
             return
-        offset = self.data_file.stat().st_size if n else 0
-        commit.write(self.data_file, offset, payload, truncate=not n)
-        if offset + len(payload) == 0:
-            commit.write(self.data_file, 0, b"\0")  # 0.9.0 cannot map an empty data file
+        offset = self.append_bytes(payload, commit)
         ends = offset + np.cumsum(lengths)
         ends_meta = self.ends.write_rows(ends, commit, n)
         starts_meta = self.starts.write_rows(ends - lengths, commit, n)
         self.ends.commit_rows(ends_meta, commit)
         self.starts.commit_rows(starts_meta, commit)
+
+
+    def append_bytes(self, payload: bytes, commit: Commit) -> int:
+        """Write ``payload`` past everything in the data file (for the strings of this commit)
+        and record its checksum; returns the byte offset where it begins."""
+        n = self.n
+        offset = self.data_file.stat().st_size if n else 0
+        commit.write(self.data_file, offset, payload, truncate=not n)
+        if offset + len(payload) == 0:
+            commit.write(self.data_file, 0, b"\0")  # 0.9.0 cannot map an empty data file
+        commit.record_checksum(self.out_dir, offset, payload, self.codec.metadata(), offset)
+        return offset
+
+    def codec_checksum_problem(self) -> List[str]:
+        """A problem when the compression files are not what the last commit recorded."""
+        entries = read_checksum_entries(self.out_dir / CHECKSUMS)
+        if entries and entries[-1][3] != zlib.crc32(self.codec.metadata()):
+            return [f"{self.out_dir}: {_meta.ZSTD_LEVEL} or {_meta.ZSTD_DICT} is not what the last commit "
+                    f"recorded in {CHECKSUMS}: edited or damaged"]
+        return []
 
 
 def _offsets(path: Path) -> ArrayDir:
@@ -193,89 +221,93 @@ def _offsets(path: Path) -> ArrayDir:
     return array
 
 
-class StringsMmap(Legacy090Names):
+class StringsMmap(MapObject):
     """A memory-mapped list of ``str``, opened from ``out_dir``.
 
     ``len(m)``; ``m[i]`` (negative ``i`` too) is a ``str``; ``m[slice]``, ``m[list or array of
-    ints]`` and ``m[boolean mask]`` are lists of ``str``. ``mode="r+b"`` (the default) allows
-    ``m[i] = s`` for strings of the same UTF-8 length, ``append`` and ``extend``; ``mode="rb"``
-    only reads, and works on read-only files.
+    ints]`` and ``m[boolean mask]`` are lists of ``str``.
+
+    ``mode`` (mmap_ninja 0.9.0's file modes, or the mapping modes of the other maps):
+    ``"r+b"`` (the default; ``"r+"``) allows ``m[i] = s`` for strings of the same UTF-8
+    length, committed as a new version of the map; ``"rb"`` (``"r"``) refuses assignments
+    and works on read-only files; ``"c"`` changes this process's copy only. ``append`` and
+    ``extend`` add strings in every mode but ``"c"``.
 
     A directory with no map (or no directory) opens as an empty map; nothing is written until
-    the first ``append`` or ``extend``.
+    the first ``append`` or ``extend``. ``close()`` (or ``with StringsMmap(...) as m``) lets go
+    of the files; no file descriptor is held while the map is open.
     """
 
+    MODES = _MODES
+    assigned_nouns = ("strings", "items")
+
     def __init__(self, out_dir: PathLike, mode: str = "r+b", **component_names: str):
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         check_options(**component_names_of(component_names, ("starts_key", "ends_key")))
-        self.out_dir = as_dir(out_dir)
-        self.mode = mode
-        if mode == "rb" and map_type(self.out_dir, must_exist=True) is None and \
-                any(entry.name != LOCK_FILE for entry in self.out_dir.iterdir()):
-            raise ValueError(f"{self.out_dir} is not a strings map: it has no {_meta.TYPE}")
-        self._buffer: Any = b""
-        self._closed = False
-        self.refresh()
+        out_dir = as_dir(out_dir)
+        if mode in ("rb", "r") and map_type(out_dir, must_exist=True) is None and \
+                any(entry.name != LOCK_FILE for entry in out_dir.iterdir()):
+            raise ValueError(f"{out_dir} is not a strings map: it has no {_meta.TYPE}")
+        self._init_map(out_dir, mode)
 
-    def refresh(self) -> None:
-        """Re-read the map from disk, to see strings appended since it was opened."""
-        self._files = _StringsFiles.open(self.out_dir)
-        self._release()
-        self._reader, self._buffer = self._files.reader()
-        self._closed = False
+    # -- what the lifecycle asks of a strings map ------------------------------------------
 
-    def _release(self) -> None:
-        self._reader = None
-        buffer, self._buffer = self._buffer, b""
-        if hasattr(buffer, "close"):
-            try:
-                buffer.close()
-            except BufferError:
-                pass  # a memoryview still uses it; it is unmapped when that goes away
+    @classmethod
+    def _read_files(cls, out_dir: Path) -> _StringsFiles:
+        return _StringsFiles.open(out_dir)
 
-    def close(self) -> None:
-        """Unmap the data; the map can be reopened with ``refresh()``."""
-        self._release()
-        self._closed = True
+    def _open_reader(self, files: _StringsFiles):
+        return files.reader(self._mapping_mode)
 
-    def __enter__(self) -> "StringsMmap":
-        return self
+    def _prepare(self, samples: List[Any], files: _StringsFiles, bar=None) -> List[str]:
+        _check_items(samples, files.n)
+        return samples
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def _append(self, lock: WriterLock, files: _StringsFiles, batch: List[str], bar=None) -> None:
+        commit = Commit()
+        if not (self.out_dir / _meta.TYPE).exists():
+            files.create(commit)
+        files.append(batch, commit, bar)
+        commit.finish()
+
+    def _replacement_bytes(self, reader: _core.StringsReader, i: int, value: Any) -> bytes:
+        if self._live()[0].codec.compressed:
+            raise ValueError("in-place modification is not supported for compressed StringsMmap")
+        (raw,) = _encode([value], i)
+        start, end = reader.span(i)
+        if len(raw) != end - start:
+            raise ValueError(f"string {i} is {end - start} bytes long in UTF-8; a replacement "
+                             f"of {len(raw)} bytes cannot be written in place")
+        return raw
+
+    def _append_bytes(self, files: _StringsFiles, raw: bytes, commit: Commit) -> int:
+        return files.append_bytes(raw, commit)
+
+    @classmethod
+    def _verify_dir(cls, out_dir: Path, limit: int, deep: bool):
+        return verify_dir(out_dir, limit, deep)
 
     # -- reading ------------------------------------------------------------------------
 
-    def __len__(self) -> int:
-        return self._files.n
-
-    def _live_reader(self) -> Optional[_core.StringsReader]:
-        if self._closed:
-            raise ValueError(f"{self.out_dir}: the StringsMmap is closed")
-        return self._reader
-
     def __getitem__(self, item):
-        reader = self._reader
-        if type(item) is int and reader is not None and not self._files.codec.compressed:
+        files, reader, _ = self._live()
+        codec = files.codec
+        if type(item) is int and reader is not None and not codec.compressed:
             return reader.get(item)
-        reader = self._live_reader()
         if reader is None:
             _core.normalize_index(item, 0)  # raises for any integer
             return []
-        codec = self._files.codec
         if type(item) is slice and not codec.compressed:
             return reader.get_in(item)
         index = _core.normalize_index(item, reader.n)
         if not codec.compressed:
             return reader.get(index) if type(index) is int else reader.get_many(index)
         if type(index) is int:
-            return self._unpack(index, reader.get(index, True))
-        return [self._unpack(i, raw) for i, raw in zip(index.tolist(), reader.get_many(index, True))]
+            return self._unpack(codec, index, reader.get(index, True))
+        return [self._unpack(codec, i, raw) for i, raw in zip(index.tolist(), reader.get_many(index, True))]
 
-    def _unpack(self, i: int, raw: bytes) -> str:
+    def _unpack(self, codec: _Codec, i: int, raw: bytes) -> str:
         try:
-            return self._files.codec.unpack(raw)
+            return codec.unpack(raw)
         except ValueError as exc:
             raise ValueError(f"{self.out_dir}: string {i}: {exc}") from None
 
@@ -287,11 +319,11 @@ class StringsMmap(Legacy090Names):
     def get_bytes(self, item):
         """Like ``m[item]``, but the UTF-8 bytes of each string, without decoding them (a
         compressed map decompresses them)."""
-        reader = self._live_reader()
+        files, reader, _ = self._live()
         if reader is None:
             _core.normalize_index(item, 0)  # raises for any integer
             return []
-        codec = self._files.codec
+        codec = files.codec
         index = _core.normalize_index(item, reader.n)
         if type(index) is int:
             raw = reader.get(index, True)
@@ -299,120 +331,52 @@ class StringsMmap(Legacy090Names):
         raws = reader.get_many(index, True)
         return [codec.decompress(raw) for raw in raws] if codec.compressed else raws
 
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
+    @property
+    def codec(self) -> _Codec:
+        """How the strings are stored: ``.compressed``, ``.level``, ``.dictionary``."""
+        return self._live()[0].codec
 
     @property
     def starts(self) -> np.ndarray:
         """``int64`` byte offset in ``data.ninja`` where each string begins."""
-        return self._files.starts.map() if len(self) else np.empty(0, np.int64)
+        files = self._live()[0]
+        return files.starts.map()[: files.n] if files.n else np.empty(0, np.int64)
 
     @property
     def ends(self) -> np.ndarray:
         """``int64`` byte offset in ``data.ninja`` one past the end of each string."""
-        return self._files.ends.map() if len(self) else np.empty(0, np.int64)
+        files = self._live()[0]
+        return files.ends.map()[: files.n] if files.n else np.empty(0, np.int64)
 
     @property
     def buffer(self):
-        """The mapped ``data.ninja`` (read-only), as mmap_ninja 0.9.0 named it."""
-        return self._buffer
-
-    def verify(self, limit: int = 20) -> List[str]:
-        """Check the whole map in one pass (files, offsets, UTF-8, compressed frames) and
-        return what is wrong, one line per problem naming the file, at most ``limit`` lines; an
-        empty list when the map is sound."""
-        return verify_dir(self.out_dir, limit)
-
-    def __reduce__(self):
-        # a map pickles as its path and mode, and reopens where it is unpickled
-        return type(self), (str(self.out_dir), self.mode)
+        """The mapped ``data.ninja`` (a buffer of bytes), as mmap_ninja 0.9.0 named it."""
+        buffer = self._live()[2]
+        return b"" if buffer is None else buffer
 
     def __repr__(self) -> str:
-        codec = self._files.codec
+        if self.closed:
+            return f"StringsMmap({str(self.out_dir)!r}, closed)"
+        codec = self.codec
         compression = f", zstd level {codec.level}" if codec.compressed else ""
         return f"StringsMmap({str(self.out_dir)!r}, {len(self)} strings{compression})"
-
-    # -- writing ------------------------------------------------------------------------
-
-    def _check_writable(self) -> None:
-        if self.mode == "rb":
-            raise io.UnsupportedOperation(f"{self.out_dir} was opened read-only (mode='rb')")
-
-    def __setitem__(self, key, value) -> None:
-        """Replace strings in place with strings of the same UTF-8 byte length:
-        ``m[i] = s`` or ``m[slice or indices] = sequence of str``. All are checked before any
-        is written; compressed maps cannot be changed in place."""
-        self._check_writable()
-        self._live_reader()
-        if self._files.codec.compressed:
-            raise ValueError("in-place modification is not supported for compressed StringsMmap")
-        with WriterLock(self.out_dir) if len(self) else contextlib.nullcontext():
-            self.refresh()
-            index = _core.normalize_index(key, len(self))
-            if type(index) is int:
-                pairs = [(index, value)]
-            else:
-                values = [value] if isinstance(value, str) else list(value)
-                if len(values) != len(index):
-                    raise ValueError(f"cannot assign {len(values)} strings to {len(index)} items")
-                pairs = list(zip(index.tolist(), values))
-            commit = Commit()
-            writes = []
-            for i, new_value in pairs:
-                (raw,) = _encode([new_value], i)
-                start, end = self._reader.span(i)
-                if len(raw) != end - start:
-                    raise ValueError(f"string {i} is {end - start} bytes long in UTF-8; a replacement "
-                                     f"of {len(raw)} bytes cannot be written in place")
-                writes.append((start, raw))
-            for start, raw in writes:
-                commit.write(self._files.data_file, start, raw)
-            commit.finish()
-
-    def append(self, string: str) -> None:
-        """Append one string."""
-        self.extend([string])
-
-    def extend(self, list_of_strings: Iterable[str], verbose: bool = False) -> None:
-        """Append strings; on a non-``str`` item nothing is written."""
-        self._check_writable()
-        strings = list(list_of_strings)
-        if not strings:
-            return
-        _check_items(strings, len(self))  # before the lock creates anything on disk
-        with WriterLock(self.out_dir), progress(len(strings), verbose, desc=f"Extending {self.out_dir.name}") as bar:
-            files = _StringsFiles.open(self.out_dir)  # another writer may have extended it
-            commit = Commit()
-            if not (self.out_dir / _meta.TYPE).exists():
-                files.create(commit)
-            files.append(strings, commit, bar)
-            commit.finish()
-        self._files = files
-        self._release()
-        self._reader, self._buffer = files.reader()
 
     # -- building -----------------------------------------------------------------------
 
     @classmethod
-    def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], zstd_level: Optional[int],
-               zstd_train_dictionary_size: Optional[int], mode: str, bar=None) -> "StringsMmap":
-        """Write ``batches`` of strings as a new map (``bar`` advances per string) and open
-        it."""
-        if mode not in _MODES:  # checked before anything is written
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        out_dir = as_dir(out_dir)
+    def _build_strings(cls, out_dir: PathLike, batches: Iterable[List[Any]], zstd_level: Optional[int],
+                       zstd_train_dictionary_size: Optional[int], mode: str, bar=None) -> "StringsMmap":
+        """Write ``batches`` of strings as a new map aside (``bar`` advances per string), swap
+        it in and open it."""
 
-        def create(strings: List[Any]) -> _StringsFiles:
+        def create(build: Path, strings: List[Any]) -> _StringsFiles:
             codec = _Codec()
             if zstd_level is not None:
                 dictionary = None
                 if zstd_train_dictionary_size is not None:
                     dictionary = _train_dictionary(_encode(strings, 0), zstd_train_dictionary_size)
                 codec = _Codec(zstd_level, dictionary)
-            _check_items(strings, 0)  # before the map already there is removed
-            reset_map_dir(out_dir)
-            files, commit = _StringsFiles(out_dir, codec), Commit()
+            files, commit = _StringsFiles(build, codec), Commit()
             files.create(commit)
             files.append(strings, commit, bar)
             commit.finish()
@@ -423,9 +387,7 @@ class StringsMmap(Legacy090Names):
             files.append(strings, commit, bar)
             commit.finish()
 
-        with WriterLock(out_dir):
-            build_in_batches(batches, create, extend)
-        return cls(out_dir, mode=mode)
+        return cls._build(out_dir, batches, create, extend, mode=mode)
 
     @classmethod
     def from_strings(
@@ -439,12 +401,13 @@ class StringsMmap(Legacy090Names):
         mode: str = "r+b",
         **component_names: str,
     ) -> "StringsMmap":
-        """Write ``strings`` as a new map at ``out_dir`` (replacing a map already there) and
-        open it. With ``zstd_level``, each string is compressed with zstd (the ``zstd`` extra),
-        optionally with a dictionary of ``zstd_train_dictionary_size`` bytes trained on them."""
+        """Write ``strings`` as a new map at ``out_dir`` (replacing a map already there once
+        the new one is whole) and open it. With ``zstd_level``, each string is compressed with
+        zstd (the ``zstd`` extra), optionally with a dictionary of
+        ``zstd_train_dictionary_size`` bytes trained on them."""
         check_options(verbose, **component_names_of(component_names, ("starts_key", "ends_key")))
         with progress(known_length(strings), verbose, desc=f"Writing {as_dir(out_dir).name}") as bar:
-            return cls._build(out_dir, [list(strings)], zstd_level, zstd_train_dictionary_size, mode, bar)
+            return cls._build_strings(out_dir, [list(strings)], zstd_level, zstd_train_dictionary_size, mode, bar)
 
     @classmethod
     def from_generator(
@@ -460,7 +423,8 @@ class StringsMmap(Legacy090Names):
         mode: str = "r+b",
     ) -> "StringsMmap":
         """Write the strings of an iterable as a new map at ``out_dir``, committing every
-        ``batch_size`` strings, and open it (a zstd dictionary is trained on the first batch).
+        ``batch_size`` strings to a folder beside it that replaces the map there once the
+        iterable is exhausted, and open it (a zstd dictionary is trained on the first batch).
         ``verbose`` shows a progress bar, whose total is ``n`` (the expected number of strings)
         or the iterable's length when it has one."""
         check_options(verbose)
@@ -468,18 +432,17 @@ class StringsMmap(Legacy090Names):
         total = n if n is not None else known_length(sample_generator)
         with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
             batches = in_batches(sample_generator, batch_size)
-            return cls._build(out_dir, batches, zstd_level, zstd_train_dictionary_size, mode, bar)
+            return cls._build_strings(out_dir, batches, zstd_level, zstd_train_dictionary_size, mode, bar)
 
 
-def verify_dir(out_dir: Path, limit: int = 20) -> List[str]:
-    """Problems of the strings map at ``out_dir``, at most ``limit`` (none when it is sound)."""
-    try:
-        files = _StringsFiles.open(out_dir)
-        reader, _ = files.reader()
-    except (OSError, ValueError, ImportError) as exc:
-        return [str(exc)]
+def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List[str], List[str]]:
+    """Problems and notes of the strings map at ``out_dir``: at most ``limit`` problems (none
+    when it is sound); ``deep`` also checks every byte against the checksums of its commits.
+    Raises on damage that keeps the map from being read (``verify_map`` reports it)."""
+    files = _StringsFiles.open(out_dir)
+    reader, _ = files.reader("r")
     if reader is None:
-        return []
+        return [], []
     problems = reader.verify(limit, not files.codec.compressed)
     if files.codec.compressed:
         for i in range(len(reader)):
@@ -489,7 +452,12 @@ def verify_dir(out_dir: Path, limit: int = 20) -> List[str]:
                 files.codec.unpack(reader.get(i, True))
             except ValueError as exc:  # a corrupted frame, offsets outside the data, not UTF-8
                 problems.append(f"{out_dir}: string {i} cannot be read: {exc}")
-    return problems[:limit]
+    found, notes = checksum_problems([files.starts, files.ends], deep)
+    problems += found
+    data_problems, data_notes = verify_checksums(out_dir, files.data_file, files.data_file.stat().st_size,
+                                                 None, deep)
+    codec_problem = files.codec_checksum_problem()
+    return problems + data_problems + codec_problem, notes + data_notes
 
 
 def _train_dictionary(samples: List[bytes], size: int) -> bytes:

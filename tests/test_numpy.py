@@ -138,7 +138,7 @@ def test_from_generator_without_samples_or_with_a_misfit_sample(tmp_path):
         np_ninja.from_generator(tmp_path / "n", iter([]), batch_size=2)
     with pytest.raises(ValueError, match="sample 3 has shape"):
         np_ninja.from_generator(tmp_path / "m", iter([[1, 2], [3, 4], [5, 6], [7]]), batch_size=2)
-    np.testing.assert_array_equal(np_ninja.open_existing(tmp_path / "m"), [[1, 2], [3, 4]])
+    assert not (tmp_path / "m").exists()  # a build that fails leaves nothing, not a part of the map
     with pytest.raises(ValueError, match="batch_size"):
         np_ninja.from_generator(tmp_path / "b", iter([[1]]), batch_size=0)
 

@@ -156,9 +156,8 @@ def test_read_only_mode_on_read_only_files(tmp_path):
         m = StringsMmap(tmp_path / "ro", mode="rb")
         assert m[:] == TEXTS
         with pytest.raises(io.UnsupportedOperation, match="read-only"):
-            m.append("no")
-        with pytest.raises(io.UnsupportedOperation):
-            m[0] = "abcde"
+            m[0] = TEXTS[0]
+        assert StringsMmap(tmp_path / "ro", mode="rb")[:] == TEXTS
     finally:
         for path in files:
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)

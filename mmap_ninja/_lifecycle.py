@@ -1,0 +1,341 @@
+"""The lifecycle every kind of map shares: open, refresh, close, pickle, append, replace samples,
+build aside and swap, verify.
+
+``MapObject`` is the base of ``RaggedMmap`` and ``StringsMmap``. A kind supplies only what
+differs: how it reads its committed files (``_read_files``), how it maps them into a compiled
+reader (``_open_reader``), how it turns a batch of samples into a commit (``_prepare`` and
+``_append``), the bytes that replace one sample (``_replacement_bytes``), and what its
+``verify`` checks (``_verify_dir``). Fixed-shape maps are ``np.memmap`` objects rather than
+instances of a class; ``mmap_ninja.numpy`` uses ``building`` and ``verify_map`` from here.
+
+Thread safety: the state a map object reads (its files, its compiled reader and the mapping
+under it) is one tuple, replaced by a single assignment when the map is refreshed; every read
+takes it once. A thread reading while another extends or refreshes the same object sees the
+map before or after, never a mix, and no mapping is ever unmapped while a view of it exists
+(mappings are released only when the last array over them goes away).
+
+Modes (as ``np.memmap`` and mmap_ninja 0.9.0 define them): ``"r"`` maps the files read-only and
+refuses ``m[i] = v``; ``"r+"`` maps them writable and ``m[i] = v`` commits a new version of the
+map; ``"c"`` maps them copy-on-write: ``m[i] = v`` and writes through views change this
+process's copy, never the files. ``extend``/``append`` add samples in ``"r"`` and ``"r+"``
+(they never change a sample already stored), and are refused in ``"c"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from ._storage import (
+    ArrayDir,
+    Commit,
+    Replacement,
+    WriterLock,
+    link_map,
+    open_consistent,
+)
+from .base import Legacy090Names, PathLike, as_dir, build_in_batches, map_type, progress
+
+# Every mode a map object takes, and the mapping mode it stands for: strings maps keep the
+# file modes of mmap_ninja 0.9.0 ("rb", "r+b").
+MAPPING_MODES = {"r": "r", "rb": "r", "r+": "r+", "r+b": "r+", "c": "c"}
+
+
+class Report(list):
+    """What ``verify`` found: a list of problems, one line each naming the file (empty when
+    the map is sound), and ``notes``: what could not be checked, and why."""
+
+    def __init__(self, problems: Iterable[str] = (), notes: Iterable[str] = ()):
+        super().__init__(problems)
+        self.notes = list(notes)
+
+
+def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Tuple[List[str], List[str]]], limit: int,
+               deep: bool) -> Report:
+    """Run a kind's ``check(out_dir, limit, deep)`` and report what it found; damage that
+    makes it raise is a problem too, never an exception."""
+    try:
+        problems, notes = check(out_dir, limit, deep)
+    except Exception as exc:  # whatever damage makes reading fail is reported, not raised
+        problems, notes = [f"{out_dir}: {exc}" if str(out_dir) not in str(exc) else str(exc)], []
+    if any("no checksums recorded" in note for note in notes):
+        notes = [note for note in notes if "no checksums recorded" not in note]
+        notes.insert(0, f"{out_dir}: no checksums recorded for some or all of its files (written by mmap_ninja "
+                        f"0.9.0, or by hand): damage to their bytes or metadata cannot be detected")
+    return Report(problems[:limit], notes)
+
+
+def checksum_problems(arrays: Iterable[ArrayDir], deep: bool) -> Tuple[List[str], List[str]]:
+    """Problems and notes of the checksums of ``arrays``."""
+    problems: List[str] = []
+    notes: List[str] = []
+    for array in arrays:
+        found, noted = array.verify_checksums(deep)
+        problems += found
+        notes += noted
+    return problems, notes
+
+
+@contextlib.contextmanager
+def building(out_dir: PathLike) -> Iterator[Path]:
+    """A folder in which to build a new map that replaces whatever map is at ``out_dir`` when
+    the block ends without an error; on any error the old map stays exactly as it was, and
+    nothing is left behind (not even ``out_dir``, when it did not exist)."""
+    out_dir = as_dir(out_dir)
+    existed = out_dir.exists()
+    try:
+        with WriterLock(out_dir) as lock, Replacement(lock) as build:
+            yield build
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                (out_dir / "writer.lock").unlink()
+                out_dir.rmdir()
+        raise
+
+
+def _reopen(cls, out_dir: str, options: dict) -> "MapObject":
+    """Reopen a pickled map."""
+    return cls(out_dir, **options)
+
+
+class MapObject(Legacy090Names):
+    """The lifecycle shared by ``RaggedMmap`` and ``StringsMmap`` (see the module docstring).
+
+    The state read by every access is ``self._state = (files, reader, buffer)``: the kind's
+    committed files, its compiled reader (``None`` for an empty map) and the mapped data
+    (``buffer``, written by ``m[i] = v`` in mode ``"c"``). ``None`` once closed.
+    """
+
+    MODES: ClassVar[Tuple[str, ...]] = ("r", "r+", "c")
+    # what ``m[indices] = values`` assigns, and to what, in its errors
+    assigned_nouns: ClassVar[Tuple[str, str]] = ("values", "samples")
+
+    out_dir: Path
+    mode: str
+
+    # -- what each kind supplies ----------------------------------------------------------
+
+    @classmethod
+    def _read_files(cls, out_dir: Path) -> Any:
+        """The committed state of the map at ``out_dir`` (an empty one where there is none);
+        it has ``.n``, ``.starts`` and ``.ends`` (``ArrayDir``)."""
+        raise NotImplementedError
+
+    def _open_reader(self, files: Any) -> Tuple[Any, Any]:
+        """``(reader, buffer)`` over ``files`` mapped in this map's mode; ``(None, None)`` for an
+        empty map."""
+        raise NotImplementedError
+
+    def _prepare(self, samples: List[Any], files: Any, bar=None) -> Any:
+        """``samples`` checked and converted for ``_append`` to ``files`` (raising, naming the
+        sample, for one that cannot be stored)."""
+        raise NotImplementedError
+
+    def _append(self, lock: WriterLock, files: Any, batch: Any, bar=None) -> None:
+        """Commit ``batch`` after the samples of ``files``, under ``lock``."""
+        raise NotImplementedError
+
+    def _replacement_bytes(self, reader: Any, i: int, value: Any) -> bytes:
+        """The stored bytes of ``value`` as the new sample ``i``: as many as sample ``i`` has
+        (``ValueError`` or ``TypeError`` naming ``i`` otherwise)."""
+        raise NotImplementedError
+
+    def _append_bytes(self, files: Any, raw: bytes, commit: Commit) -> int:
+        """Write ``raw`` (whole samples' bytes) past the committed data of ``files`` in
+        ``commit`` and return the offset, in the units of ``starts``, where it begins."""
+        raise NotImplementedError
+
+    @classmethod
+    def _verify_dir(cls, out_dir: Path, limit: int, deep: bool) -> Tuple[List[str], List[str]]:
+        """Problems and notes of the map at ``out_dir``."""
+        raise NotImplementedError
+
+    def _options(self) -> dict:
+        """The options that reopen this map as it is (for pickling)."""
+        return {"mode": self.mode}
+
+    # -- opening and closing -------------------------------------------------------------
+
+    def _init_map(self, out_dir: PathLike, mode: str) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        self.out_dir = as_dir(out_dir)
+        self.mode = mode
+        self._state: Optional[tuple] = None
+        self.refresh()
+
+    @property
+    def _mapping_mode(self) -> str:
+        return MAPPING_MODES[self.mode]
+
+    def _open_state(self) -> tuple:
+        files = self._read_files(self.out_dir)
+        reader, buffer = self._open_reader(files)
+        return files, reader, buffer
+
+    def refresh(self) -> None:
+        """Re-read the map from disk, to see what was committed since it was opened (or
+        reopen a closed map). In mode ``"c"``, changes made in this process are dropped."""
+        self._state = open_consistent(self.out_dir, self._open_state)
+
+    def close(self) -> None:
+        """Let go of the mapped files: reading raises ``ValueError`` until ``refresh()``.
+        Views and batches already handed out stay valid (the memory is unmapped when the last
+        of them goes away)."""
+        self._state = None
+
+    @property
+    def closed(self) -> bool:
+        return self._state is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _live(self) -> tuple:
+        state = self._state
+        if state is None:
+            raise ValueError(f"{self.out_dir}: the {type(self).__name__} is closed; refresh() reopens it")
+        return state
+
+    def __len__(self) -> int:
+        return self._live()[0].n
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __reduce__(self):
+        # a map pickles as its path and options, and reopens where it is unpickled
+        return _reopen, (type(self), str(self.out_dir), self._options())
+
+    def verify(self, limit: int = 20, deep: bool = False) -> Report:
+        """Check the whole map and return what is wrong, one line per problem naming the
+        file, at most ``limit`` lines (an empty list when it is sound), with ``.notes`` on
+        what could not be checked. Structure, offsets and the metadata each commit recorded
+        are always checked; ``deep`` also reads every byte written by a commit against its
+        checksum. Damage is reported, never raised."""
+        return verify_map(self.out_dir, self._verify_dir, limit, deep)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _refuse_in_copy_on_write(self, what: str) -> None:
+        if self.mode == "c":
+            raise ValueError(f"{self.out_dir} was opened copy-on-write (mode='c'): its changes stay in this "
+                             f"process, so it cannot {what}; open it with mode='r+' (or 'r') for that")
+
+    def append(self, sample: Any) -> None:
+        """Append one sample."""
+        self.extend([sample])
+
+    def extend(self, samples: Iterable[Any], verbose: bool = False) -> None:
+        """Append samples in one commit, under the map's writer lock; on an error (a sample
+        that cannot be stored, a full disk) nothing is written."""
+        self._refuse_in_copy_on_write("append samples")
+        samples = list(samples)
+        if not samples:
+            return
+        files = self._live()[0]
+        with progress(len(samples), verbose, desc=f"Extending {self.out_dir.name}") as bar:
+            batch = self._prepare(samples, files, bar)  # checked before the lock creates anything
+            with WriterLock(self.out_dir) as lock:
+                current = self._read_files(self.out_dir)  # another writer may have extended it
+                if current.n != files.n or getattr(current, "dtype", None) != getattr(files, "dtype", None):
+                    batch = self._prepare(samples, current)
+                self._append(lock, current, batch, bar)
+        self.refresh()
+
+    def __setitem__(self, key, value) -> None:
+        """Replace samples: ``m[i] = v`` or ``m[slice or indices] = values``, each value of the
+        size of the sample it replaces; all are checked before any is written. Mode ``"r+"``
+        commits a new version of the map (readers see all the new samples or none), ``"c"``
+        changes this process's copy only, ``"r"`` refuses."""
+        if self.mode in ("r", "rb"):
+            raise io.UnsupportedOperation(f"{self.out_dir} was opened read-only (mode={self.mode!r}): samples "
+                                          f"cannot be assigned; open it with mode='r+' to change them")
+        files, reader, buffer = self._live()
+        index = _core.normalize_index(key, files.n)
+        if type(index) is int:
+            pairs = [(index, value)]
+        else:
+            values = [value] if isinstance(value, (str, bytes)) else list(value)
+            if len(values) != len(index):
+                what, where = self.assigned_nouns
+                raise ValueError(f"cannot assign {len(values)} {what} to {len(index)} {where}")
+            pairs = list(zip(index.tolist(), values))
+        writes = [(i, self._replacement_bytes(reader, i, v)) for i, v in pairs]
+        if not writes:
+            return
+        if self.mode == "c":
+            target = np.frombuffer(buffer, dtype=np.uint8)
+            for i, raw in writes:
+                start = reader.span(i)[0] * self._unit(files)
+                target[start:start + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            return
+        with WriterLock(self.out_dir) as lock:
+            if self._read_files(self.out_dir).n != files.n:
+                raise ValueError(f"{self.out_dir} was changed by another writer since it was read; refresh() "
+                                 f"and assign again")
+            with Replacement(lock) as build:
+                self._replace_samples(build, writes)
+        self.refresh()
+
+    def _unit(self, files: Any) -> int:
+        """Bytes per unit of ``starts``/``ends`` offsets."""
+        return 1
+
+    def _replace_samples(self, build: Path, writes: Sequence[Tuple[int, bytes]]) -> None:
+        """Lay out in ``build`` the map with samples ``i`` replaced by the bytes ``raw`` for
+        each ``(i, raw)`` in ``writes``: the data files are shared with the current version
+        by hard links, the new bytes appended past what is committed, and ``starts``/``ends``
+        written anew."""
+        link_map(self.out_dir, build)
+        files = self._read_files(build)
+        n = files.n
+        starts = np.array(files.starts.map()[:n])
+        ends = np.array(files.ends.map()[:n])
+        commit = Commit()
+        unit = self._unit(files)
+        offset = self._append_bytes(files, b"".join(raw for _, raw in writes), commit)
+        sizes = np.array([len(raw) // unit for _, raw in writes], dtype=np.int64)
+        new_ends = offset + np.cumsum(sizes)
+        indices = np.array([i for i, _ in writes], dtype=np.int64)
+        starts[indices] = new_ends - sizes
+        ends[indices] = new_ends
+        for name, offsets in (("ends", ends), ("starts", starts)):
+            shutil.rmtree(build / name, ignore_errors=True)
+            array = ArrayDir(build / name)
+            array.commit_rows(array.write_rows(offsets, commit), commit)
+        commit.finish()
+
+    # -- building ------------------------------------------------------------------------
+
+    @classmethod
+    def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], create: Callable[[Path, List[Any]], Any],
+               extend: Callable[[Any, List[Any]], None], **open_kwargs):
+        """Write ``batches`` as a new map (``create(build, first batch)``, then ``extend(files,
+        batch)`` for each next one) aside, swap it in when it is whole, and open it."""
+        mode = open_kwargs.get("mode")
+        if mode not in cls.MODES:  # checked before anything is written
+            raise ValueError(f"mode must be one of {cls.MODES}, got {mode!r}")
+        with building(out_dir) as build:
+            build_in_batches(batches, lambda batch: create(build, batch), extend)
+        return cls(out_dir, **open_kwargs)
+
+
+def open_kind(out_dir: Path, expected: str) -> Optional[str]:
+    """The ``type.ninja`` of ``out_dir`` (``None`` where there is no map), checked to be
+    ``expected``."""
+    type_name = map_type(out_dir)
+    if type_name not in (None, expected):
+        raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a {expected} map")
+    return type_name
