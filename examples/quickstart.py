@@ -67,25 +67,29 @@ def main(out: Path) -> None:
     # Strings map: sentences with non-ASCII text, appended to after it is built.
     words = ["data", "loader", "память", "ninja", "日本", "fast", "map", "😀"]
     texts = [" ".join(rng.choice(words, size=rng.integers(3, 30))) for _ in range(10_000)]
-    print(f"2. StringsMmap of {len(texts):,} sentences")
+    more = ["one more sentence", "и ещё одна"]
+    print(f"2. StringsMmap of {len(texts):,} sentences, then {len(more)} more appended with extend")
     strings = StringsMmap.from_strings(out / "texts", texts, verbose=True)
-    strings.extend(["one more sentence", "и ещё одна"])
-    print(f"   {strings!r}: {disk_size(out / 'texts')} on disk")
-    picked = rng.integers(0, len(texts), size=BATCH)
-    assert strings[picked] == [texts[i] for i in picked]
-    ms = median_ms(lambda: strings[rng.integers(0, len(texts), size=BATCH)])
+    print(f"   built with {len(strings):,} strings")
+    strings.extend(more)
+    print(f"   extended to {len(strings):,} strings: {strings!r}, {disk_size(out / 'texts')} on disk")
+    picked = rng.integers(0, len(strings), size=BATCH)
+    assert strings[picked] == [(texts + more)[i] for i in picked]
+    ms = median_ms(lambda: strings[rng.integers(0, len(strings), size=BATCH)])
     print(f"   strings[{BATCH} random indices] -> list of str: {ms:.3f} ms per batch")
     print(f"   strings[-1] = {strings[-1]!r}\n")
 
     # Fixed-shape map: same-shaped rows as an np.memmap, extended in place.
-    print("3. numpy map of 100,000 x 64 float32 rows")
-    np_ninja.from_ndarray(out / "rows", rng.standard_normal((100_000, 64), dtype=np.float32))
-    np_ninja.extend_dir(out / "rows", np.zeros((10, 64), np.float32))
+    built, added = 100_000, 10
+    print(f"3. numpy map of {built:,} x 64 float32 rows, then {added} rows of zeros appended with extend_dir")
+    np_ninja.from_ndarray(out / "rows", rng.standard_normal((built, 64), dtype=np.float32))
+    print(f"   built with {len(np_ninja.open_existing(out / 'rows')):,} rows")
+    np_ninja.extend_dir(out / "rows", np.zeros((added, 64), np.float32))
     rows, open_ms = timed_open(lambda: np_ninja.open_existing(out / "rows"))
-    print(f"   np.memmap of shape {rows.shape}, {rows.dtype}: {disk_size(out / 'rows')} on disk, "
-          f"opened in {open_ms:.2f} ms")
+    print(f"   extended to {len(rows):,} rows: np.memmap of shape {rows.shape}, {rows.dtype}, "
+          f"{disk_size(out / 'rows')} on disk, opened in {open_ms:.2f} ms")
     ms = median_ms(lambda: rows[np.sort(rng.integers(0, len(rows), size=1024))])
-    print(f"   rows[1024 random indices] -> array {(1024, rows.shape[1])}: {ms:.3f} ms per batch")
+    print(f"   rows[1024 sorted random indices] -> array {(1024, rows.shape[1])}: {ms:.3f} ms per batch")
 
     print("\nEvery map reopens in O(1) and reads only what is asked for: see README.md for the API.")
 

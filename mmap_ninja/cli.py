@@ -1,12 +1,20 @@
 """The ``mmap-ninja`` command (also ``python -m mmap_ninja``): inspect, check, convert and
 benchmark maps.
 
-    mmap-ninja info PATH                  what a map holds
+    mmap-ninja info PATH                  what a map holds (and how many samples have a path)
     mmap-ninja verify PATH                check a whole map; exit 1 when something is wrong
-    mmap-ninja head PATH [-n K]           the first K samples
-    mmap-ninja convert SOURCE OUT         a folder of images, .txt or .npy files, or a .jsonl
-                                          field, into a RaggedMmap or StringsMmap
+    mmap-ninja head PATH [-n K]           the first K samples, one line each, with their paths
+    mmap-ninja convert SOURCE OUT         a folder tree of images, .txt or .npy files, or a .jsonl
+                                          field, into a RaggedMmap or StringsMmap at OUT;
+                                          refused when OUT holds a map already
+    mmap-ninja convert SOURCE OUT --force     replace the map at OUT
+    mmap-ninja convert SOURCE OUT --append    extend the map at OUT (of the same kind)
     mmap-ninja bench {images,texts}       files read one by one against a map
+
+``convert`` reads a folder recursively, in natural order of the files' paths (``doc_2`` before
+``doc_10``, ``a/x`` before ``b/x``), skips hidden files and folders and files of other kinds
+(and says so on stderr), and keeps the path of each sample relative to SOURCE in the strings map
+``OUT/paths``.
 
 Exit codes: 0 done, 1 ``verify`` found a problem, 2 wrong usage or input. Errors are one line;
 ``--debug`` shows the traceback.
@@ -17,21 +25,33 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import re
+import shutil
 import sys
 import traceback
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import __version__, _meta
 from . import numpy as np_ninja
-from .base import map_type
+from .base import in_batches, map_type, progress
 from .generic import open_existing, verify
+from .parallel import indexable_batches
 from .ragged import RaggedMmap
 from .string import StringsMmap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# What ``convert`` reads from a folder, in the order that breaks a tie when guessing the kind.
+FOLDER_KINDS = (("images", IMAGE_SUFFIXES), ("texts", (".txt",)), ("npy", (".npy",)))
+# The sub-folder of a converted map that holds the relative path of each sample.
+PATHS = "paths"
+# How each kind of map is named in messages.
+MAP_NAMES = {"numpy": "numpy", "ragged": "ragged", "string": "strings"}
 
 
 class UsageError(Exception):
@@ -49,6 +69,15 @@ def human_bytes(size: float) -> str:
 def disk_usage(path: Path) -> int:
     """Bytes that the files under ``path`` occupy on disk (holes of sparse files excluded)."""
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def open_paths(path: Path) -> Optional[StringsMmap]:
+    """The relative path of each sample kept beside the map at ``path`` (``path/paths``), or
+    ``None`` when it has none."""
+    folder = path / PATHS
+    if not folder.is_dir() or map_type(folder) != "string":
+        return None
+    return StringsMmap(folder, mode="rb")
 
 
 # -- info ---------------------------------------------------------------------------------------
@@ -80,19 +109,37 @@ def describe(path: Path) -> List[tuple]:
                 lines.append(("shapes", _shape_summary(m)))
     elif kind == "string":
         s = StringsMmap(path, mode="rb")
-        codec = s.codec
+        compression = _compression(s.codec)
         lines += [("kind", "strings"), ("samples", f"{len(s):,}")]
         if len(s):
-            unit = "per string" + (" (compressed)" if codec.compressed else "")
+            unit = "per string" + (" (compressed)" if compression != "none" else "")
             lines.append(("bytes", _length_summary(s.ends - s.starts, unit)))
-        compression = "none" if not codec.compressed else (
-            f"zstd level {codec.level}" + (f", {len(codec.dictionary):,}-byte dictionary" if codec.dictionary else ""))
         lines.append(("compression", compression))
     else:
         raise UsageError(f"{path}: unknown map type {kind!r}")
+    paths = open_paths(path)
+    if paths is not None:
+        lines.append(("paths", _paths_summary(paths, len(open_existing(path)))))
     files = [p for p in path.rglob("*") if p.is_file()]
     lines.append(("on disk", f"{human_bytes(disk_usage(path))} in {len(files)} files"))
     return lines
+
+
+def _compression(codec) -> str:
+    """How a strings map is compressed (``codec``: its ``StringsMmap.codec``)."""
+    if not codec.compressed:
+        return "none"
+    dictionary = f", {len(codec.dictionary):,}-byte dictionary" if codec.dictionary else ""
+    return f"zstd level {codec.level}{dictionary}"
+
+
+def _paths_summary(paths: StringsMmap, samples: int) -> str:
+    """How many of ``samples`` have a path in ``paths`` (an empty path stands for none)."""
+    with_path = int(np.count_nonzero(paths.ends - paths.starts)) if len(paths) else 0
+    text = f"{with_path:,} of {samples:,} samples have one ({paths.out_dir})"
+    if len(paths) != samples:
+        text += f"; out of step: it holds {len(paths):,} entries"
+    return text
 
 
 def _shape_summary(m: RaggedMmap, limit: int = 100_000) -> str:
@@ -134,21 +181,46 @@ def command_verify(args) -> int:
     return 1 if problems else 0
 
 
-def _show(sample) -> str:
+# Samples longer than this print as a summary; strings are cut to this many characters.
+SHORT_ARRAY = 10
+LONG_STRING = 200
+# Values shown of a sample printed as a summary.
+FIRST_VALUES = 8
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _show(sample: Any) -> str:
+    """One line that shows ``sample``: a string (cut when long), a scalar, a short 1-d array
+    in full, or the dtype, shape, range and first values of a larger array."""
     if isinstance(sample, str):
-        return repr(sample if len(sample) <= 200 else sample[:200] + "…")
+        if len(sample) <= LONG_STRING:
+            return repr(sample)
+        return f"{sample[:LONG_STRING] + '…'!r} ({len(sample):,} chars)"
     array = np.asarray(sample)
     if array.ndim == 0:
         return repr(array.item())
-    text = np.array2string(array, threshold=20, edgeitems=3, max_line_width=100)
-    return f"{array.dtype.name} {array.shape}: " + text.replace("\n", "\n    ")
+    head = f"{array.dtype.name} {array.shape}"
+    if array.ndim == 1 and array.size <= SHORT_ARRAY:
+        return f"{head}: " + np.array2string(array, max_line_width=sys.maxsize, threshold=SHORT_ARRAY)
+    if array.size == 0:
+        return f"{head}: empty"
+    first = " ".join(_number(value) for value in array.flat[:FIRST_VALUES].tolist())
+    more = " ..." if array.size > FIRST_VALUES else ""
+    return f"{head} min {_number(array.min().item())} max {_number(array.max().item())}: {first}{more}"
 
 
 def command_head(args) -> int:
     m = open_existing(args.path)
+    paths = open_paths(args.path)
+    if paths is not None and len(paths) != len(m):
+        paths = None  # out of step with the samples: see ``info``
     count = min(args.n, len(m))
     for i in range(count):
-        print(f"[{i}] {_show(m[i])}")
+        path = paths[i] if paths is not None else ""
+        print(f"[{i}] " + (f"{path}: " if path else "") + _show(m[i]))
     if len(m) > count:
         print(f"... {len(m) - count:,} more")
     return 0
@@ -156,11 +228,98 @@ def command_head(args) -> int:
 
 # -- convert ------------------------------------------------------------------------------------
 
-def _files(source: Path, suffixes: Sequence[str]) -> List[Path]:
-    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-    if not files:
-        raise UsageError(f"{source} holds no {'/'.join(suffixes)} files")
-    return files
+def natural_key(path: str) -> tuple:
+    """Sort key of a relative POSIX path in natural order: folder by folder, runs of digits
+    compared as integers and the rest case-insensitively, ties broken by the path itself."""
+    parts = tuple(tuple(int(piece) if k % 2 else piece.casefold() for k, piece in enumerate(_DIGITS.split(part)))
+                  for part in path.split("/"))
+    return parts, path
+
+
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+@dataclass
+class Skipped:
+    """What a walk through a folder passed over."""
+
+    hidden_files: int = 0
+    hidden_folders: int = 0
+    not_regular: int = 0
+    repeated_folders: int = 0
+    other_kind: Counter = field(default_factory=Counter)  # suffix -> files of another known kind
+    other_suffix: Counter = field(default_factory=Counter)  # suffix -> files of no known kind
+
+    def message(self) -> str:
+        """One line that says what was skipped and why, or ``""`` when nothing was."""
+        files = [(sum(self.other_kind.values()), f"of another kind ({_suffixes(self.other_kind)})"),
+                 (sum(self.other_suffix.values()), f"with other suffixes ({_suffixes(self.other_suffix)})"),
+                 (self.hidden_files, "hidden"),
+                 (self.not_regular, "broken link or special file" if self.not_regular == 1 else
+                  "broken links or special files")]
+        parts = []
+        total = sum(count for count, _ in files)
+        if total:
+            parts.append(f"{_plural(total, 'file')}: " + ", ".join(f"{count:,} {why}" for count, why in files if count))
+        if self.hidden_folders:
+            parts.append(_plural(self.hidden_folders, "hidden folder"))
+        if self.repeated_folders:
+            parts.append(_plural(self.repeated_folders, "folder") + " reached again through a link")
+        return "skipped " + "; ".join(parts) if parts else ""
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def _suffixes(counts: Counter, limit: int = 5) -> str:
+    names = [suffix or "no suffix" for suffix, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def walk(source: Path, skipped: Skipped) -> List[Tuple[str, Path]]:
+    """Every regular file in the tree under ``source``, as its path relative to ``source`` (POSIX
+    form) and its path; hidden files and folders (``.name``) and anything else passed over are
+    counted in ``skipped``. Links to folders are followed, each folder visited once: through its
+    own path when it is in the tree, else through the first link in natural order."""
+    found = []
+    seen = set()
+    folders, links = [(source, "")], []
+    while folders or links:
+        if folders:
+            folder, prefix = folders.pop()
+        else:
+            links.sort(key=lambda link: natural_key(link[1]), reverse=True)
+            folder, prefix = links.pop()
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            skipped.repeated_folders += 1
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                is_dir = entry.is_dir()
+                if entry.name.startswith("."):
+                    if is_dir:
+                        skipped.hidden_folders += 1
+                    else:
+                        skipped.hidden_files += 1
+                elif is_dir:
+                    (links if entry.is_symlink() else folders).append((Path(entry.path), prefix + entry.name + "/"))
+                elif entry.is_file():
+                    found.append((_printable(prefix + entry.name), Path(entry.path)))
+                else:
+                    skipped.not_regular += 1  # a broken link, a socket, a device
+    return found
+
+
+def _printable(path: str) -> str:
+    """``path`` as text that UTF-8 can store (bytes that are not UTF-8 as ``\\xNN``)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -200,7 +359,7 @@ def _read(reader: Callable, path: Path):
         raise UsageError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
 
 
-def _jsonl_values(path: Path, field: str) -> Iterator:
+def _jsonl_values(path: Path, name: str) -> Iterator:
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -209,57 +368,156 @@ def _jsonl_values(path: Path, field: str) -> Iterator:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UsageError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or field not in record:
-                raise UsageError(f"{path}:{number}: no field {field!r}")
-            yield record[field]
+            if not isinstance(record, dict) or name not in record:
+                raise UsageError(f"{path}:{number}: no field {name!r}")
+            yield record[name]
 
 
-def _detect(source: Path, field: Optional[str]) -> str:
+@dataclass
+class Source:
+    """What ``convert`` reads, in order, and the kind of map it makes."""
+
+    kind: str  # "images", "texts", "npy" or "jsonl"
+    makes: str  # the map type it makes: "ragged" or "string"
+    samples: Any  # a _FileReader (images, .npy) or an iterator (texts, .jsonl values)
+    count: Optional[int] = None
+    paths: Optional[List[str]] = None  # the path of each sample relative to the source folder
+    dtype: Any = None  # of a ragged map made of .jsonl values
+    skipped: str = ""  # what was passed over, in one line
+
+
+def open_source(source: Path, kind: Optional[str], name: Optional[str]) -> Source:
+    """The samples of ``source``: a folder tree (its kind guessed from the whole tree unless
+    ``kind`` is given) or the field ``name`` of a .jsonl file."""
     if source.is_file():
-        if source.suffix.lower() != ".jsonl":
+        if kind not in (None, "jsonl") or (kind is None and source.suffix.lower() != ".jsonl"):
             raise UsageError(f"{source}: convert takes a folder, or a .jsonl file with --field")
-        if not field:
+        if not name:
             raise UsageError("a .jsonl source needs --field NAME")
-        return "jsonl"
+        return _jsonl_source(source, name)
     if not source.is_dir():
         raise UsageError(f"no such file or folder: {source}")
-    suffixes = {p.suffix.lower() for p in source.iterdir() if p.is_file()}
-    for kind, wanted in (("images", IMAGE_SUFFIXES), ("texts", (".txt",)), ("npy", (".npy",))):
-        if suffixes & set(wanted):
-            return kind
-    raise UsageError(f"{source} holds no image, .txt or .npy files")
+    if kind == "jsonl":
+        raise UsageError(f"{source}: --kind jsonl takes a .jsonl file, not a folder")
+    skipped = Skipped()
+    found = walk(source, skipped)
+    known = {suffix: folder_kind for folder_kind, suffixes in FOLDER_KINDS for suffix in suffixes}
+    by_kind = Counter(known.get(path.suffix.lower()) for _, path in found)
+    if kind is None:
+        present = [folder_kind for folder_kind, _ in FOLDER_KINDS if by_kind[folder_kind]]
+        if not present:
+            raise UsageError(f"{source} holds no image, .txt or .npy files")
+        kind = max(present, key=lambda folder_kind: by_kind[folder_kind])  # the first of the most common
+    chosen = []
+    for relative, path in found:
+        suffix = path.suffix.lower()
+        if known.get(suffix) == kind:
+            chosen.append((relative, path))
+        elif suffix in known:
+            skipped.other_kind[suffix] += 1
+        else:
+            skipped.other_suffix[suffix] += 1
+    if not chosen:
+        raise UsageError(f"{source} holds no {'/'.join(dict(FOLDER_KINDS)[kind])} files")
+    chosen.sort(key=lambda item: natural_key(item[0]))
+    paths = [relative for relative, _ in chosen]
+    files = [path for _, path in chosen]
+    if kind == "texts":
+        samples = (_read(read_text, path) for path in files)
+    else:
+        samples = _FileReader(files, read_image if kind == "images" else np.load)
+    return Source(kind, "string" if kind == "texts" else "ragged", samples, len(files), paths,
+                  skipped=skipped.message())
+
+
+def _jsonl_source(path: Path, name: str) -> Source:
+    values = _jsonl_values(path, name)
+    seen = []  # values read ahead to find the dtype: the first that is not an empty list
+    for value in values:
+        seen.append(value)
+        if isinstance(value, str) or np.size(value):
+            break
+    if not seen:
+        raise UsageError(f"{path} holds no records")
+    values = itertools.chain(seen, values)
+    if isinstance(seen[-1], str):
+        return Source("jsonl", "string", values)
+    dtype = np.asarray(seen[-1]).dtype if np.size(seen[-1]) else np.int64
+    return Source("jsonl", "ragged", values, dtype=dtype)
+
+
+def _workers(args) -> Optional[int]:
+    return None if args.workers <= 1 else args.workers
 
 
 def command_convert(args) -> int:
-    kind = args.kind or _detect(args.source, args.field)
+    out = args.out
+    existing = map_type(out)
+    if args.append and existing is not None and args.zstd is not None:
+        raise UsageError(f"--zstd sets the compression of a new map; {out} keeps its own when appended to")
+    if existing is not None and not (args.force or args.append):
+        raise UsageError(f"{out} already holds a {MAP_NAMES.get(existing, existing)} map: "
+                         f"--force replaces it, --append extends it")
+    source = open_source(args.source, args.kind, args.field)
+    if source.skipped:
+        print(f"mmap-ninja convert: {source.skipped}", file=sys.stderr)
+    if args.append and existing not in (None, source.makes):
+        raise UsageError(f"cannot append to {out}: it holds a {MAP_NAMES.get(existing, existing)} map, "
+                         f"and {source.kind} make a {MAP_NAMES[source.makes]} map")
+    paths_dir = out / PATHS
+    if source.paths is not None and paths_dir.exists() and open_paths(out) is None and \
+            not (paths_dir.is_dir() and not any(paths_dir.iterdir())):
+        raise UsageError(f"{paths_dir} is in the way: convert keeps the path of each sample there")
     verbose = not args.quiet
-    if kind == "jsonl":
-        values = _jsonl_values(args.source, args.field)
-        seen = []  # values read ahead to find the dtype: the first that is not an empty list
-        for value in values:
-            seen.append(value)
-            if isinstance(value, str) or np.size(value):
-                break
-        if not seen:
-            raise UsageError(f"{args.source} holds no records")
-        values = itertools.chain(seen, values)
-        if isinstance(seen[-1], str):
-            m = StringsMmap.from_generator(args.out, values, args.batch_size, verbose, zstd_level=args.zstd)
-        else:
-            dtype = np.asarray(seen[-1]).dtype if np.size(seen[-1]) else np.int64
-            m = RaggedMmap.from_generator(args.out, values, args.batch_size, verbose, dtype=dtype)
-    elif kind == "texts":
-        files = _files(args.source, (".txt",))
-        texts = (_read(read_text, path) for path in files)
-        m = StringsMmap.from_generator(args.out, texts, args.batch_size, verbose, n=len(files), zstd_level=args.zstd)
+    if args.append and existing is not None:
+        m, added = _append(out, source, args.batch_size, _workers(args), verbose)
+        print(f"appended {added:,} samples: {m!r}")
     else:
-        reader, suffixes = (read_image, IMAGE_SUFFIXES) if kind == "images" else (np.load, (".npy",))
-        files = _files(args.source, suffixes)
-        workers = None if args.workers <= 1 else args.workers
-        m = RaggedMmap.from_indexable(args.out, _FileReader(files, reader), args.batch_size,
-                                      n_jobs=workers, verbose=verbose)
-    print(f"wrote {m!r}")
+        m = _write(out, source, args, verbose)
+        print(f"wrote {m!r}" + (f", and the path of each sample in {paths_dir}" if source.paths is not None else ""))
     return 0
+
+
+def _write(out: Path, source: Source, args, verbose: bool):
+    """Write ``source`` as a new map at ``out`` (replacing one there), and its paths."""
+    if source.makes == "string":
+        m = StringsMmap.from_generator(out, source.samples, args.batch_size, verbose, n=source.count,
+                                       zstd_level=args.zstd)
+    elif source.kind == "jsonl":
+        m = RaggedMmap.from_generator(out, source.samples, args.batch_size, verbose, dtype=source.dtype)
+    else:
+        m = RaggedMmap.from_indexable(out, source.samples, args.batch_size, n_jobs=_workers(args), verbose=verbose)
+    if source.paths is not None:
+        StringsMmap.from_strings(out / PATHS, source.paths)
+    elif open_paths(out) is not None:
+        shutil.rmtree(out / PATHS)  # the paths of the map just replaced
+    return m
+
+
+def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], verbose: bool):
+    """Extend the map at ``out`` with ``source``, one commit per batch, and its paths with the
+    path of each new sample (an empty one for samples without)."""
+    m = StringsMmap(out) if source.makes == "string" else RaggedMmap(out)
+    paths = open_paths(out)
+    if paths is not None and len(paths) != len(m):
+        raise UsageError(f"{out / PATHS} holds {len(paths):,} paths for {len(m):,} samples: remove it to append "
+                         f"without paths, or rebuild the map with --force")
+    paths = StringsMmap(out / PATHS) if paths is not None or source.paths is not None else None
+    if paths is not None and len(paths) < len(m):
+        paths.extend([""] * (len(m) - len(paths)))  # the samples already there have no path
+    if isinstance(source.samples, _FileReader):
+        batches = indexable_batches(source.samples, batch_size, n_jobs=workers)
+    else:
+        batches = in_batches(source.samples, batch_size)
+    added = 0
+    with progress(source.count, verbose, desc=f"Extending {out.name}") as bar:
+        for batch in batches:
+            m.extend(batch)
+            if paths is not None:
+                paths.extend(source.paths[added:added + len(batch)] if source.paths is not None else [""] * len(batch))
+            added += len(batch)
+            bar.update(len(batch))
+    return m, added
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -293,10 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument("-n", type=positive, default=5, help="how many (default 5)")
     head.set_defaults(run=command_head)
 
-    convert = commands.add_parser("convert", help="files into a map: a folder of images, .txt or .npy files, "
-                                  "or a field of a .jsonl file")
-    convert.add_argument("source", type=Path)
-    convert.add_argument("out", type=Path)
+    convert = commands.add_parser("convert", help="files into a map: a folder tree of images, .txt or .npy "
+                                  "files, or a field of a .jsonl file")
+    convert.add_argument("source", type=Path, metavar="SOURCE", help="a folder (read recursively) or a .jsonl file")
+    convert.add_argument("out", type=Path, metavar="OUT", help="the folder of the map")
+    existing = convert.add_mutually_exclusive_group()
+    existing.add_argument("--force", action="store_true", help="replace a map already at OUT")
+    existing.add_argument("--append", action="store_true", help="extend the map at OUT (of the same kind)")
     convert.add_argument("--kind", choices=["images", "texts", "npy", "jsonl"],
                          help="what the source holds (default: guessed from it)")
     convert.add_argument("--field", help="the field of each .jsonl record to store")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -53,9 +54,38 @@ def test_head(tmp_path, capsys):
     StringsMmap.from_strings(tmp_path / "s", [f"line {i}" for i in range(8)])
     code, out, _ = run(capsys, "head", tmp_path / "s", "-n", "2")
     assert code == 0 and out.splitlines() == ["[0] 'line 0'", "[1] 'line 1'", "... 6 more"]
-    RaggedMmap.from_lists(tmp_path / "r", [np.arange(4).reshape(2, 2), 7])
+    RaggedMmap.from_lists(tmp_path / "r", [np.arange(4).reshape(2, 2), 7, np.arange(3)])
     _, out, _ = run(capsys, "head", tmp_path / "r")
-    assert "[0] int64 (2, 2): [[0 1]" in out and "[1] 7" in out
+    assert out.splitlines() == ["[0] int64 (2, 2) min 0 max 3: 0 1 2 3", "[1] 7", "[2] int64 (3,): [0 1 2]"]
+
+
+def test_head_prints_one_line_per_sample(tmp_path, capsys):
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[0, 0] = [12, 40, 33]
+    image[-1, -1, -1] = 255
+    RaggedMmap.from_lists(tmp_path / "images", [image, image[:2, :2]])
+    code, out, _ = run(capsys, "head", tmp_path / "images")
+    assert code == 0 and out.splitlines() == ["[0] uint8 (480, 640, 3) min 0 max 255: 12 40 33 0 0 0 0 0 ...",
+                                              "[1] uint8 (2, 2, 3) min 0 max 40: 12 40 33 0 0 0 0 0 ..."]
+    RaggedMmap.from_lists(tmp_path / "floats", [np.arange(1000, dtype=np.float32) / 4, [1.5, -2.0], 3.5, []])
+    _, out, _ = run(capsys, "head", tmp_path / "floats")
+    assert out.splitlines() == ["[0] float32 (1000,) min 0 max 249.8: 0 0.25 0.5 0.75 1 1.25 1.5 1.75 ...",
+                                "[1] float32 (2,): [ 1.5 -2. ]", "[2] 3.5", "[3] float32 (0,): []"]
+    RaggedMmap.from_lists(tmp_path / "ints", [np.arange(10), np.arange(11), np.ones((0, 4))])
+    _, out, _ = run(capsys, "head", tmp_path / "ints")
+    assert out.splitlines() == ["[0] int64 (10,): [0 1 2 3 4 5 6 7 8 9]",
+                                "[1] int64 (11,) min 0 max 10: 0 1 2 3 4 5 6 7 ...", "[2] int64 (0, 4): empty"]
+    StringsMmap.from_strings(tmp_path / "s", ["abc" * 1707, "line\nbreak"])
+    _, out, _ = run(capsys, "head", tmp_path / "s")
+    assert out.splitlines() == ["[0] '" + ("abc" * 67)[:200] + "…' (5,121 chars)", r"[1] 'line\nbreak'"]
+    rows = np.arange(5 * 64, dtype=np.int32).reshape(5, 64)
+    np_ninja.from_ndarray(tmp_path / "wide", rows)
+    np_ninja.from_ndarray(tmp_path / "narrow", rows[:, :3].copy())
+    _, out, _ = run(capsys, "head", tmp_path / "wide", "-n", "2")
+    assert out.splitlines() == ["[0] int32 (64,) min 0 max 63: 0 1 2 3 4 5 6 7 ...",
+                                "[1] int32 (64,) min 64 max 127: 64 65 66 67 68 69 70 71 ...", "... 3 more"]
+    _, out, _ = run(capsys, "head", tmp_path / "narrow", "-n", "1")
+    assert out.splitlines() == ["[0] int32 (3,): [0 1 2]", "... 4 more"]
 
 
 def test_convert_images_texts_npy_and_jsonl(tmp_path, capsys):
@@ -93,6 +123,8 @@ def test_convert_images_texts_npy_and_jsonl(tmp_path, capsys):
     (["convert", "{tmp}/none", "{tmp}/x"], "no such file or folder"),
     (["info", "{tmp}/empty"], "is not a mmap_ninja map"),
     (["head", "{tmp}/none"], "no map at"),
+    (["convert", "{tmp}/empty", "{tmp}/x", "--kind", "jsonl"], "--kind jsonl takes a .jsonl file, not a folder"),
+    (["convert", "{tmp}/d.jsonl", "{tmp}/x", "--kind", "texts"], "convert takes a folder, or a .jsonl file"),
 ])
 def test_input_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
@@ -128,3 +160,207 @@ def test_bench_prints_the_comparison(tmp_path, capsys):
     code, out, _ = run(capsys, "bench", "texts", "--source", tmp_path / "posts", "--passes", "1", "--quiet")
     assert code == 0 and "20 texts: one pass over the map is" in out
     assert len(list((tmp_path / "posts").iterdir())) == 20  # a given source is left alone
+
+
+# -- convert: an existing map at OUT, --force and --append ------------------------------------
+
+def snapshot(folder):
+    """Every file under ``folder`` and its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_texts(folder, names):
+    """One .txt file per relative path in ``names``, holding its own path."""
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"text of {name}")
+
+
+def test_convert_refuses_to_replace_a_map_unless_forced(tmp_path, capsys):
+    write_texts(tmp_path / "src", ["a.txt", "b.txt"])
+    StringsMmap.from_strings(tmp_path / "out", ["old", "map", "here"])
+    RaggedMmap.from_lists(tmp_path / "ragged", [np.arange(3)])
+    before = snapshot(tmp_path)
+    for out in ("out", "ragged"):
+        code, stdout, err = run(capsys, "convert", tmp_path / "src", tmp_path / out, "--quiet")
+        kind = "strings" if out == "out" else "ragged"
+        assert code == 2 and stdout == "" and err == (f"mmap-ninja convert: error: {tmp_path / out} already holds "
+                                                      f"a {kind} map: --force replaces it, --append extends it\n")
+    assert snapshot(tmp_path) == before  # byte for byte
+    code, _, _ = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet", "--force")
+    assert code == 0 and StringsMmap(tmp_path / "out")[:] == ["text of a.txt", "text of b.txt"]
+    code, _, _ = run(capsys, "convert", tmp_path / "src", tmp_path / "ragged", "--quiet", "--force")
+    assert code == 0 and StringsMmap(tmp_path / "ragged")[:] == ["text of a.txt", "text of b.txt"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.md").write_text("not a map")
+    for out in ("empty", "other"):  # a folder that holds no map is fine to write into
+        code, _, _ = run(capsys, "convert", tmp_path / "src", tmp_path / out, "--quiet")
+        assert code == 0 and len(StringsMmap(tmp_path / out)) == 2
+    assert (tmp_path / "other" / "notes.md").read_text() == "not a map"
+
+
+def test_force_and_append_together_are_a_usage_error(tmp_path, capsys):
+    write_texts(tmp_path / "src", ["a.txt"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", str(tmp_path / "src"), str(tmp_path / "out"), "--force", "--append"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_append_extends_the_map_and_its_paths(tmp_path, capsys):
+    write_texts(tmp_path / "one", ["doc_2.txt", "doc_1.txt"])
+    write_texts(tmp_path / "two", ["z/doc_10.txt", "doc_3.txt"])
+    run(capsys, "convert", tmp_path / "one", tmp_path / "out", "--quiet")
+    code, out, _ = run(capsys, "convert", tmp_path / "two", tmp_path / "out", "--append", "--batch-size", "1",
+                       "--quiet")
+    assert code == 0 and out.startswith("appended 2 samples: StringsMmap(")
+    order = ["doc_1.txt", "doc_2.txt", "doc_3.txt", "z/doc_10.txt"]
+    assert StringsMmap(tmp_path / "out")[:] == [f"text of {name}" for name in order]
+    assert StringsMmap(tmp_path / "out" / "paths")[:] == order
+    code, _, _ = run(capsys, "convert", tmp_path / "two", tmp_path / "new", "--append", "--quiet")
+    assert code == 0 and StringsMmap(tmp_path / "new" / "paths")[:] == ["doc_3.txt", "z/doc_10.txt"]  # no map yet
+    # a .jsonl source has no paths: its samples get empty ones, and info counts those that have one
+    (tmp_path / "d.jsonl").write_text('{"text": "from json"}\n')
+    code, _, _ = run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "out", "--field", "text", "--append")
+    assert code == 0 and StringsMmap(tmp_path / "out")[-1] == "from json"
+    assert StringsMmap(tmp_path / "out" / "paths")[:] == order + [""]
+    _, out, _ = run(capsys, "info", tmp_path / "out")
+    assert f"paths:       4 of 5 samples have one ({tmp_path / 'out' / 'paths'})" in out
+
+    # a map built without paths gets empty ones for the samples it had
+    np.save(tmp_path / "x.npy", 0)
+    RaggedMmap.from_lists(tmp_path / "arrays", [np.arange(2), np.arange(3)])
+    (tmp_path / "npy" / "b").mkdir(parents=True)
+    for name, value in [("b/2.npy", [7, 7]), ("b/10.npy", [8]), ("a.npy", [])]:
+        np.save(tmp_path / "npy" / name, np.array(value, dtype=np.int64))
+    code, _, _ = run(capsys, "convert", tmp_path / "npy", tmp_path / "arrays", "--append", "--workers", "2", "--quiet")
+    assert code == 0
+    assert [a.tolist() for a in RaggedMmap(tmp_path / "arrays")] == [[0, 1], [0, 1, 2], [], [7, 7], [8]]
+    assert StringsMmap(tmp_path / "arrays" / "paths")[:] == ["", "", "a.npy", "b/2.npy", "b/10.npy"]
+
+
+def test_convert_append_refuses_a_map_of_another_kind(tmp_path, capsys):
+    write_texts(tmp_path / "texts", ["a.txt"])
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "a.npy", np.arange(3))
+    run(capsys, "convert", tmp_path / "texts", tmp_path / "strings", "--quiet")
+    RaggedMmap.from_lists(tmp_path / "ragged", [np.arange(3)])
+    np_ninja.from_ndarray(tmp_path / "numpy", np.zeros((2, 3)))
+    before = snapshot(tmp_path)
+    for source, out, message in [
+        ("npy", "strings", "it holds a strings map, and npy make a ragged map"),
+        ("texts", "ragged", "it holds a ragged map, and texts make a strings map"),
+        ("npy", "numpy", "it holds a numpy map, and npy make a ragged map"),
+    ]:
+        code, _, err = run(capsys, "convert", tmp_path / source, tmp_path / out, "--append", "--quiet")
+        assert code == 2 and err == f"mmap-ninja convert: error: cannot append to {tmp_path / out}: {message}\n"
+    code, _, err = run(capsys, "convert", tmp_path / "texts", tmp_path / "strings", "--append", "--zstd", "3")
+    assert code == 2 and err == (f"mmap-ninja convert: error: --zstd sets the compression of a new map; "
+                                 f"{tmp_path / 'strings'} keeps its own when appended to\n")
+    assert snapshot(tmp_path) == before
+
+
+def test_paths_out_of_step_are_reported_not_shown_and_not_extended(tmp_path, capsys):
+    write_texts(tmp_path / "src", ["a.txt", "b.txt"])
+    run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet")
+    StringsMmap(tmp_path / "out").extend(["added without a path"])
+    _, out, _ = run(capsys, "info", tmp_path / "out")
+    assert "2 of 3 samples have one" in out and "out of step: it holds 2 entries" in out
+    _, out, _ = run(capsys, "head", tmp_path / "out")
+    assert out.splitlines() == ["[0] 'text of a.txt'", "[1] 'text of b.txt'", "[2] 'added without a path'"]
+    before = snapshot(tmp_path / "out")
+    code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--append", "--quiet")
+    assert code == 2 and err == (f"mmap-ninja convert: error: {tmp_path / 'out' / 'paths'} holds 2 paths for 3 "
+                                 f"samples: remove it to append without paths, or rebuild the map with --force\n")
+    assert snapshot(tmp_path / "out") == before
+    # a folder named paths that is not ours is left alone
+    (tmp_path / "new" / "paths").mkdir(parents=True)
+    (tmp_path / "new" / "paths" / "mine.txt").write_text("keep")
+    code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "new", "--quiet")
+    assert code == 2 and err == (f"mmap-ninja convert: error: {tmp_path / 'new' / 'paths'} is in the way: convert "
+                                 f"keeps the path of each sample there\n")
+    assert snapshot(tmp_path / "new") == {"paths/mine.txt": b"keep"}
+
+
+def test_convert_over_a_map_replaces_its_paths(tmp_path, capsys):
+    write_texts(tmp_path / "src", ["a.txt", "b.txt", "c.txt"])
+    run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet")
+    write_texts(tmp_path / "fewer", ["z.txt"])
+    run(capsys, "convert", tmp_path / "fewer", tmp_path / "out", "--quiet", "--force")
+    assert StringsMmap(tmp_path / "out" / "paths")[:] == ["z.txt"]
+    (tmp_path / "d.jsonl").write_text('{"t": "x"}\n{"t": "y"}\n')
+    run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "out", "--field", "t", "--quiet", "--force")
+    assert StringsMmap(tmp_path / "out")[:] == ["x", "y"] and not (tmp_path / "out" / "paths").exists()
+    _, out, _ = run(capsys, "info", tmp_path / "out")
+    assert "paths:" not in out
+    _, out, _ = run(capsys, "head", tmp_path / "out")
+    assert out.splitlines() == ["[0] 'x'", "[1] 'y'"]
+
+
+# -- convert: folder trees -------------------------------------------------------------------------
+
+def test_natural_key():
+    from mmap_ninja.cli import natural_key
+
+    names = ["doc_10", "doc_2", "Doc_3", "doc_1", "b/x", "a/x", "a10/x", "a9/x", "doc_02", "DOC_02", "a/B", "a/a"]
+    assert sorted(names, key=natural_key) == ["a/a", "a/B", "a/x", "a9/x", "a10/x", "b/x", "doc_1",
+                                              "DOC_02", "doc_02", "doc_2", "Doc_3", "doc_10"]
+
+
+def test_convert_walks_the_tree_in_natural_order_and_says_what_it_skipped(tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "train"
+    names = ["n02/img_10.png", "n02/img_2.JPEG", "n01/img_1.png", "n10/deep/er/img_1.png", "img_3.png"]
+    for value, name in enumerate(names):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((2, 3, 3), value, np.uint8)).save(src / name, format="PNG")
+    (src / "labels.csv").write_text("x")
+    (src / "n01" / "meta.json").write_text("{}")
+    (src / "README.txt").write_text("a text, not an image")
+    (src / ".DS_Store").write_text("x")
+    (src / ".cache").mkdir()
+    (src / ".cache" / "img_0.png").write_bytes((src / "img_3.png").read_bytes())
+    code, out, err = run(capsys, "convert", src, tmp_path / "out", "--quiet")
+    assert code == 0 and err == ("mmap-ninja convert: skipped 4 files: 1 of another kind (.txt), 2 with other suffixes "
+                                 "(.csv, .json), 1 hidden; 1 hidden folder\n")
+    assert out == f"wrote RaggedMmap('{tmp_path / 'out'}', 5 n-d samples of uint8), and the path of each sample " \
+                  f"in {tmp_path / 'out' / 'paths'}\n"
+    order = ["img_3.png", "n01/img_1.png", "n02/img_2.JPEG", "n02/img_10.png", "n10/deep/er/img_1.png"]
+    assert StringsMmap(tmp_path / "out" / "paths")[:] == order
+    assert [int(sample[0, 0, 0]) for sample in RaggedMmap(tmp_path / "out")] == [names.index(n) for n in order]
+    _, out, _ = run(capsys, "head", tmp_path / "out", "-n", "2")
+    assert out.splitlines() == ["[0] img_3.png: uint8 (2, 3, 3) min 4 max 4: 4 4 4 4 4 4 4 4 ...",
+                                "[1] n01/img_1.png: uint8 (2, 3, 3) min 2 max 2: 2 2 2 2 2 2 2 2 ...", "... 3 more"]
+    _, out, _ = run(capsys, "info", tmp_path / "out")
+    assert re.search(rf"^paths: +5 of 5 samples have one \({re.escape(str(tmp_path / 'out' / 'paths'))}\)$", out, re.M)
+    code, out, _ = run(capsys, "verify", tmp_path / "out")
+    assert code == 0 and out == f"{tmp_path / 'out'}: sound\n"
+
+
+def test_convert_guesses_the_kind_from_the_whole_tree(tmp_path, capsys):
+    for name, value in [("a/1.npy", 1), ("a/b/2.npy", 2), ("c/3.npy", 3)]:
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "src" / name, np.array([value]))
+    (tmp_path / "src" / "notes.txt").write_text("the only file at the top")
+    code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet")
+    assert code == 0 and err == "mmap-ninja convert: skipped 1 file: 1 of another kind (.txt)\n"
+    assert [a.tolist() for a in RaggedMmap(tmp_path / "out")] == [[1], [2], [3]]
+    assert StringsMmap(tmp_path / "out" / "paths")[:] == ["a/1.npy", "a/b/2.npy", "c/3.npy"]
+    code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "texts", "--kind", "texts", "--quiet")
+    assert code == 0 and StringsMmap(tmp_path / "texts")[:] == ["the only file at the top"]
+    assert err == "mmap-ninja convert: skipped 3 files: 3 of another kind (.npy)\n"
+
+
+def test_convert_follows_links_to_folders_once(tmp_path, capsys):
+    write_texts(tmp_path / "src", ["a/1.txt", "b/2.txt"])
+    write_texts(tmp_path / "elsewhere", ["3.txt"])
+    (tmp_path / "src" / "0_link_to_a").symlink_to(tmp_path / "src" / "a")
+    (tmp_path / "src" / "c").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "src" / "b" / "loop").symlink_to(tmp_path / "src")
+    (tmp_path / "src" / "broken.txt").symlink_to(tmp_path / "missing")
+    code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet")
+    assert code == 0 and StringsMmap(tmp_path / "out" / "paths")[:] == ["a/1.txt", "b/2.txt", "c/3.txt"]
+    assert err == ("mmap-ninja convert: skipped 1 file: 1 broken link or special file; 2 folders reached again "
+                   "through a link\n")
