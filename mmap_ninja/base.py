@@ -120,8 +120,8 @@ def cast_values(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """``values`` as ``dtype``, refusing casts that lose more than float rounding.
 
     Allowed: numpy's safe casts; integer, boolean or integral float values that all fit in an
-    integer ``dtype``; and any real or integer values into a floating or complex ``dtype``
-    (rounded). Anything else (fractional floats into integers, complex into real, strings into
+    integer ``dtype``; and real or integer values into a floating or complex ``dtype``
+    (rounded), as long as finite values stay finite. Anything else (fractional floats into integers, complex into real, strings into
     numbers, ...) raises ``TypeError`` naming ``what``.
     """
     src = values.dtype
@@ -144,7 +144,14 @@ def cast_values(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
                 raise TypeError(f"{what}: values in [{lo}, {hi}] do not fit in {dtype}")
         return values.astype(dtype)
     if (src.kind in "biuf" and dtype.kind in "fc") or (src.kind == "c" and dtype.kind == "c"):
-        return values.astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = values.astype(dtype)
+        overflow = np.isfinite(values) & ~np.isfinite(cast) if src.kind in "fc" else ~np.isfinite(cast)
+        if overflow.any():
+            first = values.reshape(-1)[np.flatnonzero(overflow.reshape(-1))[0]]
+            raise TypeError(f"{what}: the value {first} does not fit in {dtype} (its largest magnitude is "
+                            f"{np.finfo(dtype).max}); it would be stored as infinity")
+        return cast
     raise TypeError(f"{what}: {src} values cannot be stored as {dtype} without losing "
                     f"information; convert them explicitly (e.g. with .astype({dtype.name!r}))")
 

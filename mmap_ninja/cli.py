@@ -2,7 +2,8 @@
 benchmark maps.
 
     mmap-ninja info PATH                  what a map holds (and how many samples have a path)
-    mmap-ninja verify PATH                check a whole map; exit 1 when something is wrong
+    mmap-ninja verify PATH [--deep]       check a whole map (--deep: every byte against its
+                                          checksum); exit 1 when something is wrong
     mmap-ninja head PATH [-n K]           the first K samples, one line each, with their paths
     mmap-ninja convert SOURCE OUT         a folder tree of images, .txt or .npy files, or a .jsonl
                                           field, into a RaggedMmap or StringsMmap at OUT;
@@ -173,12 +174,15 @@ def command_info(args) -> int:
 def command_verify(args) -> int:
     if not args.path.exists():
         raise UsageError(f"no map at {args.path}")
-    problems = verify(args.path, limit=args.limit)
-    for problem in problems:
+    report = verify(args.path, limit=args.limit, deep=args.deep)
+    for problem in report:
         print(problem)
-    if not problems:
-        print(f"{args.path}: sound")
-    return 1 if problems else 0
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report:
+        checked = "every byte checked against its checksum" if args.deep else "structure and metadata checked"
+        print(f"{args.path}: sound ({checked})")
+    return 1 if report else 0
 
 
 # Samples longer than this print as a summary; strings are cut to this many characters.
@@ -544,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("verify", help="check a whole map; exit 1 when something is wrong")
     check.add_argument("path", type=Path)
     check.add_argument("--limit", type=positive, default=100, help="report at most this many problems")
+    check.add_argument("--deep", action="store_true", help="also read every byte and compare it with the "
+                       "checksums recorded by its commit")
     check.set_defaults(run=command_verify)
 
     head = commands.add_parser("head", help="print the first samples")
