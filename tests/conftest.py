@@ -43,6 +43,14 @@ def fixture_copy(tmp_path):
     return copy
 
 
+def file_bytes(path: Path) -> dict:
+    """Every file under the map folder ``path`` and its bytes, but the writer's lock file
+    (``writer.lock``, which writers create and readers ignore): to check that files did not
+    change."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != "writer.lock"}
+
+
 def assert_sample_equal(actual, expected_array) -> None:
     """``actual`` (an array or a scalar read from a map) equals ``expected_array`` in dtype,
     shape and values."""
