@@ -540,11 +540,11 @@ cdef class RaggedReader(_Offsets):
 
     def verify(self, Py_ssize_t limit=20):
         """Problems found in one pass over every sample, at most ``limit`` of them: offsets
-        outside the data or out of order, stored shapes that disagree with the offsets. An
-        empty list when every sample is sound."""
+        outside the data, stored shapes that disagree with the offsets. An empty list when
+        every sample is sound."""
         cdef list problems = []
         cdef Py_ssize_t i
-        cdef int64_t start, end, previous_end = 0
+        cdef int64_t start, end
         cdef int64_t dims[MAX_SAMPLE_NDIM]
         cdef bint sound
         for i in range(self.n):
@@ -561,11 +561,6 @@ cdef class RaggedReader(_Offsets):
                     self._raise_invalid(i)
                 except ValueError as exc:
                     problems.append(str(exc))
-            elif start < previous_end:
-                problems.append(f"{self.source}: sample {i} starts at {start}, before sample "
-                                f"{i - 1} ends at {previous_end}: offsets out of order")
-            if sound:
-                previous_end = end
             if len(problems) >= limit:
                 break
         return problems
@@ -942,28 +937,23 @@ cdef class StringsReader(_Offsets):
 
     def verify(self, Py_ssize_t limit=20, bint utf8=True):
         """Problems found in one pass over every string, at most ``limit`` of them: offsets
-        outside the data or out of order, and (with ``utf8``) bytes that are not UTF-8. An empty
-        list when every string is sound."""
+        outside the data, and (with ``utf8``) bytes that are not UTF-8. An empty list when every
+        string is sound."""
         cdef list problems = []
         cdef Py_ssize_t i
-        cdef int64_t start, end, previous_end = 0
+        cdef int64_t start, end
         for i in range(self.n):
             start = self.starts[i]
             end = self.ends[i]
             if not _valid_span(start, end, self.length):
                 problems.append(f"{self.source}: corrupted offsets for string {i}: [{start}, {end}) "
                                 f"is not within the {self.length} stored bytes")
-            else:
-                if start < previous_end:
-                    problems.append(f"{self.source}: string {i} starts at {start}, before string "
-                                    f"{i - 1} ends at {previous_end}: offsets out of order")
-                if utf8 and end > start:
-                    try:
-                        PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
-                    except UnicodeDecodeError as exc:
-                        problems.append(f"{self.source}: string {i} is not valid UTF-8 ({exc.reason} "
-                                        f"at byte {exc.start})")
-                previous_end = end
+            elif utf8 and end > start:
+                try:
+                    PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
+                except UnicodeDecodeError as exc:
+                    problems.append(f"{self.source}: string {i} is not valid UTF-8 ({exc.reason} "
+                                    f"at byte {exc.start})")
             if len(problems) >= limit:
                 break
         return problems

@@ -71,6 +71,19 @@ def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Tuple[List[str]
     return Report(problems[:limit], notes)
 
 
+def overlap_problems(starts: np.ndarray, ends: np.ndarray, source: Path, item: str) -> List[str]:
+    """A problem when two non-empty items share stored units (items may be stored in any
+    order: a replaced sample moves past the others)."""
+    nonempty = np.flatnonzero(ends > starts)
+    order = nonempty[np.argsort(starts[nonempty], kind="stable")]
+    bad = np.flatnonzero(starts[order[1:]] < ends[order[:-1]])
+    if not bad.size:
+        return []
+    first, second = int(order[bad[0]]), int(order[bad[0] + 1])
+    return [f"{source}: {item}s {first} and {second} overlap: [{int(starts[first])}, {int(ends[first])}) and "
+            f"[{int(starts[second])}, {int(ends[second])})"]
+
+
 def checksum_problems(arrays: Iterable[ArrayDir], deep: bool) -> Tuple[List[str], List[str]]:
     """Problems and notes of the checksums of ``arrays``."""
     problems: List[str] = []
@@ -303,8 +316,15 @@ class MapObject(Legacy090Names):
         n = files.n
         starts = np.array(files.starts.map()[:n])
         ends = np.array(files.ends.map()[:n])
-        commit = Commit()
         unit = self._unit(files)
+        replaced = dict(writes)  # the last value given for an index wins, as in numpy
+        if n - 1 not in replaced:
+            # mmap_ninja 0.9.0 appends after the end of the last sample: it must stay the end
+            # of the data, so the last sample moves along past the replaced ones
+            data = np.frombuffer(self._open_reader(files)[1], dtype=np.uint8)
+            replaced[n - 1] = data[starts[n - 1] * unit:ends[n - 1] * unit].tobytes()
+        writes = list(replaced.items())
+        commit = Commit()
         offset = self._append_bytes(files, b"".join(raw for _, raw in writes), commit)
         sizes = np.array([len(raw) // unit for _, raw in writes], dtype=np.int64)
         new_ends = offset + np.cumsum(sizes)

@@ -448,10 +448,23 @@ def verify_checksums(directory: Path, data_file: Path, committed_end: int, metad
     if not log.exists():
         return [], [f"{directory}: no checksums recorded (written by mmap_ninja 0.9.0, or by hand): "
                     f"damage to its bytes or metadata cannot be detected"]
-    entries = [entry for entry in read_checksum_entries(log) if entry[0] + entry[1] <= committed_end]
+    recorded = read_checksum_entries(log)
+    entries = [entry for entry in recorded if entry[0] + entry[1] <= committed_end]
     problems: List[str] = []
     notes: List[str] = []
-    if metadata is not None:
+    # a commit cut short leaves entries that start where the committed bytes end; one that
+    # straddles that end means the metadata shrank the array
+    straddling = [offset + length for offset, length, _, _ in recorded if offset < committed_end < offset + length]
+    if straddling:
+        return [f"{directory}: its metadata describes {committed_end} bytes of {data_file.name}, but a commit "
+                f"wrote it up to byte {max(straddling)}: shape.ninja or dtype.ninja edited or damaged"], notes
+    covered = max((offset + length for offset, length, _, _ in entries), default=0)
+    if covered < committed_end:
+        # bytes appended by a writer that records no checksums (mmap_ninja 0.9.0): the metadata
+        # changed with them, so it cannot be checked either
+        notes.append(f"{data_file}: bytes [{covered}, {committed_end}) carry no checksum (appended by a "
+                     f"version that records none)")
+    elif metadata is not None:
         expected = zlib.crc32(metadata)
         if not any(offset + length == committed_end and meta == expected for offset, length, _, meta in entries):
             problems.append(f"{directory}: its metadata (dtype.ninja, shape.ninja, order.ninja) is not what the "

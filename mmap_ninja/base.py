@@ -121,8 +121,9 @@ def cast_values(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
 
     Allowed: numpy's safe casts; integer, boolean or integral float values that all fit in an
     integer ``dtype``; and real or integer values into a floating or complex ``dtype``
-    (rounded), as long as finite values stay finite. Anything else (fractional floats into integers, complex into real, strings into
-    numbers, ...) raises ``TypeError`` naming ``what``.
+    (rounded), as long as finite values stay finite. Anything else (fractional floats into
+    integers, complex into real, strings into numbers, values that would overflow to infinity,
+    ...) raises ``TypeError`` naming ``what``.
     """
     src = values.dtype
     if src == dtype:

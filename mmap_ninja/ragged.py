@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _meta
-from ._lifecycle import MapObject, checksum_problems
+from ._lifecycle import MapObject, checksum_problems, overlap_problems
 from ._storage import ArrayDir, Commit, Replacement, WriterLock, link_map
 from .base import (
     PathLike,
@@ -281,6 +281,8 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List
         return [], []
     problems = reader.verify(limit)
     n = files.n
+    if not problems:
+        problems = overlap_problems(files.starts.map()[:n], files.ends.map()[:n], out_dir, "sample")
     sizes = files.flattened_shapes
     if sizes.rows < n:
         problems.append(f"{sizes.path}: holds {sizes.rows} sizes for {n} samples")

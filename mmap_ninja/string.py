@@ -15,7 +15,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _meta
-from ._lifecycle import MapObject, checksum_problems
+from ._lifecycle import MapObject, checksum_problems, overlap_problems
 from ._storage import (
     CHECKSUMS,
     LOCK_FILE,
@@ -444,6 +444,8 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List
     if reader is None:
         return [], []
     problems = reader.verify(limit, not files.codec.compressed)
+    if not problems:
+        problems = overlap_problems(files.starts.map()[:files.n], files.ends.map()[:files.n], out_dir, "string")
     if files.codec.compressed:
         for i in range(len(reader)):
             if len(problems) >= limit:

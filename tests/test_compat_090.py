@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from conftest import assert_sample_equal
 
+import mmap_ninja
 from mmap_ninja import generic
 from mmap_ninja import numpy as np_ninja
 from mmap_ninja.ragged import RaggedMmap
@@ -537,3 +538,31 @@ def test_ragged_map_whose_first_batch_is_all_empty_extends_correctly(ref090, tmp
     reads = _read_with_090(ref090, [(d, "ragged") for d in checks], tmp_path)
     for out_dir, want in checks.items():
         _assert_090_reads("ragged", reads[str(out_dir)], want, out_dir.name)
+
+
+def test_maps_with_replaced_samples_extend_correctly_in_090(ref090, tmp_path):
+    """Replacing a sample appends its new bytes; the last sample moves along, so that 0.9.0,
+    which appends after the end of the last sample, still extends the map correctly."""
+    ragged, strings = tmp_path / "ragged", tmp_path / "strings"
+    RaggedMmap.from_lists(ragged, [np.arange(3), np.arange(2), np.arange(4)])
+    RaggedMmap(ragged, mode="r+")[0] = [7, 7, 7]
+    StringsMmap.from_strings(strings, ["abc", "de", "fgh"])
+    StringsMmap(strings)[1] = "XY"
+    ref090.run(f"""
+import numpy as np
+from mmap_ninja.ragged import RaggedMmap
+from mmap_ninja.string import StringsMmap
+RaggedMmap({str(ragged)!r}).extend([np.array([9, 9])])
+StringsMmap({str(strings)!r}).extend(["new"])
+result = 0
+""", tmp_path)
+    want_ragged = [np.array([7, 7, 7]), np.arange(2), np.arange(4), np.array([9, 9])]
+    want_strings = ["abc", "XY", "fgh", "new"]
+    _assert_contents("ragged", _read_with_library("ragged", ragged), want_ragged, "ragged, read here")
+    _assert_contents("string", _read_with_library("string", strings), want_strings, "strings, read here")
+    reads = _read_with_090(ref090, [(ragged, "ragged"), (strings, "string")], tmp_path)
+    _assert_090_reads("ragged", reads[str(ragged)], want_ragged, "ragged")
+    _assert_090_reads("string", reads[str(strings)], want_strings, "strings")
+    for path in (ragged, strings):
+        report = mmap_ninja.verify(path, deep=True)
+        assert report == [] and any("carry no checksum" in note for note in report.notes), report.notes

@@ -199,3 +199,10 @@ def _committed_bytes(path: Path, kind: str) -> int:
         return int(StringsMmap(path).ends.max())
     m = RaggedMmap(path)
     return int(m.ends.max()) * m.dtype.itemsize
+
+
+def test_a_shape_that_lost_rows_is_detected(tmp_path):
+    np_ninja.from_ndarray(tmp_path / "n", np.arange(24, dtype=np.int32).reshape(6, 4))
+    (tmp_path / "n" / "shape.ninja").write_bytes(struct.pack("<QQ", 3, 4))
+    report = mmap_ninja.verify(tmp_path / "n")
+    assert len(report) == 1 and "describes 48 bytes" in report[0]
