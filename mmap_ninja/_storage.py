@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import struct
 import time
@@ -379,7 +380,7 @@ class Replacement:
 
     def __init__(self, lock: WriterLock):
         self.lock = lock
-        self.out_dir = lock.out_dir
+        self.out_dir = Path(os.path.realpath(lock.out_dir))  # a link to a map's folder stays a link
         self.build = self.out_dir.parent / f".{self.out_dir.name}.{uuid.uuid4().hex[:12]}.building"
         self._build_lock = WriterLock(self.build)
 
@@ -424,11 +425,11 @@ def _swap(build: Path, out_dir: Path) -> None:
 
 
 def _remove_abandoned_builds(out_dir: Path) -> None:
-    """Remove the build folders of ``out_dir`` whose writer died (their lock is free)."""
-    prefix = f".{out_dir.name}."
+    """Remove the build folders of ``out_dir`` left by writers that died. Called under
+    ``out_dir``'s writer lock, which every builder of ``out_dir`` holds: no other one is alive."""
+    own = re.compile(re.escape(f".{out_dir.name}.") + r"[0-9a-f]{12}\.building(\.old)?")
     try:
-        entries = [entry for entry in os.scandir(out_dir.parent)
-                   if entry.name.startswith(prefix) and entry.name.endswith((".building", ".building.old"))]
+        entries = [entry for entry in os.scandir(out_dir.parent) if own.fullmatch(entry.name)]
     except FileNotFoundError:
         return
     for entry in entries:

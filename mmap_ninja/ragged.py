@@ -421,7 +421,8 @@ class RaggedMmap(MapObject):
     # -- reading ------------------------------------------------------------------------
 
     def __getitem__(self, item):
-        reader = self._live()[1]
+        state = self._state
+        reader = state[1] if state is not None else self._live()[1]  # _live() raises once closed
         if reader is None:
             _core.normalize_index(item, 0)  # raises for any integer
             return []

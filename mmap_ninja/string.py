@@ -289,7 +289,7 @@ class StringsMmap(MapObject):
     # -- reading ------------------------------------------------------------------------
 
     def __getitem__(self, item):
-        files, reader, _ = self._live()
+        files, reader, _ = self._state or self._live()  # _live() raises once closed
         codec = files.codec
         if type(item) is int and reader is not None and not codec.compressed:
             return reader.get(item)

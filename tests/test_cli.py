@@ -42,7 +42,14 @@ def test_info_of_every_kind(tmp_path, capsys):
 def test_verify_exit_codes(tmp_path, capsys):
     RaggedMmap.from_lists(tmp_path / "r", [np.arange(3), np.arange(5)])
     code, out, _ = run(capsys, "verify", tmp_path / "r")
-    assert code == 0 and out.strip() == f"{tmp_path / 'r'}: sound"
+    assert code == 0 and out.strip() == f"{tmp_path / 'r'}: sound (structure and metadata checked)"
+    code, out, _ = run(capsys, "verify", "--deep", tmp_path / "r")
+    assert code == 0 and out.strip() == f"{tmp_path / 'r'}: sound (every byte checked against its checksum)"
+    data = tmp_path / "r" / "data.ninja"
+    data.write_bytes(data.read_bytes()[:-1] + b"\x7f")  # a damaged byte: only --deep sees it
+    assert run(capsys, "verify", tmp_path / "r")[0] == 0
+    code, out, _ = run(capsys, "verify", "--deep", tmp_path / "r")
+    assert code == 1 and f"{data}: bytes [0, 64) do not match their checksum" in out
     np.array([0, 99], dtype=np.int64).tofile(tmp_path / "r" / "ends" / "data.ninja")
     code, out, _ = run(capsys, "verify", tmp_path / "r")
     assert code == 1 and len(out.strip().splitlines()) >= 2 and "sample 1" in out
@@ -336,7 +343,7 @@ def test_convert_walks_the_tree_in_natural_order_and_says_what_it_skipped(tmp_pa
     _, out, _ = run(capsys, "info", tmp_path / "out")
     assert re.search(rf"^paths: +5 of 5 samples have one \({re.escape(str(tmp_path / 'out' / 'paths'))}\)$", out, re.M)
     code, out, _ = run(capsys, "verify", tmp_path / "out")
-    assert code == 0 and out == f"{tmp_path / 'out'}: sound\n"
+    assert code == 0 and out == f"{tmp_path / 'out'}: sound (structure and metadata checked)\n"
 
 
 def test_convert_guesses_the_kind_from_the_whole_tree(tmp_path, capsys):
