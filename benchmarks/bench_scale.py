@@ -56,6 +56,60 @@ def median_seconds(fn, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
+def token_sequences(n: int, seed: int = 0):
+    """``n`` int32 token sequences of 16 to 1,024 tokens (about 2 KiB each)."""
+    rng = np.random.default_rng(seed)
+    for length in rng.integers(16, 1024, size=n):
+        yield rng.integers(0, 32_000, size=length, dtype=np.int32)
+
+
+def measure_checksums(root: Path, repeats: int = 5) -> list:
+    """``(operation, seconds with checksums, seconds without)`` for a build of ~220 MB of token
+    sequences (durable and not) and a commit of 10 samples; then deep verify's reading rate."""
+    from mmap_ninja._storage import Commit
+
+    tokens = list(token_sequences(100_000))
+    size_mb = sum(t.nbytes for t in tokens) / 1e6
+    cases = []
+    for durable in (False, True):
+        def build(durable=durable):
+            with mmap_ninja.durability(durable):
+                RaggedMmap.from_generator(root / "tokens", iter(tokens), batch_size=8192)
+        cases.append((f"build {size_mb:,.0f} MB of token sequences{'' if durable else ', not flushed'}", build, 1))
+    m = RaggedMmap(root / "commits")
+    m.extend(list(samples(10)))
+    batch = list(samples(10, seed=4))
+
+    def commit(m=m, batch=batch):
+        with mmap_ninja.durability(False):
+            m.extend(batch)
+    cases.append(("commit of 10 samples, not flushed", commit, 50))
+    results = []
+    for name, fn, inner in cases:
+        times = {True: [], False: []}
+        for _ in range(repeats):
+            for record in (True, False):
+                Commit.record_checksums = record
+                try:
+                    start = time.perf_counter()
+                    for _ in range(inner):
+                        fn()
+                    times[record].append((time.perf_counter() - start) / inner)
+                finally:
+                    Commit.record_checksums = True
+        results.append((name, statistics.median(times[True]), statistics.median(times[False])))
+    RaggedMmap.from_generator(root / "tokens", iter(tokens), batch_size=8192)
+    start = time.perf_counter()
+    report = mmap_ninja.verify(root / "tokens", deep=True)
+    seconds = time.perf_counter() - start
+    assert report == [], report
+    results.append((f"verify(deep=True) of the {size_mb:,.0f} MB map", f"{seconds:.2f} s "
+                    f"({size_mb / seconds:,.0f} MB/s, page cache warm)", None))
+    shutil.rmtree(root / "tokens")
+    shutil.rmtree(root / "commits")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
@@ -101,6 +155,8 @@ def main() -> None:
             durability.append((durable, median_seconds(lambda m=m, batch=batch: m.extend(batch), repeats=200)))
         shutil.rmtree(path)
 
+    checksums = measure_checksums(root)
+
     lines = [
         f"Measured {datetime.date.today().isoformat()} with `python benchmarks/bench_scale.py` on "
         f"{describe_machine()} (mmap_ninja {mmap_ninja.__version__}). Samples are int32 arrays of 1 to 8 "
@@ -121,6 +177,15 @@ def main() -> None:
               "| durable | time per commit |", "|:--|--:|"]
     for durable, seconds in durability:
         lines.append(f"| {'yes (default)' if durable else 'no'} | {seconds * 1e3:.2f} ms |")
+    lines += ["", "What the checksums recorded by every commit cost (`checksums.ninja`; measured side by side, "
+              "alternating, median of 5 runs each), and what `verify(deep=True)` reads per second:", "",
+              "| operation | with checksums | without | cost |", "|:--|--:|--:|--:|"]
+    for name, with_, without in checksums:
+        if without is None:
+            lines.append(f"| {name} | {with_} | — | — |")
+        else:
+            lines.append(f"| {name} | {with_ * 1e3:.1f} ms | {without * 1e3:.1f} ms | "
+                         f"{(with_ / without - 1) * 100:+.1f}% |")
     report = "\n".join(lines)
     print()
     print(report)

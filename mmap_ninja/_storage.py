@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -131,48 +132,79 @@ def read_checksum_entries(log: Path) -> List[Tuple[int, int, int, int]]:
     return list(_ENTRY.iter_unpack(raw[:whole]))
 
 
-def _log_end(log: Path, committed_end: int) -> int:
-    """Where the next entry of ``log`` goes: after the last entry that lies within the
-    ``committed_end`` bytes committed (later ones were left by commits cut short)."""
+def _append_entry(log: Path, committed_end: int, entry: bytes) -> None:
+    """Write ``entry`` into ``log`` after its last entry that lies within the ``committed_end``
+    bytes committed (later ones were left by commits cut short), and drop what follows."""
+    fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        size = log.stat().st_size
-    except FileNotFoundError:
-        return 0
-    position = size - size % _ENTRY.size
-    with open(log, "rb") as f:
+        size = os.fstat(fd).st_size
+        position = size - size % _ENTRY.size
         while position:
-            f.seek(position - _ENTRY.size)
-            offset, length, _, _ = _ENTRY.unpack(f.read(_ENTRY.size))
+            offset, length, _, _ = _ENTRY.unpack(os.pread(fd, _ENTRY.size, position - _ENTRY.size))
             if offset + length <= committed_end:
                 break
             position -= _ENTRY.size
-    return position
+        os.pwrite(fd, entry, position)
+        if size > position + _ENTRY.size:
+            os.ftruncate(fd, position + _ENTRY.size)
+    finally:
+        os.close(fd)
+
+
+# Buffers from this size on have their CRC-32 computed on a thread of their own, while the same
+# bytes are written (zlib releases the GIL), so that a build pays for the slower of the two.
+_THREADED_CRC_BYTES = 1 << 20
+
+
+class _Crc32:
+    """The CRC-32 of ``data``; ``value()`` waits for it."""
+
+    def __init__(self, data: Union[bytes, memoryview]):
+        self._data = data
+        self._value: Optional[int] = None
+        self._thread: Optional[threading.Thread] = None
+        if memoryview(data).nbytes >= _THREADED_CRC_BYTES:
+            self._thread = threading.Thread(target=self._run, name="mmap_ninja-crc32", daemon=True)
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        self._value = zlib.crc32(self._data)
+
+    def value(self) -> int:
+        if self._thread is not None:
+            self._thread.join()
+        return self._value
 
 
 class Commit:
     """The writes of one change to a map, made visible together by ``finish``."""
+
+    # Off only to measure what checksums cost (benchmarks/bench_scale.py).
+    record_checksums = True
 
     def __init__(self):
         self.durable = _durable
         self._written: List[Path] = []
         self._steps: List[Tuple[str, Path, Union[bytes, Path, None]]] = []
 
-    def write(self, path: Path, offset: int, data: Union[bytes, memoryview], truncate: bool = False) -> None:
-        """Write new bytes into a data file now, where no reader looks yet."""
+    def write(self, path: Path, offset: int, data: Union[bytes, memoryview], truncate: bool = False,
+              checksum: Optional[Tuple[Path, bytes, int]] = None) -> None:
+        """Write new bytes into a data file now, where no reader looks yet. With ``checksum =
+        (directory, metadata, committed_end)``, also append to ``directory/checksums.ninja`` the
+        CRC-32 of ``data`` and of ``metadata`` (the array's metadata as this commit leaves it),
+        dropping entries past the ``committed_end`` bytes committed before. The log is not
+        flushed to disk: after a power loss its last entries may be missing, which ``verify``
+        notes as bytes without checksum, never as damage."""
+        crc = _Crc32(data) if checksum is not None and self.record_checksums else None
         write_at(path, offset, data, truncate)
         if path not in self._written:
             self._written.append(path)
-
-    def record_checksum(self, directory: Path, offset: int, data: Union[bytes, memoryview], metadata: bytes,
-                        committed_end: int) -> None:
-        """Append to ``directory/checksums.ninja`` the CRC-32 of ``data``, written at byte
-        ``offset`` of the data file by this commit, and of ``metadata`` as this commit leaves
-        it; entries past the ``committed_end`` bytes already committed are dropped."""
-        log = directory / CHECKSUMS
-        position = _log_end(log, committed_end)
-        entry = _ENTRY.pack(offset, len(memoryview(data).cast("B")), zlib.crc32(data), zlib.crc32(metadata))
-        self.write(log, position, entry)
-        os.truncate(log, position + _ENTRY.size)
+        if crc is not None:
+            directory, metadata, committed_end = checksum
+            entry = _ENTRY.pack(offset, memoryview(data).nbytes, crc.value(), zlib.crc32(metadata))
+            _append_entry(directory / CHECKSUMS, committed_end, entry)
 
     def replace(self, path: Path, data: bytes) -> None:
         """At ``finish``, replace the metadata file ``path`` with ``data``, atomically."""
@@ -561,22 +593,20 @@ class ArrayDir:
         if self.meta is None:
             self.path.mkdir(parents=True, exist_ok=True)
             meta = ArrayMeta(rows.dtype, rows.shape, order)
-            data = byte_view(rows, order)
-            commit.write(self.data_file, 0, data, truncate=True)
+            commit.write(self.data_file, 0, byte_view(rows, order), truncate=True,
+                         checksum=(self.path, metadata_bytes(meta), 0))
             if meta.nbytes == 0:
                 # mmap_ninja 0.9.0 opens every data file with np.memmap, which cannot map an
                 # empty file: keep one byte past the (empty) array, as numpy itself does.
                 commit.write(self.data_file, 0, b"\0")
-            commit.record_checksum(self.path, 0, data, metadata_bytes(meta), 0)
             return meta
         at = self.rows if at is None else at
         if self.meta.order == "F" and len(self.meta.shape) > 1 and at > 0:
             raise ValueError(f"{self.path}: a Fortran-ordered array cannot take rows in place")
         meta = self.meta.with_rows(at + rows.shape[0])
         offset = at * self.meta.row_bytes
-        data = byte_view(rows, self.meta.order)
-        commit.write(self.data_file, offset, data)
-        commit.record_checksum(self.path, offset, data, metadata_bytes(meta), offset)
+        commit.write(self.data_file, offset, byte_view(rows, self.meta.order),
+                     checksum=(self.path, metadata_bytes(meta), offset))
         return meta
 
     def allocate(self, meta: ArrayMeta, commit: Commit) -> ArrayMeta:

@@ -198,10 +198,10 @@ class _StringsFiles:
         and record its checksum; returns the byte offset where it begins."""
         n = self.n
         offset = self.data_file.stat().st_size if n else 0
-        commit.write(self.data_file, offset, payload, truncate=not n)
+        commit.write(self.data_file, offset, payload, truncate=not n,
+                     checksum=(self.out_dir, self.codec.metadata(), offset))
         if offset + len(payload) == 0:
             commit.write(self.data_file, 0, b"\0")  # 0.9.0 cannot map an empty data file
-        commit.record_checksum(self.out_dir, offset, payload, self.codec.metadata(), offset)
         return offset
 
     def codec_checksum_problem(self) -> List[str]:
