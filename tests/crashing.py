@@ -80,6 +80,18 @@ WRITER = textwrap.dedent(
 )
 
 
+# The map a killed ``ragged_from_generator`` writer was replacing: its first samples.
+OLD_SAMPLES = 4
+
+
+def build_old_map(path: Path) -> None:
+    """The map that a ``ragged_from_generator`` writer replaces (and, killed, must leave whole)."""
+    from mmap_ninja.ragged import RaggedMmap
+
+    RaggedMmap.from_lists(path, [expected_sample("ragged_from_generator", i) for i in range(OLD_SAMPLES)],
+                          dtype=np.int32)
+
+
 def start_writer(kind: str, path: Path, seed: int) -> subprocess.Popen:
     code = WRITER.format(tests=str(Path(__file__).resolve().parent))
     return subprocess.Popen([sys.executable, "-c", code, kind, str(path), str(seed)],

@@ -5,7 +5,7 @@ mmap_ninja 0.9.0 reads after the next commit. 29 kills here; tools/crash_test.py
 from __future__ import annotations
 
 import pytest
-from crashing import DIGEST_090, check_prefix, digest, extend_once, kill_writer
+from crashing import DIGEST_090, OLD_SAMPLES, build_old_map, check_prefix, digest, extend_once, kill_writer
 
 from mmap_ninja import verify
 
@@ -24,11 +24,17 @@ def test_killed_writer_leaves_a_committed_prefix(tmp_path, ref090, kind, kills):
     assert ref090.run(DIGEST_090.format(path=str(path)), tmp_path) == digest(kind, path)
 
 
-def test_killed_build_from_generator_keeps_whole_batches(tmp_path, ref090):
+def test_killed_build_from_generator_leaves_the_old_map_whole(tmp_path, ref090):
+    # a from_* builds aside: killed at any moment, it leaves the map it was replacing as it was,
+    # and its unfinished build beside it, which the next rebuild of that map removes
     for kill in range(5):
         path = tmp_path / f"build{kill}"
+        build_old_map(path)
         kill_writer("ragged_from_generator", path, seed=100 + kill)
-        length = check_prefix("ragged_from_generator", path, 0)
-        assert length % 3 == 0  # the generator is written in batches of 3
-        assert extend_once("ragged_from_generator", path) == length + 2
+        assert check_prefix("ragged_from_generator", path, OLD_SAMPLES) == OLD_SAMPLES
+        assert verify(path) == []
+        assert extend_once("ragged_from_generator", path) == OLD_SAMPLES + 2
     assert ref090.run(DIGEST_090.format(path=str(path)), tmp_path) == digest("ragged_from_generator", path)
+    assert any(p.name.endswith(".building") for p in tmp_path.iterdir())
+    build_old_map(path)
+    assert not any(p.name.startswith(f".{path.name}.") for p in tmp_path.iterdir())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from crashing import KINDS, check_prefix, extend_once, interrupted, kill_writer  # noqa: E402
+from crashing import KINDS, OLD_SAMPLES, build_old_map, check_prefix, extend_once, interrupted, kill_writer  # noqa: E402
 
 from mmap_ninja import verify  # noqa: E402
 
@@ -40,10 +40,14 @@ def main() -> None:
     for kill in range(args.kills):
         kind = KINDS[kill % len(KINDS)]
         path = root / (f"{kind}{kill}" if kind == "ragged_from_generator" else kind)
+        if kind == "ragged_from_generator":
+            build_old_map(path)  # the build it replaces must stay whole
         kill_writer(kind, path, seed=kill)
         torn[kind] += interrupted(path)
-        previous = 0 if kind == "ragged_from_generator" else lengths[kind]
+        previous = OLD_SAMPLES if kind == "ragged_from_generator" else lengths[kind]
         lengths[kind] = check_prefix(kind, path, previous)
+        if kind == "ragged_from_generator":
+            assert lengths[kind] == OLD_SAMPLES, f"a killed build changed the map it was replacing: {lengths[kind]}"
         problems = [p for p in verify(path) if "interrupted write" not in p]
         assert not problems, problems
         if kill % 10 == 9:
