@@ -15,6 +15,7 @@ sample; ``ragged[indices]`` is a list of such views.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -633,11 +634,13 @@ class RaggedMmap(MapObject):
     ) -> "RaggedMmap":
         """Write ``indexable[0], indexable[1], ...`` (or ``indexable(i)`` for a function) as a
         new map at ``out_dir``, until ``len(indexable)`` or the first ``IndexError``/
-        ``KeyError``; ``n_jobs`` > 1 reads each batch in parallel with joblib."""
+        ``KeyError``; ``n_jobs`` other than ``None`` or 1 reads the samples in that many worker
+        processes (``-1``: one per core), which each receive ``indexable`` once."""
         check_options(verbose, wrapper_fn)
         batches = indexable_batches(indexable, batch_size, n_jobs=n_jobs, verbose=verbose)
-        return cls._build_ragged(out_dir, batches, dtype, wrapper_fn=wrapper_fn, mode=mode,
-                                 copy_before_wrapper_fn=copy_before_wrapper_fn)
+        with contextlib.closing(batches):  # a failed write stops the workers at once
+            return cls._build_ragged(out_dir, batches, dtype, wrapper_fn=wrapper_fn, mode=mode,
+                                     copy_before_wrapper_fn=copy_before_wrapper_fn)
 
 
 RaggedMmmap = RaggedMmap
