@@ -71,9 +71,23 @@ def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Tuple[List[str]
     return Report(problems[:limit], notes)
 
 
+# Items checked at a time by ``overlap_problems``, to bound its memory.
+_ORDER_CHUNK = 1 << 20
+
+
 def overlap_problems(starts: np.ndarray, ends: np.ndarray, source: Path, item: str) -> List[str]:
-    """A problem when two non-empty items share stored units (items may be stored in any
-    order: a replaced sample moves past the others)."""
+    """A problem when two non-empty items share stored units. Items stored in order (each
+    from where the one before ends) cannot overlap: that is checked in chunks, in bounded
+    memory. Only a map whose items are out of order (a replaced sample moves past the others)
+    is sorted, which takes memory in proportion to its length."""
+    in_order = True
+    for begin in range(1, len(starts), _ORDER_CHUNK):
+        stop = min(begin + _ORDER_CHUNK, len(starts))
+        if np.any(starts[begin:stop] < ends[begin - 1:stop - 1]):
+            in_order = False
+            break
+    if in_order:
+        return []
     nonempty = np.flatnonzero(ends > starts)
     order = nonempty[np.argsort(starts[nonempty], kind="stable")]
     bad = np.flatnonzero(starts[order[1:]] < ends[order[:-1]])
@@ -99,18 +113,21 @@ def checksum_problems(arrays: Iterable[ArrayDir], deep: bool) -> Tuple[List[str]
 def building(out_dir: PathLike) -> Iterator[Path]:
     """A folder in which to build a new map that replaces whatever map is at ``out_dir`` when
     the block ends without an error; on any error the old map stays exactly as it was, and
-    nothing is left behind (not even ``out_dir``, when it did not exist)."""
+    nothing is left behind (not even ``out_dir``, when this call created it)."""
     out_dir = as_dir(out_dir)
-    existed = out_dir.exists()
+    created = not out_dir.exists()
+    lock = WriterLock(out_dir).__enter__()  # another writer: BlockingIOError, and nothing is touched
     try:
-        with WriterLock(out_dir) as lock, Replacement(lock) as build:
+        with Replacement(lock) as build:
             yield build
     except BaseException:
-        if not existed:
+        if created:  # still holding the lock: nobody else writes here
             with contextlib.suppress(OSError):
                 (out_dir / "writer.lock").unlink()
                 out_dir.rmdir()
         raise
+    finally:
+        lock.__exit__()
 
 
 def _reopen(cls, out_dir: str, options: dict) -> "MapObject":
@@ -141,9 +158,9 @@ class MapObject(Legacy090Names):
         it has ``.n``, ``.starts`` and ``.ends`` (``ArrayDir``)."""
         raise NotImplementedError
 
-    def _open_reader(self, files: Any) -> Tuple[Any, Any]:
-        """``(reader, buffer)`` over ``files`` mapped in this map's mode; ``(None, None)`` for an
-        empty map."""
+    def _open_reader(self, files: Any, mode: Optional[str] = None) -> Tuple[Any, Any]:
+        """``(reader, buffer)`` over ``files`` mapped in ``mode`` (default: this map's mapping
+        mode); ``(None, None)`` for an empty map."""
         raise NotImplementedError
 
     def _prepare(self, samples: List[Any], files: Any, bar=None) -> Any:
@@ -155,9 +172,10 @@ class MapObject(Legacy090Names):
         """Commit ``batch`` after the samples of ``files``, under ``lock``."""
         raise NotImplementedError
 
-    def _replacement_bytes(self, reader: Any, i: int, value: Any) -> bytes:
-        """The stored bytes of ``value`` as the new sample ``i``: as many as sample ``i`` has
-        (``ValueError`` or ``TypeError`` naming ``i`` otherwise)."""
+    def _replacement_bytes(self, files: Any, reader: Any, i: int, value: Any) -> bytes:
+        """The stored bytes of ``value`` as the new sample ``i`` of the map ``files`` read by
+        ``reader``: as many as sample ``i`` has (``ValueError`` or ``TypeError`` naming ``i``
+        otherwise)."""
         raise NotImplementedError
 
     def _append_bytes(self, files: Any, raw: bytes, commit: Commit) -> int:
@@ -285,19 +303,24 @@ class MapObject(Legacy090Names):
                 what, where = self.assigned_nouns
                 raise ValueError(f"cannot assign {len(values)} {what} to {len(index)} {where}")
             pairs = list(zip(index.tolist(), values))
-        writes = [(i, self._replacement_bytes(reader, i, v)) for i, v in pairs]
-        if not writes:
+        if not pairs:
             return
         if self.mode == "c":
+            writes = [(i, self._replacement_bytes(files, reader, i, v)) for i, v in pairs]
             target = np.frombuffer(buffer, dtype=np.uint8)
             for i, raw in writes:
                 start = reader.span(i)[0] * self._unit(files)
                 target[start:start + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
             return
         with WriterLock(self.out_dir) as lock:
-            if self._read_files(self.out_dir).n != files.n:
-                raise ValueError(f"{self.out_dir} was changed by another writer since it was read; refresh() "
-                                 f"and assign again")
+            # the values are checked against the map as it is now on disk, not as this object
+            # last read it: another writer may have rebuilt it meanwhile
+            current = self._read_files(self.out_dir)
+            if current.n != files.n:
+                raise ValueError(f"{self.out_dir} holds {current.n} samples now, not the {files.n} it held when "
+                                 f"it was read (changed by another writer); refresh() and assign again")
+            current_reader = self._open_reader(current, "r")[0]
+            writes = [(i, self._replacement_bytes(current, current_reader, i, v)) for i, v in pairs]
             with Replacement(lock) as build:
                 self._replace_samples(build, writes)
         self.refresh()
@@ -321,7 +344,7 @@ class MapObject(Legacy090Names):
         if n - 1 not in replaced:
             # mmap_ninja 0.9.0 appends after the end of the last sample: it must stay the end
             # of the data, so the last sample moves along past the replaced ones
-            data = np.frombuffer(self._open_reader(files)[1], dtype=np.uint8)
+            data = np.frombuffer(self._open_reader(files, "r")[1], dtype=np.uint8)
             replaced[n - 1] = data[starts[n - 1] * unit:ends[n - 1] * unit].tobytes()
         writes = list(replaced.items())
         commit = Commit()
@@ -347,6 +370,7 @@ class MapObject(Legacy090Names):
         mode = open_kwargs.get("mode")
         if mode not in cls.MODES:  # checked before anything is written
             raise ValueError(f"mode must be one of {cls.MODES}, got {mode!r}")
+        out_dir = as_dir(out_dir)  # absolute before the folder (maybe the working one) is replaced
         with building(out_dir) as build:
             build_in_batches(batches, lambda batch: create(build, batch), extend)
         return cls(out_dir, **open_kwargs)

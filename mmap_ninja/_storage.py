@@ -38,6 +38,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import struct
 import threading
 import time
@@ -236,6 +237,7 @@ class WriterLock:
         self._fd: Optional[int] = None
 
     def __enter__(self) -> "WriterLock":
+        missing = not self.out_dir.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -251,6 +253,8 @@ class WriterLock:
             # the folder may have been swapped for a new version since the file was opened
             if _inode(self.path) == _fd_inode(fd):
                 self._fd = fd
+                if missing:  # a writer may have died between the renames of a swap
+                    recover_abandoned_builds(self.out_dir)
                 return self
             os.close(fd)
 
@@ -352,7 +356,10 @@ def open_consistent(out_dir: Path, opener: Callable[[], T]) -> T:
         try:
             fd = os.open(out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
-            return opener()  # no folder: the opener says what that means
+            if not any(build.name.endswith(".old") for build in _builds_of(out_dir)):
+                return opener()  # no folder: the opener says what that means
+            time.sleep(0.0005 * attempt)  # between the renames of a swap without atomic exchange
+            continue
         try:
             before = _fd_inode(fd)
             try:
@@ -370,33 +377,47 @@ def open_consistent(out_dir: Path, opener: Callable[[], T]) -> T:
                               f"was being opened; open it again")
 
 
-# What a map's folder holds of its own: everything else in it is the user's, and moves along
-# when the folder is replaced.
-_MAP_ENTRIES = frozenset(_meta.MAP_FILES) | {CHECKSUMS, LOCK_FILE, "starts", "ends", "shapes", "flattened_shapes"}
+# The component folders each kind of map holds; everything else in a map's folder that is not
+# one of its files (``_meta.MAP_FILES``, with their temporary ``.tmp``/``.new`` versions, and
+# ``writer.lock``) is the user's, and moves along when the folder is replaced.
+_COMPONENTS = {"ragged": ("starts", "ends", "shapes", "flattened_shapes"), "string": ("starts", "ends")}
 
 
-def _own_entry(name: str) -> bool:
-    return name in _MAP_ENTRIES or name.endswith((".tmp", ".new"))
+def _own_entries(folder: Path) -> frozenset:
+    """The names of the entries of ``folder`` that belong to the map in it."""
+    files = set(_meta.MAP_FILES) | {LOCK_FILE}
+    files |= {name + suffix for name in _meta.MAP_FILES for suffix in (".tmp", ".new")}
+    try:
+        kind = _meta.read_type(folder)
+    except (OSError, ValueError):
+        kind = None
+    # a folder whose map is not written yet may hold the components of any kind
+    components = _COMPONENTS.get(kind, ()) if kind is not None else _COMPONENTS["ragged"]
+    return frozenset(files | set(components))
 
 
-def link_map(source: Path, target: Path, leave_out: Tuple[str, ...] = ()) -> None:
-    """Lay out at ``target`` a copy of the map at ``source`` that shares its data files by
-    hard links (no data is copied; commits only ever add bytes past what is committed, so the
-    two versions never see each other's changes) and copies its small files; ``leave_out``
-    names entries (relative paths) not to copy."""
+def _user_entries(folder: Path) -> List[str]:
+    own = _own_entries(folder)
+    return [entry.name for entry in os.scandir(folder) if entry.name not in own]
+
+
+def link_map(source: Path, target: Path) -> None:
+    """Lay out at ``target`` the map at ``source``, sharing its files by hard links: nothing
+    is copied but the checksum logs (appended in place). Commits only add bytes past what is
+    committed, and replace metadata files by renaming, so the two versions never see each
+    other's changes."""
     target.mkdir(exist_ok=True)
+    own = _own_entries(source)
     for entry in os.scandir(source):
-        relative = entry.name
-        if not _own_entry(relative) or relative in leave_out or relative == LOCK_FILE \
-                or relative.endswith((".tmp", ".new")) or relative == PENDING:
+        name = entry.name
+        if name not in own or name == LOCK_FILE or name == PENDING or name.endswith((".tmp", ".new")):
             continue
         if entry.is_dir(follow_symlinks=False):
-            inner = tuple(name.split("/", 1)[1] for name in leave_out if name.startswith(relative + "/"))
-            link_map(Path(entry.path), target / relative, inner)
-        elif relative == _meta.DATA:
-            os.link(entry.path, target / relative)
+            link_map(Path(entry.path), target / name)
+        elif name == CHECKSUMS:
+            shutil.copy2(entry.path, target / name)
         else:
-            shutil.copyfile(entry.path, target / relative)
+            os.link(entry.path, target / name)
 
 
 class Replacement:
@@ -404,10 +425,11 @@ class Replacement:
 
     ``with Replacement(lock) as build: ...`` writes the new version into ``build`` (a new
     folder beside ``out_dir``, locked for writing); when the block ends without an error, the
-    user's own files in ``out_dir`` move into ``build``, the two folders are exchanged in one
-    atomic step and the old version is removed; on any error ``build`` is removed and
-    ``out_dir`` stays as it was. ``lock`` is the writer lock of ``out_dir``, which ends up
-    holding the lock of the new folder. Folders left by writers that died are removed first.
+    two folders are exchanged in one atomic step, the user's own files move from the old
+    version into the new one, and the old version is removed. On any error ``build`` is
+    removed and ``out_dir`` stays as it was. ``lock`` is the writer lock of ``out_dir``, which
+    ends up holding the lock of the new folder. Folders left by writers that died are dealt
+    with first (``recover_abandoned_builds``).
     """
 
     def __init__(self, lock: WriterLock):
@@ -417,8 +439,10 @@ class Replacement:
         self._build_lock = WriterLock(self.build)
 
     def __enter__(self) -> Path:
-        _remove_abandoned_builds(self.out_dir)
+        recover_abandoned_builds(self.out_dir)
         self.build.mkdir()
+        with contextlib.suppress(OSError):  # the new version keeps the folder's permissions
+            os.chmod(self.build, stat.S_IMODE(self.out_dir.stat().st_mode))
         self._build_lock.__enter__()
         return self.build
 
@@ -428,18 +452,37 @@ class Replacement:
             shutil.rmtree(self.build, ignore_errors=True)
             return
         try:
-            for entry in os.scandir(self.out_dir):
-                if not _own_entry(entry.name) and not (self.build / entry.name).exists():
-                    os.rename(entry.path, self.build / entry.name)
+            if _durable:
+                for folder, _, _ in os.walk(self.build):
+                    _fsync_path(Path(folder), directory=True)
             _swap(self.build, self.out_dir)
         except BaseException:
             self._build_lock.__exit__()
             shutil.rmtree(self.build, ignore_errors=True)
             raise
+        self.lock.take_over(self._build_lock)
+        _adopt_user_entries(self.build, self.out_dir)  # the old version is at the build path now
         if _durable:
             _fsync_path(self.out_dir.parent, directory=True)
-        self.lock.take_over(self._build_lock)
-        shutil.rmtree(self.build, ignore_errors=True)  # the old version, now at the build path
+
+
+def _adopt_user_entries(old: Path, out_dir: Path) -> None:
+    """Move the user's entries of the old version ``old`` into the map's folder ``out_dir``
+    and remove ``old``; if one cannot be moved, ``old`` stays, renamed to end in
+    ``.kept``, and a warning says where."""
+    try:
+        for name in _user_entries(old):
+            if not os.path.lexists(out_dir / name):
+                os.rename(old / name, out_dir / name)
+    except OSError as exc:
+        kept = old.with_name(old.name.replace(".building", ".kept"))
+        os.rename(old, kept)
+        import warnings
+
+        warnings.warn(f"the map at {out_dir} was replaced, but files of yours could not be moved into it "
+                      f"({exc}); they are in {kept}", stacklevel=3)
+        return
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _swap(build: Path, out_dir: Path) -> None:
@@ -449,27 +492,39 @@ def _swap(build: Path, out_dir: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.ENOTSUP):
             raise
-        # no atomic exchange here: two renames, between which readers find no map
+        # no atomic exchange on this file system: three renames, between which readers wait
+        # (see open_consistent) and after which a dead writer's work is finished by the next
         old = build.with_name(build.name + ".old")
         os.rename(out_dir, old)
         os.rename(build, out_dir)
         os.rename(old, build)
 
 
-def _remove_abandoned_builds(out_dir: Path) -> None:
-    """Remove the build folders of ``out_dir`` left by writers that died. Called under
-    ``out_dir``'s writer lock, which every builder of ``out_dir`` holds: no other one is alive."""
+def _builds_of(out_dir: Path) -> List[Path]:
+    """The build folders of ``out_dir`` (``.NAME.<12 hex>.building`` and the ``.old`` of a
+    swap without atomic exchange)."""
     own = re.compile(re.escape(f".{out_dir.name}.") + r"[0-9a-f]{12}\.building(\.old)?")
     try:
-        entries = [entry for entry in os.scandir(out_dir.parent) if own.fullmatch(entry.name)]
+        return [Path(entry.path) for entry in os.scandir(out_dir.parent) if own.fullmatch(entry.name)]
     except FileNotFoundError:
-        return
-    for entry in entries:
-        try:
-            with WriterLock(Path(entry.path)):
-                shutil.rmtree(entry.path, ignore_errors=True)
-        except (BlockingIOError, FileNotFoundError):
-            continue  # still being built by a live writer, or gone
+        return []
+
+
+def recover_abandoned_builds(out_dir: Path) -> None:
+    """Deal with the build folders of ``out_dir`` left by writers that died, under
+    ``out_dir``'s writer lock (which every builder of ``out_dir`` holds, so none is alive): an
+    old version from a swap without atomic exchange goes back in place if the map is missing;
+    the user's files of an old version move into the map (they moved only after a swap); then
+    the folders are removed."""
+    for folder in _builds_of(out_dir):
+        if folder.name.endswith(".old") and not (out_dir / _meta.TYPE).exists() \
+                and (folder / _meta.TYPE).exists():
+            # the map's folder was renamed away and the new version not yet put in its place:
+            # the old version is the committed one, and comes back
+            for entry in os.scandir(folder):
+                if entry.name != LOCK_FILE:
+                    os.rename(entry.path, out_dir / entry.name)
+        _adopt_user_entries(folder, out_dir)
 
 
 def verify_checksums(directory: Path, data_file: Path, committed_end: int, metadata: Optional[bytes],

@@ -48,12 +48,14 @@ class Wrapped:
 
 
 def as_dir(out_dir: PathLike) -> Path:
-    """A map directory given as ``str`` or any ``os.PathLike``."""
+    """A map directory given as ``str`` or any ``os.PathLike``, as an absolute path."""
     if isinstance(out_dir, (bytes, bytearray)):
         out_dir = os.fsdecode(out_dir)
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"a map directory must be a str or os.PathLike, not {type(out_dir).__name__}")
-    return Path(out_dir)
+    # absolute: a rebuilt map's folder is a new one, which a relative path such as "." (the
+    # process's working folder, the old one) would not reach
+    return Path(os.path.abspath(out_dir))
 
 
 def map_type(out_dir: Path, must_exist: bool = False) -> Optional[str]:

@@ -82,6 +82,7 @@ def from_ndarray(out_dir: PathLike, arr: Any) -> np.memmap:
     and return it as a writable ``np.memmap`` of the same shape and dtype."""
     arr = np.asarray(arr)
     order = "F" if np.isfortran(arr) else "C"
+    out_dir = as_dir(out_dir)
     with building(out_dir) as build:
         _create(build, arr, order)
     return open_existing(out_dir, "r+")

@@ -121,6 +121,7 @@ class _RaggedFiles:
         self.flat = True
         self.flag_on_disk: Optional[bool] = None  # what shapes_are_flat.ninja says
         self.dtype: Optional[np.dtype] = None
+        self.mapped: dict = {}  # offsets and shapes mapped by ``reader``
 
     @property
     def n(self) -> int:
@@ -170,19 +171,23 @@ class _RaggedFiles:
 
     def reader(self, mode: str) -> Tuple[Optional[_core.RaggedReader], Optional[np.ndarray]]:
         """The compiled reader over the committed samples and the flattened data it reads,
-        mapped in ``mode`` (``(None, None)`` for an empty map)."""
+        mapped in ``mode`` (``(None, None)`` for an empty map). The mapped offsets and shapes
+        stay here (``mapped``), so that what the map shows of them is of the version read."""
         if self.n == 0:
             return None, None
         data = self.data.map(mode).reshape(-1)
         starts, ends = self.starts.map(), self.ends.map()
         source = str(self.out_dir)
         if self.flat:
-            sizes = self.flat_shapes.map().reshape(-1)
-            return _core.RaggedReader(data, starts, ends, sizes=sizes, source=source), data
+            lengths = self.flat_shapes.map()
+            self.mapped = {"starts": starts, "ends": ends, "shapes": lengths}
+            return _core.RaggedReader(data, starts, ends, sizes=lengths.reshape(-1), source=source), data
         shapes = self.nested_shapes
+        shapes_reader, shape_values = shapes.reader("r")
+        self.mapped = {"starts": starts, "ends": ends, "shapes": (shapes, shapes_reader, shape_values)}
         return _core.RaggedReader(
-            data, starts, ends, shape_values=shapes.data.map().reshape(-1), shape_starts=shapes.starts.map(),
-            shape_ends=shapes.ends.map(), source=source,
+            data, starts, ends, shape_values=shape_values, shape_starts=shapes.mapped["starts"],
+            shape_ends=shapes.mapped["ends"], source=source,
         ), data
 
     def arrays(self) -> List[ArrayDir]:
@@ -373,8 +378,8 @@ class RaggedMmap(MapObject):
     def _read_files(cls, out_dir: Path) -> _RaggedFiles:
         return _RaggedFiles.open(out_dir)
 
-    def _open_reader(self, files: _RaggedFiles):
-        return files.reader(self._mapping_mode)
+    def _open_reader(self, files: _RaggedFiles, mode: Optional[str] = None):
+        return files.reader(mode or self._mapping_mode)
 
     def _options(self) -> dict:
         return {"wrapper_fn": self.wrapper_fn, "mode": self.mode, "copy_before_wrapper_fn": self.copy_before_wrapper_fn}
@@ -396,7 +401,7 @@ class RaggedMmap(MapObject):
         files.append(batch, commit)
         commit.finish()
 
-    def _replacement_bytes(self, reader: _core.RaggedReader, i: int, value: Any) -> bytes:
+    def _replacement_bytes(self, files: _RaggedFiles, reader: _core.RaggedReader, i: int, value: Any) -> bytes:
         shape = np.shape(reader.sample(i))
         arr = cast_values(np.asarray(value), reader.dtype, f"value for sample {i}")
         try:
@@ -515,13 +520,13 @@ class RaggedMmap(MapObject):
     def starts(self) -> np.ndarray:
         """``int64`` element offset in ``memmap`` where each sample begins."""
         files = self._live()[0]
-        return files.starts.map()[: files.n] if files.n else np.empty(0, np.int64)
+        return files.mapped["starts"][: files.n] if files.n else np.empty(0, np.int64)
 
     @property
     def ends(self) -> np.ndarray:
         """``int64`` element offset in ``memmap`` one past the end of each sample."""
         files = self._live()[0]
-        return files.ends.map()[: files.n] if files.n else np.empty(0, np.int64)
+        return files.mapped["ends"][: files.n] if files.n else np.empty(0, np.int64)
 
     # -- the names mmap_ninja 0.9.0 gave (see also Legacy090Names) ---------------------------
 
@@ -536,8 +541,14 @@ class RaggedMmap(MapObject):
         ``RaggedMmap`` whose sample ``i`` is the shape of sample ``i``."""
         files = self._live()[0]
         if files.flat:
-            return files.flat_shapes.map()[: files.n] if files.n else np.empty((0, 1), np.int64)
-        return RaggedMmap(self.out_dir / "shapes")
+            return files.mapped["shapes"][: files.n] if files.n else np.empty((0, 1), np.int64)
+        if not files.n:
+            return RaggedMmap(self.out_dir / "shapes")
+        shapes = RaggedMmap.__new__(RaggedMmap)  # the shapes of the version this map read
+        shapes.out_dir, shapes.mode, shapes.wrapper_fn, shapes.copy_before_wrapper_fn = (
+            self.out_dir / "shapes", "r", None, True)
+        shapes._state = files.mapped["shapes"]
+        return shapes
 
     def __repr__(self) -> str:
         if self.closed:

@@ -143,6 +143,7 @@ class _StringsFiles:
         self.codec = codec
         self.starts = ArrayDir(out_dir / "starts")
         self.ends = ArrayDir(out_dir / "ends")
+        self.mapped: dict = {}  # offsets mapped by ``reader``
 
     @property
     def data_file(self) -> Path:
@@ -169,7 +170,8 @@ class _StringsFiles:
         if self.n == 0:
             return None, None
         buffer = map_bytes(self.data_file, mode)
-        reader = _core.StringsReader(buffer, self.starts.map(), self.ends.map(), source=str(self.out_dir))
+        self.mapped = {"starts": self.starts.map(), "ends": self.ends.map()}
+        reader = _core.StringsReader(buffer, self.mapped["starts"], self.mapped["ends"], source=str(self.out_dir))
         return reader, buffer
 
     def create(self, commit: Commit) -> None:
@@ -255,8 +257,8 @@ class StringsMmap(MapObject):
     def _read_files(cls, out_dir: Path) -> _StringsFiles:
         return _StringsFiles.open(out_dir)
 
-    def _open_reader(self, files: _StringsFiles):
-        return files.reader(self._mapping_mode)
+    def _open_reader(self, files: _StringsFiles, mode: Optional[str] = None):
+        return files.reader(mode or self._mapping_mode)
 
     def _prepare(self, samples: List[Any], files: _StringsFiles, bar=None) -> List[str]:
         _check_items(samples, files.n)
@@ -269,8 +271,8 @@ class StringsMmap(MapObject):
         files.append(batch, commit, bar)
         commit.finish()
 
-    def _replacement_bytes(self, reader: _core.StringsReader, i: int, value: Any) -> bytes:
-        if self._live()[0].codec.compressed:
+    def _replacement_bytes(self, files: _StringsFiles, reader: _core.StringsReader, i: int, value: Any) -> bytes:
+        if files.codec.compressed:
             raise ValueError("in-place modification is not supported for compressed StringsMmap")
         (raw,) = _encode([value], i)
         start, end = reader.span(i)
@@ -340,13 +342,13 @@ class StringsMmap(MapObject):
     def starts(self) -> np.ndarray:
         """``int64`` byte offset in ``data.ninja`` where each string begins."""
         files = self._live()[0]
-        return files.starts.map()[: files.n] if files.n else np.empty(0, np.int64)
+        return files.mapped["starts"][: files.n] if files.n else np.empty(0, np.int64)
 
     @property
     def ends(self) -> np.ndarray:
         """``int64`` byte offset in ``data.ninja`` one past the end of each string."""
         files = self._live()[0]
-        return files.ends.map()[: files.n] if files.n else np.empty(0, np.int64)
+        return files.mapped["ends"][: files.n] if files.n else np.empty(0, np.int64)
 
     @property
     def buffer(self):

@@ -140,3 +140,102 @@ def test_no_descriptor_is_held_by_open_maps(tmp_path):
     kept = [RaggedMmap(tmp_path / "r"), StringsMmap(tmp_path / "s"), np_ninja.open_existing(tmp_path / "n")]
     assert len(os.listdir("/proc/self/fd")) == before
     assert kept[0][0].shape == (2, 2) and kept[1][1] == "b" and kept[2].shape == (3, 3)
+
+
+# -- what a review of the swap found ------------------------------------------------------------
+
+def test_user_files_with_names_like_the_maps_own_survive_every_replacement(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "r", [np.zeros(2), np.zeros(3)], mode="r+")
+    (tmp_path / "r" / "notes.tmp").write_text("mine")
+    (tmp_path / "r" / "model.new").write_text("mine too")
+    m[0] = [1, 1]
+    np_ninja.from_ndarray(tmp_path / "n", np.zeros((2, 2)))
+    (tmp_path / "n" / "ends").mkdir()  # a numpy map has no component folders: this one is the user's
+    (tmp_path / "n" / "ends" / "x").write_text("kept")
+    np_ninja.extend_dir(tmp_path / "n", np.ones((1, 2)))
+    np_ninja.from_ndarray(tmp_path / "n", np.ones((3, 2)))
+    assert (tmp_path / "r" / "notes.tmp").read_text() == "mine" and (tmp_path / "r" / "model.new").exists()
+    assert (tmp_path / "n" / "ends" / "x").read_text() == "kept"
+
+
+def test_user_files_of_a_version_whose_writer_died_after_the_swap_come_back(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "m", [np.arange(3)])
+    # what a writer killed right after its swap leaves: the old version, with the user's file,
+    # beside the map
+    old = tmp_path / ".m.0123456789ab.building"
+    RaggedMmap.from_lists(old, [np.arange(2)])
+    (old / "labels.json").write_text("{}")
+    RaggedMmap.from_lists(tmp_path / "m", [np.arange(4)])
+    assert (tmp_path / "m" / "labels.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_an_assignment_checks_values_against_the_map_as_another_writer_left_it(tmp_path):
+    stale = StringsMmap.from_strings(tmp_path / "s", ["abc", "def"])
+    StringsMmap.from_strings(tmp_path / "s", ["xyz" * 20, "uvw" * 20], zstd_level=3)  # same length
+    with pytest.raises(ValueError, match="compressed"):
+        stale[1] = "ghi"
+    assert StringsMmap(tmp_path / "s")[:] == ["xyz" * 20, "uvw" * 20]
+    old = RaggedMmap.from_lists(tmp_path / "r", [np.zeros(3, np.int64), np.zeros(3, np.int64)], mode="r+")
+    RaggedMmap.from_lists(tmp_path / "r", [np.zeros(2, np.float32), np.zeros(5, np.float32)])
+    with pytest.raises(ValueError, match="sample 0 has shape"):
+        old[0] = [1, 2, 3]
+    assert mmap_ninja.verify(tmp_path / "r", deep=True) == []
+
+
+@pytest.mark.parametrize("kind", ["ragged", "ragged n-d", "strings"])
+def test_an_open_map_shows_the_offsets_and_shapes_of_the_version_it_read(tmp_path, kind):
+    if kind == "strings":
+        m = StringsMmap.from_strings(tmp_path / "m", ["ab", "cd", "ef"])
+        StringsMmap(tmp_path / "m")[0] = "xy"  # another object commits a new version
+    else:
+        first = np.zeros((2, 2)) if kind == "ragged n-d" else np.zeros(4)
+        m = RaggedMmap.from_lists(tmp_path / "m", [first, np.zeros(2), np.zeros(3)])
+        RaggedMmap(tmp_path / "m", mode="r+")[0] = np.ones_like(first)
+    assert m.starts.tolist() == [0, 2, 4] if kind == "strings" else m.starts.tolist() == [0, 4, 6]
+    assert len(m.ends) == 3
+    if kind != "strings":
+        assert m.flattened_shapes.tolist() == [4, 2, 3]
+        shapes = m.shapes
+        assert [tuple(np.asarray(shapes[i]).reshape(-1)) for i in range(3)] == (
+            [(2, 2), (2,), (3,)] if kind == "ragged n-d" else [(4,), (2,), (3,)])
+
+
+def test_a_replacement_keeps_the_folders_permissions(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.zeros(2)], mode="r+")
+    os.chmod(tmp_path / "m", 0o2750)
+    os.chmod(tmp_path / "m" / "data.ninja", 0o640)
+    m[0] = [1, 1]
+    assert oct((tmp_path / "m").stat().st_mode & 0o7777) == oct(0o2750)
+    assert oct((tmp_path / "m" / "data.ninja").stat().st_mode & 0o777) == oct(0o640)
+
+
+def test_the_working_folder_can_be_rebuilt_by_a_relative_path(tmp_path, monkeypatch):
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path / "m")
+    built = RaggedMmap.from_lists(".", [np.arange(3), np.arange(1)])  # "." is the folder being replaced
+    assert len(built) == 2 and built.out_dir == tmp_path / "m"
+    assert [s.tolist() for s in RaggedMmap(tmp_path / "m")] == [[0, 1, 2], [0]]
+
+
+def test_without_an_atomic_exchange_replacements_still_work_and_a_writer_killed_between_renames_loses_nothing(
+        tmp_path, monkeypatch):
+    import errno as errno_module
+
+    from mmap_ninja import _storage
+
+    def no_exchange(a, b):
+        raise OSError(errno_module.ENOSYS, "no renameat2 here")
+
+    monkeypatch.setattr(_storage, "exchange", no_exchange)  # a file system without RENAME_EXCHANGE
+    RaggedMmap.from_lists(tmp_path / "m", [np.arange(3)])
+    RaggedMmap.from_lists(tmp_path / "m", [np.arange(5)])
+    assert [s.tolist() for s in RaggedMmap(tmp_path / "m")] == [[0, 1, 2, 3, 4]]
+    # a writer killed after renaming the map away, before putting the new version in place
+    (tmp_path / "m").rename(tmp_path / ".m.0123456789ab.building.old")
+    with pytest.raises(mmap_ninja.ChangedWhileOpening):
+        RaggedMmap(tmp_path / "m")  # readers wait for the swap, and say so if it never ends
+    with _storage.WriterLock(tmp_path / "m"):  # the first step of any write: it finishes the recovery
+        pass
+    assert [s.tolist() for s in RaggedMmap(tmp_path / "m")] == [[0, 1, 2, 3, 4]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

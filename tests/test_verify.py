@@ -206,3 +206,30 @@ def test_a_shape_that_lost_rows_is_detected(tmp_path):
     (tmp_path / "n" / "shape.ninja").write_bytes(struct.pack("<QQ", 3, 4))
     report = mmap_ninja.verify(tmp_path / "n")
     assert len(report) == 1 and "describes 48 bytes" in report[0]
+
+
+@pytest.mark.parametrize("kind", ["ragged", "strings"])
+def test_overlapping_items_are_a_problem_in_order_or_not(tmp_path, kind):
+    if kind == "ragged":
+        m = RaggedMmap.from_lists(tmp_path / "m", [np.arange(4), np.arange(4), np.arange(4)], mode="r+")
+    else:
+        m = StringsMmap.from_strings(tmp_path / "m", ["abcd", "efgh", "ijkl"])
+    assert mmap_ninja.verify(tmp_path / "m") == []
+    m[0] = m[2] if kind == "strings" else np.arange(4)  # moves samples 0 and 2 past the others
+    assert mmap_ninja.verify(tmp_path / "m") == []
+    for name in ("starts", "ends"):  # item 1 now reaches into the new item 0 at [12, 16): [4, 14)
+        path = tmp_path / "m" / name / "data.ninja"
+        offsets = np.fromfile(path, dtype=np.int64)
+        offsets[1] = 4 if name == "starts" else 14
+        offsets.tofile(path)
+    if kind == "ragged":  # keep the stored size in step, so that only the overlap is wrong
+        sizes = tmp_path / "m" / "flattened_shapes" / "data.ninja"
+        counts = np.fromfile(sizes, dtype=np.int64)
+        counts[1] = 10
+        counts.tofile(sizes)
+        lengths = tmp_path / "m" / "shapes" / "data.ninja"
+        stored = np.fromfile(lengths, dtype=np.int64)
+        stored[1] = 10
+        stored.tofile(lengths)
+    report = mmap_ninja.verify(tmp_path / "m")
+    assert any("overlap" in line for line in report), report
