@@ -40,7 +40,7 @@ from ._storage import (
     link_map,
     open_consistent,
 )
-from .base import Legacy090Names, PathLike, as_dir, build_in_batches, map_type, progress
+from .base import Legacy090Names, PathLike, as_dir, build_in_batches, progress
 
 # Every mode a map object takes, and the mapping mode it stands for: strings maps keep the
 # file modes of mmap_ninja 0.9.0 ("rb", "r+b").
@@ -374,12 +374,3 @@ class MapObject(Legacy090Names):
         with building(out_dir) as build:
             build_in_batches(batches, lambda batch: create(build, batch), extend)
         return cls(out_dir, **open_kwargs)
-
-
-def open_kind(out_dir: Path, expected: str) -> Optional[str]:
-    """The ``type.ninja`` of ``out_dir`` (``None`` where there is no map), checked to be
-    ``expected``."""
-    type_name = map_type(out_dir)
-    if type_name not in (None, expected):
-        raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a {expected} map")
-    return type_name
