@@ -239,3 +239,23 @@ def test_without_an_atomic_exchange_replacements_still_work_and_a_writer_killed_
         pass
     assert [s.tolist() for s in RaggedMmap(tmp_path / "m")] == [[0, 1, 2, 3, 4]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_a_full_disk_during_a_rebuild_keeps_the_old_map_and_leaves_nothing(tmp_path, monkeypatch, kind):
+    import errno as errno_module
+
+    from mmap_ninja import _storage
+
+    BUILDERS[kind](tmp_path / "m", 1)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno_module.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_storage, "write_at", disk_full)  # every data write of the new version fails
+    with pytest.raises(OSError, match="No space left"):
+        BUILDERS[kind](tmp_path / "m", 2)
+    monkeypatch.undo()
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before and first_value(tmp_path / "m") in (1, "v1")
