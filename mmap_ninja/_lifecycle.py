@@ -60,8 +60,8 @@ def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Tuple[List[str]
                deep: bool) -> Report:
     """Run a kind's ``check(out_dir, limit, deep)`` and report what it found; damage that
     makes it raise is a problem too, never an exception."""
-    try:
-        problems, notes = check(out_dir, limit, deep)
+    try:  # read from one version, again if the map was swapped for a new one meanwhile
+        problems, notes = open_consistent(out_dir, lambda: check(out_dir, limit, deep))
     except Exception as exc:  # whatever damage makes reading fail is reported, not raised
         problems, notes = [f"{out_dir}: {exc}" if str(out_dir) not in str(exc) else str(exc)], []
     if any("no checksums recorded" in note for note in notes):
