@@ -31,8 +31,10 @@ ZSTD_DICT = "zstd_dict.ninja"
 PENDING = "pending.ninja"
 # CRC-32 of what each commit wrote (see _storage.verify_checksums); mmap_ninja 0.9.0 ignores it.
 CHECKSUMS = "checksums.ninja"
+# The parts of a sharded map, in order (see mmap_ninja.sharded).
+MANIFEST = "manifest.ninja"
 # Every file a map directory may hold (beside its component folders).
-MAP_FILES = (TYPE, DTYPE, SHAPE, ORDER, DATA, SHAPES_ARE_FLAT, ZSTD_LEVEL, ZSTD_DICT, PENDING, CHECKSUMS)
+MAP_FILES = (TYPE, DTYPE, SHAPE, ORDER, DATA, SHAPES_ARE_FLAT, ZSTD_LEVEL, ZSTD_DICT, PENDING, CHECKSUMS, MANIFEST)
 
 # The largest metadata file this library reads (the zstd dictionary is the only big one).
 _MAX_META_BYTES = 1 << 28

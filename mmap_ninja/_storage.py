@@ -380,7 +380,8 @@ def open_consistent(out_dir: Path, opener: Callable[[], T]) -> T:
 # The component folders each kind of map holds; everything else in a map's folder that is not
 # one of its files (``_meta.MAP_FILES``, with their temporary ``.tmp``/``.new`` versions, and
 # ``writer.lock``) is the user's, and moves along when the folder is replaced.
-_COMPONENTS = {"ragged": ("starts", "ends", "shapes", "flattened_shapes"), "string": ("starts", "ends")}
+_COMPONENTS = {"ragged": ("starts", "ends", "shapes", "flattened_shapes"), "string": ("starts", "ends"),
+               "sharded": ("parts",)}
 
 
 def _own_entries(folder: Path) -> frozenset:

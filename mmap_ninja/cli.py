@@ -116,6 +116,14 @@ def describe(path: Path) -> List[tuple]:
             unit = "per string" + (" (compressed)" if compression != "none" else "")
             lines.append(("bytes", _length_summary(s.ends - s.starts, unit)))
         lines.append(("compression", compression))
+    elif kind == "sharded":
+        from .sharded import ShardedMmap
+
+        m = ShardedMmap(path)
+        lines += [("kind", f"sharded ({m.kind} parts)"), ("samples", f"{len(m):,}"),
+                  ("parts", f"{len(m.part_names):,}" + (f", {len(m.uncommitted_parts()):,} never committed"
+                                                        if m.uncommitted_parts() else "")),
+                  ("dtype", "-" if m.dtype is None else m.dtype.name)]
     else:
         raise UsageError(f"{path}: unknown map type {kind!r}")
     paths = open_paths(path)

@@ -31,6 +31,10 @@ def verify(out_dir: PathLike, limit: int = 20, deep: bool = False) -> Report:
         type_name = map_type(out_dir, must_exist=True)
     except (OSError, ValueError) as exc:
         return Report([str(exc)])
+    if type_name == "sharded":
+        from . import sharded
+
+        return sharded.verify_dir(out_dir, limit, deep)
     verifiers = {"numpy": np_ninja._verify_dir, "ragged": ragged.verify_dir, "string": string.verify_dir}
     if type_name not in verifiers:
         return Report([f"{out_dir} is not a mmap_ninja map: " + (f"it has no {_meta.TYPE}" if type_name is None
@@ -56,7 +60,11 @@ def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] 
     if type_name == "string":
         memmap = StringsMmap(out_dir, **_mode(mode, _STRING_MODES))
         return memmap if wrapper_fn is None else Wrapped(memmap, wrapper_fn)
+    if type_name == "sharded":
+        from .sharded import ShardedMmap
+
+        return ShardedMmap(out_dir, wrapper_fn=wrapper_fn, **_mode(mode, _ARRAY_MODES))
     if type_name is None:
         raise ValueError(f"{out_dir} is not a mmap_ninja map: it has no {_meta.TYPE}")
     raise ValueError(f"unknown map type {type_name!r} in {out_dir / _meta.TYPE}; "
-                     f"expected 'numpy', 'ragged' or 'string'")
+                     f"expected 'numpy', 'ragged', 'string' or 'sharded'")

@@ -1,0 +1,464 @@
+"""Sharded maps: many maps of one kind (the parts), read as one.
+
+A sharded map is a directory with ``type.ninja`` = ``sharded``, a ``manifest.ninja`` (JSON: the
+kind and dtype of the parts, and the parts in order with their lengths) and a ``parts/`` folder
+holding the parts, each a complete map in the 0.9.0 format (so any part opens in 0.9.0).
+
+Parts are written independently, by any process (``write_part``), under new unique names, and
+become part of the map only when ``ShardedMmap.commit_parts`` appends them to the manifest, in
+the order given, in one atomic replacement of ``manifest.ninja`` under the map's writer lock. A
+part written and never committed (a failed or retried task) is never read; ``verify`` lists it
+and ``gc`` removes it. This is the engine-agnostic core that distributed builds stand on: each
+worker writes parts, the client commits them.
+
+Opening reads only the manifest; a part is opened on its first read. Batch reads map global
+indices to (part, local index) with one ``searchsorted`` and gather each part's samples with
+its own compiled batch read, results in the caller's order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core, _meta
+from . import numpy as np_ninja
+from ._lifecycle import Report, building
+from ._storage import WriterLock, open_consistent
+from .base import PathLike, as_dir, check_options, in_batches, map_type, progress
+from .ragged import RaggedBatch, RaggedMmap
+from .string import StringsMmap
+
+MANIFEST = _meta.MANIFEST
+PARTS = "parts"
+KINDS = ("ragged", "string", "numpy")
+_FORMAT = 1
+
+
+def _kind_of(sample: Any) -> str:
+    return "string" if isinstance(sample, str) else "ragged"
+
+
+def _open_part(path: Path, kind: str, mode: str = "r"):
+    if kind == "ragged":
+        return RaggedMmap(path, mode=mode)
+    if kind == "string":
+        return StringsMmap(path, mode={"r": "rb", "r+": "r+b"}.get(mode, mode))
+    return np_ninja.open_existing(path, mode)
+
+
+def _dtype_of(part: Any, kind: str) -> Optional[str]:
+    if kind == "string":
+        return None
+    dtype = part.dtype
+    return None if dtype is None else _meta.dtype_name(dtype)
+
+
+def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = None) -> Dict[str, Any]:
+    """Write ``samples`` as a new part of the sharded map at ``out_dir`` (not yet committed:
+    see ``ShardedMmap.commit_parts``) and return its record, a small picklable dict.
+
+    ``kind``: ``"ragged"``, ``"string"`` or ``"numpy"`` (same-shaped samples); ``None`` takes
+    ``"string"`` for ``str`` samples, else ``"ragged"``. Any process may write parts at once.
+    """
+    samples = list(samples)
+    if kind is None:
+        kind = _kind_of(samples[0]) if samples else "ragged"
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    name = f"part-{uuid.uuid4().hex}"
+    path = as_dir(out_dir) / PARTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "ragged":
+        part = RaggedMmap.from_lists(path, samples)
+    elif kind == "string":
+        part = StringsMmap.from_strings(path, samples)
+    else:
+        if not samples:
+            raise ValueError("a numpy part needs at least one sample (its shape and dtype come from it)")
+        part = np_ninja.from_ndarray(path, np.stack([np.asarray(s) for s in samples]))
+    (path / "writer.lock").unlink(missing_ok=True)
+    return {"name": name, "length": len(part), "kind": kind, "dtype": _dtype_of(part, kind)}
+
+
+def _read_manifest(out_dir: Path) -> dict:
+    path = out_dir / MANIFEST
+    try:
+        manifest = json.loads(_meta.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS or \
+            not isinstance(manifest.get("parts"), list):
+        raise ValueError(f"{path}: expected {{'kind', 'dtype', 'parts'}}, found {str(manifest)[:80]!r}")
+    for part in manifest["parts"]:
+        if not isinstance(part, dict) or not isinstance(part.get("name"), str) or "/" in part["name"] \
+                or not isinstance(part.get("length"), int) or part["length"] < 0:
+            raise ValueError(f"{path}: a part must be {{'name', 'length'}}, found {part!r}")
+    return manifest
+
+
+def _write_manifest(out_dir: Path, manifest: dict, new: bool) -> None:
+    from ._storage import _durable
+
+    _meta.write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode(), durable=_durable)
+    if new:
+        _meta.write_bytes(out_dir / _meta.TYPE, b"sharded", durable=_durable)
+
+
+def _check_record(record: Dict[str, Any], kind: str, dtype: Optional[str], out_dir: Path) -> None:
+    if record.get("kind") != kind or record.get("dtype") != dtype and record.get("length"):
+        raise ValueError(f"part {record.get('name')!r} holds {record.get('kind')} samples of "
+                         f"{record.get('dtype')}, but {out_dir} holds {kind} samples of {dtype}")
+
+
+class ShardedMmap:
+    """Many maps of one kind (the parts of the directory ``out_dir``) read as one map.
+
+    ``len(m)``, ``m[i]``, ``m[slice]``, ``m[indices]`` (a list, or rows of an array for numpy
+    parts), ``__getitems__`` for DataLoaders, ``take``/``padded`` for ragged parts and
+    ``get_bytes`` for strings parts; ``wrapper_fn`` applies to every sample read by ``[]``.
+    Opening reads only the manifest; parts are opened on their first read.
+    """
+
+    def __init__(self, out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: str = "r"):
+        check_options(wrapper_fn=wrapper_fn)
+        if mode not in ("r", "c"):
+            raise ValueError(f"mode must be 'r' or 'c' (parts are changed through their own maps), got {mode!r}")
+        self.out_dir = as_dir(out_dir)
+        self.wrapper_fn = wrapper_fn
+        self.mode = mode
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the manifest, to see parts committed since the map was opened."""
+        def read():
+            type_name = map_type(self.out_dir, must_exist=True)
+            if type_name != "sharded":
+                raise ValueError(f"{self.out_dir} holds a {type_name!r} map, expected a sharded map")
+            return _read_manifest(self.out_dir)
+
+        manifest = open_consistent(self.out_dir, read)
+        lengths = np.array([part["length"] for part in manifest["parts"]], dtype=np.int64)
+        bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=bounds[1:])
+        self._state = (manifest, bounds, {})
+
+    @property
+    def kind(self) -> str:
+        return self._state[0]["kind"]
+
+    @property
+    def dtype(self) -> Optional[np.dtype]:
+        name = self._state[0].get("dtype")
+        return None if name is None else _meta.dtype_from_name(name, self.out_dir / MANIFEST)
+
+    @property
+    def part_names(self) -> List[str]:
+        return [part["name"] for part in self._state[0]["parts"]]
+
+    def __len__(self) -> int:
+        return int(self._state[1][-1])
+
+    def _part(self, k: int):
+        manifest, _, opened = self._state
+        part = opened.get(k)
+        if part is None:
+            entry = manifest["parts"][k]
+            part = _open_part(self.out_dir / PARTS / entry["name"], manifest["kind"], self.mode)
+            if len(part) < entry["length"]:
+                raise ValueError(f"{self.out_dir / PARTS / entry['name']}: holds {len(part)} samples, the "
+                                 f"manifest says {entry['length']}")
+            opened[k] = part
+        return part
+
+    def _locate(self, index: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        bounds = self._state[1]
+        parts = np.searchsorted(bounds, index, side="right") - 1
+        return parts, index - bounds[parts]
+
+    def _grouped(self, index: np.ndarray):
+        """``(part, positions in the batch, local indices)`` for each part a batch touches."""
+        parts, local = self._locate(index)
+        order = np.argsort(parts, kind="stable")
+        sorted_parts = parts[order]
+        cuts = np.flatnonzero(np.diff(sorted_parts)) + 1
+        for group in np.split(order, cuts):
+            if group.size:
+                yield int(parts[group[0]]), group, local[group]
+
+    def _gather(self, index: np.ndarray, read: Callable[[Any, np.ndarray], Sequence[Any]]) -> List[Any]:
+        out: List[Any] = [None] * len(index)
+        for k, positions, local in self._grouped(index):
+            for position, sample in zip(positions.tolist(), read(self._part(k), local)):
+                out[position] = sample
+        return out
+
+    def __getitem__(self, item):
+        n = len(self)
+        index = _core.normalize_index(item, n)
+        if type(index) is int:
+            parts, local = self._locate(np.array([index], dtype=np.int64))
+            return self._wrap(self._part(int(parts[0]))[int(local[0])])
+        if self.kind == "numpy":
+            rows = self._rows(index)
+            return rows if self.wrapper_fn is None else [self._wrap(row) for row in rows]
+        return [self._wrap(sample) for sample in self._gather(index, lambda part, local: part[local])]
+
+    def _rows(self, index: np.ndarray) -> np.ndarray:
+        first = self._part(0) if len(self) else None
+        shape = (len(index),) + (first.shape[1:] if first is not None else ())
+        out = np.empty(shape, dtype=first.dtype if first is not None else np.float64)
+        for k, positions, local in self._grouped(index):
+            out[positions] = np_ninja.take(self._part(k), local)
+        return out
+
+    def _wrap(self, sample):
+        return sample if self.wrapper_fn is None else self.wrapper_fn(np.copy(sample)
+                                                                       if isinstance(sample, np.ndarray) else sample)
+
+    def __getitems__(self, indices: Sequence[int]) -> List[Any]:
+        """The samples at ``indices`` (``torch.utils.data.DataLoader`` fetches whole batches
+        with this method): copies for ragged parts, as ``RaggedMmap.__getitems__`` gives."""
+        index = _core.batch_index(indices, len(self))
+        if self.kind == "ragged":
+            samples = self.take(index).arrays()
+            return samples if self.wrapper_fn is None else [self.wrapper_fn(s) for s in samples]
+        return self[index]
+
+    def __iter__(self):
+        for k in range(len(self._state[0]["parts"])):
+            part = self._part(k)
+            for i in range(self._state[0]["parts"][k]["length"]):
+                yield self._wrap(part[i])
+
+    def _require(self, kind: str, what: str) -> None:
+        if self.kind != kind:
+            raise TypeError(f"{what} needs {kind} parts; {self.out_dir} holds {self.kind} parts")
+
+    def take(self, indices) -> RaggedBatch:
+        """The samples at ``indices`` copied back to back into one buffer, in the caller's
+        order, as a ``RaggedBatch`` (ragged parts)."""
+        self._require("ragged", "take")
+        index = _core.batch_index(indices, len(self))
+        views = self._gather(index, lambda part, local: part[local])
+        arrays = [np.asarray(v) for v in views]
+        dtype = self.dtype or np.dtype(np.float64)
+        counts = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        values = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.empty(0, dtype)
+        ndims = np.fromiter((a.ndim for a in arrays), dtype=np.int64, count=len(arrays))
+        shape_offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum(ndims, out=shape_offsets[1:])
+        shape_values = np.fromiter((d for a in arrays for d in a.shape), dtype=np.int64,
+                                   count=int(shape_offsets[-1]))
+        return RaggedBatch(values.astype(dtype, copy=False), offsets, shape_values, shape_offsets)
+
+    def padded(self, indices, pad_value: Any = 0, max_len: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """The samples at ``indices`` padded into one array ``(B, L, *row_shape)`` and their
+        lengths (ragged parts; see ``RaggedMmap.padded``), in the caller's order."""
+        self._require("ragged", "padded")
+        index = _core.batch_index(indices, len(self))
+        groups = list(self._grouped(index))
+        if max_len is None:
+            lengths = self._gather(index, lambda part, local: [np.shape(s)[0] if np.ndim(s) else 0
+                                                                  for s in part[local]])
+            max_len = max(lengths, default=0)
+        out, lengths_out = None, np.zeros(len(index), dtype=np.int64)
+        for k, positions, local in groups:
+            block, block_lengths = self._part(k).padded(local, pad_value=pad_value, max_len=max_len)
+            if out is None:
+                out = np.empty((len(index),) + block.shape[1:], dtype=block.dtype)
+            out[positions] = block
+            lengths_out[positions] = block_lengths
+        if out is None:
+            out = np.full((0, max_len), pad_value, dtype=self.dtype or np.float64)
+        return out, lengths_out
+
+    def get_bytes(self, item):
+        """Like ``m[item]`` without decoding: the UTF-8 bytes of each string (strings parts)."""
+        self._require("string", "get_bytes")
+        index = _core.normalize_index(item, len(self))
+        if type(index) is int:
+            parts, local = self._locate(np.array([index], dtype=np.int64))
+            return self._part(int(parts[0])).get_bytes(int(local[0]))
+        return self._gather(index, lambda part, local: part.get_bytes(local))
+
+    # -- checking --------------------------------------------------------------------------
+
+    def uncommitted_parts(self) -> List[str]:
+        """Parts under ``parts/`` that no commit lists (written by a task that failed or was
+        retried): never read, removed by ``gc``."""
+        return _uncommitted(self.out_dir, set(self.part_names))
+
+    def verify(self, limit: int = 20, deep: bool = False) -> Report:
+        """Check the manifest and every part (see ``mmap_ninja.verify``); uncommitted parts
+        are listed in ``.notes``."""
+        return verify_dir(self.out_dir, limit, deep)
+
+    def gc(self) -> List[str]:
+        """Remove the parts that no commit lists and return their names. Run it while no
+        build of this map is writing parts."""
+        with WriterLock(self.out_dir):
+            removed = _uncommitted(self.out_dir, {part["name"] for part in _read_manifest(self.out_dir)["parts"]})
+            for name in removed:
+                shutil.rmtree(self.out_dir / PARTS / name, ignore_errors=True)
+        return removed
+
+    def __reduce__(self):
+        return type(self), (str(self.out_dir), self.wrapper_fn, self.mode)
+
+    def __repr__(self) -> str:
+        return (f"ShardedMmap({str(self.out_dir)!r}, {len(self)} {self.kind} samples in "
+                f"{len(self._state[0]['parts'])} parts)")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @classmethod
+    def commit_parts(cls, out_dir: PathLike, records: Sequence[Dict[str, Any]]) -> "ShardedMmap":
+        """Append the parts of ``records`` (from ``write_part``), in the order given, in one
+        atomic commit of the manifest, under the map's writer lock; create the map if there is
+        none. Every record is checked against its part on disk first."""
+        out_dir = as_dir(out_dir)
+        with WriterLock(out_dir):
+            _commit(out_dir, list(records))
+        return cls(out_dir)
+
+    def append_maps(self, map_dirs: Sequence[PathLike], copy: bool = False) -> None:
+        """Adopt existing maps of this map's kind and dtype as parts, appended in the order
+        given: moved in (no data copied) unless ``copy``. All are checked before any moves."""
+        self.commit_parts(self.out_dir, _adopt(self.out_dir, map_dirs, copy))
+        self.refresh()
+
+    @classmethod
+    def from_maps(cls, out_dir: PathLike, map_dirs: Sequence[PathLike], copy: bool = False) -> "ShardedMmap":
+        """A new sharded map at ``out_dir`` whose parts are the maps ``map_dirs`` (moved in,
+        unless ``copy``)."""
+        out_dir = as_dir(out_dir)
+        if map_type(out_dir) is not None:
+            raise ValueError(f"{out_dir} holds a map already")
+        return cls.commit_parts(out_dir, _adopt(out_dir, map_dirs, copy))
+
+    @classmethod
+    def from_generator(cls, out_dir: PathLike, sample_generator: Iterable[Any], part_size: int,
+                       kind: Optional[str] = None, verbose: bool = False) -> "ShardedMmap":
+        """Write the samples of an iterable as a new sharded map at ``out_dir``, a new part
+        every ``part_size`` samples (``kind`` as in ``write_part``), built aside and swapped in
+        whole (replacing a map there)."""
+        check_options(verbose)
+        out_dir = as_dir(out_dir)
+        with building(out_dir) as build, progress(None, verbose, desc=f"Writing {out_dir.name}") as bar:
+            records = []
+            for samples in in_batches(sample_generator, part_size):
+                records.append(write_part(build, samples, kind))
+                kind = records[-1]["kind"]
+                bar.update(len(samples))
+            if not records:
+                raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created")
+            _commit(build, records)  # under the build's own lock
+        return cls(out_dir)
+
+    def compact(self, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False):
+        """Write the samples as one plain map at ``out_dir`` and open it."""
+        samples = (self[i] for i in range(len(self)))
+        if self.kind == "ragged":
+            return RaggedMmap.from_generator(out_dir, samples, batch_size, verbose, n=len(self), dtype=self.dtype)
+        if self.kind == "string":
+            return StringsMmap.from_generator(out_dir, samples, batch_size, verbose, n=len(self))
+        return np_ninja.from_generator(out_dir, samples, batch_size, n=len(self), verbose=verbose)
+
+
+def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
+    """Append the parts of ``records`` to the manifest of ``out_dir`` (the caller holds its
+    writer lock), checking each against its part on disk first."""
+    new = map_type(out_dir) is None
+    if new and not records:
+        raise ValueError(f"no parts to commit to {out_dir}, which holds no map yet")
+    manifest = {"format": _FORMAT, "kind": records[0]["kind"], "dtype": records[0]["dtype"], "parts": []} \
+        if new else _read_manifest(out_dir)
+    if manifest.get("dtype") is None:
+        manifest["dtype"] = next((r["dtype"] for r in records if r.get("length")), None)
+    committed = {part["name"] for part in manifest["parts"]}
+    for record in records:
+        _check_record(record, manifest["kind"], manifest["dtype"], out_dir)
+        if record["name"] in committed:
+            raise ValueError(f"part {record['name']!r} is committed already")
+        path = out_dir / PARTS / record["name"]
+        part = _open_part(path, manifest["kind"])
+        if len(part) != record["length"]:
+            raise ValueError(f"{path}: holds {len(part)} samples, its record says {record['length']}")
+        committed.add(record["name"])
+    manifest["parts"] = manifest["parts"] + [{"name": r["name"], "length": r["length"]} for r in records]
+    _write_manifest(out_dir, manifest, new)
+
+
+def _uncommitted(out_dir: Path, committed: set) -> List[str]:
+    try:
+        names = [entry.name for entry in os.scandir(out_dir / PARTS) if entry.is_dir()]
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if name.startswith("part-") and name not in committed)
+
+
+def _adopt(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> List[Dict[str, Any]]:
+    """Records of ``map_dirs`` moved (or copied) under ``out_dir/parts``, all checked first."""
+    checked = []
+    for map_dir in map_dirs:
+        map_dir = as_dir(map_dir)
+        kind = map_type(map_dir, must_exist=True)
+        if kind not in KINDS:
+            raise ValueError(f"{map_dir} is not a map of one of the kinds {KINDS}")
+        part = _open_part(map_dir, kind)
+        checked.append((map_dir, {"length": len(part), "kind": kind, "dtype": _dtype_of(part, kind)}))
+    kinds = {(r["kind"], r["dtype"]) for _, r in checked if r["length"]}
+    if len(kinds) > 1:
+        raise ValueError(f"the maps hold samples of several kinds or dtypes: {sorted(map(str, kinds))}")
+    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
+    records = []
+    for map_dir, record in checked:
+        record["name"] = f"part-{uuid.uuid4().hex}"
+        target = out_dir / PARTS / record["name"]
+        if copy:
+            shutil.copytree(map_dir, target, ignore=shutil.ignore_patterns("writer.lock"))
+        else:
+            os.rename(map_dir, target)
+        records.append(record)
+    return records
+
+
+def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Report:
+    """Problems and notes of the sharded map at ``out_dir``: the manifest, every part (with its
+    length), and the parts no commit lists (notes)."""
+    from .generic import verify
+
+    try:
+        manifest = _read_manifest(out_dir)
+    except (OSError, ValueError) as exc:
+        return Report([str(exc)])
+    problems: List[str] = []
+    notes: List[str] = []
+    for entry in manifest["parts"]:
+        path = out_dir / PARTS / entry["name"]
+        report = verify(path, limit, deep)
+        problems += report
+        notes += report.notes
+        if not report:
+            try:
+                length = len(_open_part(path, manifest["kind"]))
+            except (OSError, ValueError) as exc:
+                problems.append(str(exc))
+                continue
+            if length != entry["length"]:
+                problems.append(f"{path}: holds {length} samples, the manifest says {entry['length']}")
+        if len(problems) >= limit:
+            break
+    for name in _uncommitted(out_dir, {p["name"] for p in manifest["parts"]}):
+        notes.append(f"{out_dir / PARTS / name}: a part no commit lists (a failed or retried write); never "
+                     f"read, removed by gc()")
+    return Report(problems[:limit], notes)

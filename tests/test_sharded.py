@@ -1,0 +1,217 @@
+"""Sharded maps (mmap_ninja.sharded): parts written independently, committed in one step, read
+as one map."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mmap_ninja
+from mmap_ninja import cli
+from mmap_ninja import numpy as np_ninja
+from mmap_ninja.ragged import RaggedMmap
+from mmap_ninja.sharded import ShardedMmap, write_part
+from mmap_ninja.string import StringsMmap
+
+
+def ragged_sample(i):
+    return np.full((i % 5 + 1,) if i % 7 else (2, i % 3 + 1), i, dtype=np.int32)
+
+
+def samples_of(kind, n, start=0):
+    if kind == "ragged":
+        return [ragged_sample(i) for i in range(start, start + n)]
+    if kind == "string":
+        return [f"text {i} ж" * (i % 3 + 1) for i in range(start, start + n)]
+    return [np.full(3, i, dtype=np.float32) for i in range(start, start + n)]
+
+
+def same(a, b):
+    if isinstance(b, str):
+        return a == b
+    return np.shape(a) == np.shape(b) and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["ragged", "string", "numpy"])
+def test_parts_committed_in_the_order_given_read_as_one_map(tmp_path, kind):
+    path = tmp_path / "sharded"
+    chunks = [samples_of(kind, n, start) for n, start in ((4, 0), (1, 4), (6, 5))]
+    records = [write_part(path, chunk, kind) for chunk in chunks]
+    assert all(len(pickle.dumps(r)) < 300 for r in records)
+    m = ShardedMmap.commit_parts(path, [records[2], records[0], records[1]])  # the order given wins
+    expected = chunks[2] + chunks[0] + chunks[1]
+    assert len(m) == 11 and m.kind == kind
+    assert all(same(m[i], expected[i]) for i in range(11)) and same(m[-1], expected[-1])
+    got = m[[10, 0, 3, 3, 7]]
+    assert all(same(g, expected[i]) for g, i in zip(got, [10, 0, 3, 3, 7]))
+    assert all(same(g, e) for g, e in zip(m[2:9:3], expected[2:9:3]))
+    with pytest.raises(IndexError, match="out of bounds"):
+        m[11]
+    reopened = mmap_ninja.open_existing(path)
+    assert isinstance(reopened, ShardedMmap) and len(pickle.loads(pickle.dumps(m))) == 11
+    assert mmap_ninja.verify(path, deep=True) == []
+
+
+def test_a_part_never_committed_is_never_read_listed_by_verify_and_removed_by_gc(tmp_path):
+    path = tmp_path / "s"
+    committed = write_part(path, ["a", "b"])
+    orphan = write_part(path, ["lost"])  # a task that failed after writing its part
+    m = ShardedMmap.commit_parts(path, [committed])
+    assert m[:] == ["a", "b"] and m.uncommitted_parts() == [orphan["name"]]
+    report = m.verify()
+    assert report == [] and any(orphan["name"] in note and "no commit lists" in note for note in report.notes)
+    assert m.gc() == [orphan["name"]] and m.uncommitted_parts() == []
+    assert not (path / "parts" / orphan["name"]).exists()
+
+
+def test_commits_check_records_against_their_parts(tmp_path):
+    path = tmp_path / "s"
+    first = write_part(path, [np.arange(3)])
+    ShardedMmap.commit_parts(path, [first])
+    with pytest.raises(ValueError, match="committed already"):
+        ShardedMmap.commit_parts(path, [first])
+    strings = write_part(path, ["x"])
+    with pytest.raises(ValueError, match="holds string samples"):
+        ShardedMmap.commit_parts(path, [strings])
+    floats = write_part(path, [np.zeros(2, np.float32)])
+    with pytest.raises(ValueError, match="float32"):
+        ShardedMmap.commit_parts(path, [floats])
+    lying = dict(write_part(path, [np.arange(2)]), length=5)
+    with pytest.raises(ValueError, match="its record says 5"):
+        ShardedMmap.commit_parts(path, [lying])
+    assert len(ShardedMmap(path)) == 1  # nothing of the refused commits
+
+
+def write_and_return(args):
+    path, start = args
+    return write_part(path, samples_of("ragged", 3, start))
+
+
+def test_parts_written_by_other_processes_are_committed_by_one(tmp_path):
+    path = tmp_path / "s"
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        records = pool.map(write_and_return, [(path, start) for start in range(0, 30, 3)])
+    m = ShardedMmap.commit_parts(path, records)
+    assert len(m) == 30 and all(same(m[i], ragged_sample(i)) for i in range(30))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=6), data=st.data())
+def test_random_batches_equal_the_per_sample_reference(tmp_path_factory, sizes, data):
+    path = tmp_path_factory.mktemp("h") / "s"
+    reference = samples_of("ragged", sum(sizes))
+    records, start = [], 0
+    for size in sizes:
+        records.append(write_part(path, reference[start:start + size]))
+        start += size
+    m = ShardedMmap.commit_parts(path, records)
+    indices = data.draw(st.lists(st.integers(-len(reference), len(reference) - 1), max_size=20))
+    wanted = [reference[i] for i in indices]
+    assert all(same(a, b) for a, b in zip(m[indices], wanted)) and len(m[indices]) == len(wanted)
+    batch = m.take(indices)
+    assert len(batch) == len(wanted) and all(same(a, b) for a, b in zip(batch.arrays(), wanted))
+    assert all(same(a, b) for a, b in zip(m.__getitems__(indices), wanted))
+
+
+def test_padded_and_get_bytes_keep_the_callers_order(tmp_path):
+    tokens = [np.arange(n, dtype=np.int64) + 10 * n for n in (3, 1, 4, 2, 5)]
+    m = ShardedMmap.from_generator(tmp_path / "t", iter(tokens), part_size=2)
+    padded, lengths = m.padded([4, 0, 3], pad_value=-1)
+    expected, expected_lengths = RaggedMmap.from_lists(tmp_path / "one", tokens).padded([4, 0, 3], pad_value=-1)
+    assert np.array_equal(padded, expected) and np.array_equal(lengths, expected_lengths)
+    texts = ShardedMmap.from_generator(tmp_path / "x", iter(["a", "bb", "ccc"]), part_size=2)
+    assert texts.get_bytes([2, 0]) == [b"ccc", b"a"] and texts.get_bytes(1) == b"bb"
+    with pytest.raises(TypeError, match="needs ragged parts"):
+        texts.take([0])
+
+
+def test_numpy_parts_give_rows(tmp_path):
+    rows = [np.full(3, i, dtype=np.float32) for i in range(7)]
+    m = ShardedMmap.from_generator(tmp_path / "n", iter(rows), part_size=3, kind="numpy")
+    got = m[[6, 0, 4]]
+    assert isinstance(got, np.ndarray) and got.shape == (3, 3) and got[:, 0].tolist() == [6, 0, 4]
+
+
+def test_from_maps_moves_them_in_and_append_maps_adds_more(tmp_path):
+    a = RaggedMmap.from_lists(tmp_path / "a", [np.arange(2), np.arange(3)])
+    b = RaggedMmap.from_lists(tmp_path / "b", [np.arange(1)])
+    del a, b
+    m = ShardedMmap.from_maps(tmp_path / "s", [tmp_path / "b", tmp_path / "a"])
+    assert [s.tolist() for s in m[:]] == [[0], [0, 1], [0, 1, 2]]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # moved, not copied
+    RaggedMmap.from_lists(tmp_path / "c", [np.arange(4)])
+    m.append_maps([tmp_path / "c"], copy=True)
+    assert len(m) == 4 and (tmp_path / "c").exists()
+    StringsMmap.from_strings(tmp_path / "d", ["no"])
+    with pytest.raises(ValueError, match="holds string samples"):
+        m.append_maps([tmp_path / "d"], copy=True)
+    with pytest.raises(ValueError, match="several kinds"):
+        ShardedMmap.from_maps(tmp_path / "s2", [tmp_path / "c", tmp_path / "d"])
+    assert (tmp_path / "c").exists() and (tmp_path / "d").exists()  # checked before anything moved
+
+
+def test_compact_writes_one_plain_map_with_the_same_samples(tmp_path):
+    texts = [f"{i}" * (i % 4) for i in range(25)]
+    m = ShardedMmap.from_generator(tmp_path / "s", iter(texts), part_size=4)
+    assert len(m.part_names) == 7
+    plain = m.compact(tmp_path / "plain")
+    assert isinstance(plain, StringsMmap) and plain[:] == texts
+    tokens = ShardedMmap.from_generator(tmp_path / "r", iter(samples_of("ragged", 9)), part_size=4)
+    assert all(same(a, b) for a, b in zip(tokens.compact(tmp_path / "rp")[:], samples_of("ragged", 9)))
+
+
+def test_from_generator_replaces_a_map_whole_and_a_failure_keeps_the_old_one(tmp_path):
+    ShardedMmap.from_generator(tmp_path / "s", iter(["a", "b", "c"]), part_size=2)
+
+    def broken():
+        yield from ["x", "y", "z"]
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        ShardedMmap.from_generator(tmp_path / "s", broken(), part_size=2)
+    assert ShardedMmap(tmp_path / "s")[:] == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_opening_reads_only_the_manifest(tmp_path):
+    m = ShardedMmap.from_generator(tmp_path / "s", iter(samples_of("ragged", 6)), part_size=2)
+    damaged = tmp_path / "s" / "parts" / m.part_names[1] / "starts" / "data.ninja"
+    damaged.write_bytes(b"")
+    opened = ShardedMmap(tmp_path / "s")  # opens: no part is read
+    assert same(opened[0], ragged_sample(0)) and same(opened[5], ragged_sample(5))
+    with pytest.raises(ValueError):
+        opened[2]
+    assert any(str(damaged.parent) in line for line in mmap_ninja.verify(tmp_path / "s"))
+
+
+def test_the_command_line_reads_and_checks_sharded_maps(tmp_path, capsys):
+    ShardedMmap.from_generator(tmp_path / "s", iter(["first", "second", "third"]), part_size=2)
+    assert cli.main(["head", str(tmp_path / "s"), "-n", "2"]) == 0
+    assert "'first'" in capsys.readouterr().out
+    assert cli.main(["verify", str(tmp_path / "s")]) == 0
+    assert cli.main(["info", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "sharded (string parts)" in out and "parts:   2" in out and "samples: 3" in out
+
+
+def test_every_part_opens_in_090(tmp_path, ref090):
+    m = ShardedMmap.from_generator(tmp_path / "s", iter(samples_of("ragged", 5)), part_size=2)
+    dirs = [str(tmp_path / "s" / "parts" / name) for name in m.part_names]
+    lengths = ref090.run(f"""
+from mmap_ninja.ragged import RaggedMmap
+result = [len(RaggedMmap(d)) for d in {dirs!r}]
+""", tmp_path)
+    assert lengths == [2, 2, 1]
+
+
+def test_numpy_parts_are_checked_like_numpy_maps(tmp_path):
+    m = ShardedMmap.from_generator(tmp_path / "n", iter([np.zeros(2)] * 5), part_size=2, kind="numpy")
+    part = tmp_path / "n" / "parts" / m.part_names[0]
+    assert np_ninja.verify(part) == []
+    (part / "shape.ninja").write_bytes(np.array([4], dtype=np.uint64).tobytes())
+    assert mmap_ninja.verify(tmp_path / "n")  # a part whose shape was edited is a problem
