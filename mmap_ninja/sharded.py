@@ -159,6 +159,11 @@ class ShardedMmap:
         return None if name is None else _meta.dtype_from_name(name, self.out_dir / MANIFEST)
 
     @property
+    def part_bounds(self) -> np.ndarray:
+        """``int64`` of length ``parts + 1``: where each part begins in the map, then its length."""
+        return self._state[1].copy()
+
+    @property
     def part_names(self) -> List[str]:
         return [part["name"] for part in self._state[0]["parts"]]
 
@@ -377,7 +382,10 @@ class ShardedMmap:
 def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
     """Append the parts of ``records`` to the manifest of ``out_dir`` (the caller holds its
     writer lock), checking each against its part on disk first."""
-    new = map_type(out_dir) is None
+    type_name = map_type(out_dir)
+    if type_name not in (None, "sharded"):
+        raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be committed to it")
+    new = type_name is None
     if new and not records:
         raise ValueError(f"no parts to commit to {out_dir}, which holds no map yet")
     manifest = {"format": _FORMAT, "kind": records[0]["kind"], "dtype": records[0]["dtype"], "parts": []} \
@@ -399,11 +407,13 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
 
 
 def _uncommitted(out_dir: Path, committed: set) -> List[str]:
+    """Parts no commit lists, and what writers of parts that died left beside them."""
     try:
         names = [entry.name for entry in os.scandir(out_dir / PARTS) if entry.is_dir()]
     except FileNotFoundError:
         return []
-    return sorted(name for name in names if name.startswith("part-") and name not in committed)
+    return sorted(name for name in names
+                  if (name.startswith("part-") and name not in committed) or name.startswith(".part-"))
 
 
 def _adopt(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> List[Dict[str, Any]]:

@@ -1,0 +1,76 @@
+"""Maps built and read with Dask (the ``dask`` extra; ``import mmap_ninja`` never imports Dask).
+
+- ``to_mmap(collection, out_dir)``: every partition of a ``dask.bag.Bag`` (or every
+  ``dask.delayed`` object of a list, each giving samples) is written as one part of a sharded
+  map by the worker that computes it (``sharded.write_part``); the client then commits the
+  parts in the collection's order, in one step (``ShardedMmap.commit_parts``), whatever order
+  the tasks finished in. A task that dies mid-part and is retried writes a new part: the
+  abandoned one is never committed, so no sample is missing or doubled (``gc`` removes it).
+- ``read_mmap(path)``: a ``Bag`` of the samples of any map, for preprocessing that starts from
+  a map (one partition per part of a sharded map, else ranges of samples).
+
+The workers must see ``out_dir`` at the same path (one host, or a shared file system).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Optional
+
+import numpy as np
+
+from .base import PathLike, as_dir
+from .sharded import ShardedMmap, write_part
+
+
+def _write_partition(out_dir: str, samples: Iterable[Any], kind: Optional[str]) -> Optional[dict]:
+    """Write one partition as a part; ``None`` for an empty partition."""
+    samples = list(samples)
+    return write_part(out_dir, samples, kind) if samples else None
+
+
+def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None) -> ShardedMmap:
+    """Write ``collection`` (a ``dask.bag.Bag``, or a list of ``dask.delayed`` objects each
+    giving an iterable of samples) as the parts of a sharded map at ``out_dir``, one part per
+    partition, written on the workers and committed by the client in the collection's order
+    (appended to the sharded map already there, if any). ``kind`` as in ``write_part``."""
+    import dask
+    import dask.bag
+
+    out_dir = as_dir(out_dir)
+    if isinstance(collection, dask.bag.Bag):
+        partitions = collection.to_delayed()
+    else:
+        partitions = list(collection)
+    tasks = [dask.delayed(_write_partition, pure=False)(str(out_dir), part, kind) for part in partitions]
+    records = [record for record in dask.compute(*tasks) if record is not None]
+    if not records:
+        raise ValueError(f"the collection holds no samples, so {out_dir} cannot be created")
+    return ShardedMmap.commit_parts(out_dir, records)
+
+
+def _read_range(path: str, start: int, stop: int) -> List[Any]:
+    from .generic import open_existing
+
+    m = open_existing(path)
+    items = m[start:stop]
+    return [item if isinstance(item, str) else np.array(item) for item in items]
+
+
+def read_mmap(path: PathLike, npartitions: Optional[int] = None):
+    """The samples of the map at ``path`` (any kind) as a ``dask.bag.Bag``: one partition per
+    part of a sharded map, else ``npartitions`` ranges (default: about 10,000 samples each)."""
+    import dask
+    import dask.bag
+
+    from .generic import open_existing
+
+    path = as_dir(path)
+    m = open_existing(path)
+    n = len(m)
+    if isinstance(m, ShardedMmap) and npartitions is None:
+        bounds = m.part_bounds
+    else:
+        count = max(1, npartitions or -(-n // 10_000))
+        bounds = np.linspace(0, n, count + 1).astype(np.int64)
+    ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return dask.bag.from_delayed([dask.delayed(_read_range, pure=True)(str(path), a, b) for a, b in ranges])

@@ -1,0 +1,106 @@
+"""mmap_ninja.dask on a real Dask cluster: LocalCluster(n_workers=2, processes=True) on
+loopback, started and closed by these tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dask
+import dask.bag as db
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+import mmap_ninja
+from mmap_ninja.dask import read_mmap, to_mmap
+from mmap_ninja.sharded import ShardedMmap
+from mmap_ninja.string import StringsMmap
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None)
+    with Client(cluster) as connected:
+        yield connected
+    cluster.close()
+
+
+def expected_partition(i):
+    return [np.full(k % 4 + 1, 100 * i + k, dtype=np.int64) for k in range(5)]
+
+
+def test_a_bag_is_written_one_part_per_partition_in_the_bags_order(client, tmp_path):
+    def partition(i):
+        return expected_partition(i)
+
+    bag = db.from_delayed([dask.delayed(partition)(i) for i in range(6)])
+    m = to_mmap(bag, tmp_path / "s")
+    assert len(m.part_names) == 6 and len(m) == 30
+    want = [s for i in range(6) for s in expected_partition(i)]
+    assert all(np.array_equal(a, b) for a, b in zip(m[:], want))
+    pids = client.run(os.getpid)
+    assert len(pids) == 2 and os.getpid() not in pids.values()  # written by worker processes
+    assert mmap_ninja.verify(tmp_path / "s", deep=True) == []
+
+
+def test_a_task_that_dies_mid_part_and_is_retried_loses_and_doubles_nothing(client, tmp_path):
+    marker = tmp_path / "died-once"
+
+    class DiesOnFirstAttempt:
+        """A sample whose conversion to an array kills its worker process, the first time."""
+
+        def __init__(self, values):
+            self.values = values
+
+        def __array__(self, dtype=None, copy=None):
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)  # the worker dies while its part is being written
+            return np.asarray(self.values, dtype=dtype)
+
+    def partition(i):
+        samples = expected_partition(i)
+        if i == 3:
+            samples[2] = DiesOnFirstAttempt(samples[2])
+        return samples
+
+    bag = db.from_delayed([dask.delayed(partition)(i) for i in range(5)])
+    m = to_mmap(bag, tmp_path / "s")
+    assert marker.exists()  # the worker did die once
+    want = [s for i in range(5) for s in expected_partition(i)]
+    got = m[:]
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    leftovers = m.uncommitted_parts()
+    assert leftovers  # what the dead attempt left: never read
+    report = mmap_ninja.verify(tmp_path / "s")
+    assert report == [] and any("no commit lists" in note for note in report.notes)
+    assert sorted(m.gc()) == leftovers and m.uncommitted_parts() == []
+    assert len(ShardedMmap(tmp_path / "s")) == 25
+
+
+def test_delayed_objects_and_strings(client, tmp_path):
+    parts = [dask.delayed(lambda i: [f"doc {i}.{k}" for k in range(i)])(i) for i in range(4)]
+    m = to_mmap(parts, tmp_path / "t")  # partition 0 is empty: no part
+    assert m.kind == "string" and m[:] == [f"doc {i}.{k}" for i in range(4) for k in range(i)]
+    assert len(m.part_names) == 3
+
+
+def test_read_mmap_gives_a_bag_of_any_map(client, tmp_path):
+    StringsMmap.from_strings(tmp_path / "plain", [f"line {i}" for i in range(25)])
+    bag = read_mmap(tmp_path / "plain", npartitions=4)
+    assert bag.npartitions == 4 and bag.map(str.upper).compute() == [f"LINE {i}" for i in range(25)]
+    sharded = to_mmap(db.from_sequence([[1, 2], [3], [4, 5, 6]], npartitions=3), tmp_path / "s")
+    bag = read_mmap(tmp_path / "s")
+    assert bag.npartitions == len(sharded.part_names)
+    assert [s.tolist() for s in bag.compute()] == [[1, 2], [3], [4, 5, 6]]
+
+
+def test_importing_mmap_ninja_imports_no_engine():
+    code = "import sys, mmap_ninja, mmap_ninja.sharded; print('dask' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "False False", out.stderr
