@@ -24,8 +24,9 @@ pickled once here with cloudpickle (which comes with joblib, the ``parallel`` ex
 local functions, lambdas and classes of a notebook work) and unpickled once by each worker;
 the workers start as new interpreters, and, as with any multiprocessing code, a script must
 then run its work under ``if __name__ == "__main__":``. A fork copies the locks of the threads
-of this process in whatever state they are; a program whose threads could hold one that the
-samples need (or that uses CUDA) should choose ``forkserver``, at the cost measured below.
+of this process in whatever state they are, so a process that runs other threads (a Dask or
+Ray client, a DataLoader's pin-memory thread) is not forked: ``forkserver`` is used instead,
+at the cost measured below, unless ``start_method`` says otherwise.
 
 Why not ``joblib.Parallel``, which this module used: a joblib task carries its arguments, so
 the dataset object went with every task (joblib caches the pickles of some functions, not of
@@ -53,6 +54,7 @@ import collections
 import multiprocessing
 import numbers
 import pickle
+import threading
 import time
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -256,10 +258,17 @@ class _ChunkSizes:
 
 
 def _start_context(method: Optional[str]):
-    """The multiprocessing context of ``method``, by default multiprocessing's current one."""
+    """The multiprocessing context of ``method``; by default multiprocessing's current one,
+    except that a process running other threads is not forked (its children would inherit
+    those threads' locks in whatever state they are, and may hang or die): ``forkserver``
+    then, where there is one."""
     if method is not None and method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method must be one of {multiprocessing.get_all_start_methods()}, got {method!r}")
-    return multiprocessing.get_context(method)
+    context = multiprocessing.get_context(method)
+    if method is None and context.get_start_method() == "fork" and threading.active_count() > 1 \
+            and "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return context
 
 
 def _parallel_chunks(indexable: Any, length: Optional[int], workers: int, context,

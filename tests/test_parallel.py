@@ -292,3 +292,28 @@ def test_from_indexable_stops_the_workers_when_writing_fails(tmp_path):
     workers = reader_pids(tmp_path / "log")
     assert workers and not [pid for pid in workers if alive(pid)], "workers left running after the error"
     assert raised.value.__traceback__ is not None  # (what kept the reading generator alive)
+
+
+def test_a_process_running_other_threads_is_not_forked():
+    # a fork copies other threads' locks as they are: the children of a process with a Dask
+    # client, say, could hang or die
+    import multiprocessing
+    import threading
+
+    from mmap_ninja.parallel import _start_context
+
+    if multiprocessing.get_start_method() != "fork":
+        assert _start_context(None).get_start_method() == multiprocessing.get_start_method()
+        return
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert _start_context(None).get_start_method() == "forkserver"
+        assert _start_context("fork").get_start_method() == "fork"  # asked for explicitly
+        assert list(indexable_batches(Sized(7), 3, n_jobs=2)) == [[0, 10, 20], [30, 40, 50], [60]]
+    finally:
+        stop.set()
+        thread.join()
+    expected = "fork" if threading.active_count() == 1 else "forkserver"  # other tests may leave threads
+    assert _start_context(None).get_start_method() == expected
