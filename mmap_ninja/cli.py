@@ -5,6 +5,9 @@ benchmark maps.
     mmap-ninja verify PATH [--deep]       check a whole map (--deep: every byte against its
                                           checksum); exit 1 when something is wrong
     mmap-ninja head PATH [-n K]           the first K samples, one line each, with their paths
+    mmap-ninja merge OUT MAP...           maps of one kind into a new sharded map (--move: no copy)
+    mmap-ninja compact SHARDED OUT        a sharded map into one plain map
+    mmap-ninja gc SHARDED                 remove the parts no commit lists
     mmap-ninja convert SOURCE OUT         a folder tree of images, .txt or .npy files, or a .jsonl
                                           field, into a RaggedMmap or StringsMmap at OUT;
                                           refused when OUT holds a map already
@@ -222,6 +225,41 @@ def _show(sample: Any) -> str:
     first = " ".join(_number(value) for value in array.flat[:FIRST_VALUES].tolist())
     more = " ..." if array.size > FIRST_VALUES else ""
     return f"{head} min {_number(array.min().item())} max {_number(array.max().item())}: {first}{more}"
+
+
+# -- sharded maps ----------------------------------------------------------------------------------
+
+def command_merge(args) -> int:
+    from .sharded import ShardedMmap
+
+    if map_type(args.out) is not None:
+        raise UsageError(f"{args.out} holds a map already")
+    m = ShardedMmap.from_maps(args.out, args.maps, copy=not args.move)
+    print(f"wrote {m!r}")
+    return 0
+
+
+def command_compact(args) -> int:
+    from .sharded import ShardedMmap
+
+    if map_type(args.sharded, must_exist=True) != "sharded":
+        raise UsageError(f"{args.sharded} is not a sharded map")
+    if map_type(args.out) is not None and not args.force:
+        raise UsageError(f"{args.out} holds a map already: --force replaces it")
+    print(f"wrote {ShardedMmap(args.sharded).compact(args.out, verbose=not args.quiet)!r}")
+    return 0
+
+
+def command_gc(args) -> int:
+    from .sharded import ShardedMmap
+
+    if map_type(args.path, must_exist=True) != "sharded":
+        raise UsageError(f"{args.path} is not a sharded map")
+    removed = ShardedMmap(args.path).gc()
+    for name in removed:
+        print(f"removed {args.path / 'parts' / name}")
+    print(f"{args.path}: {len(removed)} uncommitted part{'s' if len(removed) != 1 else ''} removed")
+    return 0
 
 
 def command_head(args) -> int:
@@ -580,6 +618,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--zstd", type=int, default=None, metavar="LEVEL", help="compress strings with zstd")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(run=command_convert)
+
+    merge = commands.add_parser("merge", help="maps of one kind into a new sharded map (copied, or --move)")
+    merge.add_argument("out", type=Path)
+    merge.add_argument("maps", type=Path, nargs="+")
+    merge.add_argument("--move", action="store_true", help="move the maps in instead of copying them")
+    merge.set_defaults(run=command_merge)
+
+    compact = commands.add_parser("compact", help="a sharded map into one plain map")
+    compact.add_argument("sharded", type=Path)
+    compact.add_argument("out", type=Path)
+    compact.add_argument("--force", action="store_true", help="replace a map at OUT")
+    compact.add_argument("--quiet", action="store_true", help="no progress bar")
+    compact.set_defaults(run=command_compact)
+
+    gc = commands.add_parser("gc", help="remove the parts of a sharded map that no commit lists")
+    gc.add_argument("path", type=Path)
+    gc.set_defaults(run=command_gc)
 
     from .benchmark import add_bench_command
 

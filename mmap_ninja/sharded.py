@@ -18,6 +18,7 @@ its own compiled batch read, results in the caller's order.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
@@ -147,7 +148,7 @@ class ShardedMmap:
         lengths = np.array([part["length"] for part in manifest["parts"]], dtype=np.int64)
         bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=bounds[1:])
-        self._state = (manifest, bounds, {})
+        self._state = (manifest, bounds, {}, bounds.tolist())
 
     @property
     def kind(self) -> str:
@@ -171,7 +172,7 @@ class ShardedMmap:
         return int(self._state[1][-1])
 
     def _part(self, k: int):
-        manifest, _, opened = self._state
+        manifest, _, opened, _ = self._state
         part = opened.get(k)
         if part is None:
             entry = manifest["parts"][k]
@@ -205,11 +206,14 @@ class ShardedMmap:
         return out
 
     def __getitem__(self, item):
-        n = len(self)
-        index = _core.normalize_index(item, n)
+        state = self._state
+        index = _core.normalize_index(item, state[3][-1])
         if type(index) is int:
-            parts, local = self._locate(np.array([index], dtype=np.int64))
-            return self._wrap(self._part(int(parts[0]))[int(local[0])])
+            k = bisect.bisect_right(state[3], index) - 1
+            part = state[2].get(k)
+            if part is None:
+                part = self._part(k)
+            return self._wrap(part[index - state[3][k]])
         if self.kind == "numpy":
             rows = self._rows(index)
             return rows if self.wrapper_fn is None else [self._wrap(row) for row in rows]

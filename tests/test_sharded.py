@@ -215,3 +215,19 @@ def test_numpy_parts_are_checked_like_numpy_maps(tmp_path):
     assert np_ninja.verify(part) == []
     (part / "shape.ninja").write_bytes(np.array([4], dtype=np.uint64).tobytes())
     assert mmap_ninja.verify(tmp_path / "n")  # a part whose shape was edited is a problem
+
+
+def test_merge_compact_and_gc_on_the_command_line(tmp_path, capsys):
+    RaggedMmap.from_lists(tmp_path / "a", [np.arange(2)])
+    RaggedMmap.from_lists(tmp_path / "b", [np.arange(3), np.arange(1)])
+    assert cli.main(["merge", str(tmp_path / "s"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a").exists()  # copied by default
+    assert cli.main(["merge", str(tmp_path / "s"), str(tmp_path / "a")]) == 2  # never over a map
+    assert [x.tolist() for x in ShardedMmap(tmp_path / "s")[:]] == [[0, 1], [0, 1, 2], [0]]
+    assert cli.main(["compact", str(tmp_path / "s"), str(tmp_path / "one"), "--quiet"]) == 0
+    assert [x.tolist() for x in RaggedMmap(tmp_path / "one")[:]] == [[0, 1], [0, 1, 2], [0]]
+    assert cli.main(["compact", str(tmp_path / "s"), str(tmp_path / "one"), "--quiet"]) == 2
+    orphan = write_part(tmp_path / "s", [np.arange(5)])
+    capsys.readouterr()
+    assert cli.main(["gc", str(tmp_path / "s")]) == 0
+    assert orphan["name"] in capsys.readouterr().out and ShardedMmap(tmp_path / "s").uncommitted_parts() == []
