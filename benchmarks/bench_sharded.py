@@ -9,11 +9,8 @@ Prints a markdown table and writes it to benchmarks/SHARDED.md.
 from __future__ import annotations
 
 import argparse
-import itertools
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +18,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _timing import interleaved_medians  # noqa: E402
 from bench_batches import describe_machine  # noqa: E402
 
 from mmap_ninja.ragged import RaggedMmap  # noqa: E402
 from mmap_ninja.sharded import ShardedMmap, write_part  # noqa: E402
-
-
-def median_us(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 def main() -> None:
@@ -57,28 +46,21 @@ def main() -> None:
     sharded[batches[0]], one[batches[0]]  # every part opened once, as a training loop would have
     for k in range(args.parts):
         sharded[k * args.per_part]
-    def cycling(items):
-        it = itertools.cycle(items)
-        return lambda: next(it)
-
-    batch_a, batch_b, take_a, take_b = (cycling(batches) for _ in range(4))
-    single_a, single_b = cycling(singles), cycling(singles)
-    cases = {
-        "batch of 256 (list of views)": (lambda: sharded[batch_a()], lambda: one[batch_b()]),
-        "batch of 256 (take: one contiguous copy)": (lambda: sharded.take(take_a()), lambda: one.take(take_b())),
-        "single m[i]": (lambda: sharded[single_a()], lambda: one[single_b()]),
-        "open": (lambda: ShardedMmap(root / "sharded"), lambda: RaggedMmap(root / "one")),
+    cases = {  # name: (sharded, one map, arguments)
+        "batch of 256 (list of views)": (lambda b: sharded[b], lambda b: one[b], batches),
+        "batch of 256 (take: one contiguous copy)": (sharded.take, one.take, batches),
+        "single m[i]": (lambda i: sharded[i], lambda i: one[i], singles),
+        "open": (lambda _: ShardedMmap(root / "sharded"), lambda _: RaggedMmap(root / "one"), [None] * 100),
     }
     rows = []
-    for name, (fn_sharded, fn_one) in cases.items():
-        pairs = [(median_us(fn_sharded, args.repeats // 3), median_us(fn_one, args.repeats // 3)) for _ in range(3)]
-        ratios = [a / b for a, b in pairs]
-        rows.append((name, statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
-                     statistics.median(ratios)))
+    for name, (fn_sharded, fn_one, arguments) in cases.items():
+        medians = interleaved_medians({"sharded": fn_sharded, "one": fn_one}, arguments)
+        rows.append((name, medians["sharded"] * 1e6, medians["one"] * 1e6))
     lines = [f"{n:,} token sequences (16-1,023 int32 each) in {args.parts} parts, against one map of the same "
-             f"samples; median µs, three alternating rounds of {args.repeats // 3}; {describe_machine()}.", "",
+             f"samples; median µs, the two taking turns over the same arguments ({args.repeats} per case); "
+             f"{describe_machine()}.", "",
              "| operation | sharded | one map | sharded / one map |", "|:--|--:|--:|--:|"]
-    lines += [f"| {name} | {a:,.1f} | {b:,.1f} | {r:.2f}x |" for name, a, b, r in rows]
+    lines += [f"| {name} | {a:,.1f} | {b:,.1f} | {a / b:.2f}x |" for name, a, b in rows]
     report = "\n".join(lines)
     print(report)
     (HERE / "SHARDED.md").write_text("# Sharded maps against one map\n\n" + report + "\n")
