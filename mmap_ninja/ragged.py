@@ -287,8 +287,9 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List
         return [], []
     problems = reader.verify(limit)
     n = files.n
+    starts, ends = files.mapped["starts"][:n], files.mapped["ends"][:n]  # as the reader mapped them
     if not problems:
-        problems = overlap_problems(files.starts.map()[:n], files.ends.map()[:n], out_dir, "sample")
+        problems = overlap_problems(starts, ends, out_dir, "sample")
     sizes = files.flattened_shapes
     if sizes.rows < n:
         problems.append(f"{sizes.path}: holds {sizes.rows} sizes for {n} samples")
@@ -296,7 +297,7 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List
         stored = sizes.map().reshape(-1)
         for start in range(0, n, _VERIFY_CHUNK):
             stop = min(start + _VERIFY_CHUNK, n)
-            counts = files.ends.map()[start:stop] - files.starts.map()[start:stop]
+            counts = ends[start:stop] - starts[start:stop]
             bad = np.flatnonzero(stored[start:stop] != counts)
             if bad.size:
                 i = start + int(bad[0])

@@ -50,7 +50,7 @@ def _open_part(path: Path, kind: str, mode: str = "r"):
     if kind == "ragged":
         return RaggedMmap(path, mode=mode)
     if kind == "string":
-        return StringsMmap(path, mode={"r": "rb", "r+": "r+b"}.get(mode, mode))
+        return StringsMmap(path, mode=mode)
     return np_ninja.open_existing(path, mode)
 
 

@@ -447,7 +447,8 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List
         return [], []
     problems = reader.verify(limit, not files.codec.compressed)
     if not problems:
-        problems = overlap_problems(files.starts.map()[:files.n], files.ends.map()[:files.n], out_dir, "string")
+        problems = overlap_problems(files.mapped["starts"][:files.n], files.mapped["ends"][:files.n], out_dir,
+                                    "string")
     if files.codec.compressed:
         for i in range(len(reader)):
             if len(problems) >= limit:
