@@ -9,7 +9,9 @@ Everything here works on memoryviews of the memory-mapped files of a map:
 - ``RaggedReader``: offset lookup, zero-copy sample views and batch gathers of a ragged map:
   ``take`` copies samples back to back into a ``RaggedBatch``, ``padded`` into a padded array;
 - ``StringsReader``: offset lookup and UTF-8 decoding of a strings map;
-- ``gather_rows``: rows of a fixed-shape array gathered into a new or given array.
+- ``gather_rows``: rows of a fixed-shape array gathered into a new or given array;
+- ``ShardedRaggedReader``: the same batch reads over the parts of a sharded map, by global
+  index, every sample read from its part in one pass (``PartIndex`` locates samples in parts).
 
 Every offset read from disk is checked against the length of the mapped data before memory is
 touched, so a corrupted file raises ``ValueError`` instead of reading outside the mapping.
@@ -22,7 +24,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 cimport cython
@@ -393,6 +395,294 @@ cdef enum:
     PAD_CORRUPTED = 1
     PAD_SCALAR = 2
     PAD_OTHER_ROW_SHAPE = 3
+    # Why a sample cannot go into a batch copied back to back.
+    TAKE_TOO_LARGE = 4
+
+
+# The C state of one ragged map, read by the kernels below without the GIL. A batch reads
+# from an array of these (``parts``), sample ``k`` from ``parts[part_of[k]]``; ``part_of``
+# is NULL when all come from ``parts[0]`` (a plain map). All parts hold the same dtype.
+ctypedef struct ragged_t:
+    char* base                      # the flattened data
+    Py_ssize_t itemsize
+    const int64_t* starts           # element offsets of sample i: [starts[i], ends[i])
+    const int64_t* ends
+    int64_t n                       # samples
+    int64_t length                  # elements of data
+    bint nested                     # shapes from shape_values, else 1-d sizes
+    const int64_t* sizes
+    const int64_t* shape_values
+    const int64_t* shape_starts
+    const int64_t* shape_ends
+    int64_t n_shape_values
+
+
+cdef inline const ragged_t* _part_at(const ragged_t* parts, const int32_t* part_of, Py_ssize_t k) noexcept nogil:
+    return parts if part_of == NULL else parts + part_of[k]
+
+
+cdef int _ragged_shape(const ragged_t* r, int64_t i, int64_t count, int64_t* dims) noexcept nogil:
+    """Copy the shape of sample ``i`` of ``r``, which holds ``count`` elements, into ``dims``
+    and return its number of axes (0 for a scalar), or -1 when the stored shape is corrupted or
+    disagrees with ``count``. Each stored value is read once: every check and every later use
+    is of the copy, whatever happens to the file meanwhile."""
+    cdef int64_t lo, hi, k
+    if not r.nested:
+        # the stored size must agree with the offsets (0 with one element is a scalar)
+        k = r.sizes[i]
+        dims[0] = count
+        return 1 if k == count else 0 if k == 0 and count == 1 else -1
+    lo = r.shape_starts[i]
+    hi = r.shape_ends[i]
+    if lo < 0 or hi < lo or hi > r.n_shape_values or hi - lo > MAX_SAMPLE_NDIM:
+        return -1
+    for k in range(hi - lo):
+        dims[k] = r.shape_values[lo + k]
+    if _checked_product(dims, hi - lo, r.length) == count:
+        return <int>(hi - lo)
+    if hi - lo == 1 and dims[0] == 0 and count == 1:
+        return 0  # a scalar as mmap_ninja 0.9.0 stores it among samples of other ranks
+    return -1
+
+
+cdef inline void _prefetch_ragged(const ragged_t* parts, const int32_t* part_of, const int64_t* idx,
+                                  Py_ssize_t k, Py_ssize_t batch) noexcept nogil:
+    """Ask the CPU for the offsets and shape of the sample at batch position ``k``, if any."""
+    cdef const ragged_t* r
+    cdef int64_t i
+    if k >= batch:
+        return
+    r = _part_at(parts, part_of, k)
+    i = idx[k]
+    if i < 0 or i >= r.n:
+        return
+    prefetch(r.starts + i)
+    prefetch(r.ends + i)
+    prefetch(r.shape_starts + i if r.nested else r.sizes + i)
+
+
+cdef inline int _check_sample(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t k,
+                              Py_ssize_t batch, int64_t* start, int64_t* end, int64_t* dims) noexcept nogil:
+    """Check the sample at position ``k`` of a batch: its offsets (into ``start``/``end``) and
+    its shape (into ``dims``); return its number of axes, or -1 when it cannot be read. The CPU
+    is asked for the offsets of the sample ``PREFETCH_DISTANCE`` positions ahead meanwhile."""
+    cdef const ragged_t* r = _part_at(parts, part_of, k)
+    cdef int64_t i = idx[k]
+    _prefetch_ragged(parts, part_of, idx, k + PREFETCH_DISTANCE, batch)
+    if i < 0 or i >= r.n:
+        return -1
+    start[0] = r.starts[i]
+    end[0] = r.ends[i]
+    if not _valid_span(start[0], end[0], r.length):
+        return -1
+    return _ragged_shape(r, i, end[0] - start[0], dims)
+
+
+cdef Py_ssize_t _plan_take(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                           Py_ssize_t itemsize, int64_t* src, int64_t* dims, int64_t* off, int64_t* soff,
+                           int* reason) noexcept nogil:
+    """Check every sample of a batch and record its data start (``src``), its axes (in
+    ``dims``, ``MAX_SAMPLE_NDIM`` per sample, when ``dims`` is not NULL, which it must be when a
+    part is nested; else a sample's only axis is its count) and the running totals of values
+    (``off``) and axes (``soff``), while the CPU fetches the offsets of the samples that come
+    next. Return the position of the first sample that cannot be taken (``reason`` says why),
+    or -1."""
+    cdef Py_ssize_t k
+    cdef int64_t start, end, most = PY_SSIZE_T_MAX // itemsize if itemsize else PY_SSIZE_T_MAX
+    cdef int64_t flat_dims[1]
+    cdef int nd
+    off[0] = 0
+    soff[0] = 0
+    for k in range(batch):
+        reason[0] = PAD_CORRUPTED
+        nd = _check_sample(parts, part_of, idx, k, batch, &start, &end,
+                           dims + k * MAX_SAMPLE_NDIM if dims != NULL else flat_dims)
+        if nd < 0:
+            return k
+        if end - start > most - off[k]:
+            reason[0] = TAKE_TOO_LARGE
+            return k
+        src[k] = start
+        off[k + 1] = off[k] + end - start
+        soff[k + 1] = soff[k] + nd
+    return -1
+
+
+cdef void _copy_take(const ragged_t* parts, const int32_t* part_of, Py_ssize_t batch, Py_ssize_t itemsize,
+                     const int64_t* src,
+                     const int64_t* off, const int64_t* soff, const int64_t* dims, char* out,
+                     int64_t* shape_out) noexcept nogil:
+    """Copy the samples planned by ``_plan_take`` back to back into ``out`` and their shapes
+    into ``shape_out``, while the CPU fetches the data of the samples that come next."""
+    cdef Py_ssize_t k, ahead
+    cdef int nd, a
+    for k in range(batch):
+        ahead = k + PREFETCH_DISTANCE
+        if ahead < batch:
+            _prefetch_bytes(_part_at(parts, part_of, ahead).base + src[ahead] * itemsize,
+                            (off[ahead + 1] - off[ahead]) * itemsize)
+        memcpy(out + off[k] * itemsize, _part_at(parts, part_of, k).base + src[k] * itemsize,
+               (off[k + 1] - off[k]) * itemsize)
+        nd = <int>(soff[k + 1] - soff[k])
+        if dims == NULL:
+            if nd:
+                shape_out[soff[k]] = off[k + 1] - off[k]
+        else:
+            for a in range(nd):
+                shape_out[soff[k] + a] = dims[k * MAX_SAMPLE_NDIM + a]
+
+
+cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                  cnp.dtype descr, bint nested, object source, object indices):
+    """The samples at batch positions ``0..batch`` (``idx``: their indices in their parts)
+    copied back to back into a new ``RaggedBatch``; ``nested``: whether any part read is. A
+    sample that cannot be taken raises ``source._batch_error(indices, k, reason)``, before
+    anything is copied."""
+    cdef Py_ssize_t bad
+    cdef int reason = PAD_OK
+    offsets = _empty_int64(batch + 1)
+    shape_offsets = _empty_int64(batch + 1)
+    cdef int64_t* off = <int64_t*>cnp.PyArray_DATA(offsets)
+    cdef int64_t* soff = <int64_t*>cnp.PyArray_DATA(shape_offsets)
+    cdef Py_ssize_t scratch = batch * (MAX_SAMPLE_NDIM + 1) if nested else batch
+    cdef int64_t* src = <int64_t*>malloc((scratch + 1) * sizeof(int64_t))
+    if src == NULL:
+        raise MemoryError(f"cannot allocate a batch of {batch} samples")
+    cdef int64_t* dims = src + batch if nested else NULL
+    cdef cnp.npy_intp size[1]
+    cdef char* out
+    cdef int64_t* shape_out
+    try:
+        with nogil:
+            bad = _plan_take(parts, part_of, idx, batch, descr.itemsize, src, dims, off, soff, &reason)
+        if bad >= 0 and reason == TAKE_TOO_LARGE:
+            raise MemoryError(f"a batch of {batch} samples is too large for memory")
+        if bad >= 0:
+            source._batch_error(indices, bad, reason)
+        size[0] = off[batch]
+        values = _empty(1, size, descr)
+        shape_values = _empty_int64(soff[batch])
+        out = cnp.PyArray_BYTES(values)
+        shape_out = <int64_t*>cnp.PyArray_DATA(shape_values)
+        with nogil:
+            _copy_take(parts, part_of, batch, descr.itemsize, src, off, soff, dims, out, shape_out)
+    finally:
+        free(src)
+    return _new_batch(values, offsets, shape_values, shape_offsets)
+
+
+cdef Py_ssize_t _plan_padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                             int64_t* src, int64_t* length, int64_t* first, int* first_nd,
+                             int64_t* longest, int* reason) noexcept nogil:
+    """Check that every sample of a batch can be padded (at least one axis, the row shape of
+    the first, recorded in ``first``/``first_nd``) and record its data start (``src``), its
+    length along the first axis (``length``) and the longest; return the position of the first
+    that cannot be padded (``reason`` says why), or -1."""
+    cdef Py_ssize_t k
+    cdef int64_t start, end
+    cdef int64_t dims[MAX_SAMPLE_NDIM]
+    cdef int nd, a
+    for k in range(batch):
+        nd = _check_sample(parts, part_of, idx, k, batch, &start, &end, dims)
+        reason[0] = PAD_CORRUPTED if nd < 0 else PAD_SCALAR if nd == 0 else PAD_OK
+        if reason[0] == PAD_OK and first_nd[0] < 0:
+            first_nd[0] = nd
+            memcpy(first, dims, nd * sizeof(int64_t))
+        elif reason[0] == PAD_OK and nd != first_nd[0]:
+            reason[0] = PAD_OTHER_ROW_SHAPE
+        elif reason[0] == PAD_OK:
+            for a in range(1, nd):
+                if dims[a] != first[a]:
+                    reason[0] = PAD_OTHER_ROW_SHAPE
+        if reason[0] != PAD_OK:
+            return k
+        src[k] = start
+        length[k] = dims[0]
+        if length[k] > longest[0]:
+            longest[0] = length[k]
+    return -1
+
+
+cdef void _fill_padded(const ragged_t* parts, const int32_t* part_of, const int64_t* src, int64_t* length,
+                       Py_ssize_t batch, int64_t longest, Py_ssize_t itemsize, Py_ssize_t row_bytes, char* dst,
+                       const char* pattern, bint zero) noexcept nogil:
+    """Copy each sample's first ``longest`` rows into row ``k`` of ``dst`` and pad the rest
+    with the element at ``pattern``; ``length`` becomes the number of rows kept."""
+    cdef Py_ssize_t k
+    cdef int64_t kept
+    for k in range(batch):
+        if k + PREFETCH_DISTANCE < batch:
+            _prefetch_bytes(_part_at(parts, part_of, k + PREFETCH_DISTANCE).base
+                            + src[k + PREFETCH_DISTANCE] * itemsize, row_bytes)
+        kept = length[k] if length[k] < longest else longest
+        length[k] = kept
+        memcpy(dst + k * longest * row_bytes, _part_at(parts, part_of, k).base + src[k] * itemsize,
+               kept * row_bytes)
+        _fill(dst + (k * longest + kept) * row_bytes, (longest - kept) * row_bytes, pattern, itemsize, zero)
+
+
+cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                   cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices):
+    """The samples at batch positions ``0..batch`` padded into one array, and their lengths
+    (see ``RaggedReader.padded``); errors as in ``_take``."""
+    cdef Py_ssize_t bad
+    cdef int64_t longest = 0, row_elems = 1
+    cdef int64_t first[MAX_SAMPLE_NDIM]
+    cdef int first_nd = -1, reason = PAD_OK, a
+    pad = np.ascontiguousarray(pad_value, dtype=descr)
+    if pad.size != 1:
+        raise ValueError(f"pad_value must be one value, not an array of shape {pad.shape}")
+    cdef bint zero = not pad.view(np.uint8).any()
+    cdef char* dst
+    cdef const char* pattern
+    lengths = _empty_int64(batch)
+    cdef int64_t* length = <int64_t*>cnp.PyArray_DATA(lengths)
+    cdef int64_t* src = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
+    if src == NULL:
+        raise MemoryError(f"cannot allocate a batch of {batch} samples")
+    try:
+        with nogil:
+            bad = _plan_padded(parts, part_of, idx, batch, src, length, first, &first_nd, &longest, &reason)
+        if bad >= 0:
+            source._batch_error(indices, bad, reason)
+        if batch == 0:
+            # no sample to take the row shape from: the map's first sample stands for all
+            row_shape = source._first_row_shape()
+        else:
+            row_shape = tuple(first[a] for a in range(1, first_nd))
+        for a in range(len(row_shape)):
+            row_elems *= row_shape[a]
+        if max_len >= 0:
+            longest = max_len
+        elif out is not None:
+            longest = out.shape[1] if out.ndim >= 2 else -1
+        expected = (batch, longest) + row_shape
+        if out is None:
+            out = np.empty(expected, dtype=descr)
+        elif (not isinstance(out, np.ndarray) or out.dtype != descr or tuple(out.shape) != expected
+              or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f"out must be a writable C-contiguous {descr} array of shape {expected}")
+        dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
+        pattern = cnp.PyArray_BYTES(<cnp.ndarray>pad)
+        with nogil:
+            _fill_padded(parts, part_of, src, length, batch, longest, descr.itemsize, row_elems * descr.itemsize,
+                         dst, pattern, zero)
+    finally:
+        free(src)
+    return out, lengths
+
+
+cdef int _raise_batch_error(reason, i, first_i, sample) except -1:
+    """Raise why sample ``i`` cannot join a batch whose first sample is ``first_i``
+    (``sample(j)`` reads sample ``j``; a corrupted sample raises when read)."""
+    if reason == PAD_CORRUPTED:
+        sample(i)
+        raise ValueError(f"sample {i} cannot be read")  # not reached: reading it raised
+    if reason == PAD_SCALAR:
+        raise ValueError(f"sample {i} is a scalar: a padded batch needs samples with at least one axis")
+    raise ValueError(f"sample {i} has shape {np.shape(sample(i))}, sample {first_i} has shape "
+                     f"{np.shape(sample(first_i))}: a padded batch needs samples that differ only in "
+                     f"their first axis")
 
 
 @cython.final
@@ -409,18 +699,11 @@ cdef class RaggedReader(_Offsets):
 
     cdef cnp.ndarray data
     cdef cnp.dtype descr
-    cdef char* base
-    cdef Py_ssize_t itemsize
+    cdef ragged_t c
     cdef const int64_t[::1] sizes_view
     cdef const int64_t[::1] shape_values_view
     cdef const int64_t[::1] shape_starts_view
     cdef const int64_t[::1] shape_ends_view
-    cdef const int64_t* sizes
-    cdef const int64_t* shape_values
-    cdef const int64_t* shape_starts
-    cdef const int64_t* shape_ends
-    cdef int64_t n_shape_values
-    cdef bint nested
     cdef int flags
 
     def __cinit__(self, cnp.ndarray data, starts, ends, sizes=None, shape_values=None,
@@ -431,23 +714,27 @@ cdef class RaggedReader(_Offsets):
         self._init_offsets(starts, ends, data.shape[0], source, "sample", "elements")
         self.data = data
         self.descr = data.dtype
-        self.base = cnp.PyArray_BYTES(data)
-        self.itemsize = data.dtype.itemsize
         self.flags = _view_flags(data)
-        self.nested = sizes is None
-        if self.nested:
+        self.c.base = cnp.PyArray_BYTES(data)
+        self.c.itemsize = data.dtype.itemsize
+        self.c.starts = self.starts
+        self.c.ends = self.ends
+        self.c.n = self.n
+        self.c.length = self.length
+        self.c.nested = sizes is None
+        if self.c.nested:
             self.shape_values_view = shape_values
             self.shape_starts_view = shape_starts
             self.shape_ends_view = shape_ends
-            self.shape_values = _first(self.shape_values_view)
-            self.shape_starts = _first(self.shape_starts_view)
-            self.shape_ends = _first(self.shape_ends_view)
-            self.n_shape_values = self.shape_values_view.shape[0]
+            self.c.shape_values = _first(self.shape_values_view)
+            self.c.shape_starts = _first(self.shape_starts_view)
+            self.c.shape_ends = _first(self.shape_ends_view)
+            self.c.n_shape_values = self.shape_values_view.shape[0]
             if self.shape_starts_view.shape[0] < self.n or self.shape_ends_view.shape[0] < self.n:
                 raise ValueError(f"{source}: shapes holds fewer entries than the {self.n} samples")
         else:
             self.sizes_view = sizes
-            self.sizes = _first(self.sizes_view)
+            self.c.sizes = _first(self.sizes_view)
             if self.sizes_view.shape[0] < self.n:
                 raise ValueError(f"{source}: shapes holds {self.sizes_view.shape[0]} entries, "
                                  f"fewer than the {self.n} samples")
@@ -458,39 +745,16 @@ cdef class RaggedReader(_Offsets):
 
     # -- one sample ---------------------------------------------------------------------------
 
-    cdef int _shape(self, Py_ssize_t i, int64_t count, int64_t* dims) noexcept nogil:
-        """Copy the shape of sample ``i``, which holds ``count`` elements, into ``dims`` and
-        return its number of axes (0 for a scalar), or -1 when the stored shape is corrupted or
-        disagrees with ``count``. Each stored value is read once: every check and every later
-        use is of the copy, whatever happens to the file meanwhile."""
-        cdef int64_t lo, hi, k
-        if not self.nested:
-            # the stored size must agree with the offsets (0 with one element is a scalar)
-            k = self.sizes[i]
-            dims[0] = count
-            return 1 if k == count else 0 if k == 0 and count == 1 else -1
-        lo = self.shape_starts[i]
-        hi = self.shape_ends[i]
-        if lo < 0 or hi < lo or hi > self.n_shape_values or hi - lo > MAX_SAMPLE_NDIM:
-            return -1
-        for k in range(hi - lo):
-            dims[k] = self.shape_values[lo + k]
-        if _checked_product(dims, hi - lo, self.length) == count:
-            return <int>(hi - lo)
-        if hi - lo == 1 and dims[0] == 0 and count == 1:
-            return 0  # a scalar as mmap_ninja 0.9.0 stores it among samples of other ranks
-        return -1
-
     cdef int _raise_invalid(self, Py_ssize_t i) except -1:
         """Raise the error that makes sample ``i`` unreadable."""
         cdef int64_t start, end, lo, hi
         self._bounds(i, &start, &end)
-        if not self.nested:
-            raise ValueError(f"{self.source}: sample {i} has shape ({self.sizes[i]},) "
+        if not self.c.nested:
+            raise ValueError(f"{self.source}: sample {i} has shape ({self.c.sizes[i]},) "
                              f"but {end - start} stored elements")
-        lo = self.shape_starts[i]
-        hi = self.shape_ends[i]
-        if lo < 0 or hi < lo or hi > self.n_shape_values or hi - lo > MAX_SAMPLE_NDIM:
+        lo = self.c.shape_starts[i]
+        hi = self.c.shape_ends[i]
+        if lo < 0 or hi < lo or hi > self.c.n_shape_values or hi - lo > MAX_SAMPLE_NDIM:
             raise ValueError(f"{self.source}: corrupted shape offsets for sample {i}: [{lo}, {hi})")
         shape = tuple(self.shape_values_view[lo:hi])
         raise ValueError(f"{self.source}: sample {i} has shape {shape} "
@@ -507,12 +771,12 @@ cdef class RaggedReader(_Offsets):
         cdef cnp.npy_intp view_dims[MAX_SAMPLE_NDIM]
         cdef int nd, a
         self._bounds(i, &start, &end)
-        nd = self._shape(i, end - start, dims)
+        nd = _ragged_shape(&self.c, i, end - start, dims)
         if nd < 0:
             self._raise_invalid(i)
         for a in range(nd):
             view_dims[a] = dims[a]
-        return _view(self.data, self.base + start * self.itemsize, nd, view_dims, self.flags)
+        return _view(self.data, self.c.base + start * self.c.itemsize, nd, view_dims, self.flags)
 
     def sample(self, i):
         """Sample ``i`` (an integer; negative counts from the end) as an array view of the
@@ -525,7 +789,7 @@ cdef class RaggedReader(_Offsets):
         cdef Py_ssize_t k, batch = indices.shape[0]
         cdef list out = []
         for k in range(batch):
-            self._prefetch_sample(_first(indices), k + PREFETCH_DISTANCE, batch)
+            _prefetch_ragged(&self.c, NULL, _first(indices), k + PREFETCH_DISTANCE, batch)
             out.append(self._sample(_wrap_scalar(indices[k], self.n)))
         return out
 
@@ -552,10 +816,10 @@ cdef class RaggedReader(_Offsets):
             end = self.ends[i]
             if not _valid_span(start, end, self.length):
                 sound = False
-            elif self.nested:
-                sound = self._shape(i, end - start, dims) >= 0
+            elif self.c.nested:
+                sound = _ragged_shape(&self.c, i, end - start, dims) >= 0
             else:
-                sound = self.sizes[i] == end - start or (self.sizes[i] == 0 and end - start == 1)
+                sound = self.c.sizes[i] == end - start or (self.c.sizes[i] == 0 and end - start == 1)
             if not sound:
                 try:
                     self._raise_invalid(i)
@@ -567,49 +831,15 @@ cdef class RaggedReader(_Offsets):
 
     # -- batches --------------------------------------------------------------------------------
 
-    cdef inline void _prefetch_sample(self, const int64_t* idx, Py_ssize_t k, Py_ssize_t batch) noexcept nogil:
-        """Ask the CPU for the offsets and shape of the sample at ``idx[k]``, if any."""
-        cdef int64_t i
-        if k >= batch:
-            return
-        i = idx[k]
-        if i < 0 or i >= self.n:
-            return
-        prefetch(self.starts + i)
-        prefetch(self.ends + i)
-        prefetch(self.shape_starts + i if self.nested else self.sizes + i)
+    def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k, int reason):
+        """Raise why the sample at position ``k`` of a batch cannot join it."""
+        if reason == PAD_CORRUPTED:
+            self._raise_at(indices[k])
+        _raise_batch_error(reason, indices[k], indices[0], self.sample)
 
-    cdef Py_ssize_t _plan(self, const int64_t* idx, Py_ssize_t batch, int64_t* src, int64_t* dims,
-                          int64_t* off, int64_t* soff) noexcept nogil:
-        """Check every sample of a batch and record its data start (``src``), its axes (of a
-        nested map, in ``dims``, ``MAX_SAMPLE_NDIM`` per sample; a flat map's are its counts)
-        and the running totals of values (``off``) and axes (``soff``), while the CPU fetches
-        the offsets of the samples that come next. Return the position of the first invalid
-        sample, ``batch`` when the totals would not fit in memory, or -1."""
-        cdef Py_ssize_t k
-        cdef int64_t i, start, end, most = PY_SSIZE_T_MAX // self.itemsize
-        cdef int64_t flat_dims[1]
-        cdef int nd
-        off[0] = 0
-        soff[0] = 0
-        for k in range(batch):
-            self._prefetch_sample(idx, k + PREFETCH_DISTANCE, batch)
-            i = idx[k]
-            if i < 0 or i >= self.n:
-                return k
-            start = self.starts[i]
-            end = self.ends[i]
-            if not _valid_span(start, end, self.length):
-                return k
-            nd = self._shape(i, end - start, dims + k * MAX_SAMPLE_NDIM if self.nested else flat_dims)
-            if nd < 0:
-                return k
-            if end - start > most - off[k]:
-                return batch
-            src[k] = start
-            off[k + 1] = off[k] + end - start
-            soff[k + 1] = soff[k] + nd
-        return -1
+    def _first_row_shape(self):
+        """The shape after the first axis of sample 0, standing for every sample."""
+        return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
 
     def take(self, const int64_t[::1] indices):
         """The samples at ``indices`` (``int64``, as from ``normalize_index``) copied back to
@@ -619,50 +849,7 @@ cdef class RaggedReader(_Offsets):
         copies, while the CPU fetches the data of the samples that come next. Both run without
         the GIL; nothing is copied when a sample fails its checks.
         """
-        cdef Py_ssize_t batch = indices.shape[0], k, bad
-        cdef const int64_t* idx = _first(indices)
-        cdef int nd, a
-        offsets = _empty_int64(batch + 1)
-        shape_offsets = _empty_int64(batch + 1)
-        cdef int64_t* off = <int64_t*>cnp.PyArray_DATA(offsets)
-        cdef int64_t* soff = <int64_t*>cnp.PyArray_DATA(shape_offsets)
-        cdef Py_ssize_t scratch = batch * (MAX_SAMPLE_NDIM + 1) if self.nested else batch
-        cdef int64_t* src = <int64_t*>malloc((scratch + 1) * sizeof(int64_t))
-        if src == NULL:
-            raise MemoryError(f"cannot allocate a batch of {batch} samples")
-        cdef int64_t* dims = src + batch
-        cdef cnp.npy_intp size[1]
-        cdef char* out
-        cdef int64_t* shape_out
-        try:
-            with nogil:
-                bad = self._plan(idx, batch, src, dims, off, soff)
-            if bad == batch:
-                raise MemoryError(f"a batch of {batch} samples is too large for memory")
-            if bad >= 0:
-                self._raise_at(idx[bad])
-            size[0] = off[batch]
-            values = _empty(1, size, self.descr)
-            shape_values = _empty_int64(soff[batch])
-            out = cnp.PyArray_BYTES(values)
-            shape_out = <int64_t*>cnp.PyArray_DATA(shape_values)
-            with nogil:
-                for k in range(batch):
-                    if k + PREFETCH_DISTANCE < batch:
-                        _prefetch_bytes(self.base + src[k + PREFETCH_DISTANCE] * self.itemsize,
-                                        (off[k + PREFETCH_DISTANCE + 1] - off[k + PREFETCH_DISTANCE]) * self.itemsize)
-                    memcpy(out + off[k] * self.itemsize, self.base + src[k] * self.itemsize,
-                           (off[k + 1] - off[k]) * self.itemsize)
-                    nd = <int>(soff[k + 1] - soff[k])
-                    if not self.nested:
-                        if nd:
-                            shape_out[soff[k]] = off[k + 1] - off[k]
-                    else:
-                        for a in range(nd):
-                            shape_out[soff[k] + a] = dims[k * MAX_SAMPLE_NDIM + a]
-        finally:
-            free(src)
-        return _new_batch(values, offsets, shape_values, shape_offsets)
+        return _take(&self.c, NULL, _first(indices), indices.shape[0], self.descr, self.c.nested, self, indices)
 
     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None):
         """The samples at ``indices`` as one array ``(B, L, *row_shape)`` padded with
@@ -674,104 +861,8 @@ cdef class RaggedReader(_Offsets):
         when ``out`` is given, else the longest sample's length. ``out``, if given, is a
         writable C-contiguous array of the map's dtype and of that shape.
         """
-        cdef Py_ssize_t batch = indices.shape[0], k, bad = -1
-        cdef const int64_t* idx = _first(indices)
-        cdef int64_t i, start, end, longest = 0, row_elems = 1
-        cdef int64_t dims[MAX_SAMPLE_NDIM]
-        cdef int64_t first[MAX_SAMPLE_NDIM]
-        cdef int nd, first_nd = -1, reason = PAD_OK, a
-        pad = np.ascontiguousarray(pad_value, dtype=self.descr)
-        if pad.size != 1:
-            raise ValueError(f"pad_value must be one value, not an array of shape {pad.shape}")
-        lengths = _empty_int64(batch)
-        cdef int64_t* length = <int64_t*>cnp.PyArray_DATA(lengths)
-        cdef int64_t* src = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
-        if src == NULL:
-            raise MemoryError(f"cannot allocate a batch of {batch} samples")
-        try:
-            with nogil:
-                for k in range(batch):
-                    self._prefetch_sample(idx, k + PREFETCH_DISTANCE, batch)
-                    i = idx[k]
-                    reason = PAD_CORRUPTED
-                    if i < 0 or i >= self.n:
-                        bad = k
-                        break
-                    start = self.starts[i]
-                    end = self.ends[i]
-                    nd = self._shape(i, end - start, dims) if _valid_span(start, end, self.length) else -1
-                    reason = PAD_CORRUPTED if nd < 0 else PAD_SCALAR if nd == 0 else PAD_OK
-                    if reason == PAD_OK and first_nd < 0:
-                        first_nd = nd
-                        memcpy(first, dims, nd * sizeof(int64_t))
-                    elif reason == PAD_OK and nd != first_nd:
-                        reason = PAD_OTHER_ROW_SHAPE
-                    elif reason == PAD_OK:
-                        for a in range(1, nd):
-                            if dims[a] != first[a]:
-                                reason = PAD_OTHER_ROW_SHAPE
-                    if reason != PAD_OK:
-                        bad = k
-                        break
-                    src[k] = start
-                    length[k] = dims[0]
-                    if length[k] > longest:
-                        longest = length[k]
-            if bad >= 0:
-                self._raise_padding_error(idx, bad, reason)
-            if batch == 0 and self.n:
-                # no sample to take the row shape from: the map's first sample stands for all
-                row_shape = tuple(np.shape(self._sample(0))[1:])
-            else:
-                row_shape = tuple(first[a] for a in range(1, first_nd))
-            for a in range(len(row_shape)):
-                row_elems *= row_shape[a]
-            if max_len >= 0:
-                longest = max_len
-            elif out is not None:
-                longest = out.shape[1] if out.ndim >= 2 else -1
-            expected = (batch, longest) + row_shape
-            if out is None:
-                out = np.empty(expected, dtype=self.descr)
-            elif (not isinstance(out, np.ndarray) or out.dtype != self.descr
-                  or tuple(out.shape) != expected or not out.flags.c_contiguous
-                  or not out.flags.writeable):
-                raise ValueError(f"out must be a writable C-contiguous {self.descr} array of "
-                                 f"shape {expected}")
-            self._fill_padded(src, length, batch, longest, row_elems * self.itemsize,
-                              cnp.PyArray_BYTES(<cnp.ndarray>out), pad)
-        finally:
-            free(src)
-        return out, lengths
-
-    cdef int _raise_padding_error(self, const int64_t* idx, Py_ssize_t bad, int reason) except -1:
-        if reason == PAD_CORRUPTED:
-            return self._raise_at(idx[bad])
-        if reason == PAD_SCALAR:
-            raise ValueError(f"sample {idx[bad]} is a scalar: a padded batch needs samples with "
-                             f"at least one axis")
-        raise ValueError(f"sample {idx[bad]} has shape {np.shape(self._sample(idx[bad]))}, sample "
-                         f"{idx[0]} has shape {np.shape(self._sample(idx[0]))}: a padded batch "
-                         f"needs samples that differ only in their first axis")
-
-    cdef void _fill_padded(self, const int64_t* src, int64_t* length, Py_ssize_t batch,
-                           int64_t longest, Py_ssize_t row_bytes, char* dst, cnp.ndarray pad):
-        """Copy each sample's first ``longest`` rows into row ``k`` of ``dst`` and pad the
-        rest with ``pad``; ``length`` becomes the number of rows kept."""
-        cdef const char* pattern = cnp.PyArray_BYTES(pad)
-        cdef bint zero = not pad.view(np.uint8).any()
-        cdef Py_ssize_t k
-        cdef int64_t kept
-        with nogil:
-            for k in range(batch):
-                if k + PREFETCH_DISTANCE < batch:
-                    _prefetch_bytes(self.base + src[k + PREFETCH_DISTANCE] * self.itemsize, row_bytes)
-                kept = length[k] if length[k] < longest else longest
-                length[k] = kept
-                memcpy(dst + k * longest * row_bytes, self.base + src[k] * self.itemsize,
-                       kept * row_bytes)
-                _fill(dst + (k * longest + kept) * row_bytes, (longest - kept) * row_bytes,
-                      pattern, self.itemsize, zero)
+        return _padded(&self.c, NULL, _first(indices), indices.shape[0], self.descr, pad_value, max_len, out,
+                       self, indices)
 
 
 @cython.final
@@ -899,6 +990,224 @@ cdef RaggedBatch _new_batch(values, offsets, shape_values, shape_offsets):
     cdef RaggedBatch batch = RaggedBatch.__new__(RaggedBatch)
     batch._set(values, offsets, shape_values, shape_offsets)
     return batch
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded maps: many parts read as one
+# --------------------------------------------------------------------------------------------
+
+cdef class _Parts:
+    """The parts of a sharded map: part ``p`` holds its samples ``bounds[p]:bounds[p + 1]``
+    (``bounds``: ``int64``, ``parts + 1`` non-decreasing entries from 0). A part is opened on
+    its first read by ``opener(p)``, which returns its reader. ``source`` names the map in
+    error messages."""
+
+    cdef const int64_t[::1] bounds_view
+    cdef const int64_t* bounds
+    cdef readonly Py_ssize_t n_parts
+    cdef readonly int64_t n
+    cdef list readers
+    cdef unsigned char* ready
+    cdef object opener
+    cdef readonly object source
+
+    cdef _init_parts(self, bounds, opener, source):
+        array = np.ascontiguousarray(bounds, dtype=np.int64)
+        if array.ndim != 1 or array.shape[0] < 1 or array[0] != 0 or (np.diff(array) < 0).any():
+            raise ValueError(f"{source}: part bounds must be non-decreasing from 0, got {array[:8]}")
+        if array.shape[0] - 1 > 2 ** 31 - 1:
+            raise ValueError(f"{source}: too many parts ({array.shape[0] - 1})")
+        self.bounds_view = array
+        self.bounds = &self.bounds_view[0]
+        self.n_parts = array.shape[0] - 1
+        self.n = self.bounds[self.n_parts]
+        self.readers = [None] * self.n_parts
+        self.ready = <unsigned char*>calloc(self.n_parts + 1, 1)
+        if self.ready == NULL:
+            raise MemoryError(f"cannot allocate the table of {self.n_parts} parts")
+        self.opener = opener
+        self.source = source
+
+    def __dealloc__(self):
+        free(self.ready)
+
+    def __len__(self):
+        return self.n
+
+    cdef inline Py_ssize_t _find(self, int64_t i) noexcept nogil:
+        """The part that holds sample ``i`` (``0 <= i < n``): the last with ``bounds[p] <= i``."""
+        cdef Py_ssize_t lo = 0, hi = self.n_parts - 1, mid
+        while lo < hi:
+            mid = (lo + hi + 1) >> 1
+            if self.bounds[mid] <= i:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    cdef int _open(self, Py_ssize_t p) except -1:
+        reader = self.opener(p)
+        if not self.ready[p]:  # another thread may have opened it while the opener ran
+            self._adopt(p, reader)
+            self.readers[p] = reader
+            self.ready[p] = 1
+        return 0
+
+    cdef int _adopt(self, Py_ssize_t p, object reader) except -1:
+        """Check ``reader`` of part ``p`` and record its C state."""
+        return 0
+
+    cdef int _locate(self, const int64_t* idx, Py_ssize_t batch, int32_t* part_of, int64_t* local) except -1:
+        """The part of every index of a batch and the index in it, every part read opened."""
+        cdef Py_ssize_t k, bad = -1
+        cdef int64_t i
+        cdef int32_t p
+        with nogil:
+            for k in range(batch):
+                i = idx[k]
+                if i < 0 or i >= self.n:
+                    bad = k
+                    break
+                p = <int32_t>self._find(i)
+                part_of[k] = p
+                local[k] = i - self.bounds[p]
+        if bad >= 0:
+            raise IndexError(f"index {idx[bad]} is out of bounds for a map of length {self.n}")
+        for k in range(batch):
+            if not self.ready[part_of[k]]:
+                self._open(part_of[k])
+        return 0
+
+    def locate(self, const int64_t[::1] indices):
+        """``(parts, local)``: the part (``int32``) of each of ``indices`` (``int64`` positions
+        in the map) and the position in it (``int64``); opens the parts read."""
+        cdef Py_ssize_t batch = indices.shape[0]
+        parts = np.empty(batch, dtype=np.int32)
+        local = _empty_int64(batch)
+        self._locate(_first(indices), batch, <int32_t*>cnp.PyArray_DATA(parts), <int64_t*>cnp.PyArray_DATA(local))
+        return parts, local
+
+    def part(self, i):
+        """``(p, j)``: sample ``i`` (negative counts from the end) is sample ``j`` of part ``p``."""
+        cdef Py_ssize_t j = _scalar_index(i, self.n)
+        cdef Py_ssize_t p = self._find(j)
+        return p, j - self.bounds[p]
+
+
+@cython.final
+cdef class PartIndex(_Parts):
+    """Which part of a sharded map holds each sample (``locate``, ``part``), for parts read by
+    their own maps; ``opener(p)`` opens part ``p``."""
+
+    def __cinit__(self, bounds, opener, source=""):
+        self._init_parts(bounds, opener, source)
+
+
+@cython.final
+cdef class ShardedRaggedReader(_Parts):
+    """Samples of the ragged parts of a sharded map (each read by a ``RaggedReader`` of
+    ``dtype``), by their index in the whole map: views, and batches gathered from every part in
+    one pass without the GIL, in the caller's order."""
+
+    cdef ragged_t* parts
+    cdef cnp.dtype descr
+
+    def __cinit__(self, bounds, opener, dtype, source=""):
+        self._init_parts(bounds, opener, source)
+        self.descr = np.dtype(dtype)
+        self.parts = <ragged_t*>calloc(self.n_parts + 1, sizeof(ragged_t))
+        if self.parts == NULL:
+            raise MemoryError(f"cannot allocate the table of {self.n_parts} parts")
+
+    def __dealloc__(self):
+        free(self.parts)
+
+    @property
+    def dtype(self):
+        return self.descr
+
+    cdef int _adopt(self, Py_ssize_t p, object reader) except -1:
+        cdef RaggedReader part
+        cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
+        if not isinstance(reader, RaggedReader):
+            raise TypeError(f"{self.source}: part {p} was opened as {type(reader).__name__}, not a ragged map")
+        part = <RaggedReader>reader
+        if part.descr != self.descr:
+            raise ValueError(f"{part.source}: holds samples of {part.descr}, the map's are of {self.descr}")
+        if part.n < length:
+            raise ValueError(f"{part.source}: holds {part.n} samples, the manifest says {length}")
+        self.parts[p] = part.c
+        self.parts[p].n = length
+        return 0
+
+    cdef object _sample(self, Py_ssize_t i):
+        cdef Py_ssize_t p = self._find(i)
+        if not self.ready[p]:
+            self._open(p)
+        return (<RaggedReader>self.readers[p])._sample(i - self.bounds[p])
+
+    def sample(self, i):
+        """Sample ``i`` (negative counts from the end), a view of its part's data."""
+        return self._sample(_scalar_index(i, self.n))
+
+    def samples(self, const int64_t[::1] indices):
+        """The samples at ``indices`` (``int64``, as from ``normalize_index``), as a list of
+        views."""
+        cdef Py_ssize_t k, batch = indices.shape[0]
+        cdef list out = []
+        parts, local = self.locate(indices)
+        cdef const int32_t[::1] part_of = parts
+        cdef const int64_t[::1] at = local
+        for k in range(batch):
+            out.append((<RaggedReader>self.readers[part_of[k]])._sample(at[k]))
+        return out
+
+    def samples_in(self, slice item):
+        """The samples of a slice of the map (any step), as a list of views."""
+        return self.samples(_slice_positions(item, self.n))
+
+    cdef bint _nested(self, const int32_t* part_of, Py_ssize_t batch) noexcept nogil:
+        cdef Py_ssize_t k
+        for k in range(batch):
+            if self.parts[part_of[k]].nested:
+                return True
+        return False
+
+    def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k, int reason):
+        """Raise why the sample at position ``k`` of a batch cannot join it."""
+        if reason == PAD_CORRUPTED:
+            p, j = self.part(indices[k])
+            (<RaggedReader>self.readers[p])._raise_at(j)
+        _raise_batch_error(reason, indices[k], indices[0], self.sample)
+
+    def _first_row_shape(self):
+        return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
+
+    cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out):
+        """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
+        cdef Py_ssize_t batch = indices.shape[0]
+        cdef int32_t* part_of = <int32_t*>malloc((batch + 1) * sizeof(int32_t))
+        cdef int64_t* local = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
+        try:
+            if part_of == NULL or local == NULL:
+                raise MemoryError(f"cannot allocate a batch of {batch} samples")
+            self._locate(_first(indices), batch, part_of, local)
+            if padded:
+                return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices)
+            return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
+        finally:
+            free(part_of)
+            free(local)
+
+    def take(self, const int64_t[::1] indices):
+        """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
+        a ``RaggedBatch`` (see ``RaggedReader.take``)."""
+        return self._gather(indices, False, None, -1, None)
+
+    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None):
+        """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
+        lengths (see ``RaggedReader.padded``)."""
+        return self._gather(indices, True, pad_value, max_len, out)
 
 
 # --------------------------------------------------------------------------------------------

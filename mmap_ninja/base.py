@@ -244,3 +244,12 @@ def reset_map_dir(out_dir: Path, keep: Tuple[str, ...] = ()) -> None:
         for suffix in ("", ".tmp", ".new"):
             if suffix or name not in keep:
                 (out_dir / (name + suffix)).unlink(missing_ok=True)
+
+
+def check_max_len(max_len: Any, out: Any) -> None:
+    """The checks of the ``max_len`` and ``out`` arguments of a padded batch."""
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
+                                or max_len < 0):
+        raise ValueError(f"max_len must be a non-negative integer, got {max_len!r}")
+    if out is not None and not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, not {type(out).__name__}")

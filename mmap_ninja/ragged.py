@@ -30,6 +30,7 @@ from .base import (
     PathLike,
     as_dir,
     cast_values,
+    check_max_len,
     check_options,
     in_batches,
     known_length,
@@ -478,11 +479,7 @@ class RaggedMmap(MapObject):
         ``out`` (a preallocated C-contiguous array of the map's dtype) is given, else the
         longest sample's length. ``wrapper_fn`` is not applied.
         """
-        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
-                                    or max_len < 0):
-            raise ValueError(f"max_len must be a non-negative integer, got {max_len!r}")
-        if out is not None and not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
+        check_max_len(max_len, out)
         files, reader, _ = self._live()
         dtype = files.dtype or np.dtype(np.float64)
         pad = cast_values(np.asarray(pad_value), dtype, "pad_value")

@@ -18,7 +18,6 @@ its own compiled batch read, results in the caller's order.
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from . import _core, _meta
 from . import numpy as np_ninja
 from ._lifecycle import Report, building
 from ._storage import WriterLock, open_consistent
-from .base import PathLike, as_dir, check_options, in_batches, map_type, progress
+from .base import PathLike, as_dir, cast_values, check_max_len, check_options, in_batches, map_type, progress
 from .ragged import RaggedBatch, RaggedMmap
 from .string import StringsMmap
 
@@ -148,7 +147,29 @@ class ShardedMmap:
         lengths = np.array([part["length"] for part in manifest["parts"]], dtype=np.int64)
         bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=bounds[1:])
-        self._state = (manifest, bounds, {}, bounds.tolist())
+        opened: Dict[int, Any] = {}
+
+        def open_part(k: int):
+            """Part ``k`` (opened once, kept in ``opened``) and what reads it: its compiled
+            reader for ragged parts, else the part's own map."""
+            part = opened.get(k)
+            if part is None:
+                entry = manifest["parts"][k]
+                path = self.out_dir / PARTS / entry["name"]
+                part = _open_part(path, manifest["kind"], self.mode)
+                if len(part) < entry["length"]:
+                    raise ValueError(f"{path}: holds {len(part)} samples, the manifest says {entry['length']}")
+                opened[k] = part
+            return part._live()[1] if manifest["kind"] == "ragged" else part
+
+        source = str(self.out_dir)
+        if manifest["kind"] == "ragged":
+            dtype = manifest.get("dtype")
+            dtype = np.float64 if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
+            reader = _core.ShardedRaggedReader(bounds, open_part, dtype, source)
+        else:
+            reader = _core.PartIndex(bounds, open_part, source)
+        self._state = (manifest, bounds, opened, reader)
 
     @property
     def kind(self) -> str:
@@ -172,28 +193,19 @@ class ShardedMmap:
         return int(self._state[1][-1])
 
     def _part(self, k: int):
-        manifest, _, opened, _ = self._state
+        """Part ``k``, opened on its first read."""
+        manifest, _, opened, reader = self._state
         part = opened.get(k)
         if part is None:
-            entry = manifest["parts"][k]
-            part = _open_part(self.out_dir / PARTS / entry["name"], manifest["kind"], self.mode)
-            if len(part) < entry["length"]:
-                raise ValueError(f"{self.out_dir / PARTS / entry['name']}: holds {len(part)} samples, the "
-                                 f"manifest says {entry['length']}")
-            opened[k] = part
+            reader.locate(self._state[1][k:k + 1])  # opens it, through the reader's opener
+            part = opened[k]
         return part
-
-    def _locate(self, index: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        bounds = self._state[1]
-        parts = np.searchsorted(bounds, index, side="right") - 1
-        return parts, index - bounds[parts]
 
     def _grouped(self, index: np.ndarray):
         """``(part, positions in the batch, local indices)`` for each part a batch touches."""
-        parts, local = self._locate(index)
+        parts, local = self._state[3].locate(index)
         order = np.argsort(parts, kind="stable")
-        sorted_parts = parts[order]
-        cuts = np.flatnonzero(np.diff(sorted_parts)) + 1
+        cuts = np.flatnonzero(np.diff(parts[order])) + 1
         for group in np.split(order, cuts):
             if group.size:
                 yield int(parts[group[0]]), group, local[group]
@@ -206,15 +218,19 @@ class ShardedMmap:
         return out
 
     def __getitem__(self, item):
-        state = self._state
-        index = _core.normalize_index(item, state[3][-1])
+        manifest, _, opened, reader = self._state
+        if manifest["kind"] == "ragged":
+            if type(item) is int and self.wrapper_fn is None:
+                return reader.sample(item)
+            index = _core.normalize_index(item, reader.n)
+            if type(index) is int:
+                return self._wrap(reader.sample(index))
+            return [self._wrap(sample) for sample in reader.samples(index)]
+        index = _core.normalize_index(item, reader.n)
         if type(index) is int:
-            k = bisect.bisect_right(state[3], index) - 1
-            part = state[2].get(k)
-            if part is None:
-                part = self._part(k)
-            return self._wrap(part[index - state[3][k]])
-        if self.kind == "numpy":
+            k, local = reader.part(index)
+            return self._wrap(self._part(k)[local])
+        if manifest["kind"] == "numpy":
             rows = self._rows(index)
             return rows if self.wrapper_fn is None else [self._wrap(row) for row in rows]
         return [self._wrap(sample) for sample in self._gather(index, lambda part, local: part[local])]
@@ -252,51 +268,30 @@ class ShardedMmap:
 
     def take(self, indices) -> RaggedBatch:
         """The samples at ``indices`` copied back to back into one buffer, in the caller's
-        order, as a ``RaggedBatch`` (ragged parts)."""
+        order, as a ``RaggedBatch`` (ragged parts; see ``RaggedMmap.take``): gathered from all
+        parts in one compiled pass."""
         self._require("ragged", "take")
-        index = _core.batch_index(indices, len(self))
-        views = self._gather(index, lambda part, local: part[local])
-        arrays = [np.asarray(v) for v in views]
-        dtype = self.dtype or np.dtype(np.float64)
-        counts = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
-        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        values = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.empty(0, dtype)
-        ndims = np.fromiter((a.ndim for a in arrays), dtype=np.int64, count=len(arrays))
-        shape_offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-        np.cumsum(ndims, out=shape_offsets[1:])
-        shape_values = np.fromiter((d for a in arrays for d in a.shape), dtype=np.int64,
-                                   count=int(shape_offsets[-1]))
-        return RaggedBatch(values.astype(dtype, copy=False), offsets, shape_values, shape_offsets)
+        reader = self._state[3]
+        return reader.take(_core.batch_index(indices, reader.n))
 
-    def padded(self, indices, pad_value: Any = 0, max_len: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def padded(self, indices, pad_value: Any = 0, max_len: Optional[int] = None,
+               out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)`` and their
         lengths (ragged parts; see ``RaggedMmap.padded``), in the caller's order."""
         self._require("ragged", "padded")
-        index = _core.batch_index(indices, len(self))
-        groups = list(self._grouped(index))
-        if max_len is None:
-            lengths = self._gather(index, lambda part, local: [np.shape(s)[0] if np.ndim(s) else 0
-                                                                  for s in part[local]])
-            max_len = max(lengths, default=0)
-        out, lengths_out = None, np.zeros(len(index), dtype=np.int64)
-        for k, positions, local in groups:
-            block, block_lengths = self._part(k).padded(local, pad_value=pad_value, max_len=max_len)
-            if out is None:
-                out = np.empty((len(index),) + block.shape[1:], dtype=block.dtype)
-            out[positions] = block
-            lengths_out[positions] = block_lengths
-        if out is None:
-            out = np.full((0, max_len), pad_value, dtype=self.dtype or np.float64)
-        return out, lengths_out
+        check_max_len(max_len, out)
+        reader = self._state[3]
+        pad = cast_values(np.asarray(pad_value), reader.dtype, "pad_value")
+        index = _core.batch_index(indices, reader.n)
+        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out)
 
     def get_bytes(self, item):
         """Like ``m[item]`` without decoding: the UTF-8 bytes of each string (strings parts)."""
         self._require("string", "get_bytes")
         index = _core.normalize_index(item, len(self))
         if type(index) is int:
-            parts, local = self._locate(np.array([index], dtype=np.int64))
-            return self._part(int(parts[0])).get_bytes(int(local[0]))
+            k, local = self._state[3].part(index)
+            return self._part(k).get_bytes(local)
         return self._gather(index, lambda part, local: part.get_bytes(local))
 
     # -- checking --------------------------------------------------------------------------

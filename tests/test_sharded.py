@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -231,3 +233,97 @@ def test_merge_compact_and_gc_on_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["gc", str(tmp_path / "s")]) == 0
     assert orphan["name"] in capsys.readouterr().out and ShardedMmap(tmp_path / "s").uncommitted_parts() == []
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 5), min_size=1, max_size=7), data=st.data())
+def test_every_read_equals_one_map_of_the_same_samples(tmp_path_factory, sizes, data):
+    folder = tmp_path_factory.mktemp("h")
+    lengths = data.draw(st.lists(st.integers(1, 6), min_size=sum(sizes), max_size=sum(sizes)))
+    reference = [np.arange(n, dtype=np.int16) * (i + 1) for i, n in enumerate(lengths)]
+    records, start = [], 0
+    for size in sizes:
+        records.append(write_part(folder / "s", reference[start:start + size], kind="ragged"))
+        start += size
+    if not reference:
+        return
+    m = ShardedMmap.commit_parts(folder / "s", records)
+    one = RaggedMmap.from_lists(folder / "one", reference)
+    indices = data.draw(st.lists(st.integers(-len(reference), len(reference) - 1), max_size=16))
+    for i in indices:
+        assert same(m[i], one[i])
+    assert all(same(a, b) for a, b in zip(m[indices], one[indices])) and len(m[indices]) == len(indices)
+    assert all(same(a, b) for a, b in zip(m[1::2], one[1::2]))
+    assert all(same(a, b) for a, b in zip(m.take(indices).arrays(), one.take(indices).arrays()))
+    max_len = data.draw(st.none() | st.integers(0, 7))
+    for got, want in zip(m.padded(indices, pad_value=-3, max_len=max_len),
+                         one.padded(indices, pad_value=-3, max_len=max_len)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_a_damaged_part_raises_naming_its_file_and_sample(tmp_path):
+    m = ShardedMmap.from_generator(tmp_path / "s", (np.arange(i % 4 + 1) for i in range(12)), part_size=4)
+    part = tmp_path / "s" / "parts" / m.part_names[1]
+    ends = np_ninja.open_existing(part / "ends", mode="r+")
+    ends[2] = 10 ** 9
+    ends.flush()
+    del ends
+    m = ShardedMmap(tmp_path / "s")
+    assert same(m[0], np.arange(1)) and same(m[5], np.arange(2))
+    for read in (lambda: m[6], lambda: m[[0, 6]], lambda: m.take([6]), lambda: m.padded([1, 6])):
+        with pytest.raises(ValueError, match=rf"{part.name}: corrupted offsets for sample 2"):
+            read()
+    assert any(part.name in problem for problem in mmap_ninja.verify(tmp_path / "s"))
+
+
+def test_threads_reading_parts_opened_on_first_read_all_get_the_right_samples(tmp_path):
+    import threading
+
+    reference = [np.arange(i % 9 + 1, dtype=np.int64) + i for i in range(64 * 8)]
+    ShardedMmap.from_generator(tmp_path / "s", iter(reference), part_size=8)
+    m = ShardedMmap(tmp_path / "s")  # no part opened yet
+    errors = []
+
+    def read(seed):
+        try:
+            rng = np.random.default_rng(seed)
+            for _ in range(30):
+                index = rng.integers(0, len(reference), 32)
+                batch = m.take(index) if seed % 2 else m[index]
+                assert all(same(a, reference[i]) for a, i in zip(batch, index))
+                assert same(m[int(index[0])], reference[index[0]])
+        except BaseException as exc:  # noqa: B902 - reported to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+READ_EVERY_PART = """
+import os, resource, sys
+import numpy as np
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+from mmap_ninja.sharded import ShardedMmap
+m = ShardedMmap(sys.argv[1])
+firsts = m.part_bounds[:-1]
+singles = [int(m[int(i)][0]) for i in firsts]
+taken = [int(a[0]) for a in m.take(firsts[::-1]).arrays()]
+print(len(singles), singles == list(range(len(firsts))), taken == singles[::-1], len(os.listdir("/proc/self/fd")))
+"""
+
+
+def test_one_process_reads_from_more_parts_than_it_may_open_files(tmp_path):
+    parts = 1_100  # more than the 1,024 descriptors the reading process may hold
+    with mmap_ninja.durability(False):
+        records = [write_part(tmp_path / "s", [np.full(k % 3 + 1, k, dtype=np.int32)]) for k in range(parts)]
+        ShardedMmap.commit_parts(tmp_path / "s", records)
+    result = subprocess.run([sys.executable, "-c", READ_EVERY_PART, str(tmp_path / "s")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    count, in_order, taken_in_order, descriptors = result.stdout.split()
+    assert (count, in_order, taken_in_order) == (str(parts), "True", "True")
+    assert int(descriptors) < 64
