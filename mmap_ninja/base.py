@@ -88,10 +88,16 @@ def progress(total: Optional[int], verbose: bool, desc: Optional[str] = None):
     return tqdm(total=total, disable=not verbose, desc=desc, unit=" samples")
 
 
+def check_positive(**values: Any) -> None:
+    """Refuse a count (``batch_size=...``, ``part_size=...``) that is not a positive integer."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def in_batches(samples: Iterable[Any], batch_size: int) -> Iterator[List[Any]]:
     """Lists of up to ``batch_size`` consecutive items of ``samples``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive(batch_size=batch_size)
     iterator = iter(samples)
     while True:
         batch = list(itertools.islice(iterator, int(batch_size)))

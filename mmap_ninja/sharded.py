@@ -18,6 +18,7 @@ its own compiled batch read, results in the caller's order.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from . import _core, _meta
 from . import numpy as np_ninja
 from ._lifecycle import Report, building
 from ._storage import WriterLock, open_consistent
-from .base import PathLike, as_dir, cast_values, check_max_len, check_options, in_batches, map_type, progress
+from .base import PathLike, as_dir, cast_values, check_max_len, check_options, check_positive, map_type, progress
 from .ragged import RaggedBatch, RaggedMmap
 from .string import StringsMmap
 
@@ -39,6 +40,7 @@ MANIFEST = _meta.MANIFEST
 PARTS = "parts"
 KINDS = ("ragged", "string", "numpy")
 _FORMAT = 1
+_NOTHING = object()
 
 
 def _kind_of(sample: Any) -> str:
@@ -60,29 +62,37 @@ def _dtype_of(part: Any, kind: str) -> Optional[str]:
     return None if dtype is None else _meta.dtype_name(dtype)
 
 
-def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = None) -> Dict[str, Any]:
+def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = None,
+               batch_size: int = 65536) -> Dict[str, Any]:
     """Write ``samples`` as a new part of the sharded map at ``out_dir`` (not yet committed:
     see ``ShardedMmap.commit_parts``) and return its record, a small picklable dict.
 
     ``kind``: ``"ragged"``, ``"string"`` or ``"numpy"`` (same-shaped samples); ``None`` takes
-    ``"string"`` for ``str`` samples, else ``"ragged"``. Any process may write parts at once.
+    ``"string"`` for ``str`` samples, else ``"ragged"``. The samples are read from the iterable
+    ``batch_size`` at a time. Any process may write parts at once.
     """
-    samples = list(samples)
+    check_positive(batch_size=batch_size)
+    iterator = iter(samples)
+    first = next(iterator, _NOTHING)
     if kind is None:
-        kind = _kind_of(samples[0]) if samples else "ragged"
+        kind = _kind_of(first) if first is not _NOTHING else "ragged"
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     name = f"part-{uuid.uuid4().hex}"
     path = as_dir(out_dir) / PARTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "ragged":
-        part = RaggedMmap.from_lists(path, samples)
-    elif kind == "string":
-        part = StringsMmap.from_strings(path, samples)
+    if first is _NOTHING and kind == "numpy":
+        raise ValueError("a numpy part needs at least one sample (its shape and dtype come from it)")
+    if first is _NOTHING:
+        part = RaggedMmap.from_lists(path, []) if kind == "ragged" else StringsMmap.from_strings(path, [])
     else:
-        if not samples:
-            raise ValueError("a numpy part needs at least one sample (its shape and dtype come from it)")
-        part = np_ninja.from_ndarray(path, np.stack([np.asarray(s) for s in samples]))
+        stream = itertools.chain([first], iterator)
+        if kind == "ragged":
+            part = RaggedMmap.from_generator(path, stream, batch_size)
+        elif kind == "string":
+            part = StringsMmap.from_generator(path, stream, batch_size)
+        else:
+            part = np_ninja.from_generator(path, stream, batch_size)
     (path / "writer.lock").unlink(missing_ok=True)
     return {"name": name, "length": len(part), "kind": kind, "dtype": _dtype_of(part, kind)}
 
@@ -351,18 +361,24 @@ class ShardedMmap:
 
     @classmethod
     def from_generator(cls, out_dir: PathLike, sample_generator: Iterable[Any], part_size: int,
-                       kind: Optional[str] = None, verbose: bool = False) -> "ShardedMmap":
+                       kind: Optional[str] = None, batch_size: int = 65536, verbose: bool = False) -> "ShardedMmap":
         """Write the samples of an iterable as a new sharded map at ``out_dir``, a new part
-        every ``part_size`` samples (``kind`` as in ``write_part``), built aside and swapped in
-        whole (replacing a map there)."""
+        every ``part_size`` samples (``kind`` as in ``write_part``; samples read ``batch_size``
+        at a time), built aside and swapped in whole (replacing a map there)."""
         check_options(verbose)
+        check_positive(batch_size=batch_size, part_size=part_size)
         out_dir = as_dir(out_dir)
+        iterator = iter(sample_generator)
         with building(out_dir) as build, progress(None, verbose, desc=f"Writing {out_dir.name}") as bar:
             records = []
-            for samples in in_batches(sample_generator, part_size):
-                records.append(write_part(build, samples, kind))
+            while True:
+                first = next(iterator, _NOTHING)
+                if first is _NOTHING:
+                    break
+                part = itertools.chain([first], itertools.islice(iterator, part_size - 1))
+                records.append(write_part(build, part, kind, min(batch_size, part_size)))
                 kind = records[-1]["kind"]
-                bar.update(len(samples))
+                bar.update(records[-1]["length"])
             if not records:
                 raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created")
             _commit(build, records)  # under the build's own lock

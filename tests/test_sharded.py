@@ -327,3 +327,22 @@ def test_one_process_reads_from_more_parts_than_it_may_open_files(tmp_path):
     count, in_order, taken_in_order, descriptors = result.stdout.split()
     assert (count, in_order, taken_in_order) == (str(parts), "True", "True")
     assert int(descriptors) < 64
+
+
+@pytest.mark.parametrize("kind", ["ragged", "string", "numpy"])
+def test_from_generator_streams_parts_of_part_size_in_batches(tmp_path, kind):
+    produced = []
+
+    def samples():
+        for sample in samples_of(kind, 13):
+            produced.append(sample)
+            yield sample
+
+    m = ShardedMmap.from_generator(tmp_path / "s", samples(), part_size=5, kind=kind, batch_size=2)
+    assert np.diff(m.part_bounds).tolist() == [5, 5, 3] and m.kind == kind
+    assert all(same(m[i], s) for i, s in enumerate(samples_of(kind, 13)))
+    assert len(produced) == 13 and mmap_ninja.verify(tmp_path / "s", deep=True) == []
+    for bad in ({"part_size": 0}, {"part_size": 2, "batch_size": 0}, {"part_size": True}):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            ShardedMmap.from_generator(tmp_path / "t", samples_of(kind, 3), **bad)
+    assert not (tmp_path / "t").exists()
