@@ -13,7 +13,8 @@ and this module needs it).
   missing or doubled.
 - ``read_mmap(path)``: a ``ray.data.Dataset`` of the samples of any map, one row per sample in
   one column (``"item"``, as ``ray.data.from_items`` names it): one read task per part of a
-  sharded map, else ranges of samples; each task opens the map from its path.
+  sharded map, else ranges of samples; each task opens the map from its path. The rows come in
+  the map's order with ``preserve_order`` (without it, in the order the read tasks finish).
 
 The workers must see the map at the same path (one host, or a shared file system).
 """
@@ -288,6 +289,7 @@ def read_mmap(path: PathLike, *, column: str = COLUMN, override_num_blocks: Opti
     """The samples of the map at ``path`` (any kind) as a ``ray.data.Dataset`` with one column,
     ``column`` (see ``MmapNinjaDatasource`` for its type): one read task per part of a sharded
     map, else ranges of samples; ``override_num_blocks`` asks for that many ranges instead.
+    Rows are in the map's order when ``DataContext.execution_options.preserve_order`` is set.
     ``read_args`` go to ``ray.data.read_datasource`` (``concurrency``, ``num_cpus``, ...)."""
     source = MmapNinjaDatasource(path, column, num_tasks=override_num_blocks)
     return ray.data.read_datasource(source, override_num_blocks=override_num_blocks, **read_args)

@@ -58,12 +58,13 @@ def ray_instance():
     ray.shutdown()
 
 
-@pytest.fixture
-def preserve_order():
+@pytest.fixture(autouse=True)
+def execution_options():
+    """Datasets in order (Ray's default lets blocks come in the order their tasks finish)."""
     options = ray.data.DataContext.get_current().execution_options
     saved = options.preserve_order
     options.preserve_order = True
-    yield
+    yield options
     options.preserve_order = saved
 
 
@@ -83,7 +84,7 @@ def assert_same_samples(got, want):
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
 
 
-def test_ragged_arrays_are_written_one_part_per_write_task_in_the_datasets_order(tmp_path, preserve_order):
+def test_ragged_arrays_are_written_one_part_per_write_task_in_the_datasets_order(tmp_path):
     ints = ragged_samples(40)
     sink = MmapNinjaDatasink(tmp_path / "ints")
     ray.data.from_items(items(ints), override_num_blocks=5).write_datasink(sink)
@@ -101,8 +102,8 @@ def test_ragged_arrays_are_written_one_part_per_write_task_in_the_datasets_order
     assert mmap_ninja.verify(tmp_path / "floats", deep=True) == []
 
 
-def test_write_results_finishing_out_of_order_are_committed_in_the_tasks_order(tmp_path):
-    assert not ray.data.DataContext.get_current().execution_options.preserve_order
+def test_write_results_finishing_out_of_order_are_committed_in_the_tasks_order(tmp_path, execution_options):
+    execution_options.preserve_order = False  # Ray hands over the write results as the tasks finish
 
     def first_block_is_slow(batch):
         if batch["item"][0][0] == 0:
@@ -130,7 +131,7 @@ def test_writes_are_done_by_worker_processes(tmp_path):
     assert os.getpid() not in sink.pids and len(sink.committed) == 4
 
 
-def test_strings(tmp_path, preserve_order):
+def test_strings(tmp_path):
     docs = [f"doc {k} " + "é" * (k % 3) for k in range(30)]
     ray.data.from_items(docs, override_num_blocks=3).write_datasink(MmapNinjaDatasink(tmp_path / "t"))
     m = ShardedMmap(tmp_path / "t")
@@ -139,7 +140,7 @@ def test_strings(tmp_path, preserve_order):
     assert [row["item"] for row in read_mmap(tmp_path / "t").take_all()] == docs
 
 
-def test_blocks_bundled_into_larger_parts(tmp_path, preserve_order):
+def test_blocks_bundled_into_larger_parts(tmp_path):
     docs = [f"doc {k}" for k in range(30)]
     sink = MmapNinjaDatasink(tmp_path / "t", min_rows_per_part=10)
     ray.data.from_items(docs, override_num_blocks=10).write_datasink(sink)  # blocks of 3 rows
@@ -148,7 +149,7 @@ def test_blocks_bundled_into_larger_parts(tmp_path, preserve_order):
     assert m[:] == docs and len(lengths) < 10 and all(length >= 10 for length in lengths[:-1])
 
 
-def test_numpy_kind(tmp_path, preserve_order):
+def test_numpy_kind(tmp_path):
     arr = np.arange(10 * 2 * 3, dtype=np.float32).reshape(10, 2, 3)
     ds = ray.data.from_numpy(arr).repartition(3)  # a tensor column named "data"
     ds.write_datasink(MmapNinjaDatasink(tmp_path / "n", kind="numpy"))
@@ -159,7 +160,7 @@ def test_numpy_kind(tmp_path, preserve_order):
     assert mmap_ninja.verify(tmp_path / "n", deep=True) == []
 
 
-def test_a_second_write_appends_its_parts_to_the_map(tmp_path, preserve_order):
+def test_a_second_write_appends_its_parts_to_the_map(tmp_path):
     first, second = ragged_samples(10), [s + 100 for s in ragged_samples(6)]
     ray.data.from_items(items(first), override_num_blocks=2).write_datasink(MmapNinjaDatasink(tmp_path / "s"))
     names = ShardedMmap(tmp_path / "s").part_names
@@ -169,7 +170,7 @@ def test_a_second_write_appends_its_parts_to_the_map(tmp_path, preserve_order):
     assert_same_samples(m[:], first + second)
 
 
-def test_tasks_without_rows_write_no_part_and_an_empty_dataset_creates_no_map(tmp_path, preserve_order):
+def test_tasks_without_rows_write_no_part_and_an_empty_dataset_creates_no_map(tmp_path):
     samples = [np.full(3, k) for k in range(20)]
     ds = ray.data.from_items(items(samples), override_num_blocks=4).filter(lambda row: row["item"][0] < 5)
     ds.write_datasink(MmapNinjaDatasink(tmp_path / "s"))
@@ -182,7 +183,7 @@ def test_tasks_without_rows_write_no_part_and_an_empty_dataset_creates_no_map(tm
     assert not (tmp_path / "none" / "type.ninja").exists()
 
 
-def test_a_failed_write_commits_nothing(tmp_path, preserve_order):
+def test_a_failed_write_commits_nothing(tmp_path):
     first = [np.full((2, 2), k, dtype=np.float64) for k in range(4)]
     ray.data.from_items(items(first), override_num_blocks=2).write_datasink(
         MmapNinjaDatasink(tmp_path / "n", kind="numpy"))
@@ -197,7 +198,7 @@ def test_a_failed_write_commits_nothing(tmp_path, preserve_order):
     assert m.uncommitted_parts() == [] and mmap_ninja.verify(tmp_path / "n", deep=True) == []
 
 
-def test_the_column_holding_the_samples(tmp_path, preserve_order):
+def test_the_column_holding_the_samples(tmp_path):
     rows = [{"id": k, "tokens": np.arange(k % 4, dtype=np.int32)} for k in range(12)]
     ds = ray.data.from_items(rows, override_num_blocks=2)
     with pytest.raises(ValueError, match=r"the columns \['id', 'tokens'\]: pass column="):
@@ -218,7 +219,7 @@ def test_parts_are_not_appended_to_a_map_of_another_kind(tmp_path):
     assert len(RaggedMmap(tmp_path / "plain")) == 3
 
 
-def test_a_write_task_whose_worker_dies_mid_part_is_retried_and_loses_and_doubles_nothing(tmp_path, preserve_order):
+def test_a_write_task_whose_worker_dies_mid_part_is_retried_and_loses_and_doubles_nothing(tmp_path):
     marker = tmp_path / "died-once"
     driver = os.getpid()
 
@@ -295,7 +296,7 @@ def test_read_mmap_of_plain_numpy_and_strings_maps(tmp_path):
     assert [row["item"] for row in ds.take_all()] == docs
 
 
-def test_read_mmap_of_a_sharded_map_reads_one_task_per_part(tmp_path, preserve_order):
+def test_read_mmap_of_a_sharded_map_reads_one_task_per_part(tmp_path):
     samples = ragged_samples(23)
     ShardedMmap.from_generator(tmp_path / "s", samples, part_size=5)  # parts of 5, 5, 5, 5, 3
     assert len(MmapNinjaDatasource(tmp_path / "s").get_read_tasks(100)) == 5
@@ -304,7 +305,7 @@ def test_read_mmap_of_a_sharded_map_reads_one_task_per_part(tmp_path, preserve_o
 
 
 @pytest.mark.parametrize("kind", ["ragged", "string", "numpy"])
-def test_round_trip_from_a_map_through_ray_to_a_sharded_map(tmp_path, kind, preserve_order):
+def test_round_trip_from_a_map_through_ray_to_a_sharded_map(tmp_path, kind):
     if kind == "ragged":
         RaggedMmap.from_lists(tmp_path / "a", ragged_samples(30, np.int16))
     elif kind == "string":
