@@ -28,8 +28,10 @@ from mmap_ninja.string import StringsMmap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Set while Ray starts its processes, which keep them: no usage report, and the cloud
-# metadata probes of Ray's dashboard process go to a closed loopback port, not to the network.
+# Set while Ray starts its processes, which keep them. Ray starts a dashboard process even
+# without the dashboard, for its usage statistics, and it asks the cloud metadata addresses
+# (169.254.169.254, metadata.google.internal) which cloud it runs on whether or not statistics
+# are enabled: through this proxy, a closed loopback port, those requests never leave the machine.
 _RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
             "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": None,
             "no_proxy": None}
