@@ -22,6 +22,7 @@ The workers must see the map at the same path (one host, or a shared file system
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional
@@ -43,6 +44,7 @@ COLUMN = "item"
 # dtypes that Ray's tensor columns hold (bool, integers, floats); ragged maps of others are read
 # as a column of Python objects
 _TENSOR_DTYPE_KINDS = "biuf"
+_NOTHING = object()
 
 
 def _pick_column(names: List[str], column: Optional[str]) -> str:
@@ -114,12 +116,12 @@ class MmapNinjaDatasink(Datasink):
         record with the task's index (``ctx.task_idx``, which a retry keeps), or ``None`` when
         the task has no rows. Ray hands the results to the driver in the order the tasks
         finished, unless ``preserve_order``: the index puts them back in the tasks' order."""
-        samples: List[Any] = []
-        for block in blocks:
-            samples += _samples_of(block, self.column)
-        if not samples:
+        samples = (sample for block in blocks for sample in _samples_of(block, self.column))
+        first = next(samples, _NOTHING)
+        if first is _NOTHING:
             return None
-        return {"task": ctx.task_idx, "record": write_part(self.out_dir, samples, self.kind)}
+        record = write_part(self.out_dir, itertools.chain([first], samples), self.kind)  # block by block
+        return {"task": ctx.task_idx, "record": record}
 
     def on_write_complete(self, write_result: WriteResult) -> None:
         """Commit every task's part, in the order of the tasks, in one step (on the driver)."""

@@ -192,7 +192,7 @@ def test_a_failed_write_commits_nothing(tmp_path):
     names = ShardedMmap(tmp_path / "n").part_names
     shapes = [(2, 2)] * 8 + [(2, 2), (3, 3)]  # the last task's samples cannot be stacked
     sink = MmapNinjaDatasink(tmp_path / "n", kind="numpy")
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="shape"):
         ray.data.from_items(items([np.ones(shape) for shape in shapes]), override_num_blocks=5).write_datasink(sink)
     m = ShardedMmap(tmp_path / "n")
     assert m.part_names == names and sink.committed == [] and np.array_equal(m[:], np.stack(first))
