@@ -3,7 +3,9 @@ under the published 0.9.0, and helpers to compare samples."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,37 @@ import numpy as np
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmap_ninja-0.9.0"
+
+# Ray on loopback only. Read when Ray is imported: without it Ray takes the address of the
+# machine's network interface as its node's, even when given 127.0.0.1.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+# Set while Ray starts its processes, which keep them. Ray starts a dashboard process even
+# without the dashboard, for its usage statistics, and it asks the cloud metadata addresses
+# (169.254.169.254, metadata.google.internal) which cloud it runs on whether or not statistics
+# are enabled: through this proxy, a closed loopback port, those requests never leave the machine.
+_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+            "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": None,
+            "no_proxy": None}
+
+
+@contextlib.contextmanager
+def ray_on_loopback():
+    """Within this block, a Ray started (``ray.init``) talks to nothing but this machine."""
+    saved = {name: os.environ.get(name) for name in _RAY_ENV}
+    try:
+        for name, value in _RAY_ENV.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

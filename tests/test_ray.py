@@ -9,51 +9,27 @@ import sys
 import time
 from pathlib import Path
 
-# Ray on loopback only. Read when Ray is imported: without it Ray takes the address of the
-# machine's network interface as its node's, even when given 127.0.0.1.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+from conftest import ray_on_loopback
+from ray.data.extensions import ArrowPythonObjectArray
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pytest  # noqa: E402
-import ray  # noqa: E402
-from ray.data.extensions import ArrowPythonObjectArray  # noqa: E402
-
-import mmap_ninja  # noqa: E402
-from mmap_ninja import numpy as np_ninja  # noqa: E402
-from mmap_ninja.ragged import RaggedMmap  # noqa: E402
-from mmap_ninja.ray import MmapNinjaDatasink, MmapNinjaDatasource, read_mmap  # noqa: E402
-from mmap_ninja.sharded import ShardedMmap  # noqa: E402
-from mmap_ninja.string import StringsMmap  # noqa: E402
+import mmap_ninja
+from mmap_ninja import numpy as np_ninja
+from mmap_ninja.ragged import RaggedMmap
+from mmap_ninja.ray import MmapNinjaDatasink, MmapNinjaDatasource, read_mmap
+from mmap_ninja.sharded import ShardedMmap
+from mmap_ninja.string import StringsMmap
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# Set while Ray starts its processes, which keep them. Ray starts a dashboard process even
-# without the dashboard, for its usage statistics, and it asks the cloud metadata addresses
-# (169.254.169.254, metadata.google.internal) which cloud it runs on whether or not statistics
-# are enabled: through this proxy, a closed loopback port, those requests never leave the machine.
-_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
-            "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": None,
-            "no_proxy": None}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    saved = {name: os.environ.get(name) for name in _RAY_ENV}
-    try:
-        for name, value in _RAY_ENV.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 _node_ip_address="127.0.0.1")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with ray_on_loopback():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     yield

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from conftest import ray_on_loopback
+
 README = Path(__file__).parent.parent / "README.md"
 
 
@@ -21,8 +23,9 @@ def test_readme_has_examples_for_every_kind_of_map():
 def test_readme_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    for block in python_blocks():
-        exec(compile(block, str(README), "exec"), namespace)
+    with ray_on_loopback():  # the section "Past one machine" starts a local Ray
+        for block in python_blocks():
+            exec(compile(block, str(README), "exec"), namespace)
     assert "[[0 1 2]\n [3 4 5]]" in capsys.readouterr().out
 
 
