@@ -329,7 +329,7 @@ class _RaggedFiles:
         filled = counts > 0
         first, sizes = starts[filled], counts[filled]
         total = int(sizes.sum())
-        if total and (int(first.min()) < 0 or int((first + sizes).max()) > part.data.rows or int(counts.min()) < 0):
+        if int(counts.min()) < 0 or total and (int(first.min()) < 0 or int((first + sizes).max()) > part.data.rows):
             raise ValueError(f"{part.out_dir}: the offsets of its samples fall outside its data")
         if not total:
             return self.data.write_rows(np.empty(0, dtype=part.dtype), commit)

@@ -236,7 +236,7 @@ class _StringsFiles:
         first, sizes = starts[filled], lengths[filled]
         total = int(sizes.sum())
         size = part.data_file.stat().st_size
-        if total and (int(first.min()) < 0 or int((first + sizes).max()) > size or int(lengths.min()) < 0):
+        if int(lengths.min()) < 0 or total and (int(first.min()) < 0 or int((first + sizes).max()) > size):
             raise ValueError(f"{part.out_dir}: the offsets of its strings fall outside its data")
         if total:
             last = first + sizes
