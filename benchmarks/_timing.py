@@ -10,16 +10,18 @@ import time
 from typing import Any, Callable, Dict, Sequence
 
 
-def time_calls(fn: Callable[[Any], Any], arguments: Sequence[Any]) -> list:
-    """Seconds taken by ``fn(a)`` for each ``a`` in ``arguments`` (garbage collection off)."""
+def time_calls(fn: Callable[[Any], Any], arguments: Sequence[Any], self_timed: bool = False) -> list:
+    """Seconds taken by ``fn(a)`` for each ``a`` in ``arguments`` (garbage collection off), or,
+    when ``self_timed``, the seconds each call returns (measured by ``fn`` itself, e.g. in
+    another process, around the work alone)."""
     times = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for argument in arguments:
             start = time.perf_counter()
-            fn(argument)
-            times.append(time.perf_counter() - start)
+            result = fn(argument)
+            times.append(result if self_timed else time.perf_counter() - start)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -45,8 +47,9 @@ def median_per_item(fn: Callable[[Any], Any], blocks: Sequence[Sequence[Any]]) -
 
 
 def interleaved_medians(fns: Dict[str, Callable[[Any], Any]], arguments: Sequence[Any], chunk: int = 10,
-                        warmup: int = 3, seed: int = 0) -> Dict[str, float]:
-    """Median seconds of each of ``fns`` over the same ``arguments``.
+                        warmup: int = 3, seed: int = 0, self_timed: bool = False) -> Dict[str, float]:
+    """Median seconds of each of ``fns`` over the same ``arguments`` (``self_timed``: as
+    ``time_calls`` takes it).
 
     The functions take turns, ``chunk`` calls at a time, so that all see the same machine load;
     each goes through the arguments in its own random order, so that none reads what another
@@ -62,5 +65,5 @@ def interleaved_medians(fns: Dict[str, Callable[[Any], Any]], arguments: Sequenc
     for turn, start in enumerate(range(0, len(arguments), chunk)):
         for name in names[turn % len(names):] + names[:turn % len(names)]:
             part = [arguments[k] for k in orders[name][start:start + chunk]]
-            times[name].extend(time_calls(fns[name], part))
+            times[name].extend(time_calls(fns[name], part, self_timed))
     return {name: statistics.median(values) for name, values in times.items()}

@@ -45,7 +45,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -158,20 +158,23 @@ _THREADED_CRC_BYTES = 1 << 20
 
 
 class _Crc32:
-    """The CRC-32 of ``data``; ``value()`` waits for it."""
+    """The CRC-32 of ``data`` (or of several buffers back to back); ``value()`` waits for it."""
 
-    def __init__(self, data: Union[bytes, memoryview]):
+    def __init__(self, *data: Union[bytes, memoryview]):
         self._data = data
         self._value: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
-        if memoryview(data).nbytes >= _THREADED_CRC_BYTES:
+        if sum(memoryview(buffer).nbytes for buffer in data) >= _THREADED_CRC_BYTES:
             self._thread = threading.Thread(target=self._run, name="mmap_ninja-crc32", daemon=True)
             self._thread.start()
         else:
             self._run()
 
     def _run(self) -> None:
-        self._value = zlib.crc32(self._data)
+        value = 0
+        for buffer in self._data:
+            value = zlib.crc32(buffer, value)
+        self._value = value
 
     def value(self) -> int:
         if self._thread is not None:
@@ -180,13 +183,15 @@ class _Crc32:
 
 
 class Commit:
-    """The writes of one change to a map, made visible together by ``finish``."""
+    """The writes of one change to a map, made visible together by ``finish``; flushed to disk
+    unless ``durable=False`` (for a map being built aside, flushed whole by ``flush_tree``
+    before it is swapped in) or durability is off."""
 
     # Off only to measure what checksums cost (benchmarks/bench_scale.py).
     record_checksums = True
 
-    def __init__(self):
-        self.durable = _durable
+    def __init__(self, durable: Optional[bool] = None):
+        self.durable = _durable if durable is None else durable
         self._written: List[Path] = []
         self._steps: List[Tuple[str, Path, Union[bytes, Path, None]]] = []
 
@@ -207,6 +212,37 @@ class Commit:
             entry = _ENTRY.pack(offset, memoryview(data).nbytes, crc.value(), zlib.crc32(metadata))
             _append_entry(directory / CHECKSUMS, committed_end, entry)
 
+    def copy(self, path: Path, offset: int, source: Path, ranges: Sequence[Tuple[int, int]], truncate: bool = False,
+             checksum: Optional[Tuple[Path, bytes, int]] = None,
+             crcs: Optional[Sequence[Tuple[int, int]]] = None) -> None:
+        """Like ``write``, with bytes that are already in a file: the byte ranges ``(start,
+        length)`` of ``source``, back to back, copied by the kernel (``copy_ranges``) without
+        passing through Python. Their checksum is recorded as ``write`` records it: taken from
+        ``crcs``, ``(length, CRC-32)`` pieces that tile the copied bytes (as the commits that
+        wrote them into ``source`` recorded them; one entry each), else computed from
+        ``source`` while it is copied."""
+        total = sum(length for _, length in ranges)
+        pieces: Optional[List[Tuple[int, Any]]] = None
+        if checksum is not None and self.record_checksums:
+            if crcs is not None:
+                pieces = list(crcs)
+                if sum(length for length, _ in pieces) != total:
+                    raise ValueError(f"{source}: the checksums given cover other bytes than the ones copied")
+            else:
+                pieces = [(total, _crc_of_ranges(source, ranges))]
+        copy_ranges(source, ranges, path, offset, truncate)
+        if path not in self._written:
+            self._written.append(path)
+        if pieces is not None:
+            directory, metadata, committed_end = checksum
+            metadata_crc = zlib.crc32(metadata)
+            at = offset
+            for k, (length, crc) in enumerate(pieces):
+                value = crc.value() if isinstance(crc, _Crc32) else crc
+                _append_entry(directory / CHECKSUMS, committed_end if k == 0 else at,
+                              _ENTRY.pack(at, length, value, metadata_crc))
+                at += length
+
     def replace(self, path: Path, data: bytes) -> None:
         """At ``finish``, replace the metadata file ``path`` with ``data``, atomically."""
         self._steps.append(("replace", path, data))
@@ -221,6 +257,79 @@ class Commit:
             _meta.write_bytes(path, data, durable=self.durable)
         self._written.clear()
         self._steps.clear()
+
+
+def flush_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` to disk (when durability is on): a map built aside
+    by commits that were not flushed one by one, before ``Replacement`` swaps it in (which
+    flushes its folders)."""
+    if not _durable:
+        return
+    for root, _, names in os.walk(folder):
+        for name in names:
+            _fsync_path(Path(root) / name)
+
+
+def _crc_of_ranges(source: Path, ranges: Sequence[Tuple[int, int]]) -> "_Crc32":
+    """The CRC-32 of the byte ranges of ``source`` back to back, computed from a mapping of it
+    (on a thread of its own for large ranges)."""
+    if not any(length for _, length in ranges):
+        return _Crc32()
+    mapping = map_bytes(source)
+    end = max(start + length for start, length in ranges)
+    if len(mapping) < end:
+        raise ValueError(f"{source}: holds {len(mapping)} bytes, but its metadata describes {end}")
+    view = memoryview(mapping)
+    return _Crc32(*(view[start:start + length] for start, length in ranges if length))
+
+
+# Bytes moved per read and write where the kernel cannot copy between two files itself.
+_COPY_CHUNK = 1 << 24
+# What copy_file_range fails with where it cannot copy between two files (other file systems,
+# kernels or platforms without it): the bytes are then read and written.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}
+
+
+def copy_ranges(source: Path, ranges: Sequence[Tuple[int, int]], target: Path, offset: int,
+                truncate: bool = False) -> None:
+    """Copy the byte ranges ``(start, length)`` of ``source``, back to back, into ``target``
+    from byte ``offset`` (creating it; emptied first when ``truncate``): within the kernel
+    where it can (``os.copy_file_range``, which may share blocks on file systems that can),
+    else by reads and writes of ``_COPY_CHUNK`` bytes. ``ValueError`` naming ``source`` when it
+    is shorter than a range."""
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0), 0o644)
+        try:
+            kernel = hasattr(os, "copy_file_range")
+            position = offset
+            for start, length in ranges:
+                done = 0
+                while done < length:
+                    step = min(length - done, _WRITE_CHUNK)
+                    copied = None
+                    if kernel:
+                        try:
+                            copied = os.copy_file_range(src, dst, step, start + done, position + done)
+                        except OSError as exc:
+                            if exc.errno not in _NO_KERNEL_COPY:
+                                raise
+                            kernel = False
+                    if copied is None:
+                        chunk = os.pread(src, min(step, _COPY_CHUNK), start + done)
+                        copied = len(chunk)
+                        written = 0
+                        while written < copied:
+                            written += os.pwrite(dst, memoryview(chunk)[written:], position + done + written)
+                    if copied == 0:
+                        raise ValueError(f"{source}: holds {start + done} bytes, but its metadata describes "
+                                         f"{start + length}")
+                    done += copied
+                position += length
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
 
 
 class WriterLock:
@@ -384,9 +493,14 @@ _COMPONENTS = {"ragged": ("starts", "ends", "shapes", "flattened_shapes"), "stri
                "sharded": ("parts",)}
 
 
+# The folder, within the build folder of a map, where worker processes write the parts that are
+# concatenated into it (see ragged.RaggedMmap.from_indexable); never part of a finished map.
+BUILD_PARTS = ".parts.building"
+
+
 def _own_entries(folder: Path) -> frozenset:
     """The names of the entries of ``folder`` that belong to the map in it."""
-    files = set(_meta.MAP_FILES) | {LOCK_FILE}
+    files = set(_meta.MAP_FILES) | {LOCK_FILE, BUILD_PARTS}
     files |= {name + suffix for name in _meta.MAP_FILES for suffix in (".tmp", ".new")}
     try:
         kind = _meta.read_type(folder)
@@ -411,7 +525,7 @@ def link_map(source: Path, target: Path) -> None:
     own = _own_entries(source)
     for entry in os.scandir(source):
         name = entry.name
-        if name not in own or name == LOCK_FILE or name == PENDING or name.endswith((".tmp", ".new")):
+        if name not in own or name in (LOCK_FILE, PENDING, BUILD_PARTS) or name.endswith((".tmp", ".new")):
             continue
         if entry.is_dir(follow_symlinks=False):
             link_map(Path(entry.path), target / name)
@@ -526,6 +640,22 @@ def recover_abandoned_builds(out_dir: Path) -> None:
                 if entry.name != LOCK_FILE:
                     os.rename(entry.path, out_dir / entry.name)
         _adopt_user_entries(folder, out_dir)
+
+
+def recorded_crcs(directory: Path, committed_end: int, start: int, end: int) -> Optional[List[Tuple[int, int]]]:
+    """The ``(length, CRC-32)`` recorded in ``directory/checksums.ninja`` for the bytes
+    ``[start, end)`` of its data file (of which ``committed_end`` bytes are committed), when
+    entries tile that range exactly, one after the other; else ``None``."""
+    log = directory / CHECKSUMS
+    if start >= end or not log.exists():
+        return None
+    pieces: List[Tuple[int, int]] = []
+    at = start
+    for offset, length, crc, _ in read_checksum_entries(log):
+        if offset + length <= committed_end and offset == at and length and at < end:  # past: a commit cut short
+            pieces.append((length, crc))
+            at += length
+    return pieces if at == end else None
 
 
 def verify_checksums(directory: Path, data_file: Path, committed_end: int, metadata: Optional[bytes],
@@ -665,6 +795,33 @@ class ArrayDir:
                      checksum=(self.path, metadata_bytes(meta), offset))
         return meta
 
+    def copy_rows(self, source: Path, ranges: Sequence[Tuple[int, int]], rows: int, like: ArrayMeta, commit: Commit,
+                  crcs: Optional[Sequence[Tuple[int, int]]] = None) -> ArrayMeta:
+        """``write_rows`` for ``rows`` entries whose bytes (C order) are the byte ranges
+        ``(start, length)`` of the file ``source``, back to back, with the dtype and trailing
+        shape of ``like``: appended after all committed entries (or as a new array) by
+        ``Commit.copy``, without passing through Python (``crcs`` as there)."""
+        trailing = tuple(like.shape[1:])
+        if rows == 0:
+            return self.write_rows(np.empty((0, *trailing), dtype=like.dtype), commit)
+        if self.meta is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            meta, offset, truncate = ArrayMeta(like.dtype, (rows, *trailing), "C"), 0, True
+        else:
+            if self.meta.dtype != like.dtype or tuple(self.meta.shape[1:]) != trailing:
+                raise ValueError(f"{self.path} holds entries of {self.meta.dtype} and shape {self.meta.shape[1:]}; "
+                                 f"{source} holds entries of {like.dtype} and shape {trailing}")
+            if self.meta.order == "F" and len(self.meta.shape) > 1 and self.rows > 0:
+                raise ValueError(f"{self.path}: a Fortran-ordered array cannot take rows in place")
+            meta, offset, truncate = self.meta.with_rows(self.rows + rows), self.rows * self.meta.row_bytes, False
+        if sum(length for _, length in ranges) != rows * meta.row_bytes:
+            raise ValueError(f"{source}: the byte ranges copied do not hold {rows} entries of {meta.row_bytes} bytes")
+        commit.copy(self.data_file, offset, source, ranges, truncate,
+                    checksum=(self.path, metadata_bytes(meta), offset), crcs=crcs)
+        if meta.nbytes == 0:
+            commit.write(self.data_file, 0, b"\0")  # as write_rows keeps it, for mmap_ninja 0.9.0
+        return meta
+
     def allocate(self, meta: ArrayMeta, commit: Commit) -> ArrayMeta:
         """Create a new, zero-filled data file for ``meta``, committed by ``commit_rows``.
         No checksum is recorded: the array is handed out to be filled in place."""
@@ -697,6 +854,14 @@ class ArrayDir:
         if new and type_name is not None:
             commit.replace(self.path / _meta.TYPE, type_name.encode())
         self.meta = meta
+
+    def recorded_crcs(self, start: int, end: int) -> Optional[List[Tuple[int, int]]]:
+        """The ``(length, CRC-32)`` that the commits of this array recorded for its data bytes
+        ``[start, end)``, when their entries tile that range exactly; else ``None`` (no
+        checksums recorded, or ranges that straddle it)."""
+        if self.meta is None or end > self.meta.nbytes:
+            return None
+        return recorded_crcs(self.path, self.meta.nbytes, start, end)
 
     def verify_checksums(self, deep: bool) -> Tuple[List[str], List[str]]:
         """Problems and notes of this array's checksums (see ``verify_checksums``)."""

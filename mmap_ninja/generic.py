@@ -1,13 +1,15 @@
-"""Opening a map of any kind from its directory, dispatching on ``type.ninja``."""
+"""Opening, checking and concatenating maps of any kind, dispatching on ``type.ninja``."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 from . import _meta, ragged, string
 from . import numpy as np_ninja
-from ._lifecycle import Report, verify_map
-from .base import PathLike, Wrapped, as_dir, map_type
+from ._lifecycle import Report, building, verify_map
+from ._storage import ArrayDir, Commit, flush_tree, open_consistent
+from .base import PathLike, Wrapped, as_dir, check_options, map_type, progress, stored_dtype
 from .ragged import RaggedMmap
 from .string import StringsMmap
 
@@ -68,3 +70,96 @@ def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] 
         raise ValueError(f"{out_dir} is not a mmap_ninja map: it has no {_meta.TYPE}")
     raise ValueError(f"unknown map type {type_name!r} in {out_dir / _meta.TYPE}; "
                      f"expected 'numpy', 'ragged', 'string' or 'sharded'")
+
+
+_READERS = {"ragged": ragged._RaggedFiles.open, "string": string._StringsFiles.open,
+            "numpy": lambda path: np_ninja._open_dir(path)}
+
+
+def _read(kind: str, path: Path):
+    """The committed files of the map of ``kind`` at ``path``, all of one version."""
+    return open_consistent(path, lambda: _READERS[kind](path))
+
+
+def concatenate(
+    out_dir: PathLike,
+    map_dirs: Sequence[PathLike],
+    counts: Optional[Sequence[Optional[int]]] = None,
+    *,
+    kind: Optional[str] = None,
+    dtype: Any = None,
+    verbose: bool = False,
+    batch_size: int = 65536,
+):
+    """Write the samples of the maps ``map_dirs`` (plain maps of one kind, ``"ragged"``,
+    ``"string"`` or ``"numpy"``, and of one dtype), in order, as one new plain map at
+    ``out_dir``, built aside and swapped in whole (replacing a map there; on an error, the map
+    there stays as it was and nothing is left behind), and open it (mode ``"r+"``, ``"r+b"``
+    for strings).
+
+    ``counts``: how many samples to take from each map (``None``: all). ``kind``: by default
+    the maps' own. ``dtype``: that of the map written when there are no samples (ragged).
+
+    Each map is appended in one commit with no work per sample in Python: its data bytes are
+    copied file to file, its offsets shifted by the data written before it and its shapes
+    appended as whole arrays (``_RaggedFiles.append_map``, ``_StringsFiles.append_map``,
+    ``numpy.append_map``), and the checksums its commits recorded for the bytes copied are
+    recorded again. Those commits are flushed to disk once, before the map is swapped in. A
+    strings map keeps the compression of its first non-empty map: strings compressed otherwise
+    are decoded and encoded again, ``batch_size`` at a time. Maps of another dtype (or, for
+    numpy maps, sample shape) raise ``ValueError``.
+    """
+    check_options(verbose)
+    out_dir = as_dir(out_dir)
+    dirs = [as_dir(path) for path in map_dirs]
+    counts = [None] * len(dirs) if counts is None else list(counts)
+    if len(counts) != len(dirs):
+        raise ValueError(f"{len(counts)} counts for {len(dirs)} maps")
+    if kind is None:
+        kinds = {map_type(path, must_exist=True) for path in dirs} - {None}
+        if len(kinds) != 1:
+            raise ValueError(f"the maps must be of one kind, found {sorted(map(str, kinds)) or 'none'}")
+        (kind,) = kinds
+    if kind not in _READERS:
+        raise ValueError(f"kind must be one of {sorted(_READERS)}, got {kind!r}")
+    known = None if any(count is None for count in counts) else sum(counts)
+    with building(out_dir) as build, progress(known, verbose, desc=f"Writing {out_dir.name}") as bar:
+        target: Any = None
+        if kind == "ragged":
+            target = ragged._RaggedFiles(build)
+            target.dtype = None if dtype is None else stored_dtype(dtype)
+        elif kind == "numpy":
+            target = ArrayDir(build)
+        for path, count in zip(dirs, counts):
+            part = _read(kind, path)
+            if count is None:
+                count = part.rows if kind == "numpy" else part.n
+            if count == 0:
+                continue
+            commit = Commit(durable=False)  # the map is flushed whole before it is swapped in
+            if kind == "ragged":
+                target.append_map(part, commit, count)
+            elif kind == "numpy":
+                np_ninja.append_map(target, part, commit, count, batch_size)
+            else:
+                if target is None:
+                    target = string._StringsFiles(build, part.codec)
+                    target.create(commit)
+                target.append_map(part, commit, count, batch_size)
+            commit.finish()
+            bar.update(count)
+        commit = Commit(durable=False)
+        if kind == "ragged" and target.n == 0:
+            target.write_empty(target.dtype, commit)
+        elif kind == "string" and target is None:
+            string._StringsFiles(build, string._Codec()).create(commit)
+        elif kind == "numpy" and target.meta is None:
+            raise ValueError(f"the maps hold no samples, so {out_dir} cannot be created: a numpy map takes its "
+                             f"dtype and sample shape from the first sample")
+        commit.finish()
+        flush_tree(build)
+    if kind == "ragged":
+        return RaggedMmap(out_dir, mode="r+")
+    if kind == "string":
+        return StringsMmap(out_dir)
+    return np_ninja.open_existing(out_dir, "r+")

@@ -197,6 +197,35 @@ def extend_dir(out_dir: PathLike, arr: Any) -> None:
             _append(array, arr)
 
 
+def append_map(array: ArrayDir, part: ArrayDir, commit: Commit, count: Optional[int] = None,
+               batch_size: int = 65536) -> None:
+    """Add to ``commit`` the first ``count`` rows (default: all) of the numpy map ``part``
+    after the rows of ``array`` (a new array takes ``part``'s dtype and sample shape, in C
+    order), and make them visible: the bytes are copied file to file (``ArrayDir.copy_rows``;
+    the checksums that ``part``'s commits recorded are kept when they cover exactly those
+    bytes), with no work per row in Python. A part in Fortran order with more than one axis
+    longer than 1, whose rows are not contiguous, is written ``batch_size`` rows at a time. ``ValueError``
+    when ``part``'s dtype or sample shape is not ``array``'s."""
+    shape = part.meta.shape
+    if not shape:
+        raise ValueError(f"{part.path} holds a 0-d array, which has no rows to append")
+    count = part.rows if count is None else count
+    if count > part.rows:
+        raise ValueError(f"{part.path} holds {part.rows} rows, not {count}")
+    if array.meta is not None and (array.meta.dtype != part.meta.dtype or array.meta.shape[1:] != shape[1:]):
+        raise ValueError(f"{part.path} holds samples of {part.meta.dtype} and shape {shape[1:]}, {array.path} "
+                         f"samples of {array.meta.dtype} and shape {array.meta.shape[1:]}")
+    if part.meta.order == "F" and sum(axis > 1 for axis in shape) > 1:  # else its bytes are in C order too
+        source = part.map("r")
+        for begin in range(0, count, batch_size):
+            rows = np.ascontiguousarray(source[begin:min(count, begin + batch_size)])
+            array.commit_rows(array.write_rows(rows, commit), commit)
+        return
+    nbytes = count * part.meta.row_bytes
+    meta = array.copy_rows(part.data_file, [(0, nbytes)], count, part.meta, commit, part.recorded_crcs(0, nbytes))
+    array.commit_rows(meta, commit)
+
+
 def _verify_dir(out_dir: Path, limit: int, deep: bool) -> Tuple[List[str], List[str]]:
     array = _open_dir(out_dir)
     array.map("r")

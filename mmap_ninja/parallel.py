@@ -46,6 +46,20 @@ When the reading ends, fails, or the consumer closes the generator early, the ch
 started are cancelled, the workers still reading are terminated, and all are joined before the
 generator returns. Unlike joblib's, the workers do not cap the thread pools of BLAS or torch: a
 ``__getitem__`` that uses them on several cores should limit them itself.
+
+Writing in the workers (``indexable_parts``)
+--------------------------------------------
+Shipping the samples back costs the consumer a pickle per sample and a copy of all the data
+through a pipe, which on a data-heavy dataset makes the one consuming process the bottleneck.
+``indexable_parts`` runs the same machinery (same workers, order, stopping, errors, cleanup and
+progress bar), but each worker hands the samples of its chunk to a ``write`` function of its
+own, which stores them (``RaggedMmap.from_indexable`` writes them as a part, a complete map
+under the map being built) and returns something small (the part's record) to the consumer
+instead. The arguments of ``write`` are taken when the chunk is handed to a worker, so they may
+depend on what the consumer did with the chunks before (the dtype that the first sample set).
+Each chunk becomes a part, so chunks grow to about ``PART_SECONDS`` of a worker's time, which
+keeps the cost of a part small next to its work; they still hold at most ``batch_size``
+samples, and at most ``2 * workers`` are in flight, so the parts waiting on disk are bounded.
 """
 
 from __future__ import annotations
@@ -56,12 +70,14 @@ import numbers
 import pickle
 import threading
 import time
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from .base import known_length, progress
 
 # A chunk grows until it takes about this many seconds of a worker's time.
 CHUNK_SECONDS = 0.05
+# The same for a chunk that a worker writes as a part (which costs a few milliseconds).
+PART_SECONDS = 0.25
 # Chunks in flight per worker: one being read, one waiting for it.
 CHUNKS_PER_WORKER = 2
 
@@ -94,16 +110,7 @@ def indexable_batches(
     multiprocessing's (``"fork"``, ``"forkserver"``, ``"spawn"``), by default its current one.
     ``verbose`` shows a progress bar, with a total when the length is known.
     """
-    if not (hasattr(indexable, "__getitem__") or callable(indexable)):
-        raise TypeError("indexable must implement __getitem__ or be a function of one integer, "
-                        f"not {type(indexable).__name__}")
-    _check_positive("batch_size", batch_size)
-    if chunk_size is not None:
-        _check_positive("chunk_size", chunk_size)
-    length = known_length(indexable) if hasattr(indexable, "__getitem__") else None
-    workers = _worker_count(n_jobs)
-    if length is not None:
-        workers = min(workers, length)
+    length, workers = _plan(indexable, batch_size, n_jobs, chunk_size)
     with progress(length, verbose) as bar:
         if workers <= 1:
             batches = _serial_batches(indexable, batch_size, length)
@@ -118,6 +125,67 @@ def indexable_batches(
                 yield batch
         finally:
             batches.close()
+
+
+def worker_count(indexable: Any, batch_size: int, n_jobs: Optional[int] = None,
+                 chunk_size: Optional[int] = None) -> int:
+    """How many worker processes ``indexable_batches`` and ``indexable_parts`` start for these
+    arguments (1: none, the samples are read here), after checking them."""
+    return _plan(indexable, batch_size, n_jobs, chunk_size)[1]
+
+
+def indexable_parts(
+    indexable: Any,
+    batch_size: int,
+    n_jobs: int,
+    write: Callable[..., Any],
+    write_args: Callable[[], tuple],
+    verbose: bool = False,
+    *,
+    chunk_size: Optional[int] = None,
+    start_method: Optional[str] = None,
+) -> Iterator[Tuple[int, Any]]:
+    """``(first index, write(samples, first index, *write_args()))`` for consecutive chunks of
+    up to ``batch_size`` samples of ``indexable``, in order, each computed in a worker process
+    (``n_jobs`` as in ``indexable_batches``; it must give at least 2 workers: see
+    ``worker_count``).
+
+    ``write`` is a function the workers can import (a module-level one), which stores the
+    samples it is given and returns something small; ``write_args()`` is called here when a
+    chunk is handed to a worker. Chunks are as in ``indexable_batches`` (the same order,
+    stopping, errors and cleanup), but grow to about ``PART_SECONDS`` of a worker's time; a
+    chunk with no samples (past the end) is not written. ``verbose`` shows a progress bar.
+    """
+    length, workers = _plan(indexable, batch_size, n_jobs, chunk_size)
+    if workers <= 1:
+        raise ValueError(f"indexable_parts needs at least 2 worker processes; n_jobs={n_jobs!r} gives {workers}")
+    context = _start_context(start_method)
+    sizes = _ChunkSizes(min(chunk_size or batch_size, batch_size), chunk_size is None, PART_SECONDS)
+    with progress(length, verbose) as bar:
+        chunks = _parallel_chunks(indexable, length, workers, context, sizes, write, write_args)
+        try:
+            for start, result, count in chunks:
+                bar.update(count)
+                yield start, result
+        finally:
+            chunks.close()
+
+
+def _plan(indexable: Any, batch_size: int, n_jobs: Optional[int], chunk_size: Optional[int]
+          ) -> Tuple[Optional[int], int]:
+    """The length of ``indexable`` (``None`` when unknown) and the number of workers to read it,
+    after checking the arguments."""
+    if not (hasattr(indexable, "__getitem__") or callable(indexable)):
+        raise TypeError("indexable must implement __getitem__ or be a function of one integer, "
+                        f"not {type(indexable).__name__}")
+    _check_positive("batch_size", batch_size)
+    if chunk_size is not None:
+        _check_positive("chunk_size", chunk_size)
+    length = known_length(indexable) if hasattr(indexable, "__getitem__") else None
+    workers = _worker_count(n_jobs)
+    if length is not None:
+        workers = min(workers, length)
+    return length, workers
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -172,11 +240,12 @@ def _serial_batches(indexable: Any, batch_size: int, length: Optional[int]) -> I
         start = stop
 
 
-def _regroup(chunks: Iterator[List[Any]], batch_size: int) -> Iterator[List[Any]]:
-    """The samples of ``chunks`` again, in lists of ``batch_size`` (the last one shorter)."""
+def _regroup(chunks: Iterator[Tuple[int, List[Any], int]], batch_size: int) -> Iterator[List[Any]]:
+    """The samples of ``chunks`` (as ``_parallel_chunks`` gives them) again, in lists of
+    ``batch_size`` (the last one shorter)."""
     try:
         batch: List[Any] = []
-        for chunk in chunks:
+        for _, chunk, _ in chunks:
             batch.extend(chunk)
             while len(batch) >= batch_size:
                 yield batch[:batch_size]
@@ -204,24 +273,30 @@ def _load_indexable(indexable: Any, pickled: bool) -> None:
         _load_error = error
 
 
-def _read_chunk(start: int, stop: int) -> Tuple[List[Any], bool, float]:
-    """``(samples start..stop-1, False, seconds)``, or ``(the samples before the first
-    IndexError/KeyError, True, seconds)``."""
+def _run_chunk(start: int, stop: int, write: Optional[Callable[..., Any]], args: tuple
+               ) -> Tuple[Any, int, bool, float]:
+    """``(result, count, ended, seconds)`` of samples ``start..stop-1``, or of the ``count``
+    samples before the first IndexError/KeyError (then ``ended``): the samples themselves, or
+    ``write(samples, start, *args)`` (nothing is written for no samples)."""
     began = time.perf_counter()
-    samples = []
+    samples: List[Any] = []
+    ended = False
     try:
         if _load_error is not None:
             raise _load_error
         for i in range(start, stop):
             found, sample = _fetch(_indexable, i)
             if not found:
-                return samples, True, time.perf_counter() - began
+                ended = True
+                break
             samples.append(sample)
+        count = len(samples)
+        result = write(samples, start, *args) if write is not None and samples else samples
     except Exception as error:
         if _unpicklable(error):  # it would break the pool on its way back: send its text
             raise RuntimeError(f"{type(error).__module__}.{type(error).__qualname__}: {error}") from error
         raise
-    return samples, False, time.perf_counter() - began
+    return result, count, ended, time.perf_counter() - began
 
 
 def _unpicklable(error: BaseException) -> bool:
@@ -236,11 +311,11 @@ def _unpicklable(error: BaseException) -> bool:
 
 class _ChunkSizes:
     """Sizes of the next chunks: ``limit`` unless ``adapt``; else one sample until a chunk came
-    back, then as many as take about ``CHUNK_SECONDS`` at the time per sample measured so far
-    (by the workers), at most ``limit``."""
+    back, then as many as take about ``target`` seconds (``CHUNK_SECONDS``) at the time per
+    sample measured so far (by the workers), at most ``limit``."""
 
-    def __init__(self, limit: int, adapt: bool):
-        self.limit, self.adapt = limit, adapt
+    def __init__(self, limit: int, adapt: bool, target: float = CHUNK_SECONDS):
+        self.limit, self.adapt, self.target = limit, adapt, target
         self.samples, self.seconds = 0, 0.0
 
     def record(self, samples: int, seconds: float) -> None:
@@ -254,7 +329,7 @@ class _ChunkSizes:
             return 1
         if self.seconds <= 0:
             return self.limit
-        return max(1, min(self.limit, int(CHUNK_SECONDS * self.samples / self.seconds)))
+        return max(1, min(self.limit, int(self.target * self.samples / self.seconds)))
 
 
 def _start_context(method: Optional[str]):
@@ -271,10 +346,12 @@ def _start_context(method: Optional[str]):
     return context
 
 
-def _parallel_chunks(indexable: Any, length: Optional[int], workers: int, context,
-                     sizes: _ChunkSizes) -> Iterator[List[Any]]:
-    """The samples of ``indexable``, read by ``workers`` processes of ``context`` in chunks, a
-    list per chunk in order, until ``length`` or the first IndexError/KeyError."""
+def _parallel_chunks(indexable: Any, length: Optional[int], workers: int, context, sizes: _ChunkSizes,
+                     write: Optional[Callable[..., Any]] = None,
+                     write_args: Optional[Callable[[], tuple]] = None) -> Iterator[Tuple[int, Any, int]]:
+    """The samples of ``indexable``, read by ``workers`` processes of ``context`` in chunks, as
+    ``(first index, samples or what write returned for them, count)`` per chunk in order,
+    until ``length`` or the first IndexError/KeyError (see ``_run_chunk``)."""
     from concurrent.futures import ProcessPoolExecutor
 
     if context.get_start_method() == "fork":  # the workers inherit it
@@ -291,18 +368,20 @@ def _parallel_chunks(indexable: Any, length: Optional[int], workers: int, contex
                 stop = start + sizes.next()
                 if length is not None:
                     stop = min(stop, length)
-                pending.append(executor.submit(_read_chunk, start, stop))
+                args = write_args() if write_args is not None else ()
+                pending.append((start, executor.submit(_run_chunk, start, stop, write, args)))
                 start = stop
             if not pending:
                 return
-            samples, ended, seconds = pending.popleft().result()
-            sizes.record(len(samples) + ended, seconds)
-            if samples:
-                yield samples
+            first, future = pending.popleft()
+            result, count, ended, seconds = future.result()
+            sizes.record(count + ended, seconds)
+            if count:
+                yield first, result, count
             if ended:
                 return
     finally:
-        _stop(executor, unfinished=any(not future.done() for future in pending))
+        _stop(executor, unfinished=any(not future.done() for _, future in pending))
 
 
 def _stop(executor, unfinished: bool) -> None:

@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _meta
-from ._lifecycle import MapObject, checksum_problems, overlap_problems
-from ._storage import ArrayDir, Commit, Replacement, WriterLock, link_map
+from ._lifecycle import MapObject, building, checksum_problems, overlap_problems
+from ._storage import BUILD_PARTS, ArrayDir, Commit, Replacement, WriterLock, durability, flush_tree, link_map
 from .base import (
     PathLike,
     as_dir,
@@ -42,7 +42,7 @@ from .base import (
 from .base import (
     component_names as component_names_of,
 )
-from .parallel import indexable_batches
+from .parallel import indexable_batches, indexable_parts, worker_count
 
 _MODES = ("r", "r+", "c")
 _COMPONENT_KEYS = ("starts_key", "ends_key", "shapes_key", "flattened_shapes_key")
@@ -55,11 +55,13 @@ RaggedBatch = _core.RaggedBatch
 @dataclass
 class _Batch:
     """Samples flattened for writing: all values back to back, and per sample its number of
-    elements and its shape (``()`` for a scalar)."""
+    elements and its shape (``()`` for a scalar); or, for samples that are all 1-d or scalars,
+    ``shapes=None`` and ``lengths``, the length of each (0 for a scalar) as an array."""
 
     values: np.ndarray
     counts: np.ndarray
-    shapes: List[Tuple[int, ...]]
+    shapes: Optional[List[Tuple[int, ...]]]
+    lengths: Optional[np.ndarray] = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -67,15 +69,36 @@ class _Batch:
 
     @property
     def flat(self) -> bool:
-        return all(len(shape) <= 1 for shape in self.shapes)
+        return self.shapes is None or all(len(shape) <= 1 for shape in self.shapes)
+
+    def flat_lengths(self) -> np.ndarray:
+        """The length of each sample (0 for a scalar), of a flat batch."""
+        if self.lengths is not None:
+            return self.lengths
+        return np.array([shape[0] if shape else 0 for shape in self.shapes], dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.shapes)
+        return len(self.counts)
 
 
 def _flatten(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int = 0, bar=None) -> _Batch:
     """Flatten ``samples`` (arrays or array-likes) into one batch of ``dtype`` (by default the
     dtype of the first sample); ``TypeError`` names a sample whose values do not fit."""
+    arrays, dtype = _as_arrays(samples, dtype, first_index, bar)
+    if dtype is None:
+        values = np.empty(0, dtype=np.float64)
+    elif arrays:
+        values = np.concatenate([arr.ravel() for arr in arrays])
+    else:
+        values = np.empty(0, dtype=dtype)
+    counts = np.fromiter((arr.size for arr in arrays), dtype=np.int64, count=len(arrays))
+    return _Batch(values, counts, [arr.shape for arr in arrays])
+
+
+def _as_arrays(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int = 0,
+               bar=None) -> Tuple[List[np.ndarray], Optional[np.dtype]]:
+    """``samples`` as arrays of ``dtype`` (by default the dtype of the first sample), and that
+    dtype; ``TypeError`` or ``ValueError`` names a sample that cannot be stored."""
     arrays = []
     for k, sample in enumerate(samples):
         arr = np.asarray(sample)
@@ -92,14 +115,7 @@ def _flatten(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int
         arrays.append(arr)
         if bar is not None:
             bar.update(1)
-    if dtype is None:
-        values = np.empty(0, dtype=np.float64)
-    elif arrays:
-        values = np.concatenate([arr.ravel() for arr in arrays])
-    else:
-        values = np.empty(0, dtype=dtype)
-    counts = np.fromiter((arr.size for arr in arrays), dtype=np.int64, count=len(arrays))
-    return _Batch(values, counts, [arr.shape for arr in arrays])
+    return arrays, dtype
 
 
 class _RaggedFiles:
@@ -229,8 +245,7 @@ class _RaggedFiles:
         data_meta = self.data.write_rows(batch.values, commit)
         counts_meta = self.flattened_shapes.write_rows(batch.counts, commit, at)
         if flat:
-            lengths = np.array([shape[0] if shape else 0 for shape in batch.shapes], dtype=np.int64)
-            shapes_meta = self.flat_shapes.write_rows(lengths.reshape(-1, 1), commit, at)
+            shapes_meta = self.flat_shapes.write_rows(batch.flat_lengths().reshape(-1, 1), commit, at)
         ends_meta = self.ends.write_rows(ends, commit, at)
         starts_meta = self.starts.write_rows(starts, commit, at)
 
@@ -247,6 +262,87 @@ class _RaggedFiles:
         if new_map:
             commit.replace(self.out_dir / _meta.TYPE, b"ragged")
         self.flat, self.flag_on_disk, self.dtype = flat, flat, batch.dtype
+
+    def append_map(self, part: "_RaggedFiles", commit: Commit, count: Optional[int] = None,
+                   at: Optional[int] = None) -> None:
+        """Add to ``commit`` the first ``count`` samples (default: all) of the ragged map
+        ``part`` (as ``open`` reads it), after the first ``at`` samples of this map (default:
+        all committed ones), with no work per sample in Python: the data bytes are copied file
+        to file (``ArrayDir.copy_rows``; the checksums that ``part``'s commits recorded are
+        kept when the bytes copied are exactly theirs), the offsets shifted by this map's data
+        length and the shapes appended as whole arrays. The first samples of another rank turn
+        this map's shapes into a ragged map, as ``append`` does. ``part`` must hold samples of
+        this map's dtype: ``ValueError`` otherwise."""
+        n = part.n if count is None else count
+        if n > part.n:
+            raise ValueError(f"{part.out_dir} holds {part.n} samples, not {n}")
+        if n == 0:
+            return
+        if self.dtype is not None and part.dtype != self.dtype:
+            raise ValueError(f"{part.out_dir} holds samples of {part.dtype}, {self.out_dir} samples of {self.dtype}: "
+                             f"the maps concatenated must share one dtype")
+        at = self.n if at is None else at
+        new_map = at == 0
+        if new_map:  # as in append
+            keep = (_meta.TYPE, _meta.DTYPE) if map_type(self.out_dir) == "ragged" else ()
+            reset_map_dir(self.out_dir, keep=keep)
+            self.__init__(self.out_dir)
+        flat = part.flat and (self.flat or new_map)
+        if not flat and self.flat and not new_map:
+            self._convert_shapes_to_nested(at)
+        elif not flat and self.nested_shapes is None:
+            self.nested_shapes = _RaggedFiles(self.out_dir / "shapes")
+
+        starts = np.asarray(part.starts.map()[:n])
+        ends = np.asarray(part.ends.map()[:n])
+        counts = ends - starts
+        ends = self.data.rows + np.cumsum(counts)
+        data_meta = self._copy_data_of(part, starts, counts, commit)
+        counts_meta = self.flattened_shapes.write_rows(counts, commit, at)
+        if part.flat:
+            lengths = np.asarray(part.flat_shapes.map()).reshape(-1)[:n]
+        if flat:
+            shapes_meta = self.flat_shapes.write_rows(lengths.reshape(-1, 1), commit, at)
+        ends_meta = self.ends.write_rows(ends, commit, at)
+        starts_meta = self.starts.write_rows(ends - counts, commit, at)
+
+        self.data.commit_rows(data_meta, commit, type_name=None)  # type.ninja comes last
+        self.flattened_shapes.commit_rows(counts_meta, commit)
+        if flat:
+            self.flat_shapes.commit_rows(shapes_meta, commit)
+        elif part.flat:  # 1-d samples and scalars into ragged shapes: shape (length,) or ()
+            axes = np.where((lengths == 0) & (counts == 1), 0, 1).astype(np.int64)
+            self.nested_shapes.append(_Batch(lengths[axes == 1], axes, None, axes), commit, at)
+        else:
+            self.nested_shapes.append_map(part.nested_shapes, commit, n, at)
+        if self.flag_on_disk != flat:
+            commit.replace(self.out_dir / _meta.SHAPES_ARE_FLAT, _meta.int32_bytes(int(flat)))
+        self.ends.commit_rows(ends_meta, commit)
+        self.starts.commit_rows(starts_meta, commit)
+        if new_map:
+            commit.replace(self.out_dir / _meta.TYPE, b"ragged")
+        self.flat, self.flag_on_disk, self.dtype = flat, flat, part.dtype
+
+    def _copy_data_of(self, part: "_RaggedFiles", starts: np.ndarray, counts: np.ndarray, commit: Commit):
+        """Write the data of the samples of ``part`` at ``starts`` (``counts`` elements each)
+        past this map's data, back to back: one file-to-file copy per run of samples stored
+        one after the other (a single run but where samples of ``part`` were replaced)."""
+        filled = counts > 0
+        first, sizes = starts[filled], counts[filled]
+        total = int(sizes.sum())
+        if int(counts.min()) < 0 or total and (int(first.min()) < 0 or int((first + sizes).max()) > part.data.rows):
+            raise ValueError(f"{part.out_dir}: the offsets of its samples fall outside its data")
+        if not total:
+            return self.data.write_rows(np.empty(0, dtype=part.dtype), commit)
+        last = first + sizes
+        cuts = np.flatnonzero(first[1:] != last[:-1]) + 1
+        run_starts = first[np.concatenate(([0], cuts))]
+        run_ends = last[np.concatenate((cuts - 1, [len(first) - 1]))]
+        unit = part.dtype.itemsize
+        ranges = [(int(a) * unit, int(b - a) * unit) for a, b in zip(run_starts.tolist(), run_ends.tolist())]
+        crcs = part.data.recorded_crcs(ranges[0][0], ranges[0][0] + ranges[0][1]) if len(ranges) == 1 else None
+        return self.data.copy_rows(part.data.data_file, ranges, total, _meta.ArrayMeta(part.dtype, (total,)), commit,
+                                   crcs)
 
     def _convert_shapes_to_nested(self, n: int) -> None:
         """Turn the flat shapes of the first ``n`` samples into a ragged map of shapes, in
@@ -644,12 +740,76 @@ class RaggedMmap(MapObject):
         """Write ``indexable[0], indexable[1], ...`` (or ``indexable(i)`` for a function) as a
         new map at ``out_dir``, until ``len(indexable)`` or the first ``IndexError``/
         ``KeyError``; ``n_jobs`` other than ``None`` or 1 reads the samples in that many worker
-        processes (``-1``: one per core), which each receive ``indexable`` once."""
+        processes (``-1``: one per core), which each receive ``indexable`` once, and write
+        them there (see ``_build_from_parts``): the map is the same as a serial build's."""
         check_options(verbose, wrapper_fn)
+        open_kwargs = {"wrapper_fn": wrapper_fn, "mode": mode, "copy_before_wrapper_fn": copy_before_wrapper_fn}
+        if worker_count(indexable, batch_size, n_jobs) > 1:
+            return cls._build_from_parts(out_dir, indexable, batch_size, n_jobs, dtype, verbose, **open_kwargs)
         batches = indexable_batches(indexable, batch_size, n_jobs=n_jobs, verbose=verbose)
         with contextlib.closing(batches):  # a failed write stops the workers at once
-            return cls._build_ragged(out_dir, batches, dtype, wrapper_fn=wrapper_fn, mode=mode,
-                                     copy_before_wrapper_fn=copy_before_wrapper_fn)
+            return cls._build_ragged(out_dir, batches, dtype, **open_kwargs)
+
+    @classmethod
+    def _build_from_parts(cls, out_dir: PathLike, indexable: Any, batch_size: int, n_jobs: int, dtype: Any,
+                          verbose: bool, **open_kwargs) -> "RaggedMmap":
+        """``from_indexable`` with worker processes, which write the samples themselves.
+
+        Each worker reads a chunk of indices and writes it as a part (``sharded.write_part``,
+        under ``BUILD_PARTS`` in the folder where the map is built aside), cast to the map's
+        dtype as the serial build casts it; only the part's record comes back. Here, the parts
+        are appended to the map in index order as they come (``_RaggedFiles.append_map``: data
+        copied file to file, one commit per part, nothing done per sample in Python) while the
+        workers write the next ones, and each is removed once appended. The build is not
+        visible until it is swapped in: its commits are flushed to disk once, at the end. The map's dtype is
+        its first sample's (unless ``dtype`` is given): until the first chunk is back, the
+        workers send their samples, which are written here as the serial build writes them.
+        On any error the workers are stopped, and the build, its parts with it, is removed.
+        """
+        if open_kwargs.get("mode") not in cls.MODES:  # checked before anything is written
+            raise ValueError(f"mode must be one of {cls.MODES}, got {open_kwargs.get('mode')!r}")
+        out_dir = as_dir(out_dir)
+        dtype = None if dtype is None else stored_dtype(dtype)
+        with building(out_dir) as build:
+            files = _RaggedFiles(build)
+            scratch = build / BUILD_PARTS
+            chunks = indexable_parts(indexable, batch_size, n_jobs, _write_chunk_part,
+                                     lambda: (str(scratch), dtype if files.dtype is None else files.dtype), verbose)
+            try:
+                for start, result in chunks:
+                    # not flushed one by one: the map is flushed whole before it is swapped in
+                    commit = Commit(durable=False)
+                    if isinstance(result, list):  # samples read before the dtype was known
+                        files.append(_flatten(result, dtype if files.dtype is None else files.dtype, start), commit)
+                        commit.finish()
+                        continue
+                    part_dir = scratch / "parts" / result["name"]
+                    files.append_map(_RaggedFiles.open(part_dir), commit)
+                    commit.finish()
+                    shutil.rmtree(part_dir)
+            finally:
+                chunks.close()  # the workers are stopped before their parts go
+                shutil.rmtree(scratch, ignore_errors=True)
+            commit = Commit(durable=False)
+            if files.n == 0:
+                files.write_empty(dtype, commit)
+            commit.finish()
+            flush_tree(build)
+        return cls(out_dir, **open_kwargs)
+
+
+def _write_chunk_part(samples: List[Any], first_index: int, folder: str, dtype: Optional[np.dtype]) -> Any:
+    """In a worker of ``RaggedMmap._build_from_parts``: the samples ``first_index, ...`` cast to
+    ``dtype`` as the serial build casts them (errors name the sample), written as a part under
+    ``folder``, whose record is returned; or, while the map's dtype is not known yet (``None``),
+    the samples themselves."""
+    if dtype is None:
+        return samples
+    from .sharded import write_part
+
+    arrays, _ = _as_arrays(samples, dtype, first_index)
+    with durability(False):  # a scratch copy: the commit that appends it to the map is flushed
+        return write_part(folder, arrays, "ragged")
 
 
 RaggedMmmap = RaggedMmap

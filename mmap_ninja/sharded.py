@@ -386,12 +386,12 @@ class ShardedMmap:
 
     def compact(self, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False):
         """Write the samples as one plain map at ``out_dir`` and open it."""
-        samples = (self[i] for i in range(len(self)))
-        if self.kind == "ragged":
-            return RaggedMmap.from_generator(out_dir, samples, batch_size, verbose, n=len(self), dtype=self.dtype)
-        if self.kind == "string":
-            return StringsMmap.from_generator(out_dir, samples, batch_size, verbose, n=len(self))
-        return np_ninja.from_generator(out_dir, samples, batch_size, n=len(self), verbose=verbose)
+        from .generic import concatenate  # the parts' files, copied file to file, in one commit each
+
+        parts = self._state[0]["parts"]
+        return concatenate(out_dir, [self.out_dir / PARTS / part["name"] for part in parts],
+                           [part["length"] for part in parts], kind=self.kind, dtype=self.dtype, verbose=verbose,
+                           batch_size=batch_size)
 
 
 def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:

@@ -24,6 +24,7 @@ from ._storage import (
     WriterLock,
     map_bytes,
     read_checksum_entries,
+    recorded_crcs,
     verify_checksums,
 )
 from .base import (
@@ -205,6 +206,56 @@ class _StringsFiles:
         if offset + len(payload) == 0:
             commit.write(self.data_file, 0, b"\0")  # 0.9.0 cannot map an empty data file
         return offset
+
+    def append_map(self, part: "_StringsFiles", commit: Commit, count: Optional[int] = None,
+                   batch_size: int = 65536) -> None:
+        """Add to ``commit`` the first ``count`` strings (default: all) of the strings map
+        ``part`` (as ``open`` reads it), after all of this map's, with no work per string in
+        Python when both store strings alike (same compression, if any, and dictionary): the
+        stored bytes are copied file to file (``Commit.copy``; the checksums that ``part``'s
+        commits recorded are kept when the bytes copied are exactly theirs) and the offsets
+        shifted. Strings stored otherwise are decoded and encoded again, ``batch_size`` at a
+        time."""
+        n = part.n if count is None else count
+        if n > part.n:
+            raise ValueError(f"{part.out_dir} holds {part.n} strings, not {n}")
+        if n == 0:
+            return
+        if (part.codec.level, part.codec.dictionary) != (self.codec.level, self.codec.dictionary):
+            reader, _ = part.reader("r")
+            for begin in range(0, n, batch_size):
+                raws = reader.get_many(np.arange(begin, min(n, begin + batch_size), dtype=np.int64), True)
+                if part.codec.compressed:
+                    raws = [part.codec.decompress(raw) for raw in raws]
+                self.append([raw.decode("utf-8") for raw in raws], commit)
+            return
+        at = self.n
+        starts = np.asarray(part.starts.map()[:n])
+        lengths = np.asarray(part.ends.map()[:n]) - starts
+        filled = lengths > 0
+        first, sizes = starts[filled], lengths[filled]
+        total = int(sizes.sum())
+        size = part.data_file.stat().st_size
+        if int(lengths.min()) < 0 or total and (int(first.min()) < 0 or int((first + sizes).max()) > size):
+            raise ValueError(f"{part.out_dir}: the offsets of its strings fall outside its data")
+        if total:
+            last = first + sizes
+            cuts = np.flatnonzero(first[1:] != last[:-1]) + 1
+            run_starts = first[np.concatenate(([0], cuts))].tolist()
+            run_ends = last[np.concatenate((cuts - 1, [len(first) - 1]))].tolist()
+            ranges = [(a, b - a) for a, b in zip(run_starts, run_ends)]
+            crcs = recorded_crcs(part.out_dir, size, ranges[0][0], ranges[0][0] + ranges[0][1]) \
+                if len(ranges) == 1 else None
+            offset = self.data_file.stat().st_size if at else 0
+            commit.copy(self.data_file, offset, part.data_file, ranges, truncate=not at,
+                        checksum=(self.out_dir, self.codec.metadata(), offset), crcs=crcs)
+        else:
+            offset = self.append_bytes(b"", commit)
+        ends = offset + np.cumsum(lengths)
+        ends_meta = self.ends.write_rows(ends, commit, at)
+        starts_meta = self.starts.write_rows(ends - lengths, commit, at)
+        self.ends.commit_rows(ends_meta, commit)
+        self.starts.commit_rows(starts_meta, commit)
 
     def codec_checksum_problem(self) -> List[str]:
         """A problem when the compression files are not what the last commit recorded."""

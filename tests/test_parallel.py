@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_sample_equal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import mmap_ninja
 from mmap_ninja.parallel import indexable_batches
 from mmap_ninja.ragged import RaggedMmap
+from mmap_ninja.string import StringsMmap
 
 # None: multiprocessing's default (fork on Linux before Python 3.14: the workers inherit the dataset)
 START_METHODS = [None] + [m for m in ("forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
@@ -317,3 +321,189 @@ def test_a_process_running_other_threads_is_not_forked():
         thread.join()
     expected = "fork" if threading.active_count() == 1 else "forkserver"  # other tests may leave threads
     assert _start_context(None).get_start_method() == expected
+
+
+# -- from_indexable with workers that write parts --------------------------------------------
+
+def _sample_of(kind, i, dtype):
+    if kind == "flat":
+        return np.arange(i % 9, dtype=dtype) * i
+    if kind == "nd":
+        return np.full((2, i % 4), i, dtype=dtype)
+    if kind == "scalar":
+        return np.asarray(i, dtype=dtype)[()]
+    if kind == "empty":
+        return np.empty((0, 3) if i % 2 else 0, dtype=dtype)
+    return np.full((1, 2, i % 3 + 1), -i, dtype=dtype)  # "3d"
+
+
+class Samples:
+    """A dataset of the given samples, which checks that nothing reads past its end."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self.samples):
+            raise AssertionError(f"read {i}, past the end")
+        return self.samples[i]
+
+
+def assert_same_maps(parallel, serial):
+    assert len(parallel) == len(serial)
+    assert parallel.dtype == serial.dtype and parallel.shapes_are_flat == serial.shapes_are_flat
+    for i in range(len(serial)):
+        assert_sample_equal(parallel[i], serial[i])
+        assert type(parallel[i]) is type(serial[i])
+
+
+def leftovers(folder: Path) -> list:
+    """What builds left beside the maps in ``folder`` and inside them (build folders, parts)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if ".building" in p.name or p.name.startswith("part-"))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(["flat", "nd", "scalar", "empty", "3d"]), min_size=1, max_size=60),
+       batch_size=st.integers(1, 9), given_dtype=st.booleans())
+def test_workers_writing_parts_build_the_map_a_serial_build_does(tmp_path_factory, kinds, batch_size, given_dtype):
+    tmp = tmp_path_factory.mktemp("parts")
+    samples = Samples([_sample_of(kind, i, np.int16) for i, kind in enumerate(kinds)])
+    dtype = np.float32 if given_dtype else None
+    serial = RaggedMmap.from_indexable(tmp / "serial", samples, batch_size, dtype=dtype)
+    parallel = RaggedMmap.from_indexable(tmp / "parallel", samples, batch_size, n_jobs=2, dtype=dtype)
+    assert_same_maps(parallel, serial)
+    assert mmap_ninja.verify(tmp / "parallel", deep=True) == []
+    assert leftovers(tmp) == []
+
+
+def test_many_parts_are_concatenated_while_the_workers_write_and_removed_once_appended(tmp_path):
+    log = tmp_path / "log"
+    dataset = PartsSeen(600, tmp_path, log)
+    m = RaggedMmap.from_indexable(tmp_path / "m", dataset, batch_size=4, n_jobs=2)
+    assert [s.tolist() for s in m] == [[i] * (i % 5) for i in range(600)]
+    assert mmap_ninja.verify(tmp_path / "m", deep=True) == []
+    seen = [int(line.split()[1]) for line in log.read_text().splitlines()]
+    # about 150 parts of 4 samples, but never more on disk than those in flight (2 per worker)
+    # and the one being appended
+    assert 1 <= max(seen) <= 5, f"up to {max(seen)} parts waited on disk at once"
+    assert leftovers(tmp_path) == []
+
+
+class PartsSeen:
+    """Samples ``[i] * (i % 5)`` that log how many parts wait in the build folders of ``folder``."""
+
+    def __init__(self, n, folder, log):
+        self.n, self.folder, self.log = n, str(folder), str(log)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        parts = list(Path(self.folder).glob(".*.building/.parts.building/parts/part-*"))
+        with open(self.log, "a") as f:
+            f.write(f"{i} {len(parts)}\n")
+        return np.full(i % 5, i, dtype=np.int64)
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_function_without_len_stops_at_the_first_index_error_and_the_parts_read_ahead_go(tmp_path, start_method):
+    def sample(i):
+        if i >= 57:
+            raise IndexError(i)
+        return np.arange(i % 4 + 1) if i % 3 else np.ones((2, 2)) * i
+
+    multiprocessing_default = multiprocessing.get_start_method()
+    try:
+        if start_method is not None:
+            multiprocessing.set_start_method(start_method, force=True)
+        parallel = RaggedMmap.from_indexable(tmp_path / "p", sample, batch_size=5, n_jobs=2)
+    finally:
+        multiprocessing.set_start_method(multiprocessing_default, force=True)
+    serial = RaggedMmap.from_indexable(tmp_path / "s", sample, batch_size=5)
+    assert len(parallel) == 57
+    assert_same_maps(parallel, serial)
+    assert leftovers(tmp_path) == []
+
+
+def test_samples_cast_to_the_first_samples_dtype_as_in_a_serial_build(tmp_path):
+    def integral(i):  # int64 first, then floats with integral values: cast to int64
+        return np.arange(3) * i if i < 100 else np.full(2, float(i))
+
+    serial = RaggedMmap.from_indexable(tmp_path / "s", Samples([integral(i) for i in range(300)]), 10)
+    parallel = RaggedMmap.from_indexable(tmp_path / "p", Samples([integral(i) for i in range(300)]), 10, n_jobs=2)
+    assert parallel.dtype == np.int64
+    assert_same_maps(parallel, serial)
+
+    def fractions(i):  # then a float with a fraction, which int64 cannot take
+        return np.full(2, 0.5) if i == 150 else np.arange(3) * i
+
+    errors = []
+    for n_jobs in (None, 2):
+        with pytest.raises(TypeError) as raised:
+            RaggedMmap.from_indexable(tmp_path / f"f{n_jobs}", Samples([fractions(i) for i in range(300)]), 10,
+                                      n_jobs=n_jobs)
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1] and errors[0].startswith("sample 150: float64 values with fractions")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "s"]
+
+
+def test_an_error_in_a_worker_leaves_the_map_there_unchanged_and_nothing_behind(tmp_path):
+    from conftest import file_bytes
+
+    RaggedMmap.from_lists(tmp_path / "m", [np.arange(3), np.arange(4)])
+    before = file_bytes(tmp_path / "m")
+    log = tmp_path / "log"
+    with pytest.raises(ValueError, match="bad sample 371"):
+        RaggedMmap.from_indexable(tmp_path / "m", Logged(1000, log, fail_at=371, array=True), 7, n_jobs=2)
+    assert file_bytes(tmp_path / "m") == before
+    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["log", "m"]
+    workers = reader_pids(log)
+    assert workers and not [pid for pid in workers if alive(pid)], "workers left running after the error"
+
+    with pytest.raises(BrokenProcessPool):  # a worker that dies, maybe while it writes a part
+        RaggedMmap.from_indexable(tmp_path / "m", Logged(1000, tmp_path / "log2", exit_at=500, array=True), 7,
+                                  n_jobs=2)
+    assert file_bytes(tmp_path / "m") == before and leftovers(tmp_path) == []
+
+
+def test_a_new_map_that_fails_leaves_no_folder(tmp_path):
+    with pytest.raises(ValueError, match="bad sample 60"):
+        RaggedMmap.from_indexable(tmp_path / "new", Logged(100, tmp_path / "log", fail_at=60, array=True), 5,
+                                  n_jobs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log"]
+
+
+def test_progress_bar_of_a_build_with_workers(tmp_path, capsys):
+    RaggedMmap.from_indexable(tmp_path / "m", Samples([np.arange(i % 3) for i in range(50)]), 4, n_jobs=2,
+                              verbose=True)
+    assert "50/50" in capsys.readouterr().err
+
+
+def test_convert_with_two_workers_writes_the_map_of_one(tmp_path, capsys):
+    from mmap_ninja.cli import main
+
+    (tmp_path / "npy").mkdir()
+    for i in range(40):
+        np.save(tmp_path / "npy" / f"{i}.npy", np.full((i % 3 + 1,) * (1 + i % 2), i, dtype=np.uint8))
+    assert main(["convert", str(tmp_path / "npy"), str(tmp_path / "one"), "--quiet", "--batch-size", "3"]) == 0
+    assert main(["convert", str(tmp_path / "npy"), str(tmp_path / "two"), "--quiet", "--batch-size", "3",
+                 "--workers", "2"]) == 0
+    assert_same_maps(RaggedMmap(tmp_path / "two"), RaggedMmap(tmp_path / "one"))
+    assert StringsMmap(tmp_path / "two" / "paths")[:] == StringsMmap(tmp_path / "one" / "paths")[:]
+    assert mmap_ninja.verify(tmp_path / "two", deep=True) == []
+    assert leftovers(tmp_path) == []
+
+
+def test_a_map_built_by_workers_opens_in_090(tmp_path, ref090):
+    samples = Samples([np.arange(i % 4) if i % 5 else np.ones((2, 2), np.int64) * i for i in range(40)])
+    RaggedMmap.from_indexable(tmp_path / "m", samples, 3, n_jobs=2)
+    result = ref090.run(f"""
+from mmap_ninja.ragged import RaggedMmap
+m = RaggedMmap({str(tmp_path / 'm')!r})
+result = [m[i].tolist() for i in range(len(m))]
+""", tmp_path)
+    assert result == [np.asarray(s).tolist() for s in samples.samples]

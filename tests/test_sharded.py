@@ -346,3 +346,126 @@ def test_from_generator_streams_parts_of_part_size_in_batches(tmp_path, kind):
         with pytest.raises(ValueError, match="must be a positive integer"):
             ShardedMmap.from_generator(tmp_path / "t", samples_of(kind, 3), **bad)
     assert not (tmp_path / "t").exists()
+
+
+# -- compact: the parts' files concatenated ----------------------------------------------------
+
+def mixed_sample(i):
+    kind = i % 6
+    if kind == 0:
+        return np.int32(i)
+    if kind == 1:
+        return np.empty(0, np.int32)
+    if kind == 2:
+        return np.full((2, i % 3), i, np.int32)
+    if kind == 3:
+        return np.empty((0, 4), np.int32)
+    return np.arange(i % 7, dtype=np.int32) - i
+
+
+def assert_compacts_to(m, out, expected):
+    plain = m.compact(out)
+    assert len(plain) == len(expected)
+    if isinstance(plain, np.ndarray):
+        assert np.array_equal(plain, np.stack(expected)) and plain.dtype == np.asarray(expected[0]).dtype
+    else:
+        for i, want in enumerate(expected):
+            got, sharded = plain[i], m[i]
+            assert same(got, want) and type(got) is type(sharded) and np.shape(got) == np.shape(sharded)
+            assert isinstance(got, str) or np.asarray(got).dtype == np.asarray(sharded).dtype
+    assert mmap_ninja.verify(out, deep=True) == [] and mmap_ninja.open_existing(out) is not None
+    assert not any(".building" in p.name for p in out.parent.iterdir())
+    return plain
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 7), min_size=1, max_size=6), start=st.integers(0, 11),
+       kind=st.sampled_from(["ragged", "mixed", "string", "numpy"]))
+def test_compact_equals_the_samples_of_any_parts(tmp_path_factory, sizes, start, kind):
+    tmp = tmp_path_factory.mktemp("c")
+    reference = [mixed_sample(i) for i in range(start, start + sum(sizes))] if kind == "mixed" \
+        else samples_of(kind, sum(sizes), start)
+    records, at = [], 0
+    for size in sizes:
+        records.append(write_part(tmp / "s", reference[at:at + size], "ragged" if kind == "mixed" else kind))
+        at += size
+    m = ShardedMmap.commit_parts(tmp / "s", records)
+    assert_compacts_to(m, tmp / "plain", reference)
+
+
+def test_compact_takes_what_the_manifest_lists_of_parts_extended_or_changed_since(tmp_path):
+    reference = [mixed_sample(i) for i in range(30)]
+    m = ShardedMmap.from_generator(tmp_path / "s", iter(reference), part_size=7)
+    first = tmp_path / "s" / "parts" / m.part_names[0]
+    RaggedMmap(first).extend([np.arange(100, dtype=np.int32)])  # not listed: never read
+    replaced = RaggedMmap(tmp_path / "s" / "parts" / m.part_names[1], mode="r+")
+    replaced[3] = np.full(np.shape(reference[10]), -5, np.int32)  # moves past the others: runs of data
+    reference[10] = np.full(np.shape(reference[10]), -5, np.int32)
+    strings = ShardedMmap.from_generator(tmp_path / "t", iter(["ab", "", "ж" * 3, "c"] * 3), part_size=5)
+    texts = StringsMmap(tmp_path / "t" / "parts" / strings.part_names[0], mode="r+")
+    texts[0] = "xy"
+    texts.extend(["not listed"])
+    assert_compacts_to(ShardedMmap(tmp_path / "s"), tmp_path / "plain", reference)
+    assert_compacts_to(ShardedMmap(tmp_path / "t"), tmp_path / "text", ["xy", "", "ж" * 3, "c"] + ["ab", "", "ж" * 3,
+                                                                                              "c"] * 2)
+
+
+def test_compact_of_parts_without_checksums_or_in_fortran_order_or_compressed(tmp_path):
+    RaggedMmap.from_lists(tmp_path / "a", [np.arange(3), np.arange(5)])
+    (tmp_path / "a" / "checksums.ninja").unlink()  # as mmap_ninja 0.9.0 writes maps: none recorded
+    RaggedMmap.from_lists(tmp_path / "b", [np.arange(2)])
+    m = ShardedMmap.from_maps(tmp_path / "s", [tmp_path / "a", tmp_path / "b"])
+    assert_compacts_to(m, tmp_path / "one", [np.arange(3), np.arange(5), np.arange(2)])
+
+    grid = np.asfortranarray(np.arange(24, dtype=np.float32).reshape(4, 3, 2))
+    np_ninja.from_ndarray(tmp_path / "f", grid)
+    np_ninja.from_ndarray(tmp_path / "c", grid[:1].copy())
+    rows = ShardedMmap.from_maps(tmp_path / "n", [tmp_path / "f", tmp_path / "c"])
+    assert_compacts_to(rows, tmp_path / "rows", list(grid) + [grid[0]])
+
+    pytest.importorskip("zstandard")
+    StringsMmap.from_strings(tmp_path / "z1", ["alpha", "beta"], zstd_level=3)
+    StringsMmap.from_strings(tmp_path / "z2", ["gamma"], zstd_level=3)
+    StringsMmap.from_strings(tmp_path / "plain", ["delta", ""])
+    texts = ShardedMmap.from_maps(tmp_path / "t", [tmp_path / "z1", tmp_path / "z2", tmp_path / "plain"])
+    one = assert_compacts_to(texts, tmp_path / "texts", ["alpha", "beta", "gamma", "delta", ""])
+    assert one.codec.level == 3  # the first part's compression, kept; the plain part's strings compressed
+
+
+def test_compact_of_empty_parts_and_of_no_samples(tmp_path):
+    empty = RaggedMmap.from_lists(tmp_path / "e", [], dtype=np.float32)
+    RaggedMmap.from_lists(tmp_path / "f", [np.ones(2, np.float32)])
+    del empty
+    m = ShardedMmap.from_maps(tmp_path / "s", [tmp_path / "e", tmp_path / "f"])
+    assert_compacts_to(m, tmp_path / "one", [np.ones(2, np.float32)])
+    nothing = ShardedMmap.from_maps(tmp_path / "s2", [tmp_path / "one"])
+    RaggedMmap(tmp_path / "s2" / "parts" / nothing.part_names[0])
+    manifest = tmp_path / "s2" / "manifest.ninja"
+    manifest.write_text(manifest.read_text().replace('"length": 1', '"length": 0'))
+    plain = ShardedMmap(tmp_path / "s2").compact(tmp_path / "none")
+    assert len(plain) == 0 and plain.dtype == np.float32
+
+
+def test_a_compact_that_fails_leaves_the_map_there_unchanged(tmp_path):
+    from conftest import file_bytes
+
+    m = ShardedMmap.from_generator(tmp_path / "s", iter(samples_of("ragged", 12)), part_size=4)
+    RaggedMmap.from_lists(tmp_path / "out", [np.arange(2)])
+    before = file_bytes(tmp_path / "out")
+    data = tmp_path / "s" / "parts" / m.part_names[2] / "data.ninja"
+    data.write_bytes(data.read_bytes()[:8])  # the last part lost its data
+    with pytest.raises(ValueError, match="holds .* bytes"):
+        m.compact(tmp_path / "out")
+    assert file_bytes(tmp_path / "out") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "s"]
+
+
+def test_compact_copies_the_data_file_to_file(tmp_path, monkeypatch):
+    from mmap_ninja import _storage
+
+    m = ShardedMmap.from_generator(tmp_path / "s", iter([np.arange(1000) + i for i in range(50)]), part_size=10)
+    copies = []
+    copy_ranges = _storage.copy_ranges
+    monkeypatch.setattr(_storage, "copy_ranges", lambda *args: copies.append(args[1]) or copy_ranges(*args))
+    assert_compacts_to(m, tmp_path / "one", [np.arange(1000) + i for i in range(50)])
+    assert copies == [[(0, 80_000)]] * 5  # one copy of each part's data, nothing sample by sample
