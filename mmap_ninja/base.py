@@ -81,11 +81,33 @@ def known_length(obj: Any) -> Optional[int]:
         return None
 
 
+class _HiddenBar:
+    """What ``progress`` gives when nothing is shown: a bar that ignores its updates (a hidden
+    tqdm bar would still start tqdm's monitor thread, and a process with other threads is not
+    forked for parallel builds)."""
+
+    total: Optional[int] = None
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "_HiddenBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
 def progress(total: Optional[int], verbose: bool, desc: Optional[str] = None):
     """A tqdm progress bar, shown only when ``verbose``; update it with ``.update(k)``."""
+    if not verbose:
+        return _HiddenBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not verbose, desc=desc, unit=" samples")
+    return tqdm(total=total, desc=desc, unit=" samples")
 
 
 def check_positive(**values: Any) -> None:

@@ -95,3 +95,14 @@ def test_dtypes_without_bytes_are_refused():
         with pytest.raises(TypeError, match="no bytes"):
             stored_dtype(dtype)
     assert stored_dtype(">f8") == np.dtype("float64")
+
+
+def test_a_build_without_a_progress_bar_starts_no_thread(tmp_path):
+    import threading
+
+    from mmap_ninja.ragged import RaggedMmap
+
+    before = threading.active_count()
+    RaggedMmap.from_lists(tmp_path / "r", [np.arange(3), np.arange(2)])
+    RaggedMmap.from_generator(tmp_path / "g", iter([np.arange(3)]), batch_size=1)
+    assert threading.active_count() == before  # a process with no other thread may still fork workers
