@@ -12,8 +12,9 @@ and ``gc`` removes it. This is the engine-agnostic core that distributed builds 
 worker writes parts, the client commits them.
 
 Opening reads only the manifest; a part is opened on its first read. Batch reads map global
-indices to (part, local index) with one ``searchsorted`` and gather each part's samples with
-its own compiled batch read, results in the caller's order.
+indices to (part, local index) in compiled code (``_core.PartIndex``); ragged parts are then
+gathered in one compiled pass over all of them (``_core.ShardedRaggedReader``), strings and
+numpy parts by each part's own compiled batch read; results come in the caller's order.
 """
 
 from __future__ import annotations
