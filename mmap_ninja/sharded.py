@@ -161,8 +161,7 @@ class ShardedMmap:
         opened: Dict[int, Any] = {}
 
         def open_part(k: int):
-            """Part ``k`` (opened once, kept in ``opened``) and what reads it: its compiled
-            reader for ragged parts, else the part's own map."""
+            """Part ``k``'s map, opened once (kept in ``opened``)."""
             part = opened.get(k)
             if part is None:
                 entry = manifest["parts"][k]
@@ -171,16 +170,16 @@ class ShardedMmap:
                 if len(part) < entry["length"]:
                     raise ValueError(f"{path}: holds {len(part)} samples, the manifest says {entry['length']}")
                 opened[k] = part
-            return part._live()[1] if manifest["kind"] == "ragged" else part
+            return part
 
         source = str(self.out_dir)
         if manifest["kind"] == "ragged":
             dtype = manifest.get("dtype")
             dtype = np.float64 if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
-            reader = _core.ShardedRaggedReader(bounds, open_part, dtype, source)
+            reader = _core.ShardedRaggedReader(bounds, lambda k: open_part(k)._live()[1], dtype, source)
         else:
             reader = _core.PartIndex(bounds, open_part, source)
-        self._state = (manifest, bounds, opened, reader)
+        self._state = (manifest, bounds, open_part, reader)
 
     @property
     def kind(self) -> str:
@@ -204,13 +203,8 @@ class ShardedMmap:
         return int(self._state[1][-1])
 
     def _part(self, k: int):
-        """Part ``k``, opened on its first read."""
-        manifest, _, opened, reader = self._state
-        part = opened.get(k)
-        if part is None:
-            reader.locate(self._state[1][k:k + 1])  # opens it, through the reader's opener
-            part = opened[k]
-        return part
+        """Part ``k``'s map, opened on its first read."""
+        return self._state[2](k)
 
     def _grouped(self, index: np.ndarray):
         """``(part, positions in the batch, local indices)`` for each part a batch touches."""
@@ -229,7 +223,7 @@ class ShardedMmap:
         return out
 
     def __getitem__(self, item):
-        manifest, _, opened, reader = self._state
+        manifest, _, _, reader = self._state
         if manifest["kind"] == "ragged":
             if type(item) is int and self.wrapper_fn is None:
                 return reader.sample(item)

@@ -469,3 +469,14 @@ def test_compact_copies_the_data_file_to_file(tmp_path, monkeypatch):
     monkeypatch.setattr(_storage, "copy_ranges", lambda *args: copies.append(args[1]) or copy_ranges(*args))
     assert_compacts_to(m, tmp_path / "one", [np.arange(1000) + i for i in range(50)])
     assert copies == [[(0, 80_000)]] * 5  # one copy of each part's data, nothing sample by sample
+
+
+def test_empty_parts_anywhere_are_skipped_by_every_read(tmp_path):
+    records = [write_part(tmp_path / "s", [], kind="ragged"), write_part(tmp_path / "s", [np.arange(2)]),
+               write_part(tmp_path / "s", [], kind="ragged"), write_part(tmp_path / "s", [np.arange(3)]),
+               write_part(tmp_path / "s", [], kind="ragged")]
+    m = ShardedMmap.commit_parts(tmp_path / "s", records)
+    assert np.diff(m.part_bounds).tolist() == [0, 1, 0, 1, 0]
+    assert [a.tolist() for a in m] == [[0, 1], [0, 1, 2]]
+    assert [a.tolist() for a in m[::-1]] == [[0, 1, 2], [0, 1]] and m[-1].tolist() == [0, 1, 2]
+    assert [a.tolist() for a in m.compact(tmp_path / "one")[:]] == [[0, 1], [0, 1, 2]]
