@@ -25,8 +25,10 @@ from _timing import interleaved_medians  # noqa: E402
 from bench_batches import describe_machine  # noqa: E402
 
 from mmap_ninja import durability  # noqa: E402
+from mmap_ninja import numpy as np_ninja  # noqa: E402
 from mmap_ninja.ragged import RaggedMmap  # noqa: E402
 from mmap_ninja.sharded import ShardedMmap, write_part  # noqa: E402
+from mmap_ninja.string import StringsMmap  # noqa: E402
 
 
 def main() -> None:
@@ -46,27 +48,40 @@ def main() -> None:
     ShardedMmap.commit_parts(root / "sharded", records)
     RaggedMmap.from_lists(root / "one", samples)
     sharded, one = ShardedMmap(root / "sharded"), RaggedMmap(root / "one")
+    texts = [" ".join(map(str, sample[:k % 24 + 1])) for k, sample in enumerate(samples)]
+    rows = np.stack([sample[:16] for sample in samples]).astype(np.float32)
+    with durability(False):
+        ShardedMmap.from_generator(root / "texts", iter(texts), part_size=args.per_part)
+        StringsMmap.from_strings(root / "one_texts", texts)
+        ShardedMmap.from_generator(root / "rows", iter(rows), part_size=args.per_part, kind="numpy")
+        np_ninja.from_ndarray(root / "one_rows", rows)
+    sharded_texts, one_texts = ShardedMmap(root / "texts"), StringsMmap(root / "one_texts")
+    sharded_rows, one_rows = ShardedMmap(root / "rows"), np_ninja.open_existing(root / "one_rows")
     batches = [rng.integers(0, n, size=256) for _ in range(args.repeats)]
     singles = rng.integers(0, n, size=args.repeats).tolist()
-    sharded[batches[0]], one[batches[0]]  # every part opened once, as a training loop would have
-    for k in range(args.parts):
-        sharded[k * args.per_part]
+    for k in range(args.parts):  # every part opened once, as a training loop would have
+        sharded[k * args.per_part], sharded_texts[k * args.per_part], sharded_rows[k * args.per_part]
     cases = {  # name: (sharded, one map, arguments)
         "batch of 256 (list of views)": (lambda b: sharded[b], lambda b: one[b], batches),
         "batch of 256 (take: one contiguous copy)": (sharded.take, one.take, batches),
         "batch of 256 (padded int32 array + lengths)": (sharded.padded, one.padded, batches),
         "single m[i]": (lambda i: sharded[i], lambda i: one[i], singles),
+        "strings: batch of 256": (lambda b: sharded_texts[b], lambda b: one_texts[b], batches),
+        "strings: single m[i]": (lambda i: sharded_texts[i], lambda i: one_texts[i], singles),
+        "numpy rows (16 float32): batch of 256": (lambda b: sharded_rows[b], lambda b: np_ninja.take(one_rows, b),
+                                                  batches),
         "open": (lambda _: ShardedMmap(root / "sharded"), lambda _: RaggedMmap(root / "one"), [None] * 100),
     }
-    rows = []
+    table = []
     for name, (fn_sharded, fn_one, arguments) in cases.items():
         medians = interleaved_medians({"sharded": fn_sharded, "one": fn_one}, arguments)
-        rows.append((name, medians["sharded"] * 1e6, medians["one"] * 1e6))
+        table.append((name, medians["sharded"] * 1e6, medians["one"] * 1e6))
     lines = [f"{n:,} token sequences (16-1,023 int32 each) in {args.parts} parts, against one map of the same "
-             f"samples; median µs, the two taking turns over the same arguments ({args.repeats} per case); "
+             f"samples (and the same number of strings of 1-24 numbers, and of rows of 16 float32); "
+             f"median µs, the two taking turns over the same arguments ({args.repeats} per case); "
              f"{describe_machine()}.", "",
              "| operation | sharded | one map | sharded / one map |", "|:--|--:|--:|--:|"]
-    lines += [f"| {name} | {a:,.1f} | {b:,.1f} | {a / b:.2f}x |" for name, a, b in rows]
+    lines += [f"| {name} | {a:,.1f} | {b:,.1f} | {a / b:.2f}x |" for name, a, b in table]
     lines += ["", many_parts(root / "many", args.many_parts)]
     report = "\n".join(lines)
     print(report)

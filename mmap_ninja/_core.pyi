@@ -89,14 +89,9 @@ class _Parts:
     n_parts: int
     source: str
     def __len__(self) -> int: ...
-    def locate(self, indices: Int64Array) -> Tuple[npt.NDArray[np.int32], Int64Array]:
-        """The part of each index and the position in it; opens the parts read."""
+    def locate(self, indices: Int64Array, open_parts: bool = ...) -> Tuple[npt.NDArray[np.int32], Int64Array]:
+        """The part of each index and the position in it; opens the parts read unless told not to."""
     def part(self, i: int) -> Tuple[int, int]: ...
-
-class PartIndex(_Parts):
-    """Which part of a sharded map holds each sample; ``opener(p)`` opens part ``p``."""
-
-    def __init__(self, bounds: Int64Array, opener: Any, source: str = ...) -> None: ...
 
 class ShardedRaggedReader(_Parts):
     """Samples of the ragged parts of a sharded map by their index in the whole map; batches
@@ -112,3 +107,22 @@ class ShardedRaggedReader(_Parts):
     def padded(
         self, indices: Int64Array, pad_value: np.ndarray, max_len: int = ..., out: Optional[np.ndarray] = ...
     ) -> Tuple[np.ndarray, Int64Array]: ...
+
+class ShardedStringsReader(_Parts):
+    """Strings of the parts of a sharded map by their index in the whole map; batches gathered
+    from every part in one pass without the GIL."""
+
+    def __init__(self, bounds: Int64Array, opener: Any, source: str = ...) -> None: ...
+    def get(self, i: int, as_bytes: bool = ...) -> Union[str, bytes]: ...
+    def get_many(self, indices: Int64Array, as_bytes: bool = ...) -> List[Union[str, bytes]]: ...
+
+class ShardedRowsReader(_Parts):
+    """Rows of the fixed-shape parts of a sharded map by their index in the whole map; batches
+    gathered from every part in one pass without the GIL."""
+
+    row_shape: Optional[Tuple[int, ...]]
+    def __init__(self, bounds: Int64Array, opener: Any, source: str = ...) -> None: ...
+    @property
+    def dtype(self) -> np.dtype: ...
+    def row(self, i: int) -> np.ndarray: ...
+    def take(self, indices: Int64Array) -> np.ndarray: ...

@@ -10,8 +10,9 @@ Everything here works on memoryviews of the memory-mapped files of a map:
   ``take`` copies samples back to back into a ``RaggedBatch``, ``padded`` into a padded array;
 - ``StringsReader``: offset lookup and UTF-8 decoding of a strings map;
 - ``gather_rows``: rows of a fixed-shape array gathered into a new or given array;
-- ``ShardedRaggedReader``: the same batch reads over the parts of a sharded map, by global
-  index, every sample read from its part in one pass (``PartIndex`` locates samples in parts).
+- ``ShardedRaggedReader``, ``ShardedStringsReader``, ``ShardedRowsReader``: the same batch
+  reads over the parts of a sharded map, by global index, every sample read from its part in
+  one pass.
 
 Every offset read from disk is checked against the length of the mapped data before memory is
 touched, so a corrupted file raises ``ValueError`` instead of reading outside the mapping.
@@ -993,6 +994,161 @@ cdef RaggedBatch _new_batch(values, offsets, shape_values, shape_offsets):
 
 
 # --------------------------------------------------------------------------------------------
+# Strings maps
+# --------------------------------------------------------------------------------------------
+
+# The C state of one strings map, read by the kernels below without the GIL (as ``ragged_t``).
+ctypedef struct strings_t:
+    const char* data
+    const int64_t* starts           # byte offsets of string i: [starts[i], ends[i])
+    const int64_t* ends
+    int64_t n
+    int64_t length                  # bytes of data
+
+
+cdef inline const strings_t* _strings_at(const strings_t* parts, const int32_t* part_of, Py_ssize_t k) noexcept nogil:
+    return parts if part_of == NULL else parts + part_of[k]
+
+
+cdef list _gather_strings(const strings_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                          bint as_bytes, object source, object indices):
+    """The strings (or bytes) at batch positions ``0..batch`` (``idx``: their indices in their
+    parts), gathered into one buffer without the GIL and decoded from it. A string that cannot
+    be read raises ``source._batch_error(indices, k)`` before anything is copied."""
+    cdef Py_ssize_t k, bad = -1, ahead
+    cdef int64_t i
+    cdef const strings_t* r
+    cdef int64_t* off = <int64_t*>malloc((2 * batch + 1) * sizeof(int64_t))
+    if off == NULL:
+        raise MemoryError(f"cannot allocate a batch of {batch} strings")
+    cdef int64_t* src = off + batch + 1
+    cdef char* gathered = NULL
+    try:
+        with nogil:
+            off[0] = 0
+            for k in range(batch):
+                ahead = k + PREFETCH_DISTANCE
+                if ahead < batch:
+                    r = _strings_at(parts, part_of, ahead)
+                    if 0 <= idx[ahead] < r.n:
+                        prefetch(r.starts + idx[ahead])
+                        prefetch(r.ends + idx[ahead])
+                r = _strings_at(parts, part_of, k)
+                i = idx[k]
+                if i < 0 or i >= r.n or not _valid_span(r.starts[i], r.ends[i], r.length):
+                    bad = k
+                    break
+                src[k] = r.starts[i]
+                if r.ends[i] - src[k] > PY_SSIZE_T_MAX - 1 - off[k]:
+                    bad = batch
+                    break
+                off[k + 1] = off[k] + r.ends[i] - src[k]
+        if bad == batch:
+            raise MemoryError(f"a batch of {batch} strings is too large for memory")
+        if bad >= 0:
+            source._batch_error(indices, bad)
+        gathered = <char*>malloc(off[batch] + 1)
+        if gathered == NULL:
+            raise MemoryError(f"cannot allocate {off[batch]} bytes for a batch of strings")
+        with nogil:
+            for k in range(batch):
+                ahead = k + PREFETCH_DISTANCE
+                if ahead < batch:
+                    _prefetch_bytes(_strings_at(parts, part_of, ahead).data + src[ahead], off[ahead + 1] - off[ahead])
+                memcpy(gathered + off[k], _strings_at(parts, part_of, k).data + src[k], off[k + 1] - off[k])
+        if as_bytes:
+            return [PyBytes_FromStringAndSize(gathered + off[k], off[k + 1] - off[k]) for k in range(batch)]
+        return [PyUnicode_DecodeUTF8(gathered + off[k], off[k + 1] - off[k], NULL) for k in range(batch)]
+    finally:
+        free(off)
+        free(gathered)
+
+
+@cython.final
+cdef class StringsReader(_Offsets):
+    """Offset lookup and UTF-8 decoding over the mapped files of a strings map.
+
+    ``data`` is any buffer of bytes (the mapped ``data.ninja``); ``starts`` and ``ends`` are
+    ``int64`` arrays of byte offsets, of which the first ``n = len(starts)`` are used.
+    """
+
+    cdef const unsigned char[::1] data_view
+    cdef const char* data
+    cdef strings_t c
+
+    def __cinit__(self, data, starts, ends, source=""):
+        self.data_view = data
+        self.data = <const char*>&self.data_view[0] if self.data_view.shape[0] else NULL
+        self._init_offsets(starts, ends, self.data_view.shape[0], source, "string", "bytes")
+        self.c.data = self.data
+        self.c.starts = self.starts
+        self.c.ends = self.ends
+        self.c.n = self.n
+        self.c.length = self.length
+
+    cdef object _get(self, Py_ssize_t i, bint as_bytes):
+        cdef int64_t start, end
+        self._bounds(i, &start, &end)
+        if end == start:
+            return b"" if as_bytes else ""
+        if as_bytes:
+            return PyBytes_FromStringAndSize(self.data + start, end - start)
+        return PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
+
+    def get(self, i, bint as_bytes=False):
+        """String ``i`` (an integer; negative counts from the end) decoded from UTF-8, or its
+        raw bytes."""
+        return self._get(_scalar_index(i, self.n), as_bytes)
+
+    def verify(self, Py_ssize_t limit=20, bint utf8=True):
+        """Problems found in one pass over every string, at most ``limit`` of them: offsets
+        outside the data, and (with ``utf8``) bytes that are not UTF-8. An empty list when every
+        string is sound."""
+        cdef list problems = []
+        cdef Py_ssize_t i
+        cdef int64_t start, end
+        for i in range(self.n):
+            start = self.starts[i]
+            end = self.ends[i]
+            if not _valid_span(start, end, self.length):
+                problems.append(f"{self.source}: corrupted offsets for string {i}: [{start}, {end}) "
+                                f"is not within the {self.length} stored bytes")
+            elif utf8 and end > start:
+                try:
+                    PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
+                except UnicodeDecodeError as exc:
+                    problems.append(f"{self.source}: string {i} is not valid UTF-8 ({exc.reason} "
+                                    f"at byte {exc.start})")
+            if len(problems) >= limit:
+                break
+        return problems
+
+    def get_many(self, const int64_t[::1] indices, bint as_bytes=False):
+        """The strings (or raw bytes) at ``indices`` (``int64``, as from ``normalize_index``),
+        as a list.
+
+        Without the GIL, a first pass checks every string's offsets (fetching those of the
+        strings that come next) and a second gathers their bytes into one buffer (fetching the
+        bytes that come next); the strings are then decoded from that buffer, which is in the
+        CPU's cache.
+        """
+        return _gather_strings(&self.c, NULL, _first(indices), indices.shape[0], as_bytes, self, indices)
+
+    def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):
+        """Raise why the string at position ``k`` of a batch cannot be read."""
+        self._raise_unreadable(indices[k])
+
+    def get_in(self, slice item, bint as_bytes=False):
+        """The strings (or raw bytes) of a slice of the map (any step), as a list."""
+        cdef Py_ssize_t start, step, k
+        start, step, count = _slice_bounds(item, self.n)
+        cdef list out = []
+        for k in range(count):
+            out.append(self._get(start + k * step, as_bytes))
+        return out
+
+
+# --------------------------------------------------------------------------------------------
 # Sharded maps: many parts read as one
 # --------------------------------------------------------------------------------------------
 
@@ -1008,10 +1164,11 @@ cdef class _Parts:
     cdef readonly int64_t n
     cdef list readers
     cdef unsigned char* ready
+    cdef void* table                # the C state of every part: an array of a subclass's struct
     cdef object opener
     cdef readonly object source
 
-    cdef _init_parts(self, bounds, opener, source):
+    cdef _init_parts(self, bounds, opener, source, size_t entry_size):
         array = np.ascontiguousarray(bounds, dtype=np.int64)
         if array.ndim != 1 or array.shape[0] < 1 or array[0] != 0 or (np.diff(array) < 0).any():
             raise ValueError(f"{source}: part bounds must be non-decreasing from 0, got {array[:8]}")
@@ -1023,13 +1180,15 @@ cdef class _Parts:
         self.n = self.bounds[self.n_parts]
         self.readers = [None] * self.n_parts
         self.ready = <unsigned char*>calloc(self.n_parts + 1, 1)
-        if self.ready == NULL:
+        self.table = calloc(self.n_parts + 1, entry_size)
+        if self.ready == NULL or self.table == NULL:
             raise MemoryError(f"cannot allocate the table of {self.n_parts} parts")
         self.opener = opener
         self.source = source
 
     def __dealloc__(self):
         free(self.ready)
+        free(self.table)
 
     def __len__(self):
         return self.n
@@ -1057,8 +1216,10 @@ cdef class _Parts:
         """Check ``reader`` of part ``p`` and record its C state."""
         return 0
 
-    cdef int _locate(self, const int64_t* idx, Py_ssize_t batch, int32_t* part_of, int64_t* local) except -1:
-        """The part of every index of a batch and the index in it, every part read opened."""
+    cdef int _locate(self, const int64_t* idx, Py_ssize_t batch, int32_t* part_of, int64_t* local,
+                     bint open_parts=True) except -1:
+        """The part of every index of a batch and the index in it; every part read is opened
+        unless ``open_parts`` is false."""
         cdef Py_ssize_t k, bad = -1
         cdef int64_t i
         cdef int32_t p
@@ -1074,17 +1235,28 @@ cdef class _Parts:
         if bad >= 0:
             raise IndexError(f"index {idx[bad]} is out of bounds for a map of length {self.n}")
         for k in range(batch):
-            if not self.ready[part_of[k]]:
+            if open_parts and not self.ready[part_of[k]]:
                 self._open(part_of[k])
         return 0
 
-    def locate(self, const int64_t[::1] indices):
+    cdef int _locate_batch(self, const int64_t[::1] indices, int32_t** part_of, int64_t** local) except -1:
+        """Allocate ``part_of`` and ``local`` (the caller frees them) and locate ``indices``."""
+        cdef Py_ssize_t batch = indices.shape[0]
+        part_of[0] = <int32_t*>malloc((batch + 1) * sizeof(int32_t))
+        local[0] = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
+        if part_of[0] == NULL or local[0] == NULL:
+            raise MemoryError(f"cannot allocate a batch of {batch} samples")
+        return self._locate(_first(indices), batch, part_of[0], local[0])
+
+    def locate(self, const int64_t[::1] indices, bint open_parts=True):
         """``(parts, local)``: the part (``int32``) of each of ``indices`` (``int64`` positions
-        in the map) and the position in it (``int64``); opens the parts read."""
+        in the map) and the position in it (``int64``); opens the parts read unless
+        ``open_parts`` is false."""
         cdef Py_ssize_t batch = indices.shape[0]
         parts = np.empty(batch, dtype=np.int32)
         local = _empty_int64(batch)
-        self._locate(_first(indices), batch, <int32_t*>cnp.PyArray_DATA(parts), <int64_t*>cnp.PyArray_DATA(local))
+        self._locate(_first(indices), batch, <int32_t*>cnp.PyArray_DATA(parts), <int64_t*>cnp.PyArray_DATA(local),
+                     open_parts)
         return parts, local
 
     def part(self, i):
@@ -1092,15 +1264,6 @@ cdef class _Parts:
         cdef Py_ssize_t j = _scalar_index(i, self.n)
         cdef Py_ssize_t p = self._find(j)
         return p, j - self.bounds[p]
-
-
-@cython.final
-cdef class PartIndex(_Parts):
-    """Which part of a sharded map holds each sample (``locate``, ``part``), for parts read by
-    their own maps; ``opener(p)`` opens part ``p``."""
-
-    def __cinit__(self, bounds, opener, source=""):
-        self._init_parts(bounds, opener, source)
 
 
 @cython.final
@@ -1113,14 +1276,9 @@ cdef class ShardedRaggedReader(_Parts):
     cdef cnp.dtype descr
 
     def __cinit__(self, bounds, opener, dtype, source=""):
-        self._init_parts(bounds, opener, source)
+        self._init_parts(bounds, opener, source, sizeof(ragged_t))
         self.descr = np.dtype(dtype)
-        self.parts = <ragged_t*>calloc(self.n_parts + 1, sizeof(ragged_t))
-        if self.parts == NULL:
-            raise MemoryError(f"cannot allocate the table of {self.n_parts} parts")
-
-    def __dealloc__(self):
-        free(self.parts)
+        self.parts = <ragged_t*>self.table
 
     @property
     def dtype(self):
@@ -1186,12 +1344,10 @@ cdef class ShardedRaggedReader(_Parts):
     cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out):
         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
         cdef Py_ssize_t batch = indices.shape[0]
-        cdef int32_t* part_of = <int32_t*>malloc((batch + 1) * sizeof(int32_t))
-        cdef int64_t* local = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
+        cdef int32_t* part_of = NULL
+        cdef int64_t* local = NULL
         try:
-            if part_of == NULL or local == NULL:
-                raise MemoryError(f"cannot allocate a batch of {batch} samples")
-            self._locate(_first(indices), batch, part_of, local)
+            self._locate_batch(indices, &part_of, &local)
             if padded:
                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices)
             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
@@ -1210,122 +1366,139 @@ cdef class ShardedRaggedReader(_Parts):
         return self._gather(indices, True, pad_value, max_len, out)
 
 
-# --------------------------------------------------------------------------------------------
-# Strings maps
-# --------------------------------------------------------------------------------------------
-
 @cython.final
-cdef class StringsReader(_Offsets):
-    """Offset lookup and UTF-8 decoding over the mapped files of a strings map.
+cdef class ShardedStringsReader(_Parts):
+    """Strings of the parts of a sharded map (each read by a ``StringsReader``), by their index
+    in the whole map, a batch gathered from every part in one pass without the GIL."""
 
-    ``data`` is any buffer of bytes (the mapped ``data.ninja``); ``starts`` and ``ends`` are
-    ``int64`` arrays of byte offsets, of which the first ``n = len(starts)`` are used.
-    """
+    cdef strings_t* parts
 
-    cdef const unsigned char[::1] data_view
-    cdef const char* data
+    def __cinit__(self, bounds, opener, source=""):
+        self._init_parts(bounds, opener, source, sizeof(strings_t))
+        self.parts = <strings_t*>self.table
 
-    def __cinit__(self, data, starts, ends, source=""):
-        self.data_view = data
-        self.data = <const char*>&self.data_view[0] if self.data_view.shape[0] else NULL
-        self._init_offsets(starts, ends, self.data_view.shape[0], source, "string", "bytes")
-
-    cdef object _get(self, Py_ssize_t i, bint as_bytes):
-        cdef int64_t start, end
-        self._bounds(i, &start, &end)
-        if end == start:
-            return b"" if as_bytes else ""
-        if as_bytes:
-            return PyBytes_FromStringAndSize(self.data + start, end - start)
-        return PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
+    cdef int _adopt(self, Py_ssize_t p, object reader) except -1:
+        cdef StringsReader part
+        cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
+        if not isinstance(reader, StringsReader):
+            raise TypeError(f"{self.source}: part {p} was opened as {type(reader).__name__}, not a strings map")
+        part = <StringsReader>reader
+        if part.n < length:
+            raise ValueError(f"{part.source}: holds {part.n} strings, the manifest says {length}")
+        self.parts[p] = part.c
+        self.parts[p].n = length
+        return 0
 
     def get(self, i, bint as_bytes=False):
-        """String ``i`` (an integer; negative counts from the end) decoded from UTF-8, or its
-        raw bytes."""
-        return self._get(_scalar_index(i, self.n), as_bytes)
+        """String ``i`` (negative counts from the end), or its raw bytes."""
+        cdef Py_ssize_t j = _scalar_index(i, self.n)
+        cdef Py_ssize_t p = self._find(j)
+        if not self.ready[p]:
+            self._open(p)
+        return (<StringsReader>self.readers[p])._get(j - self.bounds[p], as_bytes)
 
-    def verify(self, Py_ssize_t limit=20, bint utf8=True):
-        """Problems found in one pass over every string, at most ``limit`` of them: offsets
-        outside the data, and (with ``utf8``) bytes that are not UTF-8. An empty list when every
-        string is sound."""
-        cdef list problems = []
-        cdef Py_ssize_t i
-        cdef int64_t start, end
-        for i in range(self.n):
-            start = self.starts[i]
-            end = self.ends[i]
-            if not _valid_span(start, end, self.length):
-                problems.append(f"{self.source}: corrupted offsets for string {i}: [{start}, {end}) "
-                                f"is not within the {self.length} stored bytes")
-            elif utf8 and end > start:
-                try:
-                    PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
-                except UnicodeDecodeError as exc:
-                    problems.append(f"{self.source}: string {i} is not valid UTF-8 ({exc.reason} "
-                                    f"at byte {exc.start})")
-            if len(problems) >= limit:
-                break
-        return problems
+    def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):
+        p, j = self.part(indices[k])
+        (<StringsReader>self.readers[p])._raise_unreadable(j)
 
     def get_many(self, const int64_t[::1] indices, bint as_bytes=False):
-        """The strings (or raw bytes) at ``indices`` (``int64``, as from ``normalize_index``),
-        as a list.
-
-        Without the GIL, a first pass checks every string's offsets (fetching those of the
-        strings that come next) and a second gathers their bytes into one buffer (fetching the
-        bytes that come next); the strings are then decoded from that buffer, which is in the
-        CPU's cache.
-        """
-        cdef Py_ssize_t batch = indices.shape[0], k, bad = -1, ahead
-        cdef const int64_t* idx = _first(indices)
-        cdef int64_t i
-        cdef int64_t* off = <int64_t*>malloc((2 * batch + 1) * sizeof(int64_t))
-        if off == NULL:
-            raise MemoryError(f"cannot allocate a batch of {batch} strings")
-        cdef int64_t* src = off + batch + 1
-        cdef char* gathered = NULL
+        """The strings (or raw bytes) at ``indices`` (``int64``), as a list (see
+        ``StringsReader.get_many``)."""
+        cdef Py_ssize_t batch = indices.shape[0]
+        cdef int32_t* part_of = NULL
+        cdef int64_t* local = NULL
         try:
-            with nogil:
-                off[0] = 0
-                for k in range(batch):
-                    ahead = k + PREFETCH_DISTANCE
-                    if ahead < batch and 0 <= idx[ahead] < self.n:
-                        prefetch(self.starts + idx[ahead])
-                        prefetch(self.ends + idx[ahead])
-                    i = idx[k]
-                    if i < 0 or i >= self.n or not _valid_span(self.starts[i], self.ends[i], self.length):
-                        bad = k
-                        break
-                    src[k] = self.starts[i]
-                    if self.ends[i] - src[k] > PY_SSIZE_T_MAX - 1 - off[k]:
-                        bad = batch
-                        break
-                    off[k + 1] = off[k] + self.ends[i] - src[k]
-            if bad == batch:
-                raise MemoryError(f"a batch of {batch} strings is too large for memory")
-            if bad >= 0:
-                self._raise_unreadable(idx[bad])
-            gathered = <char*>malloc(off[batch] + 1)
-            if gathered == NULL:
-                raise MemoryError(f"cannot allocate {off[batch]} bytes for a batch of strings")
-            with nogil:
-                for k in range(batch):
-                    ahead = k + PREFETCH_DISTANCE
-                    if ahead < batch:
-                        _prefetch_bytes(self.data + src[ahead], off[ahead + 1] - off[ahead])
-                    memcpy(gathered + off[k], self.data + src[k], off[k + 1] - off[k])
-            if as_bytes:
-                return [PyBytes_FromStringAndSize(gathered + off[k], off[k + 1] - off[k]) for k in range(batch)]
-            return [PyUnicode_DecodeUTF8(gathered + off[k], off[k + 1] - off[k], NULL) for k in range(batch)]
+            self._locate_batch(indices, &part_of, &local)
+            return _gather_strings(self.parts, part_of, local, batch, as_bytes, self, indices)
         finally:
-            free(off)
-            free(gathered)
+            free(part_of)
+            free(local)
 
-    def get_in(self, slice item, bint as_bytes=False):
-        """The strings (or raw bytes) of a slice of the map (any step), as a list."""
-        cdef Py_ssize_t start, step, k
-        start, step, count = _slice_bounds(item, self.n)
-        cdef list out = []
-        for k in range(count):
-            out.append(self._get(start + k * step, as_bytes))
-        return out
+
+# The rows of one fixed-shape map, read by ``ShardedRowsReader`` without the GIL.
+ctypedef struct rows_t:
+    const char* base
+    int64_t n
+
+
+@cython.final
+cdef class ShardedRowsReader(_Parts):
+    """Rows of the fixed-shape parts of a sharded map (each a C-contiguous array of rows of one
+    shape and dtype), by their index in the whole map, gathered from every part in one pass
+    without the GIL."""
+
+    cdef rows_t* parts
+    cdef readonly object row_shape
+    cdef cnp.dtype descr
+    cdef Py_ssize_t row_bytes
+
+    def __cinit__(self, bounds, opener, source=""):
+        self._init_parts(bounds, opener, source, sizeof(rows_t))
+        self.parts = <rows_t*>self.table
+        self.row_shape = None
+
+    @property
+    def dtype(self):
+        return self.descr
+
+    cdef int _adopt(self, Py_ssize_t p, object rows) except -1:
+        cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
+        if not isinstance(rows, np.ndarray) or rows.ndim < 1 or rows.dtype.hasobject:
+            raise TypeError(f"{self.source}: part {p} is not an array of rows")
+        if self.row_shape is None:
+            self.row_shape = tuple(rows.shape[1:])
+            self.descr = rows.dtype
+            self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:
+            raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "
+                             f"the map's are {self.row_shape} of {self.descr}")
+        if rows.shape[0] < length:
+            raise ValueError(f"{self.source}: part {p} holds {rows.shape[0]} rows, the manifest says {length}")
+        # rows of another layout (a Fortran-ordered map) are copied by numpy, one by one
+        self.parts[p].base = cnp.PyArray_BYTES(<cnp.ndarray>rows) if rows.flags.c_contiguous else NULL
+        self.parts[p].n = length
+        return 0
+
+    def row(self, i):
+        """Row ``i`` (negative counts from the end), a view of its part."""
+        cdef Py_ssize_t j = _scalar_index(i, self.n)
+        cdef Py_ssize_t p = self._find(j)
+        if not self.ready[p]:
+            self._open(p)
+        return self.readers[p][j - self.bounds[p]]
+
+    def take(self, const int64_t[::1] indices):
+        """The rows at ``indices`` (``int64``) copied into a new array ``(B, *row_shape)``."""
+        cdef Py_ssize_t batch = indices.shape[0], k
+        cdef int32_t* part_of = NULL
+        cdef int64_t* local = NULL
+        cdef char* dst
+        cdef const rows_t* r
+        cdef bint others = False
+        try:
+            self._locate_batch(indices, &part_of, &local)
+            if self.row_shape is None and self.n:
+                self.row(0)  # an empty batch: the first part gives the shape of a row
+            if self.row_shape is None:
+                return np.empty((batch,), dtype=np.float64)
+            out = np.empty((batch,) + self.row_shape, dtype=self.descr)
+            dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
+            with nogil:
+                for k in range(batch):
+                    if k + PREFETCH_DISTANCE < batch:
+                        r = self.parts + part_of[k + PREFETCH_DISTANCE]
+                        if r.base != NULL:
+                            _prefetch_bytes(r.base + local[k + PREFETCH_DISTANCE] * self.row_bytes, self.row_bytes)
+                    r = self.parts + part_of[k]
+                    if r.base != NULL:
+                        memcpy(dst + k * self.row_bytes, r.base + local[k] * self.row_bytes, self.row_bytes)
+                    else:
+                        others = True
+            if others:
+                for k in range(batch):
+                    if self.parts[part_of[k]].base == NULL:
+                        out[k] = self.readers[part_of[k]][local[k]]
+            return out
+        finally:
+            free(part_of)
+            free(local)

@@ -12,9 +12,9 @@ and ``gc`` removes it. This is the engine-agnostic core that distributed builds 
 worker writes parts, the client commits them.
 
 Opening reads only the manifest; a part is opened on its first read. Batch reads map global
-indices to (part, local index) in compiled code (``_core.PartIndex``); ragged parts are then
-gathered in one compiled pass over all of them (``_core.ShardedRaggedReader``), strings and
-numpy parts by each part's own compiled batch read; results come in the caller's order.
+indices to (part, local index) and gathers every sample from its part in one compiled pass
+(``_core.ShardedRaggedReader``, ``ShardedStringsReader``, ``ShardedRowsReader``), results in
+the caller's order. Strings parts that hold compressed strings are read part by part.
 """
 
 from __future__ import annotations
@@ -54,6 +54,19 @@ def _open_part(path: Path, kind: str, mode: str = "r"):
     if kind == "string":
         return StringsMmap(path, mode=mode)
     return np_ninja.open_existing(path, mode)
+
+
+class _CompressedPart(Exception):
+    """A strings part holds compressed strings, which the compiled reader does not decode."""
+
+
+def _plain_strings(part: StringsMmap, k: int, compressed: set):
+    """The compiled reader of strings part ``k``, or ``_CompressedPart`` (recorded in
+    ``compressed``) when its strings are compressed."""
+    if part.codec.compressed:
+        compressed.add(k)
+        raise _CompressedPart(k)
+    return part._live()[1]
 
 
 def _dtype_of(part: Any, kind: str) -> Optional[str]:
@@ -159,6 +172,7 @@ class ShardedMmap:
         bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=bounds[1:])
         opened: Dict[int, Any] = {}
+        compressed: set = set()  # strings parts whose strings are compressed (read part by part)
 
         def open_part(k: int):
             """Part ``k``'s map, opened once (kept in ``opened``)."""
@@ -177,9 +191,11 @@ class ShardedMmap:
             dtype = manifest.get("dtype")
             dtype = np.float64 if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
             reader = _core.ShardedRaggedReader(bounds, lambda k: open_part(k)._live()[1], dtype, source)
+        elif manifest["kind"] == "string":
+            reader = _core.ShardedStringsReader(bounds, lambda k: _plain_strings(open_part(k), k, compressed), source)
         else:
-            reader = _core.PartIndex(bounds, open_part, source)
-        self._state = (manifest, bounds, open_part, reader)
+            reader = _core.ShardedRowsReader(bounds, open_part, source)
+        self._state = (manifest, bounds, open_part, reader, compressed)
 
     @property
     def kind(self) -> str:
@@ -208,7 +224,7 @@ class ShardedMmap:
 
     def _grouped(self, index: np.ndarray):
         """``(part, positions in the batch, local indices)`` for each part a batch touches."""
-        parts, local = self._state[3].locate(index)
+        parts, local = self._state[3].locate(index, open_parts=False)
         order = np.argsort(parts, kind="stable")
         cuts = np.flatnonzero(np.diff(parts[order])) + 1
         for group in np.split(order, cuts):
@@ -223,30 +239,47 @@ class ShardedMmap:
         return out
 
     def __getitem__(self, item):
-        manifest, _, _, reader = self._state
+        manifest, _, _, reader, _ = self._state
         if manifest["kind"] == "ragged":
             if type(item) is int and self.wrapper_fn is None:
                 return reader.sample(item)
             index = _core.normalize_index(item, reader.n)
             if type(index) is int:
                 return self._wrap(reader.sample(index))
-            return [self._wrap(sample) for sample in reader.samples(index)]
+            samples = reader.samples(index)
+            return samples if self.wrapper_fn is None else [self._wrap(sample) for sample in samples]
         index = _core.normalize_index(item, reader.n)
-        if type(index) is int:
-            k, local = reader.part(index)
-            return self._wrap(self._part(k)[local])
         if manifest["kind"] == "numpy":
-            rows = self._rows(index)
+            if type(index) is int:
+                return self._wrap(reader.row(index))
+            rows = reader.take(index)
             return rows if self.wrapper_fn is None else [self._wrap(row) for row in rows]
-        return [self._wrap(sample) for sample in self._gather(index, lambda part, local: part[local])]
+        if type(index) is int:
+            return self._wrap(self._string(index, as_bytes=False))
+        texts = self._strings(index, as_bytes=False)
+        return texts if self.wrapper_fn is None else [self._wrap(text) for text in texts]
 
-    def _rows(self, index: np.ndarray) -> np.ndarray:
-        first = self._part(0) if len(self) else None
-        shape = (len(index),) + (first.shape[1:] if first is not None else ())
-        out = np.empty(shape, dtype=first.dtype if first is not None else np.float64)
-        for k, positions, local in self._grouped(index):
-            out[positions] = np_ninja.take(self._part(k), local)
-        return out
+    def _string(self, i: int, as_bytes: bool):
+        reader, compressed = self._state[3], self._state[4]
+        if not compressed:
+            try:
+                return reader.get(i, as_bytes)
+            except _CompressedPart:
+                pass
+        k, local = reader.part(i)
+        part = self._part(k)
+        return part.get_bytes(local) if as_bytes else part[local]
+
+    def _strings(self, index: np.ndarray, as_bytes: bool) -> List[Any]:
+        """The strings (or bytes) at ``index``, gathered from every part in one compiled pass;
+        part by part, each decompressing, once a part holding compressed strings was opened."""
+        reader, compressed = self._state[3], self._state[4]
+        if not compressed:
+            try:
+                return reader.get_many(index, as_bytes)
+            except _CompressedPart:
+                pass
+        return self._gather(index, lambda part, local: part.get_bytes(local) if as_bytes else part[local])
 
     def _wrap(self, sample):
         return sample if self.wrapper_fn is None else self.wrapper_fn(np.copy(sample)
@@ -295,9 +328,8 @@ class ShardedMmap:
         self._require("string", "get_bytes")
         index = _core.normalize_index(item, len(self))
         if type(index) is int:
-            k, local = self._state[3].part(index)
-            return self._part(k).get_bytes(local)
-        return self._gather(index, lambda part, local: part.get_bytes(local))
+            return self._string(index, as_bytes=True)
+        return self._strings(index, as_bytes=True)
 
     # -- checking --------------------------------------------------------------------------
 

@@ -440,3 +440,46 @@ def test_sharded_padded_batches_need_one_row_shape():
         reader.padded(np.array([0, 1], dtype=np.int64), np.int32(0))
     out, lengths = reader.padded(np.array([0, 0], dtype=np.int64), np.int32(0), 3)
     assert out.shape == (2, 3, 3) and lengths.tolist() == [2, 2]
+
+
+def strings_reader(texts, source="part"):
+    raw = [t.encode() for t in texts]
+    ends = np.cumsum([len(r) for r in raw]).astype(np.int64)
+    return _core.StringsReader(np.frombuffer(b"".join(raw) or b"\0", dtype=np.uint8)[:int(ends[-1]) if raw else 0],
+                               ends - [len(r) for r in raw], ends, source=source)
+
+
+def test_sharded_strings_come_from_their_parts_in_the_callers_order():
+    parts = [["a", "bb"], [], ["ccc", "ж"], ["e"]]
+    bounds = np.array([0, 2, 2, 4, 5], dtype=np.int64)
+    reader = _core.ShardedStringsReader(bounds, lambda k: strings_reader(parts[k], f"part {k}"), "s")
+    flat = [t for part in parts for t in part]
+    index = np.array([4, 0, 3, 2, 1, 3], dtype=np.int64)
+    assert reader.get_many(index) == [flat[i] for i in index]
+    assert reader.get_many(index, True) == [flat[i].encode() for i in index]
+    assert [reader.get(i) for i in range(-5, 5)] == flat + flat
+    with pytest.raises(IndexError, match="index 5 is out of bounds"):
+        reader.get_many(np.array([5], dtype=np.int64))
+    bad = _core.StringsReader(np.frombuffer(b"abc", dtype=np.uint8), np.array([0, 1], dtype=np.int64),
+                              np.array([1, 99], dtype=np.int64), source="part 1")
+    damaged = _core.ShardedStringsReader(np.array([0, 1, 3], dtype=np.int64),
+                                         [strings_reader(["x"]), bad].__getitem__, "s")
+    with pytest.raises(ValueError, match=r"part 1: corrupted offsets for string 1: \[1, 99\)"):
+        damaged.get_many(np.array([0, 2], dtype=np.int64))
+    assert damaged.get_many(np.array([1, 0], dtype=np.int64)) == ["a", "x"]
+
+
+def test_sharded_rows_come_from_c_and_fortran_ordered_parts():
+    parts = [np.arange(12, dtype=np.float32).reshape(4, 3), np.asfortranarray(np.arange(12, 18, dtype=np.float32)
+                                                                              .reshape(2, 3))]
+    reader = _core.ShardedRowsReader(np.array([0, 4, 6], dtype=np.int64), parts.__getitem__, "n")
+    whole = np.concatenate(parts)
+    index = np.array([5, 0, 4, 3, 5], dtype=np.int64)
+    out = reader.take(index)
+    assert out.dtype == np.float32 and np.array_equal(out, whole[index])
+    assert np.array_equal(reader.row(-1), whole[-1]) and reader.row_shape == (3,)
+    assert reader.take(np.empty(0, dtype=np.int64)).shape == (0, 3)
+    other = _core.ShardedRowsReader(np.array([0, 1, 2], dtype=np.int64),
+                                    [np.zeros((1, 3)), np.zeros((1, 4))].__getitem__, "n")
+    with pytest.raises(ValueError, match=r"part 1 holds rows \(4,\) of float64, the map's are \(3,\) of float64"):
+        other.take(np.array([0, 1], dtype=np.int64))

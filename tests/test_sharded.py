@@ -480,3 +480,53 @@ def test_empty_parts_anywhere_are_skipped_by_every_read(tmp_path):
     assert [a.tolist() for a in m] == [[0, 1], [0, 1, 2]]
     assert [a.tolist() for a in m[::-1]] == [[0, 1, 2], [0, 1]] and m[-1].tolist() == [0, 1, 2]
     assert [a.tolist() for a in m.compact(tmp_path / "one")[:]] == [[0, 1], [0, 1, 2]]
+
+
+def test_strings_parts_compressed_or_not_read_alike(tmp_path):
+    plain = [f"plain {i} ж" for i in range(5)]
+    packed = [f"packed {i} " * (i + 1) for i in range(4)]
+    StringsMmap.from_strings(tmp_path / "a", plain)
+    StringsMmap.from_strings(tmp_path / "b", packed, zstd_level=3)
+    m = ShardedMmap.from_maps(tmp_path / "s", [tmp_path / "a", tmp_path / "b"])
+    texts = plain + packed
+    index = [8, 0, 5, 4, 6]
+    assert m[index] == [texts[i] for i in index] and [m[i] for i in range(9)] == texts
+    assert m.get_bytes(index) == [texts[i].encode() for i in index] and m.get_bytes(7) == texts[7].encode()
+    assert ShardedMmap(tmp_path / "s")[[0, 4]] == [plain[0], plain[4]]  # compressed part never opened
+
+
+def test_a_fortran_ordered_numpy_part_gives_its_rows(tmp_path):
+    np_ninja.from_ndarray(tmp_path / "c", np.arange(12, dtype=np.int16).reshape(4, 3))
+    np_ninja.from_ndarray(tmp_path / "f", np.asfortranarray(np.arange(12, 18, dtype=np.int16).reshape(2, 3)))
+    m = ShardedMmap.from_maps(tmp_path / "s", [tmp_path / "c", tmp_path / "f"])
+    whole = np.arange(18, dtype=np.int16).reshape(6, 3)
+    assert np.array_equal(m[[5, 1, 4]], whole[[5, 1, 4]]) and np.array_equal(m[-1], whole[-1])
+    assert np.array_equal(m[:], whole) and m[[]].shape == (0, 3)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["string", "numpy"]), sizes=st.lists(st.integers(1, 5), min_size=1, max_size=6),
+       data=st.data())
+def test_strings_and_rows_batches_equal_the_per_sample_reference(tmp_path_factory, kind, sizes, data):
+    path = tmp_path_factory.mktemp("h") / "s"
+    reference = samples_of(kind, sum(sizes))
+    records, start = [], 0
+    for size in sizes:
+        records.append(write_part(path, reference[start:start + size], kind=kind))
+        start += size
+    m = ShardedMmap.commit_parts(path, records)
+    indices = data.draw(st.lists(st.integers(-len(reference), len(reference) - 1), max_size=20))
+    got = m[indices]
+    assert len(got) == len(indices) and all(same(a, reference[i]) for a, i in zip(got, indices))
+    assert all(same(m[i], reference[i]) for i in indices)
+
+
+@pytest.mark.parametrize("kind", ["ragged", "string", "numpy"])
+def test_wrapper_fn_applies_to_every_sample_read(tmp_path, kind):
+    reference = samples_of(kind, 7)
+    ShardedMmap.from_generator(tmp_path / "s", iter(reference), part_size=3, kind=kind)
+    m = ShardedMmap(tmp_path / "s", wrapper_fn=lambda sample: ("wrapped", sample))
+    assert m[4][0] == "wrapped" and same(m[4][1], reference[4])
+    batch = m[[6, 0]]
+    assert [w for w, _ in batch] == ["wrapped"] * 2 and all(same(s, reference[i]) for (_, s), i in zip(batch, [6, 0]))
+    assert pickle.loads(pickle.dumps(ShardedMmap(tmp_path / "s")))[[1]] is not None
