@@ -65,7 +65,12 @@ class RaggedReader:
         """Problems found in one pass over every sample (at most ``limit``)."""
     def take(self, indices: Int64Array) -> RaggedBatch: ...
     def padded(
-        self, indices: Int64Array, pad_value: np.ndarray, max_len: int = ..., out: Optional[np.ndarray] = ...
+        self,
+        indices: Int64Array,
+        pad_value: np.ndarray,
+        max_len: int = ...,
+        out: Optional[np.ndarray] = ...,
+        dtype: Any = ...,
     ) -> Tuple[np.ndarray, Int64Array]: ...
 
 class StringsReader:
@@ -105,7 +110,12 @@ class ShardedRaggedReader(_Parts):
     def samples_in(self, item: slice) -> List[Any]: ...
     def take(self, indices: Int64Array) -> RaggedBatch: ...
     def padded(
-        self, indices: Int64Array, pad_value: np.ndarray, max_len: int = ..., out: Optional[np.ndarray] = ...
+        self,
+        indices: Int64Array,
+        pad_value: np.ndarray,
+        max_len: int = ...,
+        out: Optional[np.ndarray] = ...,
+        dtype: Any = ...,
     ) -> Tuple[np.ndarray, Int64Array]: ...
 
 class ShardedStringsReader(_Parts):

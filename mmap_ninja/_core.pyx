@@ -53,6 +53,40 @@ cdef extern from *:
     """
     void prefetch "MN_PREFETCH"(const void* p) noexcept nogil
 
+# Converts ``n`` elements at ``src`` to elements of another type at ``dst``.
+ctypedef void (*convert_t)(const char* src, char* dst, Py_ssize_t n) noexcept nogil
+
+cdef extern from *:
+    """
+    /* Element-wise conversions between the numeric types, one function per pair, chosen at run
+       time by (kind, itemsize) of the source and destination: 'b' bool, 'i' signed, 'u'
+       unsigned integers, 'f' floats. */
+    typedef void (*mn_convert_t)(const char *src, char *dst, Py_ssize_t n);
+    #define MN_TYPES_A(X, ...) \
+        X(__VA_ARGS__, npy_bool, 'b', 1) X(__VA_ARGS__, npy_int8, 'i', 1) X(__VA_ARGS__, npy_uint8, 'u', 1) \
+        X(__VA_ARGS__, npy_int16, 'i', 2) X(__VA_ARGS__, npy_uint16, 'u', 2) X(__VA_ARGS__, npy_int32, 'i', 4) \
+        X(__VA_ARGS__, npy_uint32, 'u', 4) X(__VA_ARGS__, npy_int64, 'i', 8) X(__VA_ARGS__, npy_uint64, 'u', 8) \
+        X(__VA_ARGS__, npy_float32, 'f', 4) X(__VA_ARGS__, npy_float64, 'f', 8)
+    #define MN_TYPES_B(X, ...) \
+        X(__VA_ARGS__, npy_bool, 'b', 1) X(__VA_ARGS__, npy_int8, 'i', 1) X(__VA_ARGS__, npy_uint8, 'u', 1) \
+        X(__VA_ARGS__, npy_int16, 'i', 2) X(__VA_ARGS__, npy_uint16, 'u', 2) X(__VA_ARGS__, npy_int32, 'i', 4) \
+        X(__VA_ARGS__, npy_uint32, 'u', 4) X(__VA_ARGS__, npy_int64, 'i', 8) X(__VA_ARGS__, npy_uint64, 'u', 8) \
+        X(__VA_ARGS__, npy_float32, 'f', 4) X(__VA_ARGS__, npy_float64, 'f', 8)
+    #define MN_CONVERT(S, D, DK, DS) \
+        static void mn_convert_##S##_##D(const char *src, char *dst, Py_ssize_t n) { \
+            const S *a = (const S *)src; D *b = (D *)dst; \
+            for (Py_ssize_t k = 0; k < n; k++) b[k] = (D)a[k]; }
+    #define MN_CONVERT_FROM(_, S, SK, SS) MN_TYPES_B(MN_CONVERT, S)
+    MN_TYPES_A(MN_CONVERT_FROM, _)
+    #define MN_PICK_TO(S, D, DK, DS) if (dk == DK && ds == DS) return mn_convert_##S##_##D;
+    #define MN_PICK_FROM(_, S, SK, SS) if (sk == SK && ss == SS) { MN_TYPES_B(MN_PICK_TO, S) }
+    static mn_convert_t mn_converter(char sk, int ss, char dk, int ds) {
+        MN_TYPES_A(MN_PICK_FROM, _)
+        return NULL;
+    }
+    """
+    convert_t converter "mn_converter"(char sk, int ss, char dk, int ds) noexcept nogil
+
 cdef enum:
     # Largest number of axes a stored sample may have (NumPy 1.x allows 32, NumPy 2.x 64).
     MAX_SAMPLE_NDIM = 32
@@ -228,11 +262,29 @@ cdef object _view(cnp.ndarray owner, char* ptr, int nd, cnp.npy_intp* dims, int 
 cdef void _fill(char* dst, Py_ssize_t nbytes, const char* pattern, Py_ssize_t itemsize,
                 bint zero) noexcept nogil:
     """Fill ``nbytes`` (a multiple of ``itemsize``) at ``dst`` with copies of one element."""
-    cdef Py_ssize_t filled, chunk
+    cdef Py_ssize_t filled, chunk, k
+    cdef uint64_t value8
+    cdef uint32_t value4
+    cdef uint16_t value2
     if nbytes <= 0:
         return
-    if zero:
-        memset(dst, 0, nbytes)
+    if zero or itemsize == 1:
+        memset(dst, 0 if zero else (<const unsigned char*>pattern)[0], nbytes)
+        return
+    if itemsize == 8 and (<size_t>dst) % 8 == 0:  # the usual cases, in loops the compiler vectorises
+        memcpy(&value8, pattern, 8)
+        for k in range(nbytes // 8):
+            (<uint64_t*>dst)[k] = value8
+        return
+    if itemsize == 4 and (<size_t>dst) % 4 == 0:
+        memcpy(&value4, pattern, 4)
+        for k in range(nbytes // 4):
+            (<uint32_t*>dst)[k] = value4
+        return
+    if itemsize == 2 and (<size_t>dst) % 2 == 0:
+        memcpy(&value2, pattern, 2)
+        for k in range(nbytes // 2):
+            (<uint16_t*>dst)[k] = value2
         return
     memcpy(dst, pattern, itemsize)
     filled = itemsize
@@ -605,32 +657,58 @@ cdef Py_ssize_t _plan_padded(const ragged_t* parts, const int32_t* part_of, cons
 
 
 cdef void _fill_padded(const ragged_t* parts, const int32_t* part_of, const int64_t* src, int64_t* length,
-                       Py_ssize_t batch, int64_t longest, Py_ssize_t itemsize, Py_ssize_t row_bytes, char* dst,
-                       const char* pattern, bint zero) noexcept nogil:
-    """Copy each sample's first ``longest`` rows into row ``k`` of ``dst`` and pad the rest
-    with the element at ``pattern``; ``length`` becomes the number of rows kept."""
-    cdef Py_ssize_t k
+                       Py_ssize_t batch, int64_t longest, Py_ssize_t itemsize, int64_t row_elems, char* dst,
+                       Py_ssize_t out_itemsize, convert_t convert, const char* pattern,
+                       bint zero) noexcept nogil:
+    """Copy each sample's first ``longest`` rows (``row_elems`` elements each) into row ``k``
+    of ``dst``, converted by ``convert`` to elements of ``out_itemsize`` bytes (copied as they
+    are when ``convert`` is NULL), and fill the rest with the element at ``pattern`` (all zero
+    bytes when ``zero``); ``length`` becomes the number of rows kept."""
+    cdef Py_ssize_t k, row_bytes = row_elems * itemsize, out_row_bytes = row_elems * out_itemsize
     cdef int64_t kept
+    cdef const char* sample
+    cdef char* row
     for k in range(batch):
         if k + PREFETCH_DISTANCE < batch:
             _prefetch_bytes(_part_at(parts, part_of, k + PREFETCH_DISTANCE).base
                             + src[k + PREFETCH_DISTANCE] * itemsize, row_bytes)
         kept = length[k] if length[k] < longest else longest
         length[k] = kept
-        memcpy(dst + k * longest * row_bytes, _part_at(parts, part_of, k).base + src[k] * itemsize,
-               kept * row_bytes)
-        _fill(dst + (k * longest + kept) * row_bytes, (longest - kept) * row_bytes, pattern, itemsize, zero)
+        sample = _part_at(parts, part_of, k).base + src[k] * itemsize
+        row = dst + k * longest * out_row_bytes
+        if convert == NULL:
+            memcpy(row, sample, kept * row_bytes)
+        else:
+            convert(sample, row, kept * row_elems)
+        _fill(row + kept * out_row_bytes, (longest - kept) * out_row_bytes, pattern, out_itemsize, zero)
 
 
 cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
-                   cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices):
-    """The samples at batch positions ``0..batch`` padded into one array, and their lengths
-    (see ``RaggedReader.padded``); errors as in ``_take``."""
+                   cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices,
+                   object dtype=None):
+    """The samples at batch positions ``0..batch`` padded into one array of ``dtype`` (default:
+    the map's), and their lengths (see ``RaggedReader.padded``); errors as in ``_take``."""
     cdef Py_ssize_t bad
     cdef int64_t longest = 0, row_elems = 1
     cdef int64_t first[MAX_SAMPLE_NDIM]
     cdef int first_nd = -1, reason = PAD_OK, a
-    pad = np.ascontiguousarray(pad_value, dtype=descr)
+    cdef cnp.dtype out_descr = descr if dtype is None else np.dtype(dtype)
+    cdef convert_t convert = NULL
+    if out_descr != descr:
+        if not np.can_cast(descr, out_descr, "safe"):
+            raise TypeError(f"a padded batch of {out_descr} cannot hold samples of {descr} exactly "
+                            f"(only safe casts, as numpy.can_cast(..., 'safe') defines them)")
+        if descr.isnative and out_descr.isnative:
+            convert = converter(ord(descr.kind), descr.itemsize, ord(out_descr.kind), out_descr.itemsize)
+        if convert == NULL:  # no compiled conversion (into complex numbers, say): pad, then cast
+            padded, lengths = _padded(parts, part_of, idx, batch, descr, 0, max_len, None, source, indices)
+            if out is None:
+                out = padded.astype(out_descr)
+            else:
+                np.copyto(out, padded, casting="safe")
+            out[np.arange(out.shape[1]) >= lengths[:, None]] = np.asarray(pad_value, dtype=out_descr)
+            return out, lengths
+    pad = np.ascontiguousarray(pad_value, dtype=out_descr)
     if pad.size != 1:
         raise ValueError(f"pad_value must be one value, not an array of shape {pad.shape}")
     cdef bint zero = not pad.view(np.uint8).any()
@@ -659,15 +737,15 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
             longest = out.shape[1] if out.ndim >= 2 else -1
         expected = (batch, longest) + row_shape
         if out is None:
-            out = np.empty(expected, dtype=descr)
-        elif (not isinstance(out, np.ndarray) or out.dtype != descr or tuple(out.shape) != expected
+            out = np.empty(expected, dtype=out_descr)
+        elif (not isinstance(out, np.ndarray) or out.dtype != out_descr or tuple(out.shape) != expected
               or not out.flags.c_contiguous or not out.flags.writeable):
-            raise ValueError(f"out must be a writable C-contiguous {descr} array of shape {expected}")
+            raise ValueError(f"out must be a writable C-contiguous {out_descr} array of shape {expected}")
         dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
         pattern = cnp.PyArray_BYTES(<cnp.ndarray>pad)
         with nogil:
-            _fill_padded(parts, part_of, src, length, batch, longest, descr.itemsize, row_elems * descr.itemsize,
-                         dst, pattern, zero)
+            _fill_padded(parts, part_of, src, length, batch, longest, descr.itemsize, row_elems, dst,
+                         out_descr.itemsize, convert, pattern, zero)
     finally:
         free(src)
     return out, lengths
@@ -852,18 +930,20 @@ cdef class RaggedReader(_Offsets):
         """
         return _take(&self.c, NULL, _first(indices), indices.shape[0], self.descr, self.c.nested, self, indices)
 
-    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None):
-        """The samples at ``indices`` as one array ``(B, L, *row_shape)`` padded with
-        ``pad_value`` (one value of the map's dtype), and their lengths along the first axis
+    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):
+        """The samples at ``indices`` as one array ``(B, L, *row_shape)`` of ``dtype`` (default:
+        the map's; any other must hold every value exactly, a safe cast) padded with
+        ``pad_value`` (one value of that dtype), and their lengths along the first axis
         (``int64``, at most ``L``).
 
         Every sample must have at least one axis and the same ``row_shape`` after the first.
         ``L`` is ``max_len`` when given (longer samples are truncated), else ``out.shape[1]``
         when ``out`` is given, else the longest sample's length. ``out``, if given, is a
-        writable C-contiguous array of the map's dtype and of that shape.
+        writable C-contiguous array of ``dtype`` and of that shape. Each sample is converted as
+        it is copied, in one pass.
         """
         return _padded(&self.c, NULL, _first(indices), indices.shape[0], self.descr, pad_value, max_len, out,
-                       self, indices)
+                       self, indices, dtype)
 
 
 @cython.final
@@ -1341,7 +1421,8 @@ cdef class ShardedRaggedReader(_Parts):
     def _first_row_shape(self):
         return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
 
-    cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out):
+    cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out,
+                        dtype=None):
         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
         cdef Py_ssize_t batch = indices.shape[0]
         cdef int32_t* part_of = NULL
@@ -1349,7 +1430,8 @@ cdef class ShardedRaggedReader(_Parts):
         try:
             self._locate_batch(indices, &part_of, &local)
             if padded:
-                return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices)
+                return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
+                               dtype)
             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
         finally:
             free(part_of)
@@ -1360,10 +1442,10 @@ cdef class ShardedRaggedReader(_Parts):
         a ``RaggedBatch`` (see ``RaggedReader.take``)."""
         return self._gather(indices, False, None, -1, None)
 
-    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None):
+    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):
         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
         lengths (see ``RaggedReader.padded``)."""
-        return self._gather(indices, True, pad_value, max_len, out)
+        return self._gather(indices, True, pad_value, max_len, out, dtype)
 
 
 @cython.final

@@ -566,25 +566,28 @@ class RaggedMmap(MapObject):
         pad_value: Any = 0,
         max_len: Optional[int] = None,
         out: Optional[np.ndarray] = None,
+        dtype: Any = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """The samples at ``indices`` (sequences along their first axis, same shape after it)
         as one array ``(B, L, *row_shape)`` padded with ``pad_value``, and the number of valid
         entries of each along the first axis (``int64``, ``B``).
 
         ``L`` is ``max_len`` when given (longer samples are cut), else ``out.shape[1]`` when
-        ``out`` (a preallocated C-contiguous array of the map's dtype) is given, else the
-        longest sample's length. ``wrapper_fn`` is not applied.
+        ``out`` (a preallocated C-contiguous array) is given, else the longest sample's length.
+        ``dtype``: of the array (default: the map's); the samples are converted as they are
+        copied, in one pass, when it holds every value of the map's dtype exactly (``int32``
+        into ``int64``, say), else ``TypeError``. ``wrapper_fn`` is not applied.
         """
         check_max_len(max_len, out)
         files, reader, _ = self._live()
-        dtype = files.dtype or np.dtype(np.float64)
-        pad = cast_values(np.asarray(pad_value), dtype, "pad_value")
+        out_dtype = np.dtype(dtype) if dtype is not None else files.dtype or np.dtype(np.float64)
+        pad = cast_values(np.asarray(pad_value), out_dtype, "pad_value")
         if reader is None:
             _core.batch_index(indices, 0)
             length = max_len if max_len is not None else (out.shape[1] if out is not None and out.ndim > 1 else 0)
-            return np.full((0, length), pad, dtype=dtype) if out is None else out, np.empty(0, np.int64)
+            return np.full((0, length), pad, dtype=out_dtype) if out is None else out, np.empty(0, np.int64)
         index = _core.batch_index(indices, reader.n)
-        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out)
+        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype)
 
     def _wrap(self, sample):
         if self.wrapper_fn is None:

@@ -313,15 +313,16 @@ class ShardedMmap:
         return reader.take(_core.batch_index(indices, reader.n))
 
     def padded(self, indices, pad_value: Any = 0, max_len: Optional[int] = None,
-               out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """The samples at ``indices`` padded into one array ``(B, L, *row_shape)`` and their
-        lengths (ragged parts; see ``RaggedMmap.padded``), in the caller's order."""
+               out: Optional[np.ndarray] = None, dtype: Any = None) -> Tuple[np.ndarray, np.ndarray]:
+        """The samples at ``indices`` padded into one array ``(B, L, *row_shape)`` of ``dtype``
+        and their lengths (ragged parts; see ``RaggedMmap.padded``), in the caller's order."""
         self._require("ragged", "padded")
         check_max_len(max_len, out)
         reader = self._state[3]
-        pad = cast_values(np.asarray(pad_value), reader.dtype, "pad_value")
+        out_dtype = reader.dtype if dtype is None else np.dtype(dtype)
+        pad = cast_values(np.asarray(pad_value), out_dtype, "pad_value")
         index = _core.batch_index(indices, reader.n)
-        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out)
+        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype)
 
     def get_bytes(self, item):
         """Like ``m[item]`` without decoding: the UTF-8 bytes of each string (strings parts)."""

@@ -694,3 +694,47 @@ def test_bool_maps_pad_with_false_by_default(tmp_path):
     assert padded.tolist() == [[True, False, True], [True, False, False]] and lengths.tolist() == [3, 1]
     with pytest.raises(TypeError, match="only 0 and 1"):
         m.extend([[2]])
+
+
+NUMERIC = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
+           np.float32, np.float64, np.complex64]
+SAFE_PAIRS = [(a, b) for a in NUMERIC for b in NUMERIC if np.can_cast(a, b, "safe")]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=st.sampled_from(SAFE_PAIRS), lengths=st.lists(st.integers(0, 6), min_size=1, max_size=6),
+       data=st.data())
+def test_padded_into_any_safe_dtype_equals_the_per_sample_reference(tmp_path_factory, pair, lengths, data):
+    stored, wanted = map(np.dtype, pair)
+    rng = np.random.default_rng(len(lengths))
+    info = np.iinfo(stored) if stored.kind in "iu" else None
+    samples = [(rng.integers(info.min, info.max, size=n, endpoint=True, dtype=stored) if info is not None
+                else (rng.random(n) * 1e3 - 500).astype(stored) if stored.kind in "fc"
+                else rng.random(n) < 0.5) for n in lengths]
+    m = RaggedMmap.from_lists(tmp_path_factory.mktemp("p") / "m", samples)
+    assert m.dtype == stored
+    indices = data.draw(st.lists(st.integers(0, len(samples) - 1), max_size=8))
+    pad = data.draw(st.sampled_from([0, 1]))
+    max_len = data.draw(st.none() | st.integers(0, 7))
+    out, got_lengths = m.padded(indices, pad_value=pad, max_len=max_len, dtype=wanted)
+    width = max_len if max_len is not None else max((lengths[i] for i in indices), default=0)
+    assert out.dtype == wanted and out.shape == (len(indices), width)
+    for row, i, n in zip(out, indices, got_lengths):
+        kept = min(lengths[i], width)
+        assert n == kept
+        assert np.array_equal(row[:kept], samples[i][:kept].astype(wanted)) and (row[kept:] == pad).all()
+    again, _ = m.padded(indices, pad_value=pad, max_len=max_len, dtype=wanted, out=np.full_like(out, 7))
+    assert np.array_equal(again, out)
+
+
+def test_padded_refuses_a_dtype_that_cannot_hold_the_values(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.arange(3, dtype=np.int64)])
+    with pytest.raises(TypeError, match="cannot hold samples of int64 exactly"):
+        m.padded([0], dtype=np.int32)
+    with pytest.raises(TypeError, match="cannot hold samples of int64 exactly"):
+        m.padded([0], dtype=np.float32)
+    with pytest.raises(ValueError, match="out must be a writable C-contiguous float64 array"):
+        m.padded([0], dtype=np.float64, out=np.zeros((1, 3), dtype=np.int64))
+    n_d = RaggedMmap.from_lists(tmp_path / "n", [np.ones((2, 3), np.int16), np.ones((1, 3), np.int16)])
+    out, lengths = n_d.padded([0, 1], pad_value=-1, dtype=np.float32)
+    assert out.dtype == np.float32 and out.shape == (2, 2, 3) and (out[1, 1] == -1).all() and lengths.tolist() == [2, 1]

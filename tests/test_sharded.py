@@ -256,9 +256,10 @@ def test_every_read_equals_one_map_of_the_same_samples(tmp_path_factory, sizes, 
     assert all(same(a, b) for a, b in zip(m[1::2], one[1::2]))
     assert all(same(a, b) for a, b in zip(m.take(indices).arrays(), one.take(indices).arrays()))
     max_len = data.draw(st.none() | st.integers(0, 7))
-    for got, want in zip(m.padded(indices, pad_value=-3, max_len=max_len),
-                         one.padded(indices, pad_value=-3, max_len=max_len)):
-        assert got.dtype == want.dtype and np.array_equal(got, want)
+    for dtype in (None, np.int64, np.float32):
+        for got, want in zip(m.padded(indices, pad_value=-3, max_len=max_len, dtype=dtype),
+                             one.padded(indices, pad_value=-3, max_len=max_len, dtype=dtype)):
+            assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_a_damaged_part_raises_naming_its_file_and_sample(tmp_path):
