@@ -1,5 +1,6 @@
 """Build of the compiled modules (the rest is in pyproject.toml): mmap_ninja._core (the
-kernels over mapped data) and mmap_ninja._mapping (mappings and directory exchange)."""
+kernels over mapped data), mmap_ninja._sharded (its readers over the parts of a sharded map,
+sharing _core.pxd) and mmap_ninja._mapping (mappings and directory exchange)."""
 
 import numpy
 from Cython.Build import cythonize
@@ -9,6 +10,12 @@ extensions = [
     Extension(
         "mmap_ninja._core",
         ["mmap_ninja/_core.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
+    Extension(
+        "mmap_ninja._sharded",
+        ["mmap_ninja/_sharded.pyx"],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

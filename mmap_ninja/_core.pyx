@@ -10,9 +10,9 @@ Everything here works on memoryviews of the memory-mapped files of a map:
   ``take`` copies samples back to back into a ``RaggedBatch``, ``padded`` into a padded array;
 - ``StringsReader``: offset lookup and UTF-8 decoding of a strings map;
 - ``gather_rows``: rows of a fixed-shape array gathered into a new or given array;
-- ``ShardedRaggedReader``, ``ShardedStringsReader``, ``ShardedRowsReader``: the same batch
-  reads over the parts of a sharded map, by global index, every sample read from its part in
-  one pass.
+- the batch kernels (``_take``, ``_padded``, ``_gather_strings``) run over a table of the C
+  states of maps (``ragged_t``, ``strings_t``, declared in ``_core.pxd``): a plain map is a table
+  of one; ``_sharded`` uses them over the parts of a sharded map.
 
 Every offset read from disk is checked against the length of the mapped data before memory is
 touched, so a corrupted file raises ``ValueError`` instead of reading outside the mapping.
@@ -25,7 +25,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 cimport cython
@@ -43,18 +43,6 @@ cdef extern from "numpy/arrayobject.h":
                                 int flags, object obj)
     object PyArray_Empty(int nd, cnp.npy_intp* dims, cnp.PyArray_Descr* descr, int fortran)
 
-cdef extern from *:
-    """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define MN_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
-    #else
-    #define MN_PREFETCH(p) ((void)0)
-    #endif
-    """
-    void prefetch "MN_PREFETCH"(const void* p) noexcept nogil
-
-# Converts ``n`` elements at ``src`` to elements of another type at ``dst``.
-ctypedef void (*convert_t)(const char* src, char* dst, Py_ssize_t n) noexcept nogil
 
 cdef extern from *:
     """
@@ -87,13 +75,6 @@ cdef extern from *:
     """
     convert_t converter "mn_converter"(char sk, int ss, char dk, int ds) noexcept nogil
 
-cdef enum:
-    # Largest number of axes a stored sample may have (NumPy 1.x allows 32, NumPy 2.x 64).
-    MAX_SAMPLE_NDIM = 32
-    # How many samples ahead a batch gather asks the CPU to fetch offsets and data.
-    PREFETCH_DISTANCE = 8
-    # How many bytes of a sample's data are fetched ahead (the rest streams in sequence).
-    PREFETCH_BYTES = 1024
 
 ctypedef fused index_t:
     int8_t
@@ -294,14 +275,6 @@ cdef void _fill(char* dst, Py_ssize_t nbytes, const char* pattern, Py_ssize_t it
         filled += chunk
 
 
-cdef inline void _prefetch_bytes(const char* ptr, Py_ssize_t nbytes) noexcept nogil:
-    """Ask the CPU for the first ``PREFETCH_BYTES`` of ``nbytes`` at ``ptr``."""
-    cdef Py_ssize_t done = 0
-    while done < nbytes and done < PREFETCH_BYTES:
-        prefetch(ptr + done)
-        done += 64
-
-
 cdef inline object _empty(int nd, cnp.npy_intp* dims, cnp.dtype descr):
     """A new C-contiguous array of ``descr``."""
     Py_INCREF(descr)  # PyArray_Empty steals this reference
@@ -348,32 +321,10 @@ def gather_rows(src, const int64_t[::1] indices, out):
 # Offsets shared by both readers
 # --------------------------------------------------------------------------------------------
 
-cdef inline const int64_t* _first(const int64_t[::1] view) noexcept nogil:
-    return &view[0] if view.shape[0] else NULL
-
-
-cdef inline bint _valid_span(int64_t start, int64_t end, int64_t length) noexcept nogil:
-    return 0 <= start and start <= end and end <= length
-
-
-cdef inline object _empty_int64(Py_ssize_t size):
-    cdef cnp.npy_intp dims[1]
-    dims[0] = size
-    return cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-
 
 cdef class _Offsets:
     """``starts``/``ends`` offsets into data of ``length`` units; the first ``n = len(starts)``
     entries are used. ``source`` names the map in error messages."""
-
-    cdef const int64_t[::1] starts_view
-    cdef const int64_t[::1] ends_view
-    cdef const int64_t* starts
-    cdef const int64_t* ends
-    cdef int64_t length
-    cdef readonly Py_ssize_t n
-    cdef readonly object source
-    cdef str item_name, unit_name
 
     cdef _init_offsets(self, starts, ends, int64_t length, source, str item_name, str unit_name):
         self.starts_view = starts
@@ -440,34 +391,6 @@ cdef inline int64_t _checked_product(const int64_t* dims, Py_ssize_t nd, int64_t
             return -1
         product *= dims[k]
     return product
-
-
-cdef enum:
-    # Why a sample cannot go into a padded batch.
-    PAD_OK = 0
-    PAD_CORRUPTED = 1
-    PAD_SCALAR = 2
-    PAD_OTHER_ROW_SHAPE = 3
-    # Why a sample cannot go into a batch copied back to back.
-    TAKE_TOO_LARGE = 4
-
-
-# The C state of one ragged map, read by the kernels below without the GIL. A batch reads
-# from an array of these (``parts``), sample ``k`` from ``parts[part_of[k]]``; ``part_of``
-# is NULL when all come from ``parts[0]`` (a plain map). All parts hold the same dtype.
-ctypedef struct ragged_t:
-    char* base                      # the flattened data
-    Py_ssize_t itemsize
-    const int64_t* starts           # element offsets of sample i: [starts[i], ends[i])
-    const int64_t* ends
-    int64_t n                       # samples
-    int64_t length                  # elements of data
-    bint nested                     # shapes from shape_values, else 1-d sizes
-    const int64_t* sizes
-    const int64_t* shape_values
-    const int64_t* shape_starts
-    const int64_t* shape_ends
-    int64_t n_shape_values
 
 
 cdef inline const ragged_t* _part_at(const ragged_t* parts, const int32_t* part_of, Py_ssize_t k) noexcept nogil:
@@ -776,15 +699,6 @@ cdef class RaggedReader(_Offsets):
     map in error messages.
     """
 
-    cdef cnp.ndarray data
-    cdef cnp.dtype descr
-    cdef ragged_t c
-    cdef const int64_t[::1] sizes_view
-    cdef const int64_t[::1] shape_values_view
-    cdef const int64_t[::1] shape_starts_view
-    cdef const int64_t[::1] shape_ends_view
-    cdef int flags
-
     def __cinit__(self, cnp.ndarray data, starts, ends, sizes=None, shape_values=None,
                   shape_starts=None, shape_ends=None, source=""):
         if data.ndim != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(data) or data.dtype.hasobject:
@@ -960,17 +874,6 @@ cdef class RaggedBatch:
     read-only, and each sample's are checked again when it is read.
     """
 
-    cdef readonly cnp.ndarray values
-    cdef readonly cnp.ndarray offsets
-    cdef readonly cnp.ndarray shape_values
-    cdef readonly cnp.ndarray shape_offsets
-    cdef const int64_t* off
-    cdef const int64_t* soff
-    cdef const int64_t* dims
-    cdef char* base
-    cdef Py_ssize_t itemsize, batch, n_values, n_dims
-    cdef int flags
-
     def __init__(self, values, offsets, shape_values, shape_offsets):
         values = np.asarray(values)
         if values.ndim != 1 or not values.flags.c_contiguous or values.dtype.hasobject:
@@ -1077,14 +980,6 @@ cdef RaggedBatch _new_batch(values, offsets, shape_values, shape_offsets):
 # Strings maps
 # --------------------------------------------------------------------------------------------
 
-# The C state of one strings map, read by the kernels below without the GIL (as ``ragged_t``).
-ctypedef struct strings_t:
-    const char* data
-    const int64_t* starts           # byte offsets of string i: [starts[i], ends[i])
-    const int64_t* ends
-    int64_t n
-    int64_t length                  # bytes of data
-
 
 cdef inline const strings_t* _strings_at(const strings_t* parts, const int32_t* part_of, Py_ssize_t k) noexcept nogil:
     return parts if part_of == NULL else parts + part_of[k]
@@ -1151,10 +1046,6 @@ cdef class StringsReader(_Offsets):
     ``data`` is any buffer of bytes (the mapped ``data.ninja``); ``starts`` and ``ends`` are
     ``int64`` arrays of byte offsets, of which the first ``n = len(starts)`` are used.
     """
-
-    cdef const unsigned char[::1] data_view
-    cdef const char* data
-    cdef strings_t c
 
     def __cinit__(self, data, starts, ends, source=""):
         self.data_view = data
@@ -1226,361 +1117,3 @@ cdef class StringsReader(_Offsets):
         for k in range(count):
             out.append(self._get(start + k * step, as_bytes))
         return out
-
-
-# --------------------------------------------------------------------------------------------
-# Sharded maps: many parts read as one
-# --------------------------------------------------------------------------------------------
-
-cdef class _Parts:
-    """The parts of a sharded map: part ``p`` holds its samples ``bounds[p]:bounds[p + 1]``
-    (``bounds``: ``int64``, ``parts + 1`` non-decreasing entries from 0). A part is opened on
-    its first read by ``opener(p)``, which returns its reader. ``source`` names the map in
-    error messages."""
-
-    cdef const int64_t[::1] bounds_view
-    cdef const int64_t* bounds
-    cdef readonly Py_ssize_t n_parts
-    cdef readonly int64_t n
-    cdef list readers
-    cdef unsigned char* ready
-    cdef void* table                # the C state of every part: an array of a subclass's struct
-    cdef object opener
-    cdef readonly object source
-
-    cdef _init_parts(self, bounds, opener, source, size_t entry_size):
-        array = np.ascontiguousarray(bounds, dtype=np.int64)
-        if array.ndim != 1 or array.shape[0] < 1 or array[0] != 0 or (np.diff(array) < 0).any():
-            raise ValueError(f"{source}: part bounds must be non-decreasing from 0, got {array[:8]}")
-        if array.shape[0] - 1 > 2 ** 31 - 1:
-            raise ValueError(f"{source}: too many parts ({array.shape[0] - 1})")
-        self.bounds_view = array
-        self.bounds = &self.bounds_view[0]
-        self.n_parts = array.shape[0] - 1
-        self.n = self.bounds[self.n_parts]
-        self.readers = [None] * self.n_parts
-        self.ready = <unsigned char*>calloc(self.n_parts + 1, 1)
-        self.table = calloc(self.n_parts + 1, entry_size)
-        if self.ready == NULL or self.table == NULL:
-            raise MemoryError(f"cannot allocate the table of {self.n_parts} parts")
-        self.opener = opener
-        self.source = source
-
-    def __dealloc__(self):
-        free(self.ready)
-        free(self.table)
-
-    def __len__(self):
-        return self.n
-
-    cdef inline Py_ssize_t _find(self, int64_t i) noexcept nogil:
-        """The part that holds sample ``i`` (``0 <= i < n``): the last with ``bounds[p] <= i``."""
-        cdef Py_ssize_t lo = 0, hi = self.n_parts - 1, mid
-        while lo < hi:
-            mid = (lo + hi + 1) >> 1
-            if self.bounds[mid] <= i:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    cdef int _open(self, Py_ssize_t p) except -1:
-        reader = self.opener(p)
-        if not self.ready[p]:  # another thread may have opened it while the opener ran
-            self._adopt(p, reader)
-            self.readers[p] = reader
-            self.ready[p] = 1
-        return 0
-
-    cdef int _adopt(self, Py_ssize_t p, object reader) except -1:
-        """Check ``reader`` of part ``p`` and record its C state."""
-        return 0
-
-    cdef int _locate(self, const int64_t* idx, Py_ssize_t batch, int32_t* part_of, int64_t* local,
-                     bint open_parts=True) except -1:
-        """The part of every index of a batch and the index in it; every part read is opened
-        unless ``open_parts`` is false."""
-        cdef Py_ssize_t k, bad = -1
-        cdef int64_t i
-        cdef int32_t p
-        with nogil:
-            for k in range(batch):
-                i = idx[k]
-                if i < 0 or i >= self.n:
-                    bad = k
-                    break
-                p = <int32_t>self._find(i)
-                part_of[k] = p
-                local[k] = i - self.bounds[p]
-        if bad >= 0:
-            raise IndexError(f"index {idx[bad]} is out of bounds for a map of length {self.n}")
-        for k in range(batch):
-            if open_parts and not self.ready[part_of[k]]:
-                self._open(part_of[k])
-        return 0
-
-    cdef int _locate_batch(self, const int64_t[::1] indices, int32_t** part_of, int64_t** local) except -1:
-        """Allocate ``part_of`` and ``local`` (the caller frees them) and locate ``indices``."""
-        cdef Py_ssize_t batch = indices.shape[0]
-        part_of[0] = <int32_t*>malloc((batch + 1) * sizeof(int32_t))
-        local[0] = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
-        if part_of[0] == NULL or local[0] == NULL:
-            raise MemoryError(f"cannot allocate a batch of {batch} samples")
-        return self._locate(_first(indices), batch, part_of[0], local[0])
-
-    def locate(self, const int64_t[::1] indices, bint open_parts=True):
-        """``(parts, local)``: the part (``int32``) of each of ``indices`` (``int64`` positions
-        in the map) and the position in it (``int64``); opens the parts read unless
-        ``open_parts`` is false."""
-        cdef Py_ssize_t batch = indices.shape[0]
-        parts = np.empty(batch, dtype=np.int32)
-        local = _empty_int64(batch)
-        self._locate(_first(indices), batch, <int32_t*>cnp.PyArray_DATA(parts), <int64_t*>cnp.PyArray_DATA(local),
-                     open_parts)
-        return parts, local
-
-    def part(self, i):
-        """``(p, j)``: sample ``i`` (negative counts from the end) is sample ``j`` of part ``p``."""
-        cdef Py_ssize_t j = _scalar_index(i, self.n)
-        cdef Py_ssize_t p = self._find(j)
-        return p, j - self.bounds[p]
-
-
-@cython.final
-cdef class ShardedRaggedReader(_Parts):
-    """Samples of the ragged parts of a sharded map (each read by a ``RaggedReader`` of
-    ``dtype``), by their index in the whole map: views, and batches gathered from every part in
-    one pass without the GIL, in the caller's order."""
-
-    cdef ragged_t* parts
-    cdef cnp.dtype descr
-
-    def __cinit__(self, bounds, opener, dtype, source=""):
-        self._init_parts(bounds, opener, source, sizeof(ragged_t))
-        self.descr = np.dtype(dtype)
-        self.parts = <ragged_t*>self.table
-
-    @property
-    def dtype(self):
-        return self.descr
-
-    cdef int _adopt(self, Py_ssize_t p, object reader) except -1:
-        cdef RaggedReader part
-        cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
-        if not isinstance(reader, RaggedReader):
-            raise TypeError(f"{self.source}: part {p} was opened as {type(reader).__name__}, not a ragged map")
-        part = <RaggedReader>reader
-        if part.descr != self.descr:
-            raise ValueError(f"{part.source}: holds samples of {part.descr}, the map's are of {self.descr}")
-        if part.n < length:
-            raise ValueError(f"{part.source}: holds {part.n} samples, the manifest says {length}")
-        self.parts[p] = part.c
-        self.parts[p].n = length
-        return 0
-
-    cdef object _sample(self, Py_ssize_t i):
-        cdef Py_ssize_t p = self._find(i)
-        if not self.ready[p]:
-            self._open(p)
-        return (<RaggedReader>self.readers[p])._sample(i - self.bounds[p])
-
-    def sample(self, i):
-        """Sample ``i`` (negative counts from the end), a view of its part's data."""
-        return self._sample(_scalar_index(i, self.n))
-
-    def samples(self, const int64_t[::1] indices):
-        """The samples at ``indices`` (``int64``, as from ``normalize_index``), as a list of
-        views."""
-        cdef Py_ssize_t k, batch = indices.shape[0]
-        cdef list out = []
-        parts, local = self.locate(indices)
-        cdef const int32_t[::1] part_of = parts
-        cdef const int64_t[::1] at = local
-        for k in range(batch):
-            out.append((<RaggedReader>self.readers[part_of[k]])._sample(at[k]))
-        return out
-
-    def samples_in(self, slice item):
-        """The samples of a slice of the map (any step), as a list of views."""
-        return self.samples(_slice_positions(item, self.n))
-
-    cdef bint _nested(self, const int32_t* part_of, Py_ssize_t batch) noexcept nogil:
-        cdef Py_ssize_t k
-        for k in range(batch):
-            if self.parts[part_of[k]].nested:
-                return True
-        return False
-
-    def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k, int reason):
-        """Raise why the sample at position ``k`` of a batch cannot join it."""
-        if reason == PAD_CORRUPTED:
-            p, j = self.part(indices[k])
-            (<RaggedReader>self.readers[p])._raise_at(j)
-        _raise_batch_error(reason, indices[k], indices[0], self.sample)
-
-    def _first_row_shape(self):
-        return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
-
-    cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out,
-                        dtype=None):
-        """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
-        cdef Py_ssize_t batch = indices.shape[0]
-        cdef int32_t* part_of = NULL
-        cdef int64_t* local = NULL
-        try:
-            self._locate_batch(indices, &part_of, &local)
-            if padded:
-                return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
-                               dtype)
-            return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
-        finally:
-            free(part_of)
-            free(local)
-
-    def take(self, const int64_t[::1] indices):
-        """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
-        a ``RaggedBatch`` (see ``RaggedReader.take``)."""
-        return self._gather(indices, False, None, -1, None)
-
-    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):
-        """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
-        lengths (see ``RaggedReader.padded``)."""
-        return self._gather(indices, True, pad_value, max_len, out, dtype)
-
-
-@cython.final
-cdef class ShardedStringsReader(_Parts):
-    """Strings of the parts of a sharded map (each read by a ``StringsReader``), by their index
-    in the whole map, a batch gathered from every part in one pass without the GIL."""
-
-    cdef strings_t* parts
-
-    def __cinit__(self, bounds, opener, source=""):
-        self._init_parts(bounds, opener, source, sizeof(strings_t))
-        self.parts = <strings_t*>self.table
-
-    cdef int _adopt(self, Py_ssize_t p, object reader) except -1:
-        cdef StringsReader part
-        cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
-        if not isinstance(reader, StringsReader):
-            raise TypeError(f"{self.source}: part {p} was opened as {type(reader).__name__}, not a strings map")
-        part = <StringsReader>reader
-        if part.n < length:
-            raise ValueError(f"{part.source}: holds {part.n} strings, the manifest says {length}")
-        self.parts[p] = part.c
-        self.parts[p].n = length
-        return 0
-
-    def get(self, i, bint as_bytes=False):
-        """String ``i`` (negative counts from the end), or its raw bytes."""
-        cdef Py_ssize_t j = _scalar_index(i, self.n)
-        cdef Py_ssize_t p = self._find(j)
-        if not self.ready[p]:
-            self._open(p)
-        return (<StringsReader>self.readers[p])._get(j - self.bounds[p], as_bytes)
-
-    def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):
-        p, j = self.part(indices[k])
-        (<StringsReader>self.readers[p])._raise_unreadable(j)
-
-    def get_many(self, const int64_t[::1] indices, bint as_bytes=False):
-        """The strings (or raw bytes) at ``indices`` (``int64``), as a list (see
-        ``StringsReader.get_many``)."""
-        cdef Py_ssize_t batch = indices.shape[0]
-        cdef int32_t* part_of = NULL
-        cdef int64_t* local = NULL
-        try:
-            self._locate_batch(indices, &part_of, &local)
-            return _gather_strings(self.parts, part_of, local, batch, as_bytes, self, indices)
-        finally:
-            free(part_of)
-            free(local)
-
-
-# The rows of one fixed-shape map, read by ``ShardedRowsReader`` without the GIL.
-ctypedef struct rows_t:
-    const char* base
-    int64_t n
-
-
-@cython.final
-cdef class ShardedRowsReader(_Parts):
-    """Rows of the fixed-shape parts of a sharded map (each a C-contiguous array of rows of one
-    shape and dtype), by their index in the whole map, gathered from every part in one pass
-    without the GIL."""
-
-    cdef rows_t* parts
-    cdef readonly object row_shape
-    cdef cnp.dtype descr
-    cdef Py_ssize_t row_bytes
-
-    def __cinit__(self, bounds, opener, source=""):
-        self._init_parts(bounds, opener, source, sizeof(rows_t))
-        self.parts = <rows_t*>self.table
-        self.row_shape = None
-
-    @property
-    def dtype(self):
-        return self.descr
-
-    cdef int _adopt(self, Py_ssize_t p, object rows) except -1:
-        cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
-        if not isinstance(rows, np.ndarray) or rows.ndim < 1 or rows.dtype.hasobject:
-            raise TypeError(f"{self.source}: part {p} is not an array of rows")
-        if self.row_shape is None:
-            self.row_shape = tuple(rows.shape[1:])
-            self.descr = rows.dtype
-            self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:
-            raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "
-                             f"the map's are {self.row_shape} of {self.descr}")
-        if rows.shape[0] < length:
-            raise ValueError(f"{self.source}: part {p} holds {rows.shape[0]} rows, the manifest says {length}")
-        # rows of another layout (a Fortran-ordered map) are copied by numpy, one by one
-        self.parts[p].base = cnp.PyArray_BYTES(<cnp.ndarray>rows) if rows.flags.c_contiguous else NULL
-        self.parts[p].n = length
-        return 0
-
-    def row(self, i):
-        """Row ``i`` (negative counts from the end), a view of its part."""
-        cdef Py_ssize_t j = _scalar_index(i, self.n)
-        cdef Py_ssize_t p = self._find(j)
-        if not self.ready[p]:
-            self._open(p)
-        return self.readers[p][j - self.bounds[p]]
-
-    def take(self, const int64_t[::1] indices):
-        """The rows at ``indices`` (``int64``) copied into a new array ``(B, *row_shape)``."""
-        cdef Py_ssize_t batch = indices.shape[0], k
-        cdef int32_t* part_of = NULL
-        cdef int64_t* local = NULL
-        cdef char* dst
-        cdef const rows_t* r
-        cdef bint others = False
-        try:
-            self._locate_batch(indices, &part_of, &local)
-            if self.row_shape is None and self.n:
-                self.row(0)  # an empty batch: the first part gives the shape of a row
-            if self.row_shape is None:
-                return np.empty((batch,), dtype=np.float64)
-            out = np.empty((batch,) + self.row_shape, dtype=self.descr)
-            dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
-            with nogil:
-                for k in range(batch):
-                    if k + PREFETCH_DISTANCE < batch:
-                        r = self.parts + part_of[k + PREFETCH_DISTANCE]
-                        if r.base != NULL:
-                            _prefetch_bytes(r.base + local[k + PREFETCH_DISTANCE] * self.row_bytes, self.row_bytes)
-                    r = self.parts + part_of[k]
-                    if r.base != NULL:
-                        memcpy(dst + k * self.row_bytes, r.base + local[k] * self.row_bytes, self.row_bytes)
-                    else:
-                        others = True
-            if others:
-                for k in range(batch):
-                    if self.parts[part_of[k]].base == NULL:
-                        out[k] = self.readers[part_of[k]][local[k]]
-            return out
-        finally:
-            free(part_of)
-            free(local)

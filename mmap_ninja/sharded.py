@@ -13,7 +13,7 @@ worker writes parts, the client commits them.
 
 Opening reads only the manifest; a part is opened on its first read. Batch reads map global
 indices to (part, local index) and gathers every sample from its part in one compiled pass
-(``_core.ShardedRaggedReader``, ``ShardedStringsReader``, ``ShardedRowsReader``), results in
+(``_sharded.ShardedRaggedReader``, ``ShardedStringsReader``, ``ShardedRowsReader``), results in
 the caller's order. Strings parts that hold compressed strings are read part by part.
 """
 
@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import _core, _meta
+from . import _core, _meta, _sharded
 from . import numpy as np_ninja
 from ._lifecycle import Report, building
 from ._storage import WriterLock, open_consistent
@@ -190,11 +190,12 @@ class ShardedMmap:
         if manifest["kind"] == "ragged":
             dtype = manifest.get("dtype")
             dtype = np.float64 if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
-            reader = _core.ShardedRaggedReader(bounds, lambda k: open_part(k)._live()[1], dtype, source)
+            reader = _sharded.ShardedRaggedReader(bounds, lambda k: open_part(k)._live()[1], dtype, source)
         elif manifest["kind"] == "string":
-            reader = _core.ShardedStringsReader(bounds, lambda k: _plain_strings(open_part(k), k, compressed), source)
+            reader = _sharded.ShardedStringsReader(
+                bounds, lambda k: _plain_strings(open_part(k), k, compressed), source)
         else:
-            reader = _core.ShardedRowsReader(bounds, open_part, source)
+            reader = _sharded.ShardedRowsReader(bounds, open_part, source)
         self._state = (manifest, bounds, open_part, reader, compressed)
 
     @property

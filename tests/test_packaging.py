@@ -23,7 +23,8 @@ def test_python_and_cython_code_is_lint_clean():
     ruff = subprocess.run([tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert ruff.returncode == 0, ruff.stdout + ruff.stderr
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    cython = subprocess.run([tool("cython-lint"), "mmap_ninja/_core.pyx", "mmap_ninja/_mapping.pyx"], cwd=ROOT,
+    cython = subprocess.run([tool("cython-lint"), "mmap_ninja/_core.pyx", "mmap_ninja/_core.pxd",
+                             "mmap_ninja/_sharded.pyx", "mmap_ninja/_mapping.pyx"], cwd=ROOT,
                             capture_output=True, text=True, env=env)
     assert cython.returncode == 0, cython.stdout + cython.stderr
 
@@ -45,6 +46,8 @@ def test_sdist_and_wheel_build_and_the_sdist_installs_from_source(tmp_path):
         names = archive.getnames()
     assert any(name.endswith("mmap_ninja/_core.pyx") for name in names)
     assert any(name.endswith("mmap_ninja/_mapping.pyx") for name in names)
+    assert any(name.endswith("mmap_ninja/_sharded.pyx") for name in names)
+    assert any(name.endswith("mmap_ninja/_core.pxd") for name in names)
     assert not any(name.endswith((".so", ".pyd")) for name in names)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
