@@ -72,7 +72,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-from .base import known_length, progress
+from .base import check_positive, known_length, progress
 
 # A chunk grows until it takes about this many seconds of a worker's time.
 CHUNK_SECONDS = 0.05
@@ -178,19 +178,14 @@ def _plan(indexable: Any, batch_size: int, n_jobs: Optional[int], chunk_size: Op
     if not (hasattr(indexable, "__getitem__") or callable(indexable)):
         raise TypeError("indexable must implement __getitem__ or be a function of one integer, "
                         f"not {type(indexable).__name__}")
-    _check_positive("batch_size", batch_size)
+    check_positive(batch_size=batch_size)
     if chunk_size is not None:
-        _check_positive("chunk_size", chunk_size)
+        check_positive(chunk_size=chunk_size)
     length = known_length(indexable) if hasattr(indexable, "__getitem__") else None
     workers = _worker_count(n_jobs)
     if length is not None:
         workers = min(workers, length)
     return length, workers
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _worker_count(n_jobs: Optional[int]) -> int:

@@ -226,6 +226,20 @@ class _RaggedFiles:
         ones)."""
         if len(batch) == 0:
             return
+        at, new_map, flat = self._begin_append(at, batch.flat)
+        ends = self.data.rows + np.cumsum(batch.counts)
+        data_meta = self.data.write_rows(batch.values, commit)
+        counts_meta = self.flattened_shapes.write_rows(batch.counts, commit, at)
+        shapes_meta = self.flat_shapes.write_rows(batch.flat_lengths().reshape(-1, 1), commit, at) if flat else None
+        ends_meta = self.ends.write_rows(ends, commit, at)
+        starts_meta = self.starts.write_rows(ends - batch.counts, commit, at)
+        self._commit_append(commit, (data_meta, counts_meta, shapes_meta, ends_meta, starts_meta), new_map, flat,
+                            batch.dtype, lambda: self.nested_shapes.append(_shape_batch(batch.shapes), commit, at))
+
+    def _begin_append(self, at: Optional[int], flat_samples: bool) -> Tuple[int, bool, bool]:
+        """``(at, new_map, flat)`` of an append after the first ``at`` samples (default: all
+        committed ones): an append at 0 starts the map anew, and samples that are not all flat
+        (``flat_samples``) turn this map's flat shapes into ragged ones."""
         at = self.n if at is None else at
         new_map = at == 0
         if new_map:
@@ -234,34 +248,32 @@ class _RaggedFiles:
             keep = (_meta.TYPE, _meta.DTYPE) if map_type(self.out_dir) == "ragged" else ()
             reset_map_dir(self.out_dir, keep=keep)
             self.__init__(self.out_dir)
-        flat = batch.flat and (self.flat or new_map)
+        flat = flat_samples and (self.flat or new_map)
         if not flat and self.flat and not new_map:
             self._convert_shapes_to_nested(at)
         elif not flat and self.nested_shapes is None:
             self.nested_shapes = _RaggedFiles(self.out_dir / "shapes")
+        return at, new_map, flat
 
-        ends = self.data.rows + np.cumsum(batch.counts)
-        starts = ends - batch.counts
-        data_meta = self.data.write_rows(batch.values, commit)
-        counts_meta = self.flattened_shapes.write_rows(batch.counts, commit, at)
-        if flat:
-            shapes_meta = self.flat_shapes.write_rows(batch.flat_lengths().reshape(-1, 1), commit, at)
-        ends_meta = self.ends.write_rows(ends, commit, at)
-        starts_meta = self.starts.write_rows(starts, commit, at)
-
+    def _commit_append(self, commit: Commit, metas: tuple, new_map: bool, flat: bool, dtype: np.dtype,
+                       append_nested_shapes: Callable[[], None]) -> None:
+        """Commit the rows an append wrote (``metas``: of data, counts, flat shapes, ends and
+        starts), in the order that keeps every prefix a sound map; ``append_nested_shapes``
+        adds the samples' shapes when they are not flat."""
+        data_meta, counts_meta, shapes_meta, ends_meta, starts_meta = metas
         self.data.commit_rows(data_meta, commit, type_name=None)  # type.ninja comes last
         self.flattened_shapes.commit_rows(counts_meta, commit)
         if flat:
             self.flat_shapes.commit_rows(shapes_meta, commit)
         else:
-            self.nested_shapes.append(_shape_batch(batch.shapes), commit, at)
+            append_nested_shapes()
         if self.flag_on_disk != flat:
             commit.replace(self.out_dir / _meta.SHAPES_ARE_FLAT, _meta.int32_bytes(int(flat)))
         self.ends.commit_rows(ends_meta, commit)
         self.starts.commit_rows(starts_meta, commit)
         if new_map:
             commit.replace(self.out_dir / _meta.TYPE, b"ragged")
-        self.flat, self.flag_on_disk, self.dtype = flat, flat, batch.dtype
+        self.flat, self.flag_on_disk, self.dtype = flat, flat, dtype
 
     def append_map(self, part: "_RaggedFiles", commit: Commit, count: Optional[int] = None,
                    at: Optional[int] = None) -> None:
@@ -281,47 +293,26 @@ class _RaggedFiles:
         if self.dtype is not None and part.dtype != self.dtype:
             raise ValueError(f"{part.out_dir} holds samples of {part.dtype}, {self.out_dir} samples of {self.dtype}: "
                              f"the maps concatenated must share one dtype")
-        at = self.n if at is None else at
-        new_map = at == 0
-        if new_map:  # as in append
-            keep = (_meta.TYPE, _meta.DTYPE) if map_type(self.out_dir) == "ragged" else ()
-            reset_map_dir(self.out_dir, keep=keep)
-            self.__init__(self.out_dir)
-        flat = part.flat and (self.flat or new_map)
-        if not flat and self.flat and not new_map:
-            self._convert_shapes_to_nested(at)
-        elif not flat and self.nested_shapes is None:
-            self.nested_shapes = _RaggedFiles(self.out_dir / "shapes")
-
+        at, new_map, flat = self._begin_append(at, part.flat)
         starts = np.asarray(part.starts.map()[:n])
-        ends = np.asarray(part.ends.map()[:n])
-        counts = ends - starts
+        counts = np.asarray(part.ends.map()[:n]) - starts
         ends = self.data.rows + np.cumsum(counts)
         data_meta = self._copy_data_of(part, starts, counts, commit)
         counts_meta = self.flattened_shapes.write_rows(counts, commit, at)
-        if part.flat:
-            lengths = np.asarray(part.flat_shapes.map()).reshape(-1)[:n]
-        if flat:
-            shapes_meta = self.flat_shapes.write_rows(lengths.reshape(-1, 1), commit, at)
+        lengths = np.asarray(part.flat_shapes.map()).reshape(-1)[:n] if part.flat else None
+        shapes_meta = self.flat_shapes.write_rows(lengths.reshape(-1, 1), commit, at) if flat else None
         ends_meta = self.ends.write_rows(ends, commit, at)
         starts_meta = self.starts.write_rows(ends - counts, commit, at)
 
-        self.data.commit_rows(data_meta, commit, type_name=None)  # type.ninja comes last
-        self.flattened_shapes.commit_rows(counts_meta, commit)
-        if flat:
-            self.flat_shapes.commit_rows(shapes_meta, commit)
-        elif part.flat:  # 1-d samples and scalars into ragged shapes: shape (length,) or ()
-            axes = np.where((lengths == 0) & (counts == 1), 0, 1).astype(np.int64)
-            self.nested_shapes.append(_Batch(lengths[axes == 1], axes, None, axes), commit, at)
-        else:
-            self.nested_shapes.append_map(part.nested_shapes, commit, n, at)
-        if self.flag_on_disk != flat:
-            commit.replace(self.out_dir / _meta.SHAPES_ARE_FLAT, _meta.int32_bytes(int(flat)))
-        self.ends.commit_rows(ends_meta, commit)
-        self.starts.commit_rows(starts_meta, commit)
-        if new_map:
-            commit.replace(self.out_dir / _meta.TYPE, b"ragged")
-        self.flat, self.flag_on_disk, self.dtype = flat, flat, part.dtype
+        def append_nested_shapes() -> None:
+            if part.flat:  # 1-d samples and scalars into ragged shapes: shape (length,) or ()
+                axes = np.where((lengths == 0) & (counts == 1), 0, 1).astype(np.int64)
+                self.nested_shapes.append(_Batch(lengths[axes == 1], axes, None, axes), commit, at)
+            else:
+                self.nested_shapes.append_map(part.nested_shapes, commit, n, at)
+
+        self._commit_append(commit, (data_meta, counts_meta, shapes_meta, ends_meta, starts_meta), new_map, flat,
+                            part.dtype, append_nested_shapes)
 
     def _copy_data_of(self, part: "_RaggedFiles", starts: np.ndarray, counts: np.ndarray, commit: Commit):
         """Write the data of the samples of ``part`` at ``starts`` (``counts`` elements each)
