@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.utils.data as torch_data
 
-from . import _core
+from . import _core, _handoff
 from .ragged import RaggedBatch, RaggedMmap
 
 __all__ = [
@@ -104,19 +104,22 @@ def shared_array(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
 
 
 class _SharedBatch:
-    """An ``alloc`` for one padded batch of ``batch`` samples: one shared segment holding the
-    lengths (``int64``) and then the batch, so both reach the main process through one handle."""
+    """An ``alloc`` of torch's shared memory, a new segment per array, with room before it for
+    ``batch`` lengths (``int64``) when ``batch`` is given, so both reach the main process through
+    one handle (where worker segments, ``_handoff``, are not available)."""
 
-    def __init__(self, batch: int):
+    def __init__(self, batch: Optional[int] = None):
         self.batch = batch
         self.lengths: Optional[np.ndarray] = None
 
     def __call__(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
         if _torch_dtype(dtype) is None:
             return np.empty(shape, dtype)
-        header = -(-self.batch * 8 // _HEADER_ALIGN) * _HEADER_ALIGN
+        header = -(-self.batch * 8 // _HEADER_ALIGN) * _HEADER_ALIGN if self.batch is not None else 0
         segment = _shared_tensor(header + math.prod(shape) * dtype.itemsize)
-        self.lengths = _view(segment, 0, (self.batch,), np.dtype(np.int64))
+        if self.batch is not None:
+            self.lengths = _view(segment, 0, (self.batch,), np.dtype(np.int64))
         return _view(segment, header, shape, dtype)
 
 
@@ -159,17 +162,27 @@ class BufferPool:
     def _give_back(self, buffer: np.ndarray) -> None:
         with self._lock:
             self._free.append(buffer)
-            if len(self._free) > self.keep:
-                self._free.remove(min(self._free, key=lambda free: free.nbytes))
+            if len(self._free) > self.keep:  # drop the smallest
+                del self._free[min(range(len(self._free)), key=lambda k: self._free[k].nbytes)]
 
 
 def _in_worker() -> bool:
     return torch_data.get_worker_info() is not None
 
 
+def _worker_memory(batch: Optional[int] = None) -> Union["_handoff.BatchMemory", _SharedBatch]:
+    """An ``alloc`` for DataLoader workers: segments used again batch after batch where the
+    system has them (Linux), else a new segment of torch's shared memory per array."""
+    return _handoff.BatchMemory(batch) if _handoff.AVAILABLE else _SharedBatch(batch)
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    """``array`` as a tensor sharing its memory: the shared tensor it is a view of (made by
-    ``shared_array``), else ``torch.from_numpy``."""
+    """``array`` as a tensor sharing its memory: a ``LentTensor`` over a worker's segment, the
+    shared tensor it is a view of (made by ``shared_array``), else ``torch.from_numpy``."""
+    if _handoff.AVAILABLE:
+        lent = _handoff.lent_tensor(array)
+        if lent is not None:
+            return lent
     base = array.base
     if (isinstance(base, torch.Tensor) and base.data_ptr() == array.ctypes.data
             and tuple(base.shape) == array.shape and base.is_contiguous()):
@@ -216,14 +229,14 @@ class RaggedBatches(torch_data.Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> Union[PaddedBatch, RaggedBatch]:
         if self.padded:
-            alloc = _SharedBatch(len(indices)) if _in_worker() else self._pool
+            alloc = _worker_memory(len(indices)) if _in_worker() else self._pool
             padded, lengths = self.ragged.padded(indices, pad_value=self.pad_value, max_len=self.max_len,
                                                  dtype=self.dtype, alloc=alloc)
             if alloc is not self._pool and alloc.lengths is not None:
                 alloc.lengths[:] = lengths
                 lengths = alloc.lengths
             return PaddedBatch(padded, lengths)
-        alloc = shared_array if _in_worker() else self._pool
+        alloc = _worker_memory() if _in_worker() else self._pool
         batch = self.ragged.take(indices, alloc=alloc)
         if self.dtype is None or batch.values.dtype == self.dtype:
             return batch
@@ -263,7 +276,7 @@ def collate(batch: Union[PaddedBatch, RaggedBatch, List[Any]], attention_mask: b
         tensors = {"input": _tensor(padded), "lengths": lengths}
         if attention_mask:
             width = padded.shape[1] if padded.ndim > 1 else 0
-            mask = _tensor(shared_array((len(lengths), width), np.bool_)) if _in_worker() else None
+            mask = _tensor(_worker_memory()((len(lengths), width), np.bool_)) if _in_worker() else None
             tensors["attention_mask"] = torch.lt(torch.arange(width)[None, :], lengths[:, None], out=mask)
         return tensors
     if isinstance(batch, RaggedBatch):
@@ -294,9 +307,9 @@ def collate_packed(batch: Union[RaggedBatch, List[Any]]) -> Dict[str, Any]:
     row_elems = math.prod(row_shape)
     if row_elems == 0:
         raise ValueError(f"samples with rows of shape {row_shape} hold no values to pack")
-    alloc = shared_array if _in_worker() else None
+    alloc = _worker_memory() if _in_worker() else None
     cu_seqlens, position_ids, max_seqlen = _core.packed_layout(batch.offsets, row_elems, alloc)
-    input_ids = _tensor(batch.values).view(len(position_ids), *row_shape)
+    input_ids = _tensor(batch.values.reshape(len(position_ids), *row_shape))
     return {"input_ids": input_ids, "cu_seqlens": _tensor(cu_seqlens), "position_ids": _tensor(position_ids),
             "max_seqlen": max_seqlen}
 
@@ -326,7 +339,7 @@ def _concatenate(samples: List[Any]) -> RaggedBatch:
     dtype = np.result_type(*arrays)
     sizes = np.array([arr.size for arr in arrays], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    values = (shared_array if _in_worker() else np.empty)((int(offsets[-1]),), dtype)
+    values = (_worker_memory() if _in_worker() else np.empty)((int(offsets[-1]),), dtype)
     for arr, start, size in zip(arrays, offsets[:-1], sizes):
         values[start:start + size] = arr.reshape(-1)
     ranks = np.array([arr.ndim for arr in arrays], dtype=np.int64)
@@ -347,7 +360,7 @@ def _pad(samples: List[Any], pad_value: Any = 0, max_len: Optional[int] = None) 
     lengths = np.array([len(arr) for arr in arrays], dtype=np.int64)
     width = int(lengths.max()) if max_len is None else max_len
     dtype = np.result_type(*arrays) if any(arr.size for arr in arrays) else np.int64
-    padded = (shared_array if _in_worker() else np.empty)((len(arrays), width, *arrays[0].shape[1:]), dtype)
+    padded = (_worker_memory() if _in_worker() else np.empty)((len(arrays), width, *arrays[0].shape[1:]), dtype)
     for k, arr in enumerate(arrays):
         kept = min(len(arr), width)
         padded[k, :kept] = arr[:kept]

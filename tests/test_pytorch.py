@@ -13,8 +13,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmap_ninja import _handoff
 from mmap_ninja import numpy as np_ninja
+from mmap_ninja._handoff import LentTensor
 from mmap_ninja.pytorch import (
+    BufferPool,
     Loader,
     PaddedBatch,
     RaggedBatches,
@@ -166,17 +169,24 @@ def test_shared_array_is_in_shared_memory_and_collate_keeps_it():
     assert text.dtype == np.dtype("U3") and text.shape == (2,) and not isinstance(text.base, torch.Tensor)
 
 
+def handed_by_reference(tensor):
+    """Whether a worker's tensor reaches the main process without its bytes being copied: lent
+    from a worker's segment, or in torch's shared memory already."""
+    return isinstance(tensor, LentTensor) or tensor.is_shared()
+
+
 def record_sharing(batch):
-    """A collate_fn for workers: ``collate``'s tensors, and whether each was already in shared
-    memory in the worker (so that handing it over copies nothing)."""
+    """A collate_fn for workers: ``collate``'s tensors, and whether each is handed over by
+    reference."""
     tensors = collate(batch, attention_mask=True)
-    tensors["shared_in_worker"] = {k: v.is_shared() for k, v in tensors.items()}
+    tensors["shared_in_worker"] = {k: handed_by_reference(v) for k, v in tensors.items()}
     return tensors
 
 
 def record_packed_sharing(batch):
     tensors = collate_packed(batch)
-    tensors["shared_in_worker"] = {k: v.is_shared() for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    tensors["shared_in_worker"] = {k: handed_by_reference(v) for k, v in tensors.items()
+                                   if isinstance(v, torch.Tensor)}
     return tensors
 
 
@@ -188,8 +198,8 @@ def test_worker_batches_are_written_into_shared_memory(sequences, context):
     rows = []
     for batch in loader:
         assert all(batch["shared_in_worker"].values()), batch["shared_in_worker"]
-        # the lengths travel in the segment of the batch: one handle for both
-        assert batch["lengths"].untyped_storage().data_ptr() == batch["input"].untyped_storage().data_ptr()
+        # the lengths travel in the segment of the batch, just before it: one handle for both
+        assert 0 < batch["input"].data_ptr() - batch["lengths"].data_ptr() <= 4096
         rows += [row[:n].tolist() for row, n in zip(batch["input"], batch["lengths"])]
     assert rows == [sample.tolist() for sample in samples]
     packed = torch.utils.data.DataLoader(RaggedBatches(m, padded=False), batch_size=7, num_workers=2,
@@ -199,6 +209,39 @@ def test_worker_batches_are_written_into_shared_memory(sequences, context):
         assert all(batch["shared_in_worker"].values()), batch["shared_in_worker"]
         values += batch["input_ids"].tolist()
     assert values == np.concatenate(samples).tolist()
+
+
+@pytest.mark.skipif(not _handoff.AVAILABLE, reason="worker segments need memfd_create (Linux)")
+@pytest.mark.parametrize("padded", [True, False])
+def test_worker_segments_are_used_again_only_once_the_main_process_is_done(tmp_path, padded):
+    samples = [np.full(1 + i % 9, i, np.int64) for i in range(400)]
+    m = RaggedMmap.from_lists(tmp_path / "m", samples)
+    collate_fn = collate if padded else collate_packed
+
+    def loader():
+        return torch.utils.data.DataLoader(RaggedBatches(m, padded=padded, pad_value=-1), batch_size=4,
+                                           shuffle=True, num_workers=2, multiprocessing_context="fork",
+                                           collate_fn=collate_fn, generator=torch.Generator().manual_seed(5))
+
+    def values(batch):
+        if padded:
+            return [row[:n].tolist() for row, n in zip(batch["input"], batch["lengths"])]
+        cu = batch["cu_seqlens"].tolist()
+        return [batch["input_ids"][a:b].tolist() for a, b in zip(cu, cu[1:])]
+
+    def check(batch):
+        for got in values(batch):
+            assert got == samples[got[0]].tolist()
+
+    before, segments = set(_handoff._mapped), set()
+    for batch in loader():  # each batch dropped before the next: its segment goes back to its worker
+        check(batch)
+        segments |= set(_handoff._mapped) - before
+    assert 0 < len(segments) < 40, len(segments)  # 100 batches through a few segments per worker
+    held = list(loader())  # every batch kept: no segment may be written again meanwhile
+    for batch in held:
+        check(batch)
+    assert sorted(v[0] for batch in held for v in values(batch)) == list(range(400))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -386,3 +429,50 @@ def test_loaders_over_a_map_being_extended_by_another_thread(tmp_path):
     finally:
         stop.set()
         thread.join()
+
+
+def test_buffer_pool_lends_memory_again_only_once_every_view_is_gone():
+    pool = BufferPool(keep=2)
+    first = pool((4, 5), np.int64)
+    first[:] = 1
+    address = first.ctypes.data
+    tensor = torch.from_numpy(first[1:])
+    del first
+    second = pool((4, 5), np.int64)  # the first's memory is still viewed by the tensor
+    assert second.ctypes.data != address
+    second[:] = 2
+    assert (tensor == 1).all()
+    del tensor
+    third = pool((3, 5), np.int64)  # fits in the first's memory, now free
+    assert third.ctypes.data == address
+    held = [pool((100 + k,), np.uint8) for k in range(5)]
+    del held, second, third
+    assert len(pool._free) == 2  # at most keep free buffers, the largest kept
+    assert pool((0, 3), np.float32).shape == (0, 3)
+
+
+@pytest.mark.skipif(not _handoff.AVAILABLE, reason="worker segments need memfd_create (Linux)")
+def test_lent_tensors_travel_by_reference_and_free_their_segment_when_gone():
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    memory = _handoff.BatchMemory(batch=3)
+    array = memory((3, 4), np.dtype(np.int32))
+    array[:] = np.arange(12).reshape(3, 4)
+    memory.lengths[:] = [4, 2, 0]
+    lent, lengths = _handoff.lent_tensor(array), _handoff.lent_tensor(memory.lengths)
+    assert isinstance(lent, LentTensor) and type(lent + 1) is torch.Tensor
+    plain = pickle.loads(pickle.dumps(lent))  # pickled for a file: the values themselves
+    assert type(plain) is torch.Tensor and plain.tolist() == array.tolist()
+    segment = lent._handoff[0]
+    got = ForkingPickler.loads(bytes(ForkingPickler.dumps({"input": lent, "lengths": lengths})))
+    assert segment.flag[0] == 1 and got["input"].tolist() == array.tolist() and got["lengths"].tolist() == [4, 2, 0]
+    del lent, lengths, array, memory
+    assert not segment.free()  # lent to the reader
+    del got
+    assert segment.flag[0] == 0 and segment.free()
+    again = _handoff.BatchMemory()((2, 2), np.dtype(np.int32))
+    assert again.base is not None and _handoff.lent_tensor(again)._handoff[0] is segment  # used again
+    assert _handoff.lent_tensor(np.zeros(3)) is None
+    with pytest.raises(RuntimeError, match="which this process never received"):
+        _handoff._main_segment((1, "unknown"), 7, None, 4096)
