@@ -471,15 +471,21 @@ class Loader:
     def _threaded(self, indices: Iterator[Any]) -> Iterator[Any]:
         pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="mmap_ninja-loader")
         pending: collections.deque = collections.deque()
+
+        def next_batch():
+            future, index = pending.popleft()
+            # a batch no thread has started yet is made here rather than waited for
+            return self._make(index) if future.cancel() else future.result()
+
         try:
             for index in indices:
-                pending.append(pool.submit(self._make, index))
+                pending.append((pool.submit(self._make, index), index))
                 if len(pending) >= self.num_threads * self.prefetch:
-                    yield pending.popleft().result()
+                    yield next_batch()
             while pending:
-                yield pending.popleft().result()
+                yield next_batch()
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
