@@ -1,10 +1,11 @@
 """Train a small sequence classifier on token sequences stored in a RaggedMmap.
 
-    python examples/train_tokens.py [--steps 200] [--workers 2]
+    python examples/train_tokens.py [--steps 200] [--workers 2 | --threads 2]
 
 Writes 20,000 random token sequences (16-255 tokens) whose label is whether token 7 occurs in
 them, then trains an embedding + GRU model with a DataLoader that fetches each batch as one
-padded array (RaggedBatches) and turns it into tensors without copying (collate). Needs torch.
+padded array (RaggedBatches) and turns it into tensors without copying (collate), or with
+mmap_ninja.pytorch.Loader, which makes the same batches with threads. Needs torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmap_ninja.pytorch import RaggedBatches, collate
+from mmap_ninja.pytorch import Loader, RaggedBatches, collate
 from mmap_ninja.ragged import RaggedMmap
 
 VOCABULARY = 1000
@@ -48,19 +49,25 @@ def write_data(folder: Path, n: int = 20_000) -> RaggedMmap:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="make batches with mmap_ninja.pytorch.Loader and this many threads instead")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="mmap_ninja_train_"))
     try:
-        dataset = RaggedBatches(write_data(folder), max_len=256)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, drop_last=True,
-                                             num_workers=args.workers, collate_fn=collate)
+        dataset = RaggedBatches(write_data(folder), max_len=256, dtype=np.int64)
+        if args.threads is not None:
+            loader = Loader(dataset, batch_size=64, shuffle=True, drop_last=True, collate_fn=collate,
+                            num_threads=args.threads)
+        else:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, drop_last=True,
+                                                 num_workers=args.workers, collate_fn=collate)
         model = Classifier()
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         step, started, seen = 0, time.perf_counter(), 0
         while step < args.steps:
             for batch in loader:
-                tokens = batch["input"].long()
+                tokens = batch["input"]
                 logits = model(tokens, batch["lengths"])
                 target = (tokens == 7).any(dim=1).long()  # the label: does token 7 occur?
                 loss = nn.functional.cross_entropy(logits, target)

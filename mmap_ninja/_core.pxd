@@ -91,10 +91,10 @@ cdef inline object _empty_int64(Py_ssize_t size):
 cdef Py_ssize_t _scalar_index(object item, Py_ssize_t n) except -1
 cdef object _slice_positions(slice item, Py_ssize_t n)
 cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
-                  cnp.dtype descr, bint nested, object source, object indices)
+                  cnp.dtype descr, bint nested, object source, object indices, object alloc=*)
 cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                    cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices,
-                   object dtype=*)
+                   object dtype=*, object alloc=*)
 cdef list _gather_strings(const strings_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                           bint as_bytes, object source, object indices)
 cdef int _raise_batch_error(reason, i, first_i, sample) except -1

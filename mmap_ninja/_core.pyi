@@ -1,11 +1,12 @@
 """Type stub of the compiled core (mmap_ninja/_core.pyx)."""
 
-from typing import Any, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 Int64Array = npt.NDArray[np.int64]
+Allocator = Callable[[Tuple[int, ...], np.dtype], np.ndarray]
 
 def normalize_index(item: Any, n: int) -> Union[int, Int64Array]:
     """An ``int`` in ``[0, n)`` for an integer scalar, else a new 1-d ``int64`` array of checked
@@ -16,6 +17,12 @@ def batch_index(item: Any, n: int) -> Int64Array:
 
 def gather_rows(src: np.ndarray, indices: Int64Array, out: np.ndarray) -> np.ndarray:
     """``out[k] = src[indices[k]]`` for a C-contiguous ``src``, without the GIL; returns ``out``."""
+
+def packed_layout(
+    offsets: Int64Array, row_elems: int = ..., alloc: Optional[Allocator] = ...
+) -> Tuple[npt.NDArray[np.int32], Int64Array, int]:
+    """``(cu_seqlens int32 (B + 1,), position_ids int64 (rows,), max_seqlen)`` of samples packed
+    back to back at element ``offsets`` (``int64``, ``B + 1``, from 0), rows of ``row_elems``."""
 
 class RaggedBatch:
     """Samples copied back to back into one buffer, with their offsets and shapes."""
@@ -63,7 +70,7 @@ class RaggedReader:
     def span(self, i: int) -> Tuple[int, int]: ...
     def verify(self, limit: int = ...) -> List[str]:
         """Problems found in one pass over every sample (at most ``limit``)."""
-    def take(self, indices: Int64Array) -> RaggedBatch: ...
+    def take(self, indices: Int64Array, alloc: Optional[Allocator] = ...) -> RaggedBatch: ...
     def padded(
         self,
         indices: Int64Array,
@@ -71,6 +78,7 @@ class RaggedReader:
         max_len: int = ...,
         out: Optional[np.ndarray] = ...,
         dtype: Any = ...,
+        alloc: Optional[Allocator] = ...,
     ) -> Tuple[np.ndarray, Int64Array]: ...
 
 class StringsReader:

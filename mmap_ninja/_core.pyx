@@ -24,7 +24,7 @@ from cpython.long cimport PyLong_AsSsize_t
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT32_MAX, int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -508,12 +508,23 @@ cdef void _copy_take(const ragged_t* parts, const int32_t* part_of, Py_ssize_t b
                 shape_out[soff[k] + a] = dims[k * MAX_SAMPLE_NDIM + a]
 
 
+cdef object _allocated(object alloc, tuple shape, cnp.dtype descr):
+    """``alloc(shape, descr)``, checked to be a writable C-contiguous array of that shape and
+    dtype (the memory a batch is written into, e.g. shared memory)."""
+    array = alloc(shape, descr)
+    if (not isinstance(array, np.ndarray) or array.dtype != descr or tuple(array.shape) != shape
+            or not array.flags.c_contiguous or not array.flags.writeable):
+        raise ValueError(f"alloc must return a writable C-contiguous {descr} array of shape {shape}, "
+                         f"not {type(array).__name__} {getattr(array, 'dtype', '')} {getattr(array, 'shape', '')}")
+    return array
+
+
 cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
-                  cnp.dtype descr, bint nested, object source, object indices):
+                  cnp.dtype descr, bint nested, object source, object indices, object alloc=None):
     """The samples at batch positions ``0..batch`` (``idx``: their indices in their parts)
-    copied back to back into a new ``RaggedBatch``; ``nested``: whether any part read is. A
-    sample that cannot be taken raises ``source._batch_error(indices, k, reason)``, before
-    anything is copied."""
+    copied back to back into a new ``RaggedBatch`` (its values in ``alloc(shape, dtype)`` when
+    given, else a new array); ``nested``: whether any part read is. A sample that cannot be
+    taken raises ``source._batch_error(indices, k, reason)``, before anything is copied."""
     cdef Py_ssize_t bad
     cdef int reason = PAD_OK
     offsets = _empty_int64(batch + 1)
@@ -536,7 +547,7 @@ cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* 
         if bad >= 0:
             source._batch_error(indices, bad, reason)
         size[0] = off[batch]
-        values = _empty(1, size, descr)
+        values = _empty(1, size, descr) if alloc is None else _allocated(alloc, (off[batch],), descr)
         shape_values = _empty_int64(soff[batch])
         out = cnp.PyArray_BYTES(values)
         shape_out = <int64_t*>cnp.PyArray_DATA(shape_values)
@@ -608,9 +619,10 @@ cdef void _fill_padded(const ragged_t* parts, const int32_t* part_of, const int6
 
 cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                    cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices,
-                   object dtype=None):
+                   object dtype=None, object alloc=None):
     """The samples at batch positions ``0..batch`` padded into one array of ``dtype`` (default:
-    the map's), and their lengths (see ``RaggedReader.padded``); errors as in ``_take``."""
+    the map's; into ``out``, else ``alloc(shape, dtype)``, else a new array), and their lengths
+    (see ``RaggedReader.padded``); errors as in ``_take``."""
     cdef Py_ssize_t bad
     cdef int64_t longest = 0, row_elems = 1
     cdef int64_t first[MAX_SAMPLE_NDIM]
@@ -625,9 +637,11 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
             convert = converter(ord(descr.kind), descr.itemsize, ord(out_descr.kind), out_descr.itemsize)
         if convert == NULL:  # no compiled conversion (into complex numbers, say): pad, then cast
             padded, lengths = _padded(parts, part_of, idx, batch, descr, 0, max_len, None, source, indices)
-            if out is None:
+            if out is None and alloc is None:
                 out = padded.astype(out_descr)
             else:
+                if out is None:
+                    out = _allocated(alloc, padded.shape, out_descr)
                 np.copyto(out, padded, casting="safe")
             out[np.arange(out.shape[1]) >= lengths[:, None]] = np.asarray(pad_value, dtype=out_descr)
             return out, lengths
@@ -659,7 +673,9 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
         elif out is not None:
             longest = out.shape[1] if out.ndim >= 2 else -1
         expected = (batch, longest) + row_shape
-        if out is None:
+        if out is None and alloc is not None:
+            out = _allocated(alloc, expected, out_descr)
+        elif out is None:
             out = np.empty(expected, dtype=out_descr)
         elif (not isinstance(out, np.ndarray) or out.dtype != out_descr or tuple(out.shape) != expected
               or not out.flags.c_contiguous or not out.flags.writeable):
@@ -834,17 +850,19 @@ cdef class RaggedReader(_Offsets):
         """The shape after the first axis of sample 0, standing for every sample."""
         return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
 
-    def take(self, const int64_t[::1] indices):
+    def take(self, const int64_t[::1] indices, alloc=None):
         """The samples at ``indices`` (``int64``, as from ``normalize_index``) copied back to
-        back into one new buffer, as a ``RaggedBatch``.
+        back into one new buffer (``alloc(shape, dtype)`` when given), as a ``RaggedBatch``.
 
         A first pass checks every sample's offsets and shape and sizes the buffer; a second
         copies, while the CPU fetches the data of the samples that come next. Both run without
         the GIL; nothing is copied when a sample fails its checks.
         """
-        return _take(&self.c, NULL, _first(indices), indices.shape[0], self.descr, self.c.nested, self, indices)
+        return _take(&self.c, NULL, _first(indices), indices.shape[0], self.descr, self.c.nested, self, indices,
+                     alloc)
 
-    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):
+    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,
+               alloc=None):
         """The samples at ``indices`` as one array ``(B, L, *row_shape)`` of ``dtype`` (default:
         the map's; any other must hold every value exactly, a safe cast) padded with
         ``pad_value`` (one value of that dtype), and their lengths along the first axis
@@ -853,11 +871,12 @@ cdef class RaggedReader(_Offsets):
         Every sample must have at least one axis and the same ``row_shape`` after the first.
         ``L`` is ``max_len`` when given (longer samples are truncated), else ``out.shape[1]``
         when ``out`` is given, else the longest sample's length. ``out``, if given, is a
-        writable C-contiguous array of ``dtype`` and of that shape. Each sample is converted as
-        it is copied, in one pass.
+        writable C-contiguous array of ``dtype`` and of that shape; else ``alloc(shape,
+        dtype)``, when given, makes the array. Each sample is converted as it is copied, in one
+        pass.
         """
         return _padded(&self.c, NULL, _first(indices), indices.shape[0], self.descr, pad_value, max_len, out,
-                       self, indices, dtype)
+                       self, indices, dtype, alloc)
 
 
 @cython.final
@@ -967,6 +986,58 @@ cdef class RaggedBatch:
         if self.values is None:
             return "RaggedBatch(empty)"
         return f"RaggedBatch({self.batch} samples, {self.values.shape[0]} values of {self.values.dtype})"
+
+
+cdef int64_t _pack_positions(const int64_t* off, Py_ssize_t batch, int64_t row_elems, int32_t* cu,
+                             int64_t* positions) noexcept nogil:
+    """Fill ``cu`` (``batch + 1``) with the first row of each sample and ``positions`` with
+    each row's position in its sample, for samples at element offsets ``off`` of rows of
+    ``row_elems`` elements; return the longest sample's rows."""
+    cdef Py_ssize_t k
+    cdef int64_t rows, r, at = 0, longest = 0
+    cu[0] = 0
+    for k in range(batch):
+        rows = (off[k + 1] - off[k]) // row_elems
+        for r in range(rows):
+            positions[at + r] = r
+        at += rows
+        cu[k + 1] = <int32_t>at
+        if rows > longest:
+            longest = rows
+    return longest
+
+
+def packed_layout(const int64_t[::1] offsets, int64_t row_elems=1, alloc=None):
+    """The layout of variable-length attention over samples packed back to back, whose values
+    start at element offsets ``offsets`` (``int64``, ``B + 1``, from 0, as ``RaggedBatch.offsets``)
+    and whose rows hold ``row_elems`` elements each: ``(cu_seqlens, position_ids, max_seqlen)``.
+
+    ``cu_seqlens``: ``int32`` ``(B + 1,)``, the first row of each sample and the total;
+    ``position_ids``: ``int64`` ``(rows,)``, each row's position in its sample, in arrays made
+    by ``alloc(shape, dtype)`` when given; ``max_seqlen``: the longest sample's rows (``int``).
+    """
+    cdef Py_ssize_t k, batch = offsets.shape[0] - 1
+    if batch < 0 or row_elems < 1:
+        raise ValueError("offsets needs at least one entry and rows at least one element")
+    if offsets[0] != 0:
+        raise ValueError(f"offsets must start at 0, not {offsets[0]}")
+    for k in range(batch):
+        if offsets[k + 1] < offsets[k] or (offsets[k + 1] - offsets[k]) % row_elems:
+            raise ValueError(f"sample {k} does not hold whole rows of {row_elems} elements "
+                             f"(offsets {offsets[k]} to {offsets[k + 1]})")
+    cdef int64_t rows = offsets[batch] // row_elems
+    if rows > INT32_MAX:
+        raise OverflowError(f"{rows} rows do not fit the int32 cu_seqlens of variable-length attention")
+    cdef cnp.npy_intp dims[1]
+    dims[0] = batch + 1
+    cu = _empty(1, dims, np.dtype(np.int32)) if alloc is None else _allocated(alloc, (batch + 1,), np.dtype(np.int32))
+    positions = _empty_int64(rows) if alloc is None else _allocated(alloc, (rows,), np.dtype(np.int64))
+    cdef int64_t longest
+    cdef int32_t* cu_out = <int32_t*>cnp.PyArray_DATA(cu)
+    cdef int64_t* positions_out = <int64_t*>cnp.PyArray_DATA(positions)
+    with nogil:
+        longest = _pack_positions(&offsets[0], batch, row_elems, cu_out, positions_out)
+    return cu, positions, int(longest)
 
 
 cdef RaggedBatch _new_batch(values, offsets, shape_values, shape_offsets):

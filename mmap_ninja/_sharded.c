@@ -10,14 +10,14 @@
             ]
         ],
         "depends": [
-            "/tmp/build-env-2hhjci22/lib/python3.11/site-packages/numpy/_core/include/numpy/arrayobject.h",
-            "/tmp/build-env-2hhjci22/lib/python3.11/site-packages/numpy/_core/include/numpy/arrayscalars.h",
-            "/tmp/build-env-2hhjci22/lib/python3.11/site-packages/numpy/_core/include/numpy/ndarrayobject.h",
-            "/tmp/build-env-2hhjci22/lib/python3.11/site-packages/numpy/_core/include/numpy/ndarraytypes.h",
-            "/tmp/build-env-2hhjci22/lib/python3.11/site-packages/numpy/_core/include/numpy/ufuncobject.h"
+            "/tmp/build-env-2zdohlze/lib/python3.11/site-packages/numpy/_core/include/numpy/arrayobject.h",
+            "/tmp/build-env-2zdohlze/lib/python3.11/site-packages/numpy/_core/include/numpy/arrayscalars.h",
+            "/tmp/build-env-2zdohlze/lib/python3.11/site-packages/numpy/_core/include/numpy/ndarrayobject.h",
+            "/tmp/build-env-2zdohlze/lib/python3.11/site-packages/numpy/_core/include/numpy/ndarraytypes.h",
+            "/tmp/build-env-2zdohlze/lib/python3.11/site-packages/numpy/_core/include/numpy/ufuncobject.h"
         ],
         "include_dirs": [
-            "/tmp/build-env-2hhjci22/lib/python3.11/site-packages/numpy/_core/include"
+            "/tmp/build-env-2zdohlze/lib/python3.11/site-packages/numpy/_core/include"
         ],
         "name": "mmap_ninja._sharded",
         "sources": [
@@ -2012,6 +2012,7 @@ struct __pyx_t_10mmap_ninja_5_core_ragged_t;
 typedef struct __pyx_t_10mmap_ninja_5_core_ragged_t __pyx_t_10mmap_ninja_5_core_ragged_t;
 struct __pyx_t_10mmap_ninja_5_core_strings_t;
 typedef struct __pyx_t_10mmap_ninja_5_core_strings_t __pyx_t_10mmap_ninja_5_core_strings_t;
+struct __pyx_opt_args_10mmap_ninja_5_core__take;
 struct __pyx_opt_args_10mmap_ninja_5_core__padded;
 
 /* "mmap_ninja/_core.pxd":21
@@ -2088,16 +2089,29 @@ struct __pyx_t_10mmap_ninja_5_core_strings_t {
   int64_t length;
 };
 
+/* "mmap_ninja/_core.pxd":93
+ * cdef Py_ssize_t _scalar_index(object item, Py_ssize_t n) except -1
+ * cdef object _slice_positions(slice item, Py_ssize_t n)
+ * cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,             # <<<<<<<<<<<<<<
+ *                   cnp.dtype descr, bint nested, object source, object indices, object alloc=*)
+ * cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+*/
+struct __pyx_opt_args_10mmap_ninja_5_core__take {
+  int __pyx_n;
+  PyObject *alloc;
+};
+
 /* "mmap_ninja/_core.pxd":95
  * cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
- *                   cnp.dtype descr, bint nested, object source, object indices)
+ *                   cnp.dtype descr, bint nested, object source, object indices, object alloc=*)
  * cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,             # <<<<<<<<<<<<<<
  *                    cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices,
- *                    object dtype=*)
+ *                    object dtype=*, object alloc=*)
 */
 struct __pyx_opt_args_10mmap_ninja_5_core__padded {
   int __pyx_n;
   PyObject *dtype;
+  PyObject *alloc;
 };
 struct __pyx_opt_args_10mmap_ninja_8_sharded_6_Parts__locate;
 struct __pyx_opt_args_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather;
@@ -2120,15 +2134,16 @@ struct __pyx_opt_args_10mmap_ninja_8_sharded_6_Parts__locate {
  *         return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
  * 
  *     cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out,             # <<<<<<<<<<<<<<
- *                         dtype=None):
+ *                         dtype=None, alloc=None):
  *         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
 */
 struct __pyx_opt_args_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather {
   int __pyx_n;
   PyObject *dtype;
+  PyObject *alloc;
 };
 
-/* "mmap_ninja/_sharded.pyx":307
+/* "mmap_ninja/_sharded.pyx":309
  * 
  * # The rows of one fixed-shape map, read by ``ShardedRowsReader`` without the GIL.
  * ctypedef struct rows_t:             # <<<<<<<<<<<<<<
@@ -2259,7 +2274,7 @@ struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader {
 };
 
 
-/* "mmap_ninja/_sharded.pyx":257
+/* "mmap_ninja/_sharded.pyx":259
  * 
  * 
  * @cython.final             # <<<<<<<<<<<<<<
@@ -2272,7 +2287,7 @@ struct __pyx_obj_10mmap_ninja_8_sharded_ShardedStringsReader {
 };
 
 
-/* "mmap_ninja/_sharded.pyx":312
+/* "mmap_ninja/_sharded.pyx":314
  * 
  * 
  * @cython.final             # <<<<<<<<<<<<<<
@@ -2469,7 +2484,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__nested(struct _
 static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *, __Pyx_memviewslice, int, PyObject *, Py_ssize_t, PyObject *, struct __pyx_opt_args_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather *__pyx_optional_args);
 
 
-/* "mmap_ninja/_sharded.pyx":257
+/* "mmap_ninja/_sharded.pyx":259
  * 
  * 
  * @cython.final             # <<<<<<<<<<<<<<
@@ -2483,7 +2498,7 @@ struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedStringsReader {
 static struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedStringsReader *__pyx_vtabptr_10mmap_ninja_8_sharded_ShardedStringsReader;
 
 
-/* "mmap_ninja/_sharded.pyx":312
+/* "mmap_ninja/_sharded.pyx":314
  * 
  * 
  * @cython.final             # <<<<<<<<<<<<<<
@@ -4199,7 +4214,7 @@ static CYTHON_INLINE int64_t const *__pyx_f_10mmap_ninja_5_core__first(__Pyx_mem
 static CYTHON_INLINE PyObject *__pyx_f_10mmap_ninja_5_core__empty_int64(Py_ssize_t); /*proto*/
 static Py_ssize_t (*__pyx_f_10mmap_ninja_5_core__scalar_index)(PyObject *, Py_ssize_t); /*proto*/
 static PyObject *(*__pyx_f_10mmap_ninja_5_core__slice_positions)(PyObject *, Py_ssize_t); /*proto*/
-static PyObject *(*__pyx_f_10mmap_ninja_5_core__take)(__pyx_t_10mmap_ninja_5_core_ragged_t const *, int32_t const *, int64_t const *, Py_ssize_t, PyArray_Descr *, int, PyObject *, PyObject *); /*proto*/
+static PyObject *(*__pyx_f_10mmap_ninja_5_core__take)(__pyx_t_10mmap_ninja_5_core_ragged_t const *, int32_t const *, int64_t const *, Py_ssize_t, PyArray_Descr *, int, PyObject *, PyObject *, struct __pyx_opt_args_10mmap_ninja_5_core__take *__pyx_optional_args); /*proto*/
 static PyObject *(*__pyx_f_10mmap_ninja_5_core__padded)(__pyx_t_10mmap_ninja_5_core_ragged_t const *, int32_t const *, int64_t const *, Py_ssize_t, PyArray_Descr *, PyObject *, Py_ssize_t, PyObject *, PyObject *, PyObject *, struct __pyx_opt_args_10mmap_ninja_5_core__padded *__pyx_optional_args); /*proto*/
 static PyObject *(*__pyx_f_10mmap_ninja_5_core__gather_strings)(__pyx_t_10mmap_ninja_5_core_strings_t const *, int32_t const *, int64_t const *, Py_ssize_t, int, PyObject *, PyObject *); /*proto*/
 static int (*__pyx_f_10mmap_ninja_5_core__raise_batch_error)(PyObject *, PyObject *, PyObject *, PyObject *); /*proto*/
@@ -4339,8 +4354,8 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_4samples(
 static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_6samples_in(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, PyObject *__pyx_v_item); /* proto */
 static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_8_batch_error(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices, Py_ssize_t __pyx_v_k, int __pyx_v_reason); /* proto */
 static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_10_first_row_shape(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices); /* proto */
-static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices, PyObject *__pyx_v_pad_value, Py_ssize_t __pyx_v_max_len, PyObject *__pyx_v_out, PyObject *__pyx_v_dtype); /* proto */
+static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices, PyObject *__pyx_v_alloc); /* proto */
+static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices, PyObject *__pyx_v_pad_value, Py_ssize_t __pyx_v_max_len, PyObject *__pyx_v_out, PyObject *__pyx_v_dtype, PyObject *__pyx_v_alloc); /* proto */
 static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_16__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_18__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static int __pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader___cinit__(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedStringsReader *__pyx_v_self, PyObject *__pyx_v_bounds, PyObject *__pyx_v_opener, PyObject *__pyx_v_source); /* proto */
@@ -4609,9 +4624,9 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_slice[3];
-    PyObject *__pyx_tuple[6];
+    PyObject *__pyx_tuple[7];
     PyObject *__pyx_codeobj_tab[22];
-    PyObject *__pyx_string_tab[216];
+    PyObject *__pyx_string_tab[217];
     PyObject *__pyx_number_tab[6];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -4775,108 +4790,109 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_first_row_shape __pyx_string_tab[111]
 #define __pyx_n_u_is_coroutine __pyx_string_tab[112]
 #define __pyx_n_u_abc __pyx_string_tab[113]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[114]
-#define __pyx_n_u_any __pyx_string_tab[115]
-#define __pyx_n_u_as_bytes __pyx_string_tab[116]
-#define __pyx_n_u_ascontiguousarray __pyx_string_tab[117]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[118]
-#define __pyx_n_u_at __pyx_string_tab[119]
-#define __pyx_n_u_base __pyx_string_tab[120]
-#define __pyx_n_u_batch __pyx_string_tab[121]
-#define __pyx_n_u_bounds __pyx_string_tab[122]
-#define __pyx_n_u_c __pyx_string_tab[123]
-#define __pyx_n_u_c_contiguous __pyx_string_tab[124]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[125]
-#define __pyx_n_u_count __pyx_string_tab[126]
-#define __pyx_n_u_diff __pyx_string_tab[127]
-#define __pyx_n_u_dst __pyx_string_tab[128]
-#define __pyx_n_u_dtype __pyx_string_tab[129]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[130]
-#define __pyx_n_u_empty __pyx_string_tab[131]
-#define __pyx_n_u_encode __pyx_string_tab[132]
-#define __pyx_n_u_enumerate __pyx_string_tab[133]
-#define __pyx_n_u_error __pyx_string_tab[134]
-#define __pyx_n_u_flags __pyx_string_tab[135]
-#define __pyx_n_u_float64 __pyx_string_tab[136]
-#define __pyx_n_u_format __pyx_string_tab[137]
-#define __pyx_n_u_fortran __pyx_string_tab[138]
-#define __pyx_n_u_get __pyx_string_tab[139]
-#define __pyx_n_u_get_many __pyx_string_tab[140]
-#define __pyx_n_u_hasobject __pyx_string_tab[141]
-#define __pyx_n_u_i __pyx_string_tab[142]
-#define __pyx_n_u_id __pyx_string_tab[143]
-#define __pyx_n_u_index_2 __pyx_string_tab[144]
-#define __pyx_n_u_indices __pyx_string_tab[145]
-#define __pyx_n_u_int32 __pyx_string_tab[146]
-#define __pyx_n_u_int64 __pyx_string_tab[147]
-#define __pyx_n_u_item __pyx_string_tab[148]
-#define __pyx_n_u_items __pyx_string_tab[149]
-#define __pyx_n_u_itemsize __pyx_string_tab[150]
-#define __pyx_n_u_j __pyx_string_tab[151]
-#define __pyx_n_u_k __pyx_string_tab[152]
-#define __pyx_n_u_local __pyx_string_tab[153]
-#define __pyx_n_u_locate __pyx_string_tab[154]
-#define __pyx_n_u_max_len __pyx_string_tab[155]
-#define __pyx_n_u_memview __pyx_string_tab[156]
-#define __pyx_n_u_mmap_ninja__sharded __pyx_string_tab[157]
-#define __pyx_n_u_mode __pyx_string_tab[158]
-#define __pyx_n_u_name __pyx_string_tab[159]
-#define __pyx_n_u_ndarray __pyx_string_tab[160]
-#define __pyx_n_u_ndim __pyx_string_tab[161]
-#define __pyx_n_u_np __pyx_string_tab[162]
-#define __pyx_n_u_numpy __pyx_string_tab[163]
-#define __pyx_n_u_obj __pyx_string_tab[164]
-#define __pyx_n_u_open_parts __pyx_string_tab[165]
-#define __pyx_n_u_opener __pyx_string_tab[166]
-#define __pyx_n_u_others __pyx_string_tab[167]
-#define __pyx_n_u_out __pyx_string_tab[168]
-#define __pyx_n_u_p __pyx_string_tab[169]
-#define __pyx_n_u_pack __pyx_string_tab[170]
-#define __pyx_n_u_pad_value __pyx_string_tab[171]
-#define __pyx_n_u_padded __pyx_string_tab[172]
-#define __pyx_n_u_part_2 __pyx_string_tab[173]
-#define __pyx_n_u_part_of __pyx_string_tab[174]
-#define __pyx_n_u_parts_2 __pyx_string_tab[175]
-#define __pyx_n_u_pop __pyx_string_tab[176]
-#define __pyx_n_u_prod __pyx_string_tab[177]
-#define __pyx_n_u_r __pyx_string_tab[178]
-#define __pyx_n_u_reason __pyx_string_tab[179]
-#define __pyx_n_u_register __pyx_string_tab[180]
-#define __pyx_n_u_row __pyx_string_tab[181]
-#define __pyx_n_u_sample __pyx_string_tab[182]
-#define __pyx_n_u_samples_2 __pyx_string_tab[183]
-#define __pyx_n_u_samples_in __pyx_string_tab[184]
-#define __pyx_n_u_self __pyx_string_tab[185]
-#define __pyx_n_u_setdefault __pyx_string_tab[186]
-#define __pyx_n_u_shape __pyx_string_tab[187]
-#define __pyx_n_u_size __pyx_string_tab[188]
-#define __pyx_n_u_source __pyx_string_tab[189]
-#define __pyx_n_u_start __pyx_string_tab[190]
-#define __pyx_n_u_step __pyx_string_tab[191]
-#define __pyx_n_u_stop __pyx_string_tab[192]
-#define __pyx_n_u_struct __pyx_string_tab[193]
-#define __pyx_n_u_take __pyx_string_tab[194]
-#define __pyx_n_u_unpack __pyx_string_tab[195]
-#define __pyx_n_u_update __pyx_string_tab[196]
-#define __pyx_n_u_values __pyx_string_tab[197]
-#define __pyx_n_u_x __pyx_string_tab[198]
-#define __pyx_n_b_O __pyx_string_tab[199]
-#define __pyx_kp_b_PyObject_PyObject_Py_ssize_t_PyO __pyx_string_tab[200]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[201]
-#define __pyx_kp_b_iso88591_A_4t5_HAS_1 __pyx_string_tab[202]
-#define __pyx_kp_b_iso88591_A_uARvQd_3axt81 __pyx_string_tab[203]
-#define __pyx_kp_b_iso88591_A_7_Q_t4uAWAQ_4xq_Qa_87_4wat4q __pyx_string_tab[204]
-#define __pyx_kp_b_iso88591_A_t81M_T __pyx_string_tab[205]
-#define __pyx_kp_b_iso88591_A_t81_AV4q __pyx_string_tab[206]
-#define __pyx_kp_b_iso88591_A_M_T_D_aq_4t6_aq_t81Bar_4waq __pyx_string_tab[207]
-#define __pyx_kp_b_iso88591_A_M_T_D_aq_s_Bd __pyx_string_tab[208]
-#define __pyx_kp_b_iso88591_A_vQa_a_1_ay_1_t_c_d_a_D_t_c_r_r __pyx_string_tab[209]
-#define __pyx_kp_b_iso88591_A_t81IWG3a __pyx_string_tab[210]
+#define __pyx_n_u_alloc __pyx_string_tab[114]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[115]
+#define __pyx_n_u_any __pyx_string_tab[116]
+#define __pyx_n_u_as_bytes __pyx_string_tab[117]
+#define __pyx_n_u_ascontiguousarray __pyx_string_tab[118]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[119]
+#define __pyx_n_u_at __pyx_string_tab[120]
+#define __pyx_n_u_base __pyx_string_tab[121]
+#define __pyx_n_u_batch __pyx_string_tab[122]
+#define __pyx_n_u_bounds __pyx_string_tab[123]
+#define __pyx_n_u_c __pyx_string_tab[124]
+#define __pyx_n_u_c_contiguous __pyx_string_tab[125]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[126]
+#define __pyx_n_u_count __pyx_string_tab[127]
+#define __pyx_n_u_diff __pyx_string_tab[128]
+#define __pyx_n_u_dst __pyx_string_tab[129]
+#define __pyx_n_u_dtype __pyx_string_tab[130]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[131]
+#define __pyx_n_u_empty __pyx_string_tab[132]
+#define __pyx_n_u_encode __pyx_string_tab[133]
+#define __pyx_n_u_enumerate __pyx_string_tab[134]
+#define __pyx_n_u_error __pyx_string_tab[135]
+#define __pyx_n_u_flags __pyx_string_tab[136]
+#define __pyx_n_u_float64 __pyx_string_tab[137]
+#define __pyx_n_u_format __pyx_string_tab[138]
+#define __pyx_n_u_fortran __pyx_string_tab[139]
+#define __pyx_n_u_get __pyx_string_tab[140]
+#define __pyx_n_u_get_many __pyx_string_tab[141]
+#define __pyx_n_u_hasobject __pyx_string_tab[142]
+#define __pyx_n_u_i __pyx_string_tab[143]
+#define __pyx_n_u_id __pyx_string_tab[144]
+#define __pyx_n_u_index_2 __pyx_string_tab[145]
+#define __pyx_n_u_indices __pyx_string_tab[146]
+#define __pyx_n_u_int32 __pyx_string_tab[147]
+#define __pyx_n_u_int64 __pyx_string_tab[148]
+#define __pyx_n_u_item __pyx_string_tab[149]
+#define __pyx_n_u_items __pyx_string_tab[150]
+#define __pyx_n_u_itemsize __pyx_string_tab[151]
+#define __pyx_n_u_j __pyx_string_tab[152]
+#define __pyx_n_u_k __pyx_string_tab[153]
+#define __pyx_n_u_local __pyx_string_tab[154]
+#define __pyx_n_u_locate __pyx_string_tab[155]
+#define __pyx_n_u_max_len __pyx_string_tab[156]
+#define __pyx_n_u_memview __pyx_string_tab[157]
+#define __pyx_n_u_mmap_ninja__sharded __pyx_string_tab[158]
+#define __pyx_n_u_mode __pyx_string_tab[159]
+#define __pyx_n_u_name __pyx_string_tab[160]
+#define __pyx_n_u_ndarray __pyx_string_tab[161]
+#define __pyx_n_u_ndim __pyx_string_tab[162]
+#define __pyx_n_u_np __pyx_string_tab[163]
+#define __pyx_n_u_numpy __pyx_string_tab[164]
+#define __pyx_n_u_obj __pyx_string_tab[165]
+#define __pyx_n_u_open_parts __pyx_string_tab[166]
+#define __pyx_n_u_opener __pyx_string_tab[167]
+#define __pyx_n_u_others __pyx_string_tab[168]
+#define __pyx_n_u_out __pyx_string_tab[169]
+#define __pyx_n_u_p __pyx_string_tab[170]
+#define __pyx_n_u_pack __pyx_string_tab[171]
+#define __pyx_n_u_pad_value __pyx_string_tab[172]
+#define __pyx_n_u_padded __pyx_string_tab[173]
+#define __pyx_n_u_part_2 __pyx_string_tab[174]
+#define __pyx_n_u_part_of __pyx_string_tab[175]
+#define __pyx_n_u_parts_2 __pyx_string_tab[176]
+#define __pyx_n_u_pop __pyx_string_tab[177]
+#define __pyx_n_u_prod __pyx_string_tab[178]
+#define __pyx_n_u_r __pyx_string_tab[179]
+#define __pyx_n_u_reason __pyx_string_tab[180]
+#define __pyx_n_u_register __pyx_string_tab[181]
+#define __pyx_n_u_row __pyx_string_tab[182]
+#define __pyx_n_u_sample __pyx_string_tab[183]
+#define __pyx_n_u_samples_2 __pyx_string_tab[184]
+#define __pyx_n_u_samples_in __pyx_string_tab[185]
+#define __pyx_n_u_self __pyx_string_tab[186]
+#define __pyx_n_u_setdefault __pyx_string_tab[187]
+#define __pyx_n_u_shape __pyx_string_tab[188]
+#define __pyx_n_u_size __pyx_string_tab[189]
+#define __pyx_n_u_source __pyx_string_tab[190]
+#define __pyx_n_u_start __pyx_string_tab[191]
+#define __pyx_n_u_step __pyx_string_tab[192]
+#define __pyx_n_u_stop __pyx_string_tab[193]
+#define __pyx_n_u_struct __pyx_string_tab[194]
+#define __pyx_n_u_take __pyx_string_tab[195]
+#define __pyx_n_u_unpack __pyx_string_tab[196]
+#define __pyx_n_u_update __pyx_string_tab[197]
+#define __pyx_n_u_values __pyx_string_tab[198]
+#define __pyx_n_u_x __pyx_string_tab[199]
+#define __pyx_n_b_O __pyx_string_tab[200]
+#define __pyx_kp_b_PyObject_PyObject_Py_ssize_t_PyO __pyx_string_tab[201]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[202]
+#define __pyx_kp_b_iso88591_A_4t5_HAS_1 __pyx_string_tab[203]
+#define __pyx_kp_b_iso88591_A_uARvQd_3axt81 __pyx_string_tab[204]
+#define __pyx_kp_b_iso88591_A_7_Q_t4uAWAQ_4xq_Qa_87_4wat4q __pyx_string_tab[205]
+#define __pyx_kp_b_iso88591_A_t81M_T __pyx_string_tab[206]
+#define __pyx_kp_b_iso88591_A_t81_AV4q __pyx_string_tab[207]
+#define __pyx_kp_b_iso88591_A_M_T_D_aq_4t6_aq_t81Bar_4waq __pyx_string_tab[208]
+#define __pyx_kp_b_iso88591_A_M_T_D_aq_s_Bd __pyx_string_tab[209]
+#define __pyx_kp_b_iso88591_A_vQa_a_1_ay_1_t_c_d_a_D_t_c_r_r __pyx_string_tab[210]
 #define __pyx_kp_b_iso88591_A_7_xt7_1_Q_E_aq_wb_d_7_4xq_1_q __pyx_string_tab[211]
 #define __pyx_kp_b_iso88591_1_M_T_D_aq_4t6_aq_t81CuARr_WAT __pyx_string_tab[212]
-#define __pyx_kp_b_iso88591_A_vQa_a_ay_1_4xy_wjPVVW __pyx_string_tab[213]
-#define __pyx_kp_b_iso88591_A_vQa_b_AQ_HAV1Jg_q_P_jjkkl_wa __pyx_string_tab[214]
-#define __pyx_kp_b_iso88591_PPWWccd_t81IV_iuA __pyx_string_tab[215]
+#define __pyx_kp_b_iso88591_5Q_t81IWG3fF __pyx_string_tab[213]
+#define __pyx_kp_b_iso88591_A_vQa_a_ay_1_4xy_wjPVVW __pyx_string_tab[214]
+#define __pyx_kp_b_iso88591_A_vQa_b_AQ_HAV1Jg_q_P_jjkkl_wa __pyx_string_tab[215]
+#define __pyx_kp_b_iso88591_PPWWccd_t81IV_iuG1 __pyx_string_tab[216]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_1 __pyx_number_tab[2]
@@ -4937,9 +4953,9 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
-  for (int i=0; i<6; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<7; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<22; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<216; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<217; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<6; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -5003,9 +5019,9 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
-  for (int i=0; i<6; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<7; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<22; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<216; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<217; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<6; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -25611,7 +25627,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_10_first_
  *         return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
  * 
  *     cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out,             # <<<<<<<<<<<<<<
- *                         dtype=None):
+ *                         dtype=None, alloc=None):
  *         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
 */
 
@@ -25620,11 +25636,12 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
   /* "mmap_ninja/_sharded.pyx":231
  * 
  *     cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out,
- *                         dtype=None):             # <<<<<<<<<<<<<<
+ *                         dtype=None, alloc=None):             # <<<<<<<<<<<<<<
  *         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
  *         cdef Py_ssize_t batch = indices.shape[0]
 */
   PyObject *__pyx_v_dtype = ((PyObject *)Py_None);
+  PyObject *__pyx_v_alloc = ((PyObject *)Py_None);
   Py_ssize_t __pyx_v_batch;
   int32_t *__pyx_v_part_of;
   int64_t *__pyx_v_local;
@@ -25635,14 +25652,15 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
   PyObject *__pyx_t_3 = NULL;
   PyObject *__pyx_t_4 = NULL;
   struct __pyx_opt_args_10mmap_ninja_5_core__padded __pyx_t_5;
-  int __pyx_t_6;
-  char const *__pyx_t_7;
-  PyObject *__pyx_t_8 = NULL;
+  struct __pyx_opt_args_10mmap_ninja_5_core__take __pyx_t_6;
+  int __pyx_t_7;
+  char const *__pyx_t_8;
   PyObject *__pyx_t_9 = NULL;
   PyObject *__pyx_t_10 = NULL;
   PyObject *__pyx_t_11 = NULL;
   PyObject *__pyx_t_12 = NULL;
   PyObject *__pyx_t_13 = NULL;
+  PyObject *__pyx_t_14 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -25650,11 +25668,14 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
   if (__pyx_optional_args) {
     if (__pyx_optional_args->__pyx_n > 0) {
       __pyx_v_dtype = __pyx_optional_args->dtype;
+      if (__pyx_optional_args->__pyx_n > 1) {
+        __pyx_v_alloc = __pyx_optional_args->alloc;
+      }
     }
   }
 
   /* "mmap_ninja/_sharded.pyx":233
- *                         dtype=None):
+ *                         dtype=None, alloc=None):
  *         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
  *         cdef Py_ssize_t batch = indices.shape[0]             # <<<<<<<<<<<<<<
  *         cdef int32_t* part_of = NULL
@@ -25704,7 +25725,7 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
  *             self._locate_batch(indices, &part_of, &local)
  *             if padded:             # <<<<<<<<<<<<<<
  *                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
- *                                dtype)
+ *                                dtype, alloc)
 */
     if (__pyx_v_padded) {
 
@@ -25712,8 +25733,8 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
  *             self._locate_batch(indices, &part_of, &local)
  *             if padded:
  *                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,             # <<<<<<<<<<<<<<
- *                                dtype)
- *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
+ *                                dtype, alloc)
+ *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices,
 */
       __pyx_t_2 = ((PyObject *)__pyx_v_self->descr);
       __Pyx_INCREF(__pyx_t_2);
@@ -25723,12 +25744,13 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
       /* "mmap_ninja/_sharded.pyx":240
  *             if padded:
  *                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
- *                                dtype)             # <<<<<<<<<<<<<<
- *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
- *         finally:
+ *                                dtype, alloc)             # <<<<<<<<<<<<<<
+ *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices,
+ *                          alloc)
 */
-      __pyx_t_5.__pyx_n = 1;
+      __pyx_t_5.__pyx_n = 2;
       __pyx_t_5.dtype = __pyx_v_dtype;
+      __pyx_t_5.alloc = __pyx_v_alloc;
       __pyx_t_4 = __pyx_f_10mmap_ninja_5_core__padded(__pyx_v_self->parts, __pyx_v_part_of, __pyx_v_local, __pyx_v_batch, ((PyArray_Descr *)__pyx_t_2), __pyx_v_pad_value, __pyx_v_max_len, __pyx_v_out, ((PyObject *)__pyx_v_self), __pyx_t_3, &__pyx_t_5); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 239, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -25749,22 +25771,32 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
  *             self._locate_batch(indices, &part_of, &local)
  *             if padded:             # <<<<<<<<<<<<<<
  *                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
- *                                dtype)
+ *                                dtype, alloc)
 */
     }
 
     /* "mmap_ninja/_sharded.pyx":241
  *                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
- *                                dtype)
- *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)             # <<<<<<<<<<<<<<
+ *                                dtype, alloc)
+ *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices,             # <<<<<<<<<<<<<<
+ *                          alloc)
  *         finally:
- *             free(part_of)
 */
     __pyx_t_4 = ((PyObject *)__pyx_v_self->descr);
     __Pyx_INCREF(__pyx_t_4);
     __pyx_t_3 = __pyx_memoryview_fromslice(__pyx_v_indices, 1, (PyObject *(*)(char *)) __pyx_memview_get_nn_int64_t__const__, (int (*)(char *, PyObject *)) NULL, 0);; if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 241, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __pyx_f_10mmap_ninja_5_core__take(__pyx_v_self->parts, __pyx_v_part_of, __pyx_v_local, __pyx_v_batch, ((PyArray_Descr *)__pyx_t_4), __pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__nested(__pyx_v_self, __pyx_v_part_of, __pyx_v_batch), ((PyObject *)__pyx_v_self), __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 241, __pyx_L4_error)
+
+    /* "mmap_ninja/_sharded.pyx":242
+ *                                dtype, alloc)
+ *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices,
+ *                          alloc)             # <<<<<<<<<<<<<<
+ *         finally:
+ *             free(part_of)
+*/
+    __pyx_t_6.__pyx_n = 1;
+    __pyx_t_6.alloc = __pyx_v_alloc;
+    __pyx_t_2 = __pyx_f_10mmap_ninja_5_core__take(__pyx_v_self->parts, __pyx_v_part_of, __pyx_v_local, __pyx_v_batch, ((PyArray_Descr *)__pyx_t_4), __pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__nested(__pyx_v_self, __pyx_v_part_of, __pyx_v_batch), ((PyObject *)__pyx_v_self), __pyx_t_3, &__pyx_t_6); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 241, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
@@ -25780,8 +25812,8 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
     goto __pyx_L3_return;
   }
 
-  /* "mmap_ninja/_sharded.pyx":243
- *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
+  /* "mmap_ninja/_sharded.pyx":244
+ *                          alloc)
  *         finally:
  *             free(part_of)             # <<<<<<<<<<<<<<
  *             free(local)
@@ -25792,49 +25824,49 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
     /*exception exit:*/{
       __Pyx_PyThreadState_declare
       __Pyx_PyThreadState_assign
-      __pyx_t_8 = 0; __pyx_t_9 = 0; __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0;
+      __pyx_t_9 = 0; __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0;
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-       __Pyx_ExceptionSwap(&__pyx_t_11, &__pyx_t_12, &__pyx_t_13);
-      if ( unlikely(__Pyx_GetException(&__pyx_t_8, &__pyx_t_9, &__pyx_t_10) < 0)) __Pyx_ErrFetch(&__pyx_t_8, &__pyx_t_9, &__pyx_t_10);
-      __Pyx_XGOTREF(__pyx_t_8);
+       __Pyx_ExceptionSwap(&__pyx_t_12, &__pyx_t_13, &__pyx_t_14);
+      if ( unlikely(__Pyx_GetException(&__pyx_t_9, &__pyx_t_10, &__pyx_t_11) < 0)) __Pyx_ErrFetch(&__pyx_t_9, &__pyx_t_10, &__pyx_t_11);
       __Pyx_XGOTREF(__pyx_t_9);
       __Pyx_XGOTREF(__pyx_t_10);
       __Pyx_XGOTREF(__pyx_t_11);
       __Pyx_XGOTREF(__pyx_t_12);
       __Pyx_XGOTREF(__pyx_t_13);
-      __pyx_t_1 = __pyx_lineno; __pyx_t_6 = __pyx_clineno; __pyx_t_7 = __pyx_filename;
+      __Pyx_XGOTREF(__pyx_t_14);
+      __pyx_t_1 = __pyx_lineno; __pyx_t_7 = __pyx_clineno; __pyx_t_8 = __pyx_filename;
       {
         free(__pyx_v_part_of);
 
-        /* "mmap_ninja/_sharded.pyx":244
+        /* "mmap_ninja/_sharded.pyx":245
  *         finally:
  *             free(part_of)
  *             free(local)             # <<<<<<<<<<<<<<
  * 
- *     def take(self, const int64_t[::1] indices):
+ *     def take(self, const int64_t[::1] indices, alloc=None):
 */
         free(__pyx_v_local);
       }
-      __Pyx_XGIVEREF(__pyx_t_11);
       __Pyx_XGIVEREF(__pyx_t_12);
       __Pyx_XGIVEREF(__pyx_t_13);
-      __Pyx_ExceptionReset(__pyx_t_11, __pyx_t_12, __pyx_t_13);
-      __Pyx_XGIVEREF(__pyx_t_8);
+      __Pyx_XGIVEREF(__pyx_t_14);
+      __Pyx_ExceptionReset(__pyx_t_12, __pyx_t_13, __pyx_t_14);
       __Pyx_XGIVEREF(__pyx_t_9);
       __Pyx_XGIVEREF(__pyx_t_10);
-      __Pyx_ErrRestore(__pyx_t_8, __pyx_t_9, __pyx_t_10);
-      __pyx_t_8 = 0; __pyx_t_9 = 0; __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0;
-      __pyx_lineno = __pyx_t_1; __pyx_clineno = __pyx_t_6; __pyx_filename = __pyx_t_7;
+      __Pyx_XGIVEREF(__pyx_t_11);
+      __Pyx_ErrRestore(__pyx_t_9, __pyx_t_10, __pyx_t_11);
+      __pyx_t_9 = 0; __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0;
+      __pyx_lineno = __pyx_t_1; __pyx_clineno = __pyx_t_7; __pyx_filename = __pyx_t_8;
       goto __pyx_L1_error;
     }
     __pyx_L3_return: {
-      __pyx_t_13 = __pyx_r;
+      __pyx_t_14 = __pyx_r;
       __pyx_r = 0;
 
-      /* "mmap_ninja/_sharded.pyx":243
- *             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
+      /* "mmap_ninja/_sharded.pyx":244
+ *                          alloc)
  *         finally:
  *             free(part_of)             # <<<<<<<<<<<<<<
  *             free(local)
@@ -25842,16 +25874,16 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
 */
       free(__pyx_v_part_of);
 
-      /* "mmap_ninja/_sharded.pyx":244
+      /* "mmap_ninja/_sharded.pyx":245
  *         finally:
  *             free(part_of)
  *             free(local)             # <<<<<<<<<<<<<<
  * 
- *     def take(self, const int64_t[::1] indices):
+ *     def take(self, const int64_t[::1] indices, alloc=None):
 */
       free(__pyx_v_local);
-      __pyx_r = __pyx_t_13;
-      __pyx_t_13 = 0;
+      __pyx_r = __pyx_t_14;
+      __pyx_t_14 = 0;
       goto __pyx_L0;
     }
   }
@@ -25860,7 +25892,7 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
  *         return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
  * 
  *     cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out,             # <<<<<<<<<<<<<<
- *                         dtype=None):
+ *                         dtype=None, alloc=None):
  *         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
 */
 
@@ -25880,10 +25912,10 @@ static PyObject *__pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(st
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":246
+/* "mmap_ninja/_sharded.pyx":247
  *             free(local)
  * 
- *     def take(self, const int64_t[::1] indices):             # <<<<<<<<<<<<<<
+ *     def take(self, const int64_t[::1] indices, alloc=None):             # <<<<<<<<<<<<<<
  *         """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
  *         a ``RaggedBatch`` (see ``RaggedReader.take``)."""
 */
@@ -25896,7 +25928,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take, "ShardedRaggedReader.take(self, const int64_t[::1] indices)\n\nThe samples at ``indices`` (``int64``) copied back to back into one new buffer, as\na ``RaggedBatch`` (see ``RaggedReader.take``).");
+PyDoc_STRVAR(__pyx_doc_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take, "ShardedRaggedReader.take(self, const int64_t[::1] indices, alloc=None)\n\nThe samples at ``indices`` (``int64``) copied back to back into one new buffer, as\na ``RaggedBatch`` (see ``RaggedReader.take``).");
 static PyMethodDef __pyx_mdef_10mmap_ninja_8_sharded_19ShardedRaggedReader_13take = {"take", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10mmap_ninja_8_sharded_19ShardedRaggedReader_13take, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take};
 static PyObject *__pyx_pw_10mmap_ninja_8_sharded_19ShardedRaggedReader_13take(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -25906,11 +25938,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ) {
   __Pyx_memviewslice __pyx_v_indices = { 0, 0, { 0 }, { 0 }, { 0 } };
+  PyObject *__pyx_v_alloc = 0;
   #if !CYTHON_VECTORCALL
   CYTHON_UNUSED Py_ssize_t __pyx_nargs;
   #endif
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject* values[1] = {0};
+  PyObject* values[2] = {0,0};
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -25926,34 +25959,48 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   #endif
   __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
   {
-    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_indices,0};
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_indices,&__pyx_mstate_global->__pyx_n_u_alloc,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 246, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 247, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 247, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 246, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 247, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "take", 0) < (0)) __PYX_ERR(0, 246, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "take", 0) < (0)) __PYX_ERR(0, 247, __pyx_L3_error)
+      if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("take", 1, 1, 1, i); __PYX_ERR(0, 246, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("take", 0, 1, 2, i); __PYX_ERR(0, 247, __pyx_L3_error) }
       }
-    } else if (unlikely(__pyx_nargs != 1)) {
-      goto __pyx_L5_argtuple_error;
     } else {
-      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 246, __pyx_L3_error)
+      switch (__pyx_nargs) {
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 247, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 247, __pyx_L3_error)
+        break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
     }
-    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 246, __pyx_L3_error)
+    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 247, __pyx_L3_error)
+    __pyx_v_alloc = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("take", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 246, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("take", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 247, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25965,7 +26012,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take(((struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *)__pyx_v_self), __pyx_v_indices);
+  __pyx_r = __pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take(((struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *)__pyx_v_self), __pyx_v_indices, __pyx_v_alloc);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -25976,23 +26023,27 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices) {
+static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices, PyObject *__pyx_v_alloc) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
+  struct __pyx_opt_args_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather __pyx_t_2;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("take", 0);
 
-  /* "mmap_ninja/_sharded.pyx":249
+  /* "mmap_ninja/_sharded.pyx":250
  *         """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
  *         a ``RaggedBatch`` (see ``RaggedReader.take``)."""
- *         return self._gather(indices, False, None, -1, None)             # <<<<<<<<<<<<<<
+ *         return self._gather(indices, False, None, -1, None, None, alloc)             # <<<<<<<<<<<<<<
  * 
- *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,
 */
-  __pyx_t_1 = __pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(__pyx_v_self, __pyx_v_indices, 0, Py_None, -1L, Py_None, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 249, __pyx_L1_error)
+  __pyx_t_2.__pyx_n = 2;
+  __pyx_t_2.dtype = Py_None;
+  __pyx_t_2.alloc = __pyx_v_alloc;
+  __pyx_t_1 = __pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(__pyx_v_self, __pyx_v_indices, 0, Py_None, -1L, Py_None, &__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 250, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -26005,10 +26056,10 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take(st
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "mmap_ninja/_sharded.pyx":246
+  /* "mmap_ninja/_sharded.pyx":247
  *             free(local)
  * 
- *     def take(self, const int64_t[::1] indices):             # <<<<<<<<<<<<<<
+ *     def take(self, const int64_t[::1] indices, alloc=None):             # <<<<<<<<<<<<<<
  *         """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
  *         a ``RaggedBatch`` (see ``RaggedReader.take``)."""
 */
@@ -26024,12 +26075,12 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_12take(st
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":251
- *         return self._gather(indices, False, None, -1, None)
+/* "mmap_ninja/_sharded.pyx":252
+ *         return self._gather(indices, False, None, -1, None, None, alloc)
  * 
- *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):             # <<<<<<<<<<<<<<
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,             # <<<<<<<<<<<<<<
+ *                alloc=None):
  *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
- *         lengths (see ``RaggedReader.padded``)."""
 */
 
 /* Python wrapper */
@@ -26040,7 +26091,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded, "ShardedRaggedReader.padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None)\n\nThe samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their\nlengths (see ``RaggedReader.padded``).");
+PyDoc_STRVAR(__pyx_doc_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded, "ShardedRaggedReader.padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None, alloc=None)\n\nThe samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their\nlengths (see ``RaggedReader.padded``).");
 static PyMethodDef __pyx_mdef_10mmap_ninja_8_sharded_19ShardedRaggedReader_15padded = {"padded", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10mmap_ninja_8_sharded_19ShardedRaggedReader_15padded, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded};
 static PyObject *__pyx_pw_10mmap_ninja_8_sharded_19ShardedRaggedReader_15padded(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -26054,11 +26105,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   Py_ssize_t __pyx_v_max_len;
   PyObject *__pyx_v_out = 0;
   PyObject *__pyx_v_dtype = 0;
+  PyObject *__pyx_v_alloc = 0;
   #if !CYTHON_VECTORCALL
   CYTHON_UNUSED Py_ssize_t __pyx_nargs;
   #endif
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject* values[5] = {0,0,0,0,0};
+  PyObject* values[6] = {0,0,0,0,0,0};
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -26074,79 +26126,114 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   #endif
   __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
   {
-    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_indices,&__pyx_mstate_global->__pyx_n_u_pad_value,&__pyx_mstate_global->__pyx_n_u_max_len,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_dtype,0};
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_indices,&__pyx_mstate_global->__pyx_n_u_pad_value,&__pyx_mstate_global->__pyx_n_u_max_len,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_alloc,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 251, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 252, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
+        case  6:
+        values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 252, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 252, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 252, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 252, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 252, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 252, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "padded", 0) < (0)) __PYX_ERR(0, 251, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "padded", 0) < (0)) __PYX_ERR(0, 252, __pyx_L3_error)
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[4]) values[4] = __Pyx_NewRef(((PyObject *)Py_None));
+
+      /* "mmap_ninja/_sharded.pyx":253
+ * 
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,
+ *                alloc=None):             # <<<<<<<<<<<<<<
+ *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
+ *         lengths (see ``RaggedReader.padded``)."""
+*/
+      if (!values[5]) values[5] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("padded", 0, 2, 5, i); __PYX_ERR(0, 251, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("padded", 0, 2, 6, i); __PYX_ERR(0, 252, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
+        case  6:
+        values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 252, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 252, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 252, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 252, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 252, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 252, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
+
+      /* "mmap_ninja/_sharded.pyx":252
+ *         return self._gather(indices, False, None, -1, None, None, alloc)
+ * 
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,             # <<<<<<<<<<<<<<
+ *                alloc=None):
+ *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
+*/
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[4]) values[4] = __Pyx_NewRef(((PyObject *)Py_None));
+
+      /* "mmap_ninja/_sharded.pyx":253
+ * 
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,
+ *                alloc=None):             # <<<<<<<<<<<<<<
+ *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
+ *         lengths (see ``RaggedReader.padded``)."""
+*/
+      if (!values[5]) values[5] = __Pyx_NewRef(((PyObject *)Py_None));
     }
-    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 251, __pyx_L3_error)
+    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 252, __pyx_L3_error)
     __pyx_v_pad_value = values[1];
     if (values[2]) {
-      __pyx_v_max_len = __Pyx_PyIndex_AsSsize_t(values[2]); if (unlikely((__pyx_v_max_len == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 251, __pyx_L3_error)
+      __pyx_v_max_len = __Pyx_PyIndex_AsSsize_t(values[2]); if (unlikely((__pyx_v_max_len == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 252, __pyx_L3_error)
     } else {
       __pyx_v_max_len = ((Py_ssize_t)-1L);
     }
     __pyx_v_out = values[3];
     __pyx_v_dtype = values[4];
+    __pyx_v_alloc = values[5];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("padded", 0, 2, 5, __pyx_nargs); __PYX_ERR(0, 251, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("padded", 0, 2, 6, __pyx_nargs); __PYX_ERR(0, 252, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26158,7 +26245,15 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded(((struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *)__pyx_v_self), __pyx_v_indices, __pyx_v_pad_value, __pyx_v_max_len, __pyx_v_out, __pyx_v_dtype);
+  __pyx_r = __pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded(((struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *)__pyx_v_self), __pyx_v_indices, __pyx_v_pad_value, __pyx_v_max_len, __pyx_v_out, __pyx_v_dtype, __pyx_v_alloc);
+
+  /* "mmap_ninja/_sharded.pyx":252
+ *         return self._gather(indices, False, None, -1, None, None, alloc)
+ * 
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,             # <<<<<<<<<<<<<<
+ *                alloc=None):
+ *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
+*/
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -26170,7 +26265,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices, PyObject *__pyx_v_pad_value, Py_ssize_t __pyx_v_max_len, PyObject *__pyx_v_out, PyObject *__pyx_v_dtype) {
+static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded(struct __pyx_obj_10mmap_ninja_8_sharded_ShardedRaggedReader *__pyx_v_self, __Pyx_memviewslice __pyx_v_indices, PyObject *__pyx_v_pad_value, Py_ssize_t __pyx_v_max_len, PyObject *__pyx_v_out, PyObject *__pyx_v_dtype, PyObject *__pyx_v_alloc) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
@@ -26180,16 +26275,17 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded(
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("padded", 0);
 
-  /* "mmap_ninja/_sharded.pyx":254
+  /* "mmap_ninja/_sharded.pyx":256
  *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
  *         lengths (see ``RaggedReader.padded``)."""
- *         return self._gather(indices, True, pad_value, max_len, out, dtype)             # <<<<<<<<<<<<<<
+ *         return self._gather(indices, True, pad_value, max_len, out, dtype, alloc)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_2.__pyx_n = 1;
+  __pyx_t_2.__pyx_n = 2;
   __pyx_t_2.dtype = __pyx_v_dtype;
-  __pyx_t_1 = __pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(__pyx_v_self, __pyx_v_indices, 1, __pyx_v_pad_value, __pyx_v_max_len, __pyx_v_out, &__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 254, __pyx_L1_error)
+  __pyx_t_2.alloc = __pyx_v_alloc;
+  __pyx_t_1 = __pyx_f_10mmap_ninja_8_sharded_19ShardedRaggedReader__gather(__pyx_v_self, __pyx_v_indices, 1, __pyx_v_pad_value, __pyx_v_max_len, __pyx_v_out, &__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 256, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -26202,12 +26298,12 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_14padded(
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "mmap_ninja/_sharded.pyx":251
- *         return self._gather(indices, False, None, -1, None)
+  /* "mmap_ninja/_sharded.pyx":252
+ *         return self._gather(indices, False, None, -1, None, None, alloc)
  * 
- *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):             # <<<<<<<<<<<<<<
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,             # <<<<<<<<<<<<<<
+ *                alloc=None):
  *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
- *         lengths (see ``RaggedReader.padded``)."""
 */
 
   /* function exit code */
@@ -26427,7 +26523,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_19ShardedRaggedReader_18__setst
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":264
+/* "mmap_ninja/_sharded.pyx":266
  *     cdef strings_t* parts
  * 
  *     def __cinit__(self, bounds, opener, source=""):             # <<<<<<<<<<<<<<
@@ -26475,41 +26571,41 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_bounds,&__pyx_mstate_global->__pyx_n_u_opener,&__pyx_mstate_global->__pyx_n_u_source,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 264, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 266, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 264, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 266, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 264, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 266, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 264, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 266, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 264, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 266, __pyx_L3_error)
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_kp_u__6));
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 2, 3, i); __PYX_ERR(0, 264, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 2, 3, i); __PYX_ERR(0, 266, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 264, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 266, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 264, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 266, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 264, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 266, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -26521,7 +26617,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 264, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 266, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26551,18 +26647,18 @@ static int __pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader___cinit__(stru
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "mmap_ninja/_sharded.pyx":265
+  /* "mmap_ninja/_sharded.pyx":267
  * 
  *     def __cinit__(self, bounds, opener, source=""):
  *         self._init_parts(bounds, opener, source, sizeof(strings_t))             # <<<<<<<<<<<<<<
  *         self.parts = <strings_t*>self.table
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedStringsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._init_parts(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_bounds, __pyx_v_opener, __pyx_v_source, (sizeof(__pyx_t_10mmap_ninja_5_core_strings_t))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedStringsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._init_parts(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_bounds, __pyx_v_opener, __pyx_v_source, (sizeof(__pyx_t_10mmap_ninja_5_core_strings_t))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 267, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":266
+  /* "mmap_ninja/_sharded.pyx":268
  *     def __cinit__(self, bounds, opener, source=""):
  *         self._init_parts(bounds, opener, source, sizeof(strings_t))
  *         self.parts = <strings_t*>self.table             # <<<<<<<<<<<<<<
@@ -26571,7 +26667,7 @@ static int __pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader___cinit__(stru
 */
   __pyx_v_self->parts = ((__pyx_t_10mmap_ninja_5_core_strings_t *)__pyx_v_self->__pyx_base.table);
 
-  /* "mmap_ninja/_sharded.pyx":264
+  /* "mmap_ninja/_sharded.pyx":266
  *     cdef strings_t* parts
  * 
  *     def __cinit__(self, bounds, opener, source=""):             # <<<<<<<<<<<<<<
@@ -26592,7 +26688,7 @@ static int __pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader___cinit__(stru
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":268
+/* "mmap_ninja/_sharded.pyx":270
  *         self.parts = <strings_t*>self.table
  * 
  *     cdef int _adopt(self, Py_ssize_t p, object reader) except -1:             # <<<<<<<<<<<<<<
@@ -26624,7 +26720,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_adopt", 0);
 
-  /* "mmap_ninja/_sharded.pyx":270
+  /* "mmap_ninja/_sharded.pyx":272
  *     cdef int _adopt(self, Py_ssize_t p, object reader) except -1:
  *         cdef StringsReader part
  *         cdef int64_t length = self.bounds[p + 1] - self.bounds[p]             # <<<<<<<<<<<<<<
@@ -26633,7 +26729,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
 */
   __pyx_v_length = ((__pyx_v_self->__pyx_base.bounds[(__pyx_v_p + 1)]) - (__pyx_v_self->__pyx_base.bounds[__pyx_v_p]));
 
-  /* "mmap_ninja/_sharded.pyx":271
+  /* "mmap_ninja/_sharded.pyx":273
  *         cdef StringsReader part
  *         cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
  *         if not isinstance(reader, StringsReader):             # <<<<<<<<<<<<<<
@@ -26647,7 +26743,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "mmap_ninja/_sharded.pyx":272
+    /* "mmap_ninja/_sharded.pyx":274
  *         cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
  *         if not isinstance(reader, StringsReader):
  *             raise TypeError(f"{self.source}: part {p} was opened as {type(reader).__name__}, not a strings map")             # <<<<<<<<<<<<<<
@@ -26655,13 +26751,13 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
  *         if part.n < length:
 */
     __pyx_t_4 = NULL;
-    __pyx_t_5 = __Pyx_PyObject_FormatSimple(__pyx_v_self->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 272, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimple(__pyx_v_self->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 274, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_p, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 272, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_p, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 274, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_reader)), __pyx_mstate_global->__pyx_n_u_name_2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 272, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_reader)), __pyx_mstate_global->__pyx_n_u_name_2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 274, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_7, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 272, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_7, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 274, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_9[0] = __pyx_t_5;
@@ -26679,7 +26775,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
     __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[0]) | __Pyx_PyUnicode_KIND_04(__pyx_t_9[4]);
     #endif
     __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_9, 6, __pyx_t_10, __pyx_t_11);
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 272, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 274, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -26690,14 +26786,14 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 272, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 274, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 272, __pyx_L1_error)
+    __PYX_ERR(0, 274, __pyx_L1_error)
 
-    /* "mmap_ninja/_sharded.pyx":271
+    /* "mmap_ninja/_sharded.pyx":273
  *         cdef StringsReader part
  *         cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
  *         if not isinstance(reader, StringsReader):             # <<<<<<<<<<<<<<
@@ -26706,7 +26802,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
 */
   }
 
-  /* "mmap_ninja/_sharded.pyx":273
+  /* "mmap_ninja/_sharded.pyx":275
  *         if not isinstance(reader, StringsReader):
  *             raise TypeError(f"{self.source}: part {p} was opened as {type(reader).__name__}, not a strings map")
  *         part = <StringsReader>reader             # <<<<<<<<<<<<<<
@@ -26718,7 +26814,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
   __pyx_v_part = ((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":274
+  /* "mmap_ninja/_sharded.pyx":276
  *             raise TypeError(f"{self.source}: part {p} was opened as {type(reader).__name__}, not a strings map")
  *         part = <StringsReader>reader
  *         if part.n < length:             # <<<<<<<<<<<<<<
@@ -26730,7 +26826,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "mmap_ninja/_sharded.pyx":275
+    /* "mmap_ninja/_sharded.pyx":277
  *         part = <StringsReader>reader
  *         if part.n < length:
  *             raise ValueError(f"{part.source}: holds {part.n} strings, the manifest says {length}")             # <<<<<<<<<<<<<<
@@ -26738,11 +26834,11 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
  *         self.parts[p].n = length
 */
     __pyx_t_7 = NULL;
-    __pyx_t_4 = __Pyx_PyObject_FormatSimple(__pyx_v_part->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 275, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimple(__pyx_v_part->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 277, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_8 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_part->__pyx_base.n, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 275, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_part->__pyx_base.n, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 277, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_6 = __Pyx_PyUnicode_From_int64_t(__pyx_v_length, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 275, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_int64_t(__pyx_v_length, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 277, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_13[0] = __pyx_t_4;
     __pyx_t_13[1] = __pyx_mstate_global->__pyx_kp_u_holds;
@@ -26758,7 +26854,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
     __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_13[0]);
     #endif
     __pyx_t_5 = __Pyx_PyUnicode_Join(__pyx_t_13, 5, __pyx_t_10, __pyx_t_11);
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 275, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 277, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -26769,14 +26865,14 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 275, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 277, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 275, __pyx_L1_error)
+    __PYX_ERR(0, 277, __pyx_L1_error)
 
-    /* "mmap_ninja/_sharded.pyx":274
+    /* "mmap_ninja/_sharded.pyx":276
  *             raise TypeError(f"{self.source}: part {p} was opened as {type(reader).__name__}, not a strings map")
  *         part = <StringsReader>reader
  *         if part.n < length:             # <<<<<<<<<<<<<<
@@ -26785,7 +26881,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
 */
   }
 
-  /* "mmap_ninja/_sharded.pyx":276
+  /* "mmap_ninja/_sharded.pyx":278
  *         if part.n < length:
  *             raise ValueError(f"{part.source}: holds {part.n} strings, the manifest says {length}")
  *         self.parts[p] = part.c             # <<<<<<<<<<<<<<
@@ -26797,7 +26893,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
   (__pyx_v_self->parts[__pyx_v_p]) = __pyx_t_14;
 
 
-  /* "mmap_ninja/_sharded.pyx":277
+  /* "mmap_ninja/_sharded.pyx":279
  *             raise ValueError(f"{part.source}: holds {part.n} strings, the manifest says {length}")
  *         self.parts[p] = part.c
  *         self.parts[p].n = length             # <<<<<<<<<<<<<<
@@ -26806,7 +26902,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
 */
   (__pyx_v_self->parts[__pyx_v_p]).n = __pyx_v_length;
 
-  /* "mmap_ninja/_sharded.pyx":278
+  /* "mmap_ninja/_sharded.pyx":280
  *         self.parts[p] = part.c
  *         self.parts[p].n = length
  *         return 0             # <<<<<<<<<<<<<<
@@ -26819,7 +26915,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
   }
   goto __pyx_L0;
 
-  /* "mmap_ninja/_sharded.pyx":268
+  /* "mmap_ninja/_sharded.pyx":270
  *         self.parts = <strings_t*>self.table
  * 
  *     cdef int _adopt(self, Py_ssize_t p, object reader) except -1:             # <<<<<<<<<<<<<<
@@ -26845,7 +26941,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt(struct _
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":280
+/* "mmap_ninja/_sharded.pyx":282
  *         return 0
  * 
  *     def get(self, i, bint as_bytes=False):             # <<<<<<<<<<<<<<
@@ -26894,48 +26990,48 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_i,&__pyx_mstate_global->__pyx_n_u_as_bytes,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 280, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 282, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 280, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 282, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 280, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 282, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "get", 0) < (0)) __PYX_ERR(0, 280, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "get", 0) < (0)) __PYX_ERR(0, 282, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("get", 0, 1, 2, i); __PYX_ERR(0, 280, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("get", 0, 1, 2, i); __PYX_ERR(0, 282, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 280, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 282, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 280, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 282, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
     __pyx_v_i = values[0];
     if (values[1]) {
-      __pyx_v_as_bytes = __Pyx_PyObject_IsTrue(values[1]); if (unlikely((__pyx_v_as_bytes == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 280, __pyx_L3_error)
+      __pyx_v_as_bytes = __Pyx_PyObject_IsTrue(values[1]); if (unlikely((__pyx_v_as_bytes == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 282, __pyx_L3_error)
     } else {
       __pyx_v_as_bytes = ((int)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("get", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 280, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("get", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 282, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26971,17 +27067,17 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_2get(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("get", 0);
 
-  /* "mmap_ninja/_sharded.pyx":282
+  /* "mmap_ninja/_sharded.pyx":284
  *     def get(self, i, bint as_bytes=False):
  *         """String ``i`` (negative counts from the end), or its raw bytes."""
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)             # <<<<<<<<<<<<<<
  *         cdef Py_ssize_t p = self._find(j)
  *         if not self.ready[p]:
 */
-  __pyx_t_1 = __pyx_f_10mmap_ninja_5_core__scalar_index(__pyx_v_i, __pyx_v_self->__pyx_base.n); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_10mmap_ninja_5_core__scalar_index(__pyx_v_i, __pyx_v_self->__pyx_base.n); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 284, __pyx_L1_error)
   __pyx_v_j = __pyx_t_1;
 
-  /* "mmap_ninja/_sharded.pyx":283
+  /* "mmap_ninja/_sharded.pyx":285
  *         """String ``i`` (negative counts from the end), or its raw bytes."""
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)
  *         cdef Py_ssize_t p = self._find(j)             # <<<<<<<<<<<<<<
@@ -26990,7 +27086,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_2get(str
 */
   __pyx_v_p = __pyx_f_10mmap_ninja_8_sharded_6_Parts__find(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_j);
 
-  /* "mmap_ninja/_sharded.pyx":284
+  /* "mmap_ninja/_sharded.pyx":286
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)
  *         cdef Py_ssize_t p = self._find(j)
  *         if not self.ready[p]:             # <<<<<<<<<<<<<<
@@ -27002,17 +27098,17 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_2get(str
   if (__pyx_t_2) {
 
 
-    /* "mmap_ninja/_sharded.pyx":285
+    /* "mmap_ninja/_sharded.pyx":287
  *         cdef Py_ssize_t p = self._find(j)
  *         if not self.ready[p]:
  *             self._open(p)             # <<<<<<<<<<<<<<
  *         return (<StringsReader>self.readers[p])._get(j - self.bounds[p], as_bytes)
  * 
 */
-    __pyx_t_3 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedStringsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._open(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_p); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 285, __pyx_L1_error)
+    __pyx_t_3 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedStringsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._open(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_p); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 287, __pyx_L1_error)
 
 
-    /* "mmap_ninja/_sharded.pyx":284
+    /* "mmap_ninja/_sharded.pyx":286
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)
  *         cdef Py_ssize_t p = self._find(j)
  *         if not self.ready[p]:             # <<<<<<<<<<<<<<
@@ -27021,7 +27117,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_2get(str
 */
   }
 
-  /* "mmap_ninja/_sharded.pyx":286
+  /* "mmap_ninja/_sharded.pyx":288
  *         if not self.ready[p]:
  *             self._open(p)
  *         return (<StringsReader>self.readers[p])._get(j - self.bounds[p], as_bytes)             # <<<<<<<<<<<<<<
@@ -27030,9 +27126,9 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_2get(str
 */
   if (unlikely(__pyx_v_self->__pyx_base.readers == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 286, __pyx_L1_error)
+    __PYX_ERR(0, 288, __pyx_L1_error)
   }
-  __pyx_t_4 = ((struct __pyx_vtabstruct_10mmap_ninja_5_core_StringsReader *)((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__Pyx_PyList_GET_ITEM(__pyx_v_self->__pyx_base.readers, __pyx_v_p))->__pyx_base.__pyx_vtab)->_get(((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__Pyx_PyList_GET_ITEM(__pyx_v_self->__pyx_base.readers, __pyx_v_p)), (__pyx_v_j - (__pyx_v_self->__pyx_base.bounds[__pyx_v_p])), __pyx_v_as_bytes); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_10mmap_ninja_5_core_StringsReader *)((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__Pyx_PyList_GET_ITEM(__pyx_v_self->__pyx_base.readers, __pyx_v_p))->__pyx_base.__pyx_vtab)->_get(((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__Pyx_PyList_GET_ITEM(__pyx_v_self->__pyx_base.readers, __pyx_v_p)), (__pyx_v_j - (__pyx_v_self->__pyx_base.bounds[__pyx_v_p])), __pyx_v_as_bytes); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 288, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject *__pyx_temp;
@@ -27045,7 +27141,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_2get(str
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "mmap_ninja/_sharded.pyx":280
+  /* "mmap_ninja/_sharded.pyx":282
  *         return 0
  * 
  *     def get(self, i, bint as_bytes=False):             # <<<<<<<<<<<<<<
@@ -27066,7 +27162,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_2get(str
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":288
+/* "mmap_ninja/_sharded.pyx":290
  *         return (<StringsReader>self.readers[p])._get(j - self.bounds[p], as_bytes)
  * 
  *     def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):             # <<<<<<<<<<<<<<
@@ -27115,39 +27211,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_indices,&__pyx_mstate_global->__pyx_n_u_k,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 288, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 290, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 288, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 290, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 288, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 290, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_batch_error", 0) < (0)) __PYX_ERR(0, 288, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_batch_error", 0) < (0)) __PYX_ERR(0, 290, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_batch_error", 1, 2, 2, i); __PYX_ERR(0, 288, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_batch_error", 1, 2, 2, i); __PYX_ERR(0, 290, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 288, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 290, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 288, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 290, __pyx_L3_error)
     }
-    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 288, __pyx_L3_error)
-    __pyx_v_k = __Pyx_PyIndex_AsSsize_t(values[1]); if (unlikely((__pyx_v_k == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L3_error)
+    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 290, __pyx_L3_error)
+    __pyx_v_k = __Pyx_PyIndex_AsSsize_t(values[1]); if (unlikely((__pyx_v_k == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_batch_error", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 288, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_batch_error", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 290, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -27190,7 +27286,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_batch_error", 0);
 
-  /* "mmap_ninja/_sharded.pyx":289
+  /* "mmap_ninja/_sharded.pyx":291
  * 
  *     def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):
  *         p, j = self.part(indices[k])             # <<<<<<<<<<<<<<
@@ -27200,7 +27296,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
   __pyx_t_2 = ((PyObject *)__pyx_v_self);
   __Pyx_INCREF(__pyx_t_2);
   __pyx_t_3 = __pyx_v_k;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t((*((int64_t const  *) ( /* dim=0 */ ((char *) (((int64_t const  *) __pyx_v_indices.data) + __pyx_t_3)) )))); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t((*((int64_t const  *) ( /* dim=0 */ ((char *) (((int64_t const  *) __pyx_v_indices.data) + __pyx_t_3)) )))); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_5 = 0;
   {
@@ -27208,7 +27304,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_part_2, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 289, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -27217,7 +27313,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(0, 289, __pyx_L1_error)
+      __PYX_ERR(0, 291, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -27227,22 +27323,22 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
       __Pyx_INCREF(__pyx_t_2);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 289, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 291, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 289, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
     }
     #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 289, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 289, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 289, __pyx_L1_error)
+    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_7 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
@@ -27250,7 +27346,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
     __Pyx_GOTREF(__pyx_t_4);
     index = 1; __pyx_t_2 = __pyx_t_7(__pyx_t_6); if (unlikely(!__pyx_t_2)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_2);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 2) < (0)) __PYX_ERR(0, 289, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 2) < (0)) __PYX_ERR(0, 291, __pyx_L1_error)
     __pyx_t_7 = NULL;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     goto __pyx_L4_unpacking_done;
@@ -27258,7 +27354,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(0, 289, __pyx_L1_error)
+    __PYX_ERR(0, 291, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __pyx_v_p = __pyx_t_4;
@@ -27266,7 +27362,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
   __pyx_v_j = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":290
+  /* "mmap_ninja/_sharded.pyx":292
  *     def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):
  *         p, j = self.part(indices[k])
  *         (<StringsReader>self.readers[p])._raise_unreadable(j)             # <<<<<<<<<<<<<<
@@ -27275,17 +27371,17 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
 */
   if (unlikely(__pyx_v_self->__pyx_base.readers == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 290, __pyx_L1_error)
+    __PYX_ERR(0, 292, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyObject_GetItem(__pyx_v_self->__pyx_base.readers, __pyx_v_p); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetItem(__pyx_v_self->__pyx_base.readers, __pyx_v_p); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_j); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
-  __pyx_t_9 = ((struct __pyx_vtabstruct_10mmap_ninja_5_core_StringsReader *)((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__pyx_t_1)->__pyx_base.__pyx_vtab)->__pyx_base._raise_unreadable(((struct __pyx_obj_10mmap_ninja_5_core__Offsets *)((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__pyx_t_1)), __pyx_t_8); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_j); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_9 = ((struct __pyx_vtabstruct_10mmap_ninja_5_core_StringsReader *)((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__pyx_t_1)->__pyx_base.__pyx_vtab)->__pyx_base._raise_unreadable(((struct __pyx_obj_10mmap_ninja_5_core__Offsets *)((struct __pyx_obj_10mmap_ninja_5_core_StringsReader *)__pyx_t_1)), __pyx_t_8); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
 
 
-  /* "mmap_ninja/_sharded.pyx":288
+  /* "mmap_ninja/_sharded.pyx":290
  *         return (<StringsReader>self.readers[p])._get(j - self.bounds[p], as_bytes)
  * 
  *     def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):             # <<<<<<<<<<<<<<
@@ -27311,7 +27407,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_4_batch_
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":292
+/* "mmap_ninja/_sharded.pyx":294
  *         (<StringsReader>self.readers[p])._raise_unreadable(j)
  * 
  *     def get_many(self, const int64_t[::1] indices, bint as_bytes=False):             # <<<<<<<<<<<<<<
@@ -27360,48 +27456,48 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_indices,&__pyx_mstate_global->__pyx_n_u_as_bytes,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 292, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 294, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 292, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 294, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 292, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 294, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "get_many", 0) < (0)) __PYX_ERR(0, 292, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "get_many", 0) < (0)) __PYX_ERR(0, 294, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("get_many", 0, 1, 2, i); __PYX_ERR(0, 292, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("get_many", 0, 1, 2, i); __PYX_ERR(0, 294, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 292, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 294, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 292, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 294, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
-    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 292, __pyx_L3_error)
+    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 294, __pyx_L3_error)
     if (values[1]) {
-      __pyx_v_as_bytes = __Pyx_PyObject_IsTrue(values[1]); if (unlikely((__pyx_v_as_bytes == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L3_error)
+      __pyx_v_as_bytes = __Pyx_PyObject_IsTrue(values[1]); if (unlikely((__pyx_v_as_bytes == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 294, __pyx_L3_error)
     } else {
       __pyx_v_as_bytes = ((int)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("get_many", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 292, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("get_many", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 294, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -27447,7 +27543,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("get_many", 0);
 
-  /* "mmap_ninja/_sharded.pyx":295
+  /* "mmap_ninja/_sharded.pyx":297
  *         """The strings (or raw bytes) at ``indices`` (``int64``), as a list (see
  *         ``StringsReader.get_many``)."""
  *         cdef Py_ssize_t batch = indices.shape[0]             # <<<<<<<<<<<<<<
@@ -27456,7 +27552,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
 */
   __pyx_v_batch = (__pyx_v_indices.shape[0]);
 
-  /* "mmap_ninja/_sharded.pyx":296
+  /* "mmap_ninja/_sharded.pyx":298
  *         ``StringsReader.get_many``)."""
  *         cdef Py_ssize_t batch = indices.shape[0]
  *         cdef int32_t* part_of = NULL             # <<<<<<<<<<<<<<
@@ -27465,7 +27561,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
 */
   __pyx_v_part_of = NULL;
 
-  /* "mmap_ninja/_sharded.pyx":297
+  /* "mmap_ninja/_sharded.pyx":299
  *         cdef Py_ssize_t batch = indices.shape[0]
  *         cdef int32_t* part_of = NULL
  *         cdef int64_t* local = NULL             # <<<<<<<<<<<<<<
@@ -27474,7 +27570,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
 */
   __pyx_v_local = NULL;
 
-  /* "mmap_ninja/_sharded.pyx":298
+  /* "mmap_ninja/_sharded.pyx":300
  *         cdef int32_t* part_of = NULL
  *         cdef int64_t* local = NULL
  *         try:             # <<<<<<<<<<<<<<
@@ -27483,26 +27579,26 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
 */
   /*try:*/ {
 
-    /* "mmap_ninja/_sharded.pyx":299
+    /* "mmap_ninja/_sharded.pyx":301
  *         cdef int64_t* local = NULL
  *         try:
  *             self._locate_batch(indices, &part_of, &local)             # <<<<<<<<<<<<<<
  *             return _gather_strings(self.parts, part_of, local, batch, as_bytes, self, indices)
  *         finally:
 */
-    __pyx_t_1 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedStringsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._locate_batch(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_indices, (&__pyx_v_part_of), (&__pyx_v_local)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 299, __pyx_L4_error)
+    __pyx_t_1 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedStringsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._locate_batch(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_indices, (&__pyx_v_part_of), (&__pyx_v_local)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 301, __pyx_L4_error)
 
 
-    /* "mmap_ninja/_sharded.pyx":300
+    /* "mmap_ninja/_sharded.pyx":302
  *         try:
  *             self._locate_batch(indices, &part_of, &local)
  *             return _gather_strings(self.parts, part_of, local, batch, as_bytes, self, indices)             # <<<<<<<<<<<<<<
  *         finally:
  *             free(part_of)
 */
-    __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_indices, 1, (PyObject *(*)(char *)) __pyx_memview_get_nn_int64_t__const__, (int (*)(char *, PyObject *)) NULL, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 300, __pyx_L4_error)
+    __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_indices, 1, (PyObject *(*)(char *)) __pyx_memview_get_nn_int64_t__const__, (int (*)(char *, PyObject *)) NULL, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 302, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __pyx_f_10mmap_ninja_5_core__gather_strings(__pyx_v_self->parts, __pyx_v_part_of, __pyx_v_local, __pyx_v_batch, __pyx_v_as_bytes, ((PyObject *)__pyx_v_self), __pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 300, __pyx_L4_error)
+    __pyx_t_3 = __pyx_f_10mmap_ninja_5_core__gather_strings(__pyx_v_self->parts, __pyx_v_part_of, __pyx_v_local, __pyx_v_batch, __pyx_v_as_bytes, ((PyObject *)__pyx_v_self), __pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 302, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     {
@@ -27517,7 +27613,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
     goto __pyx_L3_return;
   }
 
-  /* "mmap_ninja/_sharded.pyx":302
+  /* "mmap_ninja/_sharded.pyx":304
  *             return _gather_strings(self.parts, part_of, local, batch, as_bytes, self, indices)
  *         finally:
  *             free(part_of)             # <<<<<<<<<<<<<<
@@ -27544,7 +27640,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
       {
         free(__pyx_v_part_of);
 
-        /* "mmap_ninja/_sharded.pyx":303
+        /* "mmap_ninja/_sharded.pyx":305
  *         finally:
  *             free(part_of)
  *             free(local)             # <<<<<<<<<<<<<<
@@ -27569,7 +27665,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
       __pyx_t_11 = __pyx_r;
       __pyx_r = 0;
 
-      /* "mmap_ninja/_sharded.pyx":302
+      /* "mmap_ninja/_sharded.pyx":304
  *             return _gather_strings(self.parts, part_of, local, batch, as_bytes, self, indices)
  *         finally:
  *             free(part_of)             # <<<<<<<<<<<<<<
@@ -27578,7 +27674,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
 */
       free(__pyx_v_part_of);
 
-      /* "mmap_ninja/_sharded.pyx":303
+      /* "mmap_ninja/_sharded.pyx":305
  *         finally:
  *             free(part_of)
  *             free(local)             # <<<<<<<<<<<<<<
@@ -27592,7 +27688,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_6get_man
     }
   }
 
-  /* "mmap_ninja/_sharded.pyx":292
+  /* "mmap_ninja/_sharded.pyx":294
  *         (<StringsReader>self.readers[p])._raise_unreadable(j)
  * 
  *     def get_many(self, const int64_t[::1] indices, bint as_bytes=False):             # <<<<<<<<<<<<<<
@@ -27821,7 +27917,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_20ShardedStringsReader_10__sets
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":323
+/* "mmap_ninja/_sharded.pyx":325
  *     cdef Py_ssize_t row_bytes
  * 
  *     def __cinit__(self, bounds, opener, source=""):             # <<<<<<<<<<<<<<
@@ -27869,41 +27965,41 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_bounds,&__pyx_mstate_global->__pyx_n_u_opener,&__pyx_mstate_global->__pyx_n_u_source,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 323, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 325, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 323, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 325, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 323, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 325, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 323, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 325, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 323, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 325, __pyx_L3_error)
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_kp_u__6));
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 2, 3, i); __PYX_ERR(0, 323, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 2, 3, i); __PYX_ERR(0, 325, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 323, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 325, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 323, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 325, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 323, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 325, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -27915,7 +28011,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 323, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 325, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -27945,18 +28041,18 @@ static int __pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader___cinit__(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "mmap_ninja/_sharded.pyx":324
+  /* "mmap_ninja/_sharded.pyx":326
  * 
  *     def __cinit__(self, bounds, opener, source=""):
  *         self._init_parts(bounds, opener, source, sizeof(rows_t))             # <<<<<<<<<<<<<<
  *         self.parts = <rows_t*>self.table
  *         self.row_shape = None
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedRowsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._init_parts(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_bounds, __pyx_v_opener, __pyx_v_source, (sizeof(__pyx_t_10mmap_ninja_8_sharded_rows_t))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedRowsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._init_parts(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_bounds, __pyx_v_opener, __pyx_v_source, (sizeof(__pyx_t_10mmap_ninja_8_sharded_rows_t))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 326, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":325
+  /* "mmap_ninja/_sharded.pyx":327
  *     def __cinit__(self, bounds, opener, source=""):
  *         self._init_parts(bounds, opener, source, sizeof(rows_t))
  *         self.parts = <rows_t*>self.table             # <<<<<<<<<<<<<<
@@ -27965,7 +28061,7 @@ static int __pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader___cinit__(struct 
 */
   __pyx_v_self->parts = ((__pyx_t_10mmap_ninja_8_sharded_rows_t *)__pyx_v_self->__pyx_base.table);
 
-  /* "mmap_ninja/_sharded.pyx":326
+  /* "mmap_ninja/_sharded.pyx":328
  *         self._init_parts(bounds, opener, source, sizeof(rows_t))
  *         self.parts = <rows_t*>self.table
  *         self.row_shape = None             # <<<<<<<<<<<<<<
@@ -27977,7 +28073,7 @@ static int __pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader___cinit__(struct 
   __Pyx_GOTREF(__pyx_v_self->row_shape);
   __Pyx_DECREF_SET(__pyx_v_self->row_shape, Py_None);
 
-  /* "mmap_ninja/_sharded.pyx":323
+  /* "mmap_ninja/_sharded.pyx":325
  *     cdef Py_ssize_t row_bytes
  * 
  *     def __cinit__(self, bounds, opener, source=""):             # <<<<<<<<<<<<<<
@@ -27998,7 +28094,7 @@ static int __pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader___cinit__(struct 
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":328
+/* "mmap_ninja/_sharded.pyx":330
  *         self.row_shape = None
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -28026,7 +28122,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_5dtype___ge
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "mmap_ninja/_sharded.pyx":330
+  /* "mmap_ninja/_sharded.pyx":332
  *     @property
  *     def dtype(self):
  *         return self.descr             # <<<<<<<<<<<<<<
@@ -28044,7 +28140,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_5dtype___ge
   }
   goto __pyx_L0;
 
-  /* "mmap_ninja/_sharded.pyx":328
+  /* "mmap_ninja/_sharded.pyx":330
  *         self.row_shape = None
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -28059,7 +28155,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_5dtype___ge
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":332
+/* "mmap_ninja/_sharded.pyx":334
  *         return self.descr
  * 
  *     cdef int _adopt(self, Py_ssize_t p, object rows) except -1:             # <<<<<<<<<<<<<<
@@ -28095,7 +28191,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_adopt", 0);
 
-  /* "mmap_ninja/_sharded.pyx":333
+  /* "mmap_ninja/_sharded.pyx":335
  * 
  *     cdef int _adopt(self, Py_ssize_t p, object rows) except -1:
  *         cdef int64_t length = self.bounds[p + 1] - self.bounds[p]             # <<<<<<<<<<<<<<
@@ -28104,19 +28200,19 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
 */
   __pyx_v_length = ((__pyx_v_self->__pyx_base.bounds[(__pyx_v_p + 1)]) - (__pyx_v_self->__pyx_base.bounds[__pyx_v_p]));
 
-  /* "mmap_ninja/_sharded.pyx":334
+  /* "mmap_ninja/_sharded.pyx":336
  *     cdef int _adopt(self, Py_ssize_t p, object rows) except -1:
  *         cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
  *         if not isinstance(rows, np.ndarray) or rows.ndim < 1 or rows.dtype.hasobject:             # <<<<<<<<<<<<<<
  *             raise TypeError(f"{self.source}: part {p} is not an array of rows")
  *         if self.row_shape is None:
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 334, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_4 = PyObject_IsInstance(__pyx_v_rows, __pyx_t_3); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_4 = PyObject_IsInstance(__pyx_v_rows, __pyx_t_3); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = (!__pyx_t_4);
 
@@ -28129,9 +28225,9 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_ndim); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_ndim); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_3, __pyx_mstate_global->__pyx_int_1, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_3, __pyx_mstate_global->__pyx_int_1, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   if (!__pyx_t_5) {
 
@@ -28141,12 +28237,12 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_hasobject); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_hasobject); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   __pyx_t_1 = __pyx_t_5;
@@ -28155,7 +28251,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mmap_ninja/_sharded.pyx":335
+    /* "mmap_ninja/_sharded.pyx":337
  *         cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
  *         if not isinstance(rows, np.ndarray) or rows.ndim < 1 or rows.dtype.hasobject:
  *             raise TypeError(f"{self.source}: part {p} is not an array of rows")             # <<<<<<<<<<<<<<
@@ -28163,9 +28259,9 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
  *             self.row_shape = tuple(rows.shape[1:])
 */
     __pyx_t_3 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_self->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 335, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_self->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 337, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_7 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_p, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 335, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_p, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 337, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_8[0] = __pyx_t_6;
     __pyx_t_8[1] = __pyx_mstate_global->__pyx_kp_u_part;
@@ -28180,7 +28276,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_8[0]);
     #endif
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_8, 4, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 335, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 337, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -28190,14 +28286,14 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 335, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 337, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 335, __pyx_L1_error)
+    __PYX_ERR(0, 337, __pyx_L1_error)
 
-    /* "mmap_ninja/_sharded.pyx":334
+    /* "mmap_ninja/_sharded.pyx":336
  *     cdef int _adopt(self, Py_ssize_t p, object rows) except -1:
  *         cdef int64_t length = self.bounds[p + 1] - self.bounds[p]
  *         if not isinstance(rows, np.ndarray) or rows.ndim < 1 or rows.dtype.hasobject:             # <<<<<<<<<<<<<<
@@ -28206,7 +28302,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
 */
   }
 
-  /* "mmap_ninja/_sharded.pyx":336
+  /* "mmap_ninja/_sharded.pyx":338
  *         if not isinstance(rows, np.ndarray) or rows.ndim < 1 or rows.dtype.hasobject:
  *             raise TypeError(f"{self.source}: part {p} is not an array of rows")
  *         if self.row_shape is None:             # <<<<<<<<<<<<<<
@@ -28217,19 +28313,19 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
   if (__pyx_t_1) {
 
 
-    /* "mmap_ninja/_sharded.pyx":337
+    /* "mmap_ninja/_sharded.pyx":339
  *             raise TypeError(f"{self.source}: part {p} is not an array of rows")
  *         if self.row_shape is None:
  *             self.row_shape = tuple(rows.shape[1:])             # <<<<<<<<<<<<<<
  *             self.descr = rows.dtype
  *             self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 337, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 339, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_11 = __Pyx_PyObject_GetSlice(__pyx_t_2, 1, 0, NULL, NULL, &__pyx_mstate_global->__pyx_slice[2], 1, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 337, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_GetSlice(__pyx_t_2, 1, 0, NULL, NULL, &__pyx_mstate_global->__pyx_slice[2], 1, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 339, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_PySequence_Tuple(__pyx_t_11); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 337, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_Tuple(__pyx_t_11); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 339, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_GIVEREF(__pyx_t_2);
@@ -28237,42 +28333,42 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
     __Pyx_DECREF_SET(__pyx_v_self->row_shape, __pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "mmap_ninja/_sharded.pyx":338
+    /* "mmap_ninja/_sharded.pyx":340
  *         if self.row_shape is None:
  *             self.row_shape = tuple(rows.shape[1:])
  *             self.descr = rows.dtype             # <<<<<<<<<<<<<<
  *             self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
  *         elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 338, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 340, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_dtype))))) __PYX_ERR(0, 338, __pyx_L1_error)
+    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_dtype))))) __PYX_ERR(0, 340, __pyx_L1_error)
     __Pyx_GIVEREF(__pyx_t_2);
     __Pyx_GOTREF((PyObject *)__pyx_v_self->descr);
     __Pyx_DECREF_SET(__pyx_v_self->descr, ((PyArray_Descr *)__pyx_t_2));
     __pyx_t_2 = 0;
 
-    /* "mmap_ninja/_sharded.pyx":339
+    /* "mmap_ninja/_sharded.pyx":341
  *             self.row_shape = tuple(rows.shape[1:])
  *             self.descr = rows.dtype
  *             self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))             # <<<<<<<<<<<<<<
  *         elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:
  *             raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 339, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 339, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 339, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_prod); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 339, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_prod); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 339, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 339, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     #if CYTHON_VECTORCALL
@@ -28293,13 +28389,13 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
       PyObject *__pyx_callargs[3] = {__pyx_t_3, __pyx_v_self->row_shape, __pyx_t_13};
       #if CYTHON_VECTORCALL
       __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[2];
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 339, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 341, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_7);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 339, __pyx_L1_error)
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 341, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
       }
       #endif
@@ -28310,21 +28406,21 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 339, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 341, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_6 = __Pyx_PyNumber_Int(__pyx_t_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 339, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyNumber_Int(__pyx_t_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_PyNumber_Multiply_object_int(__pyx_t_11, __pyx_t_6); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 339, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyNumber_Multiply_object_int(__pyx_t_11, __pyx_t_6); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_9 = __Pyx_PyIndex_AsSsize_t(__pyx_t_2); if (unlikely((__pyx_t_9 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 339, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyIndex_AsSsize_t(__pyx_t_2); if (unlikely((__pyx_t_9 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_v_self->row_bytes = __pyx_t_9;
 
-    /* "mmap_ninja/_sharded.pyx":336
+    /* "mmap_ninja/_sharded.pyx":338
  *         if not isinstance(rows, np.ndarray) or rows.ndim < 1 or rows.dtype.hasobject:
  *             raise TypeError(f"{self.source}: part {p} is not an array of rows")
  *         if self.row_shape is None:             # <<<<<<<<<<<<<<
@@ -28334,22 +28430,22 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
     goto __pyx_L7;
   }
 
-  /* "mmap_ninja/_sharded.pyx":340
+  /* "mmap_ninja/_sharded.pyx":342
  *             self.descr = rows.dtype
  *             self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
  *         elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "
  *                              f"the map's are {self.row_shape} of {self.descr}")
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 340, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_6 = __Pyx_PyObject_GetSlice(__pyx_t_2, 1, 0, NULL, NULL, &__pyx_mstate_global->__pyx_slice[2], 1, 0, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 340, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetSlice(__pyx_t_2, 1, 0, NULL, NULL, &__pyx_mstate_global->__pyx_slice[2], 1, 0, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PySequence_Tuple(__pyx_t_6); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 340, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PySequence_Tuple(__pyx_t_6); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_5 = __Pyx_PyObject_RichCompareBool(__pyx_t_2, __pyx_v_self->row_shape, Py_NE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 340, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_RichCompareBool(__pyx_t_2, __pyx_v_self->row_shape, Py_NE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (!__pyx_t_5) {
 
@@ -28359,9 +28455,9 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
 
     goto __pyx_L8_bool_binop_done;
   }
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 340, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_RichCompareBool(__pyx_t_2, ((PyObject *)__pyx_v_self->descr), Py_NE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 340, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_RichCompareBool(__pyx_t_2, ((PyObject *)__pyx_v_self->descr), Py_NE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   __pyx_t_1 = __pyx_t_5;
@@ -28370,7 +28466,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mmap_ninja/_sharded.pyx":341
+    /* "mmap_ninja/_sharded.pyx":343
  *             self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
  *         elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:
  *             raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "             # <<<<<<<<<<<<<<
@@ -28378,37 +28474,37 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
  *         if rows.shape[0] < length:
 */
     __pyx_t_6 = NULL;
-    __pyx_t_11 = __Pyx_PyObject_FormatSimple(__pyx_v_self->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_FormatSimple(__pyx_v_self->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_7 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_p, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_p, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_3 = __Pyx_PyObject_GetSlice(__pyx_t_13, 1, 0, NULL, NULL, &__pyx_mstate_global->__pyx_slice[2], 1, 0, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_GetSlice(__pyx_t_13, 1, 0, NULL, NULL, &__pyx_mstate_global->__pyx_slice[2], 1, 0, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-    __pyx_t_13 = __Pyx_PySequence_Tuple(__pyx_t_3); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PySequence_Tuple(__pyx_t_3); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_3 = __Pyx_PyObject_FormatSimple(__pyx_t_13, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_FormatSimple(__pyx_t_13, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_14 = __Pyx_PyObject_FormatSimple(__pyx_t_13, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_FormatSimple(__pyx_t_13, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
 
-    /* "mmap_ninja/_sharded.pyx":342
+    /* "mmap_ninja/_sharded.pyx":344
  *         elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:
  *             raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "
  *                              f"the map's are {self.row_shape} of {self.descr}")             # <<<<<<<<<<<<<<
  *         if rows.shape[0] < length:
  *             raise ValueError(f"{self.source}: part {p} holds {rows.shape[0]} rows, the manifest says {length}")
 */
-    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_v_self->row_shape, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 342, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_v_self->row_shape, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 344, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_15 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_self->descr), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 342, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_self->descr), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 344, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
     __pyx_t_16[0] = __pyx_t_11;
     __pyx_t_16[1] = __pyx_mstate_global->__pyx_kp_u_part;
@@ -28422,7 +28518,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
     __pyx_t_16[9] = __pyx_mstate_global->__pyx_kp_u_of;
     __pyx_t_16[10] = __pyx_t_15;
 
-    /* "mmap_ninja/_sharded.pyx":341
+    /* "mmap_ninja/_sharded.pyx":343
  *             self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
  *         elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:
  *             raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "             # <<<<<<<<<<<<<<
@@ -28441,7 +28537,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_16[0]) | __Pyx_PyUnicode_KIND_04(__pyx_t_16[4]) | __Pyx_PyUnicode_KIND_04(__pyx_t_16[6]) | __Pyx_PyUnicode_KIND_04(__pyx_t_16[8]) | __Pyx_PyUnicode_KIND_04(__pyx_t_16[10]);
     #endif
     __pyx_t_17 = __Pyx_PyUnicode_Join(__pyx_t_16, 11, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 341, __pyx_L1_error)
+    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 343, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -28455,14 +28551,14 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 341, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 343, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 341, __pyx_L1_error)
+    __PYX_ERR(0, 343, __pyx_L1_error)
 
-    /* "mmap_ninja/_sharded.pyx":340
+    /* "mmap_ninja/_sharded.pyx":342
  *             self.descr = rows.dtype
  *             self.row_bytes = rows.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
  *         elif tuple(rows.shape[1:]) != self.row_shape or rows.dtype != self.descr:             # <<<<<<<<<<<<<<
@@ -28472,27 +28568,27 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
   }
   __pyx_L7:;
 
-  /* "mmap_ninja/_sharded.pyx":343
+  /* "mmap_ninja/_sharded.pyx":345
  *             raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "
  *                              f"the map's are {self.row_shape} of {self.descr}")
  *         if rows.shape[0] < length:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"{self.source}: part {p} holds {rows.shape[0]} rows, the manifest says {length}")
  *         # rows of another layout (a Fortran-ordered map) are copied by numpy, one by one
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 343, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_17 = __Pyx_GetItemInt(__pyx_t_2, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 343, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_GetItemInt(__pyx_t_2, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyLong_From_int64_t(__pyx_v_length); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 343, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int64_t(__pyx_v_length); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_17, __pyx_t_2, Py_LT); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 343, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_17, __pyx_t_2, Py_LT); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mmap_ninja/_sharded.pyx":344
+    /* "mmap_ninja/_sharded.pyx":346
  *                              f"the map's are {self.row_shape} of {self.descr}")
  *         if rows.shape[0] < length:
  *             raise ValueError(f"{self.source}: part {p} holds {rows.shape[0]} rows, the manifest says {length}")             # <<<<<<<<<<<<<<
@@ -28500,19 +28596,19 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
  *         self.parts[p].base = cnp.PyArray_BYTES(<cnp.ndarray>rows) if rows.flags.c_contiguous else NULL
 */
     __pyx_t_17 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_self->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 344, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_self->__pyx_base.source, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_15 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_p, 0, ' ', 'd'); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 344, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_p, 0, ' ', 'd'); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
-    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 344, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_14 = __Pyx_GetItemInt(__pyx_t_13, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 344, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_GetItemInt(__pyx_t_13, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_t_14, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 344, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_t_14, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-    __pyx_t_14 = __Pyx_PyUnicode_From_int64_t(__pyx_v_length, 0, ' ', 'd'); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 344, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyUnicode_From_int64_t(__pyx_v_length, 0, ' ', 'd'); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
     __pyx_t_18[0] = __pyx_t_6;
     __pyx_t_18[1] = __pyx_mstate_global->__pyx_kp_u_part;
@@ -28533,7 +28629,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_18[0]) | __Pyx_PyUnicode_KIND_04(__pyx_t_18[4]);
     #endif
     __pyx_t_3 = __Pyx_PyUnicode_Join(__pyx_t_18, 7, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
@@ -28545,14 +28641,14 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_17); __pyx_t_17 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 344, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 346, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 344, __pyx_L1_error)
+    __PYX_ERR(0, 346, __pyx_L1_error)
 
-    /* "mmap_ninja/_sharded.pyx":343
+    /* "mmap_ninja/_sharded.pyx":345
  *             raise ValueError(f"{self.source}: part {p} holds rows {tuple(rows.shape[1:])} of {rows.dtype}, "
  *                              f"the map's are {self.row_shape} of {self.descr}")
  *         if rows.shape[0] < length:             # <<<<<<<<<<<<<<
@@ -28561,19 +28657,19 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
 */
   }
 
-  /* "mmap_ninja/_sharded.pyx":346
+  /* "mmap_ninja/_sharded.pyx":348
  *             raise ValueError(f"{self.source}: part {p} holds {rows.shape[0]} rows, the manifest says {length}")
  *         # rows of another layout (a Fortran-ordered map) are copied by numpy, one by one
  *         self.parts[p].base = cnp.PyArray_BYTES(<cnp.ndarray>rows) if rows.flags.c_contiguous else NULL             # <<<<<<<<<<<<<<
  *         self.parts[p].n = length
  *         return 0
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 346, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 346, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 346, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   if (__pyx_t_1) {
 
@@ -28585,7 +28681,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
 
   (__pyx_v_self->parts[__pyx_v_p]).base = __pyx_t_19;
 
-  /* "mmap_ninja/_sharded.pyx":347
+  /* "mmap_ninja/_sharded.pyx":349
  *         # rows of another layout (a Fortran-ordered map) are copied by numpy, one by one
  *         self.parts[p].base = cnp.PyArray_BYTES(<cnp.ndarray>rows) if rows.flags.c_contiguous else NULL
  *         self.parts[p].n = length             # <<<<<<<<<<<<<<
@@ -28594,7 +28690,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
 */
   (__pyx_v_self->parts[__pyx_v_p]).n = __pyx_v_length;
 
-  /* "mmap_ninja/_sharded.pyx":348
+  /* "mmap_ninja/_sharded.pyx":350
  *         self.parts[p].base = cnp.PyArray_BYTES(<cnp.ndarray>rows) if rows.flags.c_contiguous else NULL
  *         self.parts[p].n = length
  *         return 0             # <<<<<<<<<<<<<<
@@ -28607,7 +28703,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
   }
   goto __pyx_L0;
 
-  /* "mmap_ninja/_sharded.pyx":332
+  /* "mmap_ninja/_sharded.pyx":334
  *         return self.descr
  * 
  *     cdef int _adopt(self, Py_ssize_t p, object rows) except -1:             # <<<<<<<<<<<<<<
@@ -28635,7 +28731,7 @@ static int __pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt(struct __py
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":350
+/* "mmap_ninja/_sharded.pyx":352
  *         return 0
  * 
  *     def row(self, i):             # <<<<<<<<<<<<<<
@@ -28683,32 +28779,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_i,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 350, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 352, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 350, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 352, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "row", 0) < (0)) __PYX_ERR(0, 350, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "row", 0) < (0)) __PYX_ERR(0, 352, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("row", 1, 1, 1, i); __PYX_ERR(0, 350, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("row", 1, 1, 1, i); __PYX_ERR(0, 352, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 350, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 352, __pyx_L3_error)
     }
     __pyx_v_i = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("row", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 350, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("row", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 352, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -28743,17 +28839,17 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_2row(struct
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("row", 0);
 
-  /* "mmap_ninja/_sharded.pyx":352
+  /* "mmap_ninja/_sharded.pyx":354
  *     def row(self, i):
  *         """Row ``i`` (negative counts from the end), a view of its part."""
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)             # <<<<<<<<<<<<<<
  *         cdef Py_ssize_t p = self._find(j)
  *         if not self.ready[p]:
 */
-  __pyx_t_1 = __pyx_f_10mmap_ninja_5_core__scalar_index(__pyx_v_i, __pyx_v_self->__pyx_base.n); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 352, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_10mmap_ninja_5_core__scalar_index(__pyx_v_i, __pyx_v_self->__pyx_base.n); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 354, __pyx_L1_error)
   __pyx_v_j = __pyx_t_1;
 
-  /* "mmap_ninja/_sharded.pyx":353
+  /* "mmap_ninja/_sharded.pyx":355
  *         """Row ``i`` (negative counts from the end), a view of its part."""
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)
  *         cdef Py_ssize_t p = self._find(j)             # <<<<<<<<<<<<<<
@@ -28762,7 +28858,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_2row(struct
 */
   __pyx_v_p = __pyx_f_10mmap_ninja_8_sharded_6_Parts__find(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_j);
 
-  /* "mmap_ninja/_sharded.pyx":354
+  /* "mmap_ninja/_sharded.pyx":356
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)
  *         cdef Py_ssize_t p = self._find(j)
  *         if not self.ready[p]:             # <<<<<<<<<<<<<<
@@ -28774,17 +28870,17 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_2row(struct
   if (__pyx_t_2) {
 
 
-    /* "mmap_ninja/_sharded.pyx":355
+    /* "mmap_ninja/_sharded.pyx":357
  *         cdef Py_ssize_t p = self._find(j)
  *         if not self.ready[p]:
  *             self._open(p)             # <<<<<<<<<<<<<<
  *         return self.readers[p][j - self.bounds[p]]
  * 
 */
-    __pyx_t_3 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedRowsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._open(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_p); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 355, __pyx_L1_error)
+    __pyx_t_3 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedRowsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._open(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_p); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 357, __pyx_L1_error)
 
 
-    /* "mmap_ninja/_sharded.pyx":354
+    /* "mmap_ninja/_sharded.pyx":356
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)
  *         cdef Py_ssize_t p = self._find(j)
  *         if not self.ready[p]:             # <<<<<<<<<<<<<<
@@ -28793,7 +28889,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_2row(struct
 */
   }
 
-  /* "mmap_ninja/_sharded.pyx":356
+  /* "mmap_ninja/_sharded.pyx":358
  *         if not self.ready[p]:
  *             self._open(p)
  *         return self.readers[p][j - self.bounds[p]]             # <<<<<<<<<<<<<<
@@ -28802,11 +28898,11 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_2row(struct
 */
   if (unlikely(__pyx_v_self->__pyx_base.readers == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 356, __pyx_L1_error)
+    __PYX_ERR(0, 358, __pyx_L1_error)
   }
   __pyx_t_1 = (__pyx_v_j - (__pyx_v_self->__pyx_base.bounds[__pyx_v_p]));
 
-  __pyx_t_4 = __Pyx_GetItemInt(__Pyx_PyList_GET_ITEM(__pyx_v_self->__pyx_base.readers, __pyx_v_p), __pyx_t_1, Py_ssize_t, 1, PyLong_FromSsize_t, 0, 0, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 356, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_GetItemInt(__Pyx_PyList_GET_ITEM(__pyx_v_self->__pyx_base.readers, __pyx_v_p), __pyx_t_1, Py_ssize_t, 1, PyLong_FromSsize_t, 0, 0, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 358, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
   {
@@ -28820,7 +28916,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_2row(struct
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "mmap_ninja/_sharded.pyx":350
+  /* "mmap_ninja/_sharded.pyx":352
  *         return 0
  * 
  *     def row(self, i):             # <<<<<<<<<<<<<<
@@ -28841,7 +28937,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_2row(struct
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":358
+/* "mmap_ninja/_sharded.pyx":360
  *         return self.readers[p][j - self.bounds[p]]
  * 
  *     def take(self, const int64_t[::1] indices):             # <<<<<<<<<<<<<<
@@ -28889,32 +28985,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_indices,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 358, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 360, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 360, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "take", 0) < (0)) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "take", 0) < (0)) __PYX_ERR(0, 360, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("take", 1, 1, 1, i); __PYX_ERR(0, 358, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("take", 1, 1, 1, i); __PYX_ERR(0, 360, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 360, __pyx_L3_error)
     }
-    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 358, __pyx_L3_error)
+    __pyx_v_indices = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(values[0], 0); if (unlikely(!__pyx_v_indices.memview)) __PYX_ERR(0, 360, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("take", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 358, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("take", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 360, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -28974,7 +29070,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("take", 0);
 
-  /* "mmap_ninja/_sharded.pyx":360
+  /* "mmap_ninja/_sharded.pyx":362
  *     def take(self, const int64_t[::1] indices):
  *         """The rows at ``indices`` (``int64``) copied into a new array ``(B, *row_shape)``."""
  *         cdef Py_ssize_t batch = indices.shape[0], k             # <<<<<<<<<<<<<<
@@ -28983,7 +29079,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
   __pyx_v_batch = (__pyx_v_indices.shape[0]);
 
-  /* "mmap_ninja/_sharded.pyx":361
+  /* "mmap_ninja/_sharded.pyx":363
  *         """The rows at ``indices`` (``int64``) copied into a new array ``(B, *row_shape)``."""
  *         cdef Py_ssize_t batch = indices.shape[0], k
  *         cdef int32_t* part_of = NULL             # <<<<<<<<<<<<<<
@@ -28992,7 +29088,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
   __pyx_v_part_of = NULL;
 
-  /* "mmap_ninja/_sharded.pyx":362
+  /* "mmap_ninja/_sharded.pyx":364
  *         cdef Py_ssize_t batch = indices.shape[0], k
  *         cdef int32_t* part_of = NULL
  *         cdef int64_t* local = NULL             # <<<<<<<<<<<<<<
@@ -29001,7 +29097,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
   __pyx_v_local = NULL;
 
-  /* "mmap_ninja/_sharded.pyx":365
+  /* "mmap_ninja/_sharded.pyx":367
  *         cdef char* dst
  *         cdef const rows_t* r
  *         cdef bint others = False             # <<<<<<<<<<<<<<
@@ -29010,7 +29106,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
   __pyx_v_others = 0;
 
-  /* "mmap_ninja/_sharded.pyx":366
+  /* "mmap_ninja/_sharded.pyx":368
  *         cdef const rows_t* r
  *         cdef bint others = False
  *         try:             # <<<<<<<<<<<<<<
@@ -29019,17 +29115,17 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
   /*try:*/ {
 
-    /* "mmap_ninja/_sharded.pyx":367
+    /* "mmap_ninja/_sharded.pyx":369
  *         cdef bint others = False
  *         try:
  *             self._locate_batch(indices, &part_of, &local)             # <<<<<<<<<<<<<<
  *             if self.row_shape is None and self.n:
  *                 self.row(0)  # an empty batch: the first part gives the shape of a row
 */
-    __pyx_t_1 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedRowsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._locate_batch(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_indices, (&__pyx_v_part_of), (&__pyx_v_local)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 367, __pyx_L4_error)
+    __pyx_t_1 = ((struct __pyx_vtabstruct_10mmap_ninja_8_sharded_ShardedRowsReader *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._locate_batch(((struct __pyx_obj_10mmap_ninja_8_sharded__Parts *)__pyx_v_self), __pyx_v_indices, (&__pyx_v_part_of), (&__pyx_v_local)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 369, __pyx_L4_error)
 
 
-    /* "mmap_ninja/_sharded.pyx":368
+    /* "mmap_ninja/_sharded.pyx":370
  *         try:
  *             self._locate_batch(indices, &part_of, &local)
  *             if self.row_shape is None and self.n:             # <<<<<<<<<<<<<<
@@ -29054,7 +29150,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
     if (__pyx_t_2) {
 
 
-      /* "mmap_ninja/_sharded.pyx":369
+      /* "mmap_ninja/_sharded.pyx":371
  *             self._locate_batch(indices, &part_of, &local)
  *             if self.row_shape is None and self.n:
  *                 self.row(0)  # an empty batch: the first part gives the shape of a row             # <<<<<<<<<<<<<<
@@ -29068,12 +29164,12 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
         PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_int_0};
         __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_row, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 369, __pyx_L4_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 371, __pyx_L4_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-      /* "mmap_ninja/_sharded.pyx":368
+      /* "mmap_ninja/_sharded.pyx":370
  *         try:
  *             self._locate_batch(indices, &part_of, &local)
  *             if self.row_shape is None and self.n:             # <<<<<<<<<<<<<<
@@ -29082,7 +29178,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
     }
 
-    /* "mmap_ninja/_sharded.pyx":370
+    /* "mmap_ninja/_sharded.pyx":372
  *             if self.row_shape is None and self.n:
  *                 self.row(0)  # an empty batch: the first part gives the shape of a row
  *             if self.row_shape is None:             # <<<<<<<<<<<<<<
@@ -29093,7 +29189,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
     if (__pyx_t_2) {
 
 
-      /* "mmap_ninja/_sharded.pyx":371
+      /* "mmap_ninja/_sharded.pyx":373
  *                 self.row(0)  # an empty batch: the first part gives the shape of a row
  *             if self.row_shape is None:
  *                 return np.empty((batch,), dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -29101,21 +29197,21 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
  *             dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
 */
       __pyx_t_5 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L4_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 373, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 371, __pyx_L4_error)
+      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 373, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_batch); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L4_error)
+      __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_batch); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 373, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_9 = PyTuple_New(1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 371, __pyx_L4_error)
+      __pyx_t_9 = PyTuple_New(1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 373, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_GIVEREF(__pyx_t_7);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 371, __pyx_L4_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 373, __pyx_L4_error);
       __pyx_t_7 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L4_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 373, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 371, __pyx_L4_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 373, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       #if CYTHON_VECTORCALL
@@ -29136,13 +29232,13 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
         PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_9, __pyx_t_10};
         #if CYTHON_VECTORCALL
         __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[2];
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L4_error)
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 373, __pyx_L4_error)
         __Pyx_INCREF(__pyx_t_7);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L4_error)
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 373, __pyx_L4_error)
           __Pyx_GOTREF(__pyx_t_7);
         }
         #endif
@@ -29154,7 +29250,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 371, __pyx_L4_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 373, __pyx_L4_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       {
@@ -29168,7 +29264,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
       __pyx_t_4 = 0;
       goto __pyx_L3_return;
 
-      /* "mmap_ninja/_sharded.pyx":370
+      /* "mmap_ninja/_sharded.pyx":372
  *             if self.row_shape is None and self.n:
  *                 self.row(0)  # an empty batch: the first part gives the shape of a row
  *             if self.row_shape is None:             # <<<<<<<<<<<<<<
@@ -29177,7 +29273,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
     }
 
-    /* "mmap_ninja/_sharded.pyx":372
+    /* "mmap_ninja/_sharded.pyx":374
  *             if self.row_shape is None:
  *                 return np.empty((batch,), dtype=np.float64)
  *             out = np.empty((batch,) + self.row_shape, dtype=self.descr)             # <<<<<<<<<<<<<<
@@ -29185,19 +29281,19 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
  *             with nogil:
 */
     __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 372, __pyx_L4_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 374, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 372, __pyx_L4_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 374, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_batch); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 372, __pyx_L4_error)
+    __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_batch); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 374, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_9 = PyTuple_New(1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 372, __pyx_L4_error)
+    __pyx_t_9 = PyTuple_New(1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 374, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_GIVEREF(__pyx_t_7);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 372, __pyx_L4_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 374, __pyx_L4_error);
     __pyx_t_7 = 0;
-    __pyx_t_7 = PyNumber_Add(__pyx_t_9, __pyx_v_self->row_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 372, __pyx_L4_error)
+    __pyx_t_7 = PyNumber_Add(__pyx_t_9, __pyx_v_self->row_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 374, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     #if CYTHON_VECTORCALL
@@ -29218,13 +29314,13 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
       PyObject *__pyx_callargs[3] = {__pyx_t_8, __pyx_t_7, ((PyObject *)__pyx_v_self->descr)};
       #if CYTHON_VECTORCALL
       __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[2];
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 372, __pyx_L4_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 374, __pyx_L4_error)
       __Pyx_INCREF(__pyx_t_9);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 372, __pyx_L4_error)
+        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 374, __pyx_L4_error)
         __Pyx_GOTREF(__pyx_t_9);
       }
       #endif
@@ -29235,13 +29331,13 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
       #endif
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 372, __pyx_L4_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 374, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __pyx_v_out = __pyx_t_4;
     __pyx_t_4 = 0;
 
-    /* "mmap_ninja/_sharded.pyx":373
+    /* "mmap_ninja/_sharded.pyx":375
  *                 return np.empty((batch,), dtype=np.float64)
  *             out = np.empty((batch,) + self.row_shape, dtype=self.descr)
  *             dst = cnp.PyArray_BYTES(<cnp.ndarray>out)             # <<<<<<<<<<<<<<
@@ -29250,7 +29346,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
     __pyx_v_dst = PyArray_BYTES(((PyArrayObject *)__pyx_v_out));
 
-    /* "mmap_ninja/_sharded.pyx":374
+    /* "mmap_ninja/_sharded.pyx":376
  *             out = np.empty((batch,) + self.row_shape, dtype=self.descr)
  *             dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -29263,7 +29359,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "mmap_ninja/_sharded.pyx":375
+          /* "mmap_ninja/_sharded.pyx":377
  *             dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
  *             with nogil:
  *                 for k in range(batch):             # <<<<<<<<<<<<<<
@@ -29277,7 +29373,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
           for (__pyx_t_13 = 0; __pyx_t_13 < __pyx_t_12; __pyx_t_13+=1) {
             __pyx_v_k = __pyx_t_13;
 
-            /* "mmap_ninja/_sharded.pyx":376
+            /* "mmap_ninja/_sharded.pyx":378
  *             with nogil:
  *                 for k in range(batch):
  *                     if k + PREFETCH_DISTANCE < batch:             # <<<<<<<<<<<<<<
@@ -29289,7 +29385,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
             if (__pyx_t_2) {
 
 
-              /* "mmap_ninja/_sharded.pyx":377
+              /* "mmap_ninja/_sharded.pyx":379
  *                 for k in range(batch):
  *                     if k + PREFETCH_DISTANCE < batch:
  *                         r = self.parts + part_of[k + PREFETCH_DISTANCE]             # <<<<<<<<<<<<<<
@@ -29298,7 +29394,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
               __pyx_v_r = (__pyx_v_self->parts + (__pyx_v_part_of[(__pyx_v_k + __pyx_e_10mmap_ninja_5_core_PREFETCH_DISTANCE)]));
 
-              /* "mmap_ninja/_sharded.pyx":378
+              /* "mmap_ninja/_sharded.pyx":380
  *                     if k + PREFETCH_DISTANCE < batch:
  *                         r = self.parts + part_of[k + PREFETCH_DISTANCE]
  *                         if r.base != NULL:             # <<<<<<<<<<<<<<
@@ -29310,7 +29406,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
               if (__pyx_t_2) {
 
 
-                /* "mmap_ninja/_sharded.pyx":379
+                /* "mmap_ninja/_sharded.pyx":381
  *                         r = self.parts + part_of[k + PREFETCH_DISTANCE]
  *                         if r.base != NULL:
  *                             _prefetch_bytes(r.base + local[k + PREFETCH_DISTANCE] * self.row_bytes, self.row_bytes)             # <<<<<<<<<<<<<<
@@ -29319,7 +29415,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
                 __pyx_f_10mmap_ninja_5_core__prefetch_bytes((__pyx_v_r->base + ((__pyx_v_local[(__pyx_v_k + __pyx_e_10mmap_ninja_5_core_PREFETCH_DISTANCE)]) * __pyx_v_self->row_bytes)), __pyx_v_self->row_bytes);
 
-                /* "mmap_ninja/_sharded.pyx":378
+                /* "mmap_ninja/_sharded.pyx":380
  *                     if k + PREFETCH_DISTANCE < batch:
  *                         r = self.parts + part_of[k + PREFETCH_DISTANCE]
  *                         if r.base != NULL:             # <<<<<<<<<<<<<<
@@ -29328,7 +29424,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
               }
 
-              /* "mmap_ninja/_sharded.pyx":376
+              /* "mmap_ninja/_sharded.pyx":378
  *             with nogil:
  *                 for k in range(batch):
  *                     if k + PREFETCH_DISTANCE < batch:             # <<<<<<<<<<<<<<
@@ -29337,7 +29433,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
             }
 
-            /* "mmap_ninja/_sharded.pyx":380
+            /* "mmap_ninja/_sharded.pyx":382
  *                         if r.base != NULL:
  *                             _prefetch_bytes(r.base + local[k + PREFETCH_DISTANCE] * self.row_bytes, self.row_bytes)
  *                     r = self.parts + part_of[k]             # <<<<<<<<<<<<<<
@@ -29346,7 +29442,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
             __pyx_v_r = (__pyx_v_self->parts + (__pyx_v_part_of[__pyx_v_k]));
 
-            /* "mmap_ninja/_sharded.pyx":381
+            /* "mmap_ninja/_sharded.pyx":383
  *                             _prefetch_bytes(r.base + local[k + PREFETCH_DISTANCE] * self.row_bytes, self.row_bytes)
  *                     r = self.parts + part_of[k]
  *                     if r.base != NULL:             # <<<<<<<<<<<<<<
@@ -29358,7 +29454,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
             if (__pyx_t_2) {
 
 
-              /* "mmap_ninja/_sharded.pyx":382
+              /* "mmap_ninja/_sharded.pyx":384
  *                     r = self.parts + part_of[k]
  *                     if r.base != NULL:
  *                         memcpy(dst + k * self.row_bytes, r.base + local[k] * self.row_bytes, self.row_bytes)             # <<<<<<<<<<<<<<
@@ -29367,7 +29463,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
               (void)(memcpy((__pyx_v_dst + (__pyx_v_k * __pyx_v_self->row_bytes)), (__pyx_v_r->base + ((__pyx_v_local[__pyx_v_k]) * __pyx_v_self->row_bytes)), __pyx_v_self->row_bytes));
 
-              /* "mmap_ninja/_sharded.pyx":381
+              /* "mmap_ninja/_sharded.pyx":383
  *                             _prefetch_bytes(r.base + local[k + PREFETCH_DISTANCE] * self.row_bytes, self.row_bytes)
  *                     r = self.parts + part_of[k]
  *                     if r.base != NULL:             # <<<<<<<<<<<<<<
@@ -29377,7 +29473,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
               goto __pyx_L17;
             }
 
-            /* "mmap_ninja/_sharded.pyx":384
+            /* "mmap_ninja/_sharded.pyx":386
  *                         memcpy(dst + k * self.row_bytes, r.base + local[k] * self.row_bytes, self.row_bytes)
  *                     else:
  *                         others = True             # <<<<<<<<<<<<<<
@@ -29392,7 +29488,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 
         }
 
-        /* "mmap_ninja/_sharded.pyx":374
+        /* "mmap_ninja/_sharded.pyx":376
  *             out = np.empty((batch,) + self.row_shape, dtype=self.descr)
  *             dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -29409,7 +29505,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
         }
     }
 
-    /* "mmap_ninja/_sharded.pyx":385
+    /* "mmap_ninja/_sharded.pyx":387
  *                     else:
  *                         others = True
  *             if others:             # <<<<<<<<<<<<<<
@@ -29418,7 +29514,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
     if (__pyx_v_others) {
 
-      /* "mmap_ninja/_sharded.pyx":386
+      /* "mmap_ninja/_sharded.pyx":388
  *                         others = True
  *             if others:
  *                 for k in range(batch):             # <<<<<<<<<<<<<<
@@ -29432,7 +29528,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
       for (__pyx_t_13 = 0; __pyx_t_13 < __pyx_t_12; __pyx_t_13+=1) {
         __pyx_v_k = __pyx_t_13;
 
-        /* "mmap_ninja/_sharded.pyx":387
+        /* "mmap_ninja/_sharded.pyx":389
  *             if others:
  *                 for k in range(batch):
  *                     if self.parts[part_of[k]].base == NULL:             # <<<<<<<<<<<<<<
@@ -29444,7 +29540,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
         if (__pyx_t_2) {
 
 
-          /* "mmap_ninja/_sharded.pyx":388
+          /* "mmap_ninja/_sharded.pyx":390
  *                 for k in range(batch):
  *                     if self.parts[part_of[k]].base == NULL:
  *                         out[k] = self.readers[part_of[k]][local[k]]             # <<<<<<<<<<<<<<
@@ -29453,14 +29549,14 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
           if (unlikely(__pyx_v_self->__pyx_base.readers == Py_None)) {
             PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-            __PYX_ERR(0, 388, __pyx_L4_error)
+            __PYX_ERR(0, 390, __pyx_L4_error)
           }
-          __pyx_t_4 = __Pyx_GetItemInt(__Pyx_PyList_GET_ITEM(__pyx_v_self->__pyx_base.readers, (__pyx_v_part_of[__pyx_v_k])), (__pyx_v_local[__pyx_v_k]), int64_t, 1, __Pyx_PyLong_From_int64_t, 0, 0, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 388, __pyx_L4_error)
+          __pyx_t_4 = __Pyx_GetItemInt(__Pyx_PyList_GET_ITEM(__pyx_v_self->__pyx_base.readers, (__pyx_v_part_of[__pyx_v_k])), (__pyx_v_local[__pyx_v_k]), int64_t, 1, __Pyx_PyLong_From_int64_t, 0, 0, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 390, __pyx_L4_error)
           __Pyx_GOTREF(__pyx_t_4);
-          if (unlikely((__Pyx_SetItemInt(__pyx_v_out, __pyx_v_k, __pyx_t_4, Py_ssize_t, 1, PyLong_FromSsize_t, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference) < 0))) __PYX_ERR(0, 388, __pyx_L4_error)
+          if (unlikely((__Pyx_SetItemInt(__pyx_v_out, __pyx_v_k, __pyx_t_4, Py_ssize_t, 1, PyLong_FromSsize_t, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference) < 0))) __PYX_ERR(0, 390, __pyx_L4_error)
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-          /* "mmap_ninja/_sharded.pyx":387
+          /* "mmap_ninja/_sharded.pyx":389
  *             if others:
  *                 for k in range(batch):
  *                     if self.parts[part_of[k]].base == NULL:             # <<<<<<<<<<<<<<
@@ -29471,7 +29567,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
       }
 
 
-      /* "mmap_ninja/_sharded.pyx":385
+      /* "mmap_ninja/_sharded.pyx":387
  *                     else:
  *                         others = True
  *             if others:             # <<<<<<<<<<<<<<
@@ -29480,7 +29576,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
     }
 
-    /* "mmap_ninja/_sharded.pyx":389
+    /* "mmap_ninja/_sharded.pyx":391
  *                     if self.parts[part_of[k]].base == NULL:
  *                         out[k] = self.readers[part_of[k]][local[k]]
  *             return out             # <<<<<<<<<<<<<<
@@ -29499,7 +29595,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
     goto __pyx_L3_return;
   }
 
-  /* "mmap_ninja/_sharded.pyx":391
+  /* "mmap_ninja/_sharded.pyx":393
  *             return out
  *         finally:
  *             free(part_of)             # <<<<<<<<<<<<<<
@@ -29529,7 +29625,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
       {
         free(__pyx_v_part_of);
 
-        /* "mmap_ninja/_sharded.pyx":392
+        /* "mmap_ninja/_sharded.pyx":394
  *         finally:
  *             free(part_of)
  *             free(local)             # <<<<<<<<<<<<<<
@@ -29552,7 +29648,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
       __pyx_t_21 = __pyx_r;
       __pyx_r = 0;
 
-      /* "mmap_ninja/_sharded.pyx":391
+      /* "mmap_ninja/_sharded.pyx":393
  *             return out
  *         finally:
  *             free(part_of)             # <<<<<<<<<<<<<<
@@ -29560,7 +29656,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
 */
       free(__pyx_v_part_of);
 
-      /* "mmap_ninja/_sharded.pyx":392
+      /* "mmap_ninja/_sharded.pyx":394
  *         finally:
  *             free(part_of)
  *             free(local)             # <<<<<<<<<<<<<<
@@ -29572,7 +29668,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
     }
   }
 
-  /* "mmap_ninja/_sharded.pyx":358
+  /* "mmap_ninja/_sharded.pyx":360
  *         return self.readers[p][j - self.bounds[p]]
  * 
  *     def take(self, const int64_t[::1] indices):             # <<<<<<<<<<<<<<
@@ -29604,7 +29700,7 @@ static PyObject *__pyx_pf_10mmap_ninja_8_sharded_17ShardedRowsReader_4take(struc
   return __pyx_r;
 }
 
-/* "mmap_ninja/_sharded.pyx":319
+/* "mmap_ninja/_sharded.pyx":321
  * 
  *     cdef rows_t* parts
  *     cdef readonly object row_shape             # <<<<<<<<<<<<<<
@@ -32038,11 +32134,11 @@ static int __Pyx_modinit_Exttype___pyx_obj_10mmap_ninja_8_sharded_ShardedStrings
   __pyx_vtable_10mmap_ninja_8_sharded_ShardedStringsReader.__pyx_base = *__pyx_vtabptr_10mmap_ninja_8_sharded__Parts;
   __pyx_vtable_10mmap_ninja_8_sharded_ShardedStringsReader.__pyx_base._adopt = (int (*)(struct __pyx_obj_10mmap_ninja_8_sharded__Parts *, Py_ssize_t, PyObject *))__pyx_f_10mmap_ninja_8_sharded_20ShardedStringsReader__adopt;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded__Parts); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded__Parts); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 259, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_10mmap_ninja_8_sharded_ShardedStringsReader_spec, __pyx_t_1);
   __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (unlikely(!__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader)) __PYX_ERR(0, 257, __pyx_L1_error)
+  if (unlikely(!__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader)) __PYX_ERR(0, 259, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader = &__pyx_type_10mmap_ninja_8_sharded_ShardedStringsReader;
   #endif
@@ -32050,7 +32146,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_10mmap_ninja_8_sharded_ShardedStrings
   __pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader->tp_base = __pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded__Parts;
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader) < (0)) __PYX_ERR(0, 257, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader);
@@ -32060,9 +32156,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_10mmap_ninja_8_sharded_ShardedStrings
     __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader, __pyx_vtabptr_10mmap_ninja_8_sharded_ShardedStringsReader) < (0)) __PYX_ERR(0, 257, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_ShardedStringsReader, (PyObject *) __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader) < (0)) __PYX_ERR(0, 257, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader) < (0)) __PYX_ERR(0, 257, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader, __pyx_vtabptr_10mmap_ninja_8_sharded_ShardedStringsReader) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_ShardedStringsReader, (PyObject *) __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -32084,11 +32180,11 @@ static int __Pyx_modinit_Exttype___pyx_obj_10mmap_ninja_8_sharded_ShardedRowsRea
   __pyx_vtable_10mmap_ninja_8_sharded_ShardedRowsReader.__pyx_base = *__pyx_vtabptr_10mmap_ninja_8_sharded__Parts;
   __pyx_vtable_10mmap_ninja_8_sharded_ShardedRowsReader.__pyx_base._adopt = (int (*)(struct __pyx_obj_10mmap_ninja_8_sharded__Parts *, Py_ssize_t, PyObject *))__pyx_f_10mmap_ninja_8_sharded_17ShardedRowsReader__adopt;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded__Parts); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded__Parts); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_10mmap_ninja_8_sharded_ShardedRowsReader_spec, __pyx_t_1);
   __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (unlikely(!__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader)) __PYX_ERR(0, 312, __pyx_L1_error)
+  if (unlikely(!__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader)) __PYX_ERR(0, 314, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader = &__pyx_type_10mmap_ninja_8_sharded_ShardedRowsReader;
   #endif
@@ -32096,7 +32192,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_10mmap_ninja_8_sharded_ShardedRowsRea
   __pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader->tp_base = __pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded__Parts;
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader);
@@ -32106,9 +32202,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_10mmap_ninja_8_sharded_ShardedRowsRea
     __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader, __pyx_vtabptr_10mmap_ninja_8_sharded_ShardedRowsReader) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_ShardedRowsReader, (PyObject *) __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader, __pyx_vtabptr_10mmap_ninja_8_sharded_ShardedRowsReader) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_ShardedRowsReader, (PyObject *) __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -32536,7 +32632,7 @@ static int __Pyx_modinit_Function_import_code(__pyx_mstatetype *__pyx_mstate) {
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (unlikely(!__pyx_import_signature)) __PYX_ERR(0, 1, __pyx_L1_error)
     #endif
-    const char * __pyx_import_name = __pyx_import_signature + 658;
+    const char * __pyx_import_name = __pyx_import_signature + 728;
     void (**const __pyx_import_pointers[])(void) = {(void (**)(void))&__pyx_f_10mmap_ninja_5_core__slice_positions, (void (**)(void))&__pyx_f_10mmap_ninja_5_core__padded, (void (**)(void))&__pyx_f_10mmap_ninja_5_core__take, (void (**)(void))&__pyx_f_10mmap_ninja_5_core__gather_strings, (void (**)(void))&__pyx_f_10mmap_ninja_5_core__scalar_index, (void (**)(void))&__pyx_f_10mmap_ninja_5_core__raise_batch_error, (void (**)(void)) NULL};
     void (**const *__pyx_import_pointer)(void) = __pyx_import_pointers;
     const char *__pyx_import_current_signature = __pyx_import_signature;
@@ -33500,35 +33596,36 @@ __Pyx_RefNannySetupContext("PyInit__sharded", 0);
   if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRaggedReader, __pyx_mstate_global->__pyx_n_u_first_row_shape, __pyx_t_4) < (0)) __PYX_ERR(0, 227, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":246
+  /* "mmap_ninja/_sharded.pyx":247
  *             free(local)
  * 
- *     def take(self, const int64_t[::1] indices):             # <<<<<<<<<<<<<<
+ *     def take(self, const int64_t[::1] indices, alloc=None):             # <<<<<<<<<<<<<<
  *         """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
  *         a ``RaggedBatch`` (see ``RaggedReader.take``)."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_19ShardedRaggedReader_13take, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedRaggedReader_take, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 246, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
-  #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRaggedReader, __pyx_mstate_global->__pyx_n_u_take, __pyx_t_4) < (0)) __PYX_ERR(0, 246, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-
-  /* "mmap_ninja/_sharded.pyx":251
- *         return self._gather(indices, False, None, -1, None)
- * 
- *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):             # <<<<<<<<<<<<<<
- *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
- *         lengths (see ``RaggedReader.padded``)."""
-*/
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_19ShardedRaggedReader_15padded, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedRaggedReader_padded, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_19ShardedRaggedReader_13take, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedRaggedReader_take, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 247, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[4]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRaggedReader, __pyx_mstate_global->__pyx_n_u_padded, __pyx_t_4) < (0)) __PYX_ERR(0, 251, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRaggedReader, __pyx_mstate_global->__pyx_n_u_take, __pyx_t_4) < (0)) __PYX_ERR(0, 247, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "mmap_ninja/_sharded.pyx":252
+ *         return self._gather(indices, False, None, -1, None, None, alloc)
+ * 
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,             # <<<<<<<<<<<<<<
+ *                alloc=None):
+ *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_19ShardedRaggedReader_15padded, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedRaggedReader_padded, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[5]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRaggedReader, __pyx_mstate_global->__pyx_n_u_padded, __pyx_t_4) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -33558,51 +33655,51 @@ __Pyx_RefNannySetupContext("PyInit__sharded", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":280
+  /* "mmap_ninja/_sharded.pyx":282
  *         return 0
  * 
  *     def get(self, i, bint as_bytes=False):             # <<<<<<<<<<<<<<
  *         """String ``i`` (negative counts from the end), or its raw bytes."""
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_20ShardedStringsReader_3get, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedStringsReader_get, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_20ShardedStringsReader_3get, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedStringsReader_get, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader, __pyx_mstate_global->__pyx_n_u_get, __pyx_t_4) < (0)) __PYX_ERR(0, 280, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[6]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader, __pyx_mstate_global->__pyx_n_u_get, __pyx_t_4) < (0)) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":288
+  /* "mmap_ninja/_sharded.pyx":290
  *         return (<StringsReader>self.readers[p])._get(j - self.bounds[p], as_bytes)
  * 
  *     def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):             # <<<<<<<<<<<<<<
  *         p, j = self.part(indices[k])
  *         (<StringsReader>self.readers[p])._raise_unreadable(j)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_20ShardedStringsReader_5_batch_error, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedStringsReader__batch_erro, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_20ShardedStringsReader_5_batch_error, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedStringsReader__batch_erro, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader, __pyx_mstate_global->__pyx_n_u_batch_error, __pyx_t_4) < (0)) __PYX_ERR(0, 288, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader, __pyx_mstate_global->__pyx_n_u_batch_error, __pyx_t_4) < (0)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":292
+  /* "mmap_ninja/_sharded.pyx":294
  *         (<StringsReader>self.readers[p])._raise_unreadable(j)
  * 
  *     def get_many(self, const int64_t[::1] indices, bint as_bytes=False):             # <<<<<<<<<<<<<<
  *         """The strings (or raw bytes) at ``indices`` (``int64``), as a list (see
  *         ``StringsReader.get_many``)."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_20ShardedStringsReader_7get_many, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedStringsReader_get_many, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_20ShardedStringsReader_7get_many, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedStringsReader_get_many, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader, __pyx_mstate_global->__pyx_n_u_get_many, __pyx_t_4) < (0)) __PYX_ERR(0, 292, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[6]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedStringsReader, __pyx_mstate_global->__pyx_n_u_get_many, __pyx_t_4) < (0)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -33632,34 +33729,34 @@ __Pyx_RefNannySetupContext("PyInit__sharded", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":350
+  /* "mmap_ninja/_sharded.pyx":352
  *         return 0
  * 
  *     def row(self, i):             # <<<<<<<<<<<<<<
  *         """Row ``i`` (negative counts from the end), a view of its part."""
  *         cdef Py_ssize_t j = _scalar_index(i, self.n)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_17ShardedRowsReader_3row, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedRowsReader_row, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_17ShardedRowsReader_3row, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedRowsReader_row, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 352, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader, __pyx_mstate_global->__pyx_n_u_row, __pyx_t_4) < (0)) __PYX_ERR(0, 350, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader, __pyx_mstate_global->__pyx_n_u_row, __pyx_t_4) < (0)) __PYX_ERR(0, 352, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "mmap_ninja/_sharded.pyx":358
+  /* "mmap_ninja/_sharded.pyx":360
  *         return self.readers[p][j - self.bounds[p]]
  * 
  *     def take(self, const int64_t[::1] indices):             # <<<<<<<<<<<<<<
  *         """The rows at ``indices`` (``int64``) copied into a new array ``(B, *row_shape)``."""
  *         cdef Py_ssize_t batch = indices.shape[0], k
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_17ShardedRowsReader_5take, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedRowsReader_take, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 358, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_10mmap_ninja_8_sharded_17ShardedRowsReader_5take, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ShardedRowsReader_take, NULL, __pyx_mstate_global->__pyx_n_u_mmap_ninja__sharded, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 360, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader, __pyx_mstate_global->__pyx_n_u_take, __pyx_t_4) < (0)) __PYX_ERR(0, 358, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10mmap_ninja_8_sharded_ShardedRowsReader, __pyx_mstate_global->__pyx_n_u_take, __pyx_t_4) < (0)) __PYX_ERR(0, 360, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -33854,21 +33951,35 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "mmap_ninja/_sharded.pyx":251
- *         return self._gather(indices, False, None, -1, None)
+  /* "mmap_ninja/_sharded.pyx":247
+ *             free(local)
  * 
- *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):             # <<<<<<<<<<<<<<
- *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
- *         lengths (see ``RaggedReader.padded``)."""
+ *     def take(self, const int64_t[::1] indices, alloc=None):             # <<<<<<<<<<<<<<
+ *         """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
+ *         a ``RaggedBatch`` (see ``RaggedReader.take``)."""
 */
   {
-    PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_int_neg_1, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 251, __pyx_L1_error)
+    PyObject* __pyx_temp[1] = {Py_None};
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 247, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "mmap_ninja/_sharded.pyx":280
+  /* "mmap_ninja/_sharded.pyx":252
+ *         return self._gather(indices, False, None, -1, None, None, alloc)
+ * 
+ *     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,             # <<<<<<<<<<<<<<
+ *                alloc=None):
+ *         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
+*/
+  {
+    PyObject* __pyx_temp[4] = {__pyx_mstate_global->__pyx_int_neg_1, Py_None, Py_None, Py_None};
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 4); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 252, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
+
+  /* "mmap_ninja/_sharded.pyx":282
  *         return 0
  * 
  *     def get(self, i, bint as_bytes=False):             # <<<<<<<<<<<<<<
@@ -33877,14 +33988,14 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {Py_False};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 280, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 282, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_tuple;
-    for (Py_ssize_t i=0; i<6; ++i) {
+    for (Py_ssize_t i=0; i<7; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -33941,38 +34052,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{0},{6},{7},{12},{24},{38},{8},{4},{6},{25},{8},{28},{28},{15},{15},{1},{18},{19},{16},{19},{1},{2},{8},{19},{7},{49},{18},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{179},{8},{27},{29},{15},{7},{6},{2},{6},{9},{23},{50},{39},{34},{74},{30},{37},{5},{8},{8},{19},{37},{39},{32},{36},{26},{26},{27},{30},{24},{17},{35},{37},{21},{22},{20},{38},{40},{33},{24},{29},{15},{6},{24},{26},{13},{11},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{12},{16},{13},{3},{15},{3},{8},{17},{18},{2},{4},{5},{6},{1},{12},{18},{5},{4},{3},{5},{15},{5},{6},{9},{5},{5},{7},{6},{7},{3},{8},{9},{1},{2},{5},{7},{5},{5},{4},{5},{8},{1},{1},{5},{6},{7},{7},{19},{4},{4},{7},{4},{2},{5},{3},{10},{6},{6},{3},{1},{4},{9},{6},{4},{7},{5},{3},{4},{1},{6},{8},{3},{6},{7},{10},{4},{10},{5},{4},{6},{5},{4},{4},{6},{4},{6},{6},{6},{1}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{737},{9},{37},{33},{68},{21},{22},{73},{43},{389},{23},{90},{82},{87},{89},{35}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{0},{6},{7},{12},{24},{38},{8},{4},{6},{25},{8},{28},{28},{15},{15},{1},{18},{19},{16},{19},{1},{2},{8},{19},{7},{49},{18},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{179},{8},{27},{29},{15},{7},{6},{2},{6},{9},{23},{50},{39},{34},{74},{30},{37},{5},{8},{8},{19},{37},{39},{32},{36},{26},{26},{27},{30},{24},{17},{35},{37},{21},{22},{20},{38},{40},{33},{24},{29},{15},{6},{24},{26},{13},{11},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{12},{16},{13},{3},{5},{15},{3},{8},{17},{18},{2},{4},{5},{6},{1},{12},{18},{5},{4},{3},{5},{15},{5},{6},{9},{5},{5},{7},{6},{7},{3},{8},{9},{1},{2},{5},{7},{5},{5},{4},{5},{8},{1},{1},{5},{6},{7},{7},{19},{4},{4},{7},{4},{2},{5},{3},{10},{6},{6},{3},{1},{4},{9},{6},{4},{7},{5},{3},{4},{1},{6},{8},{3},{6},{7},{10},{4},{10},{5},{4},{6},{5},{4},{4},{6},{4},{6},{6},{6},{1}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{807},{9},{37},{33},{68},{21},{22},{73},{43},{389},{90},{82},{30},{87},{89},{40}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2137 bytes) */
-static const char cstring[] = "x\332\305V\317s\023G\026\266\211\013\314.\033,b\202\263P[\243\020\260!\266\026\033\005(\222\n%\300$\244\212\3046\254\315a\331\256\326LK\036{43\232\356\261\245=q\364q\216s\234\343\034\347\250\243\217>\316QG\376\204\375\023\366\353n\375\260e\031vs\211\2524\323\363\372\365\353\357}\357\365{mPa\334k\031\333\236cq\243\367\n\274}\214mn\270\2360\250k\320 \240m\303\253\351\t\310\275P\310\317\252\027\272P\257y\201A\215\006\365\245\314an]l\033\206W\335a\246\370Q\212\014\237\006B[]4\3046\203\252k\327\030\027\006\247ml\304i\303w\030\357\277\307\353\210\300v\353\343\347\366)\020\371\314e\226\201\321\202\010\0303j\001\2557\230+\356\334Y\324^\030\020\324\241\001\230}I\317\246\026i\273\376<\207\267\314\030\375\206\027\245\307\306\343\036?\375w\0378f\037+\047\373\257\0361\215\020\030\253\014\333\271K\0263\003F96\0046\257a\334[4\352\236\\ <O:\324\356\261\264\360\303+\326\360\202\366\246\315\366\245\341\037L\317\025v=\364B q-\303\262\003\311\353\250\330v\373\023\322+KR1P6\020\237\217\315\237\224\r4\177|\362\214\272\212)\316\355\272\013\240\006<\260\226<\327i\033\r\005r\017 _\272{\324\261A\254g\261E\203\265|\254\205\251ys^\356;\217\344\020\001u\347\265\273}e\276M}\206\255\014\332B:\375\352\t\006\302\221\211\317\332b\333se\212Y\314\261\253,\240\202a7\211\017V\003\251\344\032k\253kK\345Ge\2056`2\315\020\212\260j:\000\252\243Q\rmG\300\272h\373\214\227\214\2275\243\355\205\206\313\200\013^\370\320;\276\000\241v\r\316\204\212\371\274\362\231\n\333s\t\226#^\363=\232\354=&W\277\240\016g%jY\004z\314\354Q\3448\236\t\254\310\252*\025\346\266\0041:%\255\013ZuT6\231\236\343H\233\236\313K\264jZ6\2273\314\225\317\272\211\030\260\026X\320\337V\003\211H\\\333\335\241\177\047`.@\250J~\273\345z`\251FCG\030\204\004\314\nMF\210a\205\n\246\3149\260\266gS\007\263\260h\013B\334\260\341\267K\304\364\002Vj`\235\255Ov\215\332\216\246\306n\370\210\327q\265\260Aq\234G58sj%\235\345\213j\254\035\353\271\214\224Gz\356\261@\3505\324X\323q\325EA\025\014\3376w\035\260\033*\027\225\326\200C\005\312\242\202\226\306\314""\352\324\221\261\327Y\313K\225\327\317^\276\\u\034\333\3476\177\315\232!sM\366Z\363\264\241N\375\006\362\226\005cD\245\001q\246BH\310x%d\007GR|BM\205\236\260 \360\306\357U\263\003.\010\352 QN\214\323\361\221X\314\0327\243\213\315\3313\374#S\304v\307\315\n\272;0\210\342|\222\245\201\340l\216\216\253\234\311\320P\t\216\237\026\036\303\360Z\327\343\0230N\310\316D2\252u\026\230\021\275\323\361:\251Pg\342,9\221%[\326\350\322\260\\\2235Y\301\365\3634\324\201\374\024\270\336\214\316\357\336\207l\006\230h\267\360\177\216\332G~e-\261\301j\204\364\352\023\216:\216\265\254`\303\001p\331\2025\244\300\222k\360\253\205\256)\337\365\376\246\370\351#,G\rj\273\352\355Y\241\243\346\\\332\320o\270\203\037\252\0141\267\231\271\313\303\206\376\352Y\221CY]\365(t\325qfd\325\355\353\355\251\212 m4C\352\364\315\366\253\324iv\372\002\326\222\037\340h\000\205\037\203~\232;\"p\021\300\353X,G\317\031\261\271\254e\270\264\330.C\261\355\227\022R\rk5\264\030\267M9\251\266a\210\362a[UU\210\362\266k\332^i\260\234SQ\245\234\251\335t\3753M2\\d\242\244a?\264\216\200\232\3202wM(\t\313\256\325,.,\311\230zHH\272\030\262\206/\332(X\350\236\014\344\251\216\247\274\2509\264\316k\216G\305\2032\n&\312p\257\225\"\224\375\004\334\246\\[\261mK\365\014\331\274M\206[\206\270\277\202\307\203\262\314\007\371\347\372\361o\266\263+\235\3571\320\240-\202\013\033\232\271\354\344\3036S\352\267\031\331\324e\034\\K\321\001\353\r\327W\355\001\373\312;\027Q\267\026u\373\n<t\270\200\203\047\337\207\343\250d\004\315>d\272\244I=\225\324^M-\361=\337\017<+\220\227\"\317\rX\335\346B\372\275\337+Y\3729\254_\262\313 \372\275\206\247\342*\335\301v\001\034\026\322\244`>\027\036\376Ah\nYW\220\226\000\022\372h%LA\341\255\337\326\332\277\351&twa8\\D\203\"\\\332#\342\316\3041\225^\242\223\345{Cr\310w\2523\022}\241$B\366:\256\214(\332G\004\017\312\307\005\303m\344\270\"9%\317\0317\003=9\016\317\250|\374X;mh\274\236/\010\r\352|,l\242\343a\334\035\350\342\022B\035\265\340\217\363\035\332g9\367?\203\352\335\347\177?\252O\200\350+\032gf\016""\014\214N~j|g\202p\007g\226\370\036\316\250\274\017N\364\"4Ad\016O\220:\225\347\252\357\035\324q|i@\324y\237@$pM<^\375\336Ov\247\376t\360m\264\376\276\322\235\376\363A\371@D\337\305\223\361\265d2)t/\316\305S\361\317I%y\235/<\356\024;\313R\351\362A\030U\242\215h/^\217\255d!-\246\367S\232\2662\321yt\010\205\017\260\3620\272\031\255w/]\206\261r\024\306\225x\0136\326\273\177\271\036\227\343V\322L?K\037g\353\031\355N\3775.\306\217\222\207\260QN\3673\n\033\345NS\332\220K\037\305\313\361\253\264\220\336L\337d\205c\302\374\306bZI7\263r\246To\014\225\272\370x\236\234Oh\322\354;\363 .\304\305\356\245\231\350|D\243fw`\370iL\343 \271\222\224\223}\240\377\250\241\313\007<\372:z\032Y\361|RH\212R\325H.${\351z\n\027\214d\262;\375\267\230\376\347\374\304\305\033\361rw\372\242\334\355s\230o\247\223\351WY1[\326L|\037\233\311\325\304J\277\301\252\231\331\3509X.\014g\n\335\231kQ\020\177\tP_\245\267\263s\031@_\301\266/\342\257\021\201\247X\267\230\325:\317\017\047\273\227\256F\377J\226\223W@Y\270\"-\255\306W\261[\263;+\r\\\311\257/\245\033i\263;\047=\270\220\004\351\265l2\273\222\255d\353\335\271\353p\374Er\023\241\270\361m\272\254H\\\311\376\201\300\256t6\362\047\033\371\306\233\374\315\333\374\255\225[\333\371\266\335\235\225\341\377)YI\266\240\272.\3557\343\363\n\353\034\034\216\005f6\260\301l\372\317N\241s\373\360\334\341\255\303\346\321gG+Go\362\365w\371;\232\323\352\207\271b\242\274l\216 \025\361\003\2209\257\010\337\314\356#\031\024\272\325d6y\013b\353\310\017\023Vou\232\322\345/\242\345\017`u2*t\365\353}E\362=\323\013\346K \374I\032\321\342o\220Q\267\3415\3028\027O\312\000\266\260\337\303\244\230 <w\323bw\372\026(\230\276t\260\032]UY\001|\373Q5\376\034,/ `\017\301H\271\323\2023\347\216\212G\313\322@3\237\272\231,\377\277\3116\023]\006K\217@\365\2634\314*\331F\026tf;[\207\225\3037G\205|\252rX\220p\213\247\223i|\026}\021=\201\017\345\244\225\266;\027:\373\207;\371\332f\276\271u\222\031mv\372\204\331\231\350\\t[\235\352\363I5\235\224\202K8\225\212\203\237q\2307\301\341/I=}\327Y\202""\323\323\371\032\242\267\223\357\354\346\273N\367\352\227\322\377\375\210\346Sk\371\332V\276e\346\246u\222\374\315\364\373\314\356\204\207\225\377\002\344\027\366\343";
-    PyObject *data = __Pyx_DecompressString(cstring, 2137, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2156 bytes) */
+static const char cstring[] = "x\332\305W\315s\323H\026O\230\024\204]v\210\231d\310,\324\226<\014$0\211\027\007\363Q\314\324P\006\002\223\255b&\tl\302a\331\256\266\324v\224\310\222\254n%\366\2368\346\250\243\216:\352\250\243\217>\346\250\243\217\374\t\373\047\354\257[\376\212\3430\265\037U\233*K\255\327\257_\377\336\357\275~\257\243Q\241\335oj{\216ep\255\367\362\234#\214M\256\331\216\320\250\255Q\317\243-\315\251f\023\220;\276\220\237\025\307\267\241^u<\215ju\352J\231\305\354\232\330\3234\247\262\317t\361\223\024i.\365DfuE\023{\014\252\266Ye\\h\234\266\260\021\247u\327b\274\377\236\254#<\323\256M\236;\242@\3442\233\031\032F\313\302cL\253z\264Vg\266\270{w%\363B\203\240\006\r\300\354Kz63Qf\327]\342\360\226i\343\337\360\242\360T{\332\343\247\377\356\003\307\354S\345d\377\325#\246\356\003c\205a;{\325`\272\307(\307\206\300\346\324\265\373+Z\315\221\013\204\343H\207Z=\226\226\177|\303\352\216\327\3321\331\2214\374\243\356\330\302\254\371\216\017$\266\241\031\246\047y\035\027\233v\177BzeH*\006\312\032\342\363\271\371\323\262\201\346O\317^P[1\305\271Y\263\001T\203\007\306\252c[-\255\256@\036\002\344\206}H-\023\304:\006[\321X\323\305Z\230Z\322\227\344\276KH\016\341Q{)s\267\257\314\367\250\313\260\225F\233H\247_\034\301@82\361EK\3549\266L1\203Yf\205yT0\354&\361\301\252\047\225lms}s\265\364\244\244\320zL\246\031B\341Wt\013@\263hT|\323\022\260.Z.\343\005m\243\252\265\034_\263\031p\301\013\027z\243\013\020j[\343L\250\230/)\237\2510\035\233`9\342\265\324\243\311<dr\365+jqV\240\206A\240\307\364\036E\226\345\350\300\212\254\252P\241\357I\020\343S\322\272\240\025Ke\223\356X\226\264\351\330\274@+\272ar9\303l\371\254\351\210\001k\202\205\354\333\250#\021\211m\332\373\364\317\004\314y\010U\301m5m\007,U\251o\t\215\020\217\031\276\316\010\321\014_\301\2249\007\326\016Mja\026\026MA\210\355\327\335V\201\350\216\307\nu\2543\263\223]\245\246\225Qc\326]\304kT\315\257S\034\347q\r\316\254j!\313\362\0255\316\034\353\271\214\224Gz\0362Odk\250\266\231\3055+\n\252`\270\246~`\201]_\271\250\264\006\034*P\006\025\2640a6K\035\031""\373,ky\241\374\366\305\306\306\272e\231.7\371[\326\360\231\255\263\267\031O\333\352\324o#o\2317AT\030\020\247+\204\204LVBvp$\305o\250\251\320\023\346y\316\344\275\252\246\307\005A\035$\312\211I:.\022\213\031\223f\262bs\376\014\377\314\0241\355I\263\202\036\014\014\2428\237fi 8\237\243Q\225s\031\032*\301\361\263\302\021\014o\263z|\n\306)\331\271H\306\265\316\0033\246w6^\247\025jL\234\047\047\262d\313\032]\030\226k\262)+x\366<\013u ?\003\2567\223\345w\357C6\003L\264\232\370\275D\355#\277\260\246\330fUBz\365\tG\035\307ZV\260\341\000\270L\301\352R`\3105\370\253\372\266.\337\265\376\246\370\313\216\260\034\325\251i\253\267c\370\226\232\263i={\303\035\374\241\312\020}\217\351\007\334\257g_=+r(\253k6\362mu\234\031Y\267\373z\207\252\"H\033\r\237Z}\263\375*u\226\235\276\2005\345\0078\032@\341#\320\317rG\004.\002x\215\304r\374\234\021\223\313Z\206K\213i3\024\333\254\224\364\352\t\251\370\325*\372\214\335\242\234TZ\260F\371\260\267\252RDy\313\326M\2470\260\301\251\250P\316\324\226Y\021\324u2\\\244\243\256aS\364\017\217\352\320\322\017t(\t\303\254V\r.\014I\233zH\\YEduW\264P\265\320B\031\030TmO\271R\265h\215W-\207\212G%TM\324\342^?E<\373Y\270Gyf\3054\r\3258d\007\327\031\256\032\342\301\032\036\217J2)\344\217g\217\177\260\375\203\021\006\352\264IpkCG\227\355|\330k\n\375^#;\273\014\206m(:`\275n\273\252G`_y\361\"\352\352\242\256`\236\2036\347q\360\344\272p\034\345\214\240\343\373,\253kROe\266SUK\\\307u=\307\360\344\315\310\261=V3\271\220~\037\365\352V\366\034\0261\331j\220\002\275\256\247\202+\335\301v\036\034\026\322\244`.\027\016~\236\257\013Y\\\220\233\000\342\273\350\047LA\341\315_7[\277f\235\350\336\362p\270\202.E\270\264G\304\335\251\021\225^\266\223\342\375!9\344\241j\217$\273U\022!\033\036WF\024\355c\202G\245Q\301p\0339.KN\311K\306u/\233\234\204g\\>y\2349\255ex\035W\020\352\325\370D\330$\213\207vo\240\213\233\010\265\324\202\377\237\357\320\376\2378\047\303\376\337\271\326\373\327\340?\367\3553\256H\020}E\355\334\374\203\201\361\311\337\032\337\235\"\334\302\311\047\256""\203\223.\257\226S\2758O)J\246H\215\312\323\331\367\016\352(\002\324#\252jL!\236\270q\216\026\322\217\323\335\231\337\035\177\037l},wg\177\177\\:\026\301\303p:\274\036MG\271\356\345\305p&\3749*Go\323\345\247\355|\273(\225\256\036\373A9\330\016\016\303\255\320\210\226\343|\374 \246q3\021\355\047\035(|\202\225\307\301\255`\253{\345*\214\225\002?,\207\273\260\261\325\375\303\215\260\0246\243F\374E\3744\331Jhw\366\217a>|\022=\206\215R|\224P\330(\265\033\322\206\\\372$,\206o\342\\|+~\227\344F\204\351\315\225\270\034\357$\245D\251\336\034*u\361\3612\272\030\321\250\321w\346Q\230\013\363\335+s\301\305\200\006\215\356\300\360\363\220\206^t-*EG@\377YCW\217y\360m\360<0\302\245(\027\345\245\252\026]\212\016\343\255\030.h\321tw\366O!\375\347\305\251\3137\303bw\366\262\334\355K\230o\305\323\3617I>)fL\374\020\352\321Bd\304\337a\325\334|\360\022,\347\2063\271\356\334\365\300\013\277\006\250o\342;\311\205\004\240\257a\333W\341\267\210\300s\254[I\252\355\227\235\351\356\225\205\340\357Q1z\003\224\271k\322\322z\270\200\335\032\335yi\340Zzc5\336\216\033\335E\351\301\245\310\213\257\047\323\311\265d-\331\352.\336\200\343\257\242[\010\305\315\357\343\242\"q-\371+\002\273\326\336N\237m\247\333\357\322w\357\323\367Fj\354\245{fw^\206\377u\264\026\355BuK\332o\204\027\025\326E8\034\n\314lc\203\371\370o\355\\\373N\347B\347v\247q\362\305\311\332\311\273t\353C\372\201\246\264\362i1\037)/\033cHE\370\010d.)\302w\222\007H\006\205n=\232\217\336\203\330\032\362C\207\325\333\355\206t\371\253\240\370\t\254N\007\271n\366\372X\226|\177\207\324\271\003\367\020\257\305pZF\252\t\303\217\243|\2048\334\213\363\335\331\333\360u\366\312\361z\260\240\302\017 GA%\374\022t.#2\217\341z\251\335\004\352\013\047\371\223\2424\320HgnE\305\1777\253\346\202\253\240\343\t8}\021\373I9\331N\274\366|{\267S\356\274;\311\2453\017\223-\tw\256\227{\033 \3645|\256\266_u\362\351L\271\223\223\263\371\263959\231\276\n\236\301\303R\324\214[\355K\355\243\316~\272\271\223\356\354\236&(3;{\312\354\\p!\270\243\016\367\305\250\022OK\301""\025\034N\305\320\3178\323;\300\366\227\250\026\177h\257\202\222\331t\023A\334O\367\017\322\003\253\273\360\265d\347(\240\351\314f\272\271\233\356\352\251n@z\332\257\235\370\207\304l\373\235\327\047\305\177\001!\302\031-";
+    PyObject *data = __Pyx_DecompressString(cstring, 2156, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (2806 bytes) */
-static const char cstring[] = "\377 at 0x h\337olds \000\004ro\375w\t\000is not\377 an arra\237y of \024\002\025\000o{ut\013\001boun3\000\377for a ma\375p\037\001length\377  object\375>2\001 parts\2768\002, the(\000n\377ifest sa\375yr\000sample\363s \001\004\016\023trin\373gs+\022was o\277pened \007\000(\377tree fra\377gment)),\212\300\003 \016\000g\037\000\244\000\n\005s\270N\003\266\001\220\005p\047s\353\000ey \000\r\371\000.: :\240$(\000\005\261\005\227 :\340\002 \000\004\222$\333mu\341\000be\304 n-\177decreas\302\000\376\231\000om 0, g\276\333 : too\215!y\376\237$(<Memor\337yView\357!<c\377ontiguou~\227\000nd dir\324!&\007\rin\021\005\322\001d\207!$\006\231 \235@\004\031><(\tA\006>\357?Can\375Bssi\353gn\246\000 \277\000d-o_nly m\240\002v\242\000\377Invalid \377mode, ex\271p\364@\207@\047c\047t\001\047>\232`tran\047\351\003%\005\177shape i\330`\275x\344`Note\226`a\377t Cython\375 \370`delibe\317ratek\000\246Act\373er!\001n PEP\277-484 a\214 r\371e\343a\271`ubcla\373ss\304`of bu\367ilt[\000type\377s. If yo\357u ne\237`to \355p%\000 s\047\007the_n set\227\204\002\047\357\002?ation_<\000\362`\355\047\355$iv\242\000o F\377alse.add\353_n\264\000c\234$llo\375c\251\000 a bat\343ch\251\205\001\013\r\366\204\001tab\373le\030\002ollec\376b\001s.abcdims\026\001en\034\001gc\313@\363ex\203 \n\003dmma\377p_ninja/\365_\267 r\334@.pyx\377no defau\377lt __red\377uce__ du\376\242\002non-tri\317vial\033\000O\000it\377__numpy.\177_core.m5\000\275i\324\206\003fail\225#i\337mport\033\tum\357ath \022\rsel\213f.\371\206\003,\007\002\323\003\207$b\377e conver\235t\353#a P\322C\217\207\003 \376\255\207\001picklin\223gu\356\002\331aa\273&\352\207\002d\017ata.\013\020\265c\370A\344\204\003\377s.ASCIIE\377llipsisS\377equenceS\373ha\244!Ragge\177dReader\000\0205.\260&c\365b__\017\023\233`?state_\n\032\366B\337_erroV\023fi\177rst_row\302Amp\217\021.p\326`ed\226\021t\240\211\003\000\027s\000\030_in\351\021wtak\237&ows\230+\340\010\006\2127\027\t\2116>\007row\010\216ES\007y\010S\336\212\003\240J\007\n\225V\340\026\r\227U?""\014\236Oa\013get\274\300d\007\016_man\237\212\002.\006\245\212\007_P\344\214\001\000\003\307o\017\006\273n\360+\004\274\207\0038\004\257\215\001__Py\375x\001\000Dict_N\377extRef__>\231\210\004e____\356\210\002\000\006\275_\255\000item\026\001d<0\001 \000func&\001\310\000\360\273\204\0034\000\337\206\003<\001main\336\003\002odulM\002na\255m\002\003ew]\001p~\000c?hecksuT\000\n\001\330?\004\025\001\332\211\001__\037\001un^\312\206\002e_En \005v\346\210\002\036\241\001qualO\005\236\210\005\346\205\016\366\270\210\006ex\325\001set_\360\203\005\363\205\006\357\000\252/_tes\351t\211 \361\205\010_\331\205\014_is\376\357\210\001outinea\373bc\341\207\005_buff\373er\306@as_by\346F\000as\344\215\007\360\220\002asy\377ncio.cor\3769\003satbase\334\340\212\002\371\220\003cc_\231\216\007clz`\000_\322 trac#\000\377ckcountd\177iffdstd\214\214\001\370\000\002\217\001\234\221\003empty\377encodeen\363um\355\214\002\275\207\002flag\377sfloat64\277format\304\215\004g\347etg\234 \375ahas\316\342\221\003iid\257\213\002\203\217\001ce\277sint32\002\0006\3514\214a\220as\000\002ize\363jk\246\214\001\250\214\004max_?lenmem\306\216\001\335\213\007\261.\337\213\005\321\216\001\217and\377\222\002n\337dimnp\301\213\002ob\345j\360\221\001_\327\222\002\371\221\002rot\377hersoutp\377packpad_\037value\315\210\003\200\223\001\320\204\002\373of\212\223\002poppr\367odr\221\221\001onre/gist\266\211\001w\207\223\004\216\223\003\356\224\223\004_in\356\213\001set\244\352\214\004\273\217\002s\314\000l\000r\356\000t~\336\223\001tepsto\001\000oruct\330\210\001un\205\001\277update\206\002s\337xOPyO\225\224\002 *\375(\001\007, Py_s\236L\001_t)\000\030\010\331\204\003t\267_10\372\215\007_5\274\215\002_\366\313\223\003_t\350\214\001st *3, \362\"\002\01464\026\t]\007\372o\001A\324\225\001_Desc\201r;\001z\023\230\001\253\005\000\t\n\013s\365t\361\001 \211\206\003opt_\257args\242\022_\335\213\003 }*#\006ional,\002\016\202\200wint\321\025\350\201&\311\226\004\330\2017tf\034\232e \241vint\r\r\376\233])\000_slic\277e_posi""\213\223\002\000\366\233D\000_\234\216\001\000_ga\362\324\205\001_\247\230\004,\000cala\373r_\237\223\002\000_rai\367se_\357\217\010\200\001\330\004\377\n\210+\220Q\200A\330\377\010\013\2104\210t\2205\377\230\001\230\027\240\001\240\021\377\330\t\030\230\004\230H\240\377A\240S\320(:\270!\373\2701!\001\017\210u\220A\377\220R\220v\230Q\230d\377\240(\250!\2503\250a\177\250x\260t\2708\300\036\000\375\340C\0007\220#\220Q\330\373\014\017J\0004\220u\230A\373\230WA\000Q\330\r\033\230\3774\230x\240q\250\003\250\377:\260Q\260a\330\010\032\277\230!\2308\2407A\0004\357\250w\260aA\0004\270q\357\200A\340\0107\0018\2301\377\230M\250\021\250#\250T\373\260\021\n\010\320\034,\250A_\250V\2604\260&\002\034\033\007\377\330\010\034\230D\240\006\240\367a\240q\305\0056\230\021\230\377!\330\014\020\220\006\220a\371\220\023\000Q\005B\230a\230r?\240\022\2404\240w\273\000,\032\377\017\210s\220\"\220B\220\177d\230\047\240\021\240!\233\001\377 \240\007\240v\250Q\250\376\300\000 \240\001\330\010\036\230\377a\360\006\000\t\034\2301\327\330\010\tj\001\016\\\000y\250\177\001\250\031\260!\2601\204#\377;\230c\240\025\240d\250\275$3\000\020\024\220D\343 \021\376\020\007\021\330\020\027\220r\230\375\026\222\000\031\250&\260\002\260\272\262\000\022t\000F\230\"\377 B\3765\000,\260f\270D\300\001\377\330\014\025\220^\2401\240\177M\260\021\330\021\022\330G\000wE\230\025\312\000q\330\024=\001\377\022\320\033-\250R\250q\373\330\030\207!\007\240r\250\027\377\260\001\260\022\2602\260Q\367\330\030\033\317 F\240#\240\277Q\330\034+\2501\300\"2\373\260U\326@2\270R\320?\377R\320RT\320TX\320\377Xd\320dh\320hi\373\330\024\373AG\2402\240W\272\355 Q\\\001q\230\006\303\000\021[\330\030\356\000\230t\027\000R^\000\377\024\250\\\270\021\270&\300\377\002\300%\300q\310\003\310\3772\310T\320Q]\320]\377a\320ab\340\030!\240\272\341\002q\233\014t\2306\312 \047\316\332BV\2603\212`\231\002E\240W\024\240X\326 g\235`cS\000\367%\270q\357\001\023\2201\340\266\301@\001\220\257 \020\220\004\000\200\275A\354!\020\210t\220\242aIR\237\000GA""\001\021\003$\317`&\363\000\337\021\330\010\030\230\233@\017\210\377x\220t\2307\240!\240~\234@*\250!\330\010%\200 \277\010\014\210E\220\025\221b\014\177\017\210w\220b\230\016\233@\375(\256@7\270!\2704\270\275x\312\000\002\310!\310\320@\017\377\210q\320\004#\2401\340]\010\277\203+\020\220\017\243 8\350 \377C\250u\260A\260R\260\377r\270\024\270W\300A\300\377T\310\021\320\004A\300\021r\262a!\273o\260s\023\220?\301\000\3774\240x\250y\270\007\270\377w\300j\320PV\320V\271W\214+Q\003\010\000\tL\010\020\357\220\002\220&\321\206\002\006\240b\377\250\001\330\010\020\220\014\230\357A\230Q\330\201 H\220A\377\220V\2301\230J\240g\357\250]\270-\277@\010\320P\376\273@j\320jk\320kl\337\330\025\026\330\010\233!a\320\377\004P\320PW\320Wc\367\320cd\357+V\250;\260\037i\270u\300A";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 2806, 4638);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (2833 bytes) */
+static const char cstring[] = "\377 at 0x h\337olds \000\004ro\375w\t\000is not\377 an arra\237y of \024\002\025\000o{ut\013\001boun3\000\377for a ma\375p\037\001length\377  object\375>2\001 parts\2768\002, the(\000n\377ifest sa\375yr\000sample\363s \001\004\016\023trin\373gs+\022was o\277pened \007\000(\377tree fra\377gment)),\212\300\003 \016\000g\037\000\244\000\n\005s\270N\003\266\001\220\005p\047s\353\000ey \000\r\371\000.: :\240$(\000\005\261\005\227 :\340\002 \000\004\222$\333mu\341\000be\304 n-\177decreas\302\000\376\231\000om 0, g\276\333 : too\215!y\376\237$(<Memor\337yView\357!<c\377ontiguou~\227\000nd dir\324!&\007\rin\021\005\322\001d\207!$\006\231 \235@\004\031><(\tA\006>\357?Can\375Bssi\353gn\246\000 \277\000d-o_nly m\240\002v\242\000\377Invalid \377mode, ex\271p\364@\207@\047c\047t\001\047>\232`tran\047\351\003%\005\177shape i\330`\275x\344`Note\226`a\377t Cython\375 \370`delibe\317ratek\000\246Act\373er!\001n PEP\277-484 a\214 r\371e\343a\271`ubcla\373ss\304`of bu\367ilt[\000type\377s. If yo\357u ne\237`to \355p%\000 s\047\007the_n set\227\204\002\047\357\002?ation_<\000\362`\355\047\355$iv\242\000o F\377alse.add\353_n\264\000c\234$llo\375c\251\000 a bat\343ch\251\205\001\013\r\366\204\001tab\373le\030\002ollec\376b\001s.abcdims\026\001en\034\001gc\313@\363ex\203 \n\003dmma\377p_ninja/\365_\267 r\334@.pyx\377no defau\377lt __red\377uce__ du\376\242\002non-tri\317vial\033\000O\000it\377__numpy.\177_core.m5\000\275i\324\206\003fail\225#i\337mport\033\tum\357ath \022\rsel\213f.\371\206\003,\007\002\323\003\207$b\377e conver\235t\353#a P\322C\217\207\003 \376\255\207\001picklin\223gu\356\002\331aa\273&\352\207\002d\017ata.\013\020\265c\370A\344\204\003\377s.ASCIIE\377llipsisS\377equenceS\373ha\244!Ragge\177dReader\000\0205.\260&c\365b__\017\023\233`?state_\n\032\366B\337_erroV\023fi\177rst_row\302Amp\217\021.p\326`ed\226\021t\240\211\003\000\027s\000\030_in\351\021wtak\237&ows\230+\340\010\006\2127\027\t\2116>\007row\010\216ES\007y\010S\336\212\003\240J\007\n\225V\340\026\r\227U?""\014\236Oa\013get\274\300d\007\016_man\237\212\002.\006\245\212\007_P\344\214\001\000\003\307o\017\006\273n\360+\004\274\207\0038\004\257\215\001__Py\375x\001\000Dict_N\377extRef__>\231\210\004e____\356\210\002\000\006\275_\255\000item\026\001d<0\001 \000func&\001\310\000\360\273\204\0034\000\337\206\003<\001main\336\003\002odulM\002na\255m\002\003ew]\001p~\000c?hecksuT\000\n\001\330?\004\025\001\332\211\001__\037\001un^\312\206\002e_En \005v\346\210\002\036\241\001qualO\005\236\210\005\346\205\016\366\270\210\006ex\325\001set_\360\203\005\363\205\006\357\000\252/_tes\351t\211 \361\205\010_\331\205\014_is\376\357\210\001outinea\363bc\343\207\003\253\212\004_buf\367fer\313@as_b\315yK\000as\351\215\007\365\220\002as\377yncio.co\375r>\003satbas\271e\345\212\002\376\220\003cc_\236\216\007c\365le\000_\327 trac\376#\000ckcount\377diffdstd\360\221\214\001\000\002\224\001\241\221\003empt\377yencodee\347num\362\214\002\302\207\002fla\377gsfloat6\1774format\311\215\004\317getg\241 \202\204\001ha\235s\347\221\003iid\264\213\002\210\217\001c\177esint32\002\000\32364\221a\225as\000\002iz\347ejk\253\214\001\255\214\004max\177_lenmem\313\216\001b\342\213\007.\344\213\005\326\216\001\224and\204\223\002\277ndimnp\306\213\002o\313bj\365\221\001_\334\222\002\376\221\002ro\377thersout\377ppackpad?_value\322\210\003\205\223\001\366\325\204\002of\217\223\002popp\357rodr\226\221\001onr_egist\273\211\001w\214\223\004\334\223\223\003\231\223\004_in\363\213\001seIt\357\214\004\300\217\002s\314\000l\000r\356\000\375t\343\223\001tepsto\336\001\000ruct\335\210\001un~\205\001update\206\002\277sxOPyO\232\224\002 \373*(\001\007, Py_=sL\001_t)\000\030\010\336\204\003ot_10\377\215\007_5\301\215\002\355_\320\223\003_t\355\214\001st g*, \362\"\002\01464\026\t\364]\007o\001A\331\225\001_Des\003cr;\001z\023\230\001\253\005\000\t\n\013\353st\361\001 \216\206\003opt__args\242\022_\342\213\003\373 *#\006ional\034,\002\202\200wint\230\200B\324\214\001\235\200;\240\224\227\004\236\2027\260\030\330a\340e ""\347vi\363nt\r\r\341])\000_s\377lice_pos\265i\326\223\002\000\341D\000_\347\216\001\000\227_ga\232\206\001_\362\230\004,\000c\337alar_\352\223\002\000_\277raise_\272\220\010\200\377\001\330\004\n\210+\220Q\377\200A\330\010\013\2104\210\377t\2205\230\001\230\027\240\377\001\240\021\330\t\030\230\004\377\230H\240A\240S\320(\337:\270!\2701!\001\017\210\377u\220A\220R\220v\230\377Q\230d\240(\250!\250\3773\250a\250x\260t\270\3538\300\036\000\340C\0007\220#\337\220Q\330\014\017J\0004\220\337u\230A\230WA\000Q\330\377\r\033\2304\230x\240q\377\250\003\250:\260Q\260a\377\330\010\032\230!\2308\240}7A\0004\250w\260aA\000\1774\270q\200A\340\0107\001\3778\2301\230M\250\021\250\337#\250T\260\021\n\010\320\034\377,\250A\250V\2604\260\372&\002\034\033\007\330\010\034\230D\277\240\006\240a\240q\305\0056\377\230\021\230!\330\014\020\220\317\006\220a\220\023\000Q\005B\230\377a\230r\240\022\2404\240\371w\273\000,\032\017\210s\220\"\377\220B\220d\230\047\240\021\373\240!\233\001 \240\007\240v\367\250Q\250\300\000 \240\001\330\377\010\036\230a\360\006\000\t\277\034\2301\330\010\tj\001\016\376\\\000y\250\001\250\031\260!\373\2601\204#;\230c\240\025\357\240d\250$3\000\020\024\220\365D\343 \021\020\007\021\330\020\027\357\220r\230\026\222\000\031\250&\327\260\002\260\262\000\022t\000F\230\365\"\377 B5\000,\260f\270\377D\300\001\330\014\025\220^\377\2401\240M\260\021\330\021\273\022\330G\000E\230\025\312\000q\373\330\024=\001\022\320\033-\250\337R\250q\330\030\207!\007\240\377r\250\027\260\001\260\022\260\2772\260Q\330\030\033\317 F\377\240#\240Q\330\034+\250\3351\300\"2\260U\326@2\270\377R\320?R\320RT\320\377TX\320Xd\320dh\337\320hi\330\024\373AG\240\3272\240W\355 Q\\\001q\230\335\006\303\000\021\330\030\356\000\230t\372\027\000R^\000\024\250\\\270\021\377\270&\300\002\300%\300q\377\310\003\3102\310T\320Q\377]\320]a\320ab\340\327\030!\240\341\002q\233\014t\230u6\312 \047\332BV\2603\212`\276\231\002E\240\024\240X\326 g\272\235`cS\000%\270q\357\001\023\267\2201\340\301@\001\220\257 \020\255""\220\004\000\200A\354!$\270`&\276\334\000\021\330\010\030\230\204@\017\377\210x\220t\2307\240!\375\240\205@*\250!\330\010%~\351\000\010\014\210E\220\025\372B\377\014\017\210w\220b\230\016\372\204@(\227@7\270!\2704{\270x\263\000\002\310!\310\271@\377\017\210q\320\004#\2401\273\340\010\250\203+\020\220\017\214 8\376\321 C\250u\260A\260R\377\260r\270\024\270W\300A\377\300T\310\021\320\0045\260\275Q\233a\020\210t\220\321\204\001I\372\316 G\361\000f\270F\300!_\320\004A\300\021\271a!\302o\356\267s\023\220?\337\0004\240x\377\250y\270\007\270w\300j?\320PV\320VW\223+Q\003\367\010\000\tL\010\020\220\002\220\375&\330\206\002\006\240b\250\001\330\377\010\020\220\014\230A\230Q\375\330\237 H\220A\220V\230\3771\230J\240g\250]\270\335-\306@\010\320P\302@j\320\377jk\320kl\330\025\026\373\330\010\271!a\320\004P\320\377PW\320Wc\320cd\374\023\000\312\013V\250;\260i\270\037u\300G\3101";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 2833, 4725);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (4638 bytes) */
-static const char bytes[] = " at 0x holds  holds rows  is not an array of rows is out of bounds for a map of length  object> of  parts rows, the manifest says  samples samples, the manifest says  strings, the manifest says  was opened as (tree fragment)), not a ragged map, not a strings map, the map\047s are , the map\047s are of .: : holds : holds samples of : part : part bounds must be non-decreasing from 0, got : too many parts (<MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecannot allocate a batch of cannot allocate the table of collections.abcdisableenablegcindex isenabledmmap_ninja/_sharded.pyxno default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importself.bounds,self.table cannot be converted to a Python object for picklingunable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisSequenceShardedRaggedReaderShardedRaggedReader.__reduce_cython__ShardedRaggedReader.__setstate_cython__ShardedRaggedReader._batch_errorShardedRaggedReader._first_row_shapeShardedRaggedReader.paddedShardedRaggedReader.sampleShardedRaggedReader.samplesShardedRaggedReader.samples_inShardedRaggedReader.takeShardedRowsReaderShardedRowsReader.__reduce_cython__ShardedRowsReader.__setstate_cython__ShardedRowsReader.rowShardedRowsReader.takeShardedStringsReaderShardedStringsReader.__reduce_cython__ShardedStringsReader.__setstate_cython__ShardedStringsReader._batch_errorShardedStringsReader.getShardedStringsReader.get_manyView.MemoryView_Parts_Parts.__reduce_cython___Parts.__setstate_cython___Parts.locate_Parts.part__Pyx_PyDict_NextRef__annotat""e____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___batch_error_first_row_shape_is_coroutineabcallocate_bufferanyas_bytesascontiguousarrayasyncio.coroutinesatbasebatchboundscc_contiguouscline_in_tracebackcountdiffdstdtypedtype_is_objectemptyencodeenumerateerrorflagsfloat64formatfortrangetget_manyhasobjectiidindexindicesint32int64itemitemsitemsizejklocallocatemax_lenmemviewmmap_ninja._shardedmodenamendarrayndimnpnumpyobjopen_partsopenerothersoutppackpad_valuepaddedpartpart_ofpartspopprodrreasonregisterrowsamplesamplessamples_inselfsetdefaultshapesizesourcestartstepstopstructtakeunpackupdatevaluesxOPyObject *(PyObject *, Py_ssize_t)\000PyObject *(__pyx_t_10mmap_ninja_5_core_ragged_t const *, int32_t const *, int64_t const *, Py_ssize_t, PyArray_Descr *, PyObject *, Py_ssize_t, PyObject *, PyObject *, PyObject *, struct __pyx_opt_args_10mmap_ninja_5_core__padded *__pyx_optional_args)\000PyObject *(__pyx_t_10mmap_ninja_5_core_ragged_t const *, int32_t const *, int64_t const *, Py_ssize_t, PyArray_Descr *, int, PyObject *, PyObject *)\000PyObject *(__pyx_t_10mmap_ninja_5_core_strings_t const *, int32_t const *, int64_t const *, Py_ssize_t, int, PyObject *, PyObject *)\000Py_ssize_t (PyObject *, Py_ssize_t)\000int (PyObject *, PyObject *, PyObject *, PyObject *)\000_slice_positions\000_padded\000_take\000_gather_strings\000_scalar_index\000_raise_batch_error\200\001\330\004\n\210+\220Q\200A\330\010\013\2104\210t\2205\230\001\230\027\240\001\240\021\330\t\030\230\004\230H\240A\240S\320(:\270!\2701\200A\330\010\017\210u\220A\220R\220v\230Q\230d\240(\250!\2503\250a\250x\260t\2708\3001\200A\340\010\013\2107\220#\220Q\330\014\017\210t\2204\220u\230A\230W\240A\240Q\330\r\033\2304\230x\240q\250\003\250:\260Q\260a\330\010\032\230!\2308\2407\250!\2504\250w\260a""\260t\2704\270q\200A\340\010\017\210t\2208\2301\230M\250\021\250#\250T\260\021\200A\340\010\017\210t\2208\2301\320\034,\250A\250V\2604\260q\200A\340\010\034\230M\250\021\250#\250T\260\021\330\010\034\230D\240\006\240a\240q\330\010\013\2104\210t\2206\230\021\230!\330\014\020\220\006\220a\220q\330\010\017\210t\2208\2301\230B\230a\230r\240\022\2404\240w\250a\250q\200A\340\010\034\230M\250\021\250#\250T\260\021\330\010\034\230D\240\006\240a\240q\330\010\017\210s\220\"\220B\220d\230\047\240\021\240!\200A\340\010 \240\007\240v\250Q\250a\330\010 \240\001\330\010\036\230a\360\006\000\t\034\2301\330\010\t\330\014\020\220\016\230a\230y\250\001\250\031\260!\2601\330\014\017\210t\220;\230c\240\025\240d\250$\250a\330\020\024\220D\230\001\230\021\330\014\017\210t\220;\230c\240\021\330\020\027\220r\230\026\230r\240\031\250&\260\002\260!\330\014\022\220\"\220F\230\"\230H\240B\240d\250,\260f\270D\300\001\330\014\025\220^\2401\240M\260\021\330\021\022\330\020\024\220E\230\025\230a\230q\330\024\027\220r\230\022\320\033-\250R\250q\330\030\034\230D\240\007\240r\250\027\260\001\260\022\2602\260Q\330\030\033\2301\230F\240#\240Q\330\034+\2501\250A\250V\2602\260U\270!\2702\270R\320?R\320RT\320TX\320Xd\320dh\320hi\330\024\030\230\004\230G\2402\240W\250A\250Q\330\024\027\220q\230\006\230c\240\021\330\030\036\230a\230t\2402\240R\240r\250\024\250\\\270\021\270&\300\002\300%\300q\310\003\3102\310T\320Q]\320]a\320ab\340\030!\240\021\330\014\017\210q\330\020\024\220E\230\025\230a\230q\330\024\027\220t\2306\240\021\240\047\250\021\250#\250V\2603\260a\330\030\033\2301\230E\240\024\240X\250Q\250g\260Q\260c\270\021\270%\270q\300\001\330\014\023\2201\340\014\020\220\001\220\021\330\014\020\220\001\220\021\200A\360\006\000\t\020\210t\2208\2301\230I\240W\250G\2603\260a\200A\360\006\000\t$\2407\250&\260\001\260\021\330\010\030\230\001\330\010\017\210x\220t\2307\240!\2401\330\010*\250!\330\010%\240Q\330\010\014\210E\220\025\220a\220q\330\014\017\210w\220b\230\016\240d\250(\260!\2607\270!\2704\270x\300q""\310\002\310!\3101\330\010\017\210q\320\004#\2401\340\010\034\230M\250\021\250#\250T\260\021\330\010\034\230D\240\006\240a\240q\330\010\013\2104\210t\2206\230\021\230!\330\014\020\220\006\220a\220q\330\010\020\220\017\230t\2408\2501\250C\250u\260A\260R\260r\270\024\270W\300A\300T\310\021\320\004A\300\021\360\006\000\t!\240\007\240v\250Q\250a\330\010 \240\001\330\010\036\230a\330\010\t\330\014\020\220\016\230a\230y\250\001\250\031\260!\2601\330\014\023\220?\240!\2404\240x\250y\270\007\270w\300j\320PV\320VW\340\014\020\220\001\220\021\330\014\020\220\001\220\021\320\004A\300\021\360\010\000\t!\240\007\240v\250Q\250a\330\010\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\010\020\220\014\230A\230Q\330\010\014\210H\220A\220V\2301\230J\240g\250]\270-\300q\310\010\320P]\320]j\320jk\320kl\330\025\026\330\010\017\210w\220a\320\004P\320PW\320Wc\320cd\360\006\000\t\020\210t\2208\2301\230I\240V\250;\260i\270u\300A";
+    #else /* compression: none (4725 bytes) */
+static const char bytes[] = " at 0x holds  holds rows  is not an array of rows is out of bounds for a map of length  object> of  parts rows, the manifest says  samples samples, the manifest says  strings, the manifest says  was opened as (tree fragment)), not a ragged map, not a strings map, the map\047s are , the map\047s are of .: : holds : holds samples of : part : part bounds must be non-decreasing from 0, got : too many parts (<MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecannot allocate a batch of cannot allocate the table of collections.abcdisableenablegcindex isenabledmmap_ninja/_sharded.pyxno default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importself.bounds,self.table cannot be converted to a Python object for picklingunable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisSequenceShardedRaggedReaderShardedRaggedReader.__reduce_cython__ShardedRaggedReader.__setstate_cython__ShardedRaggedReader._batch_errorShardedRaggedReader._first_row_shapeShardedRaggedReader.paddedShardedRaggedReader.sampleShardedRaggedReader.samplesShardedRaggedReader.samples_inShardedRaggedReader.takeShardedRowsReaderShardedRowsReader.__reduce_cython__ShardedRowsReader.__setstate_cython__ShardedRowsReader.rowShardedRowsReader.takeShardedStringsReaderShardedStringsReader.__reduce_cython__ShardedStringsReader.__setstate_cython__ShardedStringsReader._batch_errorShardedStringsReader.getShardedStringsReader.get_manyView.MemoryView_Parts_Parts.__reduce_cython___Parts.__setstate_cython___Parts.locate_Parts.part__Pyx_PyDict_NextRef__annotat""e____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___batch_error_first_row_shape_is_coroutineabcallocallocate_bufferanyas_bytesascontiguousarrayasyncio.coroutinesatbasebatchboundscc_contiguouscline_in_tracebackcountdiffdstdtypedtype_is_objectemptyencodeenumerateerrorflagsfloat64formatfortrangetget_manyhasobjectiidindexindicesint32int64itemitemsitemsizejklocallocatemax_lenmemviewmmap_ninja._shardedmodenamendarrayndimnpnumpyobjopen_partsopenerothersoutppackpad_valuepaddedpartpart_ofpartspopprodrreasonregisterrowsamplesamplessamples_inselfsetdefaultshapesizesourcestartstepstopstructtakeunpackupdatevaluesxOPyObject *(PyObject *, Py_ssize_t)\000PyObject *(__pyx_t_10mmap_ninja_5_core_ragged_t const *, int32_t const *, int64_t const *, Py_ssize_t, PyArray_Descr *, PyObject *, Py_ssize_t, PyObject *, PyObject *, PyObject *, struct __pyx_opt_args_10mmap_ninja_5_core__padded *__pyx_optional_args)\000PyObject *(__pyx_t_10mmap_ninja_5_core_ragged_t const *, int32_t const *, int64_t const *, Py_ssize_t, PyArray_Descr *, int, PyObject *, PyObject *, struct __pyx_opt_args_10mmap_ninja_5_core__take *__pyx_optional_args)\000PyObject *(__pyx_t_10mmap_ninja_5_core_strings_t const *, int32_t const *, int64_t const *, Py_ssize_t, int, PyObject *, PyObject *)\000Py_ssize_t (PyObject *, Py_ssize_t)\000int (PyObject *, PyObject *, PyObject *, PyObject *)\000_slice_positions\000_padded\000_take\000_gather_strings\000_scalar_index\000_raise_batch_error\200\001\330\004\n\210+\220Q\200A\330\010\013\2104\210t\2205\230\001\230\027\240\001\240\021\330\t\030\230\004\230H\240A\240S\320(:\270!\2701\200A\330\010\017\210u\220A\220R\220v\230Q\230d\240(\250!\2503\250a\250x\260t\2708\3001\200A\340\010\013\2107\220#\220Q\330\014\017\210t\2204\220u\230A\230W\240A\240Q\330\r\033\2304\230x""\240q\250\003\250:\260Q\260a\330\010\032\230!\2308\2407\250!\2504\250w\260a\260t\2704\270q\200A\340\010\017\210t\2208\2301\230M\250\021\250#\250T\260\021\200A\340\010\017\210t\2208\2301\320\034,\250A\250V\2604\260q\200A\340\010\034\230M\250\021\250#\250T\260\021\330\010\034\230D\240\006\240a\240q\330\010\013\2104\210t\2206\230\021\230!\330\014\020\220\006\220a\220q\330\010\017\210t\2208\2301\230B\230a\230r\240\022\2404\240w\250a\250q\200A\340\010\034\230M\250\021\250#\250T\260\021\330\010\034\230D\240\006\240a\240q\330\010\017\210s\220\"\220B\220d\230\047\240\021\240!\200A\340\010 \240\007\240v\250Q\250a\330\010 \240\001\330\010\036\230a\360\006\000\t\034\2301\330\010\t\330\014\020\220\016\230a\230y\250\001\250\031\260!\2601\330\014\017\210t\220;\230c\240\025\240d\250$\250a\330\020\024\220D\230\001\230\021\330\014\017\210t\220;\230c\240\021\330\020\027\220r\230\026\230r\240\031\250&\260\002\260!\330\014\022\220\"\220F\230\"\230H\240B\240d\250,\260f\270D\300\001\330\014\025\220^\2401\240M\260\021\330\021\022\330\020\024\220E\230\025\230a\230q\330\024\027\220r\230\022\320\033-\250R\250q\330\030\034\230D\240\007\240r\250\027\260\001\260\022\2602\260Q\330\030\033\2301\230F\240#\240Q\330\034+\2501\250A\250V\2602\260U\270!\2702\270R\320?R\320RT\320TX\320Xd\320dh\320hi\330\024\030\230\004\230G\2402\240W\250A\250Q\330\024\027\220q\230\006\230c\240\021\330\030\036\230a\230t\2402\240R\240r\250\024\250\\\270\021\270&\300\002\300%\300q\310\003\3102\310T\320Q]\320]a\320ab\340\030!\240\021\330\014\017\210q\330\020\024\220E\230\025\230a\230q\330\024\027\220t\2306\240\021\240\047\250\021\250#\250V\2603\260a\330\030\033\2301\230E\240\024\240X\250Q\250g\260Q\260c\270\021\270%\270q\300\001\330\014\023\2201\340\014\020\220\001\220\021\330\014\020\220\001\220\021\200A\360\006\000\t$\2407\250&\260\001\260\021\330\010\030\230\001\330\010\017\210x\220t\2307\240!\2401\330\010*\250!\330\010%\240Q\330\010\014\210E\220\025\220a\220q\330\014\017\210w\220b\230\016\240d\250(\260!\2607\270!\2704""\270x\300q\310\002\310!\3101\330\010\017\210q\320\004#\2401\340\010\034\230M\250\021\250#\250T\260\021\330\010\034\230D\240\006\240a\240q\330\010\013\2104\210t\2206\230\021\230!\330\014\020\220\006\220a\220q\330\010\020\220\017\230t\2408\2501\250C\250u\260A\260R\260r\270\024\270W\300A\300T\310\021\320\0045\260Q\360\006\000\t\020\210t\2208\2301\230I\240W\250G\2603\260f\270F\300!\320\004A\300\021\360\006\000\t!\240\007\240v\250Q\250a\330\010 \240\001\330\010\036\230a\330\010\t\330\014\020\220\016\230a\230y\250\001\250\031\260!\2601\330\014\023\220?\240!\2404\240x\250y\270\007\270w\300j\320PV\320VW\340\014\020\220\001\220\021\330\014\020\220\001\220\021\320\004A\300\021\360\010\000\t!\240\007\240v\250Q\250a\330\010\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\010\020\220\014\230A\230Q\330\010\014\210H\220A\220V\2301\230J\240g\250]\270-\300q\310\010\320P]\320]j\320jk\320kl\330\025\026\330\010\017\210w\220a\320\004P\320PW\320Wc\320cd\330\025\026\360\006\000\t\020\210t\2208\2301\230I\240V\250;\260i\270u\300G\3101";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 199; i++) {
+    for (int i = 0; i < 200; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 55) PyUnicode_InternInPlace(&string);
@@ -33983,8 +34094,8 @@ static const char bytes[] = " at 0x holds  holds rows  is not an array of rows i
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 199; i < 216; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-199].length;
+    for (int i = 200; i < 217; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-200].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -33994,14 +34105,14 @@ static const char bytes[] = " at 0x holds  holds rows  is not an array of rows i
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 216; i++) {
+    for (Py_ssize_t i = 0; i < 217; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 199;
+      PyObject **table = stringtab + 200;
       for (Py_ssize_t i=0; i<17; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
@@ -34134,14 +34245,14 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_first_row_shape, __pyx_mstate->__pyx_kp_b_iso88591_A_uARvQd_3axt81, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 246};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_indices};
-    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_take, __pyx_mstate->__pyx_kp_b_iso88591_A_t81IWG3a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 247};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_alloc};
+    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_take, __pyx_mstate->__pyx_kp_b_iso88591_5Q_t81IWG3fF, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 251};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_pad_value, __pyx_mstate->__pyx_n_u_max_len, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_dtype};
-    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_padded, __pyx_mstate->__pyx_kp_b_iso88591_PPWWccd_t81IV_iuA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 252};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_pad_value, __pyx_mstate->__pyx_n_u_max_len, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_alloc};
+    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_padded, __pyx_mstate->__pyx_kp_b_iso88591_PPWWccd_t81IV_iuG1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
@@ -34154,17 +34265,17 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 280};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 282};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_as_bytes, __pyx_mstate->__pyx_n_u_j, __pyx_mstate->__pyx_n_u_p};
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_get, __pyx_mstate->__pyx_kp_b_iso88591_1_M_T_D_aq_4t6_aq_t81CuARr_WAT, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 288};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 290};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_j};
     __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_batch_error, __pyx_mstate->__pyx_kp_b_iso88591_A_4t5_HAS_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 292};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 294};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_as_bytes, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_n_u_part_of, __pyx_mstate->__pyx_n_u_local};
     __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_get_many, __pyx_mstate->__pyx_kp_b_iso88591_A_vQa_a_ay_1_4xy_wjPVVW, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
@@ -34179,12 +34290,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 350};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 352};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_j, __pyx_mstate->__pyx_n_u_p};
     __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_row, __pyx_mstate->__pyx_kp_b_iso88591_A_M_T_D_aq_4t6_aq_t81Bar_4waq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 358};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 360};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_part_of, __pyx_mstate->__pyx_n_u_local, __pyx_mstate->__pyx_n_u_dst, __pyx_mstate->__pyx_n_u_r, __pyx_mstate->__pyx_n_u_others, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mmap_ninja__sharded_pyx, __pyx_mstate->__pyx_n_u_take, __pyx_mstate->__pyx_kp_b_iso88591_A_vQa_a_1_ay_1_t_c_d_a_D_t_c_r_r, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }

@@ -5,7 +5,7 @@ from typing import Any, List, Optional, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-from ._core import RaggedBatch
+from ._core import Allocator, RaggedBatch
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -30,7 +30,7 @@ class ShardedRaggedReader(_Parts):
     def sample(self, i: int) -> Any: ...
     def samples(self, indices: Int64Array) -> List[Any]: ...
     def samples_in(self, item: slice) -> List[Any]: ...
-    def take(self, indices: Int64Array) -> RaggedBatch: ...
+    def take(self, indices: Int64Array, alloc: Optional[Allocator] = ...) -> RaggedBatch: ...
     def padded(
         self,
         indices: Int64Array,
@@ -38,6 +38,7 @@ class ShardedRaggedReader(_Parts):
         max_len: int = ...,
         out: Optional[np.ndarray] = ...,
         dtype: Any = ...,
+        alloc: Optional[Allocator] = ...,
     ) -> Tuple[np.ndarray, Int64Array]: ...
 
 class ShardedStringsReader(_Parts):

@@ -228,7 +228,7 @@ cdef class ShardedRaggedReader(_Parts):
         return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
 
     cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out,
-                        dtype=None):
+                        dtype=None, alloc=None):
         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
         cdef Py_ssize_t batch = indices.shape[0]
         cdef int32_t* part_of = NULL
@@ -237,21 +237,23 @@ cdef class ShardedRaggedReader(_Parts):
             self._locate_batch(indices, &part_of, &local)
             if padded:
                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
-                               dtype)
-            return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices)
+                               dtype, alloc)
+            return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices,
+                         alloc)
         finally:
             free(part_of)
             free(local)
 
-    def take(self, const int64_t[::1] indices):
+    def take(self, const int64_t[::1] indices, alloc=None):
         """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
         a ``RaggedBatch`` (see ``RaggedReader.take``)."""
-        return self._gather(indices, False, None, -1, None)
+        return self._gather(indices, False, None, -1, None, None, alloc)
 
-    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None):
+    def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,
+               alloc=None):
         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
         lengths (see ``RaggedReader.padded``)."""
-        return self._gather(indices, True, pad_value, max_len, out, dtype)
+        return self._gather(indices, True, pad_value, max_len, out, dtype, alloc)
 
 
 @cython.final

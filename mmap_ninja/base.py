@@ -14,6 +14,8 @@ import numpy as np
 from . import _meta
 
 PathLike = Union[str, "os.PathLike[str]"]
+# ``alloc(shape, dtype)``: makes the writable C-contiguous array a batch is written into
+Allocator = Callable[[Tuple[int, ...], np.dtype], np.ndarray]
 M = TypeVar("M")
 
 

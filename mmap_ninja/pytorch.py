@@ -4,30 +4,55 @@ Every map already works as a map-style dataset: it has ``len``, ``__getitem__`` 
 ``__getitems__``, which ``torch.utils.data.DataLoader`` calls to fetch a whole batch at once.
 This module adds batches that reach the model without a copy after the one from the map:
 
-- ``RaggedBatches(ragged, padded=True, pad_value=0, max_len=None)``: a dataset whose batches are
-  one padded array (``RaggedMmap.padded``), or with ``padded=False`` one contiguous buffer
-  (``RaggedMmap.take``);
-- ``collate``: turns those batches into tensors with ``torch.from_numpy`` (no copy), with the
-  lengths and, for padded batches, an attention mask;
+- ``RaggedBatches(ragged, padded=True, pad_value=0, max_len=None, dtype=None)``: a dataset whose
+  batches are one padded array (``RaggedMmap.padded``), or with ``padded=False`` one contiguous
+  buffer (``RaggedMmap.take``); inside DataLoader worker processes these are written straight
+  into shared memory, so handing them to the main process copies nothing more;
+- ``collate(batch, attention_mask=False)``: tensors of such batches (``torch.from_numpy``, no
+  copy) with the lengths, and an attention mask when asked;
+- ``collate_packed(batch)``: a contiguous batch as the packed layout of variable-length
+  attention (``input_ids``, ``cu_seqlens``, ``position_ids``, ``max_seqlen``), for training
+  without padding;
 - ``TokenizedCollate(tokenizer, pad_value=0, max_len=None)``: a collate for ``StringsMmap``
-  batches, tokenizing each string with your function and padding the token ids.
+  batches, tokenizing each string with your function and padding the token ids;
+- ``Loader``: the batches a ``DataLoader`` gives, made by threads instead of processes (the
+  gathers from the map run without the GIL), with nothing pickled.
 
-    loader = DataLoader(RaggedBatches(tokens, max_len=512), batch_size=32, shuffle=True,
-                        num_workers=2, collate_fn=collate)
+    loader = Loader(RaggedBatches(tokens, max_len=512, dtype=np.int64), batch_size=32,
+                    shuffle=True, collate_fn=collate)
     for batch in loader:
-        model(batch["input"], attention_mask=batch["attention_mask"])
+        model(batch["input"], lengths=batch["lengths"])
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+import collections
+import concurrent.futures
+import functools
+import math
+import threading
+import warnings
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.utils.data as torch_data
 
+from . import _core, _handoff
 from .ragged import RaggedBatch, RaggedMmap
 
-__all__ = ["RaggedBatches", "PaddedBatch", "collate", "TokenizedCollate"]
+__all__ = [
+    "RaggedBatches",
+    "PaddedBatch",
+    "collate",
+    "collate_packed",
+    "TokenizedCollate",
+    "Loader",
+    "shared_array",
+    "BufferPool",
+]
+
+_HEADER_ALIGN = 64  # bytes before the batch in a shared segment: its lengths, cache-line aligned
 
 
 class PaddedBatch(tuple):
@@ -40,38 +65,204 @@ class PaddedBatch(tuple):
         return super().__new__(cls, (padded, lengths))
 
 
-class RaggedBatches(torch.utils.data.Dataset):
-    """A ``RaggedMmap`` as a dataset whose batches come out of the map in one copy.
+# -- shared memory --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_dtype(dtype: np.dtype) -> Optional[torch.dtype]:
+    """The torch dtype of a numpy dtype, or ``None`` when torch has none."""
+    try:
+        return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    except TypeError:
+        return None
+
+
+def _shared_tensor(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of shared memory, as a ``uint8`` tensor that torch hands to other processes
+    without copying."""
+    storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,))
+
+
+def _view(segment: torch.Tensor, offset: int, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array ``shape`` of ``dtype`` at byte ``offset`` of ``segment`` (a shared ``uint8``
+    tensor), whose ``.base`` is a tensor of that dtype on the same shared storage."""
+    tensor = torch.empty(0, dtype=_torch_dtype(dtype)).set_(
+        segment.untyped_storage(), offset // dtype.itemsize, shape)
+    return tensor.numpy()
+
+
+def shared_array(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array in shared memory (numpy's ``empty``): a tensor made
+    from it by this module (``collate``) travels from a DataLoader worker to the main process
+    without being copied. Dtypes torch has no tensor for get ordinary memory."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    if _torch_dtype(dtype) is None:
+        return np.empty(shape, dtype)
+    return _view(_shared_tensor(math.prod(shape) * dtype.itemsize), 0, shape, dtype)
+
+
+class _SharedBatch:
+    """An ``alloc`` of torch's shared memory, a new segment per array, with room before it for
+    ``batch`` lengths (``int64``) when ``batch`` is given, so both reach the main process through
+    one handle (where worker segments, ``_handoff``, are not available)."""
+
+    def __init__(self, batch: Optional[int] = None):
+        self.batch = batch
+        self.lengths: Optional[np.ndarray] = None
+
+    def __call__(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        if _torch_dtype(dtype) is None:
+            return np.empty(shape, dtype)
+        header = -(-self.batch * 8 // _HEADER_ALIGN) * _HEADER_ALIGN if self.batch is not None else 0
+        segment = _shared_tensor(header + math.prod(shape) * dtype.itemsize)
+        if self.batch is not None:
+            self.lengths = _view(segment, 0, (self.batch,), np.dtype(np.int64))
+        return _view(segment, header, shape, dtype)
+
+
+class _Leased(np.ndarray):
+    """A pooled buffer lent out: when the last array viewing it is gone, the buffer goes back
+    to its pool."""
+
+    def __del__(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool._give_back(self._buffer)
+
+
+class BufferPool:
+    """Memory for batches that is used again once every batch made in it is gone (no array or
+    tensor views it any more), so that a loop of batches does not allocate and fault in fresh
+    pages for each. ``pool(shape, dtype)`` is an ``alloc`` for ``RaggedMmap.take``/``padded``.
+    Safe across threads; at most ``keep`` free buffers are kept."""
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._free: List[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        buffer = None
+        with self._lock:
+            fitting = [k for k, free in enumerate(self._free) if free.nbytes >= nbytes]
+            if fitting:
+                buffer = self._free.pop(min(fitting, key=lambda k: self._free[k].nbytes))
+        if buffer is None:  # room to grow: batches of a little more fit the next time
+            buffer = np.empty(max(nbytes + nbytes // 4, 4096), np.uint8)
+        lease = buffer.view(_Leased)
+        lease._buffer = buffer
+        lease._pool = self
+        return lease[:nbytes].view(np.ndarray).view(dtype).reshape(shape) if nbytes else np.empty(shape, dtype)
+
+    def _give_back(self, buffer: np.ndarray) -> None:
+        with self._lock:
+            self._free.append(buffer)
+            if len(self._free) > self.keep:  # drop the smallest
+                del self._free[min(range(len(self._free)), key=lambda k: self._free[k].nbytes)]
+
+
+def _in_worker() -> bool:
+    return torch_data.get_worker_info() is not None
+
+
+def _worker_memory(batch: Optional[int] = None) -> Union["_handoff.BatchMemory", _SharedBatch]:
+    """An ``alloc`` for DataLoader workers: segments used again batch after batch where the
+    system has them (Linux), else a new segment of torch's shared memory per array."""
+    return _handoff.BatchMemory(batch) if _handoff.AVAILABLE else _SharedBatch(batch)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """``array`` as a tensor sharing its memory: a ``LentTensor`` over a worker's segment, the
+    shared tensor it is a view of (made by ``shared_array``), else ``torch.from_numpy``."""
+    if _handoff.AVAILABLE:
+        lent = _handoff.lent_tensor(array)
+        if lent is not None:
+            return lent
+    base = array.base
+    if (isinstance(base, torch.Tensor) and base.data_ptr() == array.ctypes.data
+            and tuple(base.shape) == array.shape and base.is_contiguous()):
+        return base
+    return torch.from_numpy(array)
+
+
+# -- datasets and collates ------------------------------------------------------------------
+
+
+class RaggedBatches(torch_data.Dataset):
+    """A ``RaggedMmap`` (or a ``ShardedMmap`` of ragged parts) as a dataset whose batches come
+    out of the map in one copy.
 
     ``dataset[i]`` is sample ``i`` as a tensor; ``dataset.__getitems__(indices)`` (what the
     DataLoader calls) is a ``PaddedBatch`` (``padded=True``: rows padded with ``pad_value`` to
-    the longest sample, or cut to ``max_len``) or a ``RaggedBatch`` (``padded=False``). Use
-    ``collate`` as the DataLoader's ``collate_fn``.
+    the longest sample, or cut to ``max_len``) or a ``RaggedBatch`` (``padded=False``), of
+    ``dtype`` (default: the map's; a padded batch is converted as it is copied, and only safe
+    casts are allowed). In a DataLoader worker process the batch is written into shared memory;
+    elsewhere into a ``BufferPool``, memory of batches already gone.
+    Use ``collate`` or ``collate_packed`` as the DataLoader's ``collate_fn``.
     """
 
-    def __init__(self, ragged: RaggedMmap, padded: bool = True, pad_value: Any = 0, max_len: Optional[int] = None):
+    def __init__(self, ragged: RaggedMmap, padded: bool = True, pad_value: Any = 0, max_len: Optional[int] = None,
+                 dtype: Any = None):
         self.ragged = ragged
         self.padded = padded
         self.pad_value = pad_value
         self.max_len = max_len
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self._pool = BufferPool()
+        if self.dtype is not None and ragged.dtype is not None and not np.can_cast(ragged.dtype, self.dtype, "safe"):
+            raise TypeError(f"batches of {self.dtype} cannot hold samples of {ragged.dtype} exactly "
+                            f"(only safe casts, as numpy.can_cast(..., 'safe') defines them)")
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
+                                    or max_len < 0):
+            raise ValueError(f"max_len must be a non-negative integer, not {max_len!r}")
 
     def __len__(self) -> int:
         return len(self.ragged)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.as_tensor(np.array(self.ragged[i]))
+        return torch.as_tensor(np.array(self.ragged[i], dtype=self.dtype))
 
     def __getitems__(self, indices: Sequence[int]) -> Union[PaddedBatch, RaggedBatch]:
         if self.padded:
-            return PaddedBatch(*self.ragged.padded(indices, pad_value=self.pad_value, max_len=self.max_len))
-        return self.ragged.take(indices)
+            alloc = _worker_memory(len(indices)) if _in_worker() else self._pool
+            padded, lengths = self.ragged.padded(indices, pad_value=self.pad_value, max_len=self.max_len,
+                                                 dtype=self.dtype, alloc=alloc)
+            if alloc is not self._pool and alloc.lengths is not None:
+                alloc.lengths[:] = lengths
+                lengths = alloc.lengths
+            return PaddedBatch(padded, lengths)
+        alloc = _worker_memory() if _in_worker() else self._pool
+        batch = self.ragged.take(indices, alloc=alloc)
+        if self.dtype is None or batch.values.dtype == self.dtype:
+            return batch
+        values = alloc(batch.values.shape, self.dtype)
+        np.copyto(values, batch.values, casting="safe")
+        return RaggedBatch(values, batch.offsets, batch.shape_values, batch.shape_offsets)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_pool"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pool = BufferPool()
+
+    def __repr__(self) -> str:
+        return (f"RaggedBatches({self.ragged!r}, padded={self.padded}, pad_value={self.pad_value!r}, "
+                f"max_len={self.max_len}, dtype={self.dtype})")
 
 
-def collate(batch: Union[PaddedBatch, RaggedBatch, List[Any]]) -> Dict[str, Any]:
-    """Tensors of a batch, sharing its memory (``torch.from_numpy``):
+def collate(batch: Union[PaddedBatch, RaggedBatch, List[Any]], attention_mask: bool = False) -> Dict[str, Any]:
+    """Tensors of a batch, sharing its memory:
 
-    - a ``PaddedBatch``: ``input`` ``(B, L, ...)``, ``lengths`` ``(B,)`` and ``attention_mask``
-      ``(B, L)``, ``True`` where a row holds a sample's values;
+    - a ``PaddedBatch``: ``input`` ``(B, L, ...)`` and ``lengths`` ``(B,)``, and with
+      ``attention_mask=True`` an ``attention_mask`` ``(B, L)``, ``True`` where a row holds a
+      sample's values (use ``functools.partial(collate, attention_mask=True)`` as a
+      ``collate_fn``);
     - a ``RaggedBatch``: ``values`` (1-d), ``offsets`` ``(B + 1,)``, ``lengths`` ``(B,)`` and
       ``shapes`` (a list of tuples), sample ``k`` being ``values[offsets[k]:offsets[k + 1]]``;
     - a list of samples (what maps return without ``RaggedBatches``): padded first, as one
@@ -81,14 +272,79 @@ def collate(batch: Union[PaddedBatch, RaggedBatch, List[Any]]) -> Dict[str, Any]
         batch = _pad(batch)
     if isinstance(batch, PaddedBatch):
         padded, lengths = batch
-        lengths = torch.from_numpy(lengths)
-        positions = torch.arange(padded.shape[1] if padded.ndim > 1 else 0)
-        return {"input": torch.from_numpy(padded), "lengths": lengths,
-                "attention_mask": positions[None, :] < lengths[:, None]}
+        lengths = _tensor(lengths)
+        tensors = {"input": _tensor(padded), "lengths": lengths}
+        if attention_mask:
+            width = padded.shape[1] if padded.ndim > 1 else 0
+            mask = _tensor(_worker_memory()((len(lengths), width), np.bool_)) if _in_worker() else None
+            tensors["attention_mask"] = torch.lt(torch.arange(width)[None, :], lengths[:, None], out=mask)
+        return tensors
     if isinstance(batch, RaggedBatch):
-        return {"values": torch.from_numpy(batch.values), "offsets": torch.from_numpy(batch.offsets.copy()),
+        return {"values": _tensor(batch.values), "offsets": torch.from_numpy(batch.offsets.copy()),
                 "lengths": torch.from_numpy(batch.lengths), "shapes": batch.shapes}
     raise TypeError(f"collate takes a PaddedBatch, a RaggedBatch or a list of samples, not {type(batch).__name__}")
+
+
+def collate_packed(batch: Union[RaggedBatch, List[Any]]) -> Dict[str, Any]:
+    """A batch packed for variable-length attention (FlashAttention's varlen kernels, HF's
+    ``DataCollatorWithFlattening``), without padding:
+
+    - ``input_ids``: every sample back to back, ``(rows, *row_shape)`` (1-d for token
+      sequences), the ``RaggedBatch``'s buffer itself (no copy);
+    - ``cu_seqlens``: ``int32`` ``(B + 1,)``, where each sample starts, then the total;
+    - ``position_ids``: ``int64`` ``(rows,)``, each row's position in its sample;
+    - ``max_seqlen``: the longest sample's length (``int``).
+
+    Takes a ``RaggedBatch`` (``RaggedBatches(m, padded=False)``, ``RaggedMmap.take``) or a list
+    of samples (copied into one buffer first). Samples need at least one axis and the same shape
+    after it.
+    """
+    if isinstance(batch, list):
+        batch = _concatenate(batch)
+    if not isinstance(batch, RaggedBatch):
+        raise TypeError(f"collate_packed takes a RaggedBatch or a list of samples, not {type(batch).__name__}")
+    row_shape = _row_shape(batch)
+    row_elems = math.prod(row_shape)
+    if row_elems == 0:
+        raise ValueError(f"samples with rows of shape {row_shape} hold no values to pack")
+    alloc = _worker_memory() if _in_worker() else None
+    cu_seqlens, position_ids, max_seqlen = _core.packed_layout(batch.offsets, row_elems, alloc)
+    input_ids = _tensor(batch.values.reshape(len(position_ids), *row_shape))
+    return {"input_ids": input_ids, "cu_seqlens": _tensor(cu_seqlens), "position_ids": _tensor(position_ids),
+            "max_seqlen": max_seqlen}
+
+
+def _row_shape(batch: RaggedBatch) -> Tuple[int, ...]:
+    """The shape after the first axis shared by every sample of ``batch``."""
+    shape_offsets = batch.shape_offsets
+    if len(batch) == 0:
+        return ()
+    if shape_offsets[-1] == len(batch) and np.array_equal(np.diff(shape_offsets), np.ones(len(batch), np.int64)):
+        return ()  # every sample 1-d
+    shapes = batch.shapes
+    for k, shape in enumerate(shapes):
+        if not shape:
+            raise ValueError(f"sample {k} of the batch is a scalar: packing needs samples with at least one axis")
+        if shape[1:] != shapes[0][1:]:
+            raise ValueError(f"sample {k} has shape {shape}, sample 0 has shape {shapes[0]}: packing needs "
+                             f"samples that differ only in their first axis")
+    return tuple(shapes[0][1:])
+
+
+def _concatenate(samples: List[Any]) -> RaggedBatch:
+    """Samples (arrays with a first axis, or sequences) copied back to back into a ``RaggedBatch``."""
+    arrays = [np.asarray(sample) for sample in samples]
+    if not arrays:
+        return RaggedBatch(np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64), np.zeros(1, np.int64))
+    dtype = np.result_type(*arrays)
+    sizes = np.array([arr.size for arr in arrays], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    values = (_worker_memory() if _in_worker() else np.empty)((int(offsets[-1]),), dtype)
+    for arr, start, size in zip(arrays, offsets[:-1], sizes):
+        values[start:start + size] = arr.reshape(-1)
+    ranks = np.array([arr.ndim for arr in arrays], dtype=np.int64)
+    shape_values = np.array([n for arr in arrays for n in arr.shape], dtype=np.int64)
+    return RaggedBatch(values, offsets, shape_values, np.concatenate([[0], np.cumsum(ranks)]))
 
 
 def _pad(samples: List[Any], pad_value: Any = 0, max_len: Optional[int] = None) -> PaddedBatch:
@@ -104,10 +360,11 @@ def _pad(samples: List[Any], pad_value: Any = 0, max_len: Optional[int] = None) 
     lengths = np.array([len(arr) for arr in arrays], dtype=np.int64)
     width = int(lengths.max()) if max_len is None else max_len
     dtype = np.result_type(*arrays) if any(arr.size for arr in arrays) else np.int64
-    padded = np.full((len(arrays), width, *arrays[0].shape[1:]), pad_value, dtype=dtype)
+    padded = (_worker_memory() if _in_worker() else np.empty)((len(arrays), width, *arrays[0].shape[1:]), dtype)
     for k, arr in enumerate(arrays):
         kept = min(len(arr), width)
         padded[k, :kept] = arr[:kept]
+        padded[k, kept:] = pad_value
     return PaddedBatch(padded, np.minimum(lengths, width))
 
 
@@ -127,5 +384,121 @@ class TokenizedCollate:
 
     def __call__(self, texts: List[str]) -> Dict[str, torch.Tensor]:
         ids = [np.asarray(self.tokenizer(text), dtype=np.int64).reshape(-1) for text in texts]
-        batch = collate(_pad(ids, self.pad_value, self.max_len))
+        batch = collate(_pad(ids, self.pad_value, self.max_len), attention_mask=True)
         return {"input_ids": batch["input"], "lengths": batch["lengths"], "attention_mask": batch["attention_mask"]}
+
+
+# -- the threaded loader --------------------------------------------------------------------
+
+
+class Loader:
+    """The batches ``torch.utils.data.DataLoader`` gives for the same arguments, made by
+    ``num_threads`` threads of this process: no worker processes, nothing pickled, and the
+    gathers from a map run in parallel without the GIL.
+
+    ``batch_size``, ``shuffle``, ``sampler``, ``batch_sampler``, ``drop_last`` and
+    ``collate_fn`` mean what they mean for a DataLoader (``batch_size=None``: no batching,
+    each index fetched and converted alone); with ``shuffle=True`` and ``seed``, an epoch's
+    order is the one of ``DataLoader(..., generator=torch.Generator().manual_seed(seed))``,
+    each ``iter`` drawing the next. ``prefetch``: batches in flight per thread.
+    ``num_threads=0`` makes every batch in the iterating thread. An error raised making a batch
+    is raised where the loop iterates; leaving the loop early stops the threads.
+    """
+
+    def __init__(self, dataset: Any, batch_size: Optional[int] = 1, shuffle: Optional[bool] = False,
+                 sampler: Union[torch_data.Sampler, Iterable, None] = None,
+                 batch_sampler: Union[torch_data.Sampler, Iterable, None] = None, drop_last: bool = False,
+                 collate_fn: Optional[Callable[[Any], Any]] = None, num_threads: int = 2, prefetch: int = 2,
+                 pin_memory: bool = False, seed: Optional[int] = None):
+        if isinstance(dataset, torch_data.IterableDataset):
+            raise TypeError("Loader reads map-style datasets (len and indexing); iterate an IterableDataset directly")
+        for name, value, least in (("num_threads", num_threads, 0), ("prefetch", prefetch, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} must be an integer of at least {least}, not {value!r}")
+        if batch_sampler is not None:
+            if batch_size != 1 or shuffle or sampler is not None or drop_last:
+                raise ValueError("batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, "
+                                 "and drop_last")
+            batch_size, drop_last = None, False
+        elif batch_size is None and drop_last:
+            raise ValueError("batch_size=None option disables auto-batching and is mutually exclusive with drop_last")
+        if sampler is not None and shuffle:
+            raise ValueError("sampler option is mutually exclusive with shuffle")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.num_threads = int(num_threads)
+        self.prefetch = int(prefetch)
+        self.seed = seed
+        self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        if sampler is None:
+            sampler = (torch_data.RandomSampler(dataset, generator=self.generator) if shuffle
+                       else torch_data.SequentialSampler(dataset))
+        self.sampler = sampler
+        if batch_size is not None and batch_sampler is None:
+            batch_sampler = torch_data.BatchSampler(sampler, batch_size, drop_last)
+        self.batch_sampler = batch_sampler
+        if collate_fn is None:
+            collate_fn = (torch_data.default_collate if self.batch_sampler is not None
+                          else torch_data.default_convert)
+        self.collate_fn = collate_fn
+        self.pin_memory = pin_memory and _pin_memory_available()
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler if self.batch_sampler is not None else self.sampler)
+
+    def _make(self, index: Any) -> Any:
+        """The batch of ``index`` (a list of indices, or one index without batching)."""
+        if self.batch_sampler is None:
+            batch = self.collate_fn(self.dataset[index])
+        else:
+            getitems = getattr(self.dataset, "__getitems__", None)
+            samples = getitems(index) if getitems else [self.dataset[i] for i in index]
+            batch = self.collate_fn(samples)
+        if self.pin_memory:
+            from torch.utils.data._utils.pin_memory import pin_memory
+            batch = pin_memory(batch)
+        return batch
+
+    def __iter__(self) -> Iterator[Any]:
+        # DataLoader draws its workers' base seed first, then the sampler its order
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        indices = iter(self.batch_sampler if self.batch_sampler is not None else self.sampler)
+        if self.num_threads == 0:
+            return (self._make(index) for index in indices)
+        return self._threaded(indices)
+
+    def _threaded(self, indices: Iterator[Any]) -> Iterator[Any]:
+        pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="mmap_ninja-loader")
+        pending: collections.deque = collections.deque()
+
+        def next_batch():
+            future, index = pending.popleft()
+            # a batch no thread has started yet is made here rather than waited for
+            return self._make(index) if future.cancel() else future.result()
+
+        try:
+            for index in indices:
+                pending.append((pool.submit(self._make, index), index))
+                if len(pending) >= self.num_threads * self.prefetch:
+                    yield next_batch()
+            while pending:
+                yield next_batch()
+        finally:
+            for future, _ in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return (f"Loader({self.dataset!r}, batch_size={self.batch_size}, num_threads={self.num_threads}, "
+                f"prefetch={self.prefetch})")
+
+
+def _pin_memory_available() -> bool:
+    """Whether pinned memory can be had (an accelerator is present); warns as DataLoader does
+    when not."""
+    accelerator = getattr(torch, "accelerator", None)
+    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    if not available:
+        warnings.warn("pin_memory=True but no accelerator is found: batches are not pinned", stacklevel=3)
+    return available

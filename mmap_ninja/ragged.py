@@ -27,6 +27,7 @@ from . import _core, _meta
 from ._lifecycle import MapObject, building, checksum_problems, overlap_problems
 from ._storage import BUILD_PARTS, ArrayDir, Commit, Replacement, WriterLock, durability, flush_tree, link_map
 from .base import (
+    Allocator,
     PathLike,
     as_dir,
     cast_values,
@@ -539,17 +540,20 @@ class RaggedMmap(MapObject):
             return batch.arrays()
         return [self.wrapper_fn(sample) for sample in batch.arrays()]
 
-    def take(self, indices) -> RaggedBatch:
+    def take(self, indices, *, alloc: Optional[Allocator] = None) -> RaggedBatch:
         """The samples at ``indices`` (a sequence, array, boolean mask or slice) copied back to
         back into one new buffer, as a ``RaggedBatch``: ``.values`` (1-d), ``.offsets``
         (``int64``, ``len + 1``), ``.shapes``, and ``batch[k]`` / ``batch.arrays()`` as views of
-        ``.values``. ``wrapper_fn`` is not applied."""
+        ``.values``. ``wrapper_fn`` is not applied.
+
+        ``alloc(shape, dtype)``, when given, makes the buffer (a writable C-contiguous array of
+        that shape and dtype: in shared memory, say)."""
         files, reader, _ = self._live()
         if reader is None:
             _core.batch_index(indices, 0)
             empty = np.empty(0, dtype=files.dtype or np.float64)
             return RaggedBatch(empty, np.zeros(1, np.int64), np.empty(0, np.int64), np.zeros(1, np.int64))
-        return reader.take(_core.batch_index(indices, reader.n))
+        return reader.take(_core.batch_index(indices, reader.n), alloc)
 
     def padded(
         self,
@@ -558,6 +562,8 @@ class RaggedMmap(MapObject):
         max_len: Optional[int] = None,
         out: Optional[np.ndarray] = None,
         dtype: Any = None,
+        *,
+        alloc: Optional[Allocator] = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """The samples at ``indices`` (sequences along their first axis, same shape after it)
         as one array ``(B, L, *row_shape)`` padded with ``pad_value``, and the number of valid
@@ -567,7 +573,8 @@ class RaggedMmap(MapObject):
         ``out`` (a preallocated C-contiguous array) is given, else the longest sample's length.
         ``dtype``: of the array (default: the map's); the samples are converted as they are
         copied, in one pass, when it holds every value of the map's dtype exactly (``int32``
-        into ``int64``, say), else ``TypeError``. ``wrapper_fn`` is not applied.
+        into ``int64``, say), else ``TypeError``. ``alloc(shape, dtype)``, when given and
+        ``out`` is not, makes the array. ``wrapper_fn`` is not applied.
         """
         check_max_len(max_len, out)
         files, reader, _ = self._live()
@@ -578,7 +585,7 @@ class RaggedMmap(MapObject):
             length = max_len if max_len is not None else (out.shape[1] if out is not None and out.ndim > 1 else 0)
             return np.full((0, length), pad, dtype=out_dtype) if out is None else out, np.empty(0, np.int64)
         index = _core.batch_index(indices, reader.n)
-        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype)
+        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype, alloc)
 
     def _wrap(self, sample):
         if self.wrapper_fn is None:

@@ -33,7 +33,17 @@ from . import _core, _meta, _sharded
 from . import numpy as np_ninja
 from ._lifecycle import Report, building
 from ._storage import WriterLock, open_consistent
-from .base import PathLike, as_dir, cast_values, check_max_len, check_options, check_positive, map_type, progress
+from .base import (
+    Allocator,
+    PathLike,
+    as_dir,
+    cast_values,
+    check_max_len,
+    check_options,
+    check_positive,
+    map_type,
+    progress,
+)
 from .ragged import RaggedBatch, RaggedMmap
 from .string import StringsMmap
 
@@ -305,16 +315,17 @@ class ShardedMmap:
         if self.kind != kind:
             raise TypeError(f"{what} needs {kind} parts; {self.out_dir} holds {self.kind} parts")
 
-    def take(self, indices) -> RaggedBatch:
+    def take(self, indices, *, alloc: Optional[Allocator] = None) -> RaggedBatch:
         """The samples at ``indices`` copied back to back into one buffer, in the caller's
         order, as a ``RaggedBatch`` (ragged parts; see ``RaggedMmap.take``): gathered from all
-        parts in one compiled pass."""
+        parts in one compiled pass; ``alloc`` as there."""
         self._require("ragged", "take")
         reader = self._state[3]
-        return reader.take(_core.batch_index(indices, reader.n))
+        return reader.take(_core.batch_index(indices, reader.n), alloc)
 
     def padded(self, indices, pad_value: Any = 0, max_len: Optional[int] = None,
-               out: Optional[np.ndarray] = None, dtype: Any = None) -> Tuple[np.ndarray, np.ndarray]:
+               out: Optional[np.ndarray] = None, dtype: Any = None, *,
+               alloc: Optional[Allocator] = None) -> Tuple[np.ndarray, np.ndarray]:
         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)`` of ``dtype``
         and their lengths (ragged parts; see ``RaggedMmap.padded``), in the caller's order."""
         self._require("ragged", "padded")
@@ -323,7 +334,7 @@ class ShardedMmap:
         out_dtype = reader.dtype if dtype is None else np.dtype(dtype)
         pad = cast_values(np.asarray(pad_value), out_dtype, "pad_value")
         index = _core.batch_index(indices, reader.n)
-        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype)
+        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype, alloc)
 
     def get_bytes(self, item):
         """Like ``m[item]`` without decoding: the UTF-8 bytes of each string (strings parts)."""

@@ -315,3 +315,23 @@ def test_pad_fill_of_every_width():
         expected = np.full((3, 5), pad, dtype=dtype)
         expected[0, 0], expected[1, :2], expected[2, 0] = data[0], data[1:], data[0]
         np.testing.assert_array_equal(padded, expected)
+
+
+def test_packed_layout_known_answers_and_refusals():
+    cu, positions, longest = _core.packed_layout(np.array([0, 3, 3, 7], np.int64))
+    assert cu.dtype == np.int32 and cu.tolist() == [0, 3, 3, 7]
+    assert positions.dtype == np.int64 and positions.tolist() == [0, 1, 2, 0, 1, 2, 3] and longest == 4
+    cu, positions, longest = _core.packed_layout(np.array([0, 4, 10], np.int64), 2)
+    assert cu.tolist() == [0, 2, 5] and positions.tolist() == [0, 1, 0, 1, 2] and longest == 3
+    cu, positions, longest = _core.packed_layout(np.zeros(1, np.int64))
+    assert cu.tolist() == [0] and positions.size == 0 and longest == 0
+    with pytest.raises(ValueError, match="must start at 0"):
+        _core.packed_layout(np.array([1, 3], np.int64))
+    with pytest.raises(ValueError, match="sample 1 does not hold whole rows of 1 elements"):
+        _core.packed_layout(np.array([0, 3, 2], np.int64))
+    with pytest.raises(ValueError, match="sample 0 does not hold whole rows of 2 elements"):
+        _core.packed_layout(np.array([0, 3], np.int64), 2)
+    with pytest.raises(ValueError, match="at least one entry"):
+        _core.packed_layout(np.zeros(0, np.int64))
+    with pytest.raises(OverflowError, match="int32 cu_seqlens"):
+        _core.packed_layout(np.array([0, 2**31], np.int64), 1, lambda shape, dtype: np.empty(0, dtype))

@@ -3,13 +3,36 @@ DataLoaders over them."""
 
 from __future__ import annotations
 
+import functools
+import gc
+import threading
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mmap_ninja.pytorch import PaddedBatch, RaggedBatches, TokenizedCollate, collate
+from mmap_ninja import _handoff
+from mmap_ninja import numpy as np_ninja
+from mmap_ninja._handoff import LentTensor
+from mmap_ninja.pytorch import (
+    BufferPool,
+    Loader,
+    PaddedBatch,
+    RaggedBatches,
+    TokenizedCollate,
+    collate,
+    collate_packed,
+    shared_array,
+)
 from mmap_ninja.ragged import RaggedBatch, RaggedMmap
+from mmap_ninja.sharded import ShardedMmap
 from mmap_ninja.string import StringsMmap
+
+NUMERIC = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
+           np.float16, np.float32, np.float64]
+SAFE_PAIRS = [(a, b) for a in NUMERIC for b in NUMERIC if np.can_cast(a, b, "safe")]
 
 
 def token_ids(text: str):
@@ -33,7 +56,9 @@ def test_padded_batches_become_tensors_sharing_memory(sequences):
     assert tensors["input"].data_ptr() == batch[0].ctypes.data  # torch.from_numpy: no copy
     assert tensors["input"].tolist() == [[50, 51, 52, 53], [-1, -1, -1, -1], [30, 31, 32, -1]]
     assert tensors["lengths"].tolist() == [4, 0, 3]
-    assert tensors["attention_mask"].tolist() == [[True] * 4, [False] * 4, [True, True, True, False]]
+    assert set(tensors) == {"input", "lengths"}  # the mask only when asked
+    masked = collate(batch, attention_mask=True)
+    assert masked["attention_mask"].tolist() == [[True] * 4, [False] * 4, [True, True, True, False]]
 
 
 def test_contiguous_batches_become_tensors_sharing_memory(sequences):
@@ -84,3 +109,370 @@ def test_dataloaders_with_workers(sequences, tmp_path, context):
                                          multiprocessing_context=context, collate_fn=TokenizedCollate(token_ids))
     ids = [row[:length].tolist() for batch in loader for row, length in zip(batch["input_ids"], batch["lengths"])]
     assert sorted(ids) == sorted(token_ids(text) for text in texts)
+
+
+# -- dtypes, shared memory and packed batches ----------------------------------------------
+
+
+def random_samples(dtype, lengths, rng, row_shape=()):
+    dtype = np.dtype(dtype)
+    shapes = [(n, *row_shape) for n in lengths]
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return [rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype) for shape in shapes]
+    if dtype.kind == "f":
+        return [(rng.random(shape) * 1e3 - 500).astype(dtype) for shape in shapes]
+    return [rng.random(shape) < 0.5 for shape in shapes]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=st.sampled_from(SAFE_PAIRS), lengths=st.lists(st.integers(0, 6), min_size=1, max_size=6),
+       data=st.data())
+def test_padded_batches_of_any_safe_dtype_equal_the_per_sample_reference(tmp_path_factory, pair, lengths, data):
+    stored, wanted = map(np.dtype, pair)
+    samples = random_samples(stored, lengths, np.random.default_rng(len(lengths)))
+    m = RaggedMmap.from_lists(tmp_path_factory.mktemp("p") / "m", samples)
+    max_len = data.draw(st.none() | st.integers(0, 7))
+    dataset = RaggedBatches(m, pad_value=1, max_len=max_len, dtype=wanted)
+    indices = data.draw(st.lists(st.integers(0, len(samples) - 1), min_size=1, max_size=8))
+    tensors = collate(dataset.__getitems__(indices), attention_mask=True)
+    width = max_len if max_len is not None else max(lengths[i] for i in indices)
+    assert tensors["input"].dtype == torch.from_numpy(np.empty(0, wanted)).dtype
+    assert tuple(tensors["input"].shape) == (len(indices), width)
+    for row, mask, n, i in zip(tensors["input"].numpy(), tensors["attention_mask"], tensors["lengths"], indices):
+        kept = min(lengths[i], width)
+        assert n == kept and mask.tolist() == [True] * kept + [False] * (width - kept)
+        assert np.array_equal(row[:kept], samples[i][:kept].astype(wanted)) and (row[kept:] == 1).all()
+    assert torch.equal(dataset[indices[0]], torch.from_numpy(samples[indices[0]].astype(wanted)))
+
+
+def test_ragged_batches_refuse_an_unsafe_dtype_and_a_bad_max_len(sequences):
+    m, _ = sequences
+    with pytest.raises(TypeError, match="cannot hold samples of int32 exactly"):
+        RaggedBatches(m, dtype=np.int16)
+    with pytest.raises(ValueError, match="max_len must be a non-negative integer"):
+        RaggedBatches(m, max_len=-1)
+
+
+def test_contiguous_batches_convert_to_the_dtype_asked(sequences):
+    m, samples = sequences
+    batch = RaggedBatches(m, padded=False, dtype=np.int64).__getitems__([3, 1])
+    assert batch.values.dtype == np.int64 and batch.values.tolist() == samples[3].tolist() + samples[1].tolist()
+
+
+def test_shared_array_is_in_shared_memory_and_collate_keeps_it():
+    array = shared_array((3, 4), np.int64)
+    array[:] = np.arange(12).reshape(3, 4)
+    tensor = collate(PaddedBatch(array, np.array([4, 4, 4])))["input"]
+    assert tensor.is_shared() and tensor.data_ptr() == array.ctypes.data and tensor.tolist() == array.tolist()
+    text = shared_array((2,), "U3")  # torch has no tensor of these: ordinary memory
+    assert text.dtype == np.dtype("U3") and text.shape == (2,) and not isinstance(text.base, torch.Tensor)
+
+
+def handed_by_reference(tensor):
+    """Whether a worker's tensor reaches the main process without its bytes being copied: lent
+    from a worker's segment, or in torch's shared memory already."""
+    return isinstance(tensor, LentTensor) or tensor.is_shared()
+
+
+def record_sharing(batch):
+    """A collate_fn for workers: ``collate``'s tensors, and whether each is handed over by
+    reference."""
+    tensors = collate(batch, attention_mask=True)
+    tensors["shared_in_worker"] = {k: handed_by_reference(v) for k, v in tensors.items()}
+    return tensors
+
+
+def record_packed_sharing(batch):
+    tensors = collate_packed(batch)
+    tensors["shared_in_worker"] = {k: handed_by_reference(v) for k, v in tensors.items()
+                                   if isinstance(v, torch.Tensor)}
+    return tensors
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_batches_are_written_into_shared_memory(sequences, context):
+    m, samples = sequences
+    loader = torch.utils.data.DataLoader(RaggedBatches(m, pad_value=-1, dtype=np.int64), batch_size=7,
+                                         num_workers=2, multiprocessing_context=context, collate_fn=record_sharing)
+    rows = []
+    for batch in loader:
+        assert all(batch["shared_in_worker"].values()), batch["shared_in_worker"]
+        # the lengths travel in the segment of the batch, just before it: one handle for both
+        assert 0 < batch["input"].data_ptr() - batch["lengths"].data_ptr() <= 4096
+        rows += [row[:n].tolist() for row, n in zip(batch["input"], batch["lengths"])]
+    assert rows == [sample.tolist() for sample in samples]
+    packed = torch.utils.data.DataLoader(RaggedBatches(m, padded=False), batch_size=7, num_workers=2,
+                                         multiprocessing_context=context, collate_fn=record_packed_sharing)
+    values = []
+    for batch in packed:
+        assert all(batch["shared_in_worker"].values()), batch["shared_in_worker"]
+        values += batch["input_ids"].tolist()
+    assert values == np.concatenate(samples).tolist()
+
+
+@pytest.mark.skipif(not _handoff.AVAILABLE, reason="worker segments need memfd_create (Linux)")
+@pytest.mark.parametrize("padded", [True, False])
+def test_worker_segments_are_used_again_only_once_the_main_process_is_done(tmp_path, padded):
+    samples = [np.full(1 + i % 9, i, np.int64) for i in range(400)]
+    m = RaggedMmap.from_lists(tmp_path / "m", samples)
+    collate_fn = collate if padded else collate_packed
+
+    def loader():
+        return torch.utils.data.DataLoader(RaggedBatches(m, padded=padded, pad_value=-1), batch_size=4,
+                                           shuffle=True, num_workers=2, multiprocessing_context="fork",
+                                           collate_fn=collate_fn, generator=torch.Generator().manual_seed(5))
+
+    def values(batch):
+        if padded:
+            return [row[:n].tolist() for row, n in zip(batch["input"], batch["lengths"])]
+        cu = batch["cu_seqlens"].tolist()
+        return [batch["input_ids"][a:b].tolist() for a, b in zip(cu, cu[1:])]
+
+    def check(batch):
+        for got in values(batch):
+            assert got == samples[got[0]].tolist()
+
+    before, segments = set(_handoff._mapped), set()
+    for batch in loader():  # each batch dropped before the next: its segment goes back to its worker
+        check(batch)
+        segments |= set(_handoff._mapped) - before
+    assert 0 < len(segments) < 40, len(segments)  # 100 batches through a few segments per worker
+    held = list(loader())  # every batch kept: no segment may be written again meanwhile
+    for batch in held:
+        check(batch)
+    assert sorted(v[0] for batch in held for v in values(batch)) == list(range(400))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from(NUMERIC), lengths=st.lists(st.integers(0, 5), max_size=8),
+       row_shape=st.sampled_from([(), (2,), (1, 3)]), data=st.data())
+def test_packed_batches_equal_the_per_sample_reference(tmp_path_factory, dtype, lengths, row_shape, data):
+    samples = random_samples(dtype, lengths, np.random.default_rng(len(lengths)), row_shape)
+    if samples:
+        m = RaggedMmap.from_lists(tmp_path_factory.mktemp("k") / "m", samples)
+        indices = data.draw(st.lists(st.integers(0, len(samples) - 1), max_size=8))
+        batch = m.take(indices)
+    else:
+        indices, batch = [], []
+    packed = collate_packed(batch)
+    chosen = [samples[i] for i in indices]
+    expected_lengths = [len(sample) for sample in chosen]
+    assert packed["cu_seqlens"].dtype == torch.int32
+    assert packed["cu_seqlens"].tolist() == np.concatenate([[0], np.cumsum(expected_lengths)]).tolist()
+    assert packed["position_ids"].tolist() == [p for n in expected_lengths for p in range(n)]
+    assert packed["max_seqlen"] == max(expected_lengths, default=0)
+    if chosen:
+        assert np.array_equal(packed["input_ids"].numpy(), np.concatenate(chosen))
+        if batch.values.size:  # the batch's buffer, not a copy
+            assert packed["input_ids"].data_ptr() == batch.values.ctypes.data
+        from_list = collate_packed([np.array(sample) for sample in chosen])
+        assert all(torch.equal(from_list[k], packed[k]) for k in ("input_ids", "cu_seqlens", "position_ids"))
+
+
+def test_packed_batches_need_samples_of_one_row_shape(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.ones((2, 3)), np.ones((1, 4)), np.float64(5)])
+    with pytest.raises(ValueError, match=r"sample 1 has shape \(1, 4\), sample 0 has shape \(2, 3\)"):
+        collate_packed(m.take([0, 1]))
+    with pytest.raises(ValueError, match="sample 1 of the batch is a scalar"):
+        collate_packed(m.take([0, 2]))
+    with pytest.raises(TypeError, match="collate_packed takes"):
+        collate_packed((np.ones(3), np.ones(2)))
+
+
+def test_packed_batches_of_a_sharded_map(tmp_path):
+    samples = [np.arange(i % 5, dtype=np.int32) for i in range(40)]
+    sharded = ShardedMmap.from_generator(tmp_path / "s", iter(samples), part_size=7)
+    packed = collate_packed(RaggedBatches(sharded, padded=False).__getitems__([39, 3, 8]))
+    assert packed["input_ids"].tolist() == samples[39].tolist() + samples[3].tolist() + samples[8].tolist()
+    assert packed["cu_seqlens"].tolist() == [0, 4, 7, 10] and packed["max_seqlen"] == 4
+    padded = collate(RaggedBatches(sharded, dtype=np.int64).__getitems__([4, 0]))
+    assert padded["input"].tolist() == [[0, 1, 2, 3], [0, 0, 0, 0]] and padded["lengths"].tolist() == [4, 0]
+
+
+# -- the threaded loader ---------------------------------------------------------------------
+
+
+def as_lists(batch):
+    if isinstance(batch, dict):
+        return {k: as_lists(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return [as_lists(v) for v in batch]
+    return batch.tolist() if isinstance(batch, (torch.Tensor, np.ndarray)) else batch
+
+
+@pytest.fixture(scope="module")
+def token_map(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    samples = [rng.integers(0, 1000, size=rng.integers(0, 12), dtype=np.int32) for _ in range(97)]
+    return RaggedMmap.from_lists(tmp_path_factory.mktemp("tokens") / "m", samples), samples
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch_size=st.integers(1, 40), shuffle=st.booleans(), drop_last=st.booleans(), seed=st.integers(0, 2**32),
+       num_threads=st.integers(0, 3), prefetch=st.integers(1, 3), padded=st.booleans())
+def test_loader_gives_the_batches_of_a_dataloader(token_map, batch_size, shuffle, drop_last, seed, num_threads,
+                                                  prefetch, padded):
+    m, _ = token_map
+    dataset = RaggedBatches(m, padded=padded, pad_value=-1, dtype=np.int64)
+    collate_fn = functools.partial(collate, attention_mask=True) if padded else collate_packed
+    loader = Loader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=collate_fn,
+                    num_threads=num_threads, prefetch=prefetch, seed=seed)
+    reference = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                                            collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))
+    for _ in range(2):  # two epochs: each draws the next order
+        ours = [as_lists(batch) for batch in loader]
+        assert ours == [as_lists(batch) for batch in reference]
+        assert len(ours) == len(loader) == len(reference)
+
+
+def test_loader_takes_samplers_batch_samplers_and_unbatched_reads(tmp_path, token_map):
+    rows = np_ninja.from_ndarray(tmp_path / "rows", np.arange(60, dtype=np.float32).reshape(20, 3))
+    sampler = [5, 3, 19, 0, 7]
+    for kwargs in ({"sampler": sampler, "batch_size": 2}, {"batch_sampler": [[1, 2], [9], [4, 4, 0]]},
+                   {"batch_size": None, "sampler": sampler}, {"batch_size": 6, "drop_last": True}):
+        ours = [as_lists(batch) for batch in Loader(rows, num_threads=2, **kwargs)]
+        assert ours == [as_lists(batch) for batch in torch.utils.data.DataLoader(rows, **kwargs)]
+    torch.manual_seed(11)
+    ours = [as_lists(b) for b in Loader(rows, batch_size=4, shuffle=True)]  # no seed: torch's global generator
+    torch.manual_seed(11)
+    assert ours == [as_lists(b) for b in torch.utils.data.DataLoader(rows, batch_size=4, shuffle=True)]
+
+
+def test_loader_refuses_what_a_dataloader_refuses(token_map):
+    m, _ = token_map
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        Loader(m, batch_sampler=[[0]], shuffle=True)
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        Loader(m, sampler=[0, 1], shuffle=True)
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        Loader(m, batch_size=None, drop_last=True)
+    with pytest.raises(ValueError, match="num_threads must be an integer of at least 0"):
+        Loader(m, num_threads=-1)
+    with pytest.raises(ValueError, match="prefetch must be an integer of at least 1"):
+        Loader(m, prefetch=0)
+    with pytest.raises(TypeError, match="map-style"):
+        Loader(Stream())
+    with pytest.warns(UserWarning, match="no accelerator"):
+        loader = Loader(RaggedBatches(m), batch_size=4, collate_fn=collate, pin_memory=True)
+    assert not loader.pin_memory and len(list(loader)) == 25
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(range(3))
+
+
+class FailsAt(torch.utils.data.Dataset):
+    """Samples 0..n, of which ``bad`` raises when read."""
+
+    def __init__(self, n, bad):
+        self.n, self.bad = n, bad
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            raise KeyError(f"sample {i} is damaged")
+        return torch.tensor([i])
+
+
+def loader_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("mmap_ninja-loader")]
+
+
+def test_loader_raises_errors_where_the_loop_iterates_and_stops_its_threads():
+    seen = []
+    with pytest.raises(KeyError, match="sample 13 is damaged"):
+        for batch in Loader(FailsAt(40, 13), batch_size=4, num_threads=2):
+            seen += batch.flatten().tolist()
+    assert seen == list(range(12))  # every batch before the bad one, in order
+    gc.collect()
+    assert loader_threads() == []
+
+
+def test_leaving_the_loop_early_stops_the_threads(token_map):
+    m, samples = token_map
+    loader = Loader(RaggedBatches(m), batch_size=3, collate_fn=collate, num_threads=3, prefetch=4)
+    for k, batch in enumerate(loader):
+        assert batch["lengths"].tolist() == [len(s) for s in samples[3 * k:3 * k + 3]]
+        if k == 2:
+            break
+    gc.collect()
+    assert loader_threads() == []
+    iterator = iter(loader)
+    next(iterator)
+    assert loader_threads()
+    iterator.close()
+    assert loader_threads() == []
+
+
+def test_loaders_over_a_map_being_extended_by_another_thread(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.full(i % 7, i, np.int64) for i in range(200)])
+    writer = RaggedMmap(tmp_path / "m", mode="r+")
+    stop = threading.Event()
+
+    def extend():
+        while not stop.is_set():
+            writer.extend([np.full(3, -5, np.int64)] * 4)
+
+    thread = threading.Thread(target=extend)
+    thread.start()
+    try:
+        for _ in range(3):
+            for batch in Loader(RaggedBatches(m), batch_size=16, shuffle=True, collate_fn=collate, seed=1):
+                for row, n in zip(batch["input"], batch["lengths"]):
+                    values = row[:n]
+                    assert (values == values[0]).all() if n else True
+                    assert n == (values[0].item() % 7 if n else 0)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_buffer_pool_lends_memory_again_only_once_every_view_is_gone():
+    pool = BufferPool(keep=2)
+    first = pool((4, 5), np.int64)
+    first[:] = 1
+    address = first.ctypes.data
+    tensor = torch.from_numpy(first[1:])
+    del first
+    second = pool((4, 5), np.int64)  # the first's memory is still viewed by the tensor
+    assert second.ctypes.data != address
+    second[:] = 2
+    assert (tensor == 1).all()
+    del tensor
+    third = pool((3, 5), np.int64)  # fits in the first's memory, now free
+    assert third.ctypes.data == address
+    held = [pool((100 + k,), np.uint8) for k in range(5)]
+    del held, second, third
+    assert len(pool._free) == 2  # at most keep free buffers, the largest kept
+    assert pool((0, 3), np.float32).shape == (0, 3)
+
+
+@pytest.mark.skipif(not _handoff.AVAILABLE, reason="worker segments need memfd_create (Linux)")
+def test_lent_tensors_travel_by_reference_and_free_their_segment_when_gone():
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    memory = _handoff.BatchMemory(batch=3)
+    array = memory((3, 4), np.dtype(np.int32))
+    array[:] = np.arange(12).reshape(3, 4)
+    memory.lengths[:] = [4, 2, 0]
+    lent, lengths = _handoff.lent_tensor(array), _handoff.lent_tensor(memory.lengths)
+    assert isinstance(lent, LentTensor) and type(lent + 1) is torch.Tensor
+    plain = pickle.loads(pickle.dumps(lent))  # pickled for a file: the values themselves
+    assert type(plain) is torch.Tensor and plain.tolist() == array.tolist()
+    segment = lent._handoff[0]
+    got = ForkingPickler.loads(bytes(ForkingPickler.dumps({"input": lent, "lengths": lengths})))
+    assert segment.flag[0] == 1 and got["input"].tolist() == array.tolist() and got["lengths"].tolist() == [4, 2, 0]
+    del lent, lengths, array, memory
+    assert not segment.free()  # lent to the reader
+    del got
+    assert segment.flag[0] == 0 and segment.free()
+    again = _handoff.BatchMemory()((2, 2), np.dtype(np.int32))
+    assert again.base is not None and _handoff.lent_tensor(again)._handoff[0] is segment  # used again
+    assert _handoff.lent_tensor(np.zeros(3)) is None
+    with pytest.raises(RuntimeError, match="which this process never received"):
+        _handoff._main_segment((1, "unknown"), 7, None, 4096)

@@ -738,3 +738,27 @@ def test_padded_refuses_a_dtype_that_cannot_hold_the_values(tmp_path):
     n_d = RaggedMmap.from_lists(tmp_path / "n", [np.ones((2, 3), np.int16), np.ones((1, 3), np.int16)])
     out, lengths = n_d.padded([0, 1], pad_value=-1, dtype=np.float32)
     assert out.dtype == np.float32 and out.shape == (2, 2, 3) and (out[1, 1] == -1).all() and lengths.tolist() == [2, 1]
+
+
+def test_batches_are_written_into_the_memory_alloc_gives(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.arange(4, dtype=np.int16), np.arange(2, dtype=np.int16)])
+    made = []
+
+    def alloc(shape, dtype):
+        made.append((shape, np.dtype(dtype)))
+        return np.full(shape, 9, dtype)
+
+    batch = m.take([1, 0], alloc=alloc)
+    assert batch.values.tolist() == [0, 1, 0, 1, 2, 3] and made[-1] == ((6,), np.dtype(np.int16))
+    padded, lengths = m.padded([1, 0], pad_value=-1, dtype=np.int32, alloc=alloc)
+    assert padded.tolist() == [[0, 1, -1, -1], [0, 1, 2, 3]] and made[-1] == ((2, 4), np.dtype(np.int32))
+    padded, _ = m.padded([1], dtype=np.complex64, alloc=alloc)  # converted by numpy, still into alloc's array
+    assert padded.tolist() == [[0, 1]] and made[-1] == ((1, 2), np.dtype(np.complex64))
+    before = m.padded([0, 1])[0].copy()
+    with pytest.raises(ValueError, match=r"alloc must return a writable C-contiguous int16 array of shape \(2, 4\)"):
+        m.padded([0, 1], alloc=lambda shape, dtype: np.zeros(shape, np.int64))
+    with pytest.raises(ValueError, match="alloc must return"):
+        m.take([0], alloc=lambda shape, dtype: np.zeros(shape, dtype)[::-1].copy().reshape(1, -1))
+    with pytest.raises(ValueError, match="alloc must return"):
+        m.take([0], alloc=lambda shape, dtype: np.zeros((shape[0] * 2,), dtype)[::2])
+    assert np.array_equal(m.padded([0, 1])[0], before) and len(m) == 2

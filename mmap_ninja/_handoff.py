@@ -1,0 +1,235 @@
+"""Batches handed from DataLoader worker processes to the main process through shared memory
+that is used again, batch after batch (imported by ``mmap_ninja.pytorch``; Linux only).
+
+A worker writes each batch into a *segment*: an anonymous shared file (``memfd``) it maps once
+and keeps. The tensors it makes over a segment are ``LentTensor``s; pickled to the main
+process they travel as a few numbers (the segment's key, the batch's place in it), plus the
+segment's file descriptor the first time only. The main process maps each segment once and
+rebuilds plain tensors over it. When the last of them is gone it clears the segment's *lent*
+flag, and the worker writes a later batch there: no new pages are allocated, faulted in, copied
+or unmapped per batch, and no descriptor crosses per batch.
+
+A segment is written again only when both sides are done with it: the worker holds no array of
+it and the main process has cleared its flag (set when the worker hands it over). A batch lost
+on its way (a DataLoader shut down with batches queued) keeps its segment's flag set, so that
+segment is never written again; the memory goes when the worker exits. The main process unmaps
+the segments of workers that have exited when it maps a new one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import mmap
+import multiprocessing.reduction
+import os
+import threading
+import uuid
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+HEADER = 64  # bytes at the start of a segment: the lent flag (int64), then free
+ALIGN = 64
+
+AVAILABLE = hasattr(os, "memfd_create")
+
+
+class LentTensor(torch.Tensor):
+    """A tensor over a worker's segment: pickled for another process as the segment's key and
+    the tensor's place in it, not its bytes. Operations on it give plain tensors."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def __reduce_ex__(self, protocol):  # pickled other than between processes: a plain tensor
+        return self.as_subclass(torch.Tensor).__reduce_ex__(protocol)
+
+
+class _WorkerLease(np.ndarray):
+    """The bytes of a segment lent to one batch, in the worker: when no array of them is left,
+    the worker may use the segment again (once the main process is done with it too)."""
+
+    def __del__(self):
+        segment = getattr(self, "_segment", None)
+        if segment is not None:
+            segment.in_worker = False
+
+
+class _Segment:
+    """One shared file of a worker, mapped once."""
+
+    ids = itertools.count()
+
+    def __init__(self, capacity: int, owner: "_WorkerSegments"):
+        self.capacity = capacity
+        self.id = next(self.ids)
+        self.owner = owner
+        self.fd = os.memfd_create(f"mmap_ninja-batch-{self.id}", getattr(os, "MFD_CLOEXEC", 0))
+        os.ftruncate(self.fd, capacity)
+        self.map = mmap.mmap(self.fd, capacity)
+        self.bytes = np.frombuffer(self.map, np.uint8)
+        self.flag = self.bytes[:8].view(np.int64)  # 1 while lent to the main process
+        self.flag[0] = 0
+        self.in_worker = False
+        self.announced = False  # whether its descriptor was sent
+
+    def free(self) -> bool:
+        return not self.in_worker and self.flag[0] == 0
+
+    def lease(self) -> _WorkerLease:
+        self.in_worker = True
+        lease = self.bytes.view(_WorkerLease)
+        lease._segment = self
+        return lease
+
+    def __reduce__(self):
+        self.flag[0] = 1
+        fd = None
+        if not self.announced:
+            fd = multiprocessing.reduction.DupFd(self.fd)
+            self.announced = True
+        return _main_segment, (self.owner.key, self.id, fd, self.capacity)
+
+
+class _WorkerSegments:
+    """The segments of this worker process."""
+
+    def __init__(self):
+        self.key = (os.getpid(), uuid.uuid4().hex)
+        self.segments: List[_Segment] = []
+        self.lock = threading.Lock()
+
+    def lease(self, nbytes: int) -> _WorkerLease:
+        """Bytes ``[0, HEADER + nbytes)`` of a free segment (a new one when none fits)."""
+        with self.lock:
+            fitting = [s for s in self.segments if s.capacity >= HEADER + nbytes and s.free()]
+            if fitting:
+                return min(fitting, key=lambda s: s.capacity).lease()
+            capacity = -(-(HEADER + nbytes + nbytes // 4) // mmap.PAGESIZE) * mmap.PAGESIZE
+            segment = _Segment(capacity, self)
+            self.segments.append(segment)
+            return segment.lease()
+
+
+_worker: Optional[_WorkerSegments] = None
+_worker_lock = threading.Lock()
+
+
+def _segments() -> _WorkerSegments:
+    global _worker
+    with _worker_lock:
+        if _worker is None or _worker.key[0] != os.getpid():  # a fork has its own
+            _worker = _WorkerSegments()
+        return _worker
+
+
+def _torch_dtype(dtype: np.dtype) -> Optional[torch.dtype]:
+    try:
+        return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    except TypeError:
+        return None
+
+
+def _carve(lease: np.ndarray, offset: int, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    nbytes = math.prod(shape) * dtype.itemsize
+    return lease[offset:offset + nbytes].view(np.ndarray).view(dtype).reshape(shape)
+
+
+class BatchMemory:
+    """An ``alloc`` for DataLoader workers: each array it makes lies in a segment (with room
+    before it for ``batch`` lengths, ``int64``, when ``batch`` is given), so that ``tensor``
+    hands it to the main process by reference."""
+
+    def __init__(self, batch: Optional[int] = None):
+        self.batch = batch
+        self.lengths: Optional[np.ndarray] = None
+
+    def __call__(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        shape = tuple(int(n) for n in shape)
+        if _torch_dtype(dtype) is None:
+            return np.empty(shape, dtype)
+        before = -(-self.batch * 8 // ALIGN) * ALIGN if self.batch is not None else 0
+        lease = _segments().lease(before + math.prod(shape) * dtype.itemsize)
+        if self.batch is not None:
+            self.lengths = _carve(lease, HEADER, (self.batch,), np.dtype(np.int64))
+        return _carve(lease, HEADER + before, shape, dtype)
+
+
+def lent_tensor(array: np.ndarray) -> Optional[torch.Tensor]:
+    """A ``LentTensor`` over ``array`` when it lies in a worker's segment (made by
+    ``BatchMemory``), else ``None``."""
+    lease = array.base
+    while isinstance(lease, np.ndarray) and getattr(lease, "_segment", None) is None:
+        lease = lease.base
+    if not isinstance(lease, _WorkerLease) or not array.flags.c_contiguous:
+        return None
+    segment = lease._segment
+    tensor = torch.from_numpy(array)
+    lent = torch.Tensor._make_subclass(LentTensor, tensor)
+    lent._handoff = (segment, array.ctypes.data - lease.ctypes.data, array.dtype.str)
+    return lent
+
+
+def _reduce_lent(tensor: LentTensor):
+    segment, offset, dtype = tensor._handoff
+    return _main_tensor, (segment, offset, tuple(tensor.shape), dtype)
+
+
+multiprocessing.reduction.ForkingPickler.register(LentTensor, _reduce_lent)
+
+
+# -- the main process -------------------------------------------------------------------------
+
+
+class _MainLease(np.ndarray):
+    """A segment's bytes in the main process, lent to the tensors of one batch: when none is
+    left, the segment's flag is cleared and the worker may write it again."""
+
+    def __del__(self):
+        flag = getattr(self, "_flag", None)
+        if flag is not None:
+            flag[0] = 0
+
+
+_mapped: Dict[Tuple[Tuple[int, str], int], np.ndarray] = {}
+_mapped_lock = threading.Lock()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _main_segment(owner: Tuple[int, str], segment_id: int, fd, capacity: int) -> np.ndarray:
+    """The bytes of a worker's segment, mapped once per process; a lease over them for one batch."""
+    key = (tuple(owner), segment_id)
+    with _mapped_lock:
+        if fd is not None:
+            descriptor = fd.detach()
+            try:
+                mapped = np.frombuffer(mmap.mmap(descriptor, capacity), np.uint8)
+            finally:
+                os.close(descriptor)
+            owners = {k[0] for k in _mapped}
+            for gone in [o for o in owners if o != key[0] and (o[0] == owner[0] or not _alive(o[0]))]:
+                for k in [k for k in _mapped if k[0] == gone]:
+                    del _mapped[k]  # unmapped once the last tensor over it is gone
+            _mapped[key] = mapped
+        mapped = _mapped.get(key)
+    if mapped is None:
+        raise RuntimeError(f"a batch arrived in segment {segment_id} of worker process {owner[0]}, "
+                           f"which this process never received")
+    lease = mapped.view(_MainLease)
+    lease._flag = mapped[:8].view(np.int64)
+    return lease
+
+
+def _main_tensor(lease: np.ndarray, offset: int, shape: Tuple[int, ...], dtype: str) -> torch.Tensor:
+    return torch.from_numpy(_carve(lease, offset, tuple(shape), np.dtype(dtype)))
