@@ -393,6 +393,9 @@ def run_epoch(loader) -> tuple:
     return samples, time.perf_counter() - start
 
 
+HEADROOM: list = []  # two_thread_speedup() before each round of epochs
+
+
 def loader_cases(made: dict, rounds: int) -> list:
     """Rows ``(case key, contender, library, median samples/s)``; the loaders take turns."""
     names = list(made)
@@ -401,6 +404,7 @@ def loader_cases(made: dict, rounds: int) -> list:
         run_epoch(made[name])
     rates = {name: [] for name in names}
     for turn in range(rounds):
+        HEADROOM.append(two_thread_speedup(0.25))
         for name in names[turn % len(names):] + names[:turn % len(names)]:
             samples, seconds = run_epoch(made[name])
             rates[name].append(samples / seconds)
@@ -547,6 +551,28 @@ def plot(checks: list, path: Path) -> None:
     plt.close(fig)
 
 
+def two_thread_speedup(seconds: float = 0.5) -> float:
+    """How many times the work of one thread two threads do on a task that needs no GIL
+    (SHA-256 of 1 MiB): about 2 on two idle cores, less when other processes hold them."""
+    import concurrent.futures
+    import hashlib
+
+    block = os.urandom(1 << 20)
+
+    def work(stop: float) -> int:
+        count = 0
+        while time.perf_counter() < stop:
+            hashlib.sha256(block).digest()
+            count += 1
+        return count
+
+    one = work(time.perf_counter() + seconds)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        stop = time.perf_counter() + seconds
+        two = sum(pool.map(work, [stop, stop]))
+    return two / one
+
+
 def versions() -> str:
     from importlib.metadata import version
 
@@ -577,14 +603,14 @@ def main() -> None:
     data = args.data / "loaders" / f"n{n}"
     build_data(data, n)
     warm_page_cache(data)
-    load_before = os.getloadavg()
+    load_before, headroom_before = os.getloadavg(), two_thread_speedup()
     started = time.perf_counter()
     c = Contenders(data)
     batches = np.random.default_rng(1).integers(0, n, size=(repeats, BATCH))
     rows, notes = batch_cases(c, api, batches, calibrate=min(60, repeats))
     rows += loader_cases(loaders(c, api, epoch_samples), rounds)
     seconds = time.perf_counter() - started
-    load_after = os.getloadavg()
+    load_after, headroom_after = os.getloadavg(), two_thread_speedup()
 
     checks = targets(rows)
     table, target_table = markdown(rows, checks)
@@ -625,7 +651,12 @@ def main() -> None:
         "",
         f"Machine: {describe_machine()}; {versions()}. Load average (1, 5, 15 min) before the run: "
         f"{', '.join(f'{x:.2f}' for x in load_before)}; after: {', '.join(f'{x:.2f}' for x in load_after)}. "
-        f"The machine is shared and noisy, so times vary from run to run. Timed part: {seconds:.0f} s.",
+        f"Two threads hashing (SHA-256, no GIL) did {headroom_before:.2f}x the work of one just before the run "
+        f"and {headroom_after:.2f}x just after, {statistics.median(HEADROOM):.2f}x (median; "
+        f"{min(HEADROOM):.2f}-{max(HEADROOM):.2f}) before the rounds of epochs (2x on two idle cores): what "
+        "the second core gave to the threaded and multi-process loaders. The machine is shared and noisy, so "
+        "times vary from run to run. "
+        f"Timed part: {seconds:.0f} s.",
     ])
     print()
     print(report)
