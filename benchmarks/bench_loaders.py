@@ -516,8 +516,10 @@ def misses(checks: list, rows: list, data_bytes: int) -> list:
                      "and for writing the padded output.")
         elif t["label"].startswith("4."):
             if HEADROOM:
-                line += (f" Two threads hashing did {statistics.median(HEADROOM):.2f}x the work of one between the "
-                         "rounds of epochs (median; 2x with two idle cores): threads had little of a second core.")
+                headroom = statistics.median(HEADROOM)
+                line += (f" Two threads hashing did {headroom:.2f}x the work of one between the rounds of epochs "
+                         "(median; 2x with two idle cores)"
+                         + (": threads had little of a second core." if headroom < 1.5 else "."))
         lines.append(line)
     return lines
 
