@@ -384,16 +384,40 @@ def loaders(c: Contenders, api: dict, epoch_samples: int) -> dict:
     return made
 
 
+def cpu_seconds() -> tuple:
+    """CPU seconds (user + system) used so far by this process (all its threads) and by its
+    live child processes (the DataLoader workers), from /proc; ``(nan, nan)`` without it."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(pid) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    try:
+        children = []
+        for task in Path("/proc/self/task").iterdir():
+            children += (task / "children").read_text().split()
+        return used("self"), sum(used(pid) for pid in children)
+    except OSError:
+        return float("nan"), float("nan")
+
+
 def run_epoch(loader) -> tuple:
-    """``(samples, seconds)`` of one pass over ``loader``, the batches dropped as they come."""
-    samples = 0
+    """``(samples, batches, seconds, CPU seconds of this process, of its workers)`` of one pass
+    over ``loader``, the batches dropped as they come."""
+    samples = batches = 0
+    main, workers = cpu_seconds()
     start = time.perf_counter()
     for batch in loader:
         samples += len(batch["lengths"])
-    return samples, time.perf_counter() - start
+        batches += 1
+    seconds = time.perf_counter() - start
+    main_after, workers_after = cpu_seconds()
+    return samples, batches, seconds, main_after - main, workers_after - workers
 
 
 HEADROOM: list = []  # two_thread_speedup() before each round of epochs
+CPU: dict = {}  # (case key, contender, library): median CPU µs per batch (this process, workers)
 
 
 def loader_cases(made: dict, rounds: int) -> list:
@@ -403,13 +427,17 @@ def loader_cases(made: dict, rounds: int) -> list:
         print("warming up", name[1], f"({name[0]})", flush=True)
         run_epoch(made[name])
     rates = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for turn in range(rounds):
         HEADROOM.append(two_thread_speedup(0.25))
         for name in names[turn % len(names):] + names[:turn % len(names)]:
-            samples, seconds = run_epoch(made[name])
+            samples, batches, seconds, main, workers = run_epoch(made[name])
             rates[name].append(samples / seconds)
+            cpu[name].append((main / batches, workers / batches))
         print(f"round {turn + 1}/{rounds}: " + ", ".join(f"{n[1]} ({n[0]}) {rates[n][-1]:,.0f}/s" for n in names),
               flush=True)
+    for name in names:
+        CPU[name] = tuple(statistics.median(c[k] for c in cpu[name]) * 1e6 for k in (0, 1))
     return [(key, contender, library, statistics.median(rates[(key, contender, library)]))
             for key, contender, library in names]
 
@@ -530,7 +558,8 @@ def cell(unit: str, v: float) -> str:
 
 def markdown(rows: list, checks: list) -> tuple:
     """The table of every contender, and the table of the targets."""
-    lines = ["| case | contender | median | vs best peer |", "|:--|:--|--:|--:|"]
+    lines = ["| case | contender | median | vs best peer | CPU µs per batch: main process + workers |",
+             "|:--|:--|--:|--:|--:|"]
     for key, (title, unit) in CASES.items():
         case_rows = [r for r in rows if r[0] == key]
         peers = [v for k, name, lib, v in case_rows if lib not in ("mmap_ninja", "baseline")]
@@ -540,7 +569,9 @@ def markdown(rows: list, checks: list) -> tuple:
         for position, (_, name, library, v) in enumerate(case_rows):
             ratio = "—" if best is None or library == "baseline" else f"{speedup(unit, v, best):.2f}x"
             label = f"**{library} {name}**" if library == "mmap_ninja" and name == OURS[key] else f"{library} {name}"
-            lines.append(f"| {'' if position else title} | {label} | {cell(unit, v)} | {ratio} |")
+            used = CPU.get((key, name, library))
+            shown = "" if used is None else f"{used[0]:,.0f}" + (f" + {used[1]:,.0f}" if key == "loader2" else "")
+            lines.append(f"| {'' if position else title} | {label} | {cell(unit, v)} | {ratio} | {shown} |")
     table = ["| target | mmap_ninja | against | measured | met |", "|:--|--:|:--|--:|:-:|"]
     for t in checks:
         if t["ratio"] is None:
@@ -682,6 +713,9 @@ def main() -> None:
         "workers, the plain collate's tensors reach the main process as torch shares any tensor (moved into "
         "new shared memory by the worker); `RaggedBatches` writes its batches into shared memory in the "
         "worker.",
+        "- CPU per batch: user + system time over an epoch, from /proc (in clock ticks of "
+        f"{1e3 / os.sysconf('SC_CLK_TCK'):.0f} ms), divided by its batches; the main process counts all its "
+        "threads (the sampler, the Loader's threads), the workers their two processes; median over the rounds.",
         *([f"- Not available in this version (skipped): {', '.join(missing)}."] if missing else []),
         "",
         f"Machine: {describe_machine()}; {versions()}. Load average (1, 5, 15 min) before the run: "
