@@ -310,11 +310,12 @@ def token_map(tmp_path_factory):
 
 @settings(max_examples=40, deadline=None)
 @given(batch_size=st.integers(1, 40), shuffle=st.booleans(), drop_last=st.booleans(), seed=st.integers(0, 2**32),
-       num_threads=st.integers(0, 3), prefetch=st.integers(1, 3), padded=st.booleans())
+       num_threads=st.integers(0, 3), prefetch=st.integers(1, 3), padded=st.booleans(),
+       dtype=st.sampled_from([b for a, b in SAFE_PAIRS if a == np.int32]))
 def test_loader_gives_the_batches_of_a_dataloader(token_map, batch_size, shuffle, drop_last, seed, num_threads,
-                                                  prefetch, padded):
-    m, _ = token_map
-    dataset = RaggedBatches(m, padded=padded, pad_value=-1, dtype=np.int64)
+                                                  prefetch, padded, dtype):
+    m, samples = token_map
+    dataset = RaggedBatches(m, padded=padded, pad_value=-1, dtype=dtype)
     collate_fn = functools.partial(collate, attention_mask=True) if padded else collate_packed
     loader = Loader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=collate_fn,
                     num_threads=num_threads, prefetch=prefetch, seed=seed)
@@ -324,6 +325,14 @@ def test_loader_gives_the_batches_of_a_dataloader(token_map, batch_size, shuffle
         ours = [as_lists(batch) for batch in loader]
         assert ours == [as_lists(batch) for batch in reference]
         assert len(ours) == len(loader) == len(reference)
+    if not shuffle:  # and they hold the samples, in order
+        expected = samples[:len(ours) * batch_size] if drop_last else samples
+        if padded:
+            got = [row[:n] for batch in ours for row, n in zip(batch["input"], batch["lengths"])]
+        else:
+            got = [batch["input_ids"][a:b] for batch in ours
+                   for a, b in zip(batch["cu_seqlens"], batch["cu_seqlens"][1:])]
+        assert got == [sample.astype(dtype).tolist() for sample in expected]
 
 
 def test_loader_takes_samplers_batch_samplers_and_unbatched_reads(tmp_path, token_map):
