@@ -716,6 +716,8 @@ def main() -> None:
         "- CPU per batch: user + system time over an epoch, from /proc (in clock ticks of "
         f"{1e3 / os.sysconf('SC_CLK_TCK'):.0f} ms), divided by its batches; the main process counts all its "
         "threads (the sampler, the Loader's threads), the workers their two processes; median over the rounds.",
+        *(["- Building the maps from token sequences is measured by `benchmarks/bench_token_build.py`."]
+          if (HERE / "bench_token_build.py").exists() else []),
         *([f"- Not available in this version (skipped): {', '.join(missing)}."] if missing else []),
         "",
         f"Machine: {describe_machine()}; {versions()}. Load average (1, 5, 15 min) before the run: "
