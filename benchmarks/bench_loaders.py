@@ -532,7 +532,7 @@ def misses(checks: list, rows: list, data_bytes: int) -> list:
         if t["met"] is not False:
             continue
         line = (f"- Missed: {t['text']}: {cell(t['unit'], t['ours'])} against {cell(t['unit'], t['theirs'])} "
-                f"({t['ratio']:.2f}x).")
+                f"({ratio_text(t)}).")
         if t["kind"] == "cost":
             take = value.get(("padded", "baseline", TAKE))
             copy = value.get(("padded", "baseline", MEMCPY))
@@ -550,6 +550,12 @@ def misses(checks: list, rows: list, data_bytes: int) -> list:
                          + (": threads had little of a second core." if headroom < 1.5 else "."))
         lines.append(line)
     return lines
+
+
+def ratio_text(t: dict) -> str:
+    """A target's ratio with two decimals, or three where two would show the bound itself."""
+    shown = f"{t['ratio']:.2f}"
+    return f"{t['ratio']:.3f}x" if float(shown) == t["bound"] and t["ratio"] != t["bound"] else f"{shown}x"
 
 
 def cell(unit: str, v: float) -> str:
@@ -572,14 +578,16 @@ def markdown(rows: list, checks: list) -> tuple:
             used = CPU.get((key, name, library))
             shown = "" if used is None else f"{used[0]:,.0f}" + (f" + {used[1]:,.0f}" if key == "loader2" else "")
             lines.append(f"| {'' if position else title} | {label} | {cell(unit, v)} | {ratio} | {shown} |")
-    table = ["| target | mmap_ninja | against | measured | met |", "|:--|--:|:--|--:|:-:|"]
+    table = ["| target | mmap_ninja | against | measured | met | margin |", "|:--|--:|:--|--:|:-:|--:|"]
     for t in checks:
         if t["ratio"] is None:
-            table.append(f"| {t['text']} | not available | {t['against'] or '—'} | — | — |")
+            table.append(f"| {t['text']} | not available | {t['against'] or '—'} | — | — | — |")
             continue
-        shown = f"{t['ratio']:.2f}x as fast" if t["kind"] == "faster" else f"{t['ratio']:.2f}x its time"
+        shown = f"{ratio_text(t)} as fast" if t["kind"] == "faster" else f"{ratio_text(t)} its time"
+        # how far past the bound (positive) or short of it (negative), in per cent of the bound
+        margin = (t["ratio"] / t["bound"] - 1) * (1 if t["kind"] == "faster" else -1) * 100
         table.append(f"| {t['text']} | {cell(t['unit'], t['ours'])} | {t['against']}: {cell(t['unit'], t['theirs'])} "
-                     f"| {shown} | {'yes' if t['met'] else '**no**'} |")
+                     f"| {shown} | {'yes' if t['met'] else '**no**'} | {margin:+.0f}% |")
     return "\n".join(lines), "\n".join(table)
 
 
@@ -687,7 +695,8 @@ def main() -> None:
         "",
         table,
         "",
-        "Targets:",
+        "Targets (margin: how far past the bound, or short of it, in per cent of the bound; a few per cent "
+        "is within the run-to-run noise of this machine):",
         "",
         target_table,
         *(["", *missed] if missed else []),
