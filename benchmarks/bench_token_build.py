@@ -199,6 +199,17 @@ def main() -> None:
             small.append(f"| {name} | {seconds / args.tiny * 1e6:.3f} | {seconds / tiny_megatron:.2f}x | "
                          f"{'yes' if tiny_checked[name] else 'NO'} |")
         print("\n".join(small), flush=True)
+        targets = ["| target | measured | met |", "|:--|--:|:-:|"]
+        for kind in ("`from_lists`", f"`from_generator(batch_size={batch:,})`"):
+            for flushed, bound in (("not flushed", 1.0), ("flushed (default)", 1.5)):
+                ratio = medians[f"{kind}, {flushed}"] / megatron
+                targets.append(f"| {kind}, {flushed.split(' (')[0]}: at most {bound:g}x Megatron's builder | "
+                               f"{ratio:.2f}x | {'yes' if ratio <= bound else 'no'} |")
+        for name in list(tiny_cases)[1:]:
+            micros = tiny_medians[name] / args.tiny * 1e6
+            targets.append(f"| {name}, 1-8 tokens: at most 1 µs per sample | {micros:.3f} µs | "
+                           f"{'yes' if micros <= 1.0 else 'no'} |")
+        print("\n".join(targets), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -229,6 +240,10 @@ def main() -> None:
         f"takes the dtype numpy gives them, `int64`.",
         "",
         *small,
+        "",
+        "Targets, from this run:",
+        "",
+        *targets,
         "",
         f"Machine: {describe_machine()}, mmap_ninja {mmap_ninja.__version__}, megatron-core "
         f"{megatron.core.__version__}, torch {torch.__version__}, numpy {np.__version__}. Load average (1 min) "

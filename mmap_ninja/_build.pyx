@@ -8,17 +8,17 @@
   numbers are converted into one buffer as they are read; any other sample is converted by the
   function given (the general path, which also names the samples that cannot be stored).
 - ``PackedSamples.write_to`` streams the bytes of all samples, back to back, into a data file
-  through one reused buffer (a large sample is written straight from its own buffer), and
-  computes their CRC-32 on the way.
+  through a few reused buffers (a large sample is written straight from its own buffer), and
+  computes their CRC-32 on the way, on a thread of its own for large writes.
 
 Nothing is written until every sample of a batch is checked, so a sample that cannot be stored
 leaves the map as it was.
 """
 
 from cpython.bool cimport PyBool_Check
+from cpython.buffer cimport PyBUF_READ
 from cpython.exc cimport PyErr_SetFromErrno
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
-from cpython.buffer cimport PyBUF_READ
 from cpython.list cimport PyList_CheckExact, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.memoryview cimport PyMemoryView_FromMemory
@@ -34,6 +34,8 @@ from libc.string cimport memcpy
 from posix.unistd cimport pwrite
 
 cimport numpy as cnp
+import queue
+import threading
 import zlib
 
 import numpy as np
@@ -43,8 +45,12 @@ cnp.import_array()
 cdef enum:
     # Largest number of axes a stored sample may have (as ragged._MAX_NDIM).
     MAX_SAMPLE_NDIM = 32
-    # Bytes of the buffer through which samples are written.
+    # Bytes of each buffer through which samples are written, and how many such buffers
+    # take turns (one is filled while the CRC-32 of the others is computed).
     STAGE_BYTES = 1 << 20
+    STAGES = 3
+    # From this many bytes on, the CRC-32 is computed on a thread of its own.
+    THREADED_CRC_BYTES = 1 << 20
     # Samples of at least this many bytes are written from their own buffer, not copied.
     DIRECT_BYTES = 1 << 18
     # Samples packed between two updates of the progress bar.
@@ -264,19 +270,32 @@ cdef class PackedSamples:
     def write_to(self, int fd, int64_t offset, bint checksum=True):
         """Write the values of all samples, back to back, into the file ``fd`` from byte
         ``offset``, and return their CRC-32 (``None`` without ``checksum``). Small samples are
-        gathered into a buffer written ``STAGE_BYTES`` at a time; large ones are written from
-        their own buffers. ``OSError`` when a write fails."""
-        cdef char* stage = NULL
-        cdef Py_ssize_t i = 0, fill = 0, nbytes
+        gathered into buffers written ``STAGE_BYTES`` at a time; large ones are written from
+        their own buffers. From ``THREADED_CRC_BYTES`` on, the CRC-32 is computed on a thread
+        of its own while the bytes are written, so that the write costs the slower of the two.
+        ``OSError`` when a write fails."""
+        cdef char* stages[STAGES]
+        cdef int64_t last_chunk[STAGES]
+        cdef Py_ssize_t i = 0, fill = 0, nbytes, k
+        cdef int b = 0
+        cdef int64_t chunk = 0
         cdef const int64_t* counts = <const int64_t*>cnp.PyArray_DATA(self.counts)
         cdef object crc = 0 if checksum else None
+        cdef object stream = None
+        cdef object view
         cdef int64_t position = offset
         if self.nbytes == 0:
             return crc
-        stage = <char*>malloc(STAGE_BYTES)
-        if stage == NULL:
-            raise MemoryError()
+        for k in range(STAGES):
+            stages[k] = NULL
+            last_chunk[k] = -1
         try:
+            for k in range(STAGES):
+                stages[k] = <char*>malloc(STAGE_BYTES)
+                if stages[k] == NULL:
+                    raise MemoryError()
+            if checksum and self.nbytes >= THREADED_CRC_BYTES:
+                stream = _CrcStream()
             while i < self.n or fill:
                 with nogil:
                     while i < self.n:
@@ -284,25 +303,85 @@ cdef class PackedSamples:
                         if nbytes >= DIRECT_BYTES or fill + nbytes > STAGE_BYTES:
                             break
                         if nbytes:
-                            memcpy(stage + fill, self.ptrs[i], nbytes)
+                            memcpy(stages[b] + fill, self.ptrs[i], nbytes)
                             fill += nbytes
                         i += 1
                 if fill:
-                    if checksum:
-                        crc = zlib.crc32(PyMemoryView_FromMemory(stage, fill, PyBUF_READ), crc)
-                    _write_all(fd, stage, fill, position)
+                    view = PyMemoryView_FromMemory(stages[b], fill, PyBUF_READ)
+                    if stream is not None:
+                        stream.add(view)
+                        last_chunk[b] = chunk
+                        chunk += 1
+                    elif checksum:
+                        crc = zlib.crc32(view, crc)
+                    _write_all(fd, stages[b], fill, position)
                     position += fill
                     fill = 0
+                    b = (b + 1) % STAGES
+                    if stream is not None:
+                        stream.wait(last_chunk[b] + 1)  # its CRC-32 is done: the buffer may be filled
                 if i < self.n and counts[i] * self.itemsize >= DIRECT_BYTES:
                     nbytes = counts[i] * self.itemsize
-                    if checksum:
-                        crc = zlib.crc32(PyMemoryView_FromMemory(self.ptrs[i], nbytes, PyBUF_READ), crc)
+                    view = PyMemoryView_FromMemory(self.ptrs[i], nbytes, PyBUF_READ)
+                    if stream is not None:
+                        stream.add(view)
+                        chunk += 1
+                    elif checksum:
+                        crc = zlib.crc32(view, crc)
                     _write_all(fd, self.ptrs[i], nbytes, position)
                     position += nbytes
                     i += 1
+            if stream is not None:
+                crc = stream.close()
+                stream = None
         finally:
-            free(stage)
+            if stream is not None:
+                stream.close()  # the thread lets go of the buffers before they are freed
+            for k in range(STAGES):
+                free(stages[k])
         return crc
+
+
+class _CrcStream:
+    """The CRC-32 of buffers given in order (``add``), computed on a thread of its own while
+    the caller writes them (zlib releases the GIL): ``wait(k)`` returns once the first ``k``
+    are done, ``close()`` once all are, with the CRC-32 of them all."""
+
+    def __init__(self):
+        self._pending = queue.SimpleQueue()
+        self._finished = queue.SimpleQueue()
+        self._done = 0
+        self._crc = 0
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="mmap_ninja-crc32", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            buffer = self._pending.get()
+            if buffer is None:
+                return
+            if self._error is None:
+                try:
+                    self._crc = zlib.crc32(buffer, self._crc)
+                except BaseException as exc:  # raised by close(); wait() must not block meanwhile
+                    self._error = exc
+            self._finished.put(None)
+
+    def add(self, buffer):
+        self._pending.put(buffer)
+
+    def wait(self, count):
+        while self._done < count:
+            self._finished.get()
+            self._done += 1
+
+    def close(self):
+        self._pending.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._crc
 
 
 cdef int _write_all(int fd, const char* data, Py_ssize_t nbytes, int64_t position) except -1:

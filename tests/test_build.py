@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -237,8 +239,27 @@ def test_pack_refuses_samples_without_a_general_path():
         _build.pack([np.arange(2, dtype=np.float64)], np.dtype(np.int32), 0, lambda s, dtype, i: s)
 
 
-def test_a_failed_write_raises(tmp_path):
-    packed = _build.pack([np.arange(10)], np.dtype(np.int64), 0, _as_array)
+@pytest.mark.parametrize("sizes", [[3, 0, 5], [100] * 2000, [(1 << 18) // 8] * 3 + [7] * 50 + [(3 << 20) // 8]])
+def test_write_to_writes_the_values_from_an_offset_and_returns_their_crc(tmp_path, sizes):
+    rng = np.random.default_rng(1)
+    samples = [rng.integers(-5, 5, size) for size in sizes]
+    packed = _build.pack(samples, np.dtype(np.int64), 0, _as_array)
+    values = packed.values().tobytes()
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert packed.write_to(fd, 7) == zlib.crc32(values)
+        assert packed.write_to(fd, 7 + len(values), False) is None
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 7 + values + values
+
+
+@pytest.mark.parametrize("size", [10, 1 << 20])
+def test_a_failed_write_raises_and_leaves_no_thread(tmp_path, size):
+    packed = _build.pack([np.arange(size)], np.dtype(np.int64), 0, _as_array)
+    threads = threading.active_count()
     (tmp_path / "f").write_bytes(b"")
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
@@ -246,6 +267,7 @@ def test_a_failed_write_raises(tmp_path):
             packed.write_to(fd, 0)
     finally:
         os.close(fd)
+    assert threading.active_count() == threads
 
 
 def test_a_build_is_flushed_whole_once_before_the_swap(tmp_path, monkeypatch):
