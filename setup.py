@@ -1,6 +1,7 @@
 """Build of the compiled modules (the rest is in pyproject.toml): mmap_ninja._core (the
 kernels over mapped data), mmap_ninja._sharded (its readers over the parts of a sharded map,
-sharing _core.pxd) and mmap_ninja._mapping (mappings and directory exchange)."""
+sharing _core.pxd), mmap_ninja._build (the kernels that pack and write the samples of ragged
+maps) and mmap_ninja._mapping (mappings and directory exchange)."""
 
 import numpy
 from Cython.Build import cythonize
@@ -16,6 +17,12 @@ extensions = [
     Extension(
         "mmap_ninja._sharded",
         ["mmap_ninja/_sharded.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
+    Extension(
+        "mmap_ninja._build",
+        ["mmap_ninja/_build.pyx"],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

@@ -37,6 +37,7 @@ from ._storage import (
     Commit,
     Replacement,
     WriterLock,
+    flush_tree,
     link_map,
     open_consistent,
 )
@@ -366,11 +367,16 @@ class MapObject(Legacy090Names):
     def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], create: Callable[[Path, List[Any]], Any],
                extend: Callable[[Any, List[Any]], None], **open_kwargs):
         """Write ``batches`` as a new map (``create(build, first batch)``, then ``extend(files,
-        batch)`` for each next one) aside, swap it in when it is whole, and open it."""
+        batch)`` for each next one) aside, swap it in when it is whole, and open it.
+
+        Nobody reads the map before it is swapped in, so its commits need not be flushed one
+        by one (``create`` and ``extend`` commit with ``Commit(durable=False)``): it is flushed
+        to disk whole, once, before the swap (when durability is on)."""
         mode = open_kwargs.get("mode")
         if mode not in cls.MODES:  # checked before anything is written
             raise ValueError(f"mode must be one of {cls.MODES}, got {mode!r}")
         out_dir = as_dir(out_dir)  # absolute before the folder (maybe the working one) is replaced
         with building(out_dir) as build:
             build_in_batches(batches, lambda batch: create(build, batch), extend)
+            flush_tree(build)
         return cls(out_dir, **open_kwargs)

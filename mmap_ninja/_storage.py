@@ -212,6 +212,25 @@ class Commit:
             entry = _ENTRY.pack(offset, memoryview(data).nbytes, crc.value(), zlib.crc32(metadata))
             _append_entry(directory / CHECKSUMS, committed_end, entry)
 
+    def write_from(self, path: Path, offset: int, source: Any, truncate: bool = False,
+                   checksum: Optional[Tuple[Path, bytes, int]] = None) -> None:
+        """Like ``write``, with bytes that ``source`` writes itself: ``source.write_to(fd,
+        offset, crc)`` writes its ``source.nbytes`` bytes into the open file from byte
+        ``offset`` and returns their CRC-32 when ``crc`` is true (``_build.PackedSamples``,
+        which writes samples straight from their buffers)."""
+        record = checksum is not None and self.record_checksums
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0), 0o644)
+        try:
+            crc = source.write_to(fd, offset, record)
+        finally:
+            os.close(fd)
+        if path not in self._written:
+            self._written.append(path)
+        if record:
+            directory, metadata, committed_end = checksum
+            entry = _ENTRY.pack(offset, source.nbytes, crc, zlib.crc32(metadata))
+            _append_entry(directory / CHECKSUMS, committed_end, entry)
+
     def copy(self, path: Path, offset: int, source: Path, ranges: Sequence[Tuple[int, int]], truncate: bool = False,
              checksum: Optional[Tuple[Path, bytes, int]] = None,
              crcs: Optional[Sequence[Tuple[int, int]]] = None) -> None:
@@ -793,6 +812,26 @@ class ArrayDir:
         offset = at * self.meta.row_bytes
         commit.write(self.data_file, offset, byte_view(rows, self.meta.order),
                      checksum=(self.path, metadata_bytes(meta), offset))
+        return meta
+
+    def write_packed(self, source: Any, commit: Commit) -> ArrayMeta:
+        """``write_rows`` for the values of a batch of samples (``_build.PackedSamples``: a 1-d
+        array of ``source.size`` elements of ``source.dtype``, which ``Commit.write_from``
+        writes straight from the samples' buffers), after all committed entries or as a new
+        array."""
+        if source.nbytes == 0:
+            return self.write_rows(np.empty(0, dtype=source.dtype), commit)
+        if self.meta is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            meta, offset, truncate = ArrayMeta(source.dtype, (source.size,), "C"), 0, True
+        else:
+            if self.meta.dtype != source.dtype or self.meta.row_bytes != self.meta.dtype.itemsize:
+                raise ValueError(f"{self.path} holds entries of {self.meta.dtype} and shape {self.meta.shape[1:]}, "
+                                 f"not single values of {source.dtype}")
+            if self.meta.order == "F" and len(self.meta.shape) > 1 and self.rows > 0:
+                raise ValueError(f"{self.path}: a Fortran-ordered array cannot take rows in place")
+            meta, offset, truncate = self.meta.with_rows(self.rows + source.size), self.meta.nbytes, False
+        commit.write_from(self.data_file, offset, source, truncate, checksum=(self.path, metadata_bytes(meta), offset))
         return meta
 
     def copy_rows(self, source: Path, ranges: Sequence[Tuple[int, int]], rows: int, like: ArrayMeta, commit: Commit,

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core, _meta
+from . import _build, _core, _meta
 from ._lifecycle import MapObject, building, checksum_problems, overlap_problems
 from ._storage import BUILD_PARTS, ArrayDir, Commit, Replacement, WriterLock, durability, flush_tree, link_map
 from .base import (
@@ -78,45 +78,96 @@ class _Batch:
             return self.lengths
         return np.array([shape[0] if shape else 0 for shape in self.shapes], dtype=np.int64)
 
+    def shape_batch(self) -> "_Batch":
+        """The batch of the samples' shape vectors, as the ``shapes/`` map stores them."""
+        return _shape_batch(self.shapes)
+
+    def write_values(self, data: ArrayDir, commit: Commit) -> _meta.ArrayMeta:
+        """Write the values past the committed ones of ``data`` in ``commit``."""
+        return data.write_rows(self.values, commit)
+
     def __len__(self) -> int:
         return len(self.counts)
 
 
-def _flatten(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int = 0, bar=None) -> _Batch:
-    """Flatten ``samples`` (arrays or array-likes) into one batch of ``dtype`` (by default the
-    dtype of the first sample); ``TypeError`` names a sample whose values do not fit."""
-    arrays, dtype = _as_arrays(samples, dtype, first_index, bar)
+class _PackedBatch:
+    """Samples checked and laid out by ``_build.pack``, as ``_RaggedFiles.append`` takes a
+    batch (the interface of ``_Batch``): their values are written straight from the samples'
+    buffers, never concatenated first."""
+
+    def __init__(self, packed: _build.PackedSamples):
+        self.packed = packed
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.packed.dtype
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.packed.counts
+
+    @property
+    def flat(self) -> bool:
+        return self.packed.flat
+
+    def flat_lengths(self) -> np.ndarray:
+        return self.packed.lengths
+
+    def shape_batch(self) -> _Batch:
+        ndims = self.packed.ndims
+        return _Batch(self.packed.dims, ndims, None, ndims)
+
+    def write_values(self, data: ArrayDir, commit: Commit) -> _meta.ArrayMeta:
+        return data.write_packed(self.packed, commit)
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+
+def _flatten(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int = 0, bar=None):
+    """Check ``samples`` (arrays or array-likes) and lay them out for writing as one batch of
+    ``dtype`` (by default the dtype of the first sample), in one compiled pass
+    (``_build.pack``; samples it does not take as they are go through ``_as_array``);
+    ``TypeError`` or ``ValueError`` names a sample that cannot be stored."""
+    samples = samples if type(samples) is list else list(samples)
     if dtype is None:
-        values = np.empty(0, dtype=np.float64)
-    elif arrays:
-        values = np.concatenate([arr.ravel() for arr in arrays])
-    else:
-        values = np.empty(0, dtype=dtype)
-    counts = np.fromiter((arr.size for arr in arrays), dtype=np.int64, count=len(arrays))
-    return _Batch(values, counts, [arr.shape for arr in arrays])
+        if not samples:
+            return _Batch(np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64), [])
+        dtype = _first_dtype(samples[0], first_index)
+    return _PackedBatch(_build.pack(samples, dtype, first_index, _as_array, bar))
 
 
-def _as_arrays(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int = 0,
-               bar=None) -> Tuple[List[np.ndarray], Optional[np.dtype]]:
-    """``samples`` as arrays of ``dtype`` (by default the dtype of the first sample), and that
-    dtype; ``TypeError`` or ``ValueError`` names a sample that cannot be stored."""
-    arrays = []
-    for k, sample in enumerate(samples):
-        arr = np.asarray(sample)
-        what = f"sample {first_index + k}"
-        if arr.ndim > _MAX_NDIM:
-            raise ValueError(f"{what} has {arr.ndim} axes; samples may have at most {_MAX_NDIM}")
-        if dtype is None:
-            try:
-                dtype = stored_dtype(arr.dtype)
-            except TypeError as exc:
-                raise TypeError(f"{what}: {exc}") from None
-        elif arr.dtype != dtype:
-            arr = cast_values(arr, dtype, what)
-        arrays.append(arr)
-        if bar is not None:
-            bar.update(1)
-    return arrays, dtype
+def _first_dtype(sample: Any, index: int) -> np.dtype:
+    """The dtype of a map whose first sample (number ``index``) is ``sample``."""
+    arr = np.asarray(sample)
+    if arr.ndim > _MAX_NDIM:
+        raise ValueError(f"sample {index} has {arr.ndim} axes; samples may have at most {_MAX_NDIM}")
+    try:
+        return stored_dtype(arr.dtype)
+    except TypeError as exc:
+        raise TypeError(f"sample {index}: {exc}") from None
+
+
+def _as_array(sample: Any, dtype: np.dtype, index: int) -> np.ndarray:
+    """Sample number ``index`` as a C-contiguous array of ``dtype``; ``TypeError`` or
+    ``ValueError`` naming it when it cannot be stored."""
+    arr = np.asarray(sample)
+    if arr.ndim > _MAX_NDIM:
+        raise ValueError(f"sample {index} has {arr.ndim} axes; samples may have at most {_MAX_NDIM}")
+    if arr.dtype != dtype:
+        arr = cast_values(arr, dtype, f"sample {index}")
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
+
+
+def _as_arrays(samples: Iterable[Any], dtype: Optional[np.dtype],
+               first_index: int = 0) -> Tuple[List[np.ndarray], Optional[np.dtype]]:
+    """``samples`` as C-contiguous arrays of ``dtype`` (by default the dtype of the first
+    sample), and that dtype; ``TypeError`` or ``ValueError`` names a sample that cannot be
+    stored."""
+    samples = list(samples)
+    if dtype is None and samples:
+        dtype = _first_dtype(samples[0], first_index)
+    return [_as_array(sample, dtype, first_index + k) for k, sample in enumerate(samples)], dtype
 
 
 class _RaggedFiles:
@@ -227,20 +278,21 @@ class _RaggedFiles:
         ones)."""
         if len(batch) == 0:
             return
-        at, new_map, flat = self._begin_append(at, batch.flat)
+        at, new_map, flat = self._begin_append(at, batch.flat, commit.durable)
         ends = self.data.rows + np.cumsum(batch.counts)
-        data_meta = self.data.write_rows(batch.values, commit)
+        data_meta = batch.write_values(self.data, commit)
         counts_meta = self.flattened_shapes.write_rows(batch.counts, commit, at)
         shapes_meta = self.flat_shapes.write_rows(batch.flat_lengths().reshape(-1, 1), commit, at) if flat else None
         ends_meta = self.ends.write_rows(ends, commit, at)
         starts_meta = self.starts.write_rows(ends - batch.counts, commit, at)
         self._commit_append(commit, (data_meta, counts_meta, shapes_meta, ends_meta, starts_meta), new_map, flat,
-                            batch.dtype, lambda: self.nested_shapes.append(_shape_batch(batch.shapes), commit, at))
+                            batch.dtype, lambda: self.nested_shapes.append(batch.shape_batch(), commit, at))
 
-    def _begin_append(self, at: Optional[int], flat_samples: bool) -> Tuple[int, bool, bool]:
+    def _begin_append(self, at: Optional[int], flat_samples: bool, durable: bool) -> Tuple[int, bool, bool]:
         """``(at, new_map, flat)`` of an append after the first ``at`` samples (default: all
         committed ones): an append at 0 starts the map anew, and samples that are not all flat
-        (``flat_samples``) turn this map's flat shapes into ragged ones."""
+        (``flat_samples``) turn this map's flat shapes into ragged ones (in a commit of its own,
+        flushed when ``durable``, as the append's is)."""
         at = self.n if at is None else at
         new_map = at == 0
         if new_map:
@@ -251,7 +303,7 @@ class _RaggedFiles:
             self.__init__(self.out_dir)
         flat = flat_samples and (self.flat or new_map)
         if not flat and self.flat and not new_map:
-            self._convert_shapes_to_nested(at)
+            self._convert_shapes_to_nested(at, durable)
         elif not flat and self.nested_shapes is None:
             self.nested_shapes = _RaggedFiles(self.out_dir / "shapes")
         return at, new_map, flat
@@ -294,7 +346,7 @@ class _RaggedFiles:
         if self.dtype is not None and part.dtype != self.dtype:
             raise ValueError(f"{part.out_dir} holds samples of {part.dtype}, {self.out_dir} samples of {self.dtype}: "
                              f"the maps concatenated must share one dtype")
-        at, new_map, flat = self._begin_append(at, part.flat)
+        at, new_map, flat = self._begin_append(at, part.flat, commit.durable)
         starts = np.asarray(part.starts.map()[:n])
         counts = np.asarray(part.ends.map()[:n]) - starts
         ends = self.data.rows + np.cumsum(counts)
@@ -336,7 +388,7 @@ class _RaggedFiles:
         return self.data.copy_rows(part.data.data_file, ranges, total, _meta.ArrayMeta(part.dtype, (total,)), commit,
                                    crcs)
 
-    def _convert_shapes_to_nested(self, n: int) -> None:
+    def _convert_shapes_to_nested(self, n: int, durable: bool) -> None:
         """Turn the flat shapes of the first ``n`` samples into a ragged map of shapes, in
         place and in a commit of its own, before samples of other ranks are appended.
 
@@ -345,7 +397,7 @@ class _RaggedFiles:
         Its offsets, sizes and shapes are written beside them; replacing ``shapes/type.ninja``
         switches readers over, and ``shapes_are_flat.ninja`` follows for mmap_ninja 0.9.0.
         """
-        commit = Commit()
+        commit = Commit(durable=durable)
         shapes_dir = self.out_dir / "shapes"
         lengths = self.flat_shapes.map().reshape(-1)[:n]
         counts = self.ends.map()[:n] - self.starts.map()[:n]
@@ -658,12 +710,13 @@ class RaggedMmap(MapObject):
     def _build_ragged(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None,
                       **open_kwargs) -> "RaggedMmap":
         """Write ``batches`` of samples as a new map aside, one commit per batch (``bar``
-        advances per sample flattened), swap it in and open it."""
+        advances as samples are packed; the map is flushed whole before the swap, see
+        ``MapObject._build``), swap it in and open it."""
         dtype = None if dtype is None else stored_dtype(dtype)
 
         def create(build: Path, samples: List[Any]) -> _RaggedFiles:
             batch = _flatten(samples, dtype, bar=bar)
-            files, commit = _RaggedFiles(build), Commit()
+            files, commit = _RaggedFiles(build), Commit(durable=False)
             if len(batch):
                 files.append(batch, commit)
             else:
@@ -672,7 +725,7 @@ class RaggedMmap(MapObject):
             return files
 
         def extend(files: _RaggedFiles, samples: List[Any]) -> None:
-            commit = Commit()
+            commit = Commit(durable=False)
             files.append(_flatten(samples, files.dtype, files.n, bar), commit)
             commit.finish()
 

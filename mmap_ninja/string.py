@@ -429,14 +429,14 @@ class StringsMmap(MapObject):
                 if zstd_train_dictionary_size is not None:
                     dictionary = _train_dictionary(_encode(strings, 0), zstd_train_dictionary_size)
                 codec = _Codec(zstd_level, dictionary)
-            files, commit = _StringsFiles(build, codec), Commit()
+            files, commit = _StringsFiles(build, codec), Commit(durable=False)  # flushed whole by _build
             files.create(commit)
             files.append(strings, commit, bar)
             commit.finish()
             return files
 
         def extend(files: _StringsFiles, strings: List[Any]) -> None:
-            commit = Commit()
+            commit = Commit(durable=False)
             files.append(strings, commit, bar)
             commit.finish()
 

@@ -24,7 +24,7 @@ def test_python_and_cython_code_is_lint_clean():
     assert ruff.returncode == 0, ruff.stdout + ruff.stderr
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     cython = subprocess.run([tool("cython-lint"), "mmap_ninja/_core.pyx", "mmap_ninja/_core.pxd",
-                             "mmap_ninja/_sharded.pyx", "mmap_ninja/_mapping.pyx"], cwd=ROOT,
+                             "mmap_ninja/_sharded.pyx", "mmap_ninja/_build.pyx", "mmap_ninja/_mapping.pyx"], cwd=ROOT,
                             capture_output=True, text=True, env=env)
     assert cython.returncode == 0, cython.stdout + cython.stderr
 
@@ -47,12 +47,14 @@ def test_sdist_and_wheel_build_and_the_sdist_installs_from_source(tmp_path):
     assert any(name.endswith("mmap_ninja/_core.pyx") for name in names)
     assert any(name.endswith("mmap_ninja/_mapping.pyx") for name in names)
     assert any(name.endswith("mmap_ninja/_sharded.pyx") for name in names)
+    assert any(name.endswith("mmap_ninja/_build.pyx") for name in names)
     assert any(name.endswith("mmap_ninja/_core.pxd") for name in names)
     assert not any(name.endswith((".so", ".pyd")) for name in names)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     assert any(name.startswith("mmap_ninja/_core.") and name.endswith(".so") for name in names)
     assert any(name.startswith("mmap_ninja/_mapping.") and name.endswith(".so") for name in names)
+    assert any(name.startswith("mmap_ninja/_build.") and name.endswith(".so") for name in names)
     assert {"mmap_ninja/py.typed", "mmap_ninja/_core.pyi"} <= set(names)
 
     venv = tmp_path / "venv"
