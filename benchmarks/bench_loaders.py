@@ -725,7 +725,9 @@ def main() -> None:
         "- CPU per batch: user + system time over an epoch, from /proc (in clock ticks of "
         f"{1e3 / os.sysconf('SC_CLK_TCK'):.0f} ms), divided by its batches; the main process counts all its "
         "threads (the sampler, the Loader's threads), the workers their two processes; median over the rounds.",
-        *(["- Building the maps from token sequences is measured by `benchmarks/bench_token_build.py`."]
+        *(["- 5. Building: the same kind of data (200,000 int32 sequences) built as a map and by Megatron's "
+           "`IndexedDatasetBuilder` is measured by `benchmarks/bench_token_build.py` "
+           "([TOKEN_BUILD.md](TOKEN_BUILD.md))."]
           if (HERE / "bench_token_build.py").exists() else []),
         *([f"- Not available in this version (skipped): {', '.join(missing)}."] if missing else []),
         "",
