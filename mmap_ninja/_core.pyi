@@ -24,6 +24,12 @@ def packed_layout(
     """``(cu_seqlens int32 (B + 1,), position_ids int64 (rows,), max_seqlen)`` of samples packed
     back to back at element ``offsets`` (``int64``, ``B + 1``, from 0), rows of ``row_elems``."""
 
+def shuffle_windows(order: Int64Array, window: int, seed: int) -> None:
+    """Shuffle ``order`` in place within each run of ``window`` positions (SplitMix64 from ``seed``)."""
+
+def blend_choices(weights: npt.NDArray[np.float64], size: int) -> Tuple[npt.NDArray[np.int32], Int64Array]:
+    """The dataset of each position of a blend, and the draws from it before (each within one of its share)."""
+
 class RaggedBatch:
     """Samples copied back to back into one buffer, with their offsets and shapes."""
 

@@ -25,7 +25,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport INT32_MAX, int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 cimport cython
@@ -1038,6 +1038,92 @@ def packed_layout(const int64_t[::1] offsets, int64_t row_elems=1, alloc=None):
     with nogil:
         longest = _pack_positions(&offsets[0], batch, row_elems, cu_out, positions_out)
     return cu, positions, int(longest)
+
+
+cdef inline uint64_t _splitmix64(uint64_t* state) noexcept nogil:
+    """The next value of a SplitMix64 generator (the same stream on every machine)."""
+    state[0] += <uint64_t>0x9E3779B97F4A7C15
+    cdef uint64_t z = state[0]
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+def shuffle_windows(int64_t[::1] order, int64_t window, uint64_t seed):
+    """Shuffle ``order`` in place within each run of ``window`` consecutive positions (the last
+    run may be shorter), by Fisher-Yates driven by SplitMix64 from ``seed``: the same result on
+    every machine and in every process for the same arguments."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1, not {window}")
+    cdef Py_ssize_t n = order.shape[0], lo, hi, k, j
+    cdef uint64_t state = seed
+    cdef int64_t swap
+    with nogil:
+        lo = 0
+        while lo < n:
+            hi = lo + window if lo + window < n else n
+            k = hi - 1
+            while k > lo:
+                j = lo + <Py_ssize_t>(_splitmix64(&state) % <uint64_t>(k - lo + 1))
+                swap = order[k]
+                order[k] = order[j]
+                order[j] = swap
+                k -= 1
+            lo = hi
+
+
+def blend_choices(const double[::1] weights, int64_t size):
+    """Which dataset each position of a blend of ``size`` draws from (``int32``) and how many
+    draws from that dataset came before it (``int64``), so that every prefix holds each dataset
+    within one draw of its weight times the prefix's length. ``weights``: non-negative, summing
+    to 1.
+
+    Each position goes to the dataset whose next draw is due first, draw ``k`` of dataset ``d``
+    being due at ``(k + 1 - c) / weights[d]`` with ``c = 1 / (2 (D - 1))``, among the datasets
+    owed at least ``c`` draws (Tijdeman's rule: every count stays within ``1 - c`` of its share;
+    the first dataset on ties). Megatron's
+    greedy rule (the dataset furthest behind) can fall a little more than one draw behind."""
+    cdef Py_ssize_t n_sets = weights.shape[0], d, best = 0
+    if n_sets < 1 or size < 0:
+        raise ValueError("a blend needs at least one dataset and a size of at least 0")
+    cdef cnp.npy_intp dims[1]
+    dims[0] = size
+    choices = _empty(1, dims, np.dtype(np.int32))
+    nth = _empty_int64(size)
+    cdef int32_t* choice = <int32_t*>cnp.PyArray_DATA(choices)
+    cdef int64_t* before = <int64_t*>cnp.PyArray_DATA(nth)
+    cdef int64_t* drawn = <int64_t*>calloc(n_sets, sizeof(int64_t))
+    if drawn == NULL:
+        raise MemoryError(f"cannot allocate the counts of {n_sets} datasets")
+    cdef int64_t i
+    cdef double due, best_due, c = 0.5 / (n_sets - 1) if n_sets > 1 else 0.0
+    for d in range(n_sets):
+        if not weights[d] >= 0:
+            raise ValueError(f"weights must be non-negative, not {weights[d]}")
+    try:
+        with nogil:
+            for i in range(size):
+                best = -1
+                best_due = 0
+                for d in range(n_sets):  # owed at least c draws, and due first
+                    if weights[d] > 0 and weights[d] * (i + 1) - drawn[d] >= c - 1e-12:
+                        due = (drawn[d] + 1 - c) / weights[d]
+                        if best < 0 or due < best_due:
+                            best, best_due = d, due
+                if best < 0:  # not reached by Tijdeman's argument; the dataset owed most, to be safe
+                    for d in range(n_sets):
+                        if weights[d] > 0 and (best < 0 or weights[d] * (i + 1) - drawn[d] > best_due):
+                            best, best_due = d, weights[d] * (i + 1) - drawn[d]
+                if best < 0:
+                    break
+                choice[i] = <int32_t>best
+                before[i] = drawn[best]
+                drawn[best] += 1
+    finally:
+        free(drawn)
+    if size and best < 0:
+        raise ValueError("a blend needs a weight above 0")
+    return choices, nth
 
 
 cdef RaggedBatch _new_batch(values, offsets, shape_values, shape_offsets):

@@ -50,6 +50,7 @@ __all__ = [
     "Loader",
     "shared_array",
     "BufferPool",
+    "DistributedSampler",
 ]
 
 _HEADER_ALIGN = 64  # bytes before the batch in a shared segment: its lengths, cache-line aligned
@@ -502,3 +503,138 @@ def _pin_memory_available() -> bool:
     if not available:
         warnings.warn("pin_memory=True but no accelerator is found: batches are not pinned", stacklevel=3)
     return available
+
+
+# -- distributed sampling ---------------------------------------------------------------------
+
+BLOCK_WINDOW = 4  # with block_size, samples are shuffled within runs of this many blocks
+
+
+class DistributedSampler(torch_data.Sampler):
+    """``torch.utils.data.DistributedSampler`` (same arguments, same indices for the same seed
+    and epoch, padding as torch pads), that resumes in the middle of an epoch, on any number of
+    ranks.
+
+    The order of an epoch is defined once for the whole dataset (from ``seed`` and the epoch);
+    rank ``r`` of ``W`` takes its positions ``r, r + W, r + 2W, ...``. ``state_dict()`` records
+    how far the epoch went (every rank having taken as many indices as this one), so
+    ``load_state_dict`` on a run of another size goes on with the rest of the same order, each
+    remaining sample read once (plus torch's padding, or less with ``drop_last``).
+
+    ``block_size``: shuffle for locality: blocks of ``block_size`` consecutive samples (or, with
+    ``"parts"`` and a sharded map, its parts) are permuted, then samples are shuffled within runs
+    of ``BLOCK_WINDOW`` blocks' worth of positions, so a rank reads a bounded region of the files
+    at a time.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: Optional[int] = None, rank: Optional[int] = None,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 block_size: Union[int, str, None] = None):
+        if num_replicas is None or rank is None:
+            import torch.distributed as dist
+            if not dist.is_available() or not dist.is_initialized():
+                raise RuntimeError("DistributedSampler needs num_replicas and rank, or an initialized process group")
+            num_replicas = dist.get_world_size() if num_replicas is None else num_replicas
+            rank = dist.get_rank() if rank is None else rank
+        if isinstance(num_replicas, bool) or not isinstance(num_replicas, (int, np.integer)) or num_replicas < 1:
+            raise ValueError(f"num_replicas must be a positive integer, not {num_replicas!r}")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
+            raise ValueError(f"Invalid rank {rank}, rank should be in the interval [0, {num_replicas - 1}]")
+        self.bounds = self._block_bounds(dataset, block_size)
+        self.dataset = dataset
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.block_size = block_size
+        self.epoch = 0
+        self.start = 0  # positions of the epoch's order consumed before this run
+        self._yielded = 0
+
+    @staticmethod
+    def _block_bounds(dataset: Any, block_size: Union[int, str, None]) -> Optional[np.ndarray]:
+        n = len(dataset)
+        if block_size is None:
+            return None
+        if block_size == "parts":
+            bounds = getattr(dataset, "part_bounds", None)
+            if bounds is None:
+                raise ValueError("block_size='parts' needs a sharded map (mmap_ninja.sharded.ShardedMmap)")
+            return np.asarray(bounds, dtype=np.int64)
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer or 'parts', not {block_size!r}")
+        return np.append(np.arange(0, n, int(block_size), dtype=np.int64), np.int64(n))
+
+    def order(self, epoch: Optional[int] = None) -> np.ndarray:
+        """The order of an epoch over the whole dataset (``int64``, every index once)."""
+        epoch = self.epoch if epoch is None else epoch
+        n = len(self.dataset)
+        if not self.shuffle:
+            return np.arange(n, dtype=np.int64)
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + epoch)
+        if self.bounds is None:
+            return torch.randperm(n, generator=generator).numpy()
+        starts, lengths = self.bounds[:-1], np.diff(self.bounds)
+        permuted = torch.randperm(len(lengths), generator=generator).numpy()
+        lengths = lengths[permuted]
+        firsts = np.cumsum(lengths) - lengths
+        order = np.arange(n, dtype=np.int64) + np.repeat(starts[permuted] - firsts, lengths)
+        window = BLOCK_WINDOW * max(1, -(-n // max(1, len(lengths))))
+        _core.shuffle_windows(order, window, (self.seed * 1_000_003 + epoch) % 2**64)
+        return order
+
+    def _indices(self) -> np.ndarray:
+        """This rank's indices for the rest of the epoch."""
+        remaining = self.order()[self.start:]
+        if self.drop_last:
+            total = len(remaining) // self.num_replicas * self.num_replicas
+            remaining = remaining[:total]
+        else:
+            total = -(-len(remaining) // self.num_replicas) * self.num_replicas
+            if total > len(remaining) and len(remaining):
+                remaining = np.resize(remaining, total)  # padded by repeating from the start, as torch pads
+        return remaining[self.rank:total:self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        self._yielded = 0
+        indices = self._indices().tolist()
+        for index in indices:
+            self._yielded += 1
+            yield index
+
+    def __len__(self) -> int:
+        remaining = len(self.dataset) - self.start
+        return remaining // self.num_replicas if self.drop_last else -(-remaining // self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (from its beginning, unless a loaded state is of that epoch)."""
+        if epoch != self.epoch:
+            self.start = 0
+        self.epoch = epoch
+        self._yielded = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        """How far the epoch went: ``consumed`` positions of its order, all ranks together."""
+        consumed = min(self.start + self._yielded * self.num_replicas, len(self.dataset))
+        return {"epoch": self.epoch, "consumed": consumed, "seed": self.seed, "shuffle": self.shuffle,
+                "block_size": self.block_size, "dataset_len": len(self.dataset)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Go on from ``state`` (saved on any number of ranks): the next ``iter`` gives this
+        rank's share of the rest of that epoch."""
+        for key in ("seed", "shuffle", "block_size"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"the state was saved with {key}={state.get(key)!r}, this sampler has "
+                                 f"{getattr(self, key)!r}")
+        if state.get("dataset_len") != len(self.dataset):
+            raise ValueError(f"the state was saved over {state.get('dataset_len')} samples, this dataset "
+                             f"has {len(self.dataset)}")
+        consumed = state["consumed"]
+        if isinstance(consumed, bool) or not isinstance(consumed, (int, np.integer)) \
+                or not 0 <= consumed <= len(self.dataset):
+            raise ValueError(f"consumed must be an integer in [0, {len(self.dataset)}], not {consumed!r}")
+        self.epoch = int(state["epoch"])
+        self.start = int(consumed)
+        self._yielded = 0

@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from mmap_ninja import _handoff
 from mmap_ninja import numpy as np_ninja
 from mmap_ninja._handoff import LentTensor
+from mmap_ninja.blend import Blend
 from mmap_ninja.pytorch import (
+    BLOCK_WINDOW,
     BufferPool,
+    DistributedSampler,
     Loader,
     PaddedBatch,
     RaggedBatches,
@@ -485,3 +488,173 @@ def test_lent_tensors_travel_by_reference_and_free_their_segment_when_gone():
     assert _handoff.lent_tensor(np.zeros(3)) is None
     with pytest.raises(RuntimeError, match="which this process never received"):
         _handoff._main_segment((1, "unknown"), 7, None, 4096)
+
+
+# -- distributed sampling ---------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(0, 60), world=st.integers(1, 5), drop_last=st.booleans(), shuffle=st.booleans(),
+       seed=st.integers(0, 2**31), epoch=st.integers(0, 3), data=st.data())
+def test_distributed_sampler_gives_torchs_indices(n, world, drop_last, shuffle, seed, epoch, data):
+    rank = data.draw(st.integers(0, world - 1))
+    ours = DistributedSampler(range(n), world, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    torchs = torch.utils.data.DistributedSampler(range(n), world, rank, shuffle=shuffle, seed=seed,
+                                                 drop_last=drop_last)
+    ours.set_epoch(epoch)
+    torchs.set_epoch(epoch)
+    assert list(ours) == list(torchs) and len(ours) == len(torchs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 80), first=st.integers(1, 5), then=st.integers(1, 5), drop_last=st.booleans(),
+       block_size=st.none() | st.integers(1, 9), data=st.data())
+def test_an_epoch_resumed_on_another_number_of_ranks_reads_the_rest_once(n, first, then, drop_last, block_size,
+                                                                         data):
+    def ranks(world):
+        samplers = [DistributedSampler(range(n), world, r, seed=3, drop_last=drop_last, block_size=block_size)
+                    for r in range(world)]
+        for sampler in samplers:
+            sampler.set_epoch(1)
+        return samplers
+
+    before = ranks(first)
+    steps = data.draw(st.integers(0, len(before[0])))
+    read = []
+    for sampler in before:  # every rank takes `steps` indices, then the run stops
+        iterator = iter(sampler)
+        read += [next(iterator) for _ in range(steps)]
+    states = [sampler.state_dict() for sampler in before]
+    assert all(state == states[0] for state in states)
+    after = ranks(then)
+    for sampler in after:
+        sampler.load_state_dict(states[0])
+        rest = list(sampler)
+        assert len(rest) == len(sampler)
+        read += rest
+    counts = np.bincount(read, minlength=n)
+    if drop_last:  # nothing twice; at most a rank's remainder left out, per run
+        assert counts.max(initial=0) <= 1 and n - counts.sum() < first + then
+    else:  # everything; twice only what torch's padding repeats, per run
+        assert counts.min() >= 1 and counts.sum() - n < first + then
+
+
+def test_block_shuffle_reads_a_bounded_region_at_a_time(tmp_path):
+    sampler = DistributedSampler(range(1000), 1, 0, seed=9, block_size=25)
+    order = sampler.order()
+    assert sorted(order.tolist()) == list(range(1000))
+    window = BLOCK_WINDOW * 25
+    for start in range(0, 1000, window):
+        blocks = set((order[start:start + window] // 25).tolist())
+        assert len(blocks) <= BLOCK_WINDOW + 1
+    assert np.array_equal(order, DistributedSampler(range(1000), 1, 0, seed=9, block_size=25).order())
+    assert not np.array_equal(order, sampler.order(epoch=1))
+    assert not np.array_equal(order[:window], np.sort(order[:window]))  # shuffled within a window
+    samples = [np.array([i], np.int64) for i in range(300)]
+    sharded = ShardedMmap.from_generator(tmp_path / "s", iter(samples), part_size=30)
+    by_parts = DistributedSampler(sharded, 2, 1, seed=1, block_size="parts")
+    indices = list(by_parts)
+    assert len(indices) == 150 and set(indices) | set(DistributedSampler(sharded, 2, 0, seed=1,
+                                                                         block_size="parts")) == set(range(300))
+
+
+def test_distributed_sampler_refusals(token_map):
+    m, _ = token_map
+    with pytest.raises(RuntimeError, match="initialized process group"):
+        DistributedSampler(m)
+    with pytest.raises(ValueError, match=r"Invalid rank 2, rank should be in the interval \[0, 1\]"):
+        DistributedSampler(m, 2, 2)
+    with pytest.raises(ValueError, match="block_size must be a positive integer or 'parts'"):
+        DistributedSampler(m, 1, 0, block_size=0)
+    with pytest.raises(ValueError, match="needs a sharded map"):
+        DistributedSampler(m, 1, 0, block_size="parts")
+    state = DistributedSampler(m, 2, 0, seed=1).state_dict()
+    with pytest.raises(ValueError, match="saved with seed=1"):
+        DistributedSampler(m, 1, 0, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="saved over 97 samples"):
+        DistributedSampler(range(5), 1, 0, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="consumed must be an integer"):
+        DistributedSampler(m, 1, 0, seed=1).load_state_dict({**state, "consumed": 98})
+
+
+def read_with_process_group(rank, world, address, out_dir):
+    """A rank of a real gloo process group: reads its share of an epoch through a DataLoader."""
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+    try:
+        m = RaggedMmap(out_dir / "m")
+        sampler = DistributedSampler(m, seed=4)  # ranks and world size from the group
+        loader = torch.utils.data.DataLoader(RaggedBatches(m), batch_size=8, sampler=sampler, collate_fn=collate)
+        firsts = [row[0].item() for batch in loader for row in batch["input"]]
+        np.save(out_dir / f"rank{rank}.npy", np.array(firsts))
+        blend = Blend([m, RaggedMmap(out_dir / "m")], [0.7, 0.3], size=500, seed=6)  # the same in every process
+        np.save(out_dir / f"blend{rank}.npy", np.stack([blend.dataset_index, blend.sample_index]))
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_real_process_group_reads_every_sample_once(tmp_path):
+    import socket
+
+    RaggedMmap.from_lists(tmp_path / "m", [np.full(1 + i % 4, i, np.int64) for i in range(101)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(read_with_process_group, args=(2, f"tcp://127.0.0.1:{port}", tmp_path), nprocs=2)
+    read = [np.load(tmp_path / f"rank{r}.npy").tolist() for r in range(2)]
+    assert len(read[0]) == len(read[1]) == 51  # padded to equal lengths, as torch pads
+    assert set(read[0]) | set(read[1]) == set(range(101)) and len(read[0]) + len(read[1]) - 101 == 1
+    blends = [np.load(tmp_path / f"blend{r}.npy") for r in range(2)]
+    assert np.array_equal(blends[0], blends[1]) and abs((blends[0][0] == 0).sum() - 350) <= 1
+
+
+def resumable_rank(rank, world, address, out_dir, phase, steps, states_from):
+    """A rank of a real gloo process group reading a sharded map through a StatefulDataLoader
+    with 2 workers: it stops after ``steps`` batches and saves its loader's state, or, given the
+    states of an earlier run (``states_from`` ranks), goes on from them to the end of the epoch."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+    try:
+        sharded = ShardedMmap(out_dir / "sharded")
+        sampler = DistributedSampler(sharded, seed=8, block_size="parts")
+        sampler.set_epoch(3)
+        loader = StatefulDataLoader(RaggedBatches(sharded), batch_size=4, sampler=sampler, num_workers=2,
+                                    collate_fn=collate, multiprocessing_context="fork")
+        if states_from:
+            loader.load_state_dict(torch.load(out_dir / f"state{rank % states_from}.pt", weights_only=False))
+        firsts = []
+        for step, batch in enumerate(loader):
+            firsts += [row[0].item() for row in batch["input"]]
+            if steps is not None and step + 1 == steps:
+                torch.save(loader.state_dict(), out_dir / f"state{rank}.pt")
+                break
+        np.save(out_dir / f"{phase}-rank{rank}.npy", np.array(firsts, dtype=np.int64))
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def free_address():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_run_stopped_mid_epoch_resumes_on_2_1_and_3_ranks(tmp_path):
+    n = 203
+    ShardedMmap.from_generator(tmp_path / "sharded", (np.full(1 + i % 3, i, np.int64) for i in range(n)),
+                               part_size=20)
+    torch.multiprocessing.spawn(resumable_rank, args=(2, free_address(), tmp_path, "first", 7, 0), nprocs=2)
+    first = [np.load(tmp_path / f"first-rank{r}.npy").tolist() for r in range(2)]
+    assert len(first[0]) == len(first[1]) == 28
+    for world in (2, 1, 3):
+        phase = f"resumed{world}"
+        torch.multiprocessing.spawn(resumable_rank, args=(world, free_address(), tmp_path, phase, None, 2),
+                                    nprocs=world)
+        rest = [np.load(tmp_path / f"{phase}-rank{r}.npy").tolist() for r in range(world)]
+        counts = np.bincount(first[0] + first[1] + sum(rest, []), minlength=n)
+        # the whole epoch, nothing read twice but what torch's padding repeats (at most a rank's worth)
+        assert counts.min() == 1 and counts.sum() - n < world, (world, counts.sum())
