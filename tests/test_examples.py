@@ -43,3 +43,26 @@ def test_quickstart_reports_the_counts_it_builds(tmp_path):
     assert count(r"^   built with ([\d,]+) rows$", out) == built
     assert count(r"^   extended to ([\d,]+) rows:", out) == built + more == len(rows)
     assert f"shape {rows.shape}" in out and not rows[built:].any()
+
+
+def test_ddp_training_stops_and_resumes_mid_epoch_on_another_number_of_ranks(tmp_path):
+    import os
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+
+    def run(ranks, *extra):
+        proc = subprocess.run([torchrun, "--standalone", f"--nproc_per_node={ranks}", str(EXAMPLES / "train_ddp.py"),
+                               "--workdir", str(tmp_path), *extra], capture_output=True, text=True, timeout=600,
+                              env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    out = run(2, "--stop-after", "20")
+    assert "stopped at step 20" in out and (tmp_path / "checkpoint" / "model.pt").exists()
+    out = run(1)  # one rank goes on with the rest of the same epoch
+    resumed = count(r"^resumed at step 18, epoch 0, ([\d,]+) samples of it already read$", out)
+    assert resumed == 18 * 32 * 2
+    for epoch in (0, 1):
+        assert 3000 <= count(rf"^epoch {epoch}: ([\d,]+) samples read by 1 ranks", out) < 3004

@@ -583,7 +583,8 @@ def read_with_process_group(rank, world, address, out_dir):
     try:
         m = RaggedMmap(out_dir / "m")
         sampler = DistributedSampler(m, seed=4)  # ranks and world size from the group
-        loader = torch.utils.data.DataLoader(RaggedBatches(m), batch_size=8, sampler=sampler, collate_fn=collate)
+        loader = torch.utils.data.DataLoader(RaggedBatches(m), batch_size=8, sampler=sampler, collate_fn=collate,
+                                             num_workers=2, multiprocessing_context="fork")
         firsts = [row[0].item() for batch in loader for row in batch["input"]]
         np.save(out_dir / f"rank{rank}.npy", np.array(firsts))
         blend = Blend([m, RaggedMmap(out_dir / "m")], [0.7, 0.3], size=500, seed=6)  # the same in every process
