@@ -139,6 +139,16 @@ def check_megatron(samples: list, root: Path) -> bool:
         os.unlink(prefix + ".idx")
 
 
+def measure(cases: dict, samples: list, root: Path, repeats: int) -> tuple:
+    """Median seconds of each build of ``cases`` over ``repeats`` builds taking turns, and
+    whether each wrote the samples right."""
+    checked = {name: check_megatron(samples, root) if "Megatron" in name else check_map(samples, build, root)
+               for name, build in cases.items()}
+    medians = interleaved_medians({name: timed(root, build) for name, build in cases.items()},
+                                  list(range(repeats)), chunk=1, warmup=1, self_timed=True)
+    return medians, checked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequences", type=int, default=200_000)
@@ -168,10 +178,7 @@ def main() -> None:
             f"`from_generator(batch_size={batch:,})`, flushed (default)": lambda out: build_from_generator(
                 samples, out, True, batch),
         }
-        checked = {name: check_map(samples, build, root) for name, build in cases.items() if "Megatron" not in name}
-        checked.update({name: check_megatron(samples, root) for name in cases if "Megatron" in name})
-        medians = interleaved_medians({name: timed(root, build) for name, build in cases.items()},
-                                      list(range(args.repeats)), chunk=1, warmup=1, self_timed=True)
+        medians, checked = measure(cases, samples, root, args.repeats)
         megatron = medians["Megatron `IndexedDatasetBuilder` (no fsync)"]
         big = ["| build | seconds | MB/s | vs Megatron | right output |", "|:--|--:|--:|--:|:--|"]
         for name, seconds in medians.items():
@@ -188,11 +195,7 @@ def main() -> None:
                 tiny_lists, out, True, np.int32),
             "`from_lists`, Python lists (an `int64` map)": lambda out: build_from_lists(tiny_lists, out, True),
         }
-        tiny_checked = {name: check_map(tiny, build, root) for name, build in tiny_cases.items()
-                        if "Megatron" not in name}
-        tiny_checked.update({name: check_megatron(tiny, root) for name in tiny_cases if "Megatron" in name})
-        tiny_medians = interleaved_medians({name: timed(root, build) for name, build in tiny_cases.items()},
-                                           list(range(args.tiny_repeats)), chunk=1, warmup=1, self_timed=True)
+        tiny_medians, tiny_checked = measure(tiny_cases, tiny, root, args.tiny_repeats)
         tiny_megatron = tiny_medians["Megatron `IndexedDatasetBuilder`, numpy arrays (no fsync)"]
         small = ["| build | µs per sample | vs Megatron | right output |", "|:--|--:|--:|:--|"]
         for name, seconds in tiny_medians.items():

@@ -18,6 +18,7 @@ the segments of workers that have exited when it maps a new one.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import mmap
@@ -25,7 +26,7 @@ import multiprocessing.reduction
 import os
 import threading
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,14 +47,29 @@ class LentTensor(torch.Tensor):
         return self.as_subclass(torch.Tensor).__reduce_ex__(protocol)
 
 
-class _WorkerLease(np.ndarray):
-    """The bytes of a segment lent to one batch, in the worker: when no array of them is left,
-    the worker may use the segment again (once the main process is done with it too)."""
+class Lease(np.ndarray):
+    """Bytes lent to the arrays made over them (views of the lease): when the last of them is
+    gone, ``release()`` runs (the memory goes back to whoever lent it)."""
 
     def __del__(self):
-        segment = getattr(self, "_segment", None)
-        if segment is not None:
-            segment.in_worker = False
+        release = getattr(self, "_release", None)
+        if release is not None:
+            release()
+
+
+def lease(buffer: np.ndarray, release: Callable[[], None], **attributes: Any) -> Lease:
+    """``buffer`` (1-d ``uint8``) as a ``Lease`` that calls ``release`` once no array made
+    over it is left; ``attributes`` are set on it."""
+    lent = buffer.view(Lease)
+    lent._release = release
+    lent.__dict__.update(attributes)
+    return lent
+
+
+def lengths_room(batch: Optional[int]) -> int:
+    """Bytes kept before a batch for the ``int64`` lengths of its ``batch`` samples (none when
+    ``batch`` is ``None``), a multiple of ``ALIGN`` so that what follows stays aligned."""
+    return -(-batch * 8 // ALIGN) * ALIGN if batch is not None else 0
 
 
 class _Segment:
@@ -77,11 +93,13 @@ class _Segment:
     def free(self) -> bool:
         return not self.in_worker and self.flag[0] == 0
 
-    def lease(self) -> _WorkerLease:
+    def lease(self) -> Lease:
+        """The segment's bytes, lent to the worker until no array over them is left."""
         self.in_worker = True
-        lease = self.bytes.view(_WorkerLease)
-        lease._segment = self
-        return lease
+        return lease(self.bytes, self._back_in_worker, _segment=self)
+
+    def _back_in_worker(self) -> None:
+        self.in_worker = False
 
     def __reduce__(self):
         self.flag[0] = 1
@@ -100,7 +118,7 @@ class _WorkerSegments:
         self.segments: List[_Segment] = []
         self.lock = threading.Lock()
 
-    def lease(self, nbytes: int) -> _WorkerLease:
+    def lease(self, nbytes: int) -> Lease:
         """Bytes ``[0, HEADER + nbytes)`` of a free segment (a new one when none fits)."""
         with self.lock:
             fitting = [s for s in self.segments if s.capacity >= HEADER + nbytes and s.free()]
@@ -124,7 +142,9 @@ def _segments() -> _WorkerSegments:
         return _worker
 
 
-def _torch_dtype(dtype: np.dtype) -> Optional[torch.dtype]:
+@functools.lru_cache(maxsize=None)
+def torch_dtype(dtype: np.dtype) -> Optional[torch.dtype]:
+    """The torch dtype of a numpy dtype, or ``None`` when torch has none."""
     try:
         return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
     except TypeError:
@@ -148,9 +168,9 @@ class BatchMemory:
     def __call__(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
-        if _torch_dtype(dtype) is None:
+        if torch_dtype(dtype) is None:
             return np.empty(shape, dtype)
-        before = -(-self.batch * 8 // ALIGN) * ALIGN if self.batch is not None else 0
+        before = lengths_room(self.batch)
         lease = _segments().lease(before + math.prod(shape) * dtype.itemsize)
         if self.batch is not None:
             self.lengths = _carve(lease, HEADER, (self.batch,), np.dtype(np.int64))
@@ -163,7 +183,7 @@ def lent_tensor(array: np.ndarray) -> Optional[torch.Tensor]:
     lease = array.base
     while isinstance(lease, np.ndarray) and getattr(lease, "_segment", None) is None:
         lease = lease.base
-    if not isinstance(lease, _WorkerLease) or not array.flags.c_contiguous:
+    if getattr(lease, "_segment", None) is None or not array.flags.c_contiguous:
         return None
     segment = lease._segment
     tensor = torch.from_numpy(array)
@@ -183,16 +203,6 @@ multiprocessing.reduction.ForkingPickler.register(LentTensor, _reduce_lent)
 # -- the main process -------------------------------------------------------------------------
 
 
-class _MainLease(np.ndarray):
-    """A segment's bytes in the main process, lent to the tensors of one batch: when none is
-    left, the segment's flag is cleared and the worker may write it again."""
-
-    def __del__(self):
-        flag = getattr(self, "_flag", None)
-        if flag is not None:
-            flag[0] = 0
-
-
 _mapped: Dict[Tuple[Tuple[int, str], int], np.ndarray] = {}
 _mapped_lock = threading.Lock()
 
@@ -208,7 +218,8 @@ def _alive(pid: int) -> bool:
 
 
 def _main_segment(owner: Tuple[int, str], segment_id: int, fd, capacity: int) -> np.ndarray:
-    """The bytes of a worker's segment, mapped once per process; a lease over them for one batch."""
+    """The bytes of a worker's segment, mapped once per process, lent to the tensors of one
+    batch: when none is left, the segment's flag is cleared."""
     key = (tuple(owner), segment_id)
     with _mapped_lock:
         if fd is not None:
@@ -226,9 +237,12 @@ def _main_segment(owner: Tuple[int, str], segment_id: int, fd, capacity: int) ->
     if mapped is None:
         raise RuntimeError(f"a batch arrived in segment {segment_id} of worker process {owner[0]}, "
                            f"which this process never received")
-    lease = mapped.view(_MainLease)
-    lease._flag = mapped[:8].view(np.int64)
-    return lease
+    flag = mapped[:8].view(np.int64)
+
+    def release() -> None:  # the worker may write the segment again
+        flag[0] = 0
+
+    return lease(mapped, release)
 
 
 def _main_tensor(lease: np.ndarray, offset: int, shape: Tuple[int, ...], dtype: str) -> torch.Tensor:

@@ -53,9 +53,6 @@ __all__ = [
     "DistributedSampler",
 ]
 
-_HEADER_ALIGN = 64  # bytes before the batch in a shared segment: its lengths, cache-line aligned
-
-
 class PaddedBatch(tuple):
     """``(padded, lengths)``: a padded array ``(B, L, *row_shape)`` and the valid length of
     each row (``int64``), as ``RaggedMmap.padded`` returns them."""
@@ -69,15 +66,6 @@ class PaddedBatch(tuple):
 # -- shared memory --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _torch_dtype(dtype: np.dtype) -> Optional[torch.dtype]:
-    """The torch dtype of a numpy dtype, or ``None`` when torch has none."""
-    try:
-        return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-    except TypeError:
-        return None
-
-
 def _shared_tensor(nbytes: int) -> torch.Tensor:
     """``nbytes`` of shared memory, as a ``uint8`` tensor that torch hands to other processes
     without copying."""
@@ -88,7 +76,7 @@ def _shared_tensor(nbytes: int) -> torch.Tensor:
 def _view(segment: torch.Tensor, offset: int, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An array ``shape`` of ``dtype`` at byte ``offset`` of ``segment`` (a shared ``uint8``
     tensor), whose ``.base`` is a tensor of that dtype on the same shared storage."""
-    tensor = torch.empty(0, dtype=_torch_dtype(dtype)).set_(
+    tensor = torch.empty(0, dtype=_handoff.torch_dtype(dtype)).set_(
         segment.untyped_storage(), offset // dtype.itemsize, shape)
     return tensor.numpy()
 
@@ -97,11 +85,7 @@ def shared_array(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised C-contiguous array in shared memory (numpy's ``empty``): a tensor made
     from it by this module (``collate``) travels from a DataLoader worker to the main process
     without being copied. Dtypes torch has no tensor for get ordinary memory."""
-    dtype = np.dtype(dtype)
-    shape = tuple(int(n) for n in shape)
-    if _torch_dtype(dtype) is None:
-        return np.empty(shape, dtype)
-    return _view(_shared_tensor(math.prod(shape) * dtype.itemsize), 0, shape, dtype)
+    return _SharedBatch()(tuple(int(n) for n in shape), dtype)
 
 
 class _SharedBatch:
@@ -115,23 +99,13 @@ class _SharedBatch:
 
     def __call__(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
-        if _torch_dtype(dtype) is None:
+        if _handoff.torch_dtype(dtype) is None:
             return np.empty(shape, dtype)
-        header = -(-self.batch * 8 // _HEADER_ALIGN) * _HEADER_ALIGN if self.batch is not None else 0
+        header = _handoff.lengths_room(self.batch)
         segment = _shared_tensor(header + math.prod(shape) * dtype.itemsize)
         if self.batch is not None:
             self.lengths = _view(segment, 0, (self.batch,), np.dtype(np.int64))
         return _view(segment, header, shape, dtype)
-
-
-class _Leased(np.ndarray):
-    """A pooled buffer lent out: when the last array viewing it is gone, the buffer goes back
-    to its pool."""
-
-    def __del__(self):
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool._give_back(self._buffer)
 
 
 class BufferPool:
@@ -155,9 +129,7 @@ class BufferPool:
                 buffer = self._free.pop(min(fitting, key=lambda k: self._free[k].nbytes))
         if buffer is None:  # room to grow: batches of a little more fit the next time
             buffer = np.empty(max(nbytes + nbytes // 4, 4096), np.uint8)
-        lease = buffer.view(_Leased)
-        lease._buffer = buffer
-        lease._pool = self
+        lease = _handoff.lease(buffer, functools.partial(self._give_back, buffer))
         return lease[:nbytes].view(np.ndarray).view(dtype).reshape(shape) if nbytes else np.empty(shape, dtype)
 
     def _give_back(self, buffer: np.ndarray) -> None:
