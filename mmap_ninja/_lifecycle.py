@@ -31,7 +31,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, List, Optional, 
 
 import numpy as np
 
-from . import _core
+from . import _core, _keys, _meta
 from ._storage import (
     ArrayDir,
     Commit,
@@ -61,8 +61,15 @@ def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Tuple[List[str]
                deep: bool) -> Report:
     """Run a kind's ``check(out_dir, limit, deep)`` and report what it found; damage that
     makes it raise is a problem too, never an exception."""
+    def check_with_keys() -> Tuple[List[str], List[str]]:
+        problems, notes = check(out_dir, limit, deep)
+        if not problems:
+            found, noted = _keys.problems(out_dir, _committed_length(out_dir), deep)
+            problems, notes = problems + found, notes + noted
+        return problems, notes
+
     try:  # read from one version, again if the map was swapped for a new one meanwhile
-        problems, notes = open_consistent(out_dir, lambda: check(out_dir, limit, deep))
+        problems, notes = open_consistent(out_dir, check_with_keys)
     except Exception as exc:  # whatever damage makes reading fail is reported, not raised
         problems, notes = [f"{out_dir}: {exc}" if str(out_dir) not in str(exc) else str(exc)], []
     if any("no checksums recorded" in note for note in notes):
@@ -70,6 +77,16 @@ def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Tuple[List[str]
         notes.insert(0, f"{out_dir}: no checksums recorded for some or all of its files (written by mmap_ninja "
                         f"0.9.0, or by hand): damage to their bytes or metadata cannot be detected")
     return Report(problems[:limit], notes)
+
+
+def _committed_length(out_dir: Path) -> int:
+    """The number of samples committed in the map at ``out_dir`` (a plain map, of any kind)."""
+    if (out_dir / "starts" / _meta.TYPE).exists():  # ragged and strings maps: starts is committed last
+        return ArrayDir.open(out_dir / "starts").rows
+    if _meta.read_type(out_dir) == "numpy":
+        shape = ArrayDir.open(out_dir).meta.shape
+        return shape[0] if shape else 0
+    return 0
 
 
 # Items checked at a time by ``overlap_problems``, to bound its memory.
@@ -210,6 +227,7 @@ class MapObject(Legacy090Names):
     def _open_state(self) -> tuple:
         files = self._read_files(self.out_dir)
         reader, buffer = self._open_reader(files)
+        files.keys = _keys.KeyIndex.open(self.out_dir)  # read after the samples: at least as many
         return files, reader, buffer
 
     def refresh(self) -> None:
@@ -246,6 +264,37 @@ class MapObject(Legacy090Names):
         for i in range(len(self)):
             yield self[i]
 
+    # -- keys ----------------------------------------------------------------------------
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the samples have keys (the map was built with ``keys=``)."""
+        return self._live()[0].keys is not None
+
+    def _key_index(self) -> Tuple[_keys.KeyIndex, int]:
+        files = self._live()[0]
+        if files.keys is None:
+            raise ValueError(f"{self.out_dir} has no keys: build it with keys=[...] (one str per sample) to find "
+                             f"samples by key")
+        return files.keys, min(files.n, files.keys.count)
+
+    def index_of(self, key_or_keys: Any) -> Any:
+        """The position of the sample whose key is ``key_or_keys`` (an int), or of each of a
+        sequence of keys (``int64`` array); ``KeyError`` naming the first key not in the map.
+        O(1) per key (a compiled hash table stored with the map)."""
+        index, n = self._key_index()
+        return index.index_of(key_or_keys, n)
+
+    def keys(self) -> List[str]:
+        """The key of every sample, in order."""
+        index, n = self._key_index()
+        return index.keys(n)
+
+    @property
+    def by_key(self) -> "_ByKey":
+        """``m.by_key[key]`` is ``m[m.index_of(key)]``, for a key or a sequence of keys."""
+        return _ByKey(self)
+
     def __reduce__(self):
         # a map pickles as its path and options, and reopens where it is unpickled
         return _reopen, (type(self), str(self.out_dir), self._options())
@@ -265,15 +314,24 @@ class MapObject(Legacy090Names):
             raise ValueError(f"{self.out_dir} was opened copy-on-write (mode='c'): its changes stay in this "
                              f"process, so it cannot {what}; open it with mode='r+' (or 'r') for that")
 
-    def append(self, sample: Any) -> None:
-        """Append one sample."""
-        self.extend([sample])
+    def append(self, sample: Any, key: Optional[str] = None, *, keys: Optional[Sequence[str]] = None) -> None:
+        """Append one sample (with its ``key``, in a map whose samples have keys; ``keys=[key]``
+        works too)."""
+        if key is not None:
+            if keys is not None:
+                raise TypeError("append takes key= or keys=, not both")
+            keys = [key]
+        self.extend([sample], keys=keys)
 
-    def extend(self, samples: Iterable[Any], verbose: bool = False) -> None:
+    def extend(self, samples: Iterable[Any], verbose: bool = False, *, keys: Optional[Iterable[str]] = None) -> None:
         """Append samples in one commit, under the map's writer lock; on an error (a sample
-        that cannot be stored, a full disk) nothing is written."""
+        that cannot be stored, a key that is not new, a full disk) nothing is written.
+
+        ``keys``: one ``str`` per sample, none already a key of the map; needed by a map whose
+        samples have keys, and allowed for an empty map, which then keeps keys."""
         self._refuse_in_copy_on_write("append samples")
         samples = list(samples)
+        keys = _listed_keys(keys, len(samples))
         if not samples:
             return
         files = self._live()[0]
@@ -283,6 +341,9 @@ class MapObject(Legacy090Names):
                 current = self._read_files(self.out_dir)  # another writer may have extended it
                 if current.n != files.n or getattr(current, "dtype", None) != getattr(files, "dtype", None):
                     batch = self._prepare(samples, current)
+                _keys.check_extension(self.out_dir, keys, current.n)
+                if keys is not None:  # committed first: a map never has samples without keys
+                    _keys.write_keys(self.out_dir, keys, current.n)
                 self._append(lock, current, batch, bar)
         self.refresh()
 
@@ -365,9 +426,10 @@ class MapObject(Legacy090Names):
 
     @classmethod
     def _build(cls, out_dir: PathLike, batches: Iterable[List[Any]], create: Callable[[Path, List[Any]], Any],
-               extend: Callable[[Any, List[Any]], None], **open_kwargs):
+               extend: Callable[[Any, List[Any]], None], keys: Optional[Iterable[str]] = None, **open_kwargs):
         """Write ``batches`` as a new map (``create(build, first batch)``, then ``extend(files,
-        batch)`` for each next one) aside, swap it in when it is whole, and open it.
+        batch)`` for each next one) aside, swap it in when it is whole, and open it. ``keys``
+        (one per sample, consumed alongside) are written before each batch.
 
         Nobody reads the map before it is swapped in, so its commits need not be flushed one
         by one (``create`` and ``extend`` commit with ``Commit(durable=False)``): it is flushed
@@ -377,6 +439,36 @@ class MapObject(Legacy090Names):
             raise ValueError(f"mode must be one of {cls.MODES}, got {mode!r}")
         out_dir = as_dir(out_dir)  # absolute before the folder (maybe the working one) is replaced
         with building(out_dir) as build:
-            build_in_batches(batches, lambda batch: create(build, batch), extend)
+            feed = _keys.KeyFeed(build, keys) if keys is not None else None
+            files = build_in_batches(batches if feed is None else feed.batches(batches),
+                                     lambda batch: create(build, batch), extend)
+            if feed is not None:
+                feed.finish(files.n)
             flush_tree(build)
         return cls(out_dir, **open_kwargs)
+
+
+class _ByKey:
+    """``m.by_key[key_or_keys]``: the samples of ``m`` found by key."""
+
+    def __init__(self, m: MapObject):
+        self._map = m
+
+    def __getitem__(self, key_or_keys: Any) -> Any:
+        return self._map[self._map.index_of(key_or_keys)]
+
+    def __contains__(self, key: Any) -> bool:
+        index, n = self._map._key_index()
+        return bool(isinstance(key, str) and index.positions([key], n)[0] >= 0)
+
+
+def _listed_keys(keys: Optional[Iterable[str]], count: int) -> Optional[List[str]]:
+    """``keys`` as a list of ``count`` keys (``ValueError`` for another number)."""
+    if keys is None:
+        return None
+    if isinstance(keys, (str, bytes)):
+        raise TypeError("keys= takes one str per sample (a list, say), not one str")
+    keys = list(keys)
+    if len(keys) != count:
+        raise ValueError(f"{len(keys)} keys for {count} samples: one key is needed per sample")
+    return keys

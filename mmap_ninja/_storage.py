@@ -519,7 +519,7 @@ BUILD_PARTS = ".parts.building"
 
 def _own_entries(folder: Path) -> frozenset:
     """The names of the entries of ``folder`` that belong to the map in it."""
-    files = set(_meta.MAP_FILES) | {LOCK_FILE, BUILD_PARTS}
+    files = set(_meta.MAP_FILES) | {LOCK_FILE, BUILD_PARTS, _meta.KEYS}
     files |= {name + suffix for name in _meta.MAP_FILES for suffix in (".tmp", ".new")}
     try:
         kind = _meta.read_type(folder)

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__, _meta
+from . import __version__, _keys, _meta
 from . import numpy as np_ninja
 from .base import in_batches, map_type, progress
 from .generic import open_existing, verify
@@ -76,8 +76,9 @@ def disk_usage(path: Path) -> int:
 
 
 def open_paths(path: Path) -> Optional[StringsMmap]:
-    """The relative path of each sample kept beside the map at ``path`` (``path/paths``), or
-    ``None`` when it has none."""
+    """The relative path of each sample kept beside the map at ``path`` by earlier versions of
+    ``convert`` (``path/paths``; now the paths are the samples' keys), or ``None`` when it has
+    none."""
     folder = path / PATHS
     if not folder.is_dir() or map_type(folder) != "string":
         return None
@@ -90,6 +91,24 @@ def _length_summary(lengths: np.ndarray, unit: str) -> str:
     if not len(lengths):
         return "-"
     return (f"min {int(lengths.min()):,}, max {int(lengths.max()):,}, mean {float(lengths.mean()):,.1f} {unit}")
+
+
+def first_keys(path: Path, count: int) -> Optional[List[str]]:
+    """The keys of the first ``count`` samples of the map at ``path`` (fewer if it holds fewer),
+    or ``None`` when its samples have no keys."""
+    index = _keys.KeyIndex.open(path)
+    if index is None:
+        return None
+    return index.keys(min(count, index.count, len(open_existing(path))))
+
+
+def _keys_summary(path: Path, samples: int) -> str:
+    index = _keys.KeyIndex.open(path)
+    if index is None:
+        return "none"
+    if index.count < samples:
+        return f"{index.count:,} for {samples:,} samples: out of step (see verify)"
+    return f"one per sample, unique (index_of, by_key; {path / _meta.KEYS})"
 
 
 def describe(path: Path) -> List[tuple]:
@@ -129,9 +148,11 @@ def describe(path: Path) -> List[tuple]:
                   ("dtype", "-" if m.dtype is None else m.dtype.name)]
     else:
         raise UsageError(f"{path}: unknown map type {kind!r}")
+    samples = len(open_existing(path)) if kind != "numpy" or np_ninja.open_existing(path).ndim else 0
+    lines.append(("keys", _keys_summary(path, samples)))
     paths = open_paths(path)
     if paths is not None:
-        lines.append(("paths", _paths_summary(paths, len(open_existing(path)))))
+        lines.append(("paths", _paths_summary(paths, samples)))
     files = [p for p in path.rglob("*") if p.is_file()]
     lines.append(("on disk", f"{human_bytes(disk_usage(path))} in {len(files)} files"))
     return lines
@@ -264,13 +285,15 @@ def command_gc(args) -> int:
 
 def command_head(args) -> int:
     m = open_existing(args.path)
-    paths = open_paths(args.path)
-    if paths is not None and len(paths) != len(m):
-        paths = None  # out of step with the samples: see ``info``
     count = min(args.n, len(m))
+    names = first_keys(args.path, count)
+    if names is None:
+        paths = open_paths(args.path)
+        if paths is not None and len(paths) == len(m):  # else out of step with the samples: see ``info``
+            names = [paths[i] for i in range(count)]
     for i in range(count):
-        path = paths[i] if paths is not None else ""
-        print(f"[{i}] " + (f"{path}: " if path else "") + _show(m[i]))
+        name = names[i] if names is not None and i < len(names) else ""
+        print(f"[{i}] " + (f"{name}: " if name else "") + _show(m[i]))
     if len(m) > count:
         print(f"... {len(m) - count:,} more")
     return 0
@@ -514,47 +537,48 @@ def command_convert(args) -> int:
     if args.append and existing not in (None, source.makes):
         raise UsageError(f"cannot append to {out}: it holds a {MAP_NAMES.get(existing, existing)} map, "
                          f"and {source.kind} make a {MAP_NAMES[source.makes]} map")
-    paths_dir = out / PATHS
-    if source.paths is not None and paths_dir.exists() and open_paths(out) is None and \
-            not (paths_dir.is_dir() and not any(paths_dir.iterdir())):
-        raise UsageError(f"{paths_dir} is in the way: convert keeps the path of each sample there")
     verbose = not args.quiet
     if args.append and existing is not None:
         m, added = _append(out, source, args.batch_size, _workers(args), verbose)
         print(f"appended {added:,} samples: {m!r}")
     else:
         m = _write(out, source, args, verbose)
-        print(f"wrote {m!r}" + (f", and the path of each sample in {paths_dir}" if source.paths is not None else ""))
+        print(f"wrote {m!r}" + (", each sample's key its file's relative path" if source.paths is not None else ""))
     return 0
 
 
 def _write(out: Path, source: Source, args, verbose: bool):
-    """Write ``source`` as a new map at ``out`` (replacing one there), and its paths."""
+    """Write ``source`` as a new map at ``out`` (replacing one there), each sample's key the
+    relative path of its file (for a folder)."""
     if source.makes == "string":
         m = StringsMmap.from_generator(out, source.samples, args.batch_size, verbose, n=source.count,
-                                       zstd_level=args.zstd)
+                                       zstd_level=args.zstd, keys=source.paths)
     elif source.kind == "jsonl":
         m = RaggedMmap.from_generator(out, source.samples, args.batch_size, verbose, dtype=source.dtype)
     else:
-        m = RaggedMmap.from_indexable(out, source.samples, args.batch_size, n_jobs=_workers(args), verbose=verbose)
-    if source.paths is not None:
-        StringsMmap.from_strings(out / PATHS, source.paths)
-    elif open_paths(out) is not None:
-        shutil.rmtree(out / PATHS)  # the paths of the map just replaced
+        m = RaggedMmap.from_indexable(out, source.samples, args.batch_size, n_jobs=_workers(args), verbose=verbose,
+                                      keys=source.paths)
+    if open_paths(out) is not None:
+        shutil.rmtree(out / PATHS)  # the paths kept by an earlier version beside the map just replaced
     return m
 
 
 def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], verbose: bool):
-    """Extend the map at ``out`` with ``source``, one commit per batch, and its paths with the
-    path of each new sample (an empty one for samples without)."""
+    """Extend the map at ``out`` with ``source``, one commit per batch: with each file's path
+    as its key when the map's samples have keys (or it is empty), else without keys (and, in
+    the paths an earlier version kept beside the map, with the path of each new sample, an
+    empty one for samples without)."""
     m = StringsMmap(out) if source.makes == "string" else RaggedMmap(out)
-    paths = open_paths(out)
+    keyed = m.keyed or (len(m) == 0 and source.paths is not None)
+    if m.keyed and source.paths is None:
+        raise UsageError(f"the samples of {out} have keys (their files' paths), and {source.kind} have none to give")
+    paths = None if keyed else open_paths(out)
     if paths is not None and len(paths) != len(m):
         raise UsageError(f"{out / PATHS} holds {len(paths):,} paths for {len(m):,} samples: remove it to append "
                          f"without paths, or rebuild the map with --force")
-    paths = StringsMmap(out / PATHS) if paths is not None or source.paths is not None else None
-    if paths is not None and len(paths) < len(m):
-        paths.extend([""] * (len(m) - len(paths)))  # the samples already there have no path
+    if not keyed and paths is None and source.paths is not None:
+        print(f"mmap-ninja convert: the samples of {out} have no keys, so the new ones get none (their paths are "
+              f"not kept); rebuild with --force to key every sample by its path", file=sys.stderr)
     if isinstance(source.samples, _FileReader):
         batches = indexable_batches(source.samples, batch_size, n_jobs=workers)
     else:
@@ -562,7 +586,7 @@ def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], 
     added = 0
     with progress(source.count, verbose, desc=f"Extending {out.name}") as bar:
         for batch in batches:
-            m.extend(batch)
+            m.extend(batch, keys=source.paths[added:added + len(batch)] if keyed else None)
             if paths is not None:
                 paths.extend(source.paths[added:added + len(batch)] if source.paths is not None else [""] * len(batch))
             added += len(batch)

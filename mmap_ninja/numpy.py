@@ -13,10 +13,10 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core, _meta
-from ._lifecycle import building, verify_map
+from . import _core, _keys, _meta
+from ._lifecycle import _listed_keys, building, verify_map
 from ._meta import ArrayMeta
-from ._storage import ArrayDir, Commit, Replacement, WriterLock, open_consistent
+from ._storage import ArrayDir, Commit, Replacement, WriterLock, link_map, open_consistent
 from .base import (
     PathLike,
     as_dir,
@@ -77,13 +77,18 @@ def _empty(out_dir: PathLike, dtype: Any, shape: Sequence[int], order: str) -> n
     return open_existing(out_dir, "r+")
 
 
-def from_ndarray(out_dir: PathLike, arr: Any) -> np.memmap:
+def from_ndarray(out_dir: PathLike, arr: Any, *, keys: Optional[Iterable[str]] = None) -> np.memmap:
     """Store ``arr`` (any array-like) as a map at ``out_dir``, keeping its C or Fortran order,
-    and return it as a writable ``np.memmap`` of the same shape and dtype."""
+    and return it as a writable ``np.memmap`` of the same shape and dtype. ``keys``: one
+    unique ``str`` per sample (along the first axis), to find samples by (``index_of``)."""
     arr = np.asarray(arr)
     order = "F" if np.isfortran(arr) else "C"
     out_dir = as_dir(out_dir)
+    if keys is not None and arr.ndim == 0:
+        raise ValueError("a 0-d array has no samples to give keys to")
     with building(out_dir) as build:
+        if keys is not None:
+            _keys.KeyFeed(build, keys).finish(arr.shape[0])
         _create(build, arr, order)
     return open_existing(out_dir, "r+")
 
@@ -111,6 +116,8 @@ def from_generator(
     batch_size: int,
     n: Optional[int] = None,
     verbose: bool = False,
+    *,
+    keys: Optional[Iterable[str]] = None,
 ) -> np.memmap:
     """Build a map from an iterable of same-shaped samples, writing every ``batch_size``
     samples to disk, and return it as a writable ``np.memmap`` of shape
@@ -118,7 +125,8 @@ def from_generator(
 
     ``n``, the expected number of samples, sizes the progress bar (``verbose=True``) and the
     file, which is reserved up front and trimmed at the end if fewer samples came. (A bool in
-    its place is taken as ``verbose``, where mmap_ninja 0.9.0 had it.)
+    its place is taken as ``verbose``, where mmap_ninja 0.9.0 had it.) ``keys``: an iterable
+    of one unique ``str`` per sample, consumed alongside.
     """
     if isinstance(n, (bool, np.bool_)):
         n, verbose = None, bool(n)
@@ -127,7 +135,9 @@ def from_generator(
     total = n if n is not None else known_length(sample_generator)
     array: Optional[ArrayDir] = None
     with building(out_dir) as build, progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
-        for batch in in_batches(sample_generator, batch_size):
+        feed = _keys.KeyFeed(build, keys) if keys is not None else None
+        batches = in_batches(sample_generator, batch_size)
+        for batch in batches if feed is None else feed.batches(batches):
             if array is None:
                 array = _create(build, _stack(batch, None, 0))
                 if n is not None and n > array.rows:
@@ -139,6 +149,8 @@ def from_generator(
             raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created: "
                              f"a numpy map takes its dtype and sample shape from the first sample")
         array.release()  # the space reserved for samples that did not come
+        if feed is not None:
+            feed.finish(array.rows)
     return open_existing(out_dir, "r+")
 
 
@@ -169,11 +181,12 @@ def take(arr: np.ndarray, indices: Any, out: Optional[np.ndarray] = None) -> np.
     return np.take(arr, index, axis=0, out=out)  # numpy buffers an out that overlaps arr
 
 
-def extend_dir(out_dir: PathLike, arr: Any) -> None:
+def extend_dir(out_dir: PathLike, arr: Any, *, keys: Optional[Iterable[str]] = None) -> None:
     """Append the samples ``arr`` (shape ``(k, *sample_shape)``) to the map at ``out_dir``.
 
     Values are cast to the map's dtype when that loses nothing but float rounding; otherwise,
     or when the sample shape differs, the map is left unchanged and an error is raised.
+    ``keys``: one new ``str`` per sample, needed when the map's samples have keys.
     """
     out_dir = as_dir(out_dir)
     map_type(out_dir, must_exist=True)  # the folder must be there before the lock creates it
@@ -187,11 +200,17 @@ def extend_dir(out_dir: PathLike, arr: Any) -> None:
             raise ValueError(f"cannot extend {array.path} (shape {shape}) with an array of shape "
                              f"{arr.shape}: its samples must have shape {shape[1:]}")
         arr = cast_values(arr, array.meta.dtype, f"extending {array.path}")
+        keys = _listed_keys(keys, arr.shape[0])
+        _keys.check_extension(out_dir, keys, shape[0])
         array.finish_pending()
+        if keys is not None and arr.shape[0]:  # committed first: a map never has samples without keys
+            _keys.write_keys(out_dir, keys, shape[0])
         if array.meta.order == "F" and len(shape) > 1 and shape[0] > 0:
             # Fortran order interleaves the first axis: the array is written anew, aside
             combined = np.concatenate([array.map("r"), arr], axis=0)
             with Replacement(lock) as build:
+                if (out_dir / _meta.KEYS).exists():
+                    link_map(out_dir / _meta.KEYS, build / _meta.KEYS)
                 _create(build, combined, "F")
         else:
             _append(array, arr)
@@ -240,20 +259,63 @@ def verify(out_dir: PathLike, limit: int = 20, deep: bool = False) -> List[str]:
     return verify_map(as_dir(out_dir), _verify_dir, limit, deep)
 
 
-def extend(np_mmap: np.memmap, arr: Any) -> None:
-    """Append the samples ``arr`` to the map that ``np_mmap`` was opened from.
+def _map_dir(memmap_or_dir: Any, what: str) -> Path:
+    """The folder of the map that a ``np.memmap`` opened by this module maps, or the folder
+    itself."""
+    if isinstance(memmap_or_dir, np.ndarray):
+        filename = getattr(memmap_or_dir, "filename", None)
+        if filename is None:
+            raise TypeError(f"{what} needs a np.memmap opened by mmap_ninja.numpy; use {what}_dir(out_dir, ...) "
+                            f"with the map's directory instead" if what == "extend" else
+                            f"{what} needs a np.memmap opened by mmap_ninja.numpy, or the map's directory")
+        return Path(filename).parent
+    return as_dir(memmap_or_dir)
+
+
+def extend(np_mmap: np.memmap, arr: Any, *, keys: Optional[Iterable[str]] = None) -> None:
+    """Append the samples ``arr`` to the map that ``np_mmap`` was opened from (with their
+    ``keys`` in a map whose samples have keys).
 
     ``np_mmap`` keeps its old shape; reopen the map with ``open_existing`` to see the new
     samples.
     """
-    filename = getattr(np_mmap, "filename", None)
-    if filename is None:
-        raise TypeError("extend needs a np.memmap opened by mmap_ninja.numpy; "
-                        "use extend_dir(out_dir, arr) with the map's directory instead")
-    extend_dir(Path(filename).parent, arr)
+    extend_dir(_map_dir(np_mmap, "extend"), arr, keys=keys)
 
 
-def append(np_mmap: np.memmap, sample: Any) -> None:
+def append(np_mmap: np.memmap, sample: Any, key: Optional[str] = None, *,
+           keys: Optional[Sequence[str]] = None) -> None:
     """Append one sample (shape ``sample_shape``) to the map that ``np_mmap`` was opened
-    from."""
-    extend(np_mmap, np.expand_dims(np.asarray(sample), axis=0))
+    from (with its ``key``, or ``keys=[key]``, in a map whose samples have keys)."""
+    if key is not None:
+        if keys is not None:
+            raise TypeError("append takes key= or keys=, not both")
+        keys = [key]
+    extend(np_mmap, np.expand_dims(np.asarray(sample), axis=0), keys=keys)
+
+
+def _key_index(memmap_or_dir: Any, what: str) -> Tuple[_keys.KeyIndex, int]:
+    out_dir = _map_dir(memmap_or_dir, what)
+
+    def read() -> Tuple[Optional[_keys.KeyIndex], int]:
+        array = _open_dir(out_dir)  # the samples first: the keys read after are at least as many
+        return _keys.KeyIndex.open(out_dir), array.rows
+
+    index, rows = open_consistent(out_dir, read)
+    if index is None:
+        raise ValueError(f"{out_dir} has no keys: build it with keys=[...] (one str per sample) to find samples "
+                         f"by key")
+    return index, min(rows, index.count)
+
+
+def index_of(memmap_or_dir: Any, key_or_keys: Any) -> Any:
+    """The position of the sample whose key is ``key_or_keys`` (an int), or of each of a
+    sequence of keys (``int64`` array), in the map at ``memmap_or_dir`` (its folder, or a
+    ``np.memmap`` opened from it); ``KeyError`` naming the first key not in the map."""
+    index, n = _key_index(memmap_or_dir, "index_of")
+    return index.index_of(key_or_keys, n)
+
+
+def keys(memmap_or_dir: Any) -> List[str]:
+    """The key of every sample of the map at ``memmap_or_dir``, in order."""
+    index, n = _key_index(memmap_or_dir, "keys")
+    return index.keys(n)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _build, _core, _meta
+from ._keys import KeyFeed, KeyIndex
 from ._lifecycle import MapObject, building, checksum_problems, overlap_problems
 from ._storage import BUILD_PARTS, ArrayDir, Commit, Replacement, WriterLock, durability, flush_tree, link_map
 from .base import (
@@ -191,6 +192,7 @@ class _RaggedFiles:
         self.flag_on_disk: Optional[bool] = None  # what shapes_are_flat.ninja says
         self.dtype: Optional[np.dtype] = None
         self.mapped: dict = {}  # offsets and shapes mapped by ``reader``
+        self.keys: Optional[KeyIndex] = None  # the samples' keys, when they have some
 
     @property
     def n(self) -> int:
@@ -708,7 +710,7 @@ class RaggedMmap(MapObject):
 
     @classmethod
     def _build_ragged(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None,
-                      **open_kwargs) -> "RaggedMmap":
+                      keys: Optional[Iterable[str]] = None, **open_kwargs) -> "RaggedMmap":
         """Write ``batches`` of samples as a new map aside, one commit per batch (``bar``
         advances as samples are packed; the map is flushed whole before the swap, see
         ``MapObject._build``), swap it in and open it."""
@@ -729,7 +731,7 @@ class RaggedMmap(MapObject):
             files.append(_flatten(samples, files.dtype, files.n, bar), commit)
             commit.finish()
 
-        return cls._build(out_dir, batches, create, extend, **open_kwargs)
+        return cls._build(out_dir, batches, create, extend, keys, **open_kwargs)
 
     @classmethod
     def from_lists(
@@ -742,14 +744,17 @@ class RaggedMmap(MapObject):
         *,
         copy_before_wrapper_fn: bool = True,
         verbose: bool = False,
+        keys: Optional[Iterable[str]] = None,
         **component_names: str,
     ) -> "RaggedMmap":
         """Write the samples ``lists`` (arrays of any shapes) as a new map at ``out_dir``,
         replacing a map already there once the new one is whole, and open it. ``dtype``
-        defaults to the first sample's. (The order of the arguments is mmap_ninja 0.9.0's.)"""
+        defaults to the first sample's. ``keys``: one unique ``str`` per sample, to find
+        samples by (``index_of``, ``by_key``). (The order of the arguments is mmap_ninja
+        0.9.0's.)"""
         check_options(verbose, wrapper_fn, **component_names_of(component_names, _COMPONENT_KEYS))
         with progress(known_length(lists), verbose, desc=f"Writing {as_dir(out_dir).name}") as bar:
-            return cls._build_ragged(out_dir, [list(lists)], dtype, bar, wrapper_fn=wrapper_fn, mode=mode,
+            return cls._build_ragged(out_dir, [list(lists)], dtype, bar, keys, wrapper_fn=wrapper_fn, mode=mode,
                                      copy_before_wrapper_fn=copy_before_wrapper_fn)
 
     @classmethod
@@ -765,16 +770,18 @@ class RaggedMmap(MapObject):
         wrapper_fn: Optional[Callable[[Any], Any]] = None,
         mode: str = "r+",
         copy_before_wrapper_fn: bool = True,
+        keys: Optional[Iterable[str]] = None,
     ) -> "RaggedMmap":
         """Write the samples of an iterable as a new map at ``out_dir``, committing every
         ``batch_size`` samples to a folder beside it that replaces the map there once the
         iterable is exhausted, and open it. ``verbose`` shows a progress bar, whose total is
-        ``n`` (the expected number of samples) or the iterable's length when it has one."""
+        ``n`` (the expected number of samples) or the iterable's length when it has one.
+        ``keys``: an iterable of one unique ``str`` per sample, consumed alongside."""
         check_options(verbose, wrapper_fn)
         out_dir = as_dir(out_dir)
         total = n if n is not None else known_length(sample_generator)
         with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
-            return cls._build_ragged(out_dir, in_batches(sample_generator, batch_size), dtype, bar,
+            return cls._build_ragged(out_dir, in_batches(sample_generator, batch_size), dtype, bar, keys,
                                      wrapper_fn=wrapper_fn, mode=mode, copy_before_wrapper_fn=copy_before_wrapper_fn)
 
     @classmethod
@@ -790,23 +797,25 @@ class RaggedMmap(MapObject):
         wrapper_fn: Optional[Callable[[Any], Any]] = None,
         mode: str = "r+",
         copy_before_wrapper_fn: bool = True,
+        keys: Optional[Iterable[str]] = None,
     ) -> "RaggedMmap":
         """Write ``indexable[0], indexable[1], ...`` (or ``indexable(i)`` for a function) as a
         new map at ``out_dir``, until ``len(indexable)`` or the first ``IndexError``/
         ``KeyError``; ``n_jobs`` other than ``None`` or 1 reads the samples in that many worker
         processes (``-1``: one per core), which each receive ``indexable`` once, and write
-        them there (see ``_build_from_parts``): the map is the same as a serial build's."""
+        them there (see ``_build_from_parts``): the map is the same as a serial build's.
+        ``keys``: one unique ``str`` per sample, in the samples' order."""
         check_options(verbose, wrapper_fn)
         open_kwargs = {"wrapper_fn": wrapper_fn, "mode": mode, "copy_before_wrapper_fn": copy_before_wrapper_fn}
         if worker_count(indexable, batch_size, n_jobs) > 1:
-            return cls._build_from_parts(out_dir, indexable, batch_size, n_jobs, dtype, verbose, **open_kwargs)
+            return cls._build_from_parts(out_dir, indexable, batch_size, n_jobs, dtype, verbose, keys, **open_kwargs)
         batches = indexable_batches(indexable, batch_size, n_jobs=n_jobs, verbose=verbose)
         with contextlib.closing(batches):  # a failed write stops the workers at once
-            return cls._build_ragged(out_dir, batches, dtype, **open_kwargs)
+            return cls._build_ragged(out_dir, batches, dtype, None, keys, **open_kwargs)
 
     @classmethod
     def _build_from_parts(cls, out_dir: PathLike, indexable: Any, batch_size: int, n_jobs: int, dtype: Any,
-                          verbose: bool, **open_kwargs) -> "RaggedMmap":
+                          verbose: bool, keys: Optional[Iterable[str]] = None, **open_kwargs) -> "RaggedMmap":
         """``from_indexable`` with worker processes, which write the samples themselves.
 
         Each worker reads a chunk of indices and writes it as a part (``sharded.write_part``,
@@ -826,6 +835,7 @@ class RaggedMmap(MapObject):
         dtype = None if dtype is None else stored_dtype(dtype)
         with building(out_dir) as build:
             files = _RaggedFiles(build)
+            feed = KeyFeed(build, keys) if keys is not None else None
             scratch = build / BUILD_PARTS
             chunks = indexable_parts(indexable, batch_size, n_jobs, _write_chunk_part,
                                      lambda: (str(scratch), dtype if files.dtype is None else files.dtype), verbose)
@@ -844,6 +854,8 @@ class RaggedMmap(MapObject):
             finally:
                 chunks.close()  # the workers are stopped before their parts go
                 shutil.rmtree(scratch, ignore_errors=True)
+            if feed is not None:
+                feed.finish(files.n)
             commit = Commit(durable=False)
             if files.n == 0:
                 files.write_empty(dtype, commit)

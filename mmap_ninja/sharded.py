@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import _core, _meta, _sharded
+from . import _core, _keys, _meta, _sharded
 from . import numpy as np_ninja
 from ._lifecycle import Report, building
 from ._storage import WriterLock, open_consistent
@@ -87,13 +87,15 @@ def _dtype_of(part: Any, kind: str) -> Optional[str]:
 
 
 def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = None,
-               batch_size: int = 65536) -> Dict[str, Any]:
+               batch_size: int = 65536, *, keys: Optional[Iterable[str]] = None) -> Dict[str, Any]:
     """Write ``samples`` as a new part of the sharded map at ``out_dir`` (not yet committed:
     see ``ShardedMmap.commit_parts``) and return its record, a small picklable dict.
 
     ``kind``: ``"ragged"``, ``"string"`` or ``"numpy"`` (same-shaped samples); ``None`` takes
     ``"string"`` for ``str`` samples, else ``"ragged"``. The samples are read from the iterable
-    ``batch_size`` at a time. Any process may write parts at once.
+    ``batch_size`` at a time. Any process may write parts at once. ``keys``: one ``str`` per
+    sample, consumed alongside (unique across the whole map: checked when the part is
+    committed).
     """
     check_positive(batch_size=batch_size)
     iterator = iter(samples)
@@ -108,15 +110,16 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
     if first is _NOTHING and kind == "numpy":
         raise ValueError("a numpy part needs at least one sample (its shape and dtype come from it)")
     if first is _NOTHING:
-        part = RaggedMmap.from_lists(path, []) if kind == "ragged" else StringsMmap.from_strings(path, [])
+        part = RaggedMmap.from_lists(path, [], keys=keys) if kind == "ragged" else \
+            StringsMmap.from_strings(path, [], keys=keys)
     else:
         stream = itertools.chain([first], iterator)
         if kind == "ragged":
-            part = RaggedMmap.from_generator(path, stream, batch_size)
+            part = RaggedMmap.from_generator(path, stream, batch_size, keys=keys)
         elif kind == "string":
-            part = StringsMmap.from_generator(path, stream, batch_size)
+            part = StringsMmap.from_generator(path, stream, batch_size, keys=keys)
         else:
-            part = np_ninja.from_generator(path, stream, batch_size)
+            part = np_ninja.from_generator(path, stream, batch_size, keys=keys)
     (path / "writer.lock").unlink(missing_ok=True)
     return {"name": name, "length": len(part), "kind": kind, "dtype": _dtype_of(part, kind)}
 
@@ -206,7 +209,41 @@ class ShardedMmap:
                 bounds, lambda k: _plain_strings(open_part(k), k, compressed), source)
         else:
             reader = _sharded.ShardedRowsReader(bounds, open_part, source)
+        self._keys = _keys.KeyIndex.open(self.out_dir)  # committed before the manifest: at least as many
         self._state = (manifest, bounds, open_part, reader, compressed)
+
+    # -- keys ------------------------------------------------------------------------------
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the samples have keys (every part was written with ``keys=``)."""
+        return self._keys is not None
+
+    def _key_index(self) -> Tuple[_keys.KeyIndex, int]:
+        index = self._keys
+        if index is None:
+            raise ValueError(f"{self.out_dir} has no keys: write its parts with keys=[...] (one str per sample) "
+                             f"to find samples by key")
+        return index, min(len(self), index.count)
+
+    def index_of(self, key_or_keys: Any) -> Any:
+        """The position of the sample whose key is ``key_or_keys`` (an int), or of each of a
+        sequence of keys (``int64``); ``KeyError`` naming the first key not in the map. O(1)
+        per key, whatever the number of parts (one table for the whole map)."""
+        index, n = self._key_index()
+        return index.index_of(key_or_keys, n)
+
+    def keys(self) -> List[str]:
+        """The key of every sample, in order."""
+        index, n = self._key_index()
+        return index.keys(n)
+
+    @property
+    def by_key(self):
+        """``m.by_key[key]`` is ``m[m.index_of(key)]``, for a key or a sequence of keys."""
+        from ._lifecycle import _ByKey
+
+        return _ByKey(self)
 
     @property
     def kind(self) -> str:
@@ -401,14 +438,19 @@ class ShardedMmap:
 
     @classmethod
     def from_generator(cls, out_dir: PathLike, sample_generator: Iterable[Any], part_size: int,
-                       kind: Optional[str] = None, batch_size: int = 65536, verbose: bool = False) -> "ShardedMmap":
+                       kind: Optional[str] = None, batch_size: int = 65536, verbose: bool = False, *,
+                       keys: Optional[Iterable[str]] = None) -> "ShardedMmap":
         """Write the samples of an iterable as a new sharded map at ``out_dir``, a new part
         every ``part_size`` samples (``kind`` as in ``write_part``; samples read ``batch_size``
-        at a time), built aside and swapped in whole (replacing a map there)."""
+        at a time), built aside and swapped in whole (replacing a map there). ``keys``: an
+        iterable of one unique ``str`` per sample, consumed alongside."""
         check_options(verbose)
         check_positive(batch_size=batch_size, part_size=part_size)
         out_dir = as_dir(out_dir)
         iterator = iter(sample_generator)
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys= takes one str per sample (a list, say), not one str")
+        key_iterator = None if keys is None else iter(keys)
         with building(out_dir) as build, progress(None, verbose, desc=f"Writing {out_dir.name}") as bar:
             records = []
             while True:
@@ -416,11 +458,15 @@ class ShardedMmap:
                 if first is _NOTHING:
                     break
                 part = itertools.chain([first], itertools.islice(iterator, part_size - 1))
-                records.append(write_part(build, part, kind, min(batch_size, part_size)))
+                part_keys = None if key_iterator is None else itertools.islice(key_iterator, part_size)
+                records.append(write_part(build, part, kind, min(batch_size, part_size), keys=part_keys))
                 kind = records[-1]["kind"]
                 bar.update(records[-1]["length"])
             if not records:
                 raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created")
+            extra = _NOTHING if key_iterator is None else next(key_iterator, _NOTHING)
+            if extra is not _NOTHING:
+                raise ValueError(f"more keys than samples: the key {extra!r} has no sample")
             _commit(build, records)  # under the build's own lock
         return cls(out_dir)
 
@@ -448,7 +494,9 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
     if manifest.get("dtype") is None:
         manifest["dtype"] = next((r["dtype"] for r in records if r.get("length")), None)
     committed = {part["name"] for part in manifest["parts"]}
-    for record in records:
+    keyed = [(out_dir / PARTS / record["name"] / _meta.KEYS / _meta.TYPE).exists() for record in records]
+    map_keyed = (out_dir / _meta.KEYS / _meta.TYPE).exists() if not new else bool(keyed and keyed[0])
+    for record, part_keyed in zip(records, keyed):
         _check_record(record, manifest["kind"], manifest["dtype"], out_dir)
         if record["name"] in committed:
             raise ValueError(f"part {record['name']!r} is committed already")
@@ -456,9 +504,26 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
         part = _open_part(path, manifest["kind"])
         if len(part) != record["length"]:
             raise ValueError(f"{path}: holds {len(part)} samples, its record says {record['length']}")
+        if part_keyed != map_keyed:
+            raise ValueError(f"{path}: its samples {'have' if part_keyed else 'have no'} keys, but those of "
+                             f"{out_dir} {'do not' if part_keyed else 'do'}: the parts of a map all have keys or "
+                             f"none has")
         committed.add(record["name"])
+    if map_keyed:  # committed before the manifest: a map never has samples without keys
+        at = sum(part["length"] for part in manifest["parts"])
+        added = [key for record in records for key in _part_keys(out_dir / PARTS / record["name"], record["length"])]
+        _keys.check_new(out_dir, added, at)
+        _keys.write_keys(out_dir, added, at)
     manifest["parts"] = manifest["parts"] + [{"name": r["name"], "length": r["length"]} for r in records]
     _write_manifest(out_dir, manifest, new)
+
+
+def _part_keys(path: Path, length: int) -> List[str]:
+    """The keys of the first ``length`` samples of the part at ``path``."""
+    index = _keys.KeyIndex.open(path)
+    if index is None or index.count < length:
+        raise ValueError(f"{path}: holds keys for {0 if index is None else index.count} of its {length} samples")
+    return index.keys(length)
 
 
 def _uncommitted(out_dir: Path, committed: set) -> List[str]:
@@ -523,6 +588,10 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Report:
                 problems.append(f"{path}: holds {length} samples, the manifest says {entry['length']}")
         if len(problems) >= limit:
             break
+    if not problems:
+        found, noted = _keys.problems(out_dir, sum(entry["length"] for entry in manifest["parts"]), deep)
+        problems += found
+        notes += noted
     for name in _uncommitted(out_dir, {p["name"] for p in manifest["parts"]}):
         notes.append(f"{out_dir / PARTS / name}: a part no commit lists (a failed or retried write); never "
                      f"read, removed by gc()")

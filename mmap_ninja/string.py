@@ -15,6 +15,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _meta
+from ._keys import KeyIndex
 from ._lifecycle import MapObject, checksum_problems, overlap_problems
 from ._storage import (
     CHECKSUMS,
@@ -145,6 +146,7 @@ class _StringsFiles:
         self.starts = ArrayDir(out_dir / "starts")
         self.ends = ArrayDir(out_dir / "ends")
         self.mapped: dict = {}  # offsets mapped by ``reader``
+        self.keys: Optional[KeyIndex] = None  # the strings' keys, when they have some
 
     @property
     def data_file(self) -> Path:
@@ -418,7 +420,8 @@ class StringsMmap(MapObject):
 
     @classmethod
     def _build_strings(cls, out_dir: PathLike, batches: Iterable[List[Any]], zstd_level: Optional[int],
-                       zstd_train_dictionary_size: Optional[int], mode: str, bar=None) -> "StringsMmap":
+                       zstd_train_dictionary_size: Optional[int], mode: str, bar=None,
+                       keys: Optional[Iterable[str]] = None) -> "StringsMmap":
         """Write ``batches`` of strings as a new map aside (``bar`` advances per string), swap
         it in and open it."""
 
@@ -440,7 +443,7 @@ class StringsMmap(MapObject):
             files.append(strings, commit, bar)
             commit.finish()
 
-        return cls._build(out_dir, batches, create, extend, mode=mode)
+        return cls._build(out_dir, batches, create, extend, keys, mode=mode)
 
     @classmethod
     def from_strings(
@@ -452,15 +455,18 @@ class StringsMmap(MapObject):
         zstd_train_dictionary_size: Optional[int] = None,
         *,
         mode: str = "r+b",
+        keys: Optional[Iterable[str]] = None,
         **component_names: str,
     ) -> "StringsMmap":
         """Write ``strings`` as a new map at ``out_dir`` (replacing a map already there once
         the new one is whole) and open it. With ``zstd_level``, each string is compressed with
         zstd (the ``zstd`` extra), optionally with a dictionary of
-        ``zstd_train_dictionary_size`` bytes trained on them."""
+        ``zstd_train_dictionary_size`` bytes trained on them. ``keys``: one unique ``str`` per
+        string, to find strings by (``index_of``, ``by_key``)."""
         check_options(verbose, **component_names_of(component_names, ("starts_key", "ends_key")))
         with progress(known_length(strings), verbose, desc=f"Writing {as_dir(out_dir).name}") as bar:
-            return cls._build_strings(out_dir, [list(strings)], zstd_level, zstd_train_dictionary_size, mode, bar)
+            return cls._build_strings(out_dir, [list(strings)], zstd_level, zstd_train_dictionary_size, mode, bar,
+                                      keys)
 
     @classmethod
     def from_generator(
@@ -474,18 +480,20 @@ class StringsMmap(MapObject):
         zstd_level: Optional[int] = None,
         zstd_train_dictionary_size: Optional[int] = None,
         mode: str = "r+b",
+        keys: Optional[Iterable[str]] = None,
     ) -> "StringsMmap":
         """Write the strings of an iterable as a new map at ``out_dir``, committing every
         ``batch_size`` strings to a folder beside it that replaces the map there once the
         iterable is exhausted, and open it (a zstd dictionary is trained on the first batch).
         ``verbose`` shows a progress bar, whose total is ``n`` (the expected number of strings)
-        or the iterable's length when it has one."""
+        or the iterable's length when it has one. ``keys``: an iterable of one unique ``str``
+        per string, consumed alongside."""
         check_options(verbose)
         out_dir = as_dir(out_dir)
         total = n if n is not None else known_length(sample_generator)
         with progress(total, verbose, desc=f"Writing {out_dir.name}") as bar:
             batches = in_batches(sample_generator, batch_size)
-            return cls._build_strings(out_dir, batches, zstd_level, zstd_train_dictionary_size, mode, bar)
+            return cls._build_strings(out_dir, batches, zstd_level, zstd_train_dictionary_size, mode, bar, keys)
 
 
 def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List[str], List[str]]:

@@ -215,7 +215,7 @@ def test_force_and_append_together_are_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_convert_append_extends_the_map_and_its_paths(tmp_path, capsys):
+def test_convert_append_extends_the_map_and_its_keys(tmp_path, capsys):
     write_texts(tmp_path / "one", ["doc_2.txt", "doc_1.txt"])
     write_texts(tmp_path / "two", ["z/doc_10.txt", "doc_3.txt"])
     run(capsys, "convert", tmp_path / "one", tmp_path / "out", "--quiet")
@@ -223,28 +223,39 @@ def test_convert_append_extends_the_map_and_its_paths(tmp_path, capsys):
                        "--quiet")
     assert code == 0 and out.startswith("appended 2 samples: StringsMmap(")
     order = ["doc_1.txt", "doc_2.txt", "doc_3.txt", "z/doc_10.txt"]
-    assert StringsMmap(tmp_path / "out")[:] == [f"text of {name}" for name in order]
-    assert StringsMmap(tmp_path / "out" / "paths")[:] == order
+    strings = StringsMmap(tmp_path / "out")
+    assert strings[:] == [f"text of {name}" for name in order]
+    assert strings.keys() == order and strings.by_key["z/doc_10.txt"] == "text of z/doc_10.txt"
     code, _, _ = run(capsys, "convert", tmp_path / "two", tmp_path / "new", "--append", "--quiet")
-    assert code == 0 and StringsMmap(tmp_path / "new" / "paths")[:] == ["doc_3.txt", "z/doc_10.txt"]  # no map yet
-    # a .jsonl source has no paths: its samples get empty ones, and info counts those that have one
+    assert code == 0 and StringsMmap(tmp_path / "new").keys() == ["doc_3.txt", "z/doc_10.txt"]  # no map yet
+    # the same files again: their keys are taken, and nothing is appended
+    before = snapshot(tmp_path / "out")
+    code, _, err = run(capsys, "convert", tmp_path / "two", tmp_path / "out", "--append", "--quiet")
+    assert code == 2 and "the key 'doc_3.txt' of sample 4 is already the key of sample 2" in err
+    assert snapshot(tmp_path / "out") == before
+    # a .jsonl source has no paths to key its samples by
     (tmp_path / "d.jsonl").write_text('{"text": "from json"}\n')
-    code, _, _ = run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "out", "--field", "text", "--append")
-    assert code == 0 and StringsMmap(tmp_path / "out")[-1] == "from json"
-    assert StringsMmap(tmp_path / "out" / "paths")[:] == order + [""]
-    _, out, _ = run(capsys, "info", tmp_path / "out")
-    assert f"paths:       4 of 5 samples have one ({tmp_path / 'out' / 'paths'})" in out
+    code, _, err = run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "out", "--field", "text", "--append")
+    assert code == 2 and err == (f"mmap-ninja convert: error: the samples of {tmp_path / 'out'} have keys (their "
+                                 f"files' paths), and jsonl have none to give\n")
+    assert snapshot(tmp_path / "out") == before
 
-    # a map built without paths gets empty ones for the samples it had
-    np.save(tmp_path / "x.npy", 0)
+    # a map built without keys gets new samples without keys, and says so
     RaggedMmap.from_lists(tmp_path / "arrays", [np.arange(2), np.arange(3)])
     (tmp_path / "npy" / "b").mkdir(parents=True)
     for name, value in [("b/2.npy", [7, 7]), ("b/10.npy", [8]), ("a.npy", [])]:
         np.save(tmp_path / "npy" / name, np.array(value, dtype=np.int64))
-    code, _, _ = run(capsys, "convert", tmp_path / "npy", tmp_path / "arrays", "--append", "--workers", "2", "--quiet")
-    assert code == 0
-    assert [a.tolist() for a in RaggedMmap(tmp_path / "arrays")] == [[0, 1], [0, 1, 2], [], [7, 7], [8]]
-    assert StringsMmap(tmp_path / "arrays" / "paths")[:] == ["", "", "a.npy", "b/2.npy", "b/10.npy"]
+    code, _, err = run(capsys, "convert", tmp_path / "npy", tmp_path / "arrays", "--append", "--workers", "2",
+                       "--quiet")
+    assert code == 0 and "have no keys, so the new ones get none" in err
+    arrays = RaggedMmap(tmp_path / "arrays")
+    assert [a.tolist() for a in arrays] == [[0, 1], [0, 1, 2], [], [7, 7], [8]] and not arrays.keyed
+    # keyed, with worker processes
+    code, _, _ = run(capsys, "convert", tmp_path / "npy", tmp_path / "keyed", "--workers", "2", "--batch-size", "1",
+                     "--quiet")
+    keyed = RaggedMmap(tmp_path / "keyed")
+    assert code == 0 and keyed.keys() == ["a.npy", "b/2.npy", "b/10.npy"]
+    assert keyed.by_key["b/2.npy"].tolist() == [7, 7] and keyed.verify() == []
 
 
 def test_convert_append_refuses_a_map_of_another_kind(tmp_path, capsys):
@@ -268,39 +279,48 @@ def test_convert_append_refuses_a_map_of_another_kind(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
-def test_paths_out_of_step_are_reported_not_shown_and_not_extended(tmp_path, capsys):
-    write_texts(tmp_path / "src", ["a.txt", "b.txt"])
-    run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet")
+def test_paths_kept_by_an_earlier_version_are_shown_and_extended(tmp_path, capsys):
+    # earlier versions of convert kept the paths in a strings map beside the samples (out/paths)
+    StringsMmap.from_strings(tmp_path / "out", ["text of a.txt", "text of b.txt"])
+    StringsMmap.from_strings(tmp_path / "out" / "paths", ["a.txt", "b.txt"])
+    _, out, _ = run(capsys, "head", tmp_path / "out")
+    assert out.splitlines() == ["[0] a.txt: 'text of a.txt'", "[1] b.txt: 'text of b.txt'"]
+    write_texts(tmp_path / "src", ["c.txt"])
+    code, _, _ = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--append", "--quiet")
+    assert code == 0 and StringsMmap(tmp_path / "out" / "paths")[:] == ["a.txt", "b.txt", "c.txt"]
     StringsMmap(tmp_path / "out").extend(["added without a path"])
     _, out, _ = run(capsys, "info", tmp_path / "out")
-    assert "2 of 3 samples have one" in out and "out of step: it holds 2 entries" in out
-    _, out, _ = run(capsys, "head", tmp_path / "out")
-    assert out.splitlines() == ["[0] 'text of a.txt'", "[1] 'text of b.txt'", "[2] 'added without a path'"]
+    assert "3 of 4 samples have one" in out and "out of step: it holds 3 entries" in out
+    _, out, _ = run(capsys, "head", tmp_path / "out", "-n", "1")
+    assert out.splitlines() == ["[0] 'text of a.txt'", "... 3 more"]
     before = snapshot(tmp_path / "out")
     code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--append", "--quiet")
-    assert code == 2 and err == (f"mmap-ninja convert: error: {tmp_path / 'out' / 'paths'} holds 2 paths for 3 "
+    assert code == 2 and err == (f"mmap-ninja convert: error: {tmp_path / 'out' / 'paths'} holds 3 paths for 4 "
                                  f"samples: remove it to append without paths, or rebuild the map with --force\n")
     assert snapshot(tmp_path / "out") == before
-    # a folder named paths that is not ours is left alone
+    # rebuilt, the samples are keyed by their paths, and the old paths go
+    code, _, _ = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--force", "--quiet")
+    assert code == 0 and StringsMmap(tmp_path / "out").keys() == ["c.txt"]
+    assert not (tmp_path / "out" / "paths").exists()
+    # a folder of the user's named paths is left alone
     (tmp_path / "new" / "paths").mkdir(parents=True)
     (tmp_path / "new" / "paths" / "mine.txt").write_text("keep")
-    code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "new", "--quiet")
-    assert code == 2 and err == (f"mmap-ninja convert: error: {tmp_path / 'new' / 'paths'} is in the way: convert "
-                                 f"keeps the path of each sample there\n")
-    assert snapshot(tmp_path / "new") == {"paths/mine.txt": b"keep"}
+    code, _, _ = run(capsys, "convert", tmp_path / "src", tmp_path / "new", "--quiet")
+    assert code == 0 and (tmp_path / "new" / "paths" / "mine.txt").read_text() == "keep"
 
 
-def test_convert_over_a_map_replaces_its_paths(tmp_path, capsys):
+def test_convert_over_a_map_replaces_its_keys(tmp_path, capsys):
     write_texts(tmp_path / "src", ["a.txt", "b.txt", "c.txt"])
     run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet")
     write_texts(tmp_path / "fewer", ["z.txt"])
     run(capsys, "convert", tmp_path / "fewer", tmp_path / "out", "--quiet", "--force")
-    assert StringsMmap(tmp_path / "out" / "paths")[:] == ["z.txt"]
+    assert StringsMmap(tmp_path / "out").keys() == ["z.txt"]
     (tmp_path / "d.jsonl").write_text('{"t": "x"}\n{"t": "y"}\n')
     run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "out", "--field", "t", "--quiet", "--force")
-    assert StringsMmap(tmp_path / "out")[:] == ["x", "y"] and not (tmp_path / "out" / "paths").exists()
+    strings = StringsMmap(tmp_path / "out")
+    assert strings[:] == ["x", "y"] and not strings.keyed and not (tmp_path / "out" / "keys").exists()
     _, out, _ = run(capsys, "info", tmp_path / "out")
-    assert "paths:" not in out
+    assert re.search(r"^keys: +none$", out, re.M)
     _, out, _ = run(capsys, "head", tmp_path / "out")
     assert out.splitlines() == ["[0] 'x'", "[1] 'y'"]
 
@@ -332,16 +352,17 @@ def test_convert_walks_the_tree_in_natural_order_and_says_what_it_skipped(tmp_pa
     code, out, err = run(capsys, "convert", src, tmp_path / "out", "--quiet")
     assert code == 0 and err == ("mmap-ninja convert: skipped 4 files: 1 of another kind (.txt), 2 with other suffixes "
                                  "(.csv, .json), 1 hidden; 1 hidden folder\n")
-    assert out == f"wrote RaggedMmap('{tmp_path / 'out'}', 5 n-d samples of uint8), and the path of each sample " \
-                  f"in {tmp_path / 'out' / 'paths'}\n"
+    assert out == f"wrote RaggedMmap('{tmp_path / 'out'}', 5 n-d samples of uint8), each sample's key its file's " \
+                  f"relative path\n"
     order = ["img_3.png", "n01/img_1.png", "n02/img_2.JPEG", "n02/img_10.png", "n10/deep/er/img_1.png"]
-    assert StringsMmap(tmp_path / "out" / "paths")[:] == order
+    assert RaggedMmap(tmp_path / "out").keys() == order
     assert [int(sample[0, 0, 0]) for sample in RaggedMmap(tmp_path / "out")] == [names.index(n) for n in order]
     _, out, _ = run(capsys, "head", tmp_path / "out", "-n", "2")
     assert out.splitlines() == ["[0] img_3.png: uint8 (2, 3, 3) min 4 max 4: 4 4 4 4 4 4 4 4 ...",
                                 "[1] n01/img_1.png: uint8 (2, 3, 3) min 2 max 2: 2 2 2 2 2 2 2 2 ...", "... 3 more"]
     _, out, _ = run(capsys, "info", tmp_path / "out")
-    assert re.search(rf"^paths: +5 of 5 samples have one \({re.escape(str(tmp_path / 'out' / 'paths'))}\)$", out, re.M)
+    assert re.search(rf"^keys: +one per sample, unique \(index_of, by_key; "
+                     rf"{re.escape(str(tmp_path / 'out' / 'keys'))}\)$", out, re.M)
     code, out, _ = run(capsys, "verify", tmp_path / "out")
     assert code == 0 and out == f"{tmp_path / 'out'}: sound (structure and metadata checked)\n"
 
@@ -354,7 +375,7 @@ def test_convert_guesses_the_kind_from_the_whole_tree(tmp_path, capsys):
     code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet")
     assert code == 0 and err == "mmap-ninja convert: skipped 1 file: 1 of another kind (.txt)\n"
     assert [a.tolist() for a in RaggedMmap(tmp_path / "out")] == [[1], [2], [3]]
-    assert StringsMmap(tmp_path / "out" / "paths")[:] == ["a/1.npy", "a/b/2.npy", "c/3.npy"]
+    assert RaggedMmap(tmp_path / "out").keys() == ["a/1.npy", "a/b/2.npy", "c/3.npy"]
     code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "texts", "--kind", "texts", "--quiet")
     assert code == 0 and StringsMmap(tmp_path / "texts")[:] == ["the only file at the top"]
     assert err == "mmap-ninja convert: skipped 3 files: 3 of another kind (.npy)\n"
@@ -368,6 +389,6 @@ def test_convert_follows_links_to_folders_once(tmp_path, capsys):
     (tmp_path / "src" / "b" / "loop").symlink_to(tmp_path / "src")
     (tmp_path / "src" / "broken.txt").symlink_to(tmp_path / "missing")
     code, _, err = run(capsys, "convert", tmp_path / "src", tmp_path / "out", "--quiet")
-    assert code == 0 and StringsMmap(tmp_path / "out" / "paths")[:] == ["a/1.txt", "b/2.txt", "c/3.txt"]
+    assert code == 0 and StringsMmap(tmp_path / "out").keys() == ["a/1.txt", "b/2.txt", "c/3.txt"]
     assert err == ("mmap-ninja convert: skipped 1 file: 1 broken link or special file; 2 folders reached again "
                    "through a link\n")

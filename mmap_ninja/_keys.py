@@ -1,0 +1,359 @@
+"""Keys of the samples of a map: one ``str`` per sample, unique within the map, found in O(1).
+
+The keys of the map at ``DIR`` live in ``DIR/keys/``, which mmap_ninja 0.9.0 ignores and which
+is itself a strings map (``StringsMmap(DIR / "keys")`` reads them): ``data.ninja`` holds the
+keys' UTF-8 bytes, ``starts/`` and ``ends/`` their offsets, with the checksums of every commit.
+Beside them, ``index.ninja`` is a hash table of their positions (``_keyindex``): a 64-byte
+header (``MNKEYIDX``, version, position bits, capacity as ``<8sIIQ``) and ``capacity`` slots.
+
+Keys are committed before the samples they name, so a map's folder always holds at least as
+many keys as samples; keys past the map's length (left by a writer that died between the two
+commits) are not the map's and are written over by the next ``extend``. The table is updated in
+place (slots only ever filled) and built anew, beside it, when it fills past half.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core, _keyindex, _meta
+from ._storage import ArrayDir, Commit, map_bytes, verify_checksums
+
+KEYS_DIR = _meta.KEYS
+INDEX = _meta.KEY_INDEX
+_HEADER = struct.Struct("<8sIIQ")
+_MAGIC = b"MNKEYIDX"
+_VERSION = 1
+_HEADER_BYTES = 64
+_MIN_CAPACITY = 1024
+
+
+def _encode(keys: Sequence[Any], first: int) -> Tuple[bytes, np.ndarray]:
+    """The UTF-8 bytes of ``keys``, back to back, and their offsets (``len + 1``); a key that
+    is not a ``str`` raises ``TypeError`` naming the sample (``first`` is the first's index)."""
+    encoded = []
+    for k, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise TypeError(f"the key of sample {first + k} is a {type(key).__name__}, not a str")
+        try:
+            encoded.append(key.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"the key of sample {first + k} is not valid UTF-8 text: {exc}") from None
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    if encoded:
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    return b"".join(encoded), offsets
+
+
+def _query(key_or_keys: Any) -> Tuple[bool, List[Any]]:
+    """``(single, keys)`` of what ``index_of`` was asked."""
+    if isinstance(key_or_keys, str):
+        return True, [key_or_keys]
+    if isinstance(key_or_keys, np.ndarray):
+        return False, key_or_keys.reshape(-1).tolist()
+    try:
+        return False, list(key_or_keys)
+    except TypeError:
+        raise TypeError(f"keys are str, or sequences of str; got a {type(key_or_keys).__name__}") from None
+
+
+def _capacity_for(count: int) -> int:
+    """The number of slots of a table built for ``count`` keys: at most a quarter full."""
+    capacity = _MIN_CAPACITY
+    while capacity < 4 * count:
+        capacity *= 2
+    return capacity
+
+
+class KeyIndex:
+    """The keys of one version of a map, mapped: ``count`` keys stored (at least the map's
+    length), their bytes, offsets and hash table."""
+
+    def __init__(self, path: Path, count: int, stored: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+        self.path, self.count = path, count
+        self.stored, self.starts, self.ends = stored, starts, ends
+        self._slots: Optional[np.ndarray] = None
+
+    @property
+    def slots(self) -> np.ndarray:
+        """The hash table, mapped at its first use (a damaged one raises there, not when the
+        map opens)."""
+        if self._slots is None:
+            self._slots = _map_table(self.path / INDEX, self.count) if self.count else np.zeros(1, np.uint64)
+        return self._slots
+
+    @classmethod
+    def open(cls, map_dir: Path) -> Optional["KeyIndex"]:
+        """The keys of the map at ``map_dir``; ``None`` when it has none."""
+        path = map_dir / KEYS_DIR
+        if not (path / _meta.TYPE).exists():
+            return None
+        if not (path / "starts" / _meta.TYPE).exists():  # keys made, none committed yet
+            empty = np.zeros(0, np.int64)
+            return cls(path, 0, np.zeros(0, np.uint8), empty, empty)
+        starts, ends = ArrayDir.open(path / "starts"), ArrayDir.open(path / "ends")
+        for array in (starts, ends):
+            if array.meta.dtype != np.int64 or len(array.meta.shape) != 1:
+                raise ValueError(f"{array.path}: expected a 1-d int64 array of offsets, found {array.meta.dtype} "
+                                 f"of shape {array.meta.shape}")
+        count = min(starts.rows, ends.rows)
+        stored = np.frombuffer(map_bytes(path / _meta.DATA), dtype=np.uint8) if count else np.zeros(0, np.uint8)
+        return cls(path, count, stored, starts.map(), ends.map())
+
+    def positions(self, keys: Sequence[Any], count: int) -> np.ndarray:
+        """The position of each key among the first ``count`` (-1 where absent)."""
+        data, offsets = _encode(keys, 0)
+        if count == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        return _keyindex.find(self.slots, self.stored, self.starts, self.ends, count,
+                              np.frombuffer(data, dtype=np.uint8), offsets, str(self.path))
+
+    def index_of(self, key_or_keys: Any, count: int) -> Union[int, np.ndarray]:
+        """The position of a key (an int), or of each of a sequence of keys (``int64``);
+        ``KeyError`` naming the first key that is not one of the first ``count``."""
+        single, keys = _query(key_or_keys)
+        found = self.positions(keys, count)
+        missing = np.flatnonzero(found < 0)
+        if missing.size:
+            raise KeyError(keys[int(missing[0])])
+        return int(found[0]) if single else found
+
+    def keys(self, count: int, start: int = 0) -> List[str]:
+        """Keys ``start`` to ``count``, in order."""
+        if count <= start:
+            return []
+        reader = _core.StringsReader(memoryview(self.stored), self.starts[:count], self.ends[:count],
+                                     source=str(self.path))
+        return [raw.decode("utf-8") for raw in reader.get_many(np.arange(start, count, dtype=np.int64), True)]
+
+
+def _map_table(path: Path, count: int) -> np.ndarray:
+    """The slots of the hash table at ``path``, checked to index ``count`` keys."""
+    try:
+        with open(path, "rb") as table:
+            header = table.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: the keys of {path.parent.parent} cannot be looked up "
+                         f"(verify reports it; writing keys again rebuilds it)") from None
+    if len(header) < _HEADER_BYTES:
+        raise ValueError(f"{path}: {len(header)} bytes, too short for the header of a key table")
+    magic, version, bits, capacity = _HEADER.unpack_from(header)
+    if magic != _MAGIC or version != _VERSION or bits != _keyindex.POSITION_BITS:
+        raise ValueError(f"{path}: not a key table of a known version ({magic!r}, version {version})")
+    if capacity < 2 or capacity & (capacity - 1) or capacity < count:
+        raise ValueError(f"{path}: a table of {capacity} slots cannot index {count} keys: damaged")
+    size = os.stat(path).st_size
+    if size < _HEADER_BYTES + 8 * capacity:
+        raise ValueError(f"{path}: {size} bytes cannot hold {capacity} slots: damaged or cut short")
+    return np.memmap(path, dtype=np.uint64, mode="r", offset=_HEADER_BYTES, shape=(capacity,))
+
+
+def _write_table(path: Path, stored: np.ndarray, starts: np.ndarray, ends: np.ndarray, durable: bool) -> None:
+    """A new table at ``path`` indexing the keys ``stored[starts[i]:ends[i]]``, written beside
+    it and renamed into place."""
+    count = len(starts)
+    capacity = _capacity_for(count)
+    new = path.with_name(path.name + ".new")
+    with open(new, "wb") as table:
+        table.write(_HEADER.pack(_MAGIC, _VERSION, _keyindex.POSITION_BITS, capacity).ljust(_HEADER_BYTES, b"\0"))
+        table.truncate(_HEADER_BYTES + 8 * capacity)
+    if count:
+        slots = np.memmap(new, dtype=np.uint64, mode="r+", offset=_HEADER_BYTES, shape=(capacity,))
+        _keyindex.insert(slots, _keyindex.hash_keys(stored, starts, ends), 0)
+        slots.flush()
+        del slots
+    if durable:
+        fd = os.open(new, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(new, path)
+
+
+def check_new(map_dir: Path, keys: Sequence[Any], at: int) -> None:
+    """Raise unless ``keys`` can name samples ``at, at + 1, ...`` of the map at ``map_dir``: each
+    a ``str`` (``TypeError``), none given twice nor the key of one of the first ``at`` samples
+    (``ValueError`` naming it)."""
+    _encode(keys, at)
+    seen = {}
+    for k, key in enumerate(keys):
+        earlier = seen.setdefault(key, k)
+        if earlier != k:
+            raise ValueError(f"the key {key!r} is given twice: for samples {at + earlier} and {at + k}")
+    if at == 0:
+        return
+    index = KeyIndex.open(map_dir)
+    if index is None or index.count < at:
+        held = 0 if index is None else index.count
+        raise ValueError(f"{map_dir} holds keys for {held} of its {at} samples: keys can only be added to a map "
+                         f"that has one for every sample (build it with keys=)")
+    found = index.positions(keys, at)
+    clash = np.flatnonzero(found >= 0)
+    if clash.size:
+        k = int(clash[0])
+        raise ValueError(f"the key {keys[k]!r} of sample {at + k} is already the key of sample {int(found[k])} "
+                         f"of {map_dir}")
+
+
+def write_keys(map_dir: Path, keys: Sequence[str], at: int, durable: Optional[bool] = None) -> None:
+    """Commit ``keys`` (checked by ``check_new``) as the keys of samples ``at, at + 1, ...`` of
+    the map at ``map_dir`` (keys stored past ``at`` are written over), and index them."""
+    path = map_dir / KEYS_DIR
+    commit = Commit(durable)
+    data, offsets = _encode(keys, at)
+    starts_dir, ends_dir = ArrayDir(path / "starts"), ArrayDir(path / "ends")
+    if (path / "starts" / _meta.TYPE).exists():
+        starts_dir, ends_dir = ArrayDir.open(path / "starts"), ArrayDir.open(path / "ends")
+    held = min(starts_dir.rows, ends_dir.rows)
+    if at > held:
+        raise ValueError(f"{path} holds {held} keys: keys for samples from {at} on cannot be added")
+    data_file = path / _meta.DATA
+    offset = data_file.stat().st_size if at and data_file.exists() else 0
+    if not (path / _meta.TYPE).exists():
+        path.mkdir(parents=True, exist_ok=True)
+        commit.replace(path / _meta.TYPE, b"string")
+    commit.write(data_file, offset, data, truncate=not at, checksum=(path, b"", offset))
+    if offset + len(data) == 0:
+        commit.write(data_file, 0, b"\0")  # as every data file: 0.9.0 cannot map an empty one
+    ends = offset + offsets[1:]
+    starts = offset + offsets[:-1]
+    ends_meta = ends_dir.write_rows(ends, commit, at if ends_dir.meta is not None else None)
+    starts_meta = starts_dir.write_rows(starts, commit, at if starts_dir.meta is not None else None)
+    ends_dir.commit_rows(ends_meta, commit)
+    starts_dir.commit_rows(starts_meta, commit)
+    commit.finish()
+    _index(path, at, len(keys), commit.durable)
+
+
+def _index(path: Path, at: int, added: int, durable: bool) -> None:
+    """Enter keys ``at`` to ``at + added`` of the keys at ``path`` into its table (built anew
+    when it would be more than half full, or is missing or damaged)."""
+    total = at + added
+    stored = np.frombuffer(map_bytes(path / _meta.DATA), dtype=np.uint8) if total else np.zeros(0, np.uint8)
+    starts = np.asarray(ArrayDir.open(path / "starts").map()[:total]) if total else np.zeros(0, np.int64)
+    ends = np.asarray(ArrayDir.open(path / "ends").map()[:total]) if total else np.zeros(0, np.int64)
+    table = path / INDEX
+    try:
+        slots = _map_table(table, at)
+    except ValueError:
+        slots = None
+    if slots is None or 2 * total > len(slots):
+        _write_table(table, stored, starts, ends, durable)
+        return
+    if not added:
+        return
+    slots = np.memmap(table, dtype=np.uint64, mode="r+", offset=_HEADER_BYTES, shape=(len(slots),))
+    _keyindex.insert(slots, _keyindex.hash_keys(stored, starts[at:], ends[at:]), at)
+    slots.flush()
+    if durable:
+        fd = os.open(table, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_extension(map_dir: Path, keys: Optional[Sequence[Any]], at: int) -> None:
+    """Raise unless samples ``at, at + 1, ...`` may be added to the map at ``map_dir`` with
+    ``keys`` (``None``: without keys, which a map whose samples have keys refuses)."""
+    if keys is not None:
+        check_new(map_dir, keys, at)
+    elif (map_dir / KEYS_DIR / _meta.TYPE).exists():
+        raise ValueError(f"the samples of {map_dir} have keys: give one for each new sample (keys=[...])")
+
+
+class KeyFeed:
+    """The keys of a build, taken from ``keys`` (any iterable, consumed alongside the samples)
+    batch by batch, checked and written into the map being built at ``build``."""
+
+    def __init__(self, build: Path, keys: Iterable[Any]):
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys= takes one str per sample (a list, say), not one str")
+        self.build, self.iterator, self.count = build, iter(keys), 0
+        self.seen: dict = {}
+
+    def take(self, n: int) -> None:
+        """Write the keys of the next ``n`` samples."""
+        keys = []
+        for _ in range(n):
+            try:
+                keys.append(next(self.iterator))
+            except StopIteration:
+                raise ValueError(f"keys ran out at sample {self.count + len(keys)}: one key is needed per "
+                                 f"sample") from None
+        _encode(keys, self.count)
+        for k, key in enumerate(keys):  # unique across the whole build, checked as it goes
+            earlier = self.seen.setdefault(key, self.count + k)
+            if earlier != self.count + k:
+                raise ValueError(f"the key {key!r} is given twice: for samples {earlier} and {self.count + k}")
+        write_keys(self.build, keys, self.count, durable=False)
+        self.count += n
+
+    def batches(self, batches: Iterable[List[Any]]) -> Iterator[List[Any]]:
+        """``batches``, each one's keys written before it is."""
+        for batch in batches:
+            self.take(len(batch))
+            yield batch
+
+    def finish(self, samples: int) -> None:
+        """Check that the keys and the ``samples`` of the build match one for one (the keys
+        were taken for exactly the samples written) and mark a build without samples keyed."""
+        if self.count < samples:
+            self.take(samples - self.count)
+        if self.count > samples:
+            raise ValueError(f"{self.count} keys for {samples} samples")
+        extra = next(self.iterator, _NOTHING)
+        if extra is not _NOTHING:
+            raise ValueError(f"more keys than samples: the key {extra!r} has no sample")
+        if self.count == 0:
+            write_keys(self.build, [], 0, durable=False)
+
+
+_NOTHING = object()
+
+
+def problems(map_dir: Path, n: int, deep: bool) -> Tuple[List[str], List[str]]:
+    """What ``verify`` reports of the keys of the map at ``map_dir`` of ``n`` samples: their
+    files and checksums, and that the table finds every key at its own position (so keys are
+    unique)."""
+    path = map_dir / KEYS_DIR
+    if not path.exists():
+        return [], []
+    index = KeyIndex.open(map_dir)
+    if index is None:
+        return [f"{path}: keys without {_meta.TYPE}: damaged, or a first commit cut short"], []
+    if index.count < n:
+        return [f"{path} holds {index.count} keys for {n} samples (samples appended by a version that writes no "
+                f"keys, or damage)"], []
+    if n == 0:
+        return [], []
+    starts, ends = np.asarray(index.starts[:n]), np.asarray(index.ends[:n])
+    outside = np.flatnonzero((starts < 0) | (ends < starts) | (ends > len(index.stored)))
+    if outside.size:
+        i = int(outside[0])
+        return [f"{path}: the offsets of key {i} ([{int(starts[i])}, {int(ends[i])})) fall outside the "
+                f"{len(index.stored)} bytes of its {_meta.DATA}: damaged"], []
+    found: List[str] = []
+    notes: List[str] = []
+    for name in ("starts", "ends"):
+        array = ArrayDir.open(path / name)
+        more, noted = array.verify_checksums(deep)
+        found += more
+        notes += noted
+    more, noted = verify_checksums(path, path / _meta.DATA, int(index.ends[:n].max(initial=0)), None, deep)
+    found += more
+    notes += noted
+    bad = _keyindex.misplaced(index.slots, index.stored, index.starts, index.ends, n)
+    if bad >= 0:
+        key = index.keys(bad + 1, bad)[0]
+        where = index.positions([key], n)[0]
+        why = f"it finds sample {where}'s" if where >= 0 else "it does not find it"
+        found.append(f"{path / INDEX}: the key {key!r} of sample {bad} is not indexed at its place ({why}): "
+                     f"damaged, or keys given twice")
+    return found, notes
