@@ -36,14 +36,27 @@ _MIN_CAPACITY = 1024
 def _encode(keys: Sequence[Any], first: int) -> Tuple[bytes, np.ndarray]:
     """The UTF-8 bytes of ``keys``, back to back, and their offsets (``len + 1``); a key that
     is not a ``str`` raises ``TypeError`` naming the sample (``first`` is the first's index)."""
-    encoded = []
-    for k, key in enumerate(keys):
-        if not isinstance(key, str):
-            raise TypeError(f"the key of sample {first + k} is a {type(key).__name__}, not a str")
-        try:
-            encoded.append(key.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"the key of sample {first + k} is not valid UTF-8 text: {exc}") from None
+    try:
+        joined = "".join(keys)  # a TypeError for anything but str
+    except TypeError:
+        joined = None
+    if joined is not None and joined.isascii():  # a byte per character: no key encoded alone
+        offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)), out=offsets[1:])
+        return joined.encode("ascii"), offsets
+    try:
+        encoded = [key.encode("utf-8") for key in keys]
+        ok = all(type(raw) is bytes for raw in encoded) if encoded and type(keys[0]) is not str else True
+    except (AttributeError, TypeError, UnicodeEncodeError):
+        ok = False
+    if not ok:
+        for k, key in enumerate(keys):
+            if not isinstance(key, str):
+                raise TypeError(f"the key of sample {first + k} is a {type(key).__name__}, not a str")
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"the key of sample {first + k} is not valid UTF-8 text: {exc}") from None
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     if encoded:
         np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
@@ -63,9 +76,9 @@ def _query(key_or_keys: Any) -> Tuple[bool, List[Any]]:
 
 
 def _capacity_for(count: int) -> int:
-    """The number of slots of a table built for ``count`` keys: at most a quarter full."""
+    """The number of slots of a table built for ``count`` keys: at most half full."""
     capacity = _MIN_CAPACITY
-    while capacity < 4 * count:
+    while capacity < 2 * count:
         capacity *= 2
     return capacity
 
