@@ -28,6 +28,16 @@ import numpy as np
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MN_KEY_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
+    #else
+    #define MN_KEY_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void prefetch "MN_KEY_PREFETCH"(const void* p) noexcept nogil
+
 POSITION_BITS = 40
 TAG_BITS = 64 - POSITION_BITS
 # The largest number of keys a table can index.
@@ -173,20 +183,41 @@ def find(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1
             raise ValueError(f"the offsets of key {i} fall outside its bytes")
     out = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] found = out
+    hashes_out = np.empty(n, dtype=np.uint64)
+    cdef uint64_t[::1] hashes = hashes_out
     cdef const uint8_t* query = _bytes_at(keys)
     cdef const uint8_t* base = _bytes_at(stored)
     cdef const int64_t* starts_at = &starts[0] if starts.shape[0] else NULL
     cdef const int64_t* ends_at = &ends[0] if ends.shape[0] else NULL
+    cdef const uint64_t* table = &slots[0]
+    cdef uint64_t mask = capacity - 1, slot
     cdef const uint8_t* key
     cdef Py_ssize_t size
     cdef int status = FOUND_OK
-    cdef int64_t bad = -1
+    cdef int64_t bad = -1, j
     with nogil:
+        # The keys' lookups are independent: each pass asks the memory for what the next one
+        # reads, for all keys at once, so that the misses of a batch overlap instead of
+        # following one another (slot, then the candidate's offsets, then its bytes).
+        for i in range(n):
+            hashes[i] = key_hash(query + offsets[i], offsets[i + 1] - offsets[i])
+            prefetch(table + (hashes[i] & mask))
+        for i in range(n):
+            slot = table[hashes[i] & mask]
+            j = <int64_t>(slot & POSITION_MASK) - 1
+            found[i] = j if slot != 0 and (slot & TAG_MASK) == (hashes[i] & TAG_MASK) and 0 <= j < count else -1
+            if found[i] >= 0:
+                prefetch(starts_at + j)
+                prefetch(ends_at + j)
+        for i in range(n):
+            j = found[i]
+            if j >= 0 and 0 <= starts_at[j] < stored.shape[0]:
+                prefetch(base + starts_at[j])
         for i in range(n):
             key = query + offsets[i]
             size = offsets[i + 1] - offsets[i]
-            found[i] = _find(&slots[0], capacity, base, stored.shape[0], starts_at, ends_at, count, key, size,
-                             key_hash(key, size), &status)
+            found[i] = _find(table, capacity, base, stored.shape[0], starts_at, ends_at, count, key, size,
+                             hashes[i], &status)
             if status != FOUND_OK:
                 bad = found[i]
                 break
