@@ -8,8 +8,9 @@ open a map return a ``np.memmap``, so everything numpy does works on it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -293,8 +294,32 @@ def append(np_mmap: np.memmap, sample: Any, key: Optional[str] = None, *,
     extend(np_mmap, np.expand_dims(np.asarray(sample), axis=0), keys=keys)
 
 
+# The keys of the numpy maps looked up lately, by folder, with the identity of the files they
+# were read from: reused while those files are the same (a commit replaces them by renaming).
+_OPENED_KEYS: Dict[Path, Tuple[tuple, _keys.KeyIndex, int]] = {}
+_OPENED_KEYS_KEPT = 16
+
+
+def _keys_stamp(out_dir: Path) -> Optional[tuple]:
+    stamp = []
+    for path in (out_dir / _meta.SHAPE, out_dir / _meta.KEYS / "starts" / _meta.SHAPE,
+                 out_dir / _meta.KEYS / _meta.KEY_INDEX, out_dir / _meta.PENDING):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            if path.name == _meta.PENDING:
+                continue
+            return None
+        stamp.append((info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size))
+    return tuple(stamp)
+
+
 def _key_index(memmap_or_dir: Any, what: str) -> Tuple[_keys.KeyIndex, int]:
     out_dir = _map_dir(memmap_or_dir, what)
+    stamp = _keys_stamp(out_dir)
+    cached = _OPENED_KEYS.get(out_dir)
+    if stamp is not None and cached is not None and cached[0] == stamp:
+        return cached[1], cached[2]
 
     def read() -> Tuple[Optional[_keys.KeyIndex], int]:
         array = _open_dir(out_dir)  # the samples first: the keys read after are at least as many
@@ -304,7 +329,12 @@ def _key_index(memmap_or_dir: Any, what: str) -> Tuple[_keys.KeyIndex, int]:
     if index is None:
         raise ValueError(f"{out_dir} has no keys: build it with keys=[...] (one str per sample) to find samples "
                          f"by key")
-    return index, min(rows, index.count)
+    count = min(rows, index.count)
+    if stamp is not None and stamp == _keys_stamp(out_dir):  # unchanged while it was read
+        if len(_OPENED_KEYS) >= _OPENED_KEYS_KEPT:
+            _OPENED_KEYS.pop(next(iter(_OPENED_KEYS)))
+        _OPENED_KEYS[out_dir] = (stamp, index, count)
+    return index, count
 
 
 def index_of(memmap_or_dir: Any, key_or_keys: Any) -> Any:
