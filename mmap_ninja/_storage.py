@@ -262,6 +262,24 @@ class Commit:
                               _ENTRY.pack(at, length, value, metadata_crc))
                 at += length
 
+    def adopt(self, path: Path, offset: int, length: int, checksum: Tuple[Path, bytes, int], read: bool) -> None:
+        """Take the ``length`` bytes of ``path`` from byte ``offset``, which are there already
+        (a data file hard-linked or cloned from another file), as written by this commit. With
+        ``read``, their CRC-32 is computed from the file and recorded as ``write`` records it.
+        Without, nothing of them is read: only the CRC-32 of ``metadata`` is recorded, in an
+        entry of no bytes where they end, and ``verify_checksums`` notes the bytes before the
+        first entry as carrying no checksum (``checksum`` as in ``write``)."""
+        if path not in self._written:
+            self._written.append(path)
+        if not self.record_checksums:
+            return
+        directory, metadata, committed_end = checksum
+        if read:
+            entry = _ENTRY.pack(offset, length, _crc_of_ranges(path, [(offset, length)]).value(), zlib.crc32(metadata))
+        else:
+            entry = _ENTRY.pack(offset + length, 0, 0, zlib.crc32(metadata))
+        _append_entry(directory / CHECKSUMS, committed_end, entry)
+
     def replace(self, path: Path, data: bytes) -> None:
         """At ``finish``, replace the metadata file ``path`` with ``data``, atomically."""
         self._steps.append(("replace", path, data))
@@ -708,7 +726,10 @@ def verify_checksums(directory: Path, data_file: Path, committed_end: int, metad
             problems.append(f"{directory}: its metadata (dtype.ninja, shape.ninja, order.ninja) is not what the "
                             f"last commit recorded in {CHECKSUMS}: edited or damaged")
     if entries and entries[0][0] > 0:
-        notes.append(f"{data_file}: bytes [0, {entries[0][0]}) were written before checksums were recorded")
+        notes.append(f"{data_file}: bytes [0, {entries[0][0]}) carry no checksum: they were written before "
+                     f"checksums were recorded (by mmap_ninja 0.9.0), or taken over from another file without "
+                     f"being read (mmap_ninja.megatron.to_ragged links or clones Megatron's .bin so, unless "
+                     f"checksum=True)")
     if deep and any(length for _, length, _, _ in entries):
         mapping = map_bytes(data_file)
         view = memoryview(mapping)

@@ -13,6 +13,11 @@ benchmark maps.
                                           refused when OUT holds a map already
     mmap-ninja convert SOURCE OUT --force     replace the map at OUT
     mmap-ninja convert SOURCE OUT --append    extend the map at OUT (of the same kind)
+    mmap-ninja convert --from megatron PREFIX OUT     Megatron's PREFIX.bin/PREFIX.idx into a
+                                          RaggedMmap, PREFIX.bin linked as its data when it can
+                                          be (--copy: copied; --checksum: its CRC-32 recorded)
+    mmap-ninja convert --to megatron MAP PREFIX       a RaggedMmap of 1-d sequences into
+                                          Megatron's PREFIX.bin/PREFIX.idx
     mmap-ninja bench {images,texts}       files read one by one against a map
 
 ``convert`` reads a folder recursively, in natural order of the files' paths (``doc_2`` before
@@ -524,6 +529,12 @@ def _workers(args) -> Optional[int]:
 
 
 def command_convert(args) -> int:
+    if args.from_format or args.to_format:
+        return _convert_megatron(args)
+    if args.copy or args.checksum:
+        raise UsageError("--copy and --checksum go with --from megatron")
+    if args.batch_size is None:
+        args.batch_size = 1024
     out = args.out
     existing = map_type(out)
     if args.append and existing is not None and args.zstd is not None:
@@ -594,6 +605,69 @@ def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], 
     return m, added
 
 
+# -- Megatron's indexed datasets -----------------------------------------------------------------
+
+def _megatron_prefix(path: Path, existing: bool) -> Path:
+    """The prefix of a Megatron pair named by ``path``: ``PREFIX``, or ``PREFIX.bin`` or
+    ``PREFIX.idx`` (of a pair that exists, when ``existing``)."""
+    if path.suffix not in (".bin", ".idx") or existing and Path(f"{path}.bin").is_file():
+        return path
+    return path.with_suffix("")
+
+
+def _convert_megatron(args) -> int:
+    """``convert --from megatron PREFIX OUT`` and ``convert --to megatron MAP PREFIX``."""
+    from . import megatron
+
+    given = [flag for flag, value in (("--append", args.append), ("--kind", args.kind), ("--field", args.field),
+                                      ("--workers", args.workers > 1), ("--zstd", args.zstd is not None)) if value]
+    if given:
+        raise UsageError(f"{', '.join(given)}: not for Megatron's indexed datasets")
+    verbose = not args.quiet
+    if args.to_format:
+        if args.copy or args.checksum:
+            raise UsageError("--copy and --checksum go with --from megatron")
+        kind = map_type(args.source, must_exist=True)
+        if kind != "ragged":
+            what = "no map" if kind is None else f"a {MAP_NAMES.get(kind, kind)} map"
+            raise UsageError(f"{args.source} holds {what}: Megatron's indexed datasets are written from a ragged "
+                             f"map of 1-d sequences")
+        prefix = _megatron_prefix(args.out, existing=False)
+        bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
+        there = [str(path) for path in (bin_path, idx_path) if os.path.lexists(path)]
+        if there and not args.force:
+            raise UsageError(f"{' and '.join(there)} already exist{'s' if len(there) == 1 else ''}: --force "
+                             f"replaces them")
+        m = RaggedMmap(args.source)
+        try:
+            megatron.export(m, prefix, chunk=args.batch_size or 65536, verbose=verbose)
+        except (TypeError, ValueError) as exc:  # n-d samples, scalars, a dtype Megatron has no code for
+            raise UsageError(str(exc)) from None
+        dtype = np.dtype(np.int32) if m.dtype is None else m.dtype  # as export writes an empty map
+        print(f"wrote {bin_path} and {idx_path}: {len(m):,} sequences of {dtype}")
+        return 0
+    prefix = _megatron_prefix(args.source, existing=True)
+    missing = [str(path) for path in (Path(f"{prefix}.bin"), Path(f"{prefix}.idx")) if not path.is_file()]
+    if missing:
+        raise UsageError(f"no Megatron dataset at {prefix}: {' and '.join(missing)} missing")
+    existing = map_type(args.out)
+    if existing is not None and not args.force:
+        raise UsageError(f"{args.out} already holds a {MAP_NAMES.get(existing, existing)} map: --force replaces it")
+    m, how, reason = megatron._to_ragged(prefix, args.out, args.batch_size or 65536, verbose, link=not args.copy,
+                                         checksum=args.checksum)
+    bin_name = f"{prefix}.bin"
+    if how == "copied":
+        detail = f"the tokens were copied ({reason})"
+    else:
+        detail = (f"its data.ninja is hard-linked to {bin_name} (one file under two names: the map's extends "
+                  f"append to it, and rewriting {bin_name} in place changes the map; --copy copies it)"
+                  if how == "linked" else f"its data.ninja is a copy-on-write clone of {bin_name}")
+        if not args.checksum:
+            detail += "; those bytes carry no checksum (--checksum reads them once to record one)"
+    print(f"wrote {m!r}: {detail}")
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 def positive(text: str) -> int:
@@ -637,10 +711,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--kind", choices=["images", "texts", "npy", "jsonl"],
                          help="what the source holds (default: guessed from it)")
     convert.add_argument("--field", help="the field of each .jsonl record to store")
-    convert.add_argument("--batch-size", type=positive, default=1024, help="samples per commit (default 1024)")
+    convert.add_argument("--batch-size", type=positive, default=None,
+                         help="samples per commit (default 1024; with --from/--to megatron 65536)")
     convert.add_argument("--workers", type=positive, default=1, help="processes reading files (images, .npy)")
     convert.add_argument("--zstd", type=int, default=None, metavar="LEVEL", help="compress strings with zstd")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    megatron = convert.add_mutually_exclusive_group()
+    megatron.add_argument("--from", dest="from_format", choices=["megatron"],
+                          help="SOURCE is the PREFIX of Megatron's PREFIX.bin and PREFIX.idx")
+    megatron.add_argument("--to", dest="to_format", choices=["megatron"],
+                          help="SOURCE is a ragged map of 1-d sequences, written as Megatron's OUT.bin and OUT.idx")
+    convert.add_argument("--copy", action="store_true", help="with --from megatron: copy PREFIX.bin's tokens instead "
+                         "of linking the file as the map's data")
+    convert.add_argument("--checksum", action="store_true", help="with --from megatron: read the linked tokens once "
+                         "to record their CRC-32 (for verify --deep)")
     convert.set_defaults(run=command_convert)
 
     merge = commands.add_parser("merge", help="maps of one kind into a new sharded map (copied, or --move)")

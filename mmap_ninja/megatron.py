@@ -9,19 +9,28 @@ megatron-core is not needed to read or write them).
 bytes ``MMIDIDX\\0\\0``, version 1 as ``<Q``, a dtype code as ``<B``, the sequence and document
 counts as ``<Q``), then the sequences' lengths (``int32``), their byte offsets in ``.bin``
 (``int64``) and the document boundaries (``int64``, one document per sequence here).
+
+When the sequences of ``PREFIX.bin`` lie back to back from its first byte to its last, as
+Megatron's ``IndexedDatasetBuilder`` and ``export`` write them, that file already is the data
+file of a ragged map: ``to_ragged`` then makes it the map's ``data.ninja`` without copying it (a
+copy-on-write clone where the file system makes one, else a hard link), and writes only the
+map's offsets and lengths, at a cost in the size of the index.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import sys
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .base import PathLike, progress
-from .ragged import RaggedMmap
+from ._meta import ArrayMeta
+from ._storage import ArrayDir, Commit, metadata_bytes
+from .base import PathLike, as_dir, check_positive, progress
+from .ragged import RaggedMmap, _RaggedFiles
 
 __all__ = ["export", "to_ragged", "read_index"]
 
@@ -29,6 +38,10 @@ HEADER = b"MMIDIDX\x00\x00"
 DTYPE_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
                np.dtype(np.int64): 5, np.dtype(np.float64): 6, np.dtype(np.float32): 7, np.dtype(np.uint16): 8}
 DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+# ioctl(dst, FICLONE, src) on Linux: dst becomes a copy-on-write clone of src (Btrfs, XFS, ...).
+FICLONE = 0x40049409
+# Sequences checked at a time for lying back to back, to bound memory.
+_CHECK_CHUNK = 1 << 22
 
 
 def _prefix_paths(prefix: PathLike) -> Tuple[Path, Path]:
@@ -102,19 +115,208 @@ def read_index(prefix: PathLike) -> Tuple[np.dtype, np.ndarray, np.ndarray]:
     return dtype, lengths, pointers
 
 
-def _sequences(prefix: PathLike, dtype: np.dtype, lengths: np.ndarray, pointers: np.ndarray) -> Iterator[Any]:
-    bin_path, _ = _prefix_paths(prefix)
-    if not len(lengths) or not bin_path.stat().st_size:
-        yield from (np.zeros(0, dtype) for _ in range(len(lengths)))
-        return
-    data = np.memmap(bin_path, dtype=np.uint8, mode="r")
-    for pointer, length in zip(pointers.tolist(), lengths.tolist()):
-        yield data[pointer:pointer + length * dtype.itemsize].view(dtype)
+def _bytes_back_to_back(lengths: np.ndarray, pointers: np.ndarray, itemsize: int) -> Optional[int]:
+    """The bytes the sequences take when each begins where the one before ends, the first at
+    byte 0 (as Megatron's builder writes them); ``None`` when they lie otherwise."""
+    end = 0
+    for start in range(0, len(lengths), _CHECK_CHUNK):
+        sizes = lengths[start:start + _CHECK_CHUNK].astype(np.int64) * itemsize
+        expected = np.empty(len(sizes), dtype=np.int64)
+        expected[0] = end
+        np.cumsum(sizes[:-1], out=expected[1:])
+        expected[1:] += end
+        if not np.array_equal(expected, pointers[start:start + _CHECK_CHUNK]):
+            return None
+        end = int(expected[-1] + sizes[-1])
+    return end
 
 
-def to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False) -> RaggedMmap:
-    """A ``RaggedMmap`` at ``out_dir`` of the sequences of ``PREFIX.bin``/``PREFIX.idx`` (their
-    values copied; the index is checked first)."""
-    dtype, lengths, pointers = read_index(prefix)
-    return RaggedMmap.from_generator(out_dir, _sequences(prefix, dtype, lengths, pointers), batch_size=batch_size,
-                                     n=len(lengths), verbose=verbose, dtype=dtype)
+def _clone(source: Path, target: Path) -> bool:
+    """Make ``target`` (a new file) a copy-on-write clone of ``source`` (``FICLONE``: Linux, on
+    Btrfs, XFS and other file systems that share blocks); ``False``, leaving no ``target``,
+    where it cannot be."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.ioctl(dst, FICLONE, src)
+            return True
+        except OSError:
+            os.unlink(target)
+            return False
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+class _Pair:
+    """The sequences of a Megatron pair, given to ``_RaggedFiles.append`` in batches
+    (``_SequenceBatch``), and how their values get into the map: ``"cloned"`` or ``"linked"``
+    (the whole of ``PREFIX.bin`` becomes the map's data file as the first batch is written) or
+    ``"copied"``, with the reason."""
+
+    def __init__(self, prefix: PathLike, link: bool, checksum: bool):
+        self.bin_path, self.idx_path = _prefix_paths(prefix)
+        self.dtype, self.lengths, self.pointers = read_index(prefix)
+        self.checksum = checksum
+        self.how: Optional[str] = None
+        self.reason = ""
+        self.used = _bytes_back_to_back(self.lengths, self.pointers, self.dtype.itemsize)
+        size = self.bin_path.stat().st_size
+        if not link:
+            self.how, self.reason = "copied", "a copy was asked for"
+        elif self.used is None:
+            self.how, self.reason = "copied", f"the sequences of {self.idx_path} do not lie back to back from byte 0"
+        elif self.used == 0:
+            self.how, self.reason = "copied", f"{self.bin_path} holds no values"
+        elif size != self.used:
+            # a map's data file ends where its last sample ends (mmap_ninja 0.9.0 appends at the
+            # end of the file), and the bytes past it are no map's to write over
+            self.how, self.reason = "copied", f"{self.bin_path} holds {size - self.used:,} bytes past its last sequence"
+
+    def batches(self, batch_size: int) -> Iterator["_SequenceBatch"]:
+        n = len(self.lengths)
+        for start in range(0, n, batch_size):
+            yield _SequenceBatch(self, start, min(start + batch_size, n))
+
+    def place(self, target: Path) -> None:
+        """Make the whole of ``PREFIX.bin`` the file ``target``, unless ``how`` says copy: a
+        clone, else a hard link, else (neither possible) a copy after all."""
+        if self.how is not None:
+            return
+        if _clone(self.bin_path, target):
+            self.how = "cloned"
+            return
+        try:
+            os.link(self.bin_path, target)
+            self.how = "linked"
+        except OSError as exc:  # another file system (EXDEV), no hard links there (EPERM), ...
+            self.how, self.reason = "copied", f"{self.bin_path} cannot be linked into the map ({exc.strerror})"
+
+
+class _SequenceBatch:
+    """Sequences ``start`` to ``stop`` of a ``_Pair``, as ``_RaggedFiles.append`` takes a batch
+    (the interface of ``ragged._Batch``): 1-d samples whose values are in ``PREFIX.bin``."""
+
+    def __init__(self, pair: _Pair, start: int, stop: int):
+        self.pair, self.start, self.stop = pair, start, stop
+        self.counts = pair.lengths[start:stop].astype(np.int64)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.pair.dtype
+
+    @property
+    def flat(self) -> bool:
+        return True
+
+    def flat_lengths(self) -> np.ndarray:
+        return self.counts
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def write_values(self, data: ArrayDir, commit: Commit) -> ArrayMeta:
+        """Add the values of these sequences to the map's data ``data`` in ``commit``: linked
+        or cloned, nothing is written (the first batch brings the whole file in, each batch
+        commits its share of it); else they are copied file to file."""
+        pair, elements = self.pair, int(self.counts.sum())
+        if data.meta is None:
+            pair.place(data.data_file)
+        if pair.how == "copied":
+            return self._copy(data, commit, elements)
+        offset = data.meta.nbytes if data.meta is not None else 0
+        meta = ArrayMeta(pair.dtype, (data.rows + elements,), "C")
+        length = elements * pair.dtype.itemsize
+        checksum = (data.path, metadata_bytes(meta), offset)
+        if pair.checksum:  # the bytes are read once, for their CRC-32, and not copied
+            commit.adopt(data.data_file, offset, length, checksum, read=True)
+        elif self.stop == len(pair.lengths):  # none read: the metadata's CRC-32 comes with the last batch
+            commit.adopt(data.data_file, offset, length, checksum, read=False)
+        return meta
+
+    def _copy(self, data: ArrayDir, commit: Commit, elements: int) -> ArrayMeta:
+        """Copy the values file to file (``ArrayDir.copy_rows``, their CRC-32 recorded), one
+        range per run of sequences stored one after the other."""
+        itemsize = self.pair.dtype.itemsize
+        filled = self.counts > 0
+        first = self.pair.pointers[self.start:self.stop][filled]
+        last = first + self.counts[filled] * itemsize
+        ranges: List[Tuple[int, int]] = []
+        if len(first):
+            cuts = np.flatnonzero(first[1:] != last[:-1]) + 1
+            run_starts = first[np.concatenate(([0], cuts))]
+            run_ends = last[np.concatenate((cuts - 1, [len(first) - 1]))]
+            ranges = [(int(a), int(b - a)) for a, b in zip(run_starts.tolist(), run_ends.tolist())]
+        like = ArrayMeta(self.pair.dtype, (elements,), "C")
+        return data.copy_rows(self.pair.bin_path, ranges, elements, like, commit)
+
+
+def _to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False, *,
+               link: bool = True, checksum: bool = False) -> Tuple[RaggedMmap, str, str]:
+    """``to_ragged``, and how the values got into the map (``"cloned"``, ``"linked"`` or
+    ``"copied"``) with the reason for a copy."""
+    check_positive(batch_size=batch_size)
+    pair = _Pair(prefix, link, checksum)  # the index is read and checked before anything is written
+    out_dir = as_dir(out_dir)
+
+    def create(build: Path, batch: Any) -> _RaggedFiles:
+        files, commit = _RaggedFiles(build), Commit(durable=False)
+        if len(batch):
+            files.append(batch, commit)
+        else:
+            files.write_empty(pair.dtype, commit)
+        commit.finish()
+        bar.update(len(batch))
+        return files
+
+    def extend(files: _RaggedFiles, batch: _SequenceBatch) -> None:
+        commit = Commit(durable=False)
+        files.append(batch, commit)
+        commit.finish()
+        bar.update(len(batch))
+
+    with progress(len(pair.lengths), verbose, desc=f"Converting {pair.bin_path.name}") as bar:
+        RaggedMmap._build(out_dir, pair.batches(batch_size), create, extend, mode="r")
+    # a map sharing Megatron's file opens read-only, so that no view writes into it by accident
+    m = RaggedMmap(out_dir, mode="r" if pair.how == "linked" else "r+")
+    return m, pair.how or "copied", pair.reason
+
+
+def to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False, *,
+              link: bool = True, checksum: bool = False) -> RaggedMmap:
+    """A ``RaggedMmap`` at ``out_dir`` of the sequences of ``PREFIX.bin``/``PREFIX.idx``, one
+    sample per sequence (the index is checked first; a map there is replaced once the new one
+    is whole, and on any error nothing is left behind).
+
+    With ``link`` (the default), when the sequences lie back to back from byte 0 to the end of
+    ``PREFIX.bin`` (as Megatron's ``IndexedDatasetBuilder`` and ``export`` write them), that
+    file becomes the map's ``data.ninja`` without being copied, and the conversion costs time in
+    the size of the index only:
+
+    - a copy-on-write clone (``FICLONE``) where the file system makes one (Btrfs, XFS with
+      reflink, ...): two independent files sharing blocks until either is written;
+    - else a hard link: **one file under two names**. The map's ``extend``/``append`` (and
+      ``m[i] = v``) append their bytes to it past what ``PREFIX.idx`` describes, which Megatron
+      never reads, so it reads its documents as before; writes through writable views
+      (``mode="r+"``) change Megatron's values too; and rewriting ``PREFIX.bin`` in place
+      (Megatron's ``IndexedDatasetBuilder`` opens it with ``"wb"``) changes or truncates the
+      map's data: ``verify()`` reports a truncated file, ``verify(deep=True)`` other bytes
+      only with ``checksum=True``. Writing a new file over it by renaming (as ``export`` does)
+      leaves the map alone. The returned map is opened read-only (``mode="r"``) then.
+
+    Elsewhere the values are copied file to file, with their CRC-32: with ``link=False``,
+    when the sequences lie otherwise (gaps, another order, shared values), when ``PREFIX.bin``
+    holds bytes past its last sequence or none at all, or when linking fails (another file
+    system: ``EXDEV``, no hard links: ``EPERM``, ...). Such a map is opened in mode ``"r+"``, as
+    a ``from_*`` opens what it builds.
+
+    Linked or cloned bytes are not read: no CRC-32 is recorded for them, and ``verify`` notes
+    that they carry none, unless ``checksum=True``, which reads the file once, without
+    copying it, to record it. Later commits record their own checksums as usual."""
+    return _to_ragged(prefix, out_dir, batch_size, verbose, link=link, checksum=checksum)[0]
