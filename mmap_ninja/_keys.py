@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from . import _core, _keyindex, _meta
-from ._storage import ArrayDir, Commit, map_bytes, verify_checksums
+from ._storage import ArrayDir, Commit, _fsync_path, map_bytes, verify_checksums
 
 KEYS_DIR = _meta.KEYS
 INDEX = _meta.KEY_INDEX
@@ -145,6 +145,61 @@ class KeyIndex:
         return [raw.decode("utf-8") for raw in reader.get_many(np.arange(start, count, dtype=np.int64), True)]
 
 
+class KeyLookups:
+    """What a map whose samples may have keys offers: ``keyed``, ``index_of``, ``keys()`` and
+    ``by_key``. A map supplies ``_keys_and_length()``: its ``KeyIndex`` (``None`` without keys)
+    and its number of samples, read together."""
+
+    _no_keys_hint = "build it with keys=[...] (one str per sample) to find samples by key"
+    out_dir: Path
+
+    def _keys_and_length(self) -> Tuple[Optional["KeyIndex"], int]:
+        raise NotImplementedError
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the samples have keys."""
+        return self._keys_and_length()[0] is not None
+
+    def _key_index(self) -> Tuple["KeyIndex", int]:
+        index, n = self._keys_and_length()
+        if index is None:
+            raise ValueError(f"{self.out_dir} has no keys: {self._no_keys_hint}")
+        return index, min(n, index.count)
+
+    def index_of(self, key_or_keys: Any) -> Any:
+        """The position of the sample whose key is ``key_or_keys`` (an int), or of each of a
+        sequence of keys (``int64`` array); ``KeyError`` naming the first key not in the map.
+        O(1) per key (a compiled hash table stored with the map; one for all the parts of a
+        sharded map)."""
+        index, n = self._key_index()
+        return index.index_of(key_or_keys, n)
+
+    def keys(self) -> List[str]:
+        """The key of every sample, in order."""
+        index, n = self._key_index()
+        return index.keys(n)
+
+    @property
+    def by_key(self) -> "_ByKey":
+        """``m.by_key[key]`` is ``m[m.index_of(key)]``, for a key or a sequence of keys."""
+        return _ByKey(self)
+
+
+class _ByKey:
+    """``m.by_key[key_or_keys]``: the samples of ``m`` found by key."""
+
+    def __init__(self, m: KeyLookups):
+        self._map = m
+
+    def __getitem__(self, key_or_keys: Any) -> Any:
+        return self._map[self._map.index_of(key_or_keys)]
+
+    def __contains__(self, key: Any) -> bool:
+        index, n = self._map._key_index()
+        return bool(isinstance(key, str) and index.positions([key], n)[0] >= 0)
+
+
 def _map_table(path: Path, count: int) -> np.ndarray:
     """The slots of the hash table at ``path``, checked to index ``count`` keys."""
     try:
@@ -181,12 +236,17 @@ def _write_table(path: Path, stored: np.ndarray, starts: np.ndarray, ends: np.nd
         slots.flush()
         del slots
     if durable:
-        fd = os.open(new, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(new)
     os.replace(new, path)
+
+
+def _check_repeats(keys: Sequence[Any], first: int, seen: dict) -> None:
+    """Record in ``seen`` (key -> sample) the keys of samples ``first, first + 1, ...``;
+    ``ValueError`` naming a key given twice."""
+    for k, key in enumerate(keys, first):
+        earlier = seen.setdefault(key, k)
+        if earlier != k:
+            raise ValueError(f"the key {key!r} is given twice: for samples {earlier} and {k}")
 
 
 def check_new(map_dir: Path, keys: Sequence[Any], at: int) -> None:
@@ -194,11 +254,7 @@ def check_new(map_dir: Path, keys: Sequence[Any], at: int) -> None:
     a ``str`` (``TypeError``), none given twice nor the key of one of the first ``at`` samples
     (``ValueError`` naming it)."""
     _encode(keys, at)
-    seen = {}
-    for k, key in enumerate(keys):
-        earlier = seen.setdefault(key, k)
-        if earlier != k:
-            raise ValueError(f"the key {key!r} is given twice: for samples {at + earlier} and {at + k}")
+    _check_repeats(keys, at, {})
     if at == 0:
         return
     index = KeyIndex.open(map_dir)
@@ -265,11 +321,7 @@ def _index(path: Path, at: int, added: int, durable: bool) -> None:
     _keyindex.insert(slots, _keyindex.hash_keys(stored, starts[at:], ends[at:]), at)
     slots.flush()
     if durable:
-        fd = os.open(table, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(table)
 
 
 def check_extension(map_dir: Path, keys: Optional[Sequence[Any]], at: int) -> None:
@@ -301,10 +353,7 @@ class KeyFeed:
                 raise ValueError(f"keys ran out at sample {self.count + len(keys)}: one key is needed per "
                                  f"sample") from None
         _encode(keys, self.count)
-        for k, key in enumerate(keys):  # unique across the whole build, checked as it goes
-            earlier = self.seen.setdefault(key, self.count + k)
-            if earlier != self.count + k:
-                raise ValueError(f"the key {key!r} is given twice: for samples {earlier} and {self.count + k}")
+        _check_repeats(keys, self.count, self.seen)  # unique across the whole build, checked as it goes
         write_keys(self.build, keys, self.count, durable=False)
         self.count += n
 

@@ -153,7 +153,7 @@ def _reopen(cls, out_dir: str, options: dict) -> "MapObject":
     return cls(out_dir, **options)
 
 
-class MapObject(Legacy090Names):
+class MapObject(Legacy090Names, _keys.KeyLookups):
     """The lifecycle shared by ``RaggedMmap`` and ``StringsMmap`` (see the module docstring).
 
     The state read by every access is ``self._state = (files, reader, buffer)``: the kind's
@@ -264,36 +264,11 @@ class MapObject(Legacy090Names):
         for i in range(len(self)):
             yield self[i]
 
-    # -- keys ----------------------------------------------------------------------------
+    # -- keys (see _keys.KeyLookups) ---------------------------------------------------
 
-    @property
-    def keyed(self) -> bool:
-        """Whether the samples have keys (the map was built with ``keys=``)."""
-        return self._live()[0].keys is not None
-
-    def _key_index(self) -> Tuple[_keys.KeyIndex, int]:
+    def _keys_and_length(self) -> Tuple[Optional[_keys.KeyIndex], int]:
         files = self._live()[0]
-        if files.keys is None:
-            raise ValueError(f"{self.out_dir} has no keys: build it with keys=[...] (one str per sample) to find "
-                             f"samples by key")
-        return files.keys, min(files.n, files.keys.count)
-
-    def index_of(self, key_or_keys: Any) -> Any:
-        """The position of the sample whose key is ``key_or_keys`` (an int), or of each of a
-        sequence of keys (``int64`` array); ``KeyError`` naming the first key not in the map.
-        O(1) per key (a compiled hash table stored with the map)."""
-        index, n = self._key_index()
-        return index.index_of(key_or_keys, n)
-
-    def keys(self) -> List[str]:
-        """The key of every sample, in order."""
-        index, n = self._key_index()
-        return index.keys(n)
-
-    @property
-    def by_key(self) -> "_ByKey":
-        """``m.by_key[key]`` is ``m[m.index_of(key)]``, for a key or a sequence of keys."""
-        return _ByKey(self)
+        return files.keys, files.n
 
     def __reduce__(self):
         # a map pickles as its path and options, and reopens where it is unpickled
@@ -446,20 +421,6 @@ class MapObject(Legacy090Names):
                 feed.finish(files.n)
             flush_tree(build)
         return cls(out_dir, **open_kwargs)
-
-
-class _ByKey:
-    """``m.by_key[key_or_keys]``: the samples of ``m`` found by key."""
-
-    def __init__(self, m: MapObject):
-        self._map = m
-
-    def __getitem__(self, key_or_keys: Any) -> Any:
-        return self._map[self._map.index_of(key_or_keys)]
-
-    def __contains__(self, key: Any) -> bool:
-        index, n = self._map._key_index()
-        return bool(isinstance(key, str) and index.positions([key], n)[0] >= 0)
 
 
 def _listed_keys(keys: Optional[Iterable[str]], count: int) -> Optional[List[str]]:

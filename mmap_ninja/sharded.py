@@ -154,7 +154,7 @@ def _check_record(record: Dict[str, Any], kind: str, dtype: Optional[str], out_d
                          f"{record.get('dtype')}, but {out_dir} holds {kind} samples of {dtype}")
 
 
-class ShardedMmap:
+class ShardedMmap(_keys.KeyLookups):
     """Many maps of one kind (the parts of the directory ``out_dir``) read as one map.
 
     ``len(m)``, ``m[i]``, ``m[slice]``, ``m[indices]`` (a list, or rows of an array for numpy
@@ -212,38 +212,12 @@ class ShardedMmap:
         self._keys = _keys.KeyIndex.open(self.out_dir)  # committed before the manifest: at least as many
         self._state = (manifest, bounds, open_part, reader, compressed)
 
-    # -- keys ------------------------------------------------------------------------------
+    # -- keys (see _keys.KeyLookups) -------------------------------------------------------
 
-    @property
-    def keyed(self) -> bool:
-        """Whether the samples have keys (every part was written with ``keys=``)."""
-        return self._keys is not None
+    _no_keys_hint = "write its parts with keys=[...] (one str per sample) to find samples by key"
 
-    def _key_index(self) -> Tuple[_keys.KeyIndex, int]:
-        index = self._keys
-        if index is None:
-            raise ValueError(f"{self.out_dir} has no keys: write its parts with keys=[...] (one str per sample) "
-                             f"to find samples by key")
-        return index, min(len(self), index.count)
-
-    def index_of(self, key_or_keys: Any) -> Any:
-        """The position of the sample whose key is ``key_or_keys`` (an int), or of each of a
-        sequence of keys (``int64``); ``KeyError`` naming the first key not in the map. O(1)
-        per key, whatever the number of parts (one table for the whole map)."""
-        index, n = self._key_index()
-        return index.index_of(key_or_keys, n)
-
-    def keys(self) -> List[str]:
-        """The key of every sample, in order."""
-        index, n = self._key_index()
-        return index.keys(n)
-
-    @property
-    def by_key(self):
-        """``m.by_key[key]`` is ``m[m.index_of(key)]``, for a key or a sequence of keys."""
-        from ._lifecycle import _ByKey
-
-        return _ByKey(self)
+    def _keys_and_length(self) -> Tuple[Optional[_keys.KeyIndex], int]:
+        return self._keys, len(self)
 
     @property
     def kind(self) -> str:
