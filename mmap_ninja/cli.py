@@ -11,6 +11,8 @@ benchmark maps.
     mmap-ninja convert SOURCE OUT         a folder tree of images, .txt or .npy files, or a .jsonl
                                           field, into a RaggedMmap or StringsMmap at OUT;
                                           refused when OUT holds a map already
+    mmap-ninja convert DATA.parquet OUT --column NAME    a column of a Parquet file, read row
+                                          group by row group (pyarrow)
     mmap-ninja convert SOURCE OUT --force     replace the map at OUT
     mmap-ninja convert SOURCE OUT --append    extend the map at OUT (of the same kind)
     mmap-ninja convert --from megatron PREFIX OUT     Megatron's PREFIX.bin/PREFIX.idx into a
@@ -462,21 +464,24 @@ class Source:
     paths: Optional[List[str]] = None  # the path of each sample relative to the source folder
     dtype: Any = None  # of a ragged map made of .jsonl values
     skipped: str = ""  # what was passed over, in one line
+    column: Optional[str] = None  # of a Parquet file
 
 
-def open_source(source: Path, kind: Optional[str], name: Optional[str]) -> Source:
+def open_source(source: Path, kind: Optional[str], name: Optional[str], column: Optional[str] = None) -> Source:
     """The samples of ``source``: a folder tree (its kind guessed from the whole tree unless
-    ``kind`` is given) or the field ``name`` of a .jsonl file."""
+    ``kind`` is given), the field ``name`` of a .jsonl file or the ``column`` of a .parquet file."""
+    if source.is_file() and (kind == "parquet" or kind is None and source.suffix.lower() == ".parquet"):
+        return _parquet_source(source, column)
     if source.is_file():
         if kind not in (None, "jsonl") or (kind is None and source.suffix.lower() != ".jsonl"):
-            raise UsageError(f"{source}: convert takes a folder, or a .jsonl file with --field")
+            raise UsageError(f"{source}: convert takes a folder, or a .jsonl file with --field, or a .parquet file")
         if not name:
             raise UsageError("a .jsonl source needs --field NAME")
         return _jsonl_source(source, name)
     if not source.is_dir():
         raise UsageError(f"no such file or folder: {source}")
-    if kind == "jsonl":
-        raise UsageError(f"{source}: --kind jsonl takes a .jsonl file, not a folder")
+    if kind in ("jsonl", "parquet"):
+        raise UsageError(f"{source}: --kind {kind} takes a .{kind} file, not a folder")
     skipped = Skipped()
     found = walk(source, skipped)
     known = {suffix: folder_kind for folder_kind, suffixes in FOLDER_KINDS for suffix in suffixes}
@@ -524,6 +529,31 @@ def _jsonl_source(path: Path, name: str) -> Source:
     return Source("jsonl", "ragged", values, dtype=dtype)
 
 
+def _parquet_source(path: Path, column: Optional[str]) -> Source:
+    """A column of a Parquet file (``column``: needed when it has several), read row group by
+    row group by ``mmap_ninja.arrow``."""
+    try:
+        import pyarrow.parquet as pq
+
+        from . import arrow
+    except ImportError:
+        raise UsageError("reading Parquet files needs pyarrow: pip install 'mmap_ninja[arrow]'") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow's errors for a file that is not Parquet
+        raise UsageError(f"{path}: cannot be read as Parquet ({exc})") from None
+    names = parquet.schema_arrow.names
+    if column is None and len(names) != 1:
+        raise UsageError(f"{path} has {len(names)} columns ({', '.join(names)}): --column NAME chooses one")
+    if column is not None and column not in names:
+        raise UsageError(f"{path} has no column {column!r}; its columns: {', '.join(names)}")
+    try:
+        makes = arrow.map_kind(parquet, column)
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+    return Source("parquet", makes, parquet, parquet.metadata.num_rows, column=column)
+
+
 def _workers(args) -> Optional[int]:
     return None if args.workers <= 1 else args.workers
 
@@ -533,8 +563,6 @@ def command_convert(args) -> int:
         return _convert_megatron(args)
     if args.copy or args.checksum:
         raise UsageError("--copy and --checksum go with --from megatron")
-    if args.batch_size is None:
-        args.batch_size = 1024
     out = args.out
     existing = map_type(out)
     if args.append and existing is not None and args.zstd is not None:
@@ -542,26 +570,44 @@ def command_convert(args) -> int:
     if existing is not None and not (args.force or args.append):
         raise UsageError(f"{out} already holds a {MAP_NAMES.get(existing, existing)} map: "
                          f"--force replaces it, --append extends it")
-    source = open_source(args.source, args.kind, args.field)
+    source = open_source(args.source, args.kind, args.field, args.column)
+    if args.batch_size is None:  # a Parquet column is written from Arrow's buffers: larger commits pay
+        args.batch_size = 65536 if source.kind == "parquet" else 1024
     if source.skipped:
         print(f"mmap-ninja convert: {source.skipped}", file=sys.stderr)
     if args.append and existing not in (None, source.makes):
         raise UsageError(f"cannot append to {out}: it holds a {MAP_NAMES.get(existing, existing)} map, "
-                         f"and {source.kind} make a {MAP_NAMES[source.makes]} map")
+                         f"and {'the Parquet column makes' if source.kind == 'parquet' else source.kind + ' make'} "
+                         f"a {MAP_NAMES[source.makes]} map")
     verbose = not args.quiet
     if args.append and existing is not None:
         m, added = _append(out, source, args.batch_size, _workers(args), verbose)
-        print(f"appended {added:,} samples: {m!r}")
+        print(f"appended {added:,} samples: {_described(m)}")
     else:
         m = _write(out, source, args, verbose)
-        print(f"wrote {m!r}" + (", each sample's key its file's relative path" if source.paths is not None else ""))
+        print(f"wrote {_described(m)}"
+              + (", each sample's key its file's relative path" if source.paths is not None else ""))
     return 0
+
+
+def _described(m) -> str:
+    """``repr(m)``, but a numpy map (a Parquet column of numbers) by its path, shape and dtype."""
+    if isinstance(m, np.memmap):
+        return f"numpy map {str(Path(m.filename).parent)!r} of shape {m.shape} and dtype {m.dtype}"
+    return repr(m)
 
 
 def _write(out: Path, source: Source, args, verbose: bool):
     """Write ``source`` as a new map at ``out`` (replacing one there), each sample's key the
     relative path of its file (for a folder)."""
-    if source.makes == "string":
+    if source.kind == "parquet":
+        from .arrow import from_arrow
+
+        if args.zstd is not None and source.makes != "string":
+            raise UsageError(f"--zstd compresses strings; the column {source.column or ''} makes a "
+                             f"{MAP_NAMES[source.makes]} map")
+        m = from_arrow(out, source.samples, source.column, verbose, batch_size=args.batch_size, zstd_level=args.zstd)
+    elif source.makes == "string":
         m = StringsMmap.from_generator(out, source.samples, args.batch_size, verbose, n=source.count,
                                        zstd_level=args.zstd, keys=source.paths)
     elif source.kind == "jsonl":
@@ -579,6 +625,8 @@ def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], 
     as its key when the map's samples have keys (or it is empty), else without keys (and, in
     the paths an earlier version kept beside the map, with the path of each new sample, an
     empty one for samples without)."""
+    if source.kind == "parquet":
+        return _append_parquet(out, source, batch_size, verbose)
     m = StringsMmap(out) if source.makes == "string" else RaggedMmap(out)
     keyed = m.keyed or (len(m) == 0 and source.paths is not None)
     if m.keyed and source.paths is None:
@@ -604,6 +652,28 @@ def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], 
             bar.update(len(batch))
     return m, added
 
+
+
+def _append_parquet(out: Path, source: Source, batch_size: int, verbose: bool):
+    """Extend the map at ``out`` with a Parquet column, one commit per batch of rows (and the
+    paths an earlier version kept beside the map with an empty one per new sample)."""
+    from .arrow import extend_from_arrow
+
+    if _keys.KeyIndex.open(out) is not None:
+        raise UsageError(f"the samples of {out} have keys, and a Parquet column has none to give")
+    m = open_existing(out)
+    before = len(m)
+    paths = open_paths(out)
+    if paths is not None and len(paths) != before:
+        raise UsageError(f"{out / PATHS} holds {len(paths):,} paths for {before:,} samples: remove it to append "
+                         f"without paths, or rebuild the map with --force")
+    try:  # one commit per batch: the paths follow what was committed, even when a later batch fails
+        m = extend_from_arrow(out, source.samples, source.column, verbose, batch_size=batch_size)
+    finally:
+        added = len(open_existing(out)) - before
+        if paths is not None and added:
+            paths.extend([""] * added)
+    return m, added
 
 # -- Megatron's indexed datasets -----------------------------------------------------------------
 
@@ -702,17 +772,20 @@ def build_parser() -> argparse.ArgumentParser:
     head.set_defaults(run=command_head)
 
     convert = commands.add_parser("convert", help="files into a map: a folder tree of images, .txt or .npy "
-                                  "files, or a field of a .jsonl file")
-    convert.add_argument("source", type=Path, metavar="SOURCE", help="a folder (read recursively) or a .jsonl file")
+                                  "files, a field of a .jsonl file or a column of a .parquet file")
+    convert.add_argument("source", type=Path, metavar="SOURCE", help="a folder (read recursively), a .jsonl file "
+                         "or a .parquet file")
     convert.add_argument("out", type=Path, metavar="OUT", help="the folder of the map")
     existing = convert.add_mutually_exclusive_group()
     existing.add_argument("--force", action="store_true", help="replace a map already at OUT")
     existing.add_argument("--append", action="store_true", help="extend the map at OUT (of the same kind)")
-    convert.add_argument("--kind", choices=["images", "texts", "npy", "jsonl"],
+    convert.add_argument("--kind", choices=["images", "texts", "npy", "jsonl", "parquet"],
                          help="what the source holds (default: guessed from it)")
     convert.add_argument("--field", help="the field of each .jsonl record to store")
+    convert.add_argument("--column", help="the column of a .parquet file to store (needed when it has several)")
     convert.add_argument("--batch-size", type=positive, default=None,
-                         help="samples per commit (default 1024; with --from/--to megatron 65536)")
+                         help="samples per commit (default 1024; 65536 for a .parquet file and with --from/--to "
+                              "megatron)")
     convert.add_argument("--workers", type=positive, default=1, help="processes reading files (images, .npy)")
     convert.add_argument("--zstd", type=int, default=None, metavar="LEVEL", help="compress strings with zstd")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")

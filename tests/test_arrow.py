@@ -1,0 +1,514 @@
+"""Tests of mmap_ninja.arrow: Arrow arrays and tables, Parquet files and Hugging Face datasets
+into maps and maps into Arrow arrays, with the real pyarrow and datasets, and the command
+``mmap-ninja convert DATA.parquet``."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import file_bytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmap_ninja import arrow, durability
+from mmap_ninja import numpy as np_ninja
+from mmap_ninja.cli import main
+from mmap_ninja.ragged import RaggedMmap
+from mmap_ninja.sharded import ShardedMmap, write_part
+from mmap_ninja.string import StringsMmap
+
+NUMBER_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64(),
+                pa.float16(), pa.float32(), pa.float64(), pa.bool_()]
+
+
+def values_of(type_: pa.DataType, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` values of the Arrow number type ``type_`` as numpy, spanning its range."""
+    dtype = np.dtype(type_.to_pandas_dtype())
+    rng = np.random.default_rng(seed)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, count).astype(bool)
+    if dtype.kind == "f":
+        return rng.standard_normal(count).astype(dtype) * 100
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, count, dtype=dtype, endpoint=True)
+
+
+def list_array(samples, type_: pa.DataType, large: bool = False) -> pa.Array:
+    return pa.array([np.asarray(s).tolist() for s in samples], (pa.large_list if large else pa.list_)(type_))
+
+
+def siblings(path):
+    """What the folder of ``path`` holds: a build left behind would show."""
+    return sorted(os.listdir(path.parent))
+
+
+def assert_unchanged_after(call, out, exc, match):
+    """``call()`` raises ``exc`` matching ``match`` and leaves the map at ``out`` and its folder
+    as they were."""
+    before, around = file_bytes(out), siblings(out)
+    with pytest.raises(exc, match=match):
+        call()
+    assert file_bytes(out) == before and siblings(out) == around
+
+
+# -- columns into maps -------------------------------------------------------------------------
+
+def test_importing_the_package_imports_neither_pyarrow_nor_datasets():
+    code = ("import sys, mmap_ninja, mmap_ninja.cli, mmap_ninja.sharded, mmap_ninja.generic; "
+            "print(sorted(m for m in ('pyarrow', 'datasets', 'mmap_ninja.arrow') if m in sys.modules)); "
+            "import mmap_ninja.arrow; print('datasets' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "False"]
+
+
+@pytest.mark.parametrize("type_", NUMBER_TYPES, ids=str)
+def test_every_number_type_round_trips(tmp_path, type_):
+    values = values_of(type_, 40)
+    samples = [values[a:b] for a, b in [(0, 3), (3, 3), (3, 17), (17, 40)]]
+    m = arrow.from_arrow(tmp_path / "ragged", list_array(samples, type_))
+    assert isinstance(m, RaggedMmap) and m.dtype == values.dtype and len(m) == 4
+    for got, want in zip(m, samples):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert arrow.to_arrow(m).equals(list_array(samples, type_, large=True))
+    rows = arrow.from_arrow(tmp_path / "numpy", pa.array(values, type_))
+    assert isinstance(rows, np.memmap) and rows.dtype == values.dtype and np.array_equal(rows, values)
+    assert arrow.to_arrow(rows).equals(pa.array(values, type_))
+    fixed = arrow.from_arrow(tmp_path / "fixed", pa.array(values.reshape(10, 2, 2).tolist(),
+                                                          pa.list_(pa.list_(type_, 2), 2)))
+    assert fixed.shape == (10, 2, 2) and np.array_equal(fixed, values.reshape(10, 2, 2))
+    assert arrow.to_arrow(fixed).to_pylist() == values.reshape(10, 2, 2).tolist()
+
+
+def test_slices_chunks_and_offsets_are_honoured(tmp_path):
+    samples = [np.arange(k, dtype=np.int32) * k for k in range(12)]
+    column = list_array(samples, pa.int32())
+    sliced = column.slice(3, 6)  # array offset 3
+    m = arrow.from_arrow(tmp_path / "sliced", sliced)
+    assert [s.tolist() for s in m] == [s.tolist() for s in samples[3:9]]
+    chunked = pa.chunked_array([column.slice(0, 2), column.slice(2, 0), column.slice(2, 7), column.slice(9)])
+    m = arrow.from_arrow(tmp_path / "chunked", chunked, batch_size=3)  # chunks cut into commits of 3 rows
+    assert [s.tolist() for s in m] == [s.tolist() for s in samples]
+    # offsets that do not start at 0, into a values array that is itself a slice
+    values = pa.array(np.arange(100, dtype=np.int16)).slice(10)
+    lists = pa.LargeListArray.from_arrays(pa.array([5, 7, 7, 20], pa.int64()), values)
+    m = arrow.from_arrow(tmp_path / "offsets", lists)
+    assert [s.tolist() for s in m] == [[15, 16], [], list(range(17, 30))]
+    strings = pa.array(["zero", "one", "два", "", "四"]).slice(1, 3)
+    assert arrow.from_arrow(tmp_path / "strings", strings)[:] == ["one", "два", ""]
+    fixed = pa.array(np.arange(12).reshape(6, 2).tolist(), pa.list_(pa.int64(), 2)).slice(2, 3)
+    assert np.array_equal(arrow.from_arrow(tmp_path / "fixed", fixed), np.arange(4, 10).reshape(3, 2))
+
+
+def test_values_are_written_from_arrows_buffers(tmp_path):
+    column = list_array([np.arange(5)] * 1000, pa.int64())
+    batch = arrow._ragged_batch(column.slice(10), 10, arrow._layout(column.type, "x"), np.dtype(np.int64))
+    assert batch.values.ctypes.data == column.values.buffers()[1].address + 10 * 5 * 8  # a view, no copy
+    assert batch.counts.tolist() == [5] * 990 and batch.flat
+    strings = pa.array(["abc", "de", "f"]).slice(1)
+    payload, offsets = arrow._string_payload(strings, 1)
+    assert payload.ctypes.data == strings.buffers()[2].address + 3 and offsets.tolist() == [0, 2, 3]
+
+
+def test_n_d_samples(tmp_path):
+    samples = [np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros((0, 3), np.float32),
+               np.ones((4, 3), np.float32)]
+    as_lists = [s.tolist() for s in samples]
+    for type_ in (pa.list_(pa.list_(pa.float32())), pa.list_(pa.list_(pa.float32(), 3)),
+                  pa.large_list(pa.large_list(pa.float32()))):
+        m = arrow.from_arrow(tmp_path / "m", pa.array(as_lists, type_))
+        assert not m.shapes_are_flat
+        assert [s.shape for s in m] == [(2, 3), (0, 3 if pa.types.is_fixed_size_list(type_.value_type) else 0),
+                                        (4, 3)]
+        assert [s.tolist() for s in m] == as_lists
+        assert arrow.to_arrow(m).to_pylist() == as_lists  # the sample of no rows fits the others' shape
+    back = arrow.to_arrow(RaggedMmap.from_lists(tmp_path / "lists", samples))
+    assert back.type == pa.large_list(pa.list_(pa.float32(), 3)) and back.to_pylist() == as_lists
+    # three axes, the last fixed; a sliced column
+    cubes = [np.arange(k * 4, dtype=np.uint8).reshape(k, 2, 2) for k in range(5)]
+    column = pa.array([c.tolist() for c in cubes], pa.list_(pa.list_(pa.list_(pa.uint8(), 2)))).slice(1)
+    m = arrow.from_arrow(tmp_path / "cubes", column)
+    assert [s.shape for s in m] == [(k, 2, 2) for k in range(1, 5)]
+    assert all(np.array_equal(a, b) for a, b in zip(m, cubes[1:]))
+    assert arrow.to_arrow(m).to_pylist() == [c.tolist() for c in cubes[1:]]
+
+
+def test_n_d_samples_must_be_rectangular_and_share_their_trailing_shape(tmp_path):
+    ragged_inner = pa.array([[[1, 2], [3, 4]], [[1], [2, 3]]], pa.list_(pa.list_(pa.int64())))
+    with pytest.raises(ValueError, match=r"row 1: its lists along axis 1 have different lengths \(1 and 2\)"):
+        arrow.from_arrow(tmp_path / "bad", ragged_inner)
+    assert not (tmp_path / "bad").exists()
+    m = RaggedMmap.from_lists(tmp_path / "mixed", [np.zeros((2, 3)), np.zeros((2, 4))])
+    with pytest.raises(ValueError, match=r"sample 1 has shape \(2, 4\) and sample 0 \(2, 3\)"):
+        arrow.to_arrow(m)
+    m = RaggedMmap.from_lists(tmp_path / "ranks", [np.zeros((2, 3)), np.zeros(3)])
+    with pytest.raises(ValueError, match="sample 1 has 1 axes and sample 0 2"):
+        arrow.to_arrow(m)
+    with pytest.raises(ValueError, match="an axis of size 0 past the first"):
+        arrow.to_arrow(np_ninja.from_ndarray(tmp_path / "flat", np.zeros((3, 0))))
+    m = RaggedMmap.from_lists(tmp_path / "scalars", [np.arange(3), 7])
+    with pytest.raises(ValueError, match="sample 1 is a scalar"):
+        arrow.to_arrow(m)
+
+
+def test_strings(tmp_path):
+    texts = ["plain", "", "Привет", "日本語", "emoji 🙂", "x" * 1000]
+    for column in (pa.array(texts), pa.array(texts, pa.large_string()),
+                   pa.array(texts).dictionary_encode(), pa.array(texts, pa.string_view())):
+        m = arrow.from_arrow(tmp_path / "s", column)
+        assert isinstance(m, StringsMmap) and m[:] == texts
+    back = arrow.to_arrow(m)
+    assert back.type == pa.large_string() and back.to_pylist() == texts
+    compressed = arrow.from_arrow(tmp_path / "z", pa.array(texts), zstd_level=3)
+    assert compressed.codec.compressed and compressed[:] == texts and arrow.to_arrow(compressed).to_pylist() == texts
+    invalid = pa.StringArray.from_buffers(1, pa.py_buffer(np.array([0, 2], np.int32)), pa.py_buffer(b"\xff\xfe"))
+    with pytest.raises(ValueError, match="rows 0 to 0: .*UTF8"):
+        arrow.from_arrow(tmp_path / "invalid", invalid)
+
+
+def test_tables_batches_readers_and_streams(tmp_path):
+    table = pa.table({"tokens": list_array([np.arange(k) for k in range(7)], pa.int64()),
+                      "text": [f"doc {k}" for k in range(7)], "label": np.arange(7, dtype=np.int8)})
+    tokens = arrow.from_arrow(tmp_path / "t", table, column="tokens")
+    assert [len(s) for s in tokens] == list(range(7))
+    assert arrow.from_arrow(tmp_path / "b", table.to_batches()[0], column="text")[6] == "doc 6"
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=2))
+    assert arrow.from_arrow(tmp_path / "r", reader, column="label").tolist() == list(range(7))
+
+    class Stream:  # another library's table, seen through the Arrow PyCapsule interface
+        def __arrow_c_stream__(self, requested_schema=None):
+            return table.__arrow_c_stream__(requested_schema)
+
+    assert arrow.from_arrow(tmp_path / "c", Stream(), column="text")[:2] == ["doc 0", "doc 1"]
+    points = pa.array([{"xy": [1, 2], "name": "a"}, {"xy": [3], "name": "b"}])
+    assert [s.tolist() for s in arrow.from_arrow(tmp_path / "f", points.slice(1), column="xy")] == [[3]]
+    assert arrow.map_kind(table, "tokens") == "ragged" and arrow.map_kind(table, "label") == "numpy"
+
+
+def test_empty_inputs_make_empty_maps_that_know_their_type(tmp_path):
+    m = arrow.from_arrow(tmp_path / "r", pa.array([], pa.list_(pa.int16())))
+    assert isinstance(m, RaggedMmap) and len(m) == 0 and m.dtype == np.int16
+    assert arrow.to_arrow(m).equals(pa.array([], pa.large_list(pa.int16())))
+    m = arrow.from_arrow(tmp_path / "c", pa.chunked_array([], pa.list_(pa.float32())))
+    assert len(m) == 0 and m.dtype == np.float32
+    s = arrow.from_arrow(tmp_path / "s", pa.table({"text": pa.array([], pa.string())}))
+    assert isinstance(s, StringsMmap) and len(s) == 0 and len(arrow.to_arrow(s)) == 0
+    rows = arrow.from_arrow(tmp_path / "n", pa.array([], pa.list_(pa.uint8(), 3)))
+    assert rows.shape == (0, 3) and rows.dtype == np.uint8
+    assert arrow.to_arrow(rows).type == pa.list_(pa.uint8(), 3)
+    samples = [[], [[]], [[], []]]  # samples with no element, of 1 and 2 axes
+    assert [s.tolist() for s in arrow.from_arrow(tmp_path / "e", pa.array(samples[:1], pa.list_(pa.int8())))] == [[]]
+    m = arrow.from_arrow(tmp_path / "e2", pa.array(samples[1:], pa.list_(pa.list_(pa.int8()))))
+    assert [s.shape for s in m] == [(1, 0), (2, 0)]
+
+
+def test_nulls_are_refused_naming_the_row_and_leave_the_map_as_it_was(tmp_path):
+    out = tmp_path / "m"
+    RaggedMmap.from_lists(out, [np.arange(3)])
+    cases = [
+        (pa.array([[1], [2], None, [3]], pa.list_(pa.int64())), "row 2: is null"),
+        (pa.array([[1], [2, None]], pa.list_(pa.int64())).slice(1), "row 0: holds a null value"),
+        (pa.array([[[1]], [[2], None]], pa.list_(pa.list_(pa.int64()))), "row 1: holds a null list"),
+        (pa.array([[[1, 2]], [[3, 4]], [[5, None]]], pa.list_(pa.list_(pa.int64(), 2))), "row 2: holds a null value"),
+        (pa.array(["a", None]), "row 1: is null"),
+        (pa.array([1.0, 2.0, None]), "row 2: is null"),
+        (pa.array([[1, 2], None], pa.list_(pa.int64(), 2)), "row 1: is null"),
+        (pa.array([[1, 2], [3, None]], pa.list_(pa.int64(), 2)), "row 1: is null or holds a null"),
+    ]
+    for column, message in cases:
+        assert_unchanged_after(lambda column=column: arrow.from_arrow(out, column), out, ValueError, message)
+    # a null past the first commit: the build is dropped whole
+    late = pa.chunked_array([pa.array([[1]] * 5, pa.list_(pa.int64())), pa.array([[2], None], pa.list_(pa.int64()))])
+    assert_unchanged_after(lambda: arrow.from_arrow(out, late, batch_size=2), out, ValueError, "row 6: is null")
+    assert arrow.from_arrow(tmp_path / "filled", pc.fill_null(pa.array(["a", None]), "")) [:] == ["a", ""]
+
+
+def test_what_no_map_holds_is_refused_and_leaves_the_map_as_it_was(tmp_path):
+    out = tmp_path / "m"
+    StringsMmap.from_strings(out, ["kept"])
+    table = pa.table({"a": [1], "b": ["x"]})
+    for data, exc, message in [
+        (table, ValueError, r"the Table has 2 columns \('a', 'b'\): pass column="),
+        (table.select([]), ValueError, "has no column"),
+        ((table, "c"), ValueError, r"has no column 'c'; its columns: 'a', 'b'"),
+        (pa.array([b"\x00"]), TypeError, "binary values cannot be stored"),
+        (pa.array([["a"]]), TypeError, "the lists must hold numbers"),
+        (pa.array([{"a": 1}]), TypeError, "struct"),
+        (pa.array(np.array(["2020-01-01"], "datetime64[s]")), TypeError, "timestamp"),
+        (pa.array([[[1]]], pa.list_(pa.list_(pa.int64()), 1)), TypeError, "fixed-size lists of variable-size"),
+        (pa.array([1]), ValueError, "column='x' picks a column"),
+        ([[1, 2]], TypeError, "not a list"),
+        (datasets.DatasetDict({"train": datasets.Dataset.from_dict({"a": [1]})}), TypeError, r"data\['train'\]"),
+    ]:
+        if isinstance(data, tuple):
+            data, column = data
+        else:
+            column = "x" if message.startswith("column=") else None
+        assert_unchanged_after(lambda data=data, column=column: arrow.from_arrow(out, data, column), out, exc, message)
+    with pytest.raises(ValueError, match="zstd_level compresses strings"):
+        arrow.from_arrow(out, pa.array([1]), zstd_level=3)
+
+
+# -- Hugging Face datasets and Parquet ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hf_dataset():
+    rows = 50
+    return datasets.Dataset.from_dict({
+        "input_ids": [list(range(k, k + k % 6)) for k in range(rows)],
+        "text": [f"text number {k} ✓" for k in range(rows)],
+        "label": list(range(rows)),
+    })
+
+
+def test_hf_datasets_in_the_order_of_their_indices_mapping(tmp_path, hf_dataset):
+    m = arrow.from_arrow(tmp_path / "all", hf_dataset, column="input_ids")
+    assert [s.tolist() for s in m] == hf_dataset["input_ids"]
+    with pytest.raises(ValueError, match=r"3 columns \('input_ids', 'text', 'label'\)"):
+        arrow.from_arrow(tmp_path / "x", hf_dataset)
+    reordered = (hf_dataset.select(range(40, 3, -1)).shuffle(seed=3)
+                 .filter(lambda row: row["label"] % 3 != 0, load_from_cache_file=False))
+    assert reordered._indices is not None  # the rows are a mapping over the original table
+    expected = reordered["label"]
+    assert expected != sorted(expected) and len(expected) < 37
+    ids = arrow.from_arrow(tmp_path / "ids", reordered, column="input_ids", batch_size=7)
+    assert [s.tolist() for s in ids] == reordered["input_ids"]
+    assert arrow.from_arrow(tmp_path / "text", reordered, column="text")[:] == reordered["text"]
+    assert arrow.from_arrow(tmp_path / "label", reordered, column="label").tolist() == expected
+    grids = datasets.Dataset.from_dict({"grid": [np.full((k, 3), k, np.int32) for k in range(1, 4)]},
+                                       features=datasets.Features({"grid": datasets.Array2D((None, 3), "int32")}))
+    m = arrow.from_arrow(tmp_path / "grid", grids.select([2, 0]))
+    assert [s.shape for s in m] == [(3, 3), (1, 3)] and m[0].dtype == np.int32 and int(m[0][0, 0]) == 3
+
+
+def test_parquet_files_are_read_row_group_by_row_group(tmp_path):
+    path = tmp_path / "data.parquet"
+    samples = [np.arange(k % 9, dtype=np.uint16) + k for k in range(500)]
+    pq.write_table(pa.table({"tokens": list_array(samples, pa.uint16()), "text": [str(k) for k in range(500)]}),
+                   path, row_group_size=120)
+    parquet = pq.ParquetFile(path)
+    assert parquet.num_row_groups == 5
+    m = arrow.from_arrow(tmp_path / "m", parquet, column="tokens", batch_size=50)
+    assert len(m) == 500 and all(np.array_equal(a, b) for a, b in zip(m, samples))
+    m = arrow.extend_from_arrow(tmp_path / "m", pq.ParquetFile(path), column="tokens")
+    assert len(m) == 1000 and np.array_equal(m[999], samples[499])
+    with pytest.raises(ValueError, match="the Parquet file has 2 columns"):
+        arrow.from_arrow(tmp_path / "x", parquet)
+
+
+# -- maps into Arrow -----------------------------------------------------------------------------
+
+def test_to_arrow_maps_the_files_without_copying_and_keeps_them_mapped(tmp_path):
+    samples = [np.arange(k, dtype=np.int32) for k in range(1, 50)]
+    m = RaggedMmap.from_lists(tmp_path / "r", samples)
+    column = arrow.to_arrow(m)
+    assert column.type == pa.large_list(pa.int32())
+    assert column.values.buffers()[1].address == m.memmap.ctypes.data  # the mapped file itself
+    assert column.offsets.to_numpy().tolist() == [0] + np.cumsum([len(s) for s in samples]).tolist()
+    texts = [f"line {k}" for k in range(100)]
+    s = StringsMmap.from_strings(tmp_path / "s", texts, mode="rb")
+    strings = arrow.to_arrow(s)
+    assert strings.buffers()[2].address == np.frombuffer(s.buffer, np.uint8).ctypes.data
+    rows = np_ninja.from_ndarray(tmp_path / "n", np.arange(24, dtype=np.float64).reshape(6, 2, 2))
+    fixed = arrow.to_arrow(rows)
+    assert fixed.type == pa.list_(pa.list_(pa.float64(), 2), 2)
+    assert fixed.values.values.buffers()[1].address == rows.ctypes.data
+    m.close()
+    s.close()
+    del m, s, rows
+    gc.collect()
+    assert column.to_pylist() == [x.tolist() for x in samples]  # still mapped
+    assert strings.to_pylist() == texts and fixed.to_pylist() == np.arange(24).reshape(6, 2, 2).tolist()
+
+
+def test_to_arrow_copies_once_where_the_samples_are_not_back_to_back(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "r", [np.arange(3), np.arange(4), np.arange(5)], mode="r+")
+    m[0] = [7, 8, 9]  # the replaced sample moves past the others
+    column = arrow.to_arrow(m)
+    assert column.to_pylist() == [[7, 8, 9], [0, 1, 2, 3], [0, 1, 2, 3, 4]]
+    assert column.values.buffers()[1].address != m.memmap.ctypes.data
+    s = StringsMmap.from_strings(tmp_path / "s", ["abc", "de", "f"])
+    s[1] = "DE"
+    assert arrow.to_arrow(s).to_pylist() == ["abc", "DE", "f"]
+    extended = RaggedMmap.from_lists(tmp_path / "e", [np.zeros((1, 2))])
+    extended.extend([np.ones((3, 2))])  # extending keeps the samples back to back
+    assert arrow.to_arrow(extended).values.values.buffers()[1].address == extended.memmap.ctypes.data
+    fortran = np_ninja.from_ndarray(tmp_path / "f", np.asfortranarray(np.arange(6).reshape(3, 2)))
+    assert arrow.to_arrow(fortran).to_pylist() == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(TypeError, match="not a list"):
+        arrow.to_arrow([1, 2])
+
+
+def test_sharded_maps_become_chunked_arrays(tmp_path):
+    records = [write_part(tmp_path / "r", [np.arange(k + i) for i in range(3)]) for k in range(3)]
+    column = arrow.to_arrow(ShardedMmap.commit_parts(tmp_path / "r", records))
+    assert isinstance(column, pa.ChunkedArray) and column.num_chunks == 3
+    assert column.to_pylist() == [list(range(k + i)) for k in range(3) for i in range(3)]
+    records = [write_part(tmp_path / "s", [f"{k}.{i}" for i in range(2)]) for k in range(2)]
+    assert arrow.to_arrow(ShardedMmap.commit_parts(tmp_path / "s", records)).to_pylist() == ["0.0", "0.1", "1.0", "1.1"]
+    records = [write_part(tmp_path / "n", np.full((2, 3), k, np.float32), "numpy") for k in range(2)]
+    rows = arrow.to_arrow(ShardedMmap.commit_parts(tmp_path / "n", records))
+    assert rows.type == pa.list_(pa.float32(), 3) and rows.to_pylist() == [[0.0] * 3] * 2 + [[1.0] * 3] * 2
+
+
+# -- appending -------------------------------------------------------------------------------------
+
+def test_extend_from_arrow_appends_batch_by_batch_in_the_maps_dtype(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "r", [np.arange(3, dtype=np.int32)])
+    m = arrow.extend_from_arrow(tmp_path / "r", pa.array([[5, 6], [7]], pa.list_(pa.int64())))
+    assert [s.tolist() for s in m] == [[0, 1, 2], [5, 6], [7]] and m.dtype == np.int32
+    with pytest.raises(TypeError, match="do not fit in int32"):
+        arrow.extend_from_arrow(tmp_path / "r", pa.array([[2**40]], pa.list_(pa.int64())))
+    m = arrow.extend_from_arrow(tmp_path / "r", pa.array([[[1, 2]]], pa.list_(pa.list_(pa.int32()))))
+    assert m[3].shape == (1, 2) and len(m) == 4  # the first 2-d sample: the map's shapes become ragged
+    with pytest.raises(ValueError, match="row 3: is null"):  # the batches before the null are committed
+        arrow.extend_from_arrow(tmp_path / "r", pa.array([[1]] * 3 + [None], pa.list_(pa.int32())), batch_size=2)
+    assert len(RaggedMmap(tmp_path / "r")) == 6
+    for level in (None, 3):
+        s = StringsMmap.from_strings(tmp_path / f"s{level}", ["a"], zstd_level=level)
+        s = arrow.extend_from_arrow(tmp_path / f"s{level}", pa.array(["b", "ç"], pa.large_string()))
+        assert s[:] == ["a", "b", "ç"] and s.verify() == []
+    rows = np_ninja.from_ndarray(tmp_path / "n", np.zeros((1, 2), np.float32))
+    rows = arrow.extend_from_arrow(tmp_path / "n", pa.array([[1, 2]], pa.list_(pa.int8(), 2)))
+    assert rows.tolist() == [[0, 0], [1, 2]] and rows.dtype == np.float32
+    with pytest.raises(ValueError, match="holds a numpy map; the array .* makes a strings map"):
+        arrow.extend_from_arrow(tmp_path / "n", pa.array(["x"]))
+    fresh = arrow.extend_from_arrow(tmp_path / "new", pa.array(["x"]))
+    assert fresh[:] == ["x"]
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+DTYPES = st.sampled_from([pa.int8(), pa.uint16(), pa.int32(), pa.int64(), pa.float32(), pa.float64()])
+
+
+def _ragged_values(type_):
+    dtype = np.dtype(type_.to_pandas_dtype())
+    if dtype.kind == "f":
+        return st.floats(-1e6, 1e6, width=dtype.itemsize * 8)
+    info = np.iinfo(dtype)
+    return st.integers(int(info.min), int(info.max))
+
+
+@st.composite
+def ragged_columns(draw):
+    type_ = draw(DTYPES)
+    rows = draw(st.lists(st.lists(_ragged_values(type_), max_size=12), max_size=30))
+    column = pa.array(rows, draw(st.sampled_from([pa.list_, pa.large_list]))(type_))
+    start = draw(st.integers(0, len(rows)))
+    return rows[start:], column.slice(start), type_
+
+
+@settings(max_examples=25, deadline=None)
+@given(ragged_columns(), st.integers(1, 8))
+def test_property_ragged_columns_round_trip(case, batch_size):
+    rows, column, type_ = case
+    with tempfile.TemporaryDirectory() as folder, durability(False):
+        m = arrow.from_arrow(os.path.join(folder, "m"), column, batch_size=batch_size)
+        assert [s.tolist() for s in m] == rows and m.dtype == np.dtype(type_.to_pandas_dtype())
+        back = arrow.to_arrow(m)
+        assert back.equals(pa.array(rows, pa.large_list(type_)))
+        reopened = RaggedMmap(os.path.join(folder, "m"))
+        assert [s.tolist() for s in reopened] == rows and reopened.verify(deep=True) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.text(max_size=20), max_size=30), st.integers(1, 8))
+def test_property_strings_round_trip(texts, batch_size):
+    with tempfile.TemporaryDirectory() as folder, durability(False):
+        m = arrow.from_arrow(os.path.join(folder, "s"), pa.array(texts, pa.string()), batch_size=batch_size)
+        assert m[:] == texts and arrow.to_arrow(m).to_pylist() == texts
+        reopened = StringsMmap(os.path.join(folder, "s"), mode="rb")
+        assert reopened[:] == texts and reopened.verify(deep=True) == []
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.lists(st.integers(-1000, 1000), min_size=1, max_size=8), max_size=10),
+       st.integers(1, 3))
+def test_property_maps_to_arrow_and_back(rows, width):
+    samples = [np.array(row, dtype=np.int16).repeat(width).reshape(-1, width) for row in rows]
+    with tempfile.TemporaryDirectory() as folder, durability(False):
+        m = RaggedMmap.from_lists(os.path.join(folder, "m"), samples, dtype=np.int16)
+        column = arrow.to_arrow(m)
+        assert column.to_pylist() == [s.tolist() for s in samples]
+        again = arrow.from_arrow(os.path.join(folder, "again"), column)
+        assert len(again) == len(samples) and all(np.array_equal(a, b) for a, b in zip(again, samples))
+
+
+# -- the command line --------------------------------------------------------------------------------
+
+def run(capsys, *args):
+    code = main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_convert_a_parquet_file(tmp_path, capsys):
+    path = tmp_path / "data.parquet"
+    samples = [list(range(k % 7)) for k in range(300)]
+    pq.write_table(pa.table({"tokens": pa.array(samples, pa.list_(pa.int32())), "text": [f"t{k}" for k in range(300)],
+                             "score": np.arange(300, dtype=np.float32)}), path, row_group_size=64)
+    code, _, err = run(capsys, "convert", path, tmp_path / "out")
+    assert code == 2 and err.strip() == (f"mmap-ninja convert: error: {path} has 3 columns (tokens, text, score): "
+                                         f"--column NAME chooses one")
+    code, out, err = run(capsys, "convert", path, tmp_path / "out", "--column", "tokens", "--batch-size", "50")
+    assert code == 0 and out.startswith(f"wrote RaggedMmap('{tmp_path / 'out'}', 300 1-d samples of int32)")
+    assert "300/300" in err  # the progress bar counts rows
+    assert [s.tolist() for s in RaggedMmap(tmp_path / "out")] == samples
+    code, _, err = run(capsys, "convert", path, tmp_path / "out", "--column", "tokens")
+    assert code == 2 and "--force replaces it, --append extends it" in err
+    code, out, err = run(capsys, "convert", path, tmp_path / "out", "--column", "tokens", "--append", "--quiet")
+    assert code == 0 and out.startswith("appended 300 samples: RaggedMmap(") and err == ""
+    assert len(RaggedMmap(tmp_path / "out")) == 600
+    code, _, err = run(capsys, "convert", path, tmp_path / "out", "--column", "text", "--append")
+    assert code == 2 and "holds a ragged map, and the Parquet column makes a strings map" in err
+    code, out, _ = run(capsys, "convert", path, tmp_path / "out", "--column", "text", "--force", "--quiet")
+    assert code == 0 and StringsMmap(tmp_path / "out")[:3] == ["t0", "t1", "t2"]
+    code, out, _ = run(capsys, "convert", path, tmp_path / "rows", "--column", "score", "--quiet")
+    assert code == 0 and out.strip() == f"wrote numpy map '{tmp_path / 'rows'}' of shape (300,) and dtype float32"
+    code, _, err = run(capsys, "convert", path, tmp_path / "x", "--column", "nope")
+    assert code == 2 and "has no column 'nope'; its columns: tokens, text, score" in err
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    code, _, err = run(capsys, "convert", tmp_path / "bad.parquet", tmp_path / "x")
+    assert code == 2 and "cannot be read as Parquet" in err and not (tmp_path / "x").exists()
+    code, _, err = run(capsys, "convert", tmp_path, tmp_path / "x", "--kind", "parquet")
+    assert code == 2 and "--kind parquet takes a .parquet file, not a folder" in err
+    renamed = tmp_path / "data.bin"
+    renamed.write_bytes(path.read_bytes())
+    code, _, _ = run(capsys, "convert", renamed, tmp_path / "kind", "--kind", "parquet", "--column", "text", "--quiet")
+    assert code == 0 and StringsMmap(tmp_path / "kind")[299] == "t299"
+
+
+def test_convert_refuses_to_append_a_parquet_column_to_a_keyed_map(tmp_path, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"doc_{k}.txt").write_text(f"text {k}")
+    assert run(capsys, "convert", folder, tmp_path / "out", "--quiet")[0] == 0  # keyed by the files' paths
+    before = file_bytes(tmp_path / "out")
+    path = tmp_path / "more.parquet"
+    pq.write_table(pa.table({"text": ["more 0", "more 1"]}), path)
+    code, _, err = run(capsys, "convert", path, tmp_path / "out", "--append", "--quiet")
+    assert code == 2 and "have keys, and a Parquet column has none to give" in err
+    assert file_bytes(tmp_path / "out") == before
+
+
+def test_convert_appends_a_parquet_column_to_a_map_with_paths_of_an_earlier_version(tmp_path, capsys):
+    StringsMmap.from_strings(tmp_path / "out", ["text 0", "text 1", "text 2"])
+    StringsMmap.from_strings(tmp_path / "out" / "paths", ["doc_0.txt", "doc_1.txt", "doc_2.txt"])
+    path = tmp_path / "more.parquet"
+    pq.write_table(pa.table({"text": ["more 0", "more 1"]}), path)
+    code, out, _ = run(capsys, "convert", path, tmp_path / "out", "--append", "--quiet")
+    assert code == 0 and out.startswith("appended 2 samples: StringsMmap(")
+    assert StringsMmap(tmp_path / "out")[:] == ["text 0", "text 1", "text 2", "more 0", "more 1"]
+    assert StringsMmap(tmp_path / "out" / "paths")[:] == ["doc_0.txt", "doc_1.txt", "doc_2.txt", "", ""]
