@@ -14,12 +14,15 @@ def hash_keys(data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64],
 def insert(slots: npt.NDArray[np.uint64], hashes: npt.NDArray[np.uint64], first: int) -> None:
     """Fill a slot for each key ``i`` of ``hashes`` at position ``first + i``."""
 
-def find(slots: npt.NDArray[np.uint64], stored: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64],
-         ends: npt.NDArray[np.int64], count: int, keys: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64],
-         source: str = ...) -> npt.NDArray[np.int64]:
+def find(slots: npt.NDArray[np.uint64], stored: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], count: int,
+         keys: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], source: str = ...) -> npt.NDArray[np.int64]:
     """The position of each key ``keys[offsets[i]:offsets[i + 1]]`` among the first ``count``
-    stored, -1 where absent."""
+    stored (key ``j`` is ``stored[ends[j - 1]:ends[j]]``), -1 where absent."""
 
-def misplaced(slots: npt.NDArray[np.uint64], stored: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64],
-              ends: npt.NDArray[np.int64], count: int) -> int:
+def find_strings(slots: npt.NDArray[np.uint64], stored: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64],
+                 count: int, keys: list[str], source: str = ...) -> npt.NDArray[np.int64]:
+    """``find`` of each ``str`` of ``keys``, read as UTF-8 where Python keeps it."""
+
+def misplaced(slots: npt.NDArray[np.uint64], stored: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64],
+              count: int) -> int:
     """The first stored key the table does not find at its own position; -1 when none."""

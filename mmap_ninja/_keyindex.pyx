@@ -16,12 +16,15 @@ anew, beside it.
 The hash (``key_hash``) is part of the file format: 64-bit, over the key's UTF-8 bytes, read
 8 bytes at a time (little-endian) with a multiply-rotate step, finished by SplitMix64's mix.
 
+Keys are stored back to back: key ``j`` is ``stored[ends[j - 1]:ends[j]]`` (from 0 for key
+0), so a lookup reads one array of offsets, not the ``starts`` the strings map also keeps.
 Every offset read from disk is checked before memory is touched: a key whose offsets fall
 outside the key bytes raises ``ValueError``.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
 cimport numpy as cnp
 import numpy as np
@@ -90,9 +93,14 @@ cdef inline uint64_t _slot_value(uint64_t h, int64_t position) noexcept nogil:
     return (h & TAG_MASK) | (<uint64_t>(position + 1) & POSITION_MASK)
 
 
+cdef inline int64_t _start_of(const int64_t* ends, int64_t j) noexcept nogil:
+    """Where key ``j`` starts: keys are stored back to back, so right after key ``j - 1``."""
+    return ends[j - 1] if j > 0 else 0
+
+
 cdef int64_t _find(const uint64_t* slots, uint64_t capacity, const uint8_t* stored, Py_ssize_t stored_size,
-                   const int64_t* starts, const int64_t* ends, int64_t count, const uint8_t* key,
-                   Py_ssize_t key_size, uint64_t h, int* status) noexcept nogil:
+                   const int64_t* ends, int64_t count, const uint8_t* key, Py_ssize_t key_size, uint64_t h,
+                   int* status) noexcept nogil:
     """The position of the key, -1 when absent; ``status`` set on damaged offsets."""
     cdef uint64_t mask = capacity - 1
     cdef uint64_t at = h & mask
@@ -106,7 +114,7 @@ cdef int64_t _find(const uint64_t* slots, uint64_t capacity, const uint8_t* stor
         if (slot & TAG_MASK) == tag:
             j = <int64_t>(slot & POSITION_MASK) - 1
             if 0 <= j < count:
-                start = starts[j]
+                start = _start_of(ends, j)
                 end = ends[j]
                 if start < 0 or end < start or end > stored_size:
                     status[0] = FOUND_BAD_OFFSETS
@@ -116,6 +124,40 @@ cdef int64_t _find(const uint64_t* slots, uint64_t capacity, const uint8_t* stor
         at = (at + 1) & mask
         probes += 1
     return -1
+
+
+cdef void _find_batch(const uint64_t* table, uint64_t capacity, const uint8_t* base, Py_ssize_t stored_size,
+                      const int64_t* ends, int64_t count, const uint8_t** keys, const Py_ssize_t* sizes,
+                      Py_ssize_t n, uint64_t* hashes, int64_t* found, int* status, int64_t* bad) noexcept nogil:
+    """``found[i]``: the position of key ``i`` (``sizes[i]`` bytes at ``keys[i]``), -1 when
+    absent. The keys' lookups are independent: each pass asks the memory for what the next one
+    reads, for all keys at once, so that the misses of a batch overlap instead of following one
+    another (the slot, then the candidate's end offsets, then its bytes)."""
+    cdef uint64_t mask = capacity - 1, slot
+    cdef Py_ssize_t i
+    cdef int64_t j, start
+    for i in range(n):
+        hashes[i] = key_hash(keys[i], sizes[i])
+        prefetch(table + (hashes[i] & mask))
+    for i in range(n):
+        slot = table[hashes[i] & mask]
+        j = <int64_t>(slot & POSITION_MASK) - 1
+        found[i] = j if slot != 0 and (slot & TAG_MASK) == (hashes[i] & TAG_MASK) and 0 <= j < count else -1
+        if found[i] > 0:
+            prefetch(ends + j - 1)  # the end of key j - 1 (where key j starts) and of key j: one line, mostly
+        if found[i] >= 0:
+            prefetch(ends + j)
+    for i in range(n):
+        j = found[i]
+        if j >= 0:
+            start = _start_of(ends, j)
+            if 0 <= start < stored_size:
+                prefetch(base + start)
+    for i in range(n):
+        found[i] = _find(table, capacity, base, stored_size, ends, count, keys[i], sizes[i], hashes[i], status)
+        if status[0] != FOUND_OK:
+            bad[0] = found[i]
+            return
 
 
 cdef inline const uint8_t* _bytes_at(const uint8_t[::1] data) noexcept nogil:
@@ -165,80 +207,95 @@ def insert(uint64_t[::1] slots, const uint64_t[::1] hashes, int64_t first) -> No
         raise ValueError("the key table is full")
 
 
-def find(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1] starts,
-         const int64_t[::1] ends, int64_t count, const uint8_t[::1] keys, const int64_t[::1] offsets,
-         str source="the key index") -> np.ndarray:
-    """The position of each key ``keys[offsets[i]:offsets[i + 1]]`` among the first ``count``
-    keys stored (``stored[starts[j]:ends[j]]`` for key ``j``), -1 where absent (``int64``)."""
-    cdef Py_ssize_t n = offsets.shape[0] - 1, i
+cdef void _check_table(const uint64_t[::1] slots, const int64_t[::1] ends, int64_t count, str source) except *:
     cdef uint64_t capacity = slots.shape[0]
     if capacity == 0 or capacity & (capacity - 1):
         raise ValueError(f"{source}: a key table holds a power of two of slots, not {capacity}")
-    if count < 0 or count > starts.shape[0] or count > ends.shape[0]:
-        raise ValueError(f"{source}: {count} keys asked of {min(starts.shape[0], ends.shape[0])} stored")
+    if count < 0 or count > ends.shape[0]:
+        raise ValueError(f"{source}: {count} keys asked of {ends.shape[0]} stored")
+
+
+def find(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1] ends, int64_t count,
+         const uint8_t[::1] keys, const int64_t[::1] offsets, str source="the key index") -> np.ndarray:
+    """The position of each key ``keys[offsets[i]:offsets[i + 1]]`` among the first ``count``
+    keys stored (``stored[ends[j - 1]:ends[j]]`` for key ``j``, from 0 for key 0), -1 where
+    absent (``int64``)."""
+    _check_table(slots, ends, count, source)
+    cdef Py_ssize_t n = offsets.shape[0] - 1, i
     if n < 0:
         raise ValueError("offsets must hold at least one entry")
     for i in range(n):
         if offsets[i] < 0 or offsets[i + 1] < offsets[i] or offsets[i + 1] > keys.shape[0]:
             raise ValueError(f"the offsets of key {i} fall outside its bytes")
-    out = np.empty(n, dtype=np.int64)
-    cdef int64_t[::1] found = out
-    hashes_out = np.empty(n, dtype=np.uint64)
-    cdef uint64_t[::1] hashes = hashes_out
+    pointers = np.empty(n, dtype=np.uintp)
+    sizes_out = np.empty(n, dtype=np.intp)
+    cdef size_t[::1] at = pointers
+    cdef Py_ssize_t[::1] sizes = sizes_out
     cdef const uint8_t* query = _bytes_at(keys)
-    cdef const uint8_t* base = _bytes_at(stored)
-    cdef const int64_t* starts_at = &starts[0] if starts.shape[0] else NULL
-    cdef const int64_t* ends_at = &ends[0] if ends.shape[0] else NULL
-    cdef const uint64_t* table = &slots[0]
-    cdef uint64_t mask = capacity - 1, slot
-    cdef const uint8_t* key
-    cdef Py_ssize_t size
+    for i in range(n):
+        at[i] = <size_t>(query + offsets[i])
+        sizes[i] = offsets[i + 1] - offsets[i]
+    return _found(slots, stored, ends, count, pointers, sizes_out, source)
+
+
+def find_strings(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1] ends, int64_t count,
+                 list keys, str source="the key index") -> np.ndarray:
+    """``find`` of each ``str`` of ``keys``, read as UTF-8 where Python keeps it (nothing is
+    joined or copied for ASCII keys); ``TypeError`` for a key that is not a ``str``."""
+    _check_table(slots, ends, count, source)
+    cdef Py_ssize_t n = len(keys), i, size
+    pointers = np.empty(n, dtype=np.uintp)
+    sizes_out = np.empty(n, dtype=np.intp)
+    cdef size_t[::1] at = pointers
+    cdef Py_ssize_t[::1] sizes = sizes_out
+    cdef const char* utf8
+    for i in range(n):
+        key = keys[i]
+        if type(key) is not str and not isinstance(key, str):
+            raise TypeError(f"keys are str; key {i} is a {type(key).__name__}")
+        try:
+            utf8 = PyUnicode_AsUTF8AndSize(key, &size)
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"key {i} is not valid UTF-8 text: {exc}") from None
+        at[i] = <size_t>utf8
+        sizes[i] = size
+    # ``keys`` (a list only this call holds) keeps every str, and so its UTF-8, alive
+    return _found(slots, stored, ends, count, pointers, sizes_out, source)
+
+
+cdef object _found(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1] ends, int64_t count,
+                   pointers, sizes_out, str source):
+    cdef Py_ssize_t n = len(pointers)
+    cdef size_t[::1] at = pointers
+    cdef Py_ssize_t[::1] sizes = sizes_out
+    out = np.empty(n, dtype=np.int64)
+    hashes_out = np.empty(n, dtype=np.uint64)
+    cdef int64_t[::1] found = out
+    cdef uint64_t[::1] hashes = hashes_out
     cdef int status = FOUND_OK
-    cdef int64_t bad = -1, j
+    cdef int64_t bad = -1
+    if n == 0:
+        return out
     with nogil:
-        # The keys' lookups are independent: each pass asks the memory for what the next one
-        # reads, for all keys at once, so that the misses of a batch overlap instead of
-        # following one another (slot, then the candidate's offsets, then its bytes).
-        for i in range(n):
-            hashes[i] = key_hash(query + offsets[i], offsets[i + 1] - offsets[i])
-            prefetch(table + (hashes[i] & mask))
-        for i in range(n):
-            slot = table[hashes[i] & mask]
-            j = <int64_t>(slot & POSITION_MASK) - 1
-            found[i] = j if slot != 0 and (slot & TAG_MASK) == (hashes[i] & TAG_MASK) and 0 <= j < count else -1
-            if found[i] >= 0:
-                prefetch(starts_at + j)
-                prefetch(ends_at + j)
-        for i in range(n):
-            j = found[i]
-            if j >= 0 and 0 <= starts_at[j] < stored.shape[0]:
-                prefetch(base + starts_at[j])
-        for i in range(n):
-            key = query + offsets[i]
-            size = offsets[i + 1] - offsets[i]
-            found[i] = _find(table, capacity, base, stored.shape[0], starts_at, ends_at, count, key, size,
-                             hashes[i], &status)
-            if status != FOUND_OK:
-                bad = found[i]
-                break
+        _find_batch(&slots[0], slots.shape[0], _bytes_at(stored), stored.shape[0],
+                    &ends[0] if ends.shape[0] else NULL, count, <const uint8_t**>&at[0], &sizes[0], n,
+                    &hashes[0], &found[0], &status, &bad)
     if status == FOUND_BAD_OFFSETS:
         raise ValueError(f"{source}: the offsets of key {bad} fall outside its bytes: damaged")
     return out
 
 
-def misplaced(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1] starts,
-              const int64_t[::1] ends, int64_t count) -> int:
-    """The first of the first ``count`` stored keys that the table does not find at its own
-    position (missing from it, damaged, or the same as an earlier key); -1 when every key is
-    found where it is. The offsets are checked first: ``ValueError`` for the first bad ones."""
+def misplaced(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1] ends, int64_t count) -> int:
+    """The first of the first ``count`` stored keys (back to back: key ``j`` is
+    ``stored[ends[j - 1]:ends[j]]``) that the table does not find at its own position (missing
+    from it, damaged, or the same as an earlier key); -1 when every key is found where it is.
+    The offsets are checked first: ``ValueError`` for the first bad ones."""
+    _check_table(slots, ends, count, "the key index")
     cdef uint64_t capacity = slots.shape[0]
-    cdef int64_t i, j
-    if capacity == 0 or capacity & (capacity - 1):
-        raise ValueError(f"a key table holds a power of two of slots, not {capacity}")
-    if count < 0 or count > starts.shape[0] or count > ends.shape[0]:
-        raise ValueError(f"{count} keys asked of {min(starts.shape[0], ends.shape[0])} stored")
+    cdef int64_t i, j, start
     for i in range(count):
-        if starts[i] < 0 or ends[i] < starts[i] or ends[i] > stored.shape[0]:
+        start = ends[i - 1] if i > 0 else 0
+        if start < 0 or ends[i] < start or ends[i] > stored.shape[0]:
             raise ValueError(f"the offsets of key {i} fall outside its bytes")
     if count == 0:
         return -1
@@ -247,8 +304,9 @@ def misplaced(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_
     cdef int64_t first_bad = -1
     with nogil:
         for i in range(count):
-            j = _find(&slots[0], capacity, base, stored.shape[0], &starts[0], &ends[0], count, base + starts[i],
-                      ends[i] - starts[i], key_hash(base + starts[i], ends[i] - starts[i]), &status)
+            start = ends[i - 1] if i > 0 else 0
+            j = _find(&slots[0], capacity, base, stored.shape[0], &ends[0], count, base + start, ends[i] - start,
+                      key_hash(base + start, ends[i] - start), &status)
             if j != i:
                 first_bad = i
                 break

@@ -14,10 +14,11 @@ place (slots only ever filled) and built anew, beside it, when it fills past hal
 
 from __future__ import annotations
 
+import collections
 import os
 import struct
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -119,12 +120,15 @@ class KeyIndex:
         return cls(path, count, stored, starts.map(), ends.map())
 
     def positions(self, keys: Sequence[Any], count: int) -> np.ndarray:
-        """The position of each key among the first ``count`` (-1 where absent)."""
-        data, offsets = _encode(keys, 0)
+        """The position of each key among the first ``count`` (-1 where absent); ``TypeError``
+        for a key that is not a ``str``."""
+        keys = list(keys)  # held by this call only, while the kernel reads the keys' UTF-8
         if count == 0:
+            for k, key in enumerate(keys):
+                if not isinstance(key, str):
+                    raise TypeError(f"keys are str; key {k} is a {type(key).__name__}")
             return np.full(len(keys), -1, dtype=np.int64)
-        return _keyindex.find(self.slots, self.stored, self.starts, self.ends, count,
-                              np.frombuffer(data, dtype=np.uint8), offsets, str(self.path))
+        return _keyindex.find_strings(self.slots, self.stored, self.ends, count, keys, str(self.path))
 
     def index_of(self, key_or_keys: Any, count: int) -> Union[int, np.ndarray]:
         """The position of a key (an int), or of each of a sequence of keys (``int64``);
@@ -221,10 +225,21 @@ def _map_table(path: Path, count: int) -> np.ndarray:
     return np.memmap(path, dtype=np.uint64, mode="r", offset=_HEADER_BYTES, shape=(capacity,))
 
 
-def _write_table(path: Path, stored: np.ndarray, starts: np.ndarray, ends: np.ndarray, durable: bool) -> None:
-    """A new table at ``path`` indexing the keys ``stored[starts[i]:ends[i]]``, written beside
-    it and renamed into place."""
-    count = len(starts)
+def _starts_of(ends: np.ndarray, at: int, total: int) -> np.ndarray:
+    """Where keys ``at`` to ``total`` start: keys lie back to back, so each where the one before
+    ends (key 0 at 0)."""
+    starts = np.empty(total - at, dtype=np.int64)
+    if total > at:
+        starts[0] = ends[at - 1] if at else 0
+        starts[1:] = ends[at:total - 1]
+    return starts
+
+
+def _write_table(path: Path, stored: np.ndarray, ends: np.ndarray, durable: bool) -> None:
+    """A new table at ``path`` indexing the keys ending at ``ends`` in ``stored``, written
+    beside it and renamed into place."""
+    count = len(ends)
+    starts = _starts_of(ends, 0, count)
     capacity = _capacity_for(count)
     new = path.with_name(path.name + ".new")
     with open(new, "wb") as table:
@@ -283,7 +298,13 @@ def write_keys(map_dir: Path, keys: Sequence[str], at: int, durable: Optional[bo
     if at > held:
         raise ValueError(f"{path} holds {held} keys: keys for samples from {at} on cannot be added")
     data_file = path / _meta.DATA
-    offset = data_file.stat().st_size if at and data_file.exists() else 0
+    offset = 0  # keys lie back to back: the new ones go right after key at - 1 (over stale ones)
+    if at:
+        offset = int(ends_dir.map()[at - 1])
+        size = data_file.stat().st_size if data_file.exists() else 0
+        if not 0 <= offset <= size:
+            raise ValueError(f"{path / 'ends'}: key {at - 1} ends at byte {offset}, outside the {size} bytes of "
+                             f"{data_file}: damaged (verify reports it)")
     if not (path / _meta.TYPE).exists():
         path.mkdir(parents=True, exist_ok=True)
         commit.replace(path / _meta.TYPE, b"string")
@@ -305,7 +326,6 @@ def _index(path: Path, at: int, added: int, durable: bool) -> None:
     when it would be more than half full, or is missing or damaged)."""
     total = at + added
     stored = np.frombuffer(map_bytes(path / _meta.DATA), dtype=np.uint8) if total else np.zeros(0, np.uint8)
-    starts = np.asarray(ArrayDir.open(path / "starts").map()[:total]) if total else np.zeros(0, np.int64)
     ends = np.asarray(ArrayDir.open(path / "ends").map()[:total]) if total else np.zeros(0, np.int64)
     table = path / INDEX
     try:
@@ -313,12 +333,12 @@ def _index(path: Path, at: int, added: int, durable: bool) -> None:
     except ValueError:
         slots = None
     if slots is None or 2 * total > len(slots):
-        _write_table(table, stored, starts, ends, durable)
+        _write_table(table, stored, ends, durable)
         return
     if not added:
         return
     slots = np.memmap(table, dtype=np.uint64, mode="r+", offset=_HEADER_BYTES, shape=(len(slots),))
-    _keyindex.insert(slots, _keyindex.hash_keys(stored, starts[at:], ends[at:]), at)
+    _keyindex.insert(slots, _keyindex.hash_keys(stored, _starts_of(ends, at, total), ends[at:]), at)
     slots.flush()
     if durable:
         _fsync_path(table)
@@ -331,6 +351,23 @@ def check_extension(map_dir: Path, keys: Optional[Sequence[Any]], at: int) -> No
         check_new(map_dir, keys, at)
     elif (map_dir / KEYS_DIR / _meta.TYPE).exists():
         raise ValueError(f"the samples of {map_dir} have keys: give one for each new sample (keys=[...])")
+
+
+class KeysAlongside:
+    """Keys read so far and not yet taken, as an iterator for ``KeyFeed``: whoever reads the
+    samples puts each one's key in ``pending`` as it reads it, so a build takes every batch's
+    keys from the same rows (an iterator that stops while ``pending`` is empty)."""
+
+    def __init__(self) -> None:
+        self.pending: Deque[Any] = collections.deque()
+
+    def __iter__(self) -> "KeysAlongside":
+        return self
+
+    def __next__(self) -> Any:
+        if not self.pending:
+            raise StopIteration
+        return self.pending.popleft()
 
 
 class KeyFeed:
@@ -401,6 +438,11 @@ def problems(map_dir: Path, n: int, deep: bool) -> Tuple[List[str], List[str]]:
         i = int(outside[0])
         return [f"{path}: the offsets of key {i} ([{int(starts[i])}, {int(ends[i])})) fall outside the "
                 f"{len(index.stored)} bytes of its {_meta.DATA}: damaged"], []
+    apart = np.flatnonzero(starts != _starts_of(ends, 0, n))
+    if apart.size:  # lookups read where a key starts from where the one before ends
+        i = int(apart[0])
+        return [f"{path}: key {i} starts at byte {int(starts[i])}, not where key {i - 1} ends "
+                f"({int(ends[i - 1]) if i else 0}): keys are stored back to back; damaged"], []
     found: List[str] = []
     notes: List[str] = []
     for name in ("starts", "ends"):
@@ -411,7 +453,7 @@ def problems(map_dir: Path, n: int, deep: bool) -> Tuple[List[str], List[str]]:
     more, noted = verify_checksums(path, path / _meta.DATA, int(index.ends[:n].max(initial=0)), None, deep)
     found += more
     notes += noted
-    bad = _keyindex.misplaced(index.slots, index.stored, index.starts, index.ends, n)
+    bad = _keyindex.misplaced(index.slots, index.stored, index.ends, n)
     if bad >= 0:
         key = index.keys(bad + 1, bad)[0]
         where = index.positions([key], n)[0]

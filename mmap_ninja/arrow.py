@@ -28,6 +28,7 @@ has imported it).
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import pyarrow as pa
 
+from . import _keys
 from . import numpy as np_ninja
 from ._lifecycle import building
 from ._storage import ArrayDir, Commit, WriterLock, flush_tree
@@ -121,26 +123,56 @@ def _is_string_view(type_: pa.DataType) -> bool:
 @dataclass
 class _Source:
     """A column to read: its name (for messages), layout, number of rows when known, and the
-    ``pa.Array`` chunks that hold it, in order."""
+    ``pa.Array`` chunks that hold it, in order, each with the chunk of the same rows of the key
+    column ``key_name`` (``None`` without one)."""
 
     name: str
     layout: _Layout
     rows: Optional[int]
-    chunks: Iterable[pa.Array]
+    chunks: Iterable[Tuple[pa.Array, Optional[pa.Array]]]
+    key_name: Optional[str] = None
 
 
-def _pick(names: List[str], column: Optional[str], what: str) -> str:
-    """The column to read among ``names``: ``column``, or the only one there is."""
+def _pick(names: List[str], column: Optional[str], what: str, key_column: Optional[str] = None) -> str:
+    """The column to read among ``names``: ``column``, or the only one there is besides
+    ``key_column`` (which must be there too)."""
+    listed = ', '.join(map(repr, names))
+    if key_column is not None:
+        if key_column not in names:
+            raise ValueError(f"{what} has no column {key_column!r} (key_column); its columns: {listed}")
+        if column == key_column:
+            raise ValueError(f"column and key_column both name {column!r}: the keys come from another column than "
+                             f"the samples")
     if column is None:
-        if len(names) == 1:
-            return names[0]
-        if not names:
-            raise ValueError(f"{what} has no column")
-        raise ValueError(f"{what} has {len(names)} columns ({', '.join(map(repr, names))}): pass column= to "
-                         f"choose one")
+        candidates = [name for name in names if name != key_column]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise ValueError(f"{what} has no column" + (" besides the key column" if key_column else ""))
+        raise ValueError(f"{what} has {len(names)} columns ({listed}): pass column= to choose one")
     if column not in names:
-        raise ValueError(f"{what} has no column {column!r}; its columns: {', '.join(map(repr, names))}")
+        raise ValueError(f"{what} has no column {column!r}; its columns: {listed}")
     return column
+
+
+def _check_key_type(type_: pa.DataType, name: str) -> None:
+    outer = _storage_type(type_)
+    if not (pa.types.is_string(outer) or pa.types.is_large_string(outer) or _is_string_view(outer)):
+        raise TypeError(f"the key column {name!r} holds {type_}; keys are strings (cast the column to "
+                        f"pa.string() first, e.g. with pyarrow.compute.cast)")
+
+
+def _pairs(tables: Iterable[Any], name: str,
+           key_column: Optional[str]) -> Iterator[Tuple[pa.Array, Optional[pa.Array]]]:
+    """The chunks of column ``name`` of each table or record batch of ``tables``, each with
+    the same rows of ``key_column`` (record batches cut both columns at the same rows)."""
+    for table in tables:
+        if key_column is None:
+            column = table.column(name)
+            yield from ((chunk, None) for chunk in _chunks_of(column))
+        else:
+            for batch in table.to_batches() if isinstance(table, pa.Table) else [table]:
+                yield batch.column(name), batch.column(key_column)
 
 
 def _hf_dataset(data: Any) -> bool:
@@ -148,55 +180,71 @@ def _hf_dataset(data: Any) -> bool:
     return datasets is not None and isinstance(data, getattr(datasets, "Dataset", ()))
 
 
-def _open_source(data: Any, column: Optional[str], batch_rows: int) -> _Source:
-    """The column of ``data`` to read (see ``from_arrow``), checked before anything is read."""
+def _with_key(name: str, key_column: Optional[str]) -> List[str]:
+    return [name] if key_column is None else [name, key_column]
+
+
+def _open_source(data: Any, column: Optional[str], batch_rows: int, key_column: Optional[str] = None) -> _Source:
+    """The column of ``data`` to read (see ``from_arrow``), with the key column ``key_column``
+    if given, checked before anything is read."""
     if _hf_dataset(data):
-        name = _pick(list(data.column_names), column, "the dataset")
-        layout = _layout(data.data.schema.field(name).type, name)
+        name = _pick(list(data.column_names), column, "the dataset", key_column)
+        schema = data.data.schema
         # the Arrow format keeps the rows as Arrow data; iter honours an indices mapping
         # (select, shuffle, filter), and slices the table without copying when there is none
-        tables = data.with_format("arrow", columns=[name]).iter(batch_size=batch_rows)
-        return _Source(name, layout, len(data),
-                       (chunk for table in tables for chunk in table.column(0).chunks))
-    parquet = sys.modules.get("pyarrow.parquet")
-    if parquet is not None and isinstance(data, parquet.ParquetFile):
-        name = _pick(list(data.schema_arrow.names), column, "the Parquet file")
-        layout = _layout(data.schema_arrow.field(name).type, name)
-
-        def row_groups() -> Iterator[pa.Array]:
-            for k in range(data.num_row_groups):  # one row group in memory at a time
-                yield from data.read_row_group(k, columns=[name]).column(0).chunks
-
-        return _Source(name, layout, data.metadata.num_rows, row_groups())
-    if isinstance(data, (pa.Table, pa.RecordBatch)):
-        name = _pick(list(data.column_names), column, f"the {type(data).__name__}")
-        chunks = data.column(name)
-        chunks = chunks.chunks if isinstance(chunks, pa.ChunkedArray) else [chunks]
-        return _Source(name, _layout(data.schema.field(name).type, name), data.num_rows, chunks)
-    if isinstance(data, (pa.Array, pa.ChunkedArray)):
-        if column is not None:
-            if not pa.types.is_struct(data.type):
-                raise ValueError(f"column={column!r} picks a column of a table or a field of a struct array; "
-                                 f"this is an array of {data.type}")
-            names = [data.type.field(k).name for k in range(data.type.num_fields)]
-            name = _pick(names, column, "the struct array")
-            if data.null_count:
-                raise ValueError(f"row {_first_null(data)}: is null")
-            data = pa.chunked_array([chunk.field(name) for chunk in _chunks_of(data)], data.type.field(name).type)
+        tables = data.with_format("arrow", columns=_with_key(name, key_column)).iter(batch_size=batch_rows)
+        rows: Optional[int] = len(data)
+        chunks = _pairs(tables, name, key_column)
+    else:
+        parquet = sys.modules.get("pyarrow.parquet")
+        if parquet is not None and isinstance(data, parquet.ParquetFile):
+            schema = data.schema_arrow
+            name = _pick(list(schema.names), column, "the Parquet file", key_column)
+            # one row group in memory at a time
+            groups = (data.read_row_group(k, columns=_with_key(name, key_column)) for k in range(data.num_row_groups))
+            rows, chunks = data.metadata.num_rows, _pairs(groups, name, key_column)
+        elif isinstance(data, (pa.Table, pa.RecordBatch)):
+            schema = data.schema
+            name = _pick(list(data.column_names), column, f"the {type(data).__name__}", key_column)
+            rows, chunks = data.num_rows, _pairs([data], name, key_column)
+        elif isinstance(data, (pa.Array, pa.ChunkedArray)):
+            if key_column is not None:
+                raise ValueError(f"key_column={key_column!r} picks a column of a table; an array has none (pass "
+                                 f"keys=[...], one str per row)")
+            return _array_source(data, column)
         else:
-            name = "the array"
-        return _Source(column or name, _layout(data.type, column or name), len(data), _chunks_of(data))
-    if hasattr(data, "__arrow_c_stream__") and not isinstance(data, pa.RecordBatchReader):
-        data = pa.RecordBatchReader.from_stream(data)  # a DataFrame of another library, say
-    if isinstance(data, pa.RecordBatchReader):
-        name = _pick(list(data.schema.names), column, "the RecordBatchReader")
-        index = data.schema.get_field_index(name)
-        return _Source(name, _layout(data.schema.field(name).type, name), None,
-                       (batch.column(index) for batch in data))
-    if type(data).__name__ == "DatasetDict":
-        raise TypeError(f"from_arrow reads one split of a DatasetDict (e.g. data[{next(iter(data), 'train')!r}])")
-    raise TypeError(f"from_arrow reads a pyarrow Array, ChunkedArray, RecordBatch, Table, RecordBatchReader or "
-                    f"parquet.ParquetFile, or a datasets.Dataset, not a {type(data).__name__}")
+            if hasattr(data, "__arrow_c_stream__") and not isinstance(data, pa.RecordBatchReader):
+                data = pa.RecordBatchReader.from_stream(data)  # a DataFrame of another library, say
+            if not isinstance(data, pa.RecordBatchReader):
+                if type(data).__name__ == "DatasetDict":
+                    raise TypeError(f"from_arrow reads one split of a DatasetDict (e.g. "
+                                    f"data[{next(iter(data), 'train')!r}])")
+                raise TypeError(f"from_arrow reads a pyarrow Array, ChunkedArray, RecordBatch, Table, "
+                                f"RecordBatchReader or parquet.ParquetFile, or a datasets.Dataset, not a "
+                                f"{type(data).__name__}")
+            schema = data.schema
+            name = _pick(list(schema.names), column, "the RecordBatchReader", key_column)
+            rows, chunks = None, _pairs(data, name, key_column)
+    if key_column is not None:
+        _check_key_type(schema.field(key_column).type, key_column)
+    return _Source(name, _layout(schema.field(name).type, name), rows, chunks, key_column)
+
+
+def _array_source(data: Union[pa.Array, pa.ChunkedArray], column: Optional[str]) -> _Source:
+    """A pyarrow array to read (``column``: a field of a struct array)."""
+    if column is not None:
+        if not pa.types.is_struct(data.type):
+            raise ValueError(f"column={column!r} picks a column of a table or a field of a struct array; "
+                             f"this is an array of {data.type}")
+        names = [data.type.field(k).name for k in range(data.type.num_fields)]
+        name = _pick(names, column, "the struct array")
+        if data.null_count:
+            raise ValueError(f"row {_first_null(data)}: is null")
+        data = pa.chunked_array([chunk.field(name) for chunk in _chunks_of(data)], data.type.field(name).type)
+    else:
+        name = "the array"
+    return _Source(column or name, _layout(data.type, column or name), len(data),
+                   ((chunk, None) for chunk in _chunks_of(data)))
 
 
 def _chunks_of(data: Union[pa.Array, pa.ChunkedArray]) -> List[pa.Array]:
@@ -207,16 +255,41 @@ def _first_null(chunk: pa.Array) -> int:
     return int(np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))[0])
 
 
-def _batches(source: _Source, batch_rows: int) -> Iterator[Tuple[int, pa.Array]]:
-    """``(first row, chunk)`` for every chunk of ``source``, cut into at most ``batch_rows`` rows
-    (slices: nothing is copied); extension and dictionary arrays become what they hold."""
+def _batches(source: _Source, batch_rows: int) -> Iterator[Tuple[int, pa.Array, Optional[List[str]]]]:
+    """``(first row, chunk, keys)`` for every chunk of ``source``, cut into at most
+    ``batch_rows`` rows (slices: nothing is copied); extension and dictionary arrays become
+    what they hold. ``keys``: the key of each row (``None`` without a key column)."""
     row = 0
-    for chunk in source.chunks:
+    for chunk, key_chunk in source.chunks:
         chunk = _plain(chunk)
         for begin in range(0, len(chunk), batch_rows):
-            part = chunk.slice(begin, batch_rows) if len(chunk) > batch_rows else chunk
-            yield row, part
+            cut = len(chunk) > batch_rows
+            part = chunk.slice(begin, batch_rows) if cut else chunk
+            keys = None
+            if key_chunk is not None:
+                keys = _key_list(key_chunk.slice(begin, batch_rows) if cut else key_chunk, row, source.key_name)
+            yield row, part, keys
             row += len(part)
+
+
+def _key_list(chunk: pa.Array, first_row: int, name: Optional[str]) -> List[str]:
+    """The keys in ``chunk`` (strings, row 0 is row ``first_row``) as ``str``; ``ValueError``
+    naming the first null."""
+    chunk = _plain(chunk)
+    if chunk.null_count:
+        raise ValueError(f"row {first_row + _first_null(chunk)}: its key (column {name!r}) is null; every sample "
+                         f"needs one")
+    return chunk.to_pylist()
+
+
+def _build_keys(source: _Source,
+                keys: Optional[Iterable[str]]) -> Tuple[Optional[Iterable[str]], Optional[_keys.KeysAlongside]]:
+    """What a build takes its keys from: ``keys`` as given, or the key column of ``source``
+    (through the ``_keys.KeysAlongside`` returned second, to fill with each batch's keys)."""
+    if source.key_name is None:
+        return keys, None
+    alongside = _keys.KeysAlongside()
+    return alongside, alongside
 
 
 def _plain(chunk: pa.Array) -> pa.Array:
@@ -396,58 +469,70 @@ def _append_strings(files: _StringsFiles, chunk: pa.Array, first_row: int, commi
     files.starts.commit_rows(starts_meta, commit)
 
 
-def _build_ragged(out_dir: Path, source: _Source, batch_rows: int, bar) -> RaggedMmap:
+@dataclass
+class _StringRows:
+    """A batch of a string column: ``chunk``, whose row 0 is row ``first_row``."""
+
+    first_row: int
+    chunk: pa.Array
+
+    def __len__(self) -> int:
+        return len(self.chunk)
+
+
+def _build_ragged(out_dir: Path, source: _Source, batch_rows: int, bar, keys: Optional[Iterable[str]]) -> RaggedMmap:
     dtype = source.layout.dtype
+    keys, alongside = _build_keys(source, keys)
 
     def batches() -> Iterator[_ArrowBatch]:
-        for row, chunk in _batches(source, batch_rows):
+        for row, chunk, chunk_keys in _batches(source, batch_rows):
             batch = _ragged_batch(chunk, row, source.layout, dtype)
+            if alongside is not None:
+                alongside.pending.extend(chunk_keys)
             yield batch
             bar.update(len(batch))
 
-    def create(build: Path, batch: Any) -> _RaggedFiles:
-        files, commit = _RaggedFiles(build), Commit(durable=False)  # flushed whole before the swap
-        if len(batch):
-            files.append(batch, commit)
-        else:
-            files.write_empty(dtype, commit)
-        commit.finish()
-        return files
-
-    def extend(files: _RaggedFiles, batch: _ArrowBatch) -> None:
-        commit = Commit(durable=False)
-        files.append(batch, commit)
-        commit.finish()
-
-    return RaggedMmap._build(out_dir, batches(), create, extend, mode="r+")
+    return RaggedMmap._build_ragged(out_dir, batches(), dtype, keys=keys, pack=lambda batch, dtype, first: batch,
+                                    mode="r+")
 
 
-def _build_strings(out_dir: Path, source: _Source, batch_rows: int, bar, zstd_level: Optional[int]) -> StringsMmap:
-    def batches() -> Iterator[Tuple[int, pa.Array]]:
-        for row, chunk in _batches(source, batch_rows):
-            yield row, chunk
+def _build_strings(out_dir: Path, source: _Source, batch_rows: int, bar, zstd_level: Optional[int],
+                   keys: Optional[Iterable[str]]) -> StringsMmap:
+    keys, alongside = _build_keys(source, keys)
+
+    def batches() -> Iterator[_StringRows]:
+        for row, chunk, chunk_keys in _batches(source, batch_rows):
+            if alongside is not None:
+                alongside.pending.extend(chunk_keys)
+            yield _StringRows(row, chunk)
             bar.update(len(chunk))
 
     def create(build: Path, batch: Any) -> _StringsFiles:
         files, commit = _StringsFiles(build, _Codec(zstd_level)), Commit(durable=False)
         files.create(commit)
-        if batch:
-            _append_strings(files, batch[1], batch[0], commit)
+        if len(batch):
+            _append_strings(files, batch.chunk, batch.first_row, commit)
         commit.finish()
         return files
 
-    def extend(files: _StringsFiles, batch: Tuple[int, pa.Array]) -> None:
+    def extend(files: _StringsFiles, batch: _StringRows) -> None:
         commit = Commit(durable=False)
-        _append_strings(files, batch[1], batch[0], commit)
+        _append_strings(files, batch.chunk, batch.first_row, commit)
         commit.finish()
 
-    return StringsMmap._build(out_dir, batches(), create, extend, mode="r+b")
+    return StringsMmap._build(out_dir, batches(), create, extend, keys, mode="r+b")
 
 
-def _build_numpy(out_dir: Path, source: _Source, batch_rows: int, bar) -> np.memmap:
+def _build_numpy(out_dir: Path, source: _Source, batch_rows: int, bar, keys: Optional[Iterable[str]]) -> np.memmap:
+    keys, alongside = _build_keys(source, keys)
     with building(out_dir) as build:
+        feed = None if keys is None else _keys.KeyFeed(build, keys)
         array = ArrayDir(build)
-        for row, chunk in _batches(source, batch_rows):
+        for row, chunk, chunk_keys in _batches(source, batch_rows):
+            if alongside is not None:
+                alongside.pending.extend(chunk_keys)
+            if feed is not None:
+                feed.take(len(chunk))  # the keys first, as every build writes them
             commit = Commit(durable=False)  # flushed whole before the swap
             array.commit_rows(array.write_rows(_rows(chunk, row, source.layout), commit), commit)
             commit.finish()
@@ -457,12 +542,15 @@ def _build_numpy(out_dir: Path, source: _Source, batch_rows: int, bar) -> np.mem
             array.commit_rows(array.write_rows(np.empty((0, *source.layout.levels), source.layout.dtype), commit),
                               commit)
             commit.finish()
+        if feed is not None:
+            feed.finish(array.rows)
         flush_tree(build)
     return np_ninja.open_existing(out_dir, "r+")
 
 
 def from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbose: bool = False, *,
-               batch_size: int = BATCH_ROWS, zstd_level: Optional[int] = None):
+               batch_size: int = BATCH_ROWS, zstd_level: Optional[int] = None, keys: Optional[Iterable[str]] = None,
+               key_column: Optional[str] = None):
     """Write a column of Arrow data as a new map at ``out_dir`` and open it: a ``RaggedMmap``
     (lists of numbers; nested or fixed-size inner lists for n-d samples, opened ``"r+"``), a
     ``StringsMmap`` (strings, ``"r+b"``) or a numpy map (numbers and fixed-size lists of numbers,
@@ -475,6 +563,11 @@ def from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbo
     ``__arrow_c_stream__``. ``column`` names the column of a table with several (``ValueError``
     listing them otherwise). The map's dtype is that of the column's numbers.
 
+    Keys (``m.index_of``, ``m.by_key``): ``key_column`` names a string column of the same data
+    holding each row's key (``column`` may then be left out when there is one other column), or
+    ``keys`` gives one ``str`` per row, consumed alongside, as for every build. Keys are unique:
+    a repeated or null key raises ``ValueError`` naming it.
+
     The rows are read and committed ``batch_size`` at a time, from Arrow's buffers: no row
     becomes a Python object (but in a compressed strings map, ``zstd_level``). The map is built
     beside ``out_dir`` and swapped in whole: on any error (a null, which raises ``ValueError``
@@ -485,15 +578,17 @@ def from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbo
     check_options(verbose)
     check_positive(batch_size=batch_size)
     out_dir = as_dir(out_dir)
-    source = _open_source(data, column, int(batch_size))
+    source = _open_source(data, column, int(batch_size), key_column)
     if zstd_level is not None and source.layout.kind != "string":
         raise ValueError(f"zstd_level compresses strings; {source.name} makes a {source.layout.kind} map")
+    if keys is not None and key_column is not None:
+        raise TypeError("from_arrow takes keys= or key_column=, not both")
     with progress(source.rows, verbose, desc=f"Writing {out_dir.name}") as bar:
         if source.layout.kind == "ragged":
-            return _build_ragged(out_dir, source, int(batch_size), bar)
+            return _build_ragged(out_dir, source, int(batch_size), bar, keys)
         if source.layout.kind == "string":
-            return _build_strings(out_dir, source, int(batch_size), bar, zstd_level)
-        return _build_numpy(out_dir, source, int(batch_size), bar)
+            return _build_strings(out_dir, source, int(batch_size), bar, zstd_level, keys)
+        return _build_numpy(out_dir, source, int(batch_size), bar, keys)
 
 
 def map_kind(data: Any, column: Optional[str] = None) -> str:
@@ -503,44 +598,85 @@ def map_kind(data: Any, column: Optional[str] = None) -> str:
     return _open_source(data, column, BATCH_ROWS).layout.kind
 
 
+class _GivenKeys:
+    """Keys given as ``keys=`` to ``extend_from_arrow``, taken batch by batch."""
+
+    def __init__(self, keys: Iterable[str], rows: Optional[int]):
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys= takes one str per row (a list, say), not one str")
+        if rows is not None and hasattr(keys, "__len__") and len(keys) != rows:  # type: ignore[arg-type]
+            raise ValueError(f"{len(keys)} keys for {rows} rows: one key is needed per row")  # type: ignore[arg-type]
+        self.iterator = iter(keys)
+
+    def take(self, n: int, first_row: int) -> List[str]:
+        taken = list(itertools.islice(self.iterator, n))
+        if len(taken) < n:
+            raise ValueError(f"keys ran out at row {first_row + len(taken)}: one key is needed per row (the rows "
+                             f"before it were appended)")
+        return taken
+
+    def finish(self) -> None:
+        extra = next(self.iterator, _NOTHING)
+        if extra is not _NOTHING:
+            raise ValueError(f"more keys than rows: the key {extra!r} has no row (every row was appended with its "
+                             f"key)")
+
+
+_NOTHING = object()
+
+
 def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbose: bool = False, *,
-                      batch_size: int = BATCH_ROWS):
+                      batch_size: int = BATCH_ROWS, keys: Optional[Iterable[str]] = None,
+                      key_column: Optional[str] = None):
     """Append a column of Arrow data (anything ``from_arrow`` reads) to the map at ``out_dir``,
     one commit per ``batch_size`` rows, and return the map opened anew (``from_arrow`` where
     there is no map yet). The values are cast to the map's dtype as ``extend`` casts them
-    (``TypeError`` for values that do not fit). An error leaves the map as the last commit
-    before it left it: the batches before the one that failed are appended."""
+    (``TypeError`` for values that do not fit). A map whose samples have keys needs one per new
+    row, from ``key_column`` or ``keys`` (as in ``from_arrow``), none of them a key already
+    (``ValueError`` naming it). An error leaves the map as the last commit before it left it:
+    the batches before the one that failed are appended, with their keys."""
     check_options(verbose)
     check_positive(batch_size=batch_size)
     out_dir = as_dir(out_dir)
+    if keys is not None and key_column is not None:
+        raise TypeError("extend_from_arrow takes keys= or key_column=, not both")
     kind = map_type(out_dir)
     if kind is None:
-        return from_arrow(out_dir, data, column, verbose, batch_size=batch_size)
-    source = _open_source(data, column, int(batch_size))
+        return from_arrow(out_dir, data, column, verbose, batch_size=batch_size, keys=keys, key_column=key_column)
+    source = _open_source(data, column, int(batch_size), key_column)
     if kind != source.layout.kind:
         raise ValueError(f"{out_dir} holds a {_MAP_NAMES.get(kind, kind)} map; {source.name} ({source.layout.kind} "
                          f"data) makes a {_MAP_NAMES[source.layout.kind]} map")
+    given = None if keys is None else _GivenKeys(keys, source.rows)
     with progress(source.rows, verbose, desc=f"Extending {out_dir.name}") as bar:
-        if kind == "numpy":
-            for row, chunk in _batches(source, int(batch_size)):
-                np_ninja.extend_dir(out_dir, _rows(chunk, row, source.layout))
-                bar.update(len(chunk))
-            return np_ninja.open_existing(out_dir)
-        m = RaggedMmap(out_dir) if kind == "ragged" else StringsMmap(out_dir)
-        for row, chunk in _batches(source, int(batch_size)):
-            with WriterLock(out_dir) as lock:
-                if kind == "ragged":
-                    files = _RaggedFiles.open(out_dir)
-                    dtype = source.layout.dtype if files.dtype is None else files.dtype
-                    m._append(lock, files, _ragged_batch(chunk, row, source.layout, dtype))
-                else:
-                    files = _StringsFiles.open(out_dir)
-                    commit = Commit()
-                    _append_strings(files, chunk, row, commit)
-                    commit.finish()
+        m = None if kind == "numpy" else RaggedMmap(out_dir) if kind == "ragged" else StringsMmap(out_dir)
+        for row, chunk, chunk_keys in _batches(source, int(batch_size)):
+            if given is not None:
+                chunk_keys = given.take(len(chunk), row)
+            if not len(chunk):
+                continue
+            if m is None:
+                np_ninja.extend_dir(out_dir, _rows(chunk, row, source.layout), keys=chunk_keys)
+            else:
+                with WriterLock(out_dir) as lock:
+                    files = _RaggedFiles.open(out_dir) if kind == "ragged" else _StringsFiles.open(out_dir)
+                    _keys.check_extension(out_dir, chunk_keys, files.n)
+                    if chunk_keys is not None:  # committed first: a map never has samples without keys
+                        _keys.write_keys(out_dir, chunk_keys, files.n)
+                    if kind == "ragged":
+                        dtype = source.layout.dtype if files.dtype is None else files.dtype
+                        m._append(lock, files, _ragged_batch(chunk, row, source.layout, dtype))
+                    else:
+                        commit = Commit()
+                        _append_strings(files, chunk, row, commit)
+                        commit.finish()
             bar.update(len(chunk))
-        m.refresh()
-        return m
+        if given is not None:
+            given.finish()
+    if m is None:
+        return np_ninja.open_existing(out_dir)
+    m.refresh()
+    return m
 
 
 # -- maps as Arrow arrays ------------------------------------------------------------------------

@@ -6,6 +6,7 @@
   parts in the collection's order, in one step (``ShardedMmap.commit_parts``), whatever order
   the tasks finished in. A task that dies mid-part and is retried writes a new part: the
   abandoned one is never committed, so no sample is missing or doubled (``gc`` removes it).
+  With ``keyed=True`` the elements are ``(key, sample)`` pairs, and the map is keyed.
 - ``read_mmap(path)``: a ``Bag`` of the samples of any map, for preprocessing that starts from
   a map (one partition per part of a sharded map, else ranges of samples).
 
@@ -22,17 +23,31 @@ from .base import PathLike, as_dir
 from .sharded import ShardedMmap, write_part
 
 
-def _write_partition(out_dir: str, samples: Iterable[Any], kind: Optional[str]) -> Optional[dict]:
-    """Write one partition as a part; ``None`` for an empty partition."""
+def _write_partition(out_dir: str, samples: Iterable[Any], kind: Optional[str], keyed: bool) -> Optional[dict]:
+    """Write one partition as a part; ``None`` for an empty partition. ``keyed``: its elements
+    are ``(key, sample)`` pairs."""
     samples = list(samples)
-    return write_part(out_dir, samples, kind) if samples else None
+    if not samples:
+        return None
+    if not keyed:
+        return write_part(out_dir, samples, kind)
+    for k, pair in enumerate(samples):
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"with keyed=True every element is a (key, sample) pair; element {k} of this partition "
+                            f"is a {type(pair).__name__}")
+    return write_part(out_dir, [sample for _, sample in samples], kind, keys=[key for key, _ in samples])
 
 
-def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None) -> ShardedMmap:
+def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None, *, keyed: bool = False) -> ShardedMmap:
     """Write ``collection`` (a ``dask.bag.Bag``, or a list of ``dask.delayed`` objects each
     giving an iterable of samples) as the parts of a sharded map at ``out_dir``, one part per
     partition, written on the workers and committed by the client in the collection's order
-    (appended to the sharded map already there, if any). ``kind`` as in ``write_part``."""
+    (appended to the sharded map already there, if any). ``kind`` as in ``write_part``.
+
+    ``keyed``: every element is a ``(key, sample)`` pair (``bag.map(lambda r: (r["id"], r["x"]))``),
+    the key a ``str``, unique across the whole map (``ValueError`` naming a repeated one when
+    the parts are committed, and nothing is committed). Look samples up with ``index_of`` and
+    ``by_key``."""
     import dask
     import dask.bag
 
@@ -41,7 +56,7 @@ def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None) -> S
         partitions = collection.to_delayed()
     else:
         partitions = list(collection)
-    tasks = [dask.delayed(_write_partition, pure=False)(str(out_dir), part, kind) for part in partitions]
+    tasks = [dask.delayed(_write_partition, pure=False)(str(out_dir), part, kind, keyed) for part in partitions]
     records = [record for record in dask.compute(*tasks) if record is not None]
     if not records:
         raise ValueError(f"the collection holds no samples, so {out_dir} cannot be created")

@@ -709,15 +709,20 @@ class RaggedMmap(MapObject):
     # -- building -----------------------------------------------------------------------
 
     @classmethod
-    def _build_ragged(cls, out_dir: PathLike, batches: Iterable[List[Any]], dtype: Any, bar=None,
-                      keys: Optional[Iterable[str]] = None, **open_kwargs) -> "RaggedMmap":
+    def _build_ragged(cls, out_dir: PathLike, batches: Iterable[Any], dtype: Any, bar=None,
+                      keys: Optional[Iterable[str]] = None, pack: Optional[Callable[..., Any]] = None,
+                      **open_kwargs) -> "RaggedMmap":
         """Write ``batches`` of samples as a new map aside, one commit per batch (``bar``
         advances as samples are packed; the map is flushed whole before the swap, see
-        ``MapObject._build``), swap it in and open it."""
+        ``MapObject._build``), swap it in and open it. ``pack(samples, dtype, first_index)``
+        makes a batch of what ``_RaggedFiles.append`` takes (``_flatten`` by default)."""
         dtype = None if dtype is None else stored_dtype(dtype)
+        if pack is None:
+            def pack(samples: List[Any], dtype: Optional[np.dtype], first_index: int) -> _Batch:
+                return _flatten(samples, dtype, first_index, bar)
 
-        def create(build: Path, samples: List[Any]) -> _RaggedFiles:
-            batch = _flatten(samples, dtype, bar=bar)
+        def create(build: Path, samples: Any) -> _RaggedFiles:
+            batch = pack(samples, dtype, 0)
             files, commit = _RaggedFiles(build), Commit(durable=False)
             if len(batch):
                 files.append(batch, commit)
@@ -726,9 +731,9 @@ class RaggedMmap(MapObject):
             commit.finish()
             return files
 
-        def extend(files: _RaggedFiles, samples: List[Any]) -> None:
+        def extend(files: _RaggedFiles, samples: Any) -> None:
             commit = Commit(durable=False)
-            files.append(_flatten(samples, files.dtype, files.n, bar), commit)
+            files.append(pack(samples, files.dtype, files.n), commit)
             commit.finish()
 
         return cls._build(out_dir, batches, create, extend, keys, **open_kwargs)

@@ -34,6 +34,7 @@ from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import WriteResult
 
+from . import _keys
 from .base import PathLike, as_dir, map_type
 from .ragged import RaggedMmap
 from .sharded import PARTS, ShardedMmap, write_part
@@ -47,18 +48,25 @@ _TENSOR_DTYPE_KINDS = "biuf"
 _NOTHING = object()
 
 
-def _pick_column(names: List[str], column: Optional[str]) -> str:
-    """``column`` checked against the columns ``names`` of a block, or the only column."""
+def _pick_column(names: List[str], column: Optional[str], key_column: Optional[str] = None) -> str:
+    """``column`` checked against the columns ``names`` of a block, or the only column besides
+    ``key_column`` (which must be there too)."""
+    if key_column is not None:
+        if key_column not in names:
+            raise ValueError(f"the dataset has no column {key_column!r} (key_column); its columns are {names}")
+        if column == key_column:
+            raise ValueError(f"column and key_column both name {column!r}: the keys come from another column")
     if column is None:
-        if len(names) != 1:
+        others = [name for name in names if name != key_column]
+        if len(others) != 1:
             raise ValueError(f"the dataset has the columns {names}: pass column= to name the one holding the samples")
-        return names[0]
+        return others[0]
     if column not in names:
         raise ValueError(f"the dataset has no column {column!r}; its columns are {names}")
     return column
 
 
-def _samples_of(block: Block, column: Optional[str]) -> List[Any]:
+def _samples_of(block: Block, column: Optional[str], key_column: Optional[str] = None) -> List[Any]:
     """The samples of ``column`` in ``block`` (arrow or pandas): arrays, numpy scalars or
     strings, one per row."""
     import pyarrow as pa
@@ -67,10 +75,19 @@ def _samples_of(block: Block, column: Optional[str]) -> List[Any]:
     accessor = BlockAccessor.for_block(block)
     if accessor.num_rows() == 0:
         return []
-    name = _pick_column(list(accessor.column_names()), column)
+    name = _pick_column(list(accessor.column_names()), column, key_column)
     if isinstance(block, pa.Table) and isinstance(block.schema.field(name).type, ArrowPythonObjectType):
         return block.column(name).to_pylist()  # Python objects as they are, not coerced by numpy
     return list(accessor.to_numpy(name))  # rows of a tensor column, elements of a scalar or string column
+
+
+def _keys_of(block: Block, key_column: str) -> List[Any]:
+    """The keys in ``key_column`` of ``block``, one per row, as Python objects (``str`` when the
+    column holds strings; anything else is refused by ``write_part``)."""
+    accessor = BlockAccessor.for_block(block)
+    if accessor.num_rows() == 0:
+        return []
+    return [key.item() if isinstance(key, np.generic) else key for key in accessor.to_numpy(key_column)]
 
 
 class MmapNinjaDatasink(Datasink):
@@ -87,13 +104,18 @@ class MmapNinjaDatasink(Datasink):
     bundles blocks until a write task has at least that many rows (the last may have fewer), for
     parts larger than the dataset's blocks. After the write, ``committed`` holds the names of
     the parts committed.
+
+    ``key_column``: a column of ``str`` holding each row's key, unique across the whole map
+    (a repeated key raises ``ValueError`` naming it when the parts are committed, and nothing
+    is committed); the map then finds samples by key (``index_of``, ``by_key``).
     """
 
     def __init__(self, out_dir: PathLike, column: Optional[str] = None, kind: Optional[str] = None, *,
-                 min_rows_per_part: Optional[int] = None):
+                 key_column: Optional[str] = None, min_rows_per_part: Optional[int] = None):
         self.out_dir = str(as_dir(out_dir))
         self.column = column
         self.kind = kind
+        self.key_column = key_column
         self.min_rows_per_part = min_rows_per_part
         self.committed: List[str] = []
 
@@ -105,7 +127,7 @@ class MmapNinjaDatasink(Datasink):
         """Check the column on the driver before any task runs, when Ray knows the schema."""
         names = getattr(schema, "names", None)
         if names:
-            _pick_column(list(names), self.column)
+            _pick_column(list(names), self.column, self.key_column)
         type_name = map_type(Path(self.out_dir))
         if type_name not in (None, "sharded"):
             raise ValueError(f"{self.out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be "
@@ -116,12 +138,24 @@ class MmapNinjaDatasink(Datasink):
         record with the task's index (``ctx.task_idx``, which a retry keeps), or ``None`` when
         the task has no rows. Ray hands the results to the driver in the order the tasks
         finished, unless ``preserve_order``: the index puts them back in the tasks' order."""
-        samples = (sample for block in blocks for sample in _samples_of(block, self.column))
+        keys = None
+        if self.key_column is not None:
+            keys = _keys.KeysAlongside()
+            blocks = self._keys_taken(blocks, keys)
+        samples = (sample for block in blocks for sample in _samples_of(block, self.column, self.key_column))
         first = next(samples, _NOTHING)
         if first is _NOTHING:
             return None
-        record = write_part(self.out_dir, itertools.chain([first], samples), self.kind)  # block by block
+        # block by block: the keys of each block are taken as it is read, before its samples
+        record = write_part(self.out_dir, itertools.chain([first], samples), self.kind,
+                            keys=keys)
         return {"task": ctx.task_idx, "record": record}
+
+    def _keys_taken(self, blocks: Iterable[Block], keys: _keys.KeysAlongside) -> Iterator[Block]:
+        """``blocks``, each one's keys put in ``keys`` before it is handed on."""
+        for block in blocks:
+            keys.pending.extend(_keys_of(block, self.key_column))
+            yield block
 
     def on_write_complete(self, write_result: WriteResult) -> None:
         """Commit every task's part, in the order of the tasks, in one step (on the driver)."""

@@ -387,6 +387,140 @@ def test_extend_from_arrow_appends_batch_by_batch_in_the_maps_dtype(tmp_path):
     assert fresh[:] == ["x"]
 
 
+# -- keys ------------------------------------------------------------------------------------------
+
+def keyed_table(rows: int) -> pa.Table:
+    """Tokens, texts, numbers and a key per row, the key column chunked at other rows than the
+    others (so reading both cuts them at the same rows)."""
+    tokens = list_array([np.arange(k % 5, dtype=np.int32) + k for k in range(rows)], pa.int32())
+    keys = [f"doc/{k:04d}-é" for k in range(rows)]
+    cut = rows // 3
+    return pa.table({
+        "tokens": pa.chunked_array([tokens.slice(0, 2 * cut), tokens.slice(2 * cut)]),
+        "text": [f"text {k}" for k in range(rows)],
+        "score": pa.array(np.arange(rows, dtype=np.float32) / 2),
+        "id": pa.chunked_array([pa.array(keys[:cut], pa.large_string()), pa.array(keys[cut:], pa.large_string())]),
+    })
+
+
+def keyed_sources(table: pa.Table, path) -> dict:
+    pq.write_table(table, path, row_group_size=7)
+    return {
+        "table": lambda: table,
+        "reader": lambda: pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=4)),
+        "parquet": lambda: pq.ParquetFile(path),
+        "dataset": lambda: datasets.Dataset(table),
+    }
+
+
+def sample_equal(a, b) -> bool:
+    return a == b if isinstance(a, str) else np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("input_kind", ["table", "reader", "parquet", "dataset"])
+@pytest.mark.parametrize("column", ["tokens", "text", "score"])
+def test_a_key_column_keys_every_row(tmp_path, input_kind, column):
+    table = keyed_table(40)
+    data = keyed_sources(table, tmp_path / "data.parquet")[input_kind]()
+    m = arrow.from_arrow(tmp_path / "m", data, column, key_column="id", batch_size=6)
+    keys = table.column("id").to_pylist()
+    expected = table.column(column).to_pylist()
+    if column == "score":
+        assert np_ninja.keys(m) == keys
+        assert np_ninja.index_of(tmp_path / "m", keys[::-1]).tolist() == list(range(39, -1, -1))
+    else:
+        assert m.keyed and m.keys() == keys and m.index_of(keys[17]) == 17
+        assert m.index_of(keys[::-1]).tolist() == list(range(39, -1, -1))
+        assert sample_equal(m.by_key[keys[23]], expected[23])
+        assert m.verify(deep=True) == []
+    with pytest.raises(KeyError, match="doc/9999"):
+        (np_ninja.index_of(m, ["doc/9999"]) if column == "score" else m.index_of("doc/9999"))
+
+
+def test_keys_follow_the_rows_of_a_reordered_hf_dataset(tmp_path, hf_dataset):
+    with_keys = hf_dataset.map(lambda row: {"key": f"row-{row['label']}"})
+    reordered = with_keys.shuffle(seed=5).select(range(30))
+    assert reordered._indices is not None
+    m = arrow.from_arrow(tmp_path / "m", reordered, "text", key_column="key", batch_size=4)
+    assert m.keys() == reordered["key"]
+    for label in reordered["label"][:10]:
+        assert m.by_key[f"row-{label}"] == hf_dataset["text"][label]
+
+
+def test_keys_given_as_a_list_or_a_generator(tmp_path):
+    column = pa.array([[k] * (k % 3) for k in range(10)], pa.list_(pa.int64()))
+    m = arrow.from_arrow(tmp_path / "a", column, keys=[f"k{k}" for k in range(10)], batch_size=3)
+    assert m.index_of("k7") == 7 and m.by_key["k7"].tolist() == [7]
+    m = arrow.from_arrow(tmp_path / "b", pa.array(["x", "y"]), keys=(f"k{k}" for k in range(2)))
+    assert m.by_key["k1"] == "y"
+    rows = arrow.from_arrow(tmp_path / "c", pa.array([1.5, 2.5]), keys=["one", "two"])
+    assert np_ninja.index_of(rows, "two") == 1
+    with pytest.raises(ValueError, match="keys ran out at sample 2"):
+        arrow.from_arrow(tmp_path / "d", pa.array(["x", "y", "z"]), keys=["a", "b"], batch_size=2)
+    with pytest.raises(ValueError, match="more keys than samples"):
+        arrow.from_arrow(tmp_path / "d", pa.array([1, 2]), keys=["a", "b", "c"])
+    assert not (tmp_path / "d").exists() and siblings(tmp_path / "d") == ["a", "b", "c"]
+
+
+def test_bad_keys_are_refused_and_leave_the_map_as_it_was(tmp_path):
+    out = tmp_path / "m"
+    StringsMmap.from_strings(out, ["kept"], keys=["k"])
+    table = pa.table({"text": ["a", "b", "c"], "id": ["x", None, "z"], "n": [1, 2, 3]})
+    assert_unchanged_after(lambda: arrow.from_arrow(out, table, "text", key_column="id"), out,
+                           ValueError, r"row 1: its key \(column 'id'\) is null")
+    twice = pa.table({"text": ["a", "b", "c"], "id": ["x", "y", "x"]})
+    assert_unchanged_after(lambda: arrow.from_arrow(out, twice, key_column="id", batch_size=1), out,
+                           ValueError, "'x'")
+    assert_unchanged_after(lambda: arrow.from_arrow(out, table, "text", key_column="n"), out,
+                           TypeError, "the key column 'n' holds int64; keys are strings")
+    assert_unchanged_after(lambda: arrow.from_arrow(out, table, "text", key_column="nope"), out,
+                           ValueError, r"no column 'nope' \(key_column\)")
+    assert_unchanged_after(lambda: arrow.from_arrow(out, table, "id", key_column="id"), out,
+                           ValueError, "column and key_column both name 'id'")
+    assert_unchanged_after(lambda: arrow.from_arrow(out, pa.array(["a"]), key_column="id"), out,
+                           ValueError, "an array has none")
+    assert_unchanged_after(lambda: arrow.from_arrow(out, table, "text", keys=["a", "b", "c"], key_column="id"), out,
+                           TypeError, "not both")
+    assert_unchanged_after(lambda: arrow.from_arrow(out, table, key_column="id"), out,
+                           ValueError, "pass column= to choose one")
+    assert StringsMmap(out).by_key["k"] == "kept"
+
+
+def test_extend_from_arrow_with_keys(tmp_path):
+    out = tmp_path / "m"
+    RaggedMmap.from_lists(out, [np.arange(2, dtype=np.int32)], keys=["first"])
+    more = pa.table({"tokens": list_array([np.full(k, k) for k in range(1, 6)], pa.int32()),
+                     "id": [f"more-{k}" for k in range(1, 6)]})
+    # a map whose samples have keys takes no rows without: refused before anything is written
+    assert_unchanged_after(lambda: arrow.extend_from_arrow(out, more, "tokens"), out, ValueError, "have keys")
+    clash = pa.table({"tokens": list_array([[1], [2]], pa.int32()), "id": ["new", "first"]})
+    assert_unchanged_after(lambda: arrow.extend_from_arrow(out, clash, "tokens", key_column="id"), out,
+                           ValueError, "'first' of sample 2 is already the key of sample 0")
+    assert_unchanged_after(lambda: arrow.extend_from_arrow(out, more, "tokens", keys=["a"]), out,
+                           ValueError, "1 keys for 5 rows")
+    m = arrow.extend_from_arrow(out, more, "tokens", key_column="id", batch_size=2)
+    assert m.keys() == ["first"] + [f"more-{k}" for k in range(1, 6)] and m.by_key["more-4"].tolist() == [4] * 4
+    m = arrow.extend_from_arrow(out, pa.array([[9]], pa.list_(pa.int32())), keys=iter(["nine"]))
+    assert m.index_of("nine") == 6 and m.verify(deep=True) == []
+    with pytest.raises(ValueError, match="keys ran out at row 2"):  # the batch before is appended, with its keys
+        arrow.extend_from_arrow(out, pa.array([[1], [2], [3]], pa.list_(pa.int32())), keys=iter(["p", "q"]),
+                                batch_size=2)
+    m = RaggedMmap(out)
+    assert len(m) == 9 and m.keys()[-2:] == ["p", "q"] and m.verify(deep=True) == []
+    texts = StringsMmap.from_strings(tmp_path / "s", ["a"], keys=["a"])
+    assert_unchanged_after(lambda: arrow.extend_from_arrow(tmp_path / "s", pa.array(["b"])), texts.out_dir,
+                           ValueError, "have keys")
+    texts = arrow.extend_from_arrow(tmp_path / "s", pa.table({"t": ["b", "c"], "k": ["b", "c"]}), key_column="k")
+    assert texts.by_key["c"] == "c" and texts.keys() == ["a", "b", "c"]
+    np_ninja.from_ndarray(tmp_path / "n", np.zeros((1, 2)), keys=["zero"])
+    assert_unchanged_after(lambda: arrow.extend_from_arrow(tmp_path / "n", pa.array([[1, 2]], pa.list_(pa.int8(), 2))),
+                           tmp_path / "n", ValueError, "have keys")
+    rows = arrow.extend_from_arrow(tmp_path / "n", pa.array([[1, 2]], pa.list_(pa.int8(), 2)), keys=["one"])
+    assert np_ninja.index_of(rows, "one") == 1 and rows[1].tolist() == [1, 2]
+    fresh = arrow.extend_from_arrow(tmp_path / "new", more, "tokens", key_column="id")
+    assert fresh.index_of("more-1") == 0
+
+
 # -- properties ------------------------------------------------------------------------------------
 
 DTYPES = st.sampled_from([pa.int8(), pa.uint16(), pa.int32(), pa.int64(), pa.float32(), pa.float64()])

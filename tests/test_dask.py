@@ -89,6 +89,30 @@ def test_delayed_objects_and_strings(client, tmp_path):
     assert len(m.part_names) == 3
 
 
+def test_a_bag_of_key_sample_pairs_makes_a_keyed_map(client, tmp_path):
+    def partition(i):
+        return [(f"p{i}/s{k}", sample) for k, sample in enumerate(expected_partition(i))]
+
+    bag = db.from_delayed([dask.delayed(partition)(i) for i in range(4)])
+    m = to_mmap(bag, tmp_path / "s", keyed=True)
+    assert m.keyed and len(m.part_names) == 4
+    assert m.keys() == [f"p{i}/s{k}" for i in range(4) for k in range(5)]
+    assert m.index_of("p2/s3") == 13 and np.array_equal(m.by_key["p2/s3"], expected_partition(2)[3])
+    more = db.from_sequence([("more", "text")], npartitions=1)
+    texts = to_mmap(more, tmp_path / "t", keyed=True)
+    assert texts.by_key["more"] == "text"
+    # a key repeated across partitions: refused when the parts are committed, nothing committed
+    repeated = db.from_delayed([dask.delayed(partition)(i) for i in (7, 8, 7)])
+    with pytest.raises(ValueError, match="p7/s0"):
+        to_mmap(repeated, tmp_path / "s", keyed=True)
+    assert len(ShardedMmap(tmp_path / "s")) == 20 and mmap_ninja.verify(tmp_path / "s", deep=True) == []
+    with pytest.raises(TypeError, match="element 0 of this partition is a ndarray"):
+        to_mmap(db.from_sequence([np.arange(2)], npartitions=1), tmp_path / "u", keyed=True)
+    with pytest.raises(ValueError, match="have keys"):  # parts without keys do not join a keyed map
+        to_mmap(db.from_sequence([np.arange(2)], npartitions=1), tmp_path / "s")
+    assert len(ShardedMmap(tmp_path / "s")) == 20
+
+
 def test_read_mmap_gives_a_bag_of_any_map(client, tmp_path):
     StringsMmap.from_strings(tmp_path / "plain", [f"line {i}" for i in range(25)])
     bag = read_mmap(tmp_path / "plain", npartitions=4)

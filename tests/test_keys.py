@@ -115,9 +115,39 @@ def test_hash_is_the_same_from_any_buffer_and_lookups_find_every_stored_key(blob
         assert _keyindex.hash_keys(one, np.array([3]), np.array([3 + len(blob)])).tolist() == [h]
     slots = np.zeros(1024, dtype=np.uint64)
     _keyindex.insert(slots, hashes, 0)
-    assert _keyindex.misplaced(slots, data, starts, ends, len(blobs)) == -1
+    assert _keyindex.misplaced(slots, data, ends, len(blobs)) == -1
     offsets = np.concatenate(([0], ends))
-    assert _keyindex.find(slots, data, starts, ends, len(blobs), data, offsets).tolist() == list(range(len(blobs)))
+    assert _keyindex.find(slots, data, ends, len(blobs), data, offsets).tolist() == list(range(len(blobs)))
+    texts = [blob.decode("utf-8", "replace") for blob in blobs]
+    texts = list(dict.fromkeys(texts))
+    stored = np.frombuffer("".join(texts).encode(), dtype=np.uint8)
+    sizes = np.array([len(t.encode()) for t in texts], dtype=np.int64)
+    text_ends = np.cumsum(sizes, dtype=np.int64)
+    text_slots = np.zeros(1024, dtype=np.uint64)
+    _keyindex.insert(text_slots, _keyindex.hash_keys(stored, text_ends - sizes, text_ends), 0)
+    found = _keyindex.find_strings(text_slots, stored, text_ends, len(texts), texts + ["absent ✗"])
+    assert found.tolist() == list(range(len(texts))) + [-1]
+    if texts:  # a reader that knows fewer keys does not find the later ones
+        assert _keyindex.find_strings(text_slots, stored, text_ends, len(texts) - 1, texts[-1:]).tolist() == [-1]
+
+
+def test_lookups_take_str_only_and_check_what_they_read():
+    stored = np.frombuffer(b"abcd", dtype=np.uint8)
+    ends = np.array([2, 4], dtype=np.int64)
+    slots = np.zeros(16, dtype=np.uint64)
+    _keyindex.insert(slots, _keyindex.hash_keys(stored, np.array([0, 2]), ends), 0)
+    assert _keyindex.find_strings(slots, stored, ends, 2, ["cd", "ab", "x"]).tolist() == [1, 0, -1]
+    with pytest.raises(TypeError, match="key 1 is a bytes"):
+        _keyindex.find_strings(slots, stored, ends, 2, ["ab", b"cd"])
+    with pytest.raises(ValueError, match="key 0 is not valid UTF-8"):
+        _keyindex.find_strings(slots, stored, ends, 2, ["\ud800"])
+    with pytest.raises(ValueError, match="3 keys asked of 2"):
+        _keyindex.find_strings(slots, stored, ends, 3, ["ab"])
+    damaged = np.array([2, 99], dtype=np.int64)  # key 1 ends past the bytes: raises, reads nothing there
+    with pytest.raises(ValueError, match="the offsets of key 1 fall outside its bytes: damaged"):
+        _keyindex.find_strings(slots, stored, damaged, 2, ["cd"])
+    with pytest.raises(ValueError, match="the offsets of key 1 fall outside"):
+        _keyindex.misplaced(slots, stored, damaged, 2)
 
 
 def test_hash_known_answers():
@@ -219,6 +249,9 @@ def test_a_failed_extend_leaves_no_key_behind(tmp_path, monkeypatch):
         m.index_of("b")
     m.extend([np.arange(4)], keys=["b"])
     assert m.index_of(["b", "c", "a"]).tolist() == [2, 1, 0] and m.verify(deep=True) == []
+    # written over in place: the keys stay back to back
+    assert np_ninja.open_existing(tmp_path / "m" / "keys" / "starts").tolist() == [0, 1, 2]
+    assert np_ninja.open_existing(tmp_path / "m" / "keys" / "ends").tolist() == [1, 2, 3]
 
 
 def test_the_table_grows_and_stays_sound(tmp_path):
@@ -296,6 +329,19 @@ def test_keys_whose_offsets_are_damaged_raise_on_lookup(tmp_path):
     with pytest.raises(ValueError, match="offsets of key 1 fall outside its bytes"):
         StringsMmap(out).index_of(["kb"])
     assert "the offsets of key 1 ([2, 1099511627776)) fall outside the 6 bytes" in " ".join(StringsMmap(out).verify())
+
+
+def test_keys_that_are_not_back_to_back_are_reported(tmp_path):
+    # lookups read where key j starts from where key j - 1 ends; the starts 0.9.0 reads must agree
+    out = tmp_path / "m"
+    StringsMmap.from_strings(out, ["a", "b", "c"], keys=["ka", "kb", "kc"])
+    starts = np_ninja.open_existing(out / "keys" / "starts", "r+")
+    assert starts.tolist() == [0, 2, 4]
+    starts[2] = 0
+    starts.flush()
+    del starts
+    report = " ".join(StringsMmap(out).verify())
+    assert "key 2 starts at byte 0, not where key 1 ends (4): keys are stored back to back; damaged" in report
 
 
 # -- sharded maps --------------------------------------------------------------------------------

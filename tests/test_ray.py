@@ -18,6 +18,7 @@ from ray.data.extensions import ArrowPythonObjectArray
 
 import mmap_ninja
 from mmap_ninja import numpy as np_ninja
+from mmap_ninja.base import map_type
 from mmap_ninja.ragged import RaggedMmap
 from mmap_ninja.ray import MmapNinjaDatasink, MmapNinjaDatasource, read_mmap
 from mmap_ninja.sharded import ShardedMmap
@@ -188,6 +189,29 @@ def test_the_column_holding_the_samples(tmp_path):
     assert_same_samples(ShardedMmap(tmp_path / "s")[:], [row["tokens"] for row in rows])
     ds.write_datasink(MmapNinjaDatasink(tmp_path / "ids", column="id"))  # scalars: 0-d samples
     assert [int(v) for v in ShardedMmap(tmp_path / "ids")[:]] == list(range(12))
+
+
+def test_a_key_column_keys_the_map(tmp_path):
+    rows = [{"key": f"row-{k}", "tokens": np.arange(k % 4, dtype=np.int32)} for k in range(12)]
+    ds = ray.data.from_items(rows, override_num_blocks=3)
+    sink = MmapNinjaDatasink(tmp_path / "s", key_column="key")  # the samples: the one other column
+    ds.write_datasink(sink)
+    m = ShardedMmap(tmp_path / "s")
+    assert len(sink.committed) == 3 and m.keys() == [row["key"] for row in rows]
+    assert m.index_of("row-10") == 10 and np.array_equal(m.by_key["row-7"], rows[7]["tokens"])
+    with pytest.raises(ValueError, match="row-3"):  # already a key of the map: nothing committed
+        ray.data.from_items(rows[3:5], override_num_blocks=1).write_datasink(
+            MmapNinjaDatasink(tmp_path / "s", key_column="key"))
+    assert len(ShardedMmap(tmp_path / "s")) == 12 and mmap_ninja.verify(tmp_path / "s", deep=True) == []
+    texts = ray.data.from_items([{"text": f"t{k}", "id": f"id{k}"} for k in range(5)], override_num_blocks=2)
+    texts.write_datasink(MmapNinjaDatasink(tmp_path / "t", column="text", key_column="id"))
+    assert ShardedMmap(tmp_path / "t").by_key["id3"] == "t3"
+    with pytest.raises(ValueError, match=r"no column 'nope' \(key_column\)"):
+        texts.write_datasink(MmapNinjaDatasink(tmp_path / "x", key_column="nope"))
+    numbered = ray.data.from_items([{"n": k, "x": float(k)} for k in range(4)])
+    with pytest.raises(Exception, match="the key of sample 0 is a int, not a str"):  # nothing committed
+        numbered.write_datasink(MmapNinjaDatasink(tmp_path / "x", column="x", key_column="n"))
+    assert map_type(tmp_path / "x") is None
 
 
 def test_parts_are_not_appended_to_a_map_of_another_kind(tmp_path):
