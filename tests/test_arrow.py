@@ -88,6 +88,16 @@ def test_every_number_type_round_trips(tmp_path, type_):
                                                           pa.list_(pa.list_(type_, 2), 2)))
     assert fixed.shape == (10, 2, 2) and np.array_equal(fixed, values.reshape(10, 2, 2))
     assert arrow.to_arrow(fixed).to_pylist() == values.reshape(10, 2, 2).tolist()
+    # the same column through a real Parquet file and a real HF dataset
+    table = pa.table({"x": list_array(samples, type_), "n": pa.array(values[:4], type_)})
+    pq.write_table(table, tmp_path / "x.parquet")
+    for name, data in [("parquet", pq.ParquetFile(tmp_path / "x.parquet")), ("hf", datasets.Dataset(table))]:
+        m = arrow.from_arrow(tmp_path / name, data, "x")
+        assert m.dtype == values.dtype and len(m) == 4, name
+        assert all(got.dtype == want.dtype and np.array_equal(got, want) for got, want in zip(m, samples)), name
+        assert arrow.to_arrow(m).equals(list_array(samples, type_, large=True)), name
+        numbers = arrow.from_arrow(tmp_path / f"{name}-n", data, "n")
+        assert numbers.dtype == values.dtype and np.array_equal(numbers, values[:4]), name
 
 
 def test_slices_chunks_and_offsets_are_honoured(tmp_path):

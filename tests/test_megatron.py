@@ -47,17 +47,14 @@ def test_exported_maps_read_back_identically_in_megatron_and_back(tmp_path_facto
     assert linked == bool(sum(lengths))
 
 
-def test_files_written_by_megatrons_builder_become_a_map(tmp_path):
-    import torch
-
-    samples = [np.arange(n, dtype=np.int32) * 3 for n in (5, 0, 2, 7)]
-    builder = IndexedDatasetBuilder(str(tmp_path / "theirs.bin"), dtype=np.int32)
-    for sample in samples:
-        builder.add_item(torch.from_numpy(sample))
-        builder.end_document()
-    builder.finalize(str(tmp_path / "theirs.idx"))
+@pytest.mark.parametrize("dtype", SHARED, ids=str)
+def test_files_written_by_megatrons_builder_become_a_map(tmp_path, dtype):
+    samples = [(np.arange(n) * 3 + 1).astype(dtype) for n in (5, 0, 2, 7)]
+    build_pair(tmp_path / "theirs", samples, dtype)
     m = megatron.to_ragged(tmp_path / "theirs", tmp_path / "m")
-    assert m.dtype == np.int32 and [m[i].tolist() for i in range(4)] == [s.tolist() for s in samples]
+    assert_reads(m, samples)
+    copied = megatron.to_ragged(tmp_path / "theirs", tmp_path / "copied", link=False)
+    assert_reads(copied, samples)
 
 
 def test_what_megatron_cannot_hold_is_refused_and_damaged_indexes_are_named(tmp_path):
@@ -95,7 +92,7 @@ def build_pair(prefix, samples, dtype=np.int32):
     """``PREFIX.bin``/``PREFIX.idx`` of ``samples`` written by megatron-core's builder."""
     import torch
 
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.dtype(dtype).type)  # a numpy type, as it expects
     for sample in samples:
         builder.add_item(torch.from_numpy(np.asarray(sample, dtype=dtype)))
         builder.end_document()
