@@ -1,5 +1,7 @@
 """Type stub of the key index kernels (mmap_ninja/_keyindex.pyx)."""
 
+from typing import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -20,8 +22,9 @@ def find(slots: npt.NDArray[np.uint64], stored: npt.NDArray[np.uint8], ends: npt
     stored (key ``j`` is ``stored[ends[j - 1]:ends[j]]``), -1 where absent."""
 
 def find_strings(slots: npt.NDArray[np.uint64], stored: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64],
-                 count: int, keys: list[str], source: str = ...) -> npt.NDArray[np.int64]:
-    """``find`` of each ``str`` of ``keys``, read as UTF-8 where Python keeps it."""
+                 count: int, keys: Sequence[str], source: str = ...) -> npt.NDArray[np.int64]:
+    """``find`` of each ``str`` of ``keys``, read as UTF-8 where Python keeps it (-1 for text
+    that is not valid UTF-8)."""
 
 def misplaced(slots: npt.NDArray[np.uint64], stored: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64],
               count: int) -> int:

@@ -137,9 +137,14 @@ cdef void _find_batch(const uint64_t* table, uint64_t capacity, const uint8_t* b
     cdef Py_ssize_t i
     cdef int64_t j, start
     for i in range(n):
+        if sizes[i] < 0:  # a key no stored key can equal
+            continue
         hashes[i] = key_hash(keys[i], sizes[i])
         prefetch(table + (hashes[i] & mask))
     for i in range(n):
+        if sizes[i] < 0:
+            found[i] = -1
+            continue
         slot = table[hashes[i] & mask]
         j = <int64_t>(slot & POSITION_MASK) - 1
         found[i] = j if slot != 0 and (slot & TAG_MASK) == (hashes[i] & TAG_MASK) and 0 <= j < count else -1
@@ -154,6 +159,8 @@ cdef void _find_batch(const uint64_t* table, uint64_t capacity, const uint8_t* b
             if 0 <= start < stored_size:
                 prefetch(base + start)
     for i in range(n):
+        if sizes[i] < 0:
+            continue
         found[i] = _find(table, capacity, base, stored_size, ends, count, keys[i], sizes[i], hashes[i], status)
         if status[0] != FOUND_OK:
             bad[0] = found[i]
@@ -239,28 +246,32 @@ def find(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1
 
 
 def find_strings(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1] ends, int64_t count,
-                 list keys, str source="the key index") -> np.ndarray:
-    """``find`` of each ``str`` of ``keys``, read as UTF-8 where Python keeps it (nothing is
-    joined or copied for ASCII keys); ``TypeError`` for a key that is not a ``str``."""
+                 keys, str source="the key index") -> np.ndarray:
+    """``find`` of each ``str`` of ``keys`` (a sequence), read as UTF-8 where Python keeps it
+    (nothing is joined or copied for ASCII keys); -1 for a ``str`` that is not valid UTF-8 (lone
+    surrogates: no stored key equals it), ``TypeError`` for a key that is not a ``str``."""
     _check_table(slots, ends, count, source)
-    cdef Py_ssize_t n = len(keys), i, size
+    cdef tuple held = tuple(keys)  # keeps every str, and so its UTF-8, alive while the GIL is released
+    cdef Py_ssize_t n = len(held), i, size
     pointers = np.empty(n, dtype=np.uintp)
     sizes_out = np.empty(n, dtype=np.intp)
     cdef size_t[::1] at = pointers
     cdef Py_ssize_t[::1] sizes = sizes_out
     cdef const char* utf8
     for i in range(n):
-        key = keys[i]
+        key = held[i]
         if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"keys are str; key {i} is a {type(key).__name__}")
         try:
             utf8 = PyUnicode_AsUTF8AndSize(key, &size)
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"key {i} is not valid UTF-8 text: {exc}") from None
+        except UnicodeEncodeError:
+            at[i], sizes[i] = 0, -1
+            continue
         at[i] = <size_t>utf8
         sizes[i] = size
-    # ``keys`` (a list only this call holds) keeps every str, and so its UTF-8, alive
-    return _found(slots, stored, ends, count, pointers, sizes_out, source)
+    result = _found(slots, stored, ends, count, pointers, sizes_out, source)
+    del held
+    return result
 
 
 cdef object _found(const uint64_t[::1] slots, const uint8_t[::1] stored, const int64_t[::1] ends, int64_t count,

@@ -122,7 +122,6 @@ class KeyIndex:
     def positions(self, keys: Sequence[Any], count: int) -> np.ndarray:
         """The position of each key among the first ``count`` (-1 where absent); ``TypeError``
         for a key that is not a ``str``."""
-        keys = list(keys)  # held by this call only, while the kernel reads the keys' UTF-8
         if count == 0:
             for k, key in enumerate(keys):
                 if not isinstance(key, str):
@@ -300,11 +299,13 @@ def write_keys(map_dir: Path, keys: Sequence[str], at: int, durable: Optional[bo
     data_file = path / _meta.DATA
     offset = 0  # keys lie back to back: the new ones go right after key at - 1 (over stale ones)
     if at:
-        offset = int(ends_dir.map()[at - 1])
+        held_ends = ends_dir.map()
+        offset = int(held_ends[at - 1])
+        before = int(held_ends[at - 2]) if at > 1 else 0
         size = data_file.stat().st_size if data_file.exists() else 0
-        if not 0 <= offset <= size:
-            raise ValueError(f"{path / 'ends'}: key {at - 1} ends at byte {offset}, outside the {size} bytes of "
-                             f"{data_file}: damaged (verify reports it)")
+        if not before <= offset <= size:  # never write over the bytes of a committed key
+            raise ValueError(f"{path / 'ends'}: key {at - 1} ends at byte {offset}, before it starts ({before}) "
+                             f"or past the {size} bytes of {data_file}: damaged (verify reports it)")
     if not (path / _meta.TYPE).exists():
         path.mkdir(parents=True, exist_ok=True)
         commit.replace(path / _meta.TYPE, b"string")

@@ -452,12 +452,14 @@ def _rows(chunk: pa.Array, first_row: int, layout: _Layout) -> np.ndarray:
 
 # -- writing -------------------------------------------------------------------------------------
 
-def _append_strings(files: _StringsFiles, chunk: pa.Array, first_row: int, commit: Commit) -> None:
+def _append_strings(files: _StringsFiles, chunk: pa.Array, first_row: int, commit: Commit,
+                    payload: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
     """Add the strings of ``chunk`` to ``commit``: Arrow's UTF-8 bytes written as they are, its
-    offsets shifted into ``starts`` and ``ends`` (a compressed map takes them one by one)."""
+    offsets shifted into ``starts`` and ``ends`` (a compressed map takes them one by one).
+    ``payload``: what ``_string_payload`` gave of ``chunk``, if it was called already."""
     if not len(chunk):
         return
-    payload, offsets = _string_payload(chunk, first_row)  # nulls and UTF-8 checked
+    payload, offsets = payload or _string_payload(chunk, first_row)  # nulls and UTF-8 checked
     if files.codec.compressed:
         files.append(chunk.to_pylist(), commit)  # each string compressed on its own
         return
@@ -611,8 +613,9 @@ class _GivenKeys:
     def take(self, n: int, first_row: int) -> List[str]:
         taken = list(itertools.islice(self.iterator, n))
         if len(taken) < n:
-            raise ValueError(f"keys ran out at row {first_row + len(taken)}: one key is needed per row (the rows "
-                             f"before it were appended)")
+            appended = f"rows 0 to {first_row - 1} were appended" if first_row else "nothing was appended"
+            raise ValueError(f"keys ran out at row {first_row + len(taken)}: one key is needed per row "
+                             f"({appended})")
         return taken
 
     def finish(self) -> None:
@@ -661,14 +664,18 @@ def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None
                 with WriterLock(out_dir) as lock:
                     files = _RaggedFiles.open(out_dir) if kind == "ragged" else _StringsFiles.open(out_dir)
                     _keys.check_extension(out_dir, chunk_keys, files.n)
+                    if kind == "ragged":  # the rows checked (nulls, casts) before their keys are written
+                        dtype = source.layout.dtype if files.dtype is None else files.dtype
+                        batch = _ragged_batch(chunk, row, source.layout, dtype)
+                    else:
+                        payload = _string_payload(chunk, row)
                     if chunk_keys is not None:  # committed first: a map never has samples without keys
                         _keys.write_keys(out_dir, chunk_keys, files.n)
                     if kind == "ragged":
-                        dtype = source.layout.dtype if files.dtype is None else files.dtype
-                        m._append(lock, files, _ragged_batch(chunk, row, source.layout, dtype))
+                        m._append(lock, files, batch)
                     else:
                         commit = Commit()
-                        _append_strings(files, chunk, row, commit)
+                        _append_strings(files, chunk, row, commit, payload)
                         commit.finish()
             bar.update(len(chunk))
         if given is not None:

@@ -571,6 +571,10 @@ def command_convert(args) -> int:
         raise UsageError(f"{out} already holds a {MAP_NAMES.get(existing, existing)} map: "
                          f"--force replaces it, --append extends it")
     source = open_source(args.source, args.kind, args.field, args.column)
+    if args.column is not None and source.kind != "parquet":
+        raise UsageError(f"--column names a column of a .parquet file; {args.source} holds {source.kind}")
+    if args.field is not None and source.kind != "jsonl":
+        raise UsageError(f"--field names a field of a .jsonl file; {args.source} holds {source.kind}")
     if args.batch_size is None:  # a Parquet column is written from Arrow's buffers: larger commits pay
         args.batch_size = 65536 if source.kind == "parquet" else 1024
     if source.skipped:
@@ -667,10 +671,17 @@ def _append_parquet(out: Path, source: Source, batch_size: int, verbose: bool):
     if paths is not None and len(paths) != before:
         raise UsageError(f"{out / PATHS} holds {len(paths):,} paths for {before:,} samples: remove it to append "
                          f"without paths, or rebuild the map with --force")
+    failed = True
     try:  # one commit per batch: the paths follow what was committed, even when a later batch fails
         m = extend_from_arrow(out, source.samples, source.column, verbose, batch_size=batch_size)
+        failed = False
     finally:
-        added = len(open_existing(out)) - before
+        try:
+            added = len(open_existing(out)) - before
+        except Exception:  # not readable: the error being raised says why
+            added = 0
+        if failed and added:
+            print(f"mmap-ninja convert: {added:,} rows were appended before the error", file=sys.stderr)
         if paths is not None and added:
             paths.extend([""] * added)
     return m, added

@@ -20,7 +20,7 @@ from typing import Any, Iterable, List, Optional
 import numpy as np
 
 from .base import PathLike, as_dir
-from .sharded import ShardedMmap, write_part
+from .sharded import ShardedMmap, check_joining, write_part
 
 
 def _write_partition(out_dir: str, samples: Iterable[Any], kind: Optional[str], keyed: bool) -> Optional[dict]:
@@ -52,6 +52,7 @@ def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None, *, k
     import dask.bag
 
     out_dir = as_dir(out_dir)
+    check_joining(out_dir, keyed)  # before the workers write anything
     if isinstance(collection, dask.bag.Bag):
         partitions = collection.to_delayed()
     else:

@@ -37,7 +37,7 @@ from ray.data.datasource import WriteResult
 from . import _keys
 from .base import PathLike, as_dir, map_type
 from .ragged import RaggedMmap
-from .sharded import PARTS, ShardedMmap, write_part
+from .sharded import PARTS, ShardedMmap, check_joining, write_part
 
 __all__ = ["MmapNinjaDatasink", "MmapNinjaDatasource", "read_mmap"]
 
@@ -132,6 +132,7 @@ class MmapNinjaDatasink(Datasink):
         if type_name not in (None, "sharded"):
             raise ValueError(f"{self.out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be "
                              f"appended to it")
+        check_joining(self.out_dir, self.key_column is not None)
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> Optional[Dict[str, Any]]:
         """Write the rows of this task's blocks as one part (on the worker). Returns the part's

@@ -492,6 +492,20 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
     _write_manifest(out_dir, manifest, new)
 
 
+def check_joining(out_dir: PathLike, keyed: bool) -> None:
+    """Raise ``ValueError`` before any part is written when parts with keys (``keyed``) or
+    without cannot join the sharded map at ``out_dir`` (as ``commit_parts`` would refuse them
+    once written); any parts can start a new map."""
+    out_dir = as_dir(out_dir)
+    if map_type(out_dir) != "sharded":
+        return
+    map_keyed = (out_dir / _meta.KEYS / _meta.TYPE).exists()
+    if keyed != map_keyed:
+        raise ValueError(f"the samples of {out_dir} {'have' if map_keyed else 'have no'} keys: parts "
+                         f"{'without' if map_keyed else 'with'} keys cannot join it (the parts of a map all have "
+                         f"keys or none has)")
+
+
 def _part_keys(path: Path, length: int) -> List[str]:
     """The keys of the first ``length`` samples of the part at ``path``."""
     index = _keys.KeyIndex.open(path)

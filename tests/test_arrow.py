@@ -508,11 +508,18 @@ def test_extend_from_arrow_with_keys(tmp_path):
                            ValueError, "'first' of sample 2 is already the key of sample 0")
     assert_unchanged_after(lambda: arrow.extend_from_arrow(out, more, "tokens", keys=["a"]), out,
                            ValueError, "1 keys for 5 rows")
+    with_null = pa.table({"tokens": pa.array([[1], None], pa.list_(pa.int32())), "id": ["n1", "n2"]})
+    assert_unchanged_after(lambda: arrow.extend_from_arrow(out, with_null, "tokens", key_column="id"), out,
+                           ValueError, "row 1: is null")  # rows checked before their keys are written
+    null_text = pa.table({"t": ["x", None], "id": ["n1", "n2"]})
+    StringsMmap.from_strings(tmp_path / "nt", ["a"], keys=["a"])
+    assert_unchanged_after(lambda: arrow.extend_from_arrow(tmp_path / "nt", null_text, "t", key_column="id"),
+                           tmp_path / "nt", ValueError, "row 1: is null")
     m = arrow.extend_from_arrow(out, more, "tokens", key_column="id", batch_size=2)
     assert m.keys() == ["first"] + [f"more-{k}" for k in range(1, 6)] and m.by_key["more-4"].tolist() == [4] * 4
     m = arrow.extend_from_arrow(out, pa.array([[9]], pa.list_(pa.int32())), keys=iter(["nine"]))
     assert m.index_of("nine") == 6 and m.verify(deep=True) == []
-    with pytest.raises(ValueError, match="keys ran out at row 2"):  # the batch before is appended, with its keys
+    with pytest.raises(ValueError, match=r"keys ran out at row 2: .* \(rows 0 to 1 were appended\)"):
         arrow.extend_from_arrow(out, pa.array([[1], [2], [3]], pa.list_(pa.int32())), keys=iter(["p", "q"]),
                                 batch_size=2)
     m = RaggedMmap(out)
@@ -631,6 +638,22 @@ def test_convert_a_parquet_file(tmp_path, capsys):
     renamed.write_bytes(path.read_bytes())
     code, _, _ = run(capsys, "convert", renamed, tmp_path / "kind", "--kind", "parquet", "--column", "text", "--quiet")
     assert code == 0 and StringsMmap(tmp_path / "kind")[299] == "t299"
+    code, _, err = run(capsys, "convert", path, tmp_path / "y", "--column", "text", "--field", "body")
+    assert code == 2 and "--field names a field of a .jsonl file" in err and not (tmp_path / "y").exists()
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    code, _, err = run(capsys, "convert", folder, tmp_path / "y", "--column", "text")
+    assert code == 2 and "--column names a column of a .parquet file" in err and not (tmp_path / "y").exists()
+
+
+def test_a_parquet_append_that_fails_midway_says_what_it_appended(tmp_path, capsys):
+    StringsMmap.from_strings(tmp_path / "out", ["old"])
+    path = tmp_path / "more.parquet"
+    pq.write_table(pa.table({"text": ["a", "b", "c", None, "e"]}), path)
+    code, _, err = run(capsys, "convert", path, tmp_path / "out", "--append", "--quiet", "--batch-size", "2")
+    assert code == 2 and "row 3: is null" in err and "2 rows were appended before the error" in err
+    assert StringsMmap(tmp_path / "out")[:] == ["old", "a", "b"]
 
 
 def test_convert_refuses_to_append_a_parquet_column_to_a_keyed_map(tmp_path, capsys):

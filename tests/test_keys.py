@@ -131,7 +131,7 @@ def test_hash_is_the_same_from_any_buffer_and_lookups_find_every_stored_key(blob
         assert _keyindex.find_strings(text_slots, stored, text_ends, len(texts) - 1, texts[-1:]).tolist() == [-1]
 
 
-def test_lookups_take_str_only_and_check_what_they_read():
+def test_lookups_take_str_only_and_check_what_they_read(tmp_path):
     stored = np.frombuffer(b"abcd", dtype=np.uint8)
     ends = np.array([2, 4], dtype=np.int64)
     slots = np.zeros(16, dtype=np.uint64)
@@ -139,8 +139,12 @@ def test_lookups_take_str_only_and_check_what_they_read():
     assert _keyindex.find_strings(slots, stored, ends, 2, ["cd", "ab", "x"]).tolist() == [1, 0, -1]
     with pytest.raises(TypeError, match="key 1 is a bytes"):
         _keyindex.find_strings(slots, stored, ends, 2, ["ab", b"cd"])
-    with pytest.raises(ValueError, match="key 0 is not valid UTF-8"):
-        _keyindex.find_strings(slots, stored, ends, 2, ["\ud800"])
+    # text that is not valid UTF-8 (a lone surrogate) is no stored key
+    assert _keyindex.find_strings(slots, stored, ends, 2, ["\ud800", "ab"]).tolist() == [-1, 0]
+    m = StringsMmap.from_strings(tmp_path / "m", ["x"], keys=["ab"])
+    with pytest.raises(KeyError, match="ud800"):
+        m.index_of("\ud800")
+    assert "\ud800" not in m.by_key and "ab" in m.by_key
     with pytest.raises(ValueError, match="3 keys asked of 2"):
         _keyindex.find_strings(slots, stored, ends, 3, ["ab"])
     damaged = np.array([2, 99], dtype=np.int64)  # key 1 ends past the bytes: raises, reads nothing there
@@ -329,6 +333,19 @@ def test_keys_whose_offsets_are_damaged_raise_on_lookup(tmp_path):
     with pytest.raises(ValueError, match="offsets of key 1 fall outside its bytes"):
         StringsMmap(out).index_of(["kb"])
     assert "the offsets of key 1 ([2, 1099511627776)) fall outside the 6 bytes" in " ".join(StringsMmap(out).verify())
+
+
+def test_an_extend_never_writes_over_committed_keys_of_damaged_offsets(tmp_path):
+    out = tmp_path / "m"
+    StringsMmap.from_strings(out, ["a", "b", "c"], keys=["aa", "bbb", "c"])
+    ends = np_ninja.open_existing(out / "keys" / "ends", "r+")
+    ends[2] = 3  # key 2 would end before key 1 does: new keys would go over "bbb"
+    ends.flush()
+    del ends
+    before = file_bytes(out)
+    with pytest.raises(ValueError, match="key 2 ends at byte 3, before it starts"):
+        StringsMmap(out).extend(["d"], keys=["XYZ"])
+    assert file_bytes(out) == before
 
 
 def test_keys_that_are_not_back_to_back_are_reported(tmp_path):

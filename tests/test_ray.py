@@ -203,6 +203,10 @@ def test_a_key_column_keys_the_map(tmp_path):
         ray.data.from_items(rows[3:5], override_num_blocks=1).write_datasink(
             MmapNinjaDatasink(tmp_path / "s", key_column="key"))
     assert len(ShardedMmap(tmp_path / "s")) == 12 and mmap_ninja.verify(tmp_path / "s", deep=True) == []
+    parts = sorted(os.listdir(tmp_path / "s" / "parts"))
+    with pytest.raises(ValueError, match="have keys: parts without keys cannot join it"):  # before any task
+        ds.write_datasink(MmapNinjaDatasink(tmp_path / "s", column="tokens"))
+    assert sorted(os.listdir(tmp_path / "s" / "parts")) == parts
     texts = ray.data.from_items([{"text": f"t{k}", "id": f"id{k}"} for k in range(5)], override_num_blocks=2)
     texts.write_datasink(MmapNinjaDatasink(tmp_path / "t", column="text", key_column="id"))
     assert ShardedMmap(tmp_path / "t").by_key["id3"] == "t3"
