@@ -319,12 +319,13 @@ def write_keys(map_dir: Path, keys: Sequence[str], at: int, durable: Optional[bo
     ends_dir.commit_rows(ends_meta, commit)
     starts_dir.commit_rows(starts_meta, commit)
     commit.finish()
-    _index(path, at, len(keys), commit.durable)
+    _index(path, at, len(keys), commit.durable, stale=held > at)
 
 
-def _index(path: Path, at: int, added: int, durable: bool) -> None:
+def _index(path: Path, at: int, added: int, durable: bool, stale: bool = False) -> None:
     """Enter keys ``at`` to ``at + added`` of the keys at ``path`` into its table (built anew
-    when it would be more than half full, or is missing or damaged)."""
+    when it would be more than half full, is missing or damaged, or holds slots of ``stale``
+    keys, left past the map's length by a write that failed and now written over)."""
     total = at + added
     stored = np.frombuffer(map_bytes(path / _meta.DATA), dtype=np.uint8) if total else np.zeros(0, np.uint8)
     ends = np.asarray(ArrayDir.open(path / "ends").map()[:total]) if total else np.zeros(0, np.int64)
@@ -333,7 +334,7 @@ def _index(path: Path, at: int, added: int, durable: bool) -> None:
         slots = _map_table(table, at)
     except ValueError:
         slots = None
-    if slots is None or 2 * total > len(slots):
+    if slots is None or stale or 2 * total > len(slots):
         _write_table(table, stored, ends, durable)
         return
     if not added:

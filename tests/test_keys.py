@@ -253,6 +253,9 @@ def test_a_failed_extend_leaves_no_key_behind(tmp_path, monkeypatch):
         m.index_of("b")
     m.extend([np.arange(4)], keys=["b"])
     assert m.index_of(["b", "c", "a"]).tolist() == [2, 1, 0] and m.verify(deep=True) == []
+    # the slots of the keys written over went with a table built anew: one slot per key
+    slots = np.fromfile(tmp_path / "m" / "keys" / "index.ninja", dtype=np.uint64, offset=64)
+    assert np.count_nonzero(slots) == 3
     # written over in place: the keys stay back to back
     assert np_ninja.open_existing(tmp_path / "m" / "keys" / "starts").tolist() == [0, 1, 2]
     assert np_ninja.open_existing(tmp_path / "m" / "keys" / "ends").tolist() == [1, 2, 3]
