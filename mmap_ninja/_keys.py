@@ -32,6 +32,9 @@ _MAGIC = b"MNKEYIDX"
 _VERSION = 1
 _HEADER_BYTES = 64
 _MIN_CAPACITY = 1024
+# The slots of a table that holds no key.
+_NO_SLOTS = np.zeros(1, np.uint64)
+_NO_SLOTS.flags.writeable = False
 
 
 def _encode(keys: Sequence[Any], first: int) -> Tuple[bytes, np.ndarray]:
@@ -98,7 +101,7 @@ class KeyIndex:
         """The hash table, mapped at its first use (a damaged one raises there, not when the
         map opens)."""
         if self._slots is None:
-            self._slots = _map_table(self.path / INDEX, self.count) if self.count else np.zeros(1, np.uint64)
+            self._slots = _map_table(self.path / INDEX, self.count) if self.count else _NO_SLOTS
         return self._slots
 
     @classmethod
@@ -122,12 +125,8 @@ class KeyIndex:
     def positions(self, keys: Sequence[Any], count: int) -> np.ndarray:
         """The position of each key among the first ``count`` (-1 where absent); ``TypeError``
         for a key that is not a ``str``."""
-        if count == 0:
-            for k, key in enumerate(keys):
-                if not isinstance(key, str):
-                    raise TypeError(f"keys are str; key {k} is a {type(key).__name__}")
-            return np.full(len(keys), -1, dtype=np.int64)
-        return _keyindex.find_strings(self.slots, self.stored, self.ends, count, keys, str(self.path))
+        slots = self.slots if count else _NO_SLOTS  # no key to find: the table is not read
+        return _keyindex.find_strings(slots, self.stored, self.ends, count, keys, str(self.path))
 
     def index_of(self, key_or_keys: Any, count: int) -> Union[int, np.ndarray]:
         """The position of a key (an int), or of each of a sequence of keys (``int64``);
@@ -263,14 +262,14 @@ def _check_repeats(keys: Sequence[Any], first: int, seen: dict) -> None:
             raise ValueError(f"the key {key!r} is given twice: for samples {earlier} and {k}")
 
 
-def check_new(map_dir: Path, keys: Sequence[Any], at: int) -> None:
+def check_new(map_dir: Path, keys: Sequence[Any], at: int) -> Tuple[bytes, np.ndarray]:
     """Raise unless ``keys`` can name samples ``at, at + 1, ...`` of the map at ``map_dir``: each
     a ``str`` (``TypeError``), none given twice nor the key of one of the first ``at`` samples
-    (``ValueError`` naming it)."""
-    _encode(keys, at)
+    (``ValueError`` naming it). Returns their encoding, for ``write_keys``."""
+    encoded = _encode(keys, at)
     _check_repeats(keys, at, {})
     if at == 0:
-        return
+        return encoded
     index = KeyIndex.open(map_dir)
     if index is None or index.count < at:
         held = 0 if index is None else index.count
@@ -282,14 +281,17 @@ def check_new(map_dir: Path, keys: Sequence[Any], at: int) -> None:
         k = int(clash[0])
         raise ValueError(f"the key {keys[k]!r} of sample {at + k} is already the key of sample {int(found[k])} "
                          f"of {map_dir}")
+    return encoded
 
 
-def write_keys(map_dir: Path, keys: Sequence[str], at: int, durable: Optional[bool] = None) -> None:
-    """Commit ``keys`` (checked by ``check_new``) as the keys of samples ``at, at + 1, ...`` of
-    the map at ``map_dir`` (keys stored past ``at`` are written over), and index them."""
+def write_keys(map_dir: Path, keys: Sequence[str], at: int, durable: Optional[bool] = None,
+               encoded: Optional[Tuple[bytes, np.ndarray]] = None) -> None:
+    """Commit ``keys`` (checked by ``check_new``, whose ``encoded`` keys may be given) as the
+    keys of samples ``at, at + 1, ...`` of the map at ``map_dir`` (keys stored past ``at`` are
+    written over), and index them."""
     path = map_dir / KEYS_DIR
     commit = Commit(durable)
-    data, offsets = _encode(keys, at)
+    data, offsets = encoded if encoded is not None else _encode(keys, at)
     starts_dir, ends_dir = ArrayDir(path / "starts"), ArrayDir(path / "ends")
     if (path / "starts" / _meta.TYPE).exists():
         starts_dir, ends_dir = ArrayDir.open(path / "starts"), ArrayDir.open(path / "ends")
@@ -346,13 +348,15 @@ def _index(path: Path, at: int, added: int, durable: bool, stale: bool = False) 
         _fsync_path(table)
 
 
-def check_extension(map_dir: Path, keys: Optional[Sequence[Any]], at: int) -> None:
+def check_extension(map_dir: Path, keys: Optional[Sequence[Any]], at: int) -> Optional[Tuple[bytes, np.ndarray]]:
     """Raise unless samples ``at, at + 1, ...`` may be added to the map at ``map_dir`` with
-    ``keys`` (``None``: without keys, which a map whose samples have keys refuses)."""
+    ``keys`` (``None``: without keys, which a map whose samples have keys refuses). Returns
+    the keys' encoding, for ``write_keys`` (``None`` without keys)."""
     if keys is not None:
-        check_new(map_dir, keys, at)
-    elif (map_dir / KEYS_DIR / _meta.TYPE).exists():
+        return check_new(map_dir, keys, at)
+    if (map_dir / KEYS_DIR / _meta.TYPE).exists():
         raise ValueError(f"the samples of {map_dir} have keys: give one for each new sample (keys=[...])")
+    return None
 
 
 class KeysAlongside:
@@ -391,9 +395,9 @@ class KeyFeed:
             except StopIteration:
                 raise ValueError(f"keys ran out at sample {self.count + len(keys)}: one key is needed per "
                                  f"sample") from None
-        _encode(keys, self.count)
+        encoded = _encode(keys, self.count)
         _check_repeats(keys, self.count, self.seen)  # unique across the whole build, checked as it goes
-        write_keys(self.build, keys, self.count, durable=False)
+        write_keys(self.build, keys, self.count, durable=False, encoded=encoded)
         self.count += n
 
     def batches(self, batches: Iterable[List[Any]]) -> Iterator[List[Any]]:

@@ -292,11 +292,7 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
     def append(self, sample: Any, key: Optional[str] = None, *, keys: Optional[Sequence[str]] = None) -> None:
         """Append one sample (with its ``key``, in a map whose samples have keys; ``keys=[key]``
         works too)."""
-        if key is not None:
-            if keys is not None:
-                raise TypeError("append takes key= or keys=, not both")
-            keys = [key]
-        self.extend([sample], keys=keys)
+        self.extend([sample], keys=_appended_keys(key, keys))
 
     def extend(self, samples: Iterable[Any], verbose: bool = False, *, keys: Optional[Iterable[str]] = None) -> None:
         """Append samples in one commit, under the map's writer lock; on an error (a sample
@@ -316,9 +312,9 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
                 current = self._read_files(self.out_dir)  # another writer may have extended it
                 if current.n != files.n or getattr(current, "dtype", None) != getattr(files, "dtype", None):
                     batch = self._prepare(samples, current)
-                _keys.check_extension(self.out_dir, keys, current.n)
+                encoded = _keys.check_extension(self.out_dir, keys, current.n)
                 if keys is not None:  # committed first: a map never has samples without keys
-                    _keys.write_keys(self.out_dir, keys, current.n)
+                    _keys.write_keys(self.out_dir, keys, current.n, encoded=encoded)
                 self._append(lock, current, batch, bar)
         self.refresh()
 
@@ -421,6 +417,15 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
                 feed.finish(files.n)
             flush_tree(build)
         return cls(out_dir, **open_kwargs)
+
+
+def _appended_keys(key: Optional[str], keys: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
+    """The keys of one appended sample, given as ``key=`` or ``keys=[key]``."""
+    if key is None:
+        return keys
+    if keys is not None:
+        raise TypeError("append takes key= or keys=, not both")
+    return [key]
 
 
 def _listed_keys(keys: Optional[Iterable[str]], count: int) -> Optional[List[str]]:

@@ -42,7 +42,7 @@ from . import numpy as np_ninja
 from ._lifecycle import building
 from ._storage import ArrayDir, Commit, WriterLock, flush_tree
 from .base import PathLike, as_dir, cast_values, check_options, check_positive, map_type, progress, stored_dtype
-from .ragged import RaggedMmap, _Batch, _RaggedFiles
+from .ragged import RaggedMmap, _already_packed, _Batch, _RaggedFiles
 from .string import StringsMmap, _Codec, _StringsFiles
 
 __all__ = ["from_arrow", "extend_from_arrow", "to_arrow", "map_kind"]
@@ -494,8 +494,7 @@ def _build_ragged(out_dir: Path, source: _Source, batch_rows: int, bar, keys: Op
             yield batch
             bar.update(len(batch))
 
-    return RaggedMmap._build_ragged(out_dir, batches(), dtype, keys=keys, pack=lambda batch, dtype, first: batch,
-                                    mode="r+")
+    return RaggedMmap._build_ragged(out_dir, batches(), dtype, keys=keys, pack=_already_packed, mode="r+")
 
 
 def _build_strings(out_dir: Path, source: _Source, batch_rows: int, bar, zstd_level: Optional[int],
@@ -663,14 +662,14 @@ def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None
             else:
                 with WriterLock(out_dir) as lock:
                     files = _RaggedFiles.open(out_dir) if kind == "ragged" else _StringsFiles.open(out_dir)
-                    _keys.check_extension(out_dir, chunk_keys, files.n)
+                    encoded = _keys.check_extension(out_dir, chunk_keys, files.n)
                     if kind == "ragged":  # the rows checked (nulls, casts) before their keys are written
                         dtype = source.layout.dtype if files.dtype is None else files.dtype
                         batch = _ragged_batch(chunk, row, source.layout, dtype)
                     else:
                         payload = _string_payload(chunk, row)
                     if chunk_keys is not None:  # committed first: a map never has samples without keys
-                        _keys.write_keys(out_dir, chunk_keys, files.n)
+                        _keys.write_keys(out_dir, chunk_keys, files.n, encoded=encoded)
                     if kind == "ragged":
                         m._append(lock, files, batch)
                     else:

@@ -92,6 +92,16 @@ def open_paths(path: Path) -> Optional[StringsMmap]:
     return StringsMmap(folder, mode="rb")
 
 
+def _paths_to_extend(out: Path, samples: int) -> Optional[StringsMmap]:
+    """``open_paths(out)``, checked to hold one path per sample of the map's ``samples`` before
+    an append adds more."""
+    paths = open_paths(out)
+    if paths is not None and len(paths) != samples:
+        raise UsageError(f"{out / PATHS} holds {len(paths):,} paths for {samples:,} samples: remove it to append "
+                         f"without paths, or rebuild the map with --force")
+    return paths
+
+
 # -- info ---------------------------------------------------------------------------------------
 
 def _length_summary(lengths: np.ndarray, unit: str) -> str:
@@ -635,10 +645,7 @@ def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], 
     keyed = m.keyed or (len(m) == 0 and source.paths is not None)
     if m.keyed and source.paths is None:
         raise UsageError(f"the samples of {out} have keys (their files' paths), and {source.kind} have none to give")
-    paths = None if keyed else open_paths(out)
-    if paths is not None and len(paths) != len(m):
-        raise UsageError(f"{out / PATHS} holds {len(paths):,} paths for {len(m):,} samples: remove it to append "
-                         f"without paths, or rebuild the map with --force")
+    paths = None if keyed else _paths_to_extend(out, len(m))
     if not keyed and paths is None and source.paths is not None:
         print(f"mmap-ninja convert: the samples of {out} have no keys, so the new ones get none (their paths are "
               f"not kept); rebuild with --force to key every sample by its path", file=sys.stderr)
@@ -667,10 +674,7 @@ def _append_parquet(out: Path, source: Source, batch_size: int, verbose: bool):
         raise UsageError(f"the samples of {out} have keys, and a Parquet column has none to give")
     m = open_existing(out)
     before = len(m)
-    paths = open_paths(out)
-    if paths is not None and len(paths) != before:
-        raise UsageError(f"{out / PATHS} holds {len(paths):,} paths for {before:,} samples: remove it to append "
-                         f"without paths, or rebuild the map with --force")
+    paths = _paths_to_extend(out, before)
     failed = True
     try:  # one commit per batch: the paths follow what was committed, even when a later batch fails
         m = extend_from_arrow(out, source.samples, source.column, verbose, batch_size=batch_size)

@@ -23,14 +23,14 @@ import os
 import struct
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from ._meta import ArrayMeta
 from ._storage import ArrayDir, Commit, metadata_bytes
 from .base import PathLike, as_dir, check_positive, progress
-from .ragged import RaggedMmap, _RaggedFiles
+from .ragged import RaggedMmap, _already_packed
 
 __all__ = ["export", "to_ragged", "read_index"]
 
@@ -265,24 +265,13 @@ def _to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, ver
     pair = _Pair(prefix, link, checksum)  # the index is read and checked before anything is written
     out_dir = as_dir(out_dir)
 
-    def create(build: Path, batch: Any) -> _RaggedFiles:
-        files, commit = _RaggedFiles(build), Commit(durable=False)
-        if len(batch):
-            files.append(batch, commit)
-        else:
-            files.write_empty(pair.dtype, commit)
-        commit.finish()
-        bar.update(len(batch))
-        return files
-
-    def extend(files: _RaggedFiles, batch: _SequenceBatch) -> None:
-        commit = Commit(durable=False)
-        files.append(batch, commit)
-        commit.finish()
-        bar.update(len(batch))
+    def batches() -> Iterator[_SequenceBatch]:
+        for batch in pair.batches(batch_size):
+            yield batch
+            bar.update(len(batch))  # once it is written
 
     with progress(len(pair.lengths), verbose, desc=f"Converting {pair.bin_path.name}") as bar:
-        RaggedMmap._build(out_dir, pair.batches(batch_size), create, extend, mode="r")
+        RaggedMmap._build_ragged(out_dir, batches(), pair.dtype, pack=_already_packed, mode="r")
     # a map sharing Megatron's file opens read-only, so that no view writes into it by accident
     m = RaggedMmap(out_dir, mode="r" if pair.how == "linked" else "r+")
     return m, pair.how or "copied", pair.reason

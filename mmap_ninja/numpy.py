@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _keys, _meta
-from ._lifecycle import _listed_keys, building, verify_map
+from ._lifecycle import _appended_keys, _listed_keys, building, verify_map
 from ._meta import ArrayMeta
 from ._storage import ArrayDir, Commit, Replacement, WriterLock, link_map, open_consistent
 from .base import (
@@ -202,10 +202,10 @@ def extend_dir(out_dir: PathLike, arr: Any, *, keys: Optional[Iterable[str]] = N
                              f"{arr.shape}: its samples must have shape {shape[1:]}")
         arr = cast_values(arr, array.meta.dtype, f"extending {array.path}")
         keys = _listed_keys(keys, arr.shape[0])
-        _keys.check_extension(out_dir, keys, shape[0])
+        encoded = _keys.check_extension(out_dir, keys, shape[0])
         array.finish_pending()
         if keys is not None and arr.shape[0]:  # committed first: a map never has samples without keys
-            _keys.write_keys(out_dir, keys, shape[0])
+            _keys.write_keys(out_dir, keys, shape[0], encoded=encoded)
         if array.meta.order == "F" and len(shape) > 1 and shape[0] > 0:
             # Fortran order interleaves the first axis: the array is written anew, aside
             combined = np.concatenate([array.map("r"), arr], axis=0)
@@ -287,11 +287,7 @@ def append(np_mmap: np.memmap, sample: Any, key: Optional[str] = None, *,
            keys: Optional[Sequence[str]] = None) -> None:
     """Append one sample (shape ``sample_shape``) to the map that ``np_mmap`` was opened
     from (with its ``key``, or ``keys=[key]``, in a map whose samples have keys)."""
-    if key is not None:
-        if keys is not None:
-            raise TypeError("append takes key= or keys=, not both")
-        keys = [key]
-    extend(np_mmap, np.expand_dims(np.asarray(sample), axis=0), keys=keys)
+    extend(np_mmap, np.expand_dims(np.asarray(sample), axis=0), keys=_appended_keys(key, keys))
 
 
 # The keys of the numpy maps looked up lately, by folder, with the identity of the files they
@@ -327,8 +323,7 @@ def _key_index(memmap_or_dir: Any, what: str) -> Tuple[_keys.KeyIndex, int]:
 
     index, rows = open_consistent(out_dir, read)
     if index is None:
-        raise ValueError(f"{out_dir} has no keys: build it with keys=[...] (one str per sample) to find samples "
-                         f"by key")
+        raise ValueError(f"{out_dir} has no keys: {_keys.KeyLookups._no_keys_hint}")
     count = min(rows, index.count)
     if stamp is not None and stamp == _keys_stamp(out_dir):  # unchanged while it was read
         if len(_OPENED_KEYS) >= _OPENED_KEYS_KEPT:

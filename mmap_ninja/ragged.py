@@ -125,6 +125,12 @@ class _PackedBatch:
         return len(self.packed)
 
 
+def _already_packed(batch: Any, dtype: Optional[np.dtype], first_index: int) -> Any:
+    """``pack`` for ``RaggedMmap._build_ragged`` of batches made already (with the interface of
+    ``_Batch``): each as it is."""
+    return batch
+
+
 def _flatten(samples: Iterable[Any], dtype: Optional[np.dtype], first_index: int = 0, bar=None):
     """Check ``samples`` (arrays or array-likes) and lay them out for writing as one batch of
     ``dtype`` (by default the dtype of the first sample), in one compiled pass

@@ -486,8 +486,7 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
     if map_keyed:  # committed before the manifest: a map never has samples without keys
         at = sum(part["length"] for part in manifest["parts"])
         added = [key for record in records for key in _part_keys(out_dir / PARTS / record["name"], record["length"])]
-        _keys.check_new(out_dir, added, at)
-        _keys.write_keys(out_dir, added, at)
+        _keys.write_keys(out_dir, added, at, encoded=_keys.check_new(out_dir, added, at))
     manifest["parts"] = manifest["parts"] + [{"name": r["name"], "length": r["length"]} for r in records]
     _write_manifest(out_dir, manifest, new)
 
