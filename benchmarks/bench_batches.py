@@ -503,24 +503,25 @@ def main() -> None:
     )
     plot(table, args.out / "results.png")
     if not args.quick and args.out == HERE:
-        update_readme(report)
+        update_performance_page(report)
     print(f"\nwrote {args.out / 'RESULTS.md'} and {args.out / 'results.png'}")
 
 
-README = HERE.parent / "README.md"
+PERFORMANCE_PAGE = HERE.parent / "docs" / "performance.md"
 MARKERS = ("<!-- results -->", "<!-- /results -->")
 
 
-def readme_section(report: str) -> str:
-    """What the README shows of a report: its tables, without the introduction."""
+def page_section(report: str) -> str:
+    """What the documentation's performance page shows of a report: its tables, without the
+    introduction."""
     return report.split("\n", 2)[2]
 
 
-def update_readme(report: str) -> None:
-    """Put the tables of ``report`` between the README's results markers."""
-    text = README.read_text()
+def update_performance_page(report: str) -> None:
+    """Put the tables of ``report`` between the results markers of docs/performance.md."""
+    text = PERFORMANCE_PAGE.read_text()
     start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    README.write_text(text[:start] + "\n" + readme_section(report) + "\n" + text[end:])
+    PERFORMANCE_PAGE.write_text(text[:start] + "\n" + page_section(report) + "\n" + text[end:])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 from ._lifecycle import Report
 from ._storage import ChangedWhileOpening, durability, set_durability
 from .base import Wrapped
-from .generic import open_existing, verify
+from .generic import VERIFY_LIMIT, open_existing, verify
 from .numpy import append as np_append
 from .numpy import extend as np_extend
 from .numpy import extend_dir as np_extend_dir
@@ -38,6 +38,7 @@ __all__ = [
     "StringsMmap",
     "open_existing",
     "verify",
+    "VERIFY_LIMIT",
     "Report",
     "ChangedWhileOpening",
     "durability",

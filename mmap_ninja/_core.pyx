@@ -812,11 +812,12 @@ cdef class RaggedReader(_Offsets):
         return out
 
     def verify(self, Py_ssize_t limit=20):
-        """Problems found in one pass over every sample, at most ``limit`` of them: offsets
-        outside the data, stored shapes that disagree with the offsets. An empty list when
-        every sample is sound."""
+        """``(problems, unsound)`` of one pass over every sample: the first ``limit`` problems
+        (offsets outside the data, stored shapes that disagree with the offsets), one line
+        each, and the number of unsound samples in all. ``([], 0)`` when every sample is
+        sound."""
         cdef list problems = []
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, unsound = 0
         cdef int64_t start, end
         cdef int64_t dims[MAX_SAMPLE_NDIM]
         cdef bint sound
@@ -830,13 +831,13 @@ cdef class RaggedReader(_Offsets):
             else:
                 sound = self.c.sizes[i] == end - start or (self.c.sizes[i] == 0 and end - start == 1)
             if not sound:
-                try:
-                    self._raise_invalid(i)
-                except ValueError as exc:
-                    problems.append(str(exc))
-            if len(problems) >= limit:
-                break
-        return problems
+                unsound += 1
+                if len(problems) < limit:
+                    try:
+                        self._raise_invalid(i)
+                    except ValueError as exc:
+                        problems.append(str(exc))
+        return problems, unsound
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -1229,27 +1230,29 @@ cdef class StringsReader(_Offsets):
         return self._get(_scalar_index(i, self.n), as_bytes)
 
     def verify(self, Py_ssize_t limit=20, bint utf8=True):
-        """Problems found in one pass over every string, at most ``limit`` of them: offsets
-        outside the data, and (with ``utf8``) bytes that are not UTF-8. An empty list when every
-        string is sound."""
+        """``(problems, unsound)`` of one pass over every string: the first ``limit`` problems
+        (offsets outside the data, and with ``utf8`` bytes that are not UTF-8), one line each,
+        and the number of unsound strings in all. ``([], 0)`` when every string is sound."""
         cdef list problems = []
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, unsound = 0
         cdef int64_t start, end
         for i in range(self.n):
             start = self.starts[i]
             end = self.ends[i]
             if not _valid_span(start, end, self.length):
-                problems.append(f"{self.source}: corrupted offsets for string {i}: [{start}, {end}) "
-                                f"is not within the {self.length} stored bytes")
+                unsound += 1
+                if len(problems) < limit:
+                    problems.append(f"{self.source}: corrupted offsets for string {i}: [{start}, {end}) "
+                                    f"is not within the {self.length} stored bytes")
             elif utf8 and end > start:
                 try:
                     PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
                 except UnicodeDecodeError as exc:
-                    problems.append(f"{self.source}: string {i} is not valid UTF-8 ({exc.reason} "
-                                    f"at byte {exc.start})")
-            if len(problems) >= limit:
-                break
-        return problems
+                    unsound += 1
+                    if len(problems) < limit:
+                        problems.append(f"{self.source}: string {i} is not valid UTF-8 ({exc.reason} "
+                                        f"at byte {exc.start})")
+        return problems, unsound
 
     def get_many(self, const int64_t[::1] indices, bint as_bytes=False):
         """The strings (or raw bytes) at ``indices`` (``int64``, as from ``normalize_index``),

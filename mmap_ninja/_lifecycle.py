@@ -48,35 +48,63 @@ from .base import Legacy090Names, PathLike, as_dir, build_in_batches, progress
 MAPPING_MODES = {"r": "r", "rb": "r", "r+": "r+", "r+b": "r+", "c": "c"}
 
 
+# Problems ``verify`` lists by default (the command line's ``--limit`` too); the rest are counted.
+VERIFY_LIMIT = 20
+
+
 class Report(list):
     """What ``verify`` found: a list of problems, one line each naming the file (empty when
-    the map is sound), and ``notes``: what could not be checked, and why."""
+    the map is sound), at most the ``limit`` asked for; ``omitted``: how many more problems
+    were found and not listed; and ``notes``: what could not be checked, and why."""
 
-    def __init__(self, problems: Iterable[str] = (), notes: Iterable[str] = ()):
+    def __init__(self, problems: Iterable[str] = (), notes: Iterable[str] = (), omitted: int = 0):
         super().__init__(problems)
         self.notes = list(notes)
+        self.omitted = omitted
+
+    @classmethod
+    def cut(cls, problems: List[str], notes: Iterable[str], limit: int, omitted: int = 0) -> "Report":
+        """The first ``limit`` of ``problems``; those past it are added to ``omitted`` (problems
+        found and not even listed in ``problems``)."""
+        return cls(problems[:limit], notes, omitted + max(0, len(problems) - limit))
 
 
-def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Tuple[List[str], List[str]]], limit: int,
-               deep: bool) -> Report:
+def check_limit(limit: int) -> int:
+    """``limit`` of a ``verify`` call: at least one problem must be listable (``ValueError``),
+    so that a damaged map never reports as sound."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1 (the problems listed), not {limit}")
+    return int(limit)
+
+
+# What a kind's check of a map directory finds: its problems (the first ``limit`` of each
+# pass over the samples), notes, and how many unsound items it counted past those listed.
+Found = Tuple[List[str], List[str], int]
+
+
+def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Found], limit: int, deep: bool) -> Report:
     """Run a kind's ``check(out_dir, limit, deep)`` and report what it found; damage that
     makes it raise is a problem too, never an exception."""
-    def check_with_keys() -> Tuple[List[str], List[str]]:
-        problems, notes = check(out_dir, limit, deep)
+    limit = check_limit(limit)
+
+    def check_with_keys() -> Found:
+        problems, notes, omitted = check(out_dir, limit, deep)
         if not problems:
             found, noted = _keys.problems(out_dir, _committed_length(out_dir), deep)
             problems, notes = problems + found, notes + noted
-        return problems, notes
+        return problems, notes, omitted
 
     try:  # read from one version, again if the map was swapped for a new one meanwhile
-        problems, notes = open_consistent(out_dir, check_with_keys)
+        problems, notes, omitted = open_consistent(out_dir, check_with_keys)
     except Exception as exc:  # whatever damage makes reading fail is reported, not raised
-        problems, notes = [f"{out_dir}: {exc}" if str(out_dir) not in str(exc) else str(exc)], []
+        problems, notes, omitted = [f"{out_dir}: {exc}" if str(out_dir) not in str(exc) else str(exc)], [], 0
     if any("no checksums recorded" in note for note in notes):
         notes = [note for note in notes if "no checksums recorded" not in note]
         notes.insert(0, f"{out_dir}: no checksums recorded for some or all of its files (written by mmap_ninja "
                         f"0.9.0, or by hand): damage to their bytes or metadata cannot be detected")
-    return Report(problems[:limit], notes)
+    return Report.cut(problems, notes, limit, omitted)
 
 
 def _committed_length(out_dir: Path) -> int:
@@ -202,8 +230,9 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
         raise NotImplementedError
 
     @classmethod
-    def _verify_dir(cls, out_dir: Path, limit: int, deep: bool) -> Tuple[List[str], List[str]]:
-        """Problems and notes of the map at ``out_dir``."""
+    def _verify_dir(cls, out_dir: Path, limit: int, deep: bool) -> Found:
+        """Problems, notes and the number of problems found past ``limit`` of the map at
+        ``out_dir`` (see ``verify_map``)."""
         raise NotImplementedError
 
     def _options(self) -> dict:
@@ -274,12 +303,13 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
         # a map pickles as its path and options, and reopens where it is unpickled
         return _reopen, (type(self), str(self.out_dir), self._options())
 
-    def verify(self, limit: int = 20, deep: bool = False) -> Report:
+    def verify(self, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
         """Check the whole map and return what is wrong, one line per problem naming the
-        file, at most ``limit`` lines (an empty list when it is sound), with ``.notes`` on
-        what could not be checked. Structure, offsets and the metadata each commit recorded
-        are always checked; ``deep`` also reads every byte written by a commit against its
-        checksum. Damage is reported, never raised."""
+        file, at most ``limit`` lines (an empty list when it is sound), with ``.omitted``, the
+        number of problems found past them, and ``.notes`` on what could not be checked.
+        Structure, offsets and the metadata each commit recorded are always checked; ``deep``
+        also reads every byte written by a commit against its checksum. Damage is reported,
+        never raised."""
         return verify_map(self.out_dir, self._verify_dir, limit, deep)
 
     # -- writing -------------------------------------------------------------------------

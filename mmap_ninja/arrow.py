@@ -35,15 +35,19 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
-import pyarrow as pa
 
 from . import _keys
 from . import numpy as np_ninja
+from ._extras import require
 from ._lifecycle import building
 from ._storage import ArrayDir, Commit, WriterLock, flush_tree
 from .base import PathLike, as_dir, cast_values, check_options, check_positive, map_type, progress, stored_dtype
 from .ragged import RaggedMmap, _already_packed, _Batch, _RaggedFiles
 from .string import StringsMmap, _Codec, _StringsFiles
+
+require(__name__, "arrow", {"pyarrow": "pyarrow"})
+
+import pyarrow as pa  # noqa: E402  (checked above)
 
 __all__ = ["from_arrow", "extend_from_arrow", "to_arrow", "map_kind"]
 

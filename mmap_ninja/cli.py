@@ -51,7 +51,7 @@ import numpy as np
 from . import __version__, _keys, _meta
 from . import numpy as np_ninja
 from .base import in_batches, map_type, progress
-from .generic import open_existing, verify
+from .generic import VERIFY_LIMIT, open_existing, verify
 from .parallel import indexable_batches
 from .ragged import RaggedMmap
 from .string import StringsMmap
@@ -226,6 +226,9 @@ def command_verify(args) -> int:
     report = verify(args.path, limit=args.limit, deep=args.deep)
     for problem in report:
         print(problem)
+    if report.omitted:
+        print(f"... and {report.omitted:,} more problem{'s' if report.omitted > 1 else ''} not shown "
+              f"(--limit {len(report) + report.omitted} lists them)")
     for note in report.notes:
         print(f"note: {note}")
     if not report:
@@ -776,7 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("verify", help="check a whole map; exit 1 when something is wrong")
     check.add_argument("path", type=Path)
-    check.add_argument("--limit", type=positive, default=100, help="report at most this many problems")
+    check.add_argument("--limit", type=positive, default=VERIFY_LIMIT,
+                       help=f"list at most this many problems, counting the rest (default {VERIFY_LIMIT})")
     check.add_argument("--deep", action="store_true", help="also read every byte and compare it with the "
                        "checksums recorded by its commit")
     check.set_defaults(run=command_verify)

@@ -19,8 +19,11 @@ from typing import Any, Iterable, List, Optional
 
 import numpy as np
 
+from ._extras import require
 from .base import PathLike, as_dir
 from .sharded import ShardedMmap, check_joining, write_part
+
+require(__name__, "dask", {"dask": "dask", "dask.bag": "dask", "distributed": "distributed"})
 
 
 def _write_partition(out_dir: str, samples: Iterable[Any], kind: Optional[str], keyed: bool) -> Optional[dict]:

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import _meta, ragged, string
 from . import numpy as np_ninja
-from ._lifecycle import Report, building, verify_map
+from ._lifecycle import VERIFY_LIMIT, Report, building, check_limit, verify_map
 from ._storage import ArrayDir, Commit, flush_tree, open_consistent
 from .base import PathLike, Wrapped, as_dir, check_options, map_type, progress, stored_dtype
 from .ragged import RaggedMmap
@@ -23,12 +23,14 @@ def _mode(mode: Optional[str], translation: dict) -> dict:
     return {} if mode is None else {"mode": translation.get(mode, mode)}
 
 
-def verify(out_dir: PathLike, limit: int = 20, deep: bool = False) -> Report:
+def verify(out_dir: PathLike, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
     """Check the map at ``out_dir``, of any kind, and return what is wrong, one line per
     problem naming the file, at most ``limit`` lines (an empty list when it is sound), with
-    ``.notes`` on what could not be checked. ``deep`` also checks every byte written by a
+    ``.omitted``, the number of problems found and not listed, and ``.notes`` on what could
+    not be checked. ``deep`` also checks every byte written by a
     commit against its checksum. Damage is reported, never raised."""
     out_dir = as_dir(out_dir)
+    limit = check_limit(limit)
     try:
         type_name = map_type(out_dir, must_exist=True)
     except (OSError, ValueError) as exc:

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _keys, _meta
-from ._lifecycle import _appended_keys, _listed_keys, building, verify_map
+from ._lifecycle import VERIFY_LIMIT, Found, Report, _appended_keys, _listed_keys, building, verify_map
 from ._meta import ArrayMeta
 from ._storage import ArrayDir, Commit, Replacement, WriterLock, link_map, open_consistent
 from .base import (
@@ -246,17 +246,18 @@ def append_map(array: ArrayDir, part: ArrayDir, commit: Commit, count: Optional[
     array.commit_rows(meta, commit)
 
 
-def _verify_dir(out_dir: Path, limit: int, deep: bool) -> Tuple[List[str], List[str]]:
+def _verify_dir(out_dir: Path, limit: int, deep: bool) -> Found:
     array = _open_dir(out_dir)
     array.map("r")
-    return array.verify_checksums(deep)
+    problems, notes = array.verify_checksums(deep)
+    return problems, notes, 0
 
 
-def verify(out_dir: PathLike, limit: int = 20, deep: bool = False) -> List[str]:
+def verify(out_dir: PathLike, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
     """Check the map at ``out_dir`` (metadata, data size, and the metadata its last commit
     recorded; with ``deep``, every byte against the checksums of its commits) and return what
-    is wrong, one line per problem naming the file (an empty list when the map is sound),
-    with ``.notes`` on what could not be checked."""
+    is wrong, one line per problem naming the file (an empty list when the map is sound), at
+    most ``limit`` lines, with ``.omitted`` and ``.notes`` as ``mmap_ninja.verify`` gives them."""
     return verify_map(as_dir(out_dir), _verify_dir, limit, deep)
 
 

@@ -35,11 +35,17 @@ import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-import torch.utils.data as torch_data
 
-from . import _core, _handoff
+from . import _core
+from ._extras import require
 from .ragged import RaggedBatch, RaggedMmap
+
+require(__name__, "torch", {"torch": "torch"})
+
+import torch  # noqa: E402  (checked above)
+import torch.utils.data as torch_data  # noqa: E402
+
+from . import _handoff  # noqa: E402  (imports torch)
 
 __all__ = [
     "RaggedBatches",

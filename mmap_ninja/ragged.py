@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _build, _core, _meta
 from ._keys import KeyFeed, KeyIndex
-from ._lifecycle import MapObject, building, checksum_problems, overlap_problems
+from ._lifecycle import VERIFY_LIMIT, Found, MapObject, building, checksum_problems, overlap_problems
 from ._storage import BUILD_PARTS, ArrayDir, Commit, Replacement, WriterLock, durability, flush_tree, link_map
 from .base import (
     Allocator,
@@ -426,15 +426,17 @@ class _RaggedFiles:
         self.flat = self.flag_on_disk = False
 
 
-def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List[str], List[str]]:
-    """Problems and notes of the ragged map at ``out_dir``: at most ``limit`` problems (none
-    when it is sound); ``deep`` also checks every byte against the checksums of its commits.
-    Raises on damage that keeps the map from being read (``verify_map`` reports it)."""
+def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> Found:
+    """Problems and notes of the ragged map at ``out_dir`` (none when it is sound), the samples'
+    at most ``limit``, and the number of unsound samples not listed; ``deep`` also checks every
+    byte against the checksums of its commits. Raises on damage that keeps the map from being
+    read (``verify_map`` reports it)."""
     files = _RaggedFiles.open(out_dir)
     reader, _ = files.reader("r")
     if reader is None:
-        return [], []
-    problems = reader.verify(limit)
+        return [], [], 0
+    problems, unsound = reader.verify(limit)
+    omitted = unsound - len(problems)
     n = files.n
     starts, ends = files.mapped["starts"][:n], files.mapped["ends"][:n]  # as the reader mapped them
     if not problems:
@@ -459,10 +461,11 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List
                         f"interrupted write; the next write corrects it)")
     notes: List[str] = []
     if not files.flat:
-        found, notes = verify_dir(out_dir / "shapes", limit, deep)
+        found, notes, more = verify_dir(out_dir / "shapes", limit, deep)
         problems += found
+        omitted += more
     found, noted = checksum_problems(files.arrays() if files.flat else files.arrays()[:4], deep)
-    return problems + found, noted + notes
+    return problems + found, noted + notes, omitted
 
 
 # Samples checked at a time by verify, to bound its memory.

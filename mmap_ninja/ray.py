@@ -28,16 +28,20 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
-import ray  # the Ray package (absolute import), not this module
-import ray.data
-from ray.data import Datasink, Datasource, ReadTask
-from ray.data.block import Block, BlockAccessor, BlockMetadata
-from ray.data.datasource import WriteResult
 
 from . import _keys
+from ._extras import require
 from .base import PathLike, as_dir, map_type
 from .ragged import RaggedMmap
 from .sharded import PARTS, ShardedMmap, check_joining, write_part
+
+require(__name__, "ray", {"ray": "ray", "ray.data": "ray", "pyarrow": "pyarrow"})
+
+import ray  # noqa: E402  (the Ray package, not this module; checked above)
+import ray.data  # noqa: E402
+from ray.data import Datasink, Datasource, ReadTask  # noqa: E402
+from ray.data.block import Block, BlockAccessor, BlockMetadata  # noqa: E402
+from ray.data.datasource import WriteResult  # noqa: E402
 
 __all__ = ["MmapNinjaDatasink", "MmapNinjaDatasource", "read_mmap"]
 

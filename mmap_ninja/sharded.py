@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _core, _keys, _meta, _sharded
 from . import numpy as np_ninja
-from ._lifecycle import Report, building
+from ._lifecycle import VERIFY_LIMIT, Report, building
 from ._storage import WriterLock, open_consistent
 from .base import (
     Allocator,
@@ -362,7 +362,7 @@ class ShardedMmap(_keys.KeyLookups):
         retried): never read, removed by ``gc``."""
         return _uncommitted(self.out_dir, set(self.part_names))
 
-    def verify(self, limit: int = 20, deep: bool = False) -> Report:
+    def verify(self, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
         """Check the manifest and every part (see ``mmap_ninja.verify``); uncommitted parts
         are listed in ``.notes``."""
         return verify_dir(self.out_dir, limit, deep)
@@ -549,9 +549,10 @@ def _adopt(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> List[Dict
     return records
 
 
-def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Report:
+def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
     """Problems and notes of the sharded map at ``out_dir``: the manifest, every part (with its
-    length), and the parts no commit lists (notes)."""
+    length), and the parts no commit lists (notes); at most ``limit`` problems listed, the
+    rest counted in ``omitted``."""
     from .generic import verify
 
     try:
@@ -560,11 +561,13 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Report:
         return Report([str(exc)])
     problems: List[str] = []
     notes: List[str] = []
+    omitted = 0
     for entry in manifest["parts"]:
         path = out_dir / PARTS / entry["name"]
         report = verify(path, limit, deep)
         problems += report
         notes += report.notes
+        omitted += report.omitted
         if not report:
             try:
                 length = len(_open_part(path, manifest["kind"]))
@@ -573,8 +576,6 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Report:
                 continue
             if length != entry["length"]:
                 problems.append(f"{path}: holds {length} samples, the manifest says {entry['length']}")
-        if len(problems) >= limit:
-            break
     if not problems:
         found, noted = _keys.problems(out_dir, sum(entry["length"] for entry in manifest["parts"]), deep)
         problems += found
@@ -582,4 +583,4 @@ def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Report:
     for name in _uncommitted(out_dir, {p["name"] for p in manifest["parts"]}):
         notes.append(f"{out_dir / PARTS / name}: a part no commit lists (a failed or retried write); never "
                      f"read, removed by gc()")
-    return Report(problems[:limit], notes)
+    return Report.cut(problems, notes, limit, omitted)

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _core, _meta
 from ._keys import KeyIndex
-from ._lifecycle import MapObject, checksum_problems, overlap_problems
+from ._lifecycle import VERIFY_LIMIT, Found, MapObject, checksum_problems, overlap_problems
 from ._storage import (
     CHECKSUMS,
     LOCK_FILE,
@@ -496,32 +496,39 @@ class StringsMmap(MapObject):
             return cls._build_strings(out_dir, batches, zstd_level, zstd_train_dictionary_size, mode, bar, keys)
 
 
-def verify_dir(out_dir: Path, limit: int = 20, deep: bool = False) -> Tuple[List[str], List[str]]:
-    """Problems and notes of the strings map at ``out_dir``: at most ``limit`` problems (none
-    when it is sound); ``deep`` also checks every byte against the checksums of its commits.
-    Raises on damage that keeps the map from being read (``verify_map`` reports it)."""
+def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> Found:
+    """Problems and notes of the strings map at ``out_dir`` (none when it is sound), the
+    strings' at most ``limit``, and the number of unsound strings not listed; ``deep`` also
+    checks every byte against the checksums of its commits. Raises on damage that keeps the
+    map from being read (``verify_map`` reports it)."""
     files = _StringsFiles.open(out_dir)
     reader, _ = files.reader("r")
     if reader is None:
-        return [], []
-    problems = reader.verify(limit, not files.codec.compressed)
-    if not problems:
+        return [], [], 0
+    problems, unsound = reader.verify(limit, not files.codec.compressed)
+    omitted = unsound - len(problems)
+    if not unsound:
         problems = overlap_problems(files.mapped["starts"][:files.n], files.mapped["ends"][:files.n], out_dir,
                                     "string")
     if files.codec.compressed:
         for i in range(len(reader)):
-            if len(problems) >= limit:
-                break
             try:
-                files.codec.unpack(reader.get(i, True))
-            except ValueError as exc:  # a corrupted frame, offsets outside the data, not UTF-8
-                problems.append(f"{out_dir}: string {i} cannot be read: {exc}")
+                raw = reader.get(i, True)
+            except ValueError:  # offsets outside the data: counted by reader.verify
+                continue
+            try:
+                files.codec.unpack(raw)
+            except ValueError as exc:  # a corrupted frame, not UTF-8
+                if len(problems) < limit:
+                    problems.append(f"{out_dir}: string {i} cannot be read: {exc}")
+                else:
+                    omitted += 1
     found, notes = checksum_problems([files.starts, files.ends], deep)
     problems += found
     data_problems, data_notes = verify_checksums(out_dir, files.data_file, files.data_file.stat().st_size,
                                                  None, deep)
     codec_problem = files.codec_checksum_problem()
-    return problems + data_problems + codec_problem, notes + data_notes
+    return problems + data_problems + codec_problem, notes + data_notes, omitted
 
 
 def _train_dictionary(samples: List[bytes], size: int) -> bytes:

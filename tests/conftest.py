@@ -25,7 +25,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # without the dashboard, for its usage statistics, and it asks the cloud metadata addresses
 # (169.254.169.254, metadata.google.internal) which cloud it runs on whether or not statistics
 # are enabled: through this proxy, a closed loopback port, those requests never leave the machine.
-_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+RAY_LOOPBACK_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
             "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": None,
             "no_proxy": None}
 
@@ -33,9 +33,9 @@ _RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HTTP_PROXY": "http://127.0.0.1:9", 
 @contextlib.contextmanager
 def ray_on_loopback():
     """Within this block, a Ray started (``ray.init``) talks to nothing but this machine."""
-    saved = {name: os.environ.get(name) for name in _RAY_ENV}
+    saved = {name: os.environ.get(name) for name in RAY_LOOPBACK_ENV}
     try:
-        for name, value in _RAY_ENV.items():
+        for name, value in RAY_LOOPBACK_ENV.items():
             if value is None:
                 os.environ.pop(name, None)
             else:

@@ -233,3 +233,76 @@ def test_overlapping_items_are_a_problem_in_order_or_not(tmp_path, kind):
         stored.tofile(lengths)
     report = mmap_ninja.verify(tmp_path / "m")
     assert any("overlap" in line for line in report), report
+
+
+def damage_offsets(path: Path, count: int) -> None:
+    """Point the ends of the first ``count`` samples (or strings) of the map at ``path`` far
+    past its data."""
+    ends = np.memmap(path / "ends" / "data.ninja", dtype=np.int64, mode="r+")
+    ends[:count] = 1 << 40
+    ends.flush()
+    del ends
+
+
+@pytest.mark.parametrize("kind", ["ragged", "strings"])
+def test_problems_past_the_limit_are_counted_whatever_the_limit(tmp_path, kind):
+    if kind == "ragged":
+        RaggedMmap.from_lists(tmp_path / "m", [np.arange(i % 4 + 1) for i in range(200)])
+    else:
+        StringsMmap.from_strings(tmp_path / "m", [f"text {i}" for i in range(200)])
+    damage_offsets(tmp_path / "m", 75)
+    listed = mmap_ninja.verify(tmp_path / "m")
+    assert len(listed) == mmap_ninja.VERIFY_LIMIT == 20
+    assert listed.omitted >= 75 - 20  # every damaged sample is counted, and the other problems too
+    for limit in (1, 7, 20, 500):
+        report = mmap_ninja.verify(tmp_path / "m", limit=limit)
+        assert len(report) == min(limit, len(listed) + listed.omitted)
+        assert len(report) + report.omitted == len(listed) + listed.omitted
+    opened = RaggedMmap(tmp_path / "m") if kind == "ragged" else StringsMmap(tmp_path / "m", mode="rb")
+    assert opened.verify(limit=5) == mmap_ninja.verify(tmp_path / "m", limit=5)
+    assert opened.verify(limit=5).omitted == mmap_ninja.verify(tmp_path / "m", limit=5).omitted
+
+
+def test_a_sound_map_has_nothing_omitted(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.arange(3)] * 10)
+    report = m.verify(limit=1)
+    assert report == [] and report.omitted == 0
+
+
+@pytest.mark.parametrize("limit, error", [(0, ValueError), (-3, ValueError), (True, TypeError), (2.0, TypeError)])
+def test_a_limit_that_could_hide_every_problem_is_refused(tmp_path, limit, error):
+    RaggedMmap.from_lists(tmp_path / "m", [np.arange(3)] * 10)
+    with pytest.raises(error, match="limit"):
+        mmap_ninja.verify(tmp_path / "m", limit=limit)
+    with pytest.raises(error, match="limit"):
+        RaggedMmap(tmp_path / "m").verify(limit=limit)
+
+
+def test_parts_of_a_sharded_map_add_up_their_omitted_problems(tmp_path):
+    from mmap_ninja.sharded import ShardedMmap
+
+    sharded = ShardedMmap.from_generator(tmp_path / "s", (np.arange(i % 3 + 1) for i in range(90)), part_size=30)
+    assert len(sharded.part_names) == 3
+    whole = sum(len(mmap_ninja.verify(tmp_path / "s" / "parts" / name, limit=1000)) for name in sharded.part_names)
+    assert whole == 0
+    for name in sharded.part_names:
+        damage_offsets(tmp_path / "s" / "parts" / name, 12)
+    per_part = [mmap_ninja.verify(tmp_path / "s" / "parts" / name, limit=1000) for name in sharded.part_names]
+    report = mmap_ninja.verify(tmp_path / "s", limit=10)
+    assert len(report) == 10 and len(report) + report.omitted == sum(len(r) for r in per_part)
+    assert sharded.verify(limit=10) == report
+
+
+def test_the_command_line_lists_as_many_as_python_and_says_how_many_more(tmp_path, capsys):
+    RaggedMmap.from_lists(tmp_path / "m", [np.arange(i % 4 + 1) for i in range(100)])
+    damage_offsets(tmp_path / "m", 30)
+    report = mmap_ninja.verify(tmp_path / "m")
+    assert cli.main(["verify", str(tmp_path / "m")]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:len(report)] == list(report)
+    total = len(report) + report.omitted
+    assert lines[len(report)] == (f"... and {report.omitted} more problems not shown (--limit {total} lists them)")
+    assert cli.main(["verify", str(tmp_path / "m"), "--limit", str(total)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len([line for line in lines if not line.startswith("note:")]) == total
+    assert not any(line.startswith("...") for line in lines)
