@@ -4,12 +4,17 @@ packages, at which versions, and how to install the extra."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from importlib import metadata
+from pathlib import Path
 
 import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from mmap_ninja._extras import installed_version, require
 
@@ -73,3 +78,30 @@ def test_a_package_not_installed_is_said_to_be():
 def test_the_integrations_import_when_their_extras_are_installed():
     proc = import_in_subprocess("import mmap_ninja.dask, mmap_ninja.pytorch, mmap_ninja.arrow, mmap_ninja.ray")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_extra_asks_for_at_least_a_tested_version():
+    """Each requirement of each extra has a lower bound, and the version constraints.txt pins
+    (the one the suite passed with) meets it."""
+    root = Path(__file__).parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pinned = {canonicalize_name(name): version for name, version in
+              re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", (root / "constraints.txt").read_text(), flags=re.M)}
+    for extra, requirements in extras.items():
+        for text in requirements:
+            requirement = Requirement(text)
+            assert any(spec.operator in (">=", "==") for spec in requirement.specifier), f"{extra}: {text}"
+            assert requirement.specifier.contains(pinned[canonicalize_name(requirement.name)]), f"{extra}: {text}"
+
+
+def test_the_dask_extra_ties_distributed_to_the_release_of_dask():
+    """dask[distributed] asks for distributed of dask's own release, so pip cannot pair a new
+    dask with an old distributed (as it did: dask 2026.11.0 with distributed 2021.4.1)."""
+    ours = [Requirement(text) for text in metadata.requires("mmap_ninja") if 'extra == "dask"' in text]
+    assert [(r.name, sorted(r.extras)) for r in ours] == [("dask", ["bag", "distributed"])]
+    dask_version = metadata.version("dask")
+    pins = [Requirement(text) for text in metadata.requires("dask")
+            if text.startswith("distributed") and 'extra == "distributed"' in text]
+    assert pins and all(pin.specifier.contains(dask_version) for pin in pins)
+    assert not any(pin.specifier.contains("2021.4.1") for pin in pins)
+    assert metadata.version("distributed") == dask_version
