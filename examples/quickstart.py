@@ -91,7 +91,7 @@ def main(out: Path) -> None:
     ms = median_ms(lambda: rows[np.sort(rng.integers(0, len(rows), size=1024))])
     print(f"   rows[1024 sorted random indices] -> array {(1024, rows.shape[1])}: {ms:.3f} ms per batch")
 
-    print("\nEvery map reopens in O(1) and reads only what is asked for: see README.md for the API.")
+    print("\nEvery map reopens in O(1) and reads only what is asked for: see README.md and docs/ for the API.")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _core, _keys, _meta, _sharded
 from . import numpy as np_ninja
-from ._lifecycle import VERIFY_LIMIT, Report, building
+from ._lifecycle import VERIFY_LIMIT, Report, building, check_limit
 from ._storage import WriterLock, open_consistent
 from .base import (
     Allocator,
@@ -555,6 +555,7 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
     rest counted in ``omitted``."""
     from .generic import verify
 
+    limit = check_limit(limit)
     try:
         manifest = _read_manifest(out_dir)
     except (OSError, ValueError) as exc:

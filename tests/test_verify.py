@@ -291,6 +291,8 @@ def test_parts_of_a_sharded_map_add_up_their_omitted_problems(tmp_path):
     report = mmap_ninja.verify(tmp_path / "s", limit=10)
     assert len(report) == 10 and len(report) + report.omitted == sum(len(r) for r in per_part)
     assert sharded.verify(limit=10) == report
+    with pytest.raises(ValueError, match="limit"):
+        sharded.verify(limit=0)
 
 
 def test_the_command_line_lists_as_many_as_python_and_says_how_many_more(tmp_path, capsys):
