@@ -299,6 +299,8 @@ def command_gc(args) -> int:
     removed = ShardedMmap(args.path).gc()
     for name in removed:
         print(f"removed {args.path / 'parts' / name}")
+    for line in removed.skipped:
+        print(f"skipped {line}")
     print(f"{args.path}: {len(removed)} uncommitted part{'s' if len(removed) != 1 else ''} removed")
     return 0
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
-from . import _meta, ragged, string
+from . import _keys, _meta, ragged, string
 from . import numpy as np_ninja
 from ._lifecycle import VERIFY_LIMIT, Report, building, check_limit, verify_map
 from ._storage import ArrayDir, Commit, flush_tree, open_consistent
@@ -102,6 +102,10 @@ def concatenate(
     ``counts``: how many samples to take from each map (``None``: all). ``kind``: by default
     the maps' own. ``dtype``: that of the map written when there are no samples (ragged).
 
+    Keys go with their samples: when the maps' samples have keys, so do those of the new map
+    (a key held by two of the maps raises ``ValueError`` naming it); maps with keys and maps
+    without cannot be concatenated (``ValueError``).
+
     Each map is appended in one commit with no work per sample in Python: its data bytes are
     copied file to file, its offsets shifted by the data written before it and its shapes
     appended as whole arrays (``_RaggedFiles.append_map``, ``_StringsFiles.append_map``,
@@ -132,12 +136,26 @@ def concatenate(
             target.dtype = None if dtype is None else stored_dtype(dtype)
         elif kind == "numpy":
             target = ArrayDir(build)
+        keys: List[str] = []
+        unkeyed: Optional[Path] = None  # a map with samples and no keys
+        keyed: Optional[Path] = None
         for path, count in zip(dirs, counts):
             part = _read(kind, path)
             if count is None:
                 count = part.rows if kind == "numpy" else part.n
             if count == 0:
                 continue
+            index = _keys.KeyIndex.open(path)
+            if index is None:
+                unkeyed = path
+            else:
+                keyed = path
+                if index.count < count:
+                    raise ValueError(f"{path / _meta.KEYS}: holds {index.count} keys for {count} samples")
+                keys += index.keys(count)
+            if keyed is not None and unkeyed is not None:
+                raise ValueError(f"the samples of {keyed} have keys and those of {unkeyed} have none: the maps "
+                                 f"concatenated all have keys (carried into {out_dir}) or none has")
             commit = Commit(durable=False)  # the map is flushed whole before it is swapped in
             if kind == "ragged":
                 target.append_map(part, commit, count)
@@ -159,6 +177,8 @@ def concatenate(
             raise ValueError(f"the maps hold no samples, so {out_dir} cannot be created: a numpy map takes its "
                              f"dtype and sample shape from the first sample")
         commit.finish()
+        if keyed is not None:
+            _keys.write_keys(build, keys, 0, durable=False, encoded=_keys.check_new(build, keys, 0))
         flush_tree(build)
     if kind == "ragged":
         return RaggedMmap(out_dir, mode="r+")

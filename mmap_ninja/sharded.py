@@ -19,9 +19,11 @@ the caller's order. Strings parts that hold compressed strings are read part by 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -46,6 +48,11 @@ from .base import (
 )
 from .ragged import RaggedBatch, RaggedMmap
 from .string import StringsMmap
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 MANIFEST = _meta.MANIFEST
 PARTS = "parts"
@@ -124,19 +131,45 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
     return {"name": name, "length": len(part), "kind": kind, "dtype": _dtype_of(part, kind)}
 
 
+# A part's name: one path component of safe characters (``write_part`` names parts
+# ``part-<uuid hex>``), never ``.``, ``..``, a separator or an absolute path.
+_PART_NAME = re.compile(r"part-[A-Za-z0-9_-]{1,64}")
+# The most samples one part, and a whole map, may hold: their sums and offsets stay int64.
+MAX_SAMPLES = 2**62
+
+
+def _is_part_name(name: Any) -> bool:
+    return isinstance(name, str) and _PART_NAME.fullmatch(name) is not None
+
+
+def _is_length(length: Any) -> bool:
+    return isinstance(length, int) and not isinstance(length, bool) and 0 <= length <= MAX_SAMPLES
+
+
 def _read_manifest(out_dir: Path) -> dict:
+    """The manifest of the sharded map at ``out_dir``, checked: every name one path component
+    naming a part (listed once), every length an int within ``[0, MAX_SAMPLES]``, and their
+    sum too; ``ValueError`` naming the file otherwise."""
     path = out_dir / MANIFEST
     try:
         manifest = json.loads(_meta.read_text(path))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS or \
-            not isinstance(manifest.get("parts"), list):
+            not isinstance(manifest.get("parts"), list) or not isinstance(manifest.get("dtype"), (str, type(None))):
         raise ValueError(f"{path}: expected {{'kind', 'dtype', 'parts'}}, found {str(manifest)[:80]!r}")
-    for part in manifest["parts"]:
-        if not isinstance(part, dict) or not isinstance(part.get("name"), str) or "/" in part["name"] \
-                or not isinstance(part.get("length"), int) or part["length"] < 0:
-            raise ValueError(f"{path}: a part must be {{'name', 'length'}}, found {part!r}")
+    names = set()
+    total = 0
+    for k, part in enumerate(manifest["parts"]):
+        if not isinstance(part, dict) or not _is_part_name(part.get("name")) or not _is_length(part.get("length")):
+            raise ValueError(f"{path}: part {k} must be {{'name': 'part-...' (one path component), 'length': an int "
+                             f"from 0 to {MAX_SAMPLES}}}, found {str(part)[:120]}")
+        if part["name"] in names:
+            raise ValueError(f"{path}: the part {part['name']!r} is listed twice")
+        names.add(part["name"])
+        total += part["length"]
+    if total > MAX_SAMPLES:
+        raise ValueError(f"{path}: its parts hold {total} samples in all, more than {MAX_SAMPLES}")
     return manifest
 
 
@@ -148,10 +181,38 @@ def _write_manifest(out_dir: Path, manifest: dict, new: bool) -> None:
         _meta.write_bytes(out_dir / _meta.TYPE, b"sharded", durable=_durable)
 
 
-def _check_record(record: Dict[str, Any], kind: str, dtype: Optional[str], out_dir: Path) -> None:
-    if record.get("kind") != kind or record.get("dtype") != dtype and record.get("length"):
-        raise ValueError(f"part {record.get('name')!r} holds {record.get('kind')} samples of "
-                         f"{record.get('dtype')}, but {out_dir} holds {kind} samples of {dtype}")
+def _part_dir(out_dir: Path, name: Any) -> Path:
+    """The folder of the part ``name`` of ``out_dir``: ``ValueError`` unless ``name`` is one
+    path component naming a part and the folder is a directory there (not a link)."""
+    if not _is_part_name(name):
+        raise ValueError(f"{name!r} is not the name of a part of {out_dir} (one path component: 'part-...')")
+    path = out_dir / PARTS / name
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"{path}: no part folder there ({'a symbolic link' if path.is_symlink() else 'missing'})")
+    return path
+
+
+def _row_shape(part: Any, kind: str) -> Optional[list]:
+    """The shape of a numpy part's rows (``None`` for other kinds and empty parts)."""
+    return list(part.shape[1:]) if kind == "numpy" and len(part) else None
+
+
+def _examine(path: Path, kind: str) -> Tuple[Any, Dict[str, Any]]:
+    """The part at ``path`` opened as a map of ``kind`` (``ValueError`` when its folder holds
+    another kind) and what it holds: ``length``, ``kind``, ``dtype`` and ``shape`` of rows."""
+    found = map_type(path)
+    if found != kind:
+        raise ValueError(f"{path}: holds {'no map' if found is None else f'a {found} map'}, not {kind} samples")
+    part = _open_part(path, kind)
+    return part, {"length": len(part), "kind": kind, "dtype": _dtype_of(part, kind), "shape": _row_shape(part, kind)}
+
+
+def _first_shape(out_dir: Path, manifest: dict) -> Optional[list]:
+    """The row shape of the first non-empty committed part of a numpy sharded map."""
+    for entry in manifest["parts"]:
+        if entry["length"] and manifest["kind"] == "numpy":
+            return _row_shape(_open_part(out_dir / PARTS / entry["name"], "numpy"), "numpy")
+    return None
 
 
 class ShardedMmap(_keys.KeyLookups):
@@ -367,13 +428,35 @@ class ShardedMmap(_keys.KeyLookups):
         are listed in ``.notes``."""
         return verify_dir(self.out_dir, limit, deep)
 
-    def gc(self) -> List[str]:
-        """Remove the parts that no commit lists and return their names. Run it while no
-        build of this map is writing parts."""
+    def gc(self) -> "Collected":
+        """Remove the parts that no commit lists, and what writers that died left beside
+        them, and return the names of what was removed. A part (or build folder) whose writer
+        still holds its lock is skipped, and so is a symbolic link: ``.skipped`` says which and
+        why. A part written completely and not yet committed holds no lock: run ``gc`` when
+        every build of this map has committed or failed."""
+        removed, skipped = Collected(), []
         with WriterLock(self.out_dir):
-            removed = _uncommitted(self.out_dir, {part["name"] for part in _read_manifest(self.out_dir)["parts"]})
-            for name in removed:
-                shutil.rmtree(self.out_dir / PARTS / name, ignore_errors=True)
+            committed = {part["name"] for part in _read_manifest(self.out_dir)["parts"]}
+            for name in _uncommitted(self.out_dir, committed):
+                path = self.out_dir / PARTS / name
+                if path.is_symlink():
+                    skipped.append(f"{path}: a symbolic link, not a folder this map wrote: not removed")
+                    continue
+                owner = name[1:].split(".", 1)[0] if name.startswith(".") else name  # a build folder's part
+                with contextlib.ExitStack() as held:
+                    try:
+                        for folder in dict.fromkeys([path, self.out_dir / PARTS / owner]):
+                            held.enter_context(_idle(folder))
+                    except BlockingIOError:
+                        skipped.append(f"{path}: being written (its writer holds {folder / 'writer.lock'}): "
+                                       f"not removed")
+                        continue
+                    shutil.rmtree(path, ignore_errors=True)
+                if os.path.lexists(path):
+                    skipped.append(f"{path}: could not be removed")
+                else:
+                    removed.append(name)
+        removed.skipped = skipped
         return removed
 
     def __reduce__(self):
@@ -396,19 +479,23 @@ class ShardedMmap(_keys.KeyLookups):
         return cls(out_dir)
 
     def append_maps(self, map_dirs: Sequence[PathLike], copy: bool = False) -> None:
-        """Adopt existing maps of this map's kind and dtype as parts, appended in the order
-        given: moved in (no data copied) unless ``copy``. All are checked before any moves."""
-        self.commit_parts(self.out_dir, _adopt(self.out_dir, map_dirs, copy))
+        """Adopt existing maps of this map's kind, dtype and row shape as parts, appended in the
+        order given: moved in (no data copied) unless ``copy``. Every check (kinds, dtypes, keys
+        present or not and unique, a map given twice or holding this one) runs before anything
+        moves; a refused call leaves every path as it was."""
+        _adopt(self.out_dir, map_dirs, copy, create=False)
         self.refresh()
 
     @classmethod
     def from_maps(cls, out_dir: PathLike, map_dirs: Sequence[PathLike], copy: bool = False) -> "ShardedMmap":
         """A new sharded map at ``out_dir`` whose parts are the maps ``map_dirs`` (moved in,
-        unless ``copy``)."""
+        unless ``copy``), checked as ``append_maps`` checks them: a refused call leaves every
+        path as it was."""
         out_dir = as_dir(out_dir)
         if map_type(out_dir) is not None:
             raise ValueError(f"{out_dir} holds a map already")
-        return cls.commit_parts(out_dir, _adopt(out_dir, map_dirs, copy))
+        _adopt(out_dir, map_dirs, copy, create=True)
+        return cls(out_dir)
 
     @classmethod
     def from_generator(cls, out_dir: PathLike, sample_generator: Iterable[Any], part_size: int,
@@ -445,7 +532,8 @@ class ShardedMmap(_keys.KeyLookups):
         return cls(out_dir)
 
     def compact(self, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False):
-        """Write the samples as one plain map at ``out_dir`` and open it."""
+        """Write the samples, with their keys when they have some, as one plain map at
+        ``out_dir`` and open it (see ``mmap_ninja.generic.concatenate``)."""
         from .generic import concatenate  # the parts' files, copied file to file, in one commit each
 
         parts = self._state[0]["parts"]
@@ -456,33 +544,62 @@ class ShardedMmap(_keys.KeyLookups):
 
 def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
     """Append the parts of ``records`` to the manifest of ``out_dir`` (the caller holds its
-    writer lock), checking each against its part on disk first."""
+    writer lock). Nothing in a record is trusted: each must name, in one path component, an
+    uncommitted part folder under ``parts/`` whose kind, dtype, row shape and length on disk are
+    the record's and the map's; else ``ValueError``, and nothing is committed."""
     type_name = map_type(out_dir)
     if type_name not in (None, "sharded"):
         raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be committed to it")
     new = type_name is None
     if new and not records:
         raise ValueError(f"no parts to commit to {out_dir}, which holds no map yet")
-    manifest = {"format": _FORMAT, "kind": records[0]["kind"], "dtype": records[0]["dtype"], "parts": []} \
-        if new else _read_manifest(out_dir)
-    if manifest.get("dtype") is None:
-        manifest["dtype"] = next((r["dtype"] for r in records if r.get("length")), None)
-    committed = {part["name"] for part in manifest["parts"]}
-    keyed = [(out_dir / PARTS / record["name"] / _meta.KEYS / _meta.TYPE).exists() for record in records]
-    map_keyed = (out_dir / _meta.KEYS / _meta.TYPE).exists() if not new else bool(keyed and keyed[0])
-    for record, part_keyed in zip(records, keyed):
-        _check_record(record, manifest["kind"], manifest["dtype"], out_dir)
+    manifest = _read_manifest(out_dir) if not new else None
+    kind = manifest["kind"] if manifest is not None else (records[0].get("kind") if isinstance(records[0], dict)
+                                                          else None)
+    if kind not in KINDS:
+        raise ValueError(f"a record's kind must be one of {KINDS}, found {kind!r}")
+    dtype = manifest.get("dtype") if manifest is not None else None
+    shape = _first_shape(out_dir, manifest) if manifest is not None else None
+    committed = {part["name"] for part in manifest["parts"]} if manifest is not None else set()
+    keyed = []
+    for record in records:
+        if not isinstance(record, dict):
+            raise TypeError(f"a record is a dict from write_part, not a {type(record).__name__}")
+        path = _part_dir(out_dir, record.get("name"))
         if record["name"] in committed:
             raise ValueError(f"part {record['name']!r} is committed already")
-        path = out_dir / PARTS / record["name"]
-        part = _open_part(path, manifest["kind"])
-        if len(part) != record["length"]:
-            raise ValueError(f"{path}: holds {len(part)} samples, its record says {record['length']}")
-        if part_keyed != map_keyed:
-            raise ValueError(f"{path}: its samples {'have' if part_keyed else 'have no'} keys, but those of "
-                             f"{out_dir} {'do not' if part_keyed else 'do'}: the parts of a map all have keys or "
-                             f"none has")
+        if not _is_length(record.get("length")):
+            raise ValueError(f"{path}: its record's length must be an int from 0 to {MAX_SAMPLES}, "
+                             f"found {record.get('length')!r}")
+        if record.get("kind") != kind:
+            raise ValueError(f"{path}: its record says it holds {record.get('kind')} samples, but {out_dir} holds "
+                             f"{kind} samples")
+        _, found = _examine(path, kind)
+        if found["length"] != record["length"]:
+            raise ValueError(f"{path}: holds {found['length']} samples, its record says {record['length']}")
+        if found["length"]:
+            if record.get("dtype") != found["dtype"]:
+                raise ValueError(f"{path}: holds samples of {found['dtype']}, its record says {record.get('dtype')}")
+            if dtype is not None and found["dtype"] != dtype:
+                raise ValueError(f"{path}: holds samples of {found['dtype']}, but {out_dir} holds samples of {dtype}")
+            if shape is not None and found["shape"] != shape:
+                raise ValueError(f"{path}: holds rows of shape {tuple(found['shape'])}, but {out_dir} holds rows of "
+                                 f"shape {tuple(shape)}")
+            dtype = found["dtype"] if dtype is None else dtype
+            shape = found["shape"] if shape is None else shape
         committed.add(record["name"])
+        keyed.append((path / _meta.KEYS / _meta.TYPE).exists())
+    map_keyed = (out_dir / _meta.KEYS / _meta.TYPE).exists() if not new else bool(keyed and keyed[0])
+    for record, part_keyed in zip(records, keyed):
+        if part_keyed != map_keyed:
+            raise ValueError(f"{out_dir / PARTS / record['name']}: its samples {'have' if part_keyed else 'have no'} "
+                             f"keys, but those of {out_dir} {'do not' if part_keyed else 'do'}: the parts of a map all "
+                             f"have keys or none has")
+    if manifest is None:
+        manifest = {"format": _FORMAT, "kind": kind, "dtype": dtype, "parts": []}
+    manifest["dtype"] = dtype
+    if sum(part["length"] for part in manifest["parts"]) + sum(r["length"] for r in records) > MAX_SAMPLES:
+        raise ValueError(f"{out_dir} would hold more than {MAX_SAMPLES} samples")
     if map_keyed:  # committed before the manifest: a map never has samples without keys
         at = sum(part["length"] for part in manifest["parts"])
         added = [key for record in records for key in _part_keys(out_dir / PARTS / record["name"], record["length"])]
@@ -513,40 +630,174 @@ def _part_keys(path: Path, length: int) -> List[str]:
     return index.keys(length)
 
 
+class Collected(list):
+    """What ``gc`` removed (names under ``parts/``), with ``skipped``: a line for each entry it
+    left, and why."""
+
+    def __init__(self, names: Iterable[str] = (), skipped: Iterable[str] = ()):
+        super().__init__(names)
+        self.skipped = list(skipped)
+
+
+@contextlib.contextmanager
+def _idle(folder: Path):
+    """Hold the writer lock of ``folder`` if it has one (without creating one), so that no
+    writer starts meanwhile; ``BlockingIOError`` when a writer holds it now."""
+    try:
+        fd = os.open(folder / "writer.lock", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:  # no lock file (or no folder): no writer
+        yield
+        return
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _uncommitted(out_dir: Path, committed: set) -> List[str]:
     """Parts no commit lists, and what writers of parts that died left beside them."""
     try:
-        names = [entry.name for entry in os.scandir(out_dir / PARTS) if entry.is_dir()]
+        names = [entry.name for entry in os.scandir(out_dir / PARTS) if entry.is_dir() or entry.is_symlink()]
     except FileNotFoundError:
         return []
     return sorted(name for name in names
                   if (name.startswith("part-") and name not in committed) or name.startswith(".part-"))
 
 
-def _adopt(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> List[Dict[str, Any]]:
-    """Records of ``map_dirs`` moved (or copied) under ``out_dir/parts``, all checked first."""
-    checked = []
+def _within(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_adoption(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> List[Tuple[Path, Dict[str, Any]]]:
+    """``(map folder, record without a name)`` of each of ``map_dirs``, after every check that
+    adopting them as parts of ``out_dir`` needs, so that nothing is moved when one fails:
+    maps of one kind, dtype and row shape (the map's, when there is one), each given once,
+    none a link, none holding ``out_dir`` or inside it, on its file system (unless ``copy``),
+    and all with keys or none (the map's way), no key repeated within or across them nor
+    held by the map."""
+    type_name = map_type(out_dir)
+    if type_name not in (None, "sharded"):
+        raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: maps cannot join it as parts")
+    manifest = _read_manifest(out_dir) if type_name == "sharded" else None
+    target = os.path.realpath(out_dir)
+    seen: Dict[str, Path] = {}
+    checked: List[Tuple[Path, Dict[str, Any]]] = []
     for map_dir in map_dirs:
         map_dir = as_dir(map_dir)
+        if map_dir.is_symlink():
+            raise ValueError(f"{map_dir} is a symbolic link: give the folder of the map itself")
         kind = map_type(map_dir, must_exist=True)
         if kind not in KINDS:
             raise ValueError(f"{map_dir} is not a map of one of the kinds {KINDS}")
-        part = _open_part(map_dir, kind)
-        checked.append((map_dir, {"length": len(part), "kind": kind, "dtype": _dtype_of(part, kind)}))
-    kinds = {(r["kind"], r["dtype"]) for _, r in checked if r["length"]}
-    if len(kinds) > 1:
-        raise ValueError(f"the maps hold samples of several kinds or dtypes: {sorted(map(str, kinds))}")
-    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
-    records = []
+        real = os.path.realpath(map_dir)
+        if real in seen:
+            raise ValueError(f"{map_dir} is given twice (as {seen[real]} before)")
+        seen[real] = map_dir
+        if _within(real, target) or _within(target, real):
+            raise ValueError(f"{map_dir} {'is' if real == target else 'lies in' if _within(real, target) else 'holds'} "
+                             f"{out_dir}: a map cannot join a sharded map it holds or lies in")
+        if not copy:
+            home = Path(target)
+            while not home.exists():
+                home = home.parent
+            if os.stat(map_dir).st_dev != os.stat(home).st_dev:
+                raise ValueError(f"{map_dir} is on another file system than {out_dir}: it cannot be moved in "
+                                 f"(copy=True copies it)")
+        _, record = _examine(map_dir, kind)
+        checked.append((map_dir, record))
+    if not checked:
+        return checked
+    # what every map must hold: the sharded map's samples, else the first map's
+    kind, source = (manifest["kind"], out_dir) if manifest is not None else (checked[0][1]["kind"], checked[0][0])
+    dtype = manifest.get("dtype") if manifest is not None else None
+    shape = _first_shape(out_dir, manifest) if manifest is not None else None
     for map_dir, record in checked:
-        record["name"] = f"part-{uuid.uuid4().hex}"
-        target = out_dir / PARTS / record["name"]
-        if copy:
-            shutil.copytree(map_dir, target, ignore=shutil.ignore_patterns("writer.lock"))
-        else:
-            os.rename(map_dir, target)
-        records.append(record)
-    return records
+        if record["kind"] != kind:
+            raise ValueError(f"{map_dir} holds {record['kind']} samples, {source} holds {kind} samples: the parts "
+                             f"of a sharded map cannot hold several kinds of samples")
+        if not record["length"]:
+            continue
+        if dtype is None:
+            dtype, shape, source = record["dtype"], record["shape"], map_dir
+        if record["dtype"] != dtype or record["shape"] != shape:
+            raise ValueError(f"{map_dir} holds samples of {record['dtype']}"
+                             + (f" in rows of shape {tuple(record['shape'])}" if record["shape"] else "")
+                             + f", but {source} holds samples of {dtype}"
+                             + (f" in rows of shape {tuple(shape)}" if shape else "")
+                             + ": the parts of a sharded map cannot hold several kinds or dtypes of samples")
+    map_keyed = (out_dir / _meta.KEYS / _meta.TYPE).exists() if manifest is not None else None
+    keys: List[str] = []
+    for map_dir, record in checked:
+        keyed = (map_dir / _meta.KEYS / _meta.TYPE).exists()
+        map_keyed = keyed if map_keyed is None else map_keyed
+        if keyed != map_keyed:
+            raise ValueError(f"the samples of {map_dir} {'have' if keyed else 'have no'} keys, but those of "
+                             f"{out_dir if manifest is not None else checked[0][0]} {'do not' if keyed else 'do'}: "
+                             f"the parts of a map all have keys or none has")
+        if keyed:
+            keys += _part_keys(map_dir, record["length"])
+    if map_keyed:  # repeated within or across the maps, or held by the map: ValueError naming the key
+        _keys.check_new(out_dir, keys, sum(part["length"] for part in manifest["parts"]) if manifest else 0)
+    return checked
+
+
+def _adopt(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool, create: bool) -> None:
+    """Move (or copy) the maps ``map_dirs`` under ``out_dir/parts`` and commit them, in the
+    order given, under the map's writer lock; ``create``: ``out_dir`` must hold no map yet.
+    Everything is checked before anything moves, and when a move or the commit fails, every
+    map moved so far goes back where it was: a refused call leaves every path as it was."""
+    created = not out_dir.exists()
+    try:
+        with WriterLock(out_dir):
+            if create and map_type(out_dir) is not None:
+                raise ValueError(f"{out_dir} holds a map already")
+            checked = _check_adoption(out_dir, map_dirs, copy)
+            parts = out_dir / PARTS
+            parts_created = not parts.exists()
+            placed: List[Tuple[Path, Path]] = []
+            try:
+                parts.mkdir(parents=True, exist_ok=True)
+                for map_dir, record in checked:
+                    record["name"] = f"part-{uuid.uuid4().hex}"
+                    target = parts / record["name"]
+                    placed.append((map_dir, target))
+                    if copy:
+                        shutil.copytree(map_dir, target, ignore=shutil.ignore_patterns("writer.lock"))
+                    else:
+                        os.rename(map_dir, target)
+                _commit(out_dir, [{key: value for key, value in record.items() if key != "shape"}
+                                  for _, record in checked])
+            except BaseException:
+                _put_back(placed, copy)
+                if parts_created:
+                    with contextlib.suppress(OSError):
+                        parts.rmdir()
+                raise
+    except BaseException:
+        if created:  # nothing of this call stays: not even the folder it made
+            with contextlib.suppress(OSError):
+                (out_dir / "writer.lock").unlink()
+                out_dir.rmdir()
+        raise
+
+
+def _put_back(placed: List[Tuple[Path, Path]], copy: bool) -> None:
+    """Undo the moves (or copies) of ``placed``, ``(map folder, part folder)`` pairs, last first;
+    raises naming what could not be put back."""
+    stuck = []
+    for map_dir, target in reversed(placed):
+        try:
+            if copy:
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists() and not map_dir.exists():
+                os.rename(target, map_dir)
+        except OSError as exc:
+            stuck.append(f"{map_dir} is at {target} ({exc})")
+    if stuck:
+        raise OSError("a failed adoption could not put every map back: " + "; ".join(stuck))
 
 
 def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
@@ -558,28 +809,47 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
     limit = check_limit(limit)
     try:
         manifest = _read_manifest(out_dir)
-    except (OSError, ValueError) as exc:
+        if manifest.get("dtype") is not None:
+            _meta.dtype_from_name(manifest["dtype"], out_dir / MANIFEST)
+    except Exception as exc:  # damage is reported, never raised
         return Report([str(exc)])
     problems: List[str] = []
     notes: List[str] = []
     omitted = 0
+    shape: Optional[list] = None
     for entry in manifest["parts"]:
         path = out_dir / PARTS / entry["name"]
-        report = verify(path, limit, deep)
+        try:
+            _part_dir(out_dir, entry["name"])
+            report = verify(path, limit, deep)
+        except Exception as exc:
+            problems.append(str(exc))
+            continue
         problems += report
         notes += report.notes
         omitted += report.omitted
-        if not report:
-            try:
-                length = len(_open_part(path, manifest["kind"]))
-            except (OSError, ValueError) as exc:
-                problems.append(str(exc))
-                continue
-            if length != entry["length"]:
-                problems.append(f"{path}: holds {length} samples, the manifest says {entry['length']}")
+        if report:
+            continue
+        try:  # the part against what the manifest says of it
+            _, found = _examine(path, manifest["kind"])
+        except Exception as exc:
+            problems.append(str(exc))
+            continue
+        if found["length"] != entry["length"]:
+            problems.append(f"{path}: holds {found['length']} samples, the manifest says {entry['length']}")
+        if found["length"] and found["dtype"] != manifest.get("dtype"):
+            problems.append(f"{path}: holds samples of {found['dtype']}, the manifest says {manifest.get('dtype')}")
+        if found["length"] and found["shape"] is not None:
+            shape = found["shape"] if shape is None else shape
+            if found["shape"] != shape:
+                problems.append(f"{path}: holds rows of shape {tuple(found['shape'])}, the parts before it rows of "
+                                f"shape {tuple(shape)}")
     if not problems:
-        found, noted = _keys.problems(out_dir, sum(entry["length"] for entry in manifest["parts"]), deep)
-        problems += found
+        try:
+            found_keys, noted = _keys.problems(out_dir, sum(entry["length"] for entry in manifest["parts"]), deep)
+        except Exception as exc:
+            found_keys, noted = [f"{out_dir / _meta.KEYS}: {exc}"], []
+        problems += found_keys
         notes += noted
     for name in _uncommitted(out_dir, {p["name"] for p in manifest["parts"]}):
         notes.append(f"{out_dir / PARTS / name}: a part no commit lists (a failed or retried write); never "

@@ -531,3 +531,236 @@ def test_wrapper_fn_applies_to_every_sample_read(tmp_path, kind):
     batch = m[[6, 0]]
     assert [w for w, _ in batch] == ["wrapped"] * 2 and all(same(s, reference[i]) for (_, s), i in zip(batch, [6, 0]))
     assert pickle.loads(pickle.dumps(ShardedMmap(tmp_path / "s")))[[1]] is not None
+
+
+# -- refused calls leave every path as it was; nothing read from disk is trusted ----------------
+
+def tree(root) -> dict:
+    """Every path under ``root`` (the test's folder) with its bytes (files) or None (folders
+    and links), the writers' lock files aside."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(root.rglob("*")) if p.name != "writer.lock"}
+
+
+def keyed_map(path, start, n, keys=None):
+    keys = [f"k{i}" for i in range(start, start + n)] if keys is None else keys
+    return RaggedMmap.from_lists(path, [np.arange(i % 4 + 1) for i in range(start, start + n)], keys=keys)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_refused_from_maps_moves_nothing(tmp_path, copy):
+    keyed_map(tmp_path / "a", 0, 3)
+    keyed_map(tmp_path / "b", 3, 3, keys=["k3", "k1", "k5"])  # k1 is a's
+    keyed_map(tmp_path / "e", 10, 2)
+    RaggedMmap.from_lists(tmp_path / "plain", [np.arange(2)])
+    StringsMmap.from_strings(tmp_path / "texts", ["x"])
+    RaggedMmap.from_lists(tmp_path / "floats", [np.ones(2)], keys=["f"])
+    before = tree(tmp_path)
+    refusals = [
+        (["a", "b"], "'k1'"),                      # a key repeated across the maps
+        (["e", "e"], "given twice"),               # one map given twice
+        (["a", "plain"], "keys"),                  # keys in one, none in the other
+        (["a", "texts"], "several kinds"),
+        (["a", "floats"], "several kinds or dtypes"),
+        (["a", "nowhere"], "nowhere"),
+    ]
+    for names, match in refusals:
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            ShardedMmap.from_maps(tmp_path / "out", [tmp_path / name for name in names], copy=copy)
+        assert tree(tmp_path) == before, names
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_append_maps_moves_nothing_and_gc_finds_nothing_to_delete(tmp_path):
+    m = ShardedMmap.from_maps(tmp_path / "s", [keyed_map(tmp_path / "a", 0, 3).out_dir])
+    RaggedMmap.from_lists(tmp_path / "unkeyed", [np.arange(2)])
+    keyed_map(tmp_path / "clash", 7, 2, keys=["k8", "k0"])  # k0 is the map's
+    (tmp_path / "link").symlink_to(tmp_path / "unkeyed")
+    before = tree(tmp_path)
+    for names, match in ((["unkeyed"], "keys"), (["clash"], "'k0'"), (["link"], "symbolic link"),
+                         ([f"s/parts/{m.part_names[0]}"], "lies in"), (["s"], "not a map of one of the kinds")):
+        with pytest.raises(ValueError, match=match):
+            m.append_maps([tmp_path / name for name in names])
+        assert tree(tmp_path) == before, names
+    assert m.gc() == [] and len(ShardedMmap(tmp_path / "s")) == 3
+    outer = keyed_map(tmp_path / "outer", 20, 2).out_dir
+    before = tree(tmp_path)
+    with pytest.raises(ValueError, match="holds"):  # the new map would lie inside the map moved into it
+        ShardedMmap.from_maps(outer / "inner", [outer])
+    assert tree(tmp_path) == before
+    assert (tmp_path / "unkeyed").exists() and RaggedMmap(tmp_path / "unkeyed")[0].tolist() == [0, 1]
+
+
+def test_a_commit_that_fails_after_the_moves_puts_every_map_back(tmp_path, monkeypatch):
+    from mmap_ninja import sharded
+
+    for name, start in (("a", 0), ("b", 3), ("c", 6)):
+        keyed_map(tmp_path / name, start, 3)
+    before = tree(tmp_path)
+
+    def failing_commit(out_dir, records):
+        raise OSError("the disk is full")
+
+    monkeypatch.setattr(sharded, "_commit", failing_commit)
+    with pytest.raises(OSError, match="full"):
+        ShardedMmap.from_maps(tmp_path / "out", [tmp_path / n for n in "abc"])
+    assert tree(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_merge_move_with_a_repeated_key_exits_2_and_moves_nothing(tmp_path, capsys):
+    keyed_map(tmp_path / "f", 0, 3)
+    keyed_map(tmp_path / "g", 3, 2, keys=["k3", "k0"])
+    before = tree(tmp_path)
+    assert cli.main(["merge", str(tmp_path / "out"), str(tmp_path / "f"), str(tmp_path / "g"), "--move"]) == 2
+    assert "'k0'" in capsys.readouterr().err
+    assert tree(tmp_path) == before
+
+
+def test_compact_and_concatenate_carry_the_keys(tmp_path):
+    from mmap_ninja.generic import concatenate
+
+    m = ShardedMmap.from_generator(tmp_path / "s", (np.arange(i % 3 + 1) for i in range(10)), part_size=4,
+                                   keys=[f"doc/{i}" for i in range(10)])
+    one = m.compact(tmp_path / "one")
+    assert one.keys() == [f"doc/{i}" for i in range(10)] and one.index_of("doc/7") == 7
+    assert mmap_ninja.verify(tmp_path / "one", deep=True) == []
+    assert cli.main(["compact", str(tmp_path / "s"), str(tmp_path / "two"), "--quiet"]) == 0
+    assert RaggedMmap(tmp_path / "two").by_key["doc/9"].tolist() == [0]
+    StringsMmap.from_strings(tmp_path / "t1", ["a", "b"], keys=["x", "y"])
+    StringsMmap.from_strings(tmp_path / "t2", ["c"], keys=["z"])
+    both = concatenate(tmp_path / "t", [tmp_path / "t1", tmp_path / "t2"])
+    assert both.keys() == ["x", "y", "z"] and both.by_key["z"] == "c"
+    StringsMmap.from_strings(tmp_path / "t3", ["d"], keys=["x"])
+    StringsMmap.from_strings(tmp_path / "t4", ["e"])
+    for second, match in (("t3", "'x'"), ("t4", "keys")):
+        with pytest.raises(ValueError, match=match):
+            concatenate(tmp_path / "u", [tmp_path / "t1", tmp_path / second])
+        assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize("name", ["../../other", "/tmp", "..", ".", "", "part-a/../../x", "parts", 7, None])
+def test_commit_parts_refuses_a_record_naming_anything_but_one_part_folder(tmp_path, name):
+    m = ShardedMmap.commit_parts(tmp_path / "s", [write_part(tmp_path / "s", [np.arange(3)])])
+    RaggedMmap.from_lists(tmp_path / "other", [np.arange(2)])
+    before = tree(tmp_path)
+    with pytest.raises(ValueError):
+        ShardedMmap.commit_parts(tmp_path / "s", [{"name": name, "length": 1, "kind": "ragged", "dtype": "int64"}])
+    assert tree(tmp_path) == before and len(ShardedMmap(tmp_path / "s")) == len(m) == 1
+
+
+def test_commit_parts_checks_the_record_against_the_part_on_disk(tmp_path):
+    m = ShardedMmap.commit_parts(tmp_path / "s", [write_part(tmp_path / "s", [np.arange(3)])])
+    floats = write_part(tmp_path / "s", [np.ones(2)])
+    (tmp_path / "s" / "parts" / "part-link").symlink_to(tmp_path / "s" / "parts" / floats["name"])
+    before = tree(tmp_path)
+    lies = [
+        (dict(floats, dtype="int64"), "float64"),         # the record lies about the part's dtype
+        (floats, "float64"),                              # the truth: not the map's dtype
+        (dict(floats, length=10**30), "length"),
+        (dict(floats, length=True), "length"),
+        (dict(floats, name="part-link"), "symbolic link"),
+        (dict(floats, name="part-missing"), "missing"),
+    ]
+    for record, match in lies:
+        with pytest.raises(ValueError, match=match):
+            ShardedMmap.commit_parts(tmp_path / "s", [record])
+        assert tree(tmp_path) == before, record
+    assert len(ShardedMmap(tmp_path / "s")) == len(m)
+
+
+def write_manifest(path, manifest):
+    import json
+
+    (path / "manifest.ninja").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda e: [dict(e[0], name="..")], "part 0"),
+    (lambda e: [dict(e[0], name="../../etc")], "part 0"),
+    (lambda e: [dict(e[0], length=10**30)], "part 0"),
+    (lambda e: [dict(e[0], length=-1)], "part 0"),
+    (lambda e: [e[0], e[0]], "listed twice"),
+    (lambda e: [dict(e[0], length=2**62)] * 1 + [dict(e[1], length=2**62)], "more than"),
+])
+def test_a_damaged_manifest_raises_naming_it_and_verify_reports_it(tmp_path, damage, match):
+    m = ShardedMmap.from_generator(tmp_path / "s", (np.arange(3) for _ in range(6)), part_size=3)
+    import json
+
+    manifest = json.loads((tmp_path / "s" / "manifest.ninja").read_text())
+    manifest["parts"] = damage(manifest["parts"])
+    write_manifest(tmp_path / "s", manifest)
+    with pytest.raises(ValueError, match=match) as info:
+        ShardedMmap(tmp_path / "s")
+    assert "manifest.ninja" in str(info.value)
+    report = m.verify()
+    assert len(report) == 1 and "manifest.ninja" in report[0]
+    assert cli.main(["verify", str(tmp_path / "s")]) == 1
+
+
+def test_verify_checks_the_manifest_against_every_part(tmp_path, capsys):
+    import json
+
+    ShardedMmap.from_generator(tmp_path / "s", (np.arange(3) for _ in range(6)), part_size=3)
+    manifest = json.loads((tmp_path / "s" / "manifest.ninja").read_text())
+    write_manifest(tmp_path / "s", dict(manifest, dtype="float32"))  # the parts hold int64
+    report = mmap_ninja.verify(tmp_path / "s")
+    assert len(report) == 2 and all("int64" in line and "float32" in line for line in report)
+    assert cli.main(["verify", str(tmp_path / "s")]) == 1
+    capsys.readouterr()
+    write_manifest(tmp_path / "s", dict(manifest, kind="string"))
+    report = mmap_ninja.verify(tmp_path / "s")
+    assert report and all("ragged map, not string samples" in line for line in report)
+    np_ninja.from_ndarray(tmp_path / "rows", np.ones((2, 3)))
+    np_ninja.from_ndarray(tmp_path / "wide", np.ones((2, 4)))
+    rows = ShardedMmap.from_maps(tmp_path / "n", [tmp_path / "rows"])
+    with pytest.raises(ValueError, match="shape"):
+        rows.append_maps([tmp_path / "wide"])
+    wide = write_part(tmp_path / "n", [np.ones(4)], kind="numpy")
+    with pytest.raises(ValueError, match="shape"):
+        ShardedMmap.commit_parts(tmp_path / "n", [wide])
+    manifest = json.loads((tmp_path / "n" / "manifest.ninja").read_text())
+    manifest["parts"].append({"name": wide["name"], "length": 1})
+    write_manifest(tmp_path / "n", manifest)
+    assert any("shape (4,)" in line for line in mmap_ninja.verify(tmp_path / "n"))
+
+
+def hold_a_part_open(out_dir, started, release):
+    """Write a part whose samples come slowly: its writer holds the part's lock meanwhile."""
+    def samples():
+        yield np.arange(3)
+        started.set()
+        release.wait(60)
+        yield np.arange(2)
+
+    write_part(out_dir, samples(), batch_size=1)
+
+
+def test_gc_skips_a_part_whose_writer_is_alive_and_reports_only_what_it_removed(tmp_path, capsys):
+    m = ShardedMmap.commit_parts(tmp_path / "s", [write_part(tmp_path / "s", [np.arange(3)])])
+    orphan = write_part(tmp_path / "s", [np.arange(4)])
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "s" / "parts" / "part-symlinked").symlink_to(tmp_path / "elsewhere")
+    context = multiprocessing.get_context("fork")
+    started, release = context.Event(), context.Event()
+    writer = context.Process(target=hold_a_part_open, args=(tmp_path / "s", started, release))
+    writer.start()
+    try:
+        assert started.wait(60)
+        live = [name for name in m.uncommitted_parts() if name not in (orphan["name"], "part-symlinked")]
+        assert live, "the writer's part and build folder are listed as uncommitted"
+        removed = m.gc()
+        assert removed == [orphan["name"]]
+        assert all((tmp_path / "s" / "parts" / name).exists() for name in live)
+        assert any("being written" in line for line in removed.skipped)
+        assert any("part-symlinked" in line and "symbolic link" in line for line in removed.skipped)
+        assert (tmp_path / "elsewhere").is_dir()
+    finally:
+        release.set()
+        writer.join(60)
+    assert writer.exitcode == 0  # the writer finished its part
+    assert cli.main(["gc", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "symbolic link" in out
