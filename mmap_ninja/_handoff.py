@@ -39,7 +39,10 @@ AVAILABLE = hasattr(os, "memfd_create")
 
 class LentTensor(torch.Tensor):
     """A tensor over a worker's segment: pickled for another process as the segment's key and
-    the tensor's place in it, not its bytes. Operations on it give plain tensors."""
+    the tensor's place in it (its offset, sizes and strides as they are then, whatever was done
+    to it in place), not its bytes; a tensor whose elements no longer all lie in the segment (its
+    storage replaced by ``set_``, say) is copied as torch copies tensors. Operations on it give
+    plain tensors."""
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
@@ -85,6 +88,7 @@ class _Segment:
         os.ftruncate(self.fd, capacity)
         self.map = mmap.mmap(self.fd, capacity)
         self.bytes = np.frombuffer(self.map, np.uint8)
+        self.address = self.bytes.ctypes.data
         self.flag = self.bytes[:8].view(np.int64)  # 1 while lent to the main process
         self.flag[0] = 0
         self.in_worker = False
@@ -185,16 +189,40 @@ def lent_tensor(array: np.ndarray) -> Optional[torch.Tensor]:
         lease = lease.base
     if getattr(lease, "_segment", None) is None or not array.flags.c_contiguous:
         return None
-    segment = lease._segment
     tensor = torch.from_numpy(array)
     lent = torch.Tensor._make_subclass(LentTensor, tensor)
-    lent._handoff = (segment, array.ctypes.data - lease.ctypes.data, array.dtype.str)
+    lent._handoff = lease._segment
     return lent
 
 
+@functools.lru_cache(maxsize=None)
+def _numpy_dtype(dtype: torch.dtype) -> str:
+    return torch.empty(0, dtype=dtype).numpy().dtype.str
+
+
+def _place(tensor: torch.Tensor, segment: _Segment) -> Optional[int]:
+    """The byte offset in ``segment`` of ``tensor``'s first element when every element it
+    views lies in the segment (after its header), as it is now; else ``None``."""
+    if tensor.requires_grad or tensor.device.type != "cpu" or tensor.layout != torch.strided:
+        return None
+    itemsize = tensor.element_size()
+    start = tensor.data_ptr() - segment.address
+    if any(n < 0 or s < 0 for n, s in zip(tensor.shape, tensor.stride())):
+        return None
+    span = 0 if tensor.numel() == 0 else (sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride())) + 1)
+    if start % itemsize or not HEADER <= start <= start + span * itemsize <= segment.capacity:
+        return None
+    return start
+
+
 def _reduce_lent(tensor: LentTensor):
-    segment, offset, dtype = tensor._handoff
-    return _main_tensor, (segment, offset, tuple(tensor.shape), dtype)
+    segment = tensor._handoff
+    start = _place(tensor, segment)
+    if start is None:  # no longer within the segment: copied, as torch hands over any tensor
+        from torch.multiprocessing.reductions import reduce_tensor
+        return reduce_tensor(tensor.as_subclass(torch.Tensor))
+    dtype = _numpy_dtype(tensor.dtype)
+    return _main_tensor, (segment, start, tuple(tensor.shape), dtype, tuple(tensor.stride()))
 
 
 multiprocessing.reduction.ForkingPickler.register(LentTensor, _reduce_lent)
@@ -245,5 +273,24 @@ def _main_segment(owner: Tuple[int, str], segment_id: int, fd, capacity: int) ->
     return lease(mapped, release)
 
 
-def _main_tensor(lease: np.ndarray, offset: int, shape: Tuple[int, ...], dtype: str) -> torch.Tensor:
-    return torch.from_numpy(_carve(lease, offset, tuple(shape), np.dtype(dtype)))
+def _c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The strides (in elements) torch gives a contiguous tensor of ``shape``."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _main_tensor(lease: np.ndarray, offset: int, shape: Tuple[int, ...], dtype: str,
+                 strides: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
+    """The tensor of ``shape`` (and ``strides``, in elements; C order when ``None``) whose first
+    element is at byte ``offset`` of ``lease``."""
+    dtype = np.dtype(dtype)
+    shape = tuple(shape)
+    if strides is None or tuple(strides) == _c_strides(shape):
+        return torch.from_numpy(_carve(lease, offset, shape, dtype))
+    span = 0 if 0 in shape else sum((n - 1) * s for n, s in zip(shape, strides)) + 1
+    flat = _carve(lease, offset, (span,), dtype)
+    viewed = np.lib.stride_tricks.as_strided(flat, shape, tuple(s * dtype.itemsize for s in strides))
+    return torch.from_numpy(viewed)

@@ -26,7 +26,7 @@ __all__ = ["Blend"]
 
 class Blend:
     """``datasets`` (anything with ``len`` and ``[i]``; ``__getitems__`` is used when present)
-    mixed by ``weights`` (non-negative, any scale) into ``size`` samples (default: the sum of
+    mixed by ``weights`` (finite, non-negative, any scale) into ``size`` samples (default: the sum of
     their lengths). ``dataset_index`` (``int32``) and ``sample_index`` (``int64``) say where
     each sample of the blend comes from; building them is one compiled pass, a lookup O(1)."""
 
@@ -37,7 +37,7 @@ class Blend:
         if not datasets or weights.shape != (len(datasets),):
             raise ValueError(f"a blend needs one weight per dataset: {len(datasets)} datasets, "
                              f"weights of shape {weights.shape}")
-        if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        if not np.isfinite(weights).all() or (weights < 0).any() or not (weights > 0).any():
             raise ValueError(f"weights must be finite, non-negative and not all 0, not {weights.tolist()}")
         lengths = [len(dataset) for dataset in datasets]
         for d, (length, weight) in enumerate(zip(lengths, weights)):
@@ -48,7 +48,8 @@ class Blend:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
             raise ValueError(f"size must be a non-negative integer, not {size!r}")
         self.datasets = datasets
-        self.weights = weights / weights.sum()
+        scaled = weights / weights.max()  # at most 1 each: their sum cannot overflow
+        self.weights = scaled / scaled.sum()
         self.size = int(size)
         self.seed = int(seed)
         self._build()

@@ -46,6 +46,8 @@ def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None, *, k
     giving an iterable of samples) as the parts of a sharded map at ``out_dir``, one part per
     partition, written on the workers and committed by the client in the collection's order
     (appended to the sharded map already there, if any). ``kind`` as in ``write_part``.
+    ``ValueError`` before any task runs when ``out_dir`` holds another kind of map, or files
+    but no map.
 
     ``keyed``: every element is a ``(key, sample)`` pair (``bag.map(lambda r: (r["id"], r["x"]))``),
     the key a ``str``, unique across the whole map (``ValueError`` naming a repeated one when

@@ -27,6 +27,7 @@ This module adds batches that reach the model without a copy after the one from 
 from __future__ import annotations
 
 import collections
+import collections.abc
 import concurrent.futures
 import functools
 import math
@@ -499,6 +500,10 @@ class DistributedSampler(torch_data.Sampler):
     ``load_state_dict`` on a run of another size goes on with the rest of the same order, each
     remaining sample read once (plus torch's padding, or less with ``drop_last``).
 
+    An epoch's order is drawn over the dataset's length when its first ``iter`` begins (or the
+    length a loaded state was drawn over): samples appended to a map meanwhile are read from the
+    next epoch on, and a resumed epoch ends over the length it began with.
+
     ``block_size``: shuffle for locality: blocks of ``block_size`` consecutive samples (or, with
     ``"parts"`` and a sharded map, its parts) are permuted, then samples are shuffled within runs
     of ``BLOCK_WINDOW`` blocks' worth of positions, so a rank reads a bounded region of the files
@@ -518,43 +523,54 @@ class DistributedSampler(torch_data.Sampler):
             raise ValueError(f"num_replicas must be a positive integer, not {num_replicas!r}")
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
             raise ValueError(f"Invalid rank {rank}, rank should be in the interval [0, {num_replicas - 1}]")
-        self.bounds = self._block_bounds(dataset, block_size)
         self.dataset = dataset
+        self.block_size = block_size
+        self._block_bounds(len(dataset))  # checks block_size
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.drop_last = drop_last
-        self.block_size = block_size
         self.epoch = 0
         self.start = 0  # positions of the epoch's order consumed before this run
+        self.epoch_len: Optional[int] = None  # the length the epoch's order is drawn over, once drawn
+        self._loaded = False  # epoch_len comes from a loaded state: kept for the rest of the epoch
         self._yielded = 0
 
-    @staticmethod
-    def _block_bounds(dataset: Any, block_size: Union[int, str, None]) -> Optional[np.ndarray]:
-        n = len(dataset)
+    def _block_bounds(self, n: int) -> Optional[np.ndarray]:
+        """Where the blocks of the first ``n`` samples start, then ``n``."""
+        block_size = self.block_size
         if block_size is None:
             return None
-        if block_size == "parts":
-            bounds = getattr(dataset, "part_bounds", None)
+        if isinstance(block_size, str) and block_size == "parts":
+            bounds = getattr(self.dataset, "part_bounds", None)
             if bounds is None:
                 raise ValueError("block_size='parts' needs a sharded map (mmap_ninja.sharded.ShardedMmap)")
-            return np.asarray(bounds, dtype=np.int64)
+            bounds = np.asarray(bounds, dtype=np.int64)
+            return np.append(bounds[bounds < n], np.int64(n))  # parts appended since: not in the epoch
         if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer or 'parts', not {block_size!r}")
         return np.append(np.arange(0, n, int(block_size), dtype=np.int64), np.int64(n))
 
-    def order(self, epoch: Optional[int] = None) -> np.ndarray:
-        """The order of an epoch over the whole dataset (``int64``, every index once)."""
+    def _length(self) -> int:
+        """The length of the running epoch's order (the dataset's, until it is drawn)."""
+        return len(self.dataset) if self.epoch_len is None else self.epoch_len
+
+    def order(self, epoch: Optional[int] = None, length: Optional[int] = None) -> np.ndarray:
+        """The order of an epoch over the first ``length`` samples (``int64``, every index
+        once); by default the running epoch's length, or the dataset's for another epoch."""
+        if length is None:
+            length = self._length() if epoch is None or epoch == self.epoch else len(self.dataset)
         epoch = self.epoch if epoch is None else epoch
-        n = len(self.dataset)
+        n = int(length)
         if not self.shuffle:
             return np.arange(n, dtype=np.int64)
         generator = torch.Generator()
         generator.manual_seed(self.seed + epoch)
-        if self.bounds is None:
+        bounds = self._block_bounds(n)
+        if bounds is None:
             return torch.randperm(n, generator=generator).numpy()
-        starts, lengths = self.bounds[:-1], np.diff(self.bounds)
+        starts, lengths = bounds[:-1], np.diff(bounds)
         permuted = torch.randperm(len(lengths), generator=generator).numpy()
         lengths = lengths[permuted]
         firsts = np.cumsum(lengths) - lengths
@@ -577,42 +593,70 @@ class DistributedSampler(torch_data.Sampler):
 
     def __iter__(self) -> Iterator[int]:
         self._yielded = 0
+        if not self._loaded:  # the epoch's order is drawn over the dataset as it is now
+            self.epoch_len = len(self.dataset)
         indices = self._indices().tolist()
         for index in indices:
             self._yielded += 1
             yield index
 
     def __len__(self) -> int:
-        remaining = len(self.dataset) - self.start
+        remaining = max(0, self._length() - self.start)
         return remaining // self.num_replicas if self.drop_last else -(-remaining // self.num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (from its beginning, unless a loaded state is of that epoch)."""
         if epoch != self.epoch:
             self.start = 0
+            self.epoch_len = None
+            self._loaded = False
         self.epoch = epoch
         self._yielded = 0
 
     def state_dict(self) -> Dict[str, Any]:
-        """How far the epoch went: ``consumed`` positions of its order, all ranks together."""
-        consumed = min(self.start + self._yielded * self.num_replicas, len(self.dataset))
+        """How far the epoch went: ``consumed`` positions of its order, all ranks together, the
+        order being drawn over ``epoch_len`` samples (``dataset_len``: the dataset's length now)."""
+        length = self._length()
+        consumed = min(self.start + self._yielded * self.num_replicas, length)
         return {"epoch": self.epoch, "consumed": consumed, "seed": self.seed, "shuffle": self.shuffle,
-                "block_size": self.block_size, "dataset_len": len(self.dataset)}
+                "block_size": self.block_size, "dataset_len": len(self.dataset), "epoch_len": length}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Go on from ``state`` (saved on any number of ranks): the next ``iter`` gives this
-        rank's share of the rest of that epoch."""
+        rank's share of the rest of that epoch, over the length its order was drawn over (a
+        state without ``epoch_len``: over ``dataset_len``)."""
+        if not isinstance(state, collections.abc.Mapping):
+            raise TypeError(f"a sampler state is a dict, not a {type(state).__name__}")
         for key in ("seed", "shuffle", "block_size"):
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"the state was saved with {key}={state.get(key)!r}, this sampler has "
                                  f"{getattr(self, key)!r}")
-        if state.get("dataset_len") != len(self.dataset):
-            raise ValueError(f"the state was saved over {state.get('dataset_len')} samples, this dataset "
-                             f"has {len(self.dataset)}")
-        consumed = state["consumed"]
-        if isinstance(consumed, bool) or not isinstance(consumed, (int, np.integer)) \
-                or not 0 <= consumed <= len(self.dataset):
-            raise ValueError(f"consumed must be an integer in [0, {len(self.dataset)}], not {consumed!r}")
-        self.epoch = int(state["epoch"])
-        self.start = int(consumed)
+        n = len(self.dataset)
+        dataset_len = _state_field(state, "dataset_len", 0, None)
+        if dataset_len > n:
+            raise ValueError(f"the state was saved over {dataset_len} samples (dataset_len), this dataset "
+                             f"has {n}")
+        epoch_len = _state_field(state, "epoch_len", 0, dataset_len, default=dataset_len)
+        consumed = _state_field(state, "consumed", 0, epoch_len)
+        epoch = _state_field(state, "epoch", 0, None)
+        self.epoch = epoch
+        self.start = consumed
+        self.epoch_len = epoch_len
+        self._loaded = True
         self._yielded = 0
+
+
+def _state_field(state: Any, name: str, least: int, most: Optional[int], default: Any = None) -> int:
+    """The integer ``state[name]``, checked to lie in ``[least, most]`` (``most=None``: no
+    bound); ``default`` when it is absent, if given."""
+    if name not in state:
+        if default is not None:
+            return default
+        raise ValueError(f"the state has no {name}")
+    value = state[name]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < least or (most is not None and value > most):
+        bounds = f"[{least}, {most}]" if most is not None else f"at least {least}"
+        raise ValueError(f"{name} must be an integer {'in ' if most is not None else 'of '}{bounds}, not {value!r}")
+    return int(value)

@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - not POSIX
 MANIFEST = _meta.MANIFEST
 PARTS = "parts"
 KINDS = ("ragged", "string", "numpy")
-_FORMAT = 1
+_FORMAT = 2  # 2: numbered versions (versions/, keysets/); 1 (0.13.0): one manifest
 _NOTHING = object()
 
 
@@ -136,6 +136,11 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
 _PART_NAME = re.compile(r"part-[A-Za-z0-9_-]{1,64}")
 # The most samples one part, and a whole map, may hold: their sums and offsets stay int64.
 MAX_SAMPLES = 2**62
+# Numbered copies of every version's manifest, and the key tables of versions that replaced the
+# map's samples (``keysets/v<version>/keys``).
+VERSIONS = "versions"
+KEYSETS = "keysets"
+_KEYS_HOME = re.compile(r"\.|keysets/v[0-9]{1,19}")
 
 
 def _is_part_name(name: Any) -> bool:
@@ -146,11 +151,28 @@ def _is_length(length: Any) -> bool:
     return isinstance(length, int) and not isinstance(length, bool) and 0 <= length <= MAX_SAMPLES
 
 
-def _read_manifest(out_dir: Path) -> dict:
-    """The manifest of the sharded map at ``out_dir``, checked: every name one path component
-    naming a part (listed once), every length an int within ``[0, MAX_SAMPLES]``, and their
-    sum too; ``ValueError`` naming the file otherwise."""
-    path = out_dir / MANIFEST
+def _read_manifest(out_dir: Path, version: Optional[int] = None) -> dict:
+    """The manifest of the sharded map at ``out_dir`` (its latest version, or ``version``),
+    checked: every name one path component naming a part (listed once), every length an int
+    within ``[0, MAX_SAMPLES]``, and their sum too, the version and the folder of its keys;
+    ``ValueError`` naming the file otherwise (``FileNotFoundError`` for a version not kept)."""
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
+            raise TypeError(f"version must be an int of at least 0, not {version!r}")
+        latest = _read_manifest(out_dir)
+        if latest.get("version", 0) == version:
+            return latest
+        path = out_dir / VERSIONS / f"{int(version)}.ninja"
+        if not path.exists():
+            raise FileNotFoundError(f"{out_dir} keeps no version {version} (it keeps {versions_of(out_dir)})")
+        manifest = _parse_manifest(path)
+        if manifest.get("version", 0) != version:
+            raise ValueError(f"{path}: holds version {manifest.get('version', 0)}, not {version}")
+        return manifest
+    return _parse_manifest(out_dir / MANIFEST)
+
+
+def _parse_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(_meta.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -170,15 +192,62 @@ def _read_manifest(out_dir: Path) -> dict:
         total += part["length"]
     if total > MAX_SAMPLES:
         raise ValueError(f"{path}: its parts hold {total} samples in all, more than {MAX_SAMPLES}")
+    version = manifest.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**62:
+        raise ValueError(f"{path}: the version must be an int of at least 0, found {version!r}")
+    if "keys" in manifest and manifest["keys"] is not None and \
+            not (isinstance(manifest["keys"], str) and _KEYS_HOME.fullmatch(manifest["keys"])):
+        raise ValueError(f"{path}: keys must be '.', 'keysets/v<version>' or null, found {manifest['keys']!r}")
     return manifest
 
 
+def _keys_home(out_dir: Path, manifest: Optional[dict]) -> Optional[Path]:
+    """The folder whose ``keys/`` holds the key table of a version (``manifest``), or ``None``
+    when its samples have no keys: the map's own folder for manifests that do not say."""
+    if manifest is None:
+        return None
+    home = manifest.get("keys", ".")
+    if home is None:
+        return None
+    folder = out_dir if home == "." else out_dir / home
+    return folder if (folder / _meta.KEYS / _meta.TYPE).exists() else None
+
+
+def versions_of(out_dir: Path) -> List[int]:
+    """The versions of the sharded map at ``out_dir`` that can be read, oldest first."""
+    kept = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(out_dir / VERSIONS):
+            match = re.fullmatch(r"([0-9]{1,19})\.ninja", entry.name)
+            if match:
+                kept.add(int(match.group(1)))
+    with contextlib.suppress(OSError, ValueError):
+        kept.add(_read_manifest(out_dir).get("version", 0))
+    return sorted(kept)
+
+
 def _write_manifest(out_dir: Path, manifest: dict, new: bool) -> None:
+    """Commit ``manifest`` as the latest version: its numbered copy under ``versions/`` first
+    (kept until ``gc`` drops it), then ``manifest.ninja``, which readers open."""
     from ._storage import _durable
 
-    _meta.write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode(), durable=_durable)
+    encoded = json.dumps(manifest, indent=1).encode()
+    (out_dir / VERSIONS).mkdir(exist_ok=True)
+    _meta.write_bytes(out_dir / VERSIONS / f"{manifest['version']}.ninja", encoded, durable=_durable)
+    _meta.write_bytes(out_dir / MANIFEST, encoded, durable=_durable)
     if new:
         _meta.write_bytes(out_dir / _meta.TYPE, b"sharded", durable=_durable)
+
+
+def _keep_version(out_dir: Path, manifest: dict) -> None:
+    """Keep the latest version of a map written before versions were numbered (version 0)
+    readable after the next commit, as ``versions/0.ninja``."""
+    from ._storage import _durable
+
+    path = out_dir / VERSIONS / f"{manifest.get('version', 0)}.ninja"
+    if not path.exists():
+        (out_dir / VERSIONS).mkdir(exist_ok=True)
+        _meta.write_bytes(path, (out_dir / MANIFEST).read_bytes(), durable=_durable)
 
 
 def _part_dir(out_dir: Path, name: Any) -> Path:
@@ -222,24 +291,31 @@ class ShardedMmap(_keys.KeyLookups):
     parts), ``__getitems__`` for DataLoaders, ``take``/``padded`` for ragged parts and
     ``get_bytes`` for strings parts; ``wrapper_fn`` applies to every sample read by ``[]``.
     Opening reads only the manifest; parts are opened on their first read.
+
+    Every commit makes a new version of the map; an open map reads the version it opened (its
+    parts are never changed, and stay until ``gc`` drops that version) until ``refresh()``.
+    ``version``: read that earlier version (see ``versions()``) rather than the latest.
     """
 
-    def __init__(self, out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: str = "r"):
+    def __init__(self, out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: str = "r",
+                 version: Optional[int] = None):
         check_options(wrapper_fn=wrapper_fn)
         if mode not in ("r", "c"):
             raise ValueError(f"mode must be 'r' or 'c' (parts are changed through their own maps), got {mode!r}")
         self.out_dir = as_dir(out_dir)
         self.wrapper_fn = wrapper_fn
         self.mode = mode
+        self.pinned = version
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the manifest, to see parts committed since the map was opened."""
+        """Re-read the manifest, to see parts committed since the map was opened (a map opened
+        with ``version`` reads that version again)."""
         def read():
             type_name = map_type(self.out_dir, must_exist=True)
             if type_name != "sharded":
                 raise ValueError(f"{self.out_dir} holds a {type_name!r} map, expected a sharded map")
-            return _read_manifest(self.out_dir)
+            return _read_manifest(self.out_dir, self.pinned)
 
         manifest = open_consistent(self.out_dir, read)
         lengths = np.array([part["length"] for part in manifest["parts"]], dtype=np.int64)
@@ -270,8 +346,19 @@ class ShardedMmap(_keys.KeyLookups):
                 bounds, lambda k: _plain_strings(open_part(k), k, compressed), source)
         else:
             reader = _sharded.ShardedRowsReader(bounds, open_part, source)
-        self._keys = _keys.KeyIndex.open(self.out_dir)  # committed before the manifest: at least as many
+        home = _keys_home(self.out_dir, manifest)  # committed before the manifest: at least as many
+        self._keys = None if home is None else _keys.KeyIndex.open(home)
         self._state = (manifest, bounds, open_part, reader, compressed)
+
+    @property
+    def version(self) -> int:
+        """The version of the map this object reads (0 for a map written before versions)."""
+        return self._state[0].get("version", 0)
+
+    def versions(self) -> List[int]:
+        """The versions of the map kept on disk, oldest first: each can be opened with
+        ``ShardedMmap(path, version=k)`` until ``gc(keep_versions=...)`` drops it."""
+        return versions_of(self.out_dir)
 
     # -- keys (see _keys.KeyLookups) -------------------------------------------------------
 
@@ -419,24 +506,38 @@ class ShardedMmap(_keys.KeyLookups):
     # -- checking --------------------------------------------------------------------------
 
     def uncommitted_parts(self) -> List[str]:
-        """Parts under ``parts/`` that no commit lists (written by a task that failed or was
-        retried): never read, removed by ``gc``."""
-        return _uncommitted(self.out_dir, set(self.part_names))
+        """Parts under ``parts/`` that no kept version lists (written by a task that failed or
+        was retried): never read, removed by ``gc``."""
+        return _uncommitted(self.out_dir, _referenced(self.out_dir))
 
     def verify(self, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
         """Check the manifest and every part (see ``mmap_ninja.verify``); uncommitted parts
         are listed in ``.notes``."""
         return verify_dir(self.out_dir, limit, deep)
 
-    def gc(self) -> "Collected":
-        """Remove the parts that no commit lists, and what writers that died left beside
-        them, and return the names of what was removed. A part (or build folder) whose writer
-        still holds its lock is skipped, and so is a symbolic link: ``.skipped`` says which and
-        why. A part written completely and not yet committed holds no lock: run ``gc`` when
-        every build of this map has committed or failed."""
+    def gc(self, keep_versions: Optional[int] = None) -> "Collected":
+        """Remove the parts that no kept version lists, and what writers that died left beside
+        them, and return the names of what was removed. ``keep_versions``: first drop every
+        version but the latest ``keep_versions`` (``None``: keep every version), with the parts
+        and key tables only they use; a reader still on a dropped version then fails at its
+        next first read of a part. A part (or build folder) whose writer still holds its lock is
+        skipped, and so is a symbolic link: ``.skipped`` says which and why. A part written
+        completely and not yet committed holds no lock: run ``gc`` when every build of this map
+        has committed or failed."""
+        if keep_versions is not None:
+            check_positive(keep_versions=keep_versions)
         removed, skipped = Collected(), []
         with WriterLock(self.out_dir):
-            committed = {part["name"] for part in _read_manifest(self.out_dir)["parts"]}
+            kept = versions_of(self.out_dir)
+            if keep_versions is not None:
+                for version in kept[:-keep_versions]:
+                    (self.out_dir / VERSIONS / f"{version}.ninja").unlink(missing_ok=True)
+            committed = _referenced(self.out_dir)
+            homes = _referenced(self.out_dir, what="keys")
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(self.out_dir / KEYSETS):
+                    if f"{KEYSETS}/{entry.name}" not in homes and not entry.is_symlink():
+                        shutil.rmtree(entry.path, ignore_errors=True)
             for name in _uncommitted(self.out_dir, committed):
                 path = self.out_dir / PARTS / name
                 if path.is_symlink():
@@ -460,7 +561,7 @@ class ShardedMmap(_keys.KeyLookups):
         return removed
 
     def __reduce__(self):
-        return type(self), (str(self.out_dir), self.wrapper_fn, self.mode)
+        return type(self), (str(self.out_dir), self.wrapper_fn, self.mode, self.pinned)
 
     def __repr__(self) -> str:
         return (f"ShardedMmap({str(self.out_dir)!r}, {len(self)} {self.kind} samples in "
@@ -503,38 +604,39 @@ class ShardedMmap(_keys.KeyLookups):
                        keys: Optional[Iterable[str]] = None) -> "ShardedMmap":
         """Write the samples of an iterable as a new sharded map at ``out_dir``, a new part
         every ``part_size`` samples (``kind`` as in ``write_part``; samples read ``batch_size``
-        at a time), built aside and swapped in whole (replacing a map there). ``keys``: an
+        at a time). Over a sharded map, the new parts are written beside its own and committed
+        as a new version in place of its samples: readers of earlier versions keep reading
+        them (see ``gc``). Elsewhere the map is built aside and swapped in whole (replacing a
+        map of another kind there). On any error the map stays as it was. ``keys``: an
         iterable of one unique ``str`` per sample, consumed alongside."""
         check_options(verbose)
         check_positive(batch_size=batch_size, part_size=part_size)
         out_dir = as_dir(out_dir)
-        iterator = iter(sample_generator)
         if isinstance(keys, (str, bytes)):
             raise TypeError("keys= takes one str per sample (a list, say), not one str")
-        key_iterator = None if keys is None else iter(keys)
-        with building(out_dir) as build, progress(None, verbose, desc=f"Writing {out_dir.name}") as bar:
-            records = []
-            while True:
-                first = next(iterator, _NOTHING)
-                if first is _NOTHING:
-                    break
-                part = itertools.chain([first], itertools.islice(iterator, part_size - 1))
-                part_keys = None if key_iterator is None else itertools.islice(key_iterator, part_size)
-                records.append(write_part(build, part, kind, min(batch_size, part_size), keys=part_keys))
-                kind = records[-1]["kind"]
-                bar.update(records[-1]["length"])
-            if not records:
-                raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created")
-            extra = _NOTHING if key_iterator is None else next(key_iterator, _NOTHING)
-            if extra is not _NOTHING:
-                raise ValueError(f"more keys than samples: the key {extra!r} has no sample")
-            _commit(build, records)  # under the build's own lock
+        if map_type(out_dir) == "sharded":
+            with WriterLock(out_dir):
+                records = _write_parts(out_dir, sample_generator, part_size, kind, batch_size, verbose, keys)
+                try:
+                    _commit(out_dir, records, replace=True)
+                except BaseException:
+                    _remove_parts(out_dir, records)
+                    raise
+            return cls(out_dir)
+        with building(out_dir) as build:
+            _commit(build, _write_parts(build, sample_generator, part_size, kind, batch_size, verbose, keys,
+                                        out_dir))  # under the build's own lock
         return cls(out_dir)
 
     def compact(self, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False):
         """Write the samples, with their keys when they have some, as one plain map at
-        ``out_dir`` and open it (see ``mmap_ninja.generic.concatenate``)."""
+        ``out_dir`` (another folder than this map's, whose versions stay for their readers)
+        and open it (see ``mmap_ninja.generic.concatenate``)."""
         from .generic import concatenate  # the parts' files, copied file to file, in one commit each
+
+        if os.path.realpath(as_dir(out_dir)) == os.path.realpath(self.out_dir):
+            raise ValueError(f"compact writes a plain map at another path than {self.out_dir}: replacing the sharded "
+                             f"map with it would take the parts of every version from its readers")
 
         parts = self._state[0]["parts"]
         return concatenate(out_dir, [self.out_dir / PARTS / part["name"] for part in parts],
@@ -542,25 +644,28 @@ class ShardedMmap(_keys.KeyLookups):
                            batch_size=batch_size)
 
 
-def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
-    """Append the parts of ``records`` to the manifest of ``out_dir`` (the caller holds its
-    writer lock). Nothing in a record is trusted: each must name, in one path component, an
+def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False) -> None:
+    """Commit the parts of ``records`` as a new version of the map at ``out_dir`` (the caller
+    holds its writer lock): appended to the latest version's parts, or with ``replace`` in
+    their place (the parts of earlier versions stay for their readers until ``gc`` drops those
+    versions). Nothing in a record is trusted: each must name, in one path component, an
     uncommitted part folder under ``parts/`` whose kind, dtype, row shape and length on disk are
     the record's and the map's; else ``ValueError``, and nothing is committed."""
     type_name = map_type(out_dir)
     if type_name not in (None, "sharded"):
         raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be committed to it")
     new = type_name is None
-    if new and not records:
-        raise ValueError(f"no parts to commit to {out_dir}, which holds no map yet")
-    manifest = _read_manifest(out_dir) if not new else None
+    if (new or replace) and not records:
+        raise ValueError(f"no parts to commit to {out_dir}, which {'holds no map yet' if new else 'they replace'}")
+    previous = _read_manifest(out_dir) if not new else None
+    committed = _referenced(out_dir) if not new else set()
+    manifest = previous if not replace else None
     kind = manifest["kind"] if manifest is not None else (records[0].get("kind") if isinstance(records[0], dict)
                                                           else None)
     if kind not in KINDS:
         raise ValueError(f"a record's kind must be one of {KINDS}, found {kind!r}")
     dtype = manifest.get("dtype") if manifest is not None else None
     shape = _first_shape(out_dir, manifest) if manifest is not None else None
-    committed = {part["name"] for part in manifest["parts"]} if manifest is not None else set()
     keyed = []
     for record in records:
         if not isinstance(record, dict):
@@ -589,33 +694,91 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]]) -> None:
             shape = found["shape"] if shape is None else shape
         committed.add(record["name"])
         keyed.append((path / _meta.KEYS / _meta.TYPE).exists())
-    map_keyed = (out_dir / _meta.KEYS / _meta.TYPE).exists() if not new else bool(keyed and keyed[0])
+    home = _keys_home(out_dir, manifest)
+    map_keyed = home is not None if manifest is not None else bool(keyed and keyed[0])
     for record, part_keyed in zip(records, keyed):
         if part_keyed != map_keyed:
             raise ValueError(f"{out_dir / PARTS / record['name']}: its samples {'have' if part_keyed else 'have no'} "
                              f"keys, but those of {out_dir} {'do not' if part_keyed else 'do'}: the parts of a map all "
                              f"have keys or none has")
-    if manifest is None:
-        manifest = {"format": _FORMAT, "kind": kind, "dtype": dtype, "parts": []}
-    manifest["dtype"] = dtype
+    version = 0 if previous is None else previous.get("version", 0) + 1
+    if manifest is None:  # a new map, or new samples in place of the latest version's
+        manifest = {"kind": kind, "dtype": dtype, "parts": []}
+        home = (out_dir if new else out_dir / KEYSETS / f"v{version}") if map_keyed else None
+    manifest = dict(manifest, format=_FORMAT, version=version, dtype=dtype,
+                    keys=None if home is None else os.path.relpath(home, out_dir))
     if sum(part["length"] for part in manifest["parts"]) + sum(r["length"] for r in records) > MAX_SAMPLES:
         raise ValueError(f"{out_dir} would hold more than {MAX_SAMPLES} samples")
-    if map_keyed:  # committed before the manifest: a map never has samples without keys
+    if home is not None:  # committed before the manifest: a map never has samples without keys
         at = sum(part["length"] for part in manifest["parts"])
         added = [key for record in records for key in _part_keys(out_dir / PARTS / record["name"], record["length"])]
-        _keys.write_keys(out_dir, added, at, encoded=_keys.check_new(out_dir, added, at))
+        _keys.write_keys(home, added, at, encoded=_keys.check_new(home, added, at))
     manifest["parts"] = manifest["parts"] + [{"name": r["name"], "length": r["length"]} for r in records]
+    if previous is not None:
+        _keep_version(out_dir, previous)
     _write_manifest(out_dir, manifest, new)
+
+
+def _write_parts(out_dir: Path, sample_generator: Iterable[Any], part_size: int, kind: Optional[str],
+                 batch_size: int, verbose: bool, keys: Optional[Iterable[str]], shown: Optional[Path] = None
+                 ) -> List[Dict[str, Any]]:
+    """Write the samples of ``sample_generator`` as uncommitted parts of ``out_dir``, a part every
+    ``part_size`` samples, and return their records; on any error, remove the parts written."""
+    iterator = iter(sample_generator)
+    key_iterator = None if keys is None else iter(keys)
+    records: List[Dict[str, Any]] = []
+    try:
+        with progress(None, verbose, desc=f"Writing {(shown or out_dir).name}") as bar:
+            while True:
+                first = next(iterator, _NOTHING)
+                if first is _NOTHING:
+                    break
+                part = itertools.chain([first], itertools.islice(iterator, part_size - 1))
+                part_keys = None if key_iterator is None else itertools.islice(key_iterator, part_size)
+                records.append(write_part(out_dir, part, kind, min(batch_size, part_size), keys=part_keys))
+                kind = records[-1]["kind"]
+                bar.update(records[-1]["length"])
+        if not records:
+            raise ValueError(f"sample_generator yielded no samples, so {shown or out_dir} cannot be created")
+        extra = _NOTHING if key_iterator is None else next(key_iterator, _NOTHING)
+        if extra is not _NOTHING:
+            raise ValueError(f"more keys than samples: the key {extra!r} has no sample")
+    except BaseException:
+        _remove_parts(out_dir, records)
+        raise
+    return records
+
+
+def _remove_parts(out_dir: Path, records: List[Dict[str, Any]]) -> None:
+    """Remove the uncommitted parts of ``records`` (a write that failed)."""
+    for record in records:
+        shutil.rmtree(out_dir / PARTS / record["name"], ignore_errors=True)
 
 
 def check_joining(out_dir: PathLike, keyed: bool) -> None:
     """Raise ``ValueError`` before any part is written when parts with keys (``keyed``) or
-    without cannot join the sharded map at ``out_dir`` (as ``commit_parts`` would refuse them
-    once written); any parts can start a new map."""
+    without cannot join the map at ``out_dir``, as ``commit_parts`` would refuse them once
+    written: a map of another kind, a folder holding files but no map (what an interrupted
+    write of parts leaves, parts never committed and a writer's lock, does not count), or a
+    sharded map whose samples have keys when these have none, or the reverse."""
     out_dir = as_dir(out_dir)
-    if map_type(out_dir) != "sharded":
+    type_name = map_type(out_dir)
+    if type_name not in (None, "sharded"):
+        raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be appended to it")
+    if type_name is None:
+        if out_dir.exists():
+            stray = sorted(set(os.listdir(out_dir)) - {PARTS, "writer.lock"})
+            if (out_dir / PARTS).is_dir():
+                stray += [f"{PARTS}/{name}" for name in sorted(os.listdir(out_dir / PARTS))
+                          if not name.startswith(("part-", ".part-"))]
+            elif (out_dir / PARTS).exists():
+                stray.append(PARTS)
+            if stray:
+                raise ValueError(f"{out_dir} holds files but no map ({', '.join(stray[:3])}"
+                                 f"{', ...' if len(stray) > 3 else ''}): a new sharded map needs an empty or absent "
+                                 f"folder")
         return
-    map_keyed = (out_dir / _meta.KEYS / _meta.TYPE).exists()
+    map_keyed = _keys_home(out_dir, _read_manifest(out_dir)) is not None
     if keyed != map_keyed:
         raise ValueError(f"the samples of {out_dir} {'have' if map_keyed else 'have no'} keys: parts "
                          f"{'without' if map_keyed else 'with'} keys cannot join it (the parts of a map all have "
@@ -654,6 +817,18 @@ def _idle(folder: Path):
         yield
     finally:
         os.close(fd)
+
+
+def _referenced(out_dir: Path, what: str = "parts") -> set:
+    """The names of the parts that some kept version of the map at ``out_dir`` lists (or with
+    ``what="keys"``, the folders of their key tables, relative to ``out_dir``)."""
+    manifests = [_read_manifest(out_dir)]
+    for version in versions_of(out_dir):
+        with contextlib.suppress(FileNotFoundError):
+            manifests.append(_read_manifest(out_dir, version))
+    if what == "keys":
+        return {manifest.get("keys", ".") for manifest in manifests} - {None}
+    return {part["name"] for manifest in manifests for part in manifest["parts"]}
 
 
 def _uncommitted(out_dir: Path, committed: set) -> List[str]:
@@ -728,7 +903,7 @@ def _check_adoption(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> 
                              + f", but {source} holds samples of {dtype}"
                              + (f" in rows of shape {tuple(shape)}" if shape else "")
                              + ": the parts of a sharded map cannot hold several kinds or dtypes of samples")
-    map_keyed = (out_dir / _meta.KEYS / _meta.TYPE).exists() if manifest is not None else None
+    map_keyed = _keys_home(out_dir, manifest) is not None if manifest is not None else None
     keys: List[str] = []
     for map_dir, record in checked:
         keyed = (map_dir / _meta.KEYS / _meta.TYPE).exists()
@@ -740,7 +915,9 @@ def _check_adoption(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> 
         if keyed:
             keys += _part_keys(map_dir, record["length"])
     if map_keyed:  # repeated within or across the maps, or held by the map: ValueError naming the key
-        _keys.check_new(out_dir, keys, sum(part["length"] for part in manifest["parts"]) if manifest else 0)
+        home = _keys_home(out_dir, manifest)
+        _keys.check_new(out_dir if home is None else home, keys,
+                        sum(part["length"] for part in manifest["parts"]) if manifest else 0)
     return checked
 
 
@@ -846,12 +1023,19 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
                                 f"shape {tuple(shape)}")
     if not problems:
         try:
-            found_keys, noted = _keys.problems(out_dir, sum(entry["length"] for entry in manifest["parts"]), deep)
+            home = _keys_home(out_dir, manifest)
+            found_keys, noted = ([], []) if home is None else \
+                _keys.problems(home, sum(entry["length"] for entry in manifest["parts"]), deep)
         except Exception as exc:
             found_keys, noted = [f"{out_dir / _meta.KEYS}: {exc}"], []
         problems += found_keys
         notes += noted
-    for name in _uncommitted(out_dir, {p["name"] for p in manifest["parts"]}):
+    try:
+        referenced = _referenced(out_dir)
+    except Exception as exc:
+        problems.append(str(exc))
+        referenced = {p["name"] for p in manifest["parts"]}
+    for name in _uncommitted(out_dir, referenced):
         notes.append(f"{out_dir / PARTS / name}: a part no commit lists (a failed or retried write); never "
                      f"read, removed by gc()")
     return Report.cut(problems, notes, limit, omitted)

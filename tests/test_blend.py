@@ -59,6 +59,26 @@ def test_every_prefix_keeps_the_weights_and_each_pass_reads_a_dataset_once(lengt
     assert np.array_equal(again.sample_index, blend.sample_index)
 
 
+@settings(max_examples=150, deadline=None)
+@given(weights=st.lists(st.floats(min_value=0, max_value=1.7976931348623157e308, exclude_min=True,
+                                  allow_subnormal=True), min_size=1, max_size=5),
+       size=st.integers(0, 200), seed=st.integers(0, 2**40))
+def test_any_finite_positive_weights_blend_in_their_proportions(weights, size, seed):
+    blend = Blend([Counted(k, 7) for k in range(len(weights))], weights, size=size, seed=seed)
+    scaled = np.asarray(weights) / max(weights)
+    shares = scaled / scaled.sum()
+    assert np.allclose(blend.weights, shares, rtol=1e-12, atol=0) and abs(blend.weights.sum() - 1) < 1e-12
+    counts = np.zeros(len(weights))
+    for prefix, d in enumerate(blend.dataset_index.tolist(), start=1):
+        counts[d] += 1
+        assert (np.abs(counts - shares * prefix) <= 1 + 1e-9).all()
+    assert len(blend) == size
+
+
+def test_the_largest_finite_weights_blend_evenly():
+    blend = Blend([Counted("a", 5), Counted("b", 5)], [1e308, 1e308], size=10)
+    assert blend.weights.tolist() == [0.5, 0.5] and sorted(blend.dataset_index.tolist()) == [0] * 5 + [1] * 5
+
 def test_batches_are_gathered_once_per_dataset_in_the_order_asked():
     a, b = Counted("a", 10), Counted("b", 3)
     blend = Blend([a, b], [3, 1], size=40, seed=2)
@@ -91,6 +111,9 @@ def test_bad_blends_are_refused():
         Blend([Counted("a", 3)], [0])
     with pytest.raises(ValueError, match="non-negative"):
         Blend([Counted("a", 3), Counted("b", 2)], [1, -1])
+    for bad in ([1, float("nan")], [float("inf"), 1], [float("-inf"), 1], [0, 0]):
+        with pytest.raises(ValueError, match="weights must be finite, non-negative and not all 0"):
+            Blend([Counted("a", 3), Counted("b", 2)], bad)
     with pytest.raises(ValueError, match="dataset 1 is empty but has weight"):
         Blend([Counted("a", 3), Counted("b", 0)], [1, 1])
     with pytest.raises(ValueError, match="size must be a non-negative integer"):

@@ -16,6 +16,7 @@ from distributed import Client, LocalCluster
 
 import mmap_ninja
 from mmap_ninja.dask import read_mmap, to_mmap
+from mmap_ninja.ragged import RaggedMmap
 from mmap_ninja.sharded import ShardedMmap
 from mmap_ninja.string import StringsMmap
 
@@ -113,6 +114,50 @@ def test_a_bag_of_key_sample_pairs_makes_a_keyed_map(client, tmp_path):
         to_mmap(db.from_sequence([np.arange(2)], npartitions=1), tmp_path / "s")  # refused before any is written
     assert len(ShardedMmap(tmp_path / "s")) == 20 and sorted(os.listdir(tmp_path / "s" / "parts")) == parts
 
+
+def files_of(folder):
+    """Every file under ``folder`` with its bytes, by relative path."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(Path(folder).rglob("*"))
+            if path.is_file()}
+
+
+def test_a_folder_that_is_not_a_sharded_map_is_refused_before_any_task_runs(client, tmp_path):
+    ran = tmp_path / "ran"
+    ran.mkdir()
+
+    def partition(i):
+        (ran / str(i)).touch()  # on the worker that computes it
+        return expected_partition(i)
+
+    def bag():
+        return db.from_delayed([dask.delayed(partition)(i) for i in range(4)])
+
+    plain = RaggedMmap.from_lists(tmp_path / "plain", expected_partition(9))
+    before = files_of(plain.out_dir)
+    with pytest.raises(ValueError, match="holds a 'ragged' map, not a sharded one: parts cannot be appended"):
+        to_mmap(bag(), plain.out_dir)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files but no map"):
+        to_mmap(bag(), other)
+    assert files_of(plain.out_dir) == before and not (plain.out_dir / "parts").exists()
+    assert files_of(other) == {"notes.txt": b"mine"} and os.listdir(ran) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(to_mmap(bag(), empty)) == 20 and sorted(os.listdir(ran)) == ["0", "1", "2", "3"]
+
+
+def test_what_an_interrupted_write_left_does_not_stop_a_new_one(client, tmp_path):
+    def partition(i):
+        return [(f"k{i % 2}", sample) for sample in expected_partition(i)[:1]]
+
+    with pytest.raises(ValueError, match="k0"):  # a key twice: the parts are written, none committed
+        to_mmap(db.from_delayed([dask.delayed(partition)(i) for i in range(3)]), tmp_path / "s", keyed=True)
+    leftovers = sorted(os.listdir(tmp_path / "s" / "parts"))
+    assert len(leftovers) == 3
+    m = to_mmap(db.from_delayed([dask.delayed(partition)(i) for i in range(2)]), tmp_path / "s", keyed=True)
+    assert m.keys() == ["k0", "k1"] and m.uncommitted_parts() == leftovers
 
 def test_read_mmap_gives_a_bag_of_any_map(client, tmp_path):
     StringsMmap.from_strings(tmp_path / "plain", [f"line {i}" for i in range(25)])

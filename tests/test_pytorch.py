@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import threading
 
 import numpy as np
@@ -476,7 +477,7 @@ def test_lent_tensors_travel_by_reference_and_free_their_segment_when_gone():
     assert isinstance(lent, LentTensor) and type(lent + 1) is torch.Tensor
     plain = pickle.loads(pickle.dumps(lent))  # pickled for a file: the values themselves
     assert type(plain) is torch.Tensor and plain.tolist() == array.tolist()
-    segment = lent._handoff[0]
+    segment = lent._handoff
     got = ForkingPickler.loads(bytes(ForkingPickler.dumps({"input": lent, "lengths": lengths})))
     assert segment.flag[0] == 1 and got["input"].tolist() == array.tolist() and got["lengths"].tolist() == [4, 2, 0]
     del lent, lengths, array, memory
@@ -484,10 +485,53 @@ def test_lent_tensors_travel_by_reference_and_free_their_segment_when_gone():
     del got
     assert segment.flag[0] == 0 and segment.free()
     again = _handoff.BatchMemory()((2, 2), np.dtype(np.int32))
-    assert again.base is not None and _handoff.lent_tensor(again)._handoff[0] is segment  # used again
+    assert again.base is not None and _handoff.lent_tensor(again)._handoff is segment  # used again
     assert _handoff.lent_tensor(np.zeros(3)) is None
     with pytest.raises(RuntimeError, match="which this process never received"):
         _handoff._main_segment((1, "unknown"), 7, None, 4096)
+
+
+def changed_in_place(change, batch):
+    """A collate_fn that changes the layout of ``collate``'s ``input`` in place."""
+    out = collate(batch)
+    tensor = out["input"]
+    if change == "t_":
+        tensor.t_()
+    elif change == "resize_":
+        tensor.resize_(2, 3)
+    elif change == "as_strided_":
+        tensor.as_strided_((3, 2), (1, 3), 1)
+    elif change == "set_":
+        tensor.set_(torch.arange(100, 112).reshape(3, 4))
+    elif change == "set_ to lengths":  # another tensor of the same segment
+        tensor.set_(out["lengths"])
+    return out
+
+
+def in_a_segment(tensor):
+    """Whether ``tensor``'s memory lies in a worker's segment mapped by this process."""
+    start = tensor.data_ptr()
+    return any(m.ctypes.data <= start < m.ctypes.data + m.nbytes for m in _handoff._mapped.values())
+
+
+@pytest.mark.skipif(not _handoff.AVAILABLE, reason="worker segments need memfd_create (Linux)")
+@pytest.mark.parametrize("change, by_reference", [("t_", True), ("resize_", True), ("as_strided_", True),
+                                                  ("set_", False), ("set_ to lengths", True)])
+def test_a_batch_changed_in_place_in_a_worker_arrives_as_it_was_left(tmp_path, change, by_reference):
+    samples = [np.arange(1 + i % 4, dtype=np.int64) * 100 + i for i in range(24)]
+    m = RaggedMmap.from_lists(tmp_path / "m", samples)
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(RaggedBatches(m, pad_value=-1), batch_size=4, num_workers=workers,
+                                             collate_fn=functools.partial(changed_in_place, change))
+        return [(batch["input"].tolist(), tuple(batch["input"].shape), in_a_segment(batch["input"]))
+                for batch in loader]
+
+    alone, workers = batches(0), batches(2)
+    assert [(values, shape) for values, shape, _ in workers] == [(values, shape) for values, shape, _ in alone]
+    assert all(shared == by_reference for _, _, shared in workers)
+    if change == "t_":
+        assert workers[0][0] == [[0, 1, 2, 3], [-1, 101, 102, 103], [-1, -1, 202, 203], [-1, -1, -1, 303]]
 
 
 # -- distributed sampling ---------------------------------------------------------------------
@@ -557,6 +601,73 @@ def test_block_shuffle_reads_a_bounded_region_at_a_time(tmp_path):
     assert len(indices) == 150 and set(indices) | set(DistributedSampler(sharded, 2, 0, seed=1,
                                                                          block_size="parts")) == set(range(300))
 
+
+@pytest.mark.parametrize("block_size", [None, 7])
+def test_an_epoch_resumed_after_the_map_grew_reads_each_sample_of_its_length_once(tmp_path, block_size):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.array([i]) for i in range(62)])
+    first = [DistributedSampler(m, 2, r, seed=5, block_size=block_size) for r in range(2)]
+    for sampler in first:
+        sampler.set_epoch(2)
+    iterators = [iter(sampler) for sampler in first]
+    read = [next(iterator) for iterator in iterators for _ in range(9)]
+    m.extend([np.array([i]) for i in range(62, 102)])  # the map grows mid-epoch
+    read += [next(iterator) for iterator in iterators]
+    states = [sampler.state_dict() for sampler in first]
+    assert all(state == states[0] for state in states)
+    assert states[0]["consumed"] == 20 and states[0]["epoch_len"] == 62 and states[0]["dataset_len"] == 102
+    for world in (1, 3):
+        grown = RaggedMmap(tmp_path / "m")
+        rest = []
+        for rank in range(world):
+            sampler = DistributedSampler(grown, world, rank, seed=5, block_size=block_size)
+            sampler.load_state_dict(states[0])
+            indices = list(sampler)
+            assert len(indices) == len(sampler) == 42 // world
+            rest += indices
+        counts = np.bincount(read + rest, minlength=102)
+        assert counts[:62].tolist() == [1] * 62 and counts[62:].sum() == 0, world
+    for sampler in first:  # the next epoch is drawn over the grown map
+        sampler.set_epoch(3)
+    assert sorted(list(first[0]) + list(first[1])) == list(range(102))
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("consumed", -1, ValueError), ("consumed", 63, ValueError), ("consumed", 2.5, TypeError),
+    ("consumed", None, TypeError), ("epoch", -1, ValueError), ("epoch", "3", TypeError),
+    ("epoch_len", 103, ValueError), ("epoch_len", -4, ValueError), ("epoch_len", True, TypeError),
+    ("dataset_len", 200, ValueError), ("dataset_len", -1, ValueError), ("dataset_len", 1.0, TypeError),
+    ("consumed", "missing", ValueError), ("seed", 6, ValueError),
+])
+def test_a_state_with_a_bad_field_is_refused_naming_it(tmp_path, field, value, error):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.array([i]) for i in range(62)])
+    sampler = DistributedSampler(m, 2, 0, seed=5)
+    iterator = iter(sampler)
+    [next(iterator) for _ in range(5)]
+    m.extend([np.array([i]) for i in range(62, 102)])
+    state = sampler.state_dict()
+    bad = {k: v for k, v in state.items() if k != field}
+    if value != "missing":
+        bad[field] = value
+    fresh = DistributedSampler(RaggedMmap(tmp_path / "m"), 1, 0, seed=5)
+    with pytest.raises(error, match=field):
+        fresh.load_state_dict(bad)
+    assert fresh.state_dict()["consumed"] == 0  # nothing taken from the refused state
+    fresh.load_state_dict(state)
+    assert len(list(fresh)) == 52
+
+
+def test_a_state_without_the_epochs_length_is_read_as_over_dataset_len(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.array([i]) for i in range(40)])
+    sampler = DistributedSampler(m, 2, 1, seed=2)
+    read = list(itertools.islice(iter(sampler), 6))
+    state = {k: v for k, v in sampler.state_dict().items() if k != "epoch_len"}  # as saved before
+    assert state == {"epoch": 0, "consumed": 12, "seed": 2, "shuffle": True, "block_size": None,
+                     "dataset_len": 40}
+    m.extend([np.array([i]) for i in range(40, 50)])
+    resumed = DistributedSampler(RaggedMmap(tmp_path / "m"), 1, 0, seed=2)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == 28 and max(rest) < 40 and not set(rest) & set(read)
 
 def test_distributed_sampler_refusals(token_map):
     m, _ = token_map

@@ -225,6 +225,14 @@ def test_parts_are_not_appended_to_a_map_of_another_kind(tmp_path):
     assert len(RaggedMmap(tmp_path / "plain")) == 3
 
 
+def test_a_folder_of_other_files_is_refused_before_any_task_writes(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files but no map"):
+        ray.data.from_items(items(ragged_samples(3))).write_datasink(MmapNinjaDatasink(tmp_path / "notes"))
+    assert sorted(p.name for p in (tmp_path / "notes").rglob("*")) == ["todo.txt"]
+
+
 def test_a_write_task_whose_worker_dies_mid_part_is_retried_and_loses_and_doubles_nothing(tmp_path):
     marker = tmp_path / "died-once"
     driver = os.getpid()

@@ -764,3 +764,79 @@ def test_gc_skips_a_part_whose_writer_is_alive_and_reports_only_what_it_removed(
     assert cli.main(["gc", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "skipped" in out and "symbolic link" in out
+
+
+# -- versions: a reader keeps the version it opened -------------------------------------------
+
+def test_a_reader_keeps_reading_its_version_after_the_map_is_rebuilt(tmp_path):
+    ShardedMmap.from_generator(tmp_path / "s", (np.full(3, i) for i in range(12)), part_size=3,
+                               keys=[f"old{i}" for i in range(12)])
+    reader = ShardedMmap(tmp_path / "s")
+    assert reader[0].tolist() == [0, 0, 0]  # opens the first part only
+    ShardedMmap.from_generator(tmp_path / "s", (np.full(2, -i) for i in range(5)), part_size=2,
+                               keys=[f"new{i}" for i in range(5)])
+    ShardedMmap(tmp_path / "s").gc()  # keeps every version: removes nothing a reader may need
+    assert [reader[i].tolist() for i in (11, 4, 7)] == [[11] * 3, [4] * 3, [7] * 3]  # parts not opened before
+    assert reader.by_key["old9"].tolist() == [9] * 3 and reader.version == 0 + reader.versions()[0]
+    latest = ShardedMmap(tmp_path / "s")
+    assert len(latest) == 5 and latest[4].tolist() == [-4, -4] and latest.index_of("new3") == 3
+    with pytest.raises(KeyError):
+        latest.index_of("old1")
+    reader.refresh()
+    assert len(reader) == 5 and reader.version == latest.version
+    assert mmap_ninja.verify(tmp_path / "s", deep=True) == []
+
+
+def test_every_commit_is_a_version_that_can_be_read_until_gc_drops_it(tmp_path):
+    m = ShardedMmap.commit_parts(tmp_path / "s", [write_part(tmp_path / "s", ["a", "b"])])
+    ShardedMmap.commit_parts(tmp_path / "s", [write_part(tmp_path / "s", ["c"])])
+    ShardedMmap.from_generator(tmp_path / "s", iter(["x", "y", "z", "w"]), part_size=3)
+    assert m.versions() == [0, 1, 2]
+    assert [list(ShardedMmap(tmp_path / "s", version=k)) for k in range(3)] == [
+        ["a", "b"], ["a", "b", "c"], ["x", "y", "z", "w"]]
+    old = ShardedMmap(tmp_path / "s", version=1)
+    assert pickle.loads(pickle.dumps(old))[2] == "c"
+    removed = m.gc(keep_versions=1)
+    assert len(removed) == 2 and m.versions() == [2]  # the parts of versions 0 and 1
+    with pytest.raises(FileNotFoundError, match="no version 1"):
+        ShardedMmap(tmp_path / "s", version=1)
+    assert list(ShardedMmap(tmp_path / "s")) == ["x", "y", "z", "w"]
+    with pytest.raises(ValueError, match="keep_versions"):
+        m.gc(keep_versions=0)
+
+
+def test_a_map_of_0_13_opens_as_version_0_and_keeps_it(tmp_path):
+    import json
+
+    m = ShardedMmap.from_generator(tmp_path / "s", (np.arange(i + 1) for i in range(4)), part_size=2)
+    manifest = json.loads((tmp_path / "s" / "manifest.ninja").read_text())
+    old = {"format": 1, "kind": manifest["kind"], "dtype": manifest["dtype"], "parts": manifest["parts"]}
+    import shutil
+
+    shutil.rmtree(tmp_path / "s" / "versions")
+    write_manifest(tmp_path / "s", old)  # as 0.13.0 wrote it: one manifest, no versions
+    m = ShardedMmap(tmp_path / "s")
+    assert m.version == 0 and m.versions() == [0] and len(m) == 4
+    m.append_maps([RaggedMmap.from_lists(tmp_path / "more", [np.arange(7)]).out_dir])
+    assert m.versions() == [0, 1] and len(ShardedMmap(tmp_path / "s", version=0)) == 4 and len(m) == 5
+
+
+def test_a_rebuild_that_fails_leaves_the_version_and_no_parts(tmp_path):
+    m = ShardedMmap.from_generator(tmp_path / "s", (np.arange(3) for _ in range(4)), part_size=2)
+    before = tree(tmp_path)
+
+    def failing():
+        yield from (np.arange(2) for _ in range(5))
+        raise RuntimeError("the source broke")
+
+    with pytest.raises(RuntimeError, match="broke"):
+        ShardedMmap.from_generator(tmp_path / "s", failing(), part_size=2)
+    assert tree(tmp_path) == before and m.versions() == [0]
+
+
+def test_compact_into_its_own_folder_is_refused(tmp_path):
+    m = ShardedMmap.from_generator(tmp_path / "s", (np.arange(3) for _ in range(4)), part_size=2)
+    before = tree(tmp_path)
+    with pytest.raises(ValueError, match="another path"):
+        m.compact(tmp_path / "s")
+    assert tree(tmp_path) == before
