@@ -23,7 +23,7 @@ from typing import Any, Deque, Iterable, Iterator, List, Optional, Sequence, Tup
 import numpy as np
 
 from . import _core, _keyindex, _meta
-from ._storage import ArrayDir, Commit, _fsync_path, map_bytes, verify_checksums
+from ._storage import ArrayDir, Commit, _fsync_path, make_private, map_bytes, shared, verify_checksums
 
 KEYS_DIR = _meta.KEYS
 INDEX = _meta.KEY_INDEX
@@ -341,6 +341,8 @@ def _index(path: Path, at: int, added: int, durable: bool, stale: bool = False) 
         return
     if not added:
         return
+    if shared(table):  # a table another path names (linked by hand) is never written through
+        make_private(table, durable)
     slots = np.memmap(table, dtype=np.uint64, mode="r+", offset=_HEADER_BYTES, shape=(len(slots),))
     _keyindex.insert(slots, _keyindex.hash_keys(stored, _starts_of(ends, at, total), ends[at:]), at)
     slots.flush()

@@ -37,6 +37,7 @@ from ._storage import (
     Commit,
     Replacement,
     WriterLock,
+    check_holds,
     flush_tree,
     link_map,
     open_consistent,
@@ -340,6 +341,7 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
             batch = self._prepare(samples, files, bar)  # checked before the lock creates anything
             with WriterLock(self.out_dir) as lock:
                 current = self._read_files(self.out_dir)  # another writer may have extended it
+                self._check_stored(current)
                 if current.n != files.n or getattr(current, "dtype", None) != getattr(files, "dtype", None):
                     batch = self._prepare(samples, current)
                 encoded = _keys.check_extension(self.out_dir, keys, current.n)
@@ -379,6 +381,7 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
             # the values are checked against the map as it is now on disk, not as this object
             # last read it: another writer may have rebuilt it meanwhile
             current = self._read_files(self.out_dir)
+            self._check_stored(current)
             if current.n != files.n:
                 raise ValueError(f"{self.out_dir} holds {current.n} samples now, not the {files.n} it held when "
                                  f"it was read (changed by another writer); refresh() and assign again")
@@ -387,6 +390,12 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
             with Replacement(lock) as build:
                 self._replace_samples(build, writes)
         self.refresh()
+
+    def _check_stored(self, files: Any) -> None:
+        """Before any write: ``ValueError`` naming the data file when it holds fewer bytes than
+        the committed samples reach (shortened through another of its names)."""
+        if files.n:
+            check_holds(self.out_dir / _meta.DATA, int(files.ends.map()[files.n - 1]) * self._unit(files))
 
     def _unit(self, files: Any) -> int:
         """Bytes per unit of ``starts``/``ends`` offsets."""

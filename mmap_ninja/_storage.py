@@ -12,6 +12,13 @@ order they were given: the last is the ``shape.ninja`` that sets the map's lengt
 Bytes past a committed length (from an interrupted commit, or the single padding byte of an
 empty array) are ignored by readers and written over by the next commit.
 
+A commit never writes into a file that another path shares (a hard link: another map,
+Megatron's ``.bin`` linked by ``megatron.to_ragged``, a link made by hand): before its first
+write, such a file is copied beside itself and the copy renamed over it (``make_private``),
+which changes none of its bytes; one the commit would empty is unlinked instead. A data file
+shorter than the bytes committed before (shortened through another name) is refused, naming
+it, before anything is written into it.
+
 With durability on (the default; see ``durability``), data files are flushed to disk before the
 first metadata file is replaced, and every replacement is flushed, with its directory, before the
 next: a commit that was visible survives a power loss.
@@ -40,6 +47,7 @@ import re
 import shutil
 import stat
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -142,6 +150,8 @@ def read_checksum_entries(log: Path) -> List[Tuple[int, int, int, int]]:
 def _append_entry(log: Path, committed_end: int, entry: bytes) -> None:
     """Write ``entry`` into ``log`` after its last entry that lies within the ``committed_end``
     bytes committed (later ones were left by commits cut short), and drop what follows."""
+    if log.exists() and shared(log):
+        make_private(log, _durable)
     fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -199,7 +209,31 @@ class Commit:
     def __init__(self, durable: Optional[bool] = None):
         self.durable = _durable if durable is None else durable
         self._written: List[Path] = []
+        self._claimed: set = set()
         self._steps: List[Tuple[str, Path, Union[bytes, Path, None]]] = []
+
+    def _claim(self, path: Path, offset: int, truncate: bool) -> None:
+        """Before this commit first writes into ``path``, from byte ``offset`` (or emptying it,
+        with ``truncate``): a file that another path shares (see ``shared``) is never written. One
+        to be emptied is unlinked first; one written past its start becomes a private copy
+        (``make_private``). ``ValueError`` naming it when it holds fewer than the ``offset`` bytes
+        committed before (shortened through another name), and nothing is written."""
+        if path in self._claimed:
+            return
+        try:
+            status = os.stat(path)
+        except FileNotFoundError:
+            if offset and not truncate:
+                raise FileNotFoundError(f"missing data file: {path}") from None
+        else:
+            if truncate:
+                if status.st_nlink > 1:
+                    os.unlink(path)
+            else:
+                check_holds(path, offset, status.st_size)
+                if shared(path):
+                    make_private(path, self.durable)
+        self._claimed.add(path)
 
     def write(self, path: Path, offset: int, data: Union[bytes, memoryview], truncate: bool = False,
               checksum: Optional[Tuple[Path, bytes, int]] = None) -> None:
@@ -209,6 +243,7 @@ class Commit:
         dropping entries past the ``committed_end`` bytes committed before. The log is not
         flushed to disk: after a power loss its last entries may be missing, which ``verify``
         notes as bytes without checksum, never as damage."""
+        self._claim(path, offset, truncate)
         crc = _Crc32(data) if checksum is not None and self.record_checksums else None
         write_at(path, offset, data, truncate)
         if path not in self._written:
@@ -225,6 +260,7 @@ class Commit:
         ``offset`` and returns their CRC-32 when ``crc`` is true (``_build.PackedSamples``,
         which writes samples straight from their buffers)."""
         record = checksum is not None and self.record_checksums
+        self._claim(path, offset, truncate)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0), 0o644)
         try:
             crc = source.write_to(fd, offset, record)
@@ -247,6 +283,7 @@ class Commit:
         wrote them into ``source`` recorded them; one entry each), else computed from
         ``source`` while it is copied."""
         total = sum(length for _, length in ranges)
+        self._claim(path, offset, truncate)
         pieces: Optional[List[Tuple[int, Any]]] = None
         if checksum is not None and self.record_checksums:
             if crcs is not None:
@@ -373,6 +410,90 @@ def copy_ranges(source: Path, ranges: Sequence[Tuple[int, int]], target: Path, o
             os.close(dst)
     finally:
         os.close(src)
+
+
+# ioctl(dst, FICLONE, src) on Linux: dst becomes a copy-on-write clone of src (Btrfs, XFS, ...).
+FICLONE = 0x40049409
+
+
+def clone_file(source: Path, target: Path) -> bool:
+    """Make ``target`` (a new file) a copy-on-write clone of ``source`` (``FICLONE``: Linux, on
+    Btrfs, XFS and other file systems that share blocks); ``False``, leaving no ``target``,
+    where it cannot be."""
+    if fcntl is None or not hasattr(fcntl, "ioctl") or not sys.platform.startswith("linux"):
+        return False
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.ioctl(dst, FICLONE, src)
+            return True
+        except OSError:
+            os.unlink(target)
+            return False
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+# A folder in which a new version of the map NAME is built (see ``Replacement``).
+_BUILD_FOLDER = re.compile(r"\.(.+)\.[0-9a-f]{12}\.building")
+
+
+def _live_twin(path: Path) -> Optional[Path]:
+    """The same file of the map itself when ``path`` lies in a folder where a new version of
+    it is built (``link_map`` fills it with hard links to the map's files)."""
+    parts = path.parts
+    for k in range(len(parts) - 2, -1, -1):
+        match = _BUILD_FOLDER.fullmatch(parts[k])
+        if match:
+            return Path(*parts[:k], match.group(1), *parts[k + 1:])
+    return None
+
+
+def shared(path: Path) -> bool:
+    """Whether a path other than the map's own names the file ``path``: a hard link from
+    another map, from Megatron's ``.bin`` (``megatron.to_ragged``) or made by hand. A new
+    version being built shares the map's files by its own links, which do not count."""
+    status = os.stat(path)
+    if status.st_nlink <= 1:
+        return False
+    twin = _live_twin(path)
+    own = 2 if twin is not None and _inode(twin) == (status.st_dev, status.st_ino) else 1
+    return status.st_nlink > own
+
+
+def make_private(path: Path, durable: bool) -> None:
+    """Give ``path`` a file of its own with the same bytes: a copy (a copy-on-write clone
+    where the file system makes one) written beside it as ``NAME.tmp``, flushed when
+    ``durable``, then renamed over it. The file's other names keep the old file, untouched; a
+    process killed meanwhile leaves ``path`` naming the old file or its whole copy."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # left by a copy cut short
+    try:
+        if not clone_file(path, tmp):
+            copy_ranges(path, [(0, _file_size(path))], tmp, 0, truncate=True)
+        if durable:
+            _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync_path(path.parent, directory=True)
+
+
+def check_holds(path: Path, committed: int, size: Optional[int] = None) -> None:
+    """``ValueError`` naming the data file ``path`` when it holds fewer than the ``committed``
+    bytes of the map (``size``: its size, when known)."""
+    size = _file_size(path) if size is None else size
+    if size < committed:
+        raise ValueError(f"{path}: holds {size} bytes, but the map has committed {committed}: the file was "
+                         f"shortened, through another of its names (a hard link, such as the Megatron .bin that "
+                         f"megatron.to_ragged links) or otherwise. Nothing was written; verify() reports the damage. "
+                         f"Rebuild the map, with a data file of its own: megatron.to_ragged(prefix, out_dir, "
+                         f"link=False) copies the .bin")
 
 
 class WriterLock:
@@ -502,8 +623,9 @@ def open_consistent(out_dir: Path, opener: Callable[[], T]) -> T:
     for a new version meanwhile, so that everything it read belongs to one version.
 
     While the folder is open here its inode cannot be reused, so finding the same inode at
-    ``out_dir`` before and after means no swap happened in between. ``ChangedWhileOpening``
-    when the map keeps being replaced."""
+    ``out_dir`` before and after means no swap happened in between. A data file replaced
+    meanwhile (``make_private``) makes ``opener`` raise ``ChangedWhileOpening``: it reads
+    again too. ``ChangedWhileOpening`` when the map keeps being replaced."""
     for attempt in range(_OPEN_ATTEMPTS):
         try:
             fd = os.open(out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
@@ -516,8 +638,8 @@ def open_consistent(out_dir: Path, opener: Callable[[], T]) -> T:
             before = _fd_inode(fd)
             try:
                 result = opener()
-            except (OSError, ValueError):
-                if _inode(out_dir) == before:
+            except (OSError, ValueError) as exc:
+                if _inode(out_dir) == before and not isinstance(exc, ChangedWhileOpening):
                     raise  # read from one version: the error is real
             else:
                 if _inode(out_dir) == before:
@@ -563,7 +685,7 @@ def link_map(source: Path, target: Path) -> None:
     """Lay out at ``target`` the map at ``source``, sharing its files by hard links: nothing
     is copied but the checksum logs (appended in place). Commits only add bytes past what is
     committed, and replace metadata files by renaming, so the two versions never see each
-    other's changes."""
+    other's changes (these links are the map's own: see ``shared``)."""
     target.mkdir(exist_ok=True)
     own = _own_entries(source)
     for entry in os.scandir(source):

@@ -749,8 +749,9 @@ def _convert_megatron(args) -> int:
     if how == "copied":
         detail = f"the tokens were copied ({reason})"
     else:
-        detail = (f"its data.ninja is hard-linked to {bin_name} (one file under two names: the map's extends "
-                  f"append to it, and rewriting {bin_name} in place changes the map; --copy copies it)"
+        detail = (f"its data.ninja is hard-linked to {bin_name} (one file under two names until the map's first "
+                  f"write, which gives the map a copy of its own; rewriting {bin_name} in place before then "
+                  f"changes the map; --copy copies it now)"
                   if how == "linked" else f"its data.ninja is a copy-on-write clone of {bin_name}")
         if not args.checksum:
             detail += "; those bytes carry no checksum (--checksum reads them once to record one)"

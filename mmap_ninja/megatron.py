@@ -14,14 +14,14 @@ When the sequences of ``PREFIX.bin`` lie back to back from its first byte to its
 Megatron's ``IndexedDatasetBuilder`` and ``export`` write them, that file already is the data
 file of a ragged map: ``to_ragged`` then makes it the map's ``data.ninja`` without copying it (a
 copy-on-write clone where the file system makes one, else a hard link), and writes only the
-map's offsets and lengths, at a cost in the size of the index.
+map's offsets and lengths, at a cost in the size of the index. A map never writes into a file
+that another path shares: its first write gives it a copy of its own (see ``to_ragged``).
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from ._meta import ArrayMeta
 from ._storage import ArrayDir, Commit, metadata_bytes
+from ._storage import clone_file as _clone
 from .base import PathLike, as_dir, check_positive, progress
 from .ragged import RaggedMmap, _already_packed
 
@@ -38,8 +39,6 @@ HEADER = b"MMIDIDX\x00\x00"
 DTYPE_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
                np.dtype(np.int64): 5, np.dtype(np.float64): 6, np.dtype(np.float32): 7, np.dtype(np.uint16): 8}
 DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
-# ioctl(dst, FICLONE, src) on Linux: dst becomes a copy-on-write clone of src (Btrfs, XFS, ...).
-FICLONE = 0x40049409
 # Sequences checked at a time for lying back to back, to bound memory.
 _CHECK_CHUNK = 1 << 22
 
@@ -109,9 +108,23 @@ def read_index(prefix: PathLike) -> Tuple[np.dtype, np.ndarray, np.ndarray]:
     lengths = np.frombuffer(raw, np.int32, count, fixed)
     pointers = np.frombuffer(raw, np.int64, count, fixed + count * 4)
     size = bin_path.stat().st_size
-    if count and ((lengths < 0).any() or (pointers < 0).any() or (pointers % dtype.itemsize).any()
-                  or (pointers + lengths.astype(np.int64) * dtype.itemsize > size).any()):
-        raise ValueError(f"{idx_path}: a sequence lies outside {bin_path} ({size} bytes)")
+    outside = ValueError(f"{idx_path}: a sequence lies outside {bin_path} ({size} bytes)")
+    if count and ((lengths < 0).any() or (pointers < 0).any() or (pointers % dtype.itemsize).any()):
+        raise outside
+    largest = np.iinfo(np.int64).max
+    total = 0
+    for start in range(0, count, _CHECK_CHUNK):  # in int64, each chunk's sum is below 2**56
+        sizes = lengths[start:start + _CHECK_CHUNK].astype(np.int64) * dtype.itemsize
+        over = np.flatnonzero(pointers[start:start + _CHECK_CHUNK] > largest - sizes)
+        if over.size:
+            i = start + int(over[0])
+            raise ValueError(f"{idx_path}: sequence {i} (pointer {int(pointers[i])}, {int(sizes[over[0]])} bytes) "
+                             f"ends past byte {largest}: its pointer plus its size overflow int64")
+        if (pointers[start:start + _CHECK_CHUNK] + sizes > size).any():
+            raise outside
+        total += int(sizes.sum())
+    if total > largest:
+        raise ValueError(f"{idx_path}: its sequences hold {total} bytes in all, which overflows int64")
     return dtype, lengths, pointers
 
 
@@ -129,29 +142,6 @@ def _bytes_back_to_back(lengths: np.ndarray, pointers: np.ndarray, itemsize: int
             return None
         end = int(expected[-1] + sizes[-1])
     return end
-
-
-def _clone(source: Path, target: Path) -> bool:
-    """Make ``target`` (a new file) a copy-on-write clone of ``source`` (``FICLONE``: Linux, on
-    Btrfs, XFS and other file systems that share blocks); ``False``, leaving no ``target``,
-    where it cannot be."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import fcntl
-
-    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.ioctl(dst, FICLONE, src)
-            return True
-        except OSError:
-            os.unlink(target)
-            return False
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
 
 
 class _Pair:
@@ -290,14 +280,17 @@ def to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, verb
 
     - a copy-on-write clone (``FICLONE``) where the file system makes one (Btrfs, XFS with
       reflink, ...): two independent files sharing blocks until either is written;
-    - else a hard link: **one file under two names**. The map's ``extend``/``append`` (and
-      ``m[i] = v``) append their bytes to it past what ``PREFIX.idx`` describes, which Megatron
-      never reads, so it reads its documents as before; writes through writable views
-      (``mode="r+"``) change Megatron's values too; and rewriting ``PREFIX.bin`` in place
-      (Megatron's ``IndexedDatasetBuilder`` opens it with ``"wb"``) changes or truncates the
-      map's data: ``verify()`` reports a truncated file, ``verify(deep=True)`` other bytes
-      only with ``checksum=True``. Writing a new file over it by renaming (as ``export`` does)
-      leaves the map alone. The returned map is opened read-only (``mode="r"``) then.
+    - else a hard link: **one file under two names**, until the map's first write. The map
+      never writes into a file that another path shares: its first ``extend``/``append`` (or
+      ``m[i] = v``) first copies the file into the map's folder and renames the copy over
+      ``data.ninja`` (a cost in the size of ``PREFIX.bin``, once), so ``PREFIX.bin`` and any
+      other map linked to it keep their bytes. Until then, rewriting ``PREFIX.bin`` in place
+      (Megatron's ``IndexedDatasetBuilder`` opens it with ``"wb"``) changes the map's data:
+      ``verify()`` reports a file shortened so, and writes to the map are refused with a
+      ``ValueError`` naming it; ``verify(deep=True)`` finds other bytes only with
+      ``checksum=True``. Writing a new file over it by renaming (as ``export`` does) leaves
+      the map alone. Writes through writable views (``mode="r+"``) would go into the shared
+      file, so the returned map is opened read-only (``mode="r"``) then.
 
     Elsewhere the values are copied file to file, with their CRC-32: with ``link=False``,
     when the sequences lie otherwise (gaps, another order, shared values), when ``PREFIX.bin``

@@ -17,7 +17,7 @@ import numpy as np
 from . import _core, _keys, _meta
 from ._lifecycle import VERIFY_LIMIT, Found, Report, _appended_keys, _listed_keys, building, verify_map
 from ._meta import ArrayMeta
-from ._storage import ArrayDir, Commit, Replacement, WriterLock, link_map, open_consistent
+from ._storage import ArrayDir, Commit, Replacement, WriterLock, check_holds, link_map, open_consistent
 from .base import (
     PathLike,
     as_dir,
@@ -204,6 +204,7 @@ def extend_dir(out_dir: PathLike, arr: Any, *, keys: Optional[Iterable[str]] = N
         keys = _listed_keys(keys, arr.shape[0])
         encoded = _keys.check_extension(out_dir, keys, shape[0])
         array.finish_pending()
+        check_holds(array.data_file, array.meta.nbytes)  # before the keys: a refused write writes nothing
         if keys is not None and arr.shape[0]:  # committed first: a map never has samples without keys
             _keys.write_keys(out_dir, keys, shape[0], encoded=encoded)
         if array.meta.order == "F" and len(shape) > 1 and shape[0] > 0:

@@ -4,6 +4,7 @@ hash table stored with the map (mmap_ninja._keys, mmap_ninja._keyindex)."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import shutil
 import struct
@@ -460,3 +461,24 @@ def test_threads_look_up_while_another_extends(tmp_path):
     for thread in threads:
         thread.join()
     assert errors == [] and len(m) == 401
+
+
+def test_a_key_table_linked_by_hand_is_not_written_through(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.arange(3)] * 4, keys=["a", "b", "c", "d"])
+    table = tmp_path / "m" / "keys" / "index.ninja"
+    os.link(table, tmp_path / "twin.ninja")
+    before = (tmp_path / "twin.ninja").read_bytes()
+    m.append(np.arange(2), key="e")
+    assert (tmp_path / "twin.ninja").read_bytes() == before
+    assert RaggedMmap(tmp_path / "m").index_of(["e", "a"]).tolist() == [4, 0]
+
+
+def test_a_keyed_numpy_map_whose_data_was_shortened_refuses_writes_writing_nothing(tmp_path):
+    np_ninja.from_ndarray(tmp_path / "f", np.arange(12).reshape(6, 2), keys=list("abcdef"))
+    os.link(tmp_path / "f" / "data.ninja", tmp_path / "other_name")
+    with open(tmp_path / "other_name", "r+b") as other:  # shortened through its other name
+        other.truncate(16)
+    before = file_bytes(tmp_path / "f")
+    with pytest.raises(ValueError, match="data.ninja: holds 16 bytes"):
+        np_ninja.extend_dir(tmp_path / "f", np.zeros((1, 2), dtype=np.int64), keys=["g"])
+    assert file_bytes(tmp_path / "f") == before

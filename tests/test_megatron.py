@@ -122,7 +122,7 @@ def no_checksum_notes(report):
     return [note for note in report.notes if "carry no checksum" in note]
 
 
-def test_a_builders_pair_is_linked_and_megatron_reads_its_documents_after_the_map_grows(tmp_path, capsys):
+def test_a_builders_pair_is_linked_and_megatron_reads_its_documents_after_the_map_grows_apart(tmp_path, capsys):
     samples = token_samples()
     build_pair(tmp_path / "corpus", samples)
     size = (tmp_path / "corpus.bin").stat().st_size
@@ -142,8 +142,9 @@ def test_a_builders_pair_is_linked_and_megatron_reads_its_documents_after_the_ma
         f"mmap_ninja 0.9.0), or taken over from another file without being read (mmap_ninja.megatron.to_ragged "
         f"links or clones Megatron's .bin so, unless checksum=True)"]
     more = [np.arange(7, dtype=np.int32), np.array([], np.int32)]
-    m.extend(more)  # appended to the shared file, past what corpus.idx describes
-    assert (tmp_path / "corpus.bin").stat().st_size == size + 28
+    m.extend(more)  # the map first takes a copy of its own: corpus.bin is not written
+    assert (tmp_path / "corpus.bin").stat().st_size == size and (tmp_path / "corpus.bin").stat().st_nlink == 1
+    assert data.stat().st_nlink == 1 and data.stat().st_size == size + 28
     assert_reads(RaggedMmap(tmp_path / "m"), samples + more)
     report = RaggedMmap(tmp_path / "m").verify(deep=True)
     assert report == [] and len(no_checksum_notes(report)) == 1 and f"[0, {size})" in report.notes[0]
@@ -353,3 +354,204 @@ def test_a_conversion_cut_short_leaves_the_old_map_and_the_bin_as_they_were(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin", "c.idx", "m"]
     assert_reads(RaggedMmap(tmp_path / "m"), [np.arange(4)])
     assert (tmp_path / "c.bin").stat().st_nlink == 1 and (tmp_path / "c.bin").read_bytes() == before
+
+
+# -- a data file shared with another path is never written ---------------------------------------
+
+
+def folder_bytes(folder):
+    """Every file under ``folder`` with its bytes (to show that a refused write wrote nothing)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_two_maps_linked_to_one_bin_keep_their_own_samples_and_the_bin_its_bytes(tmp_path):
+    samples = token_samples(400, seed=8)
+    build_pair(tmp_path / "corpus", samples)
+    before = (tmp_path / "corpus.bin").read_bytes()
+    a = megatron.to_ragged(tmp_path / "corpus", tmp_path / "a")
+    b = megatron.to_ragged(tmp_path / "corpus", tmp_path / "b")
+    assert (tmp_path / "corpus.bin").stat().st_nlink == 3  # one file under three names
+    mine, theirs_ = [np.arange(5, dtype=np.int32)], [np.full(5, -1, np.int32), np.arange(2, dtype=np.int32)]
+    a.extend(mine)
+    b.extend(theirs_)
+    assert_reads(RaggedMmap(tmp_path / "a"), samples + mine)
+    assert_reads(RaggedMmap(tmp_path / "b"), samples + theirs_)
+    assert (tmp_path / "corpus.bin").read_bytes() == before and (tmp_path / "corpus.bin").stat().st_nlink == 1
+    for name in ("a", "b"):
+        assert (tmp_path / name / "data.ninja").stat().st_nlink == 1
+        assert RaggedMmap(tmp_path / name).verify(deep=True) == []
+    c = megatron.to_ragged(tmp_path / "corpus", tmp_path / "c")
+    c = RaggedMmap(tmp_path / "c", mode="r+")
+    c[3] = np.zeros(len(samples[3]), np.int32)  # a new version of the map: not written into corpus.bin
+    assert (tmp_path / "corpus.bin").read_bytes() == before and (tmp_path / "corpus.bin").stat().st_nlink == 1
+    assert_reads(RaggedMmap(tmp_path / "c"), samples[:3] + [np.zeros(len(samples[3]), np.int32)] + samples[4:])
+    megatrons = IndexedDataset(str(tmp_path / "corpus"))
+    assert len(megatrons) == len(samples)
+    assert all(np.array_equal(megatrons[i], samples[i]) for i in range(len(samples)))
+
+
+def test_a_bin_rewritten_by_megatrons_builder_after_the_link_is_never_written_by_the_map(tmp_path):
+    samples = token_samples(300, seed=9)
+    build_pair(tmp_path / "c", samples)
+    m = megatron.to_ragged(tmp_path / "c", tmp_path / "m")
+    assert (tmp_path / "m" / "data.ninja").samefile(tmp_path / "c.bin")
+    longer = token_samples(600, seed=10)
+    build_pair(tmp_path / "c", longer)  # opens c.bin with "wb": the shared file is emptied and written anew
+    theirs = (tmp_path / "c.bin").read_bytes()
+    assert (tmp_path / "m" / "data.ninja").samefile(tmp_path / "c.bin")
+    m.extend([np.arange(3, dtype=np.int32)])
+    assert (tmp_path / "c.bin").read_bytes() == theirs and (tmp_path / "c.bin").stat().st_nlink == 1
+    grown = RaggedMmap(tmp_path / "m")
+    assert len(grown) == len(samples) + 1 and grown[-1].tolist() == [0, 1, 2]
+    megatrons = IndexedDataset(str(tmp_path / "c"))
+    assert len(megatrons) == len(longer) and all(np.array_equal(megatrons[i], longer[i]) for i in range(600))
+    # rewritten shorter than what the map had committed: every write is refused, writing nothing
+    m2 = megatron.to_ragged(tmp_path / "c", tmp_path / "m2")
+    build_pair(tmp_path / "c", samples[:20])
+    theirs, kept = (tmp_path / "c.bin").read_bytes(), folder_bytes(tmp_path / "m2")
+    data = tmp_path / "m2" / "data.ninja"
+    with pytest.raises(ValueError, match=f"{data}: holds {len(theirs)} bytes") as refused:
+        m2.extend([np.arange(3, dtype=np.int32)])
+    assert "to_ragged" in str(refused.value) and "link=False" in str(refused.value)
+    with pytest.raises(ValueError, match=f"{data}: holds {len(theirs)} bytes"):
+        RaggedMmap(tmp_path / "m2", mode="r+")[0] = np.zeros(len(longer[0]), np.int32)
+    assert (tmp_path / "c.bin").read_bytes() == theirs and folder_bytes(tmp_path / "m2") == kept
+    assert "data.ninja: holds" in RaggedMmap.verify(m2)[0]
+
+
+@pytest.mark.parametrize("kind", ["ragged", "strings", "numpy"])
+def test_a_map_whose_files_are_hard_linked_by_hand_is_not_written_through(tmp_path, kind):
+    from mmap_ninja import numpy as np_ninja
+
+    out = tmp_path / "m"
+    if kind == "ragged":
+        RaggedMmap.from_lists(out, [np.arange(4, dtype=np.int16), np.arange(2, dtype=np.int16)])
+    elif kind == "strings":
+        StringsMmap.from_strings(out, ["ab", "cde"])
+    else:
+        np_ninja.from_ndarray(out, np.arange(6, dtype=np.int64).reshape(3, 2))
+    # a second map of the same files, all hard-linked (as cp -al makes it)
+    twin = tmp_path / "twin"
+    for path in sorted(out.rglob("*")):
+        target = twin / path.relative_to(out)
+        if path.is_dir():
+            target.mkdir(parents=True)
+        elif path.name != "writer.lock":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    os.link(out / "data.ninja", tmp_path / "other")
+    other, twins = (tmp_path / "other").read_bytes(), folder_bytes(twin)
+    if kind == "ragged":
+        m = RaggedMmap(out, mode="r+")
+        m.extend([np.array([7, 7], np.int16)])
+        m[0] = np.array([9, 9, 9, 9], np.int16)
+        expected = [[9, 9, 9, 9], [0, 1], [7, 7]]
+        RaggedMmap(twin).extend([np.array([5], np.int16)])
+        assert [s.tolist() for s in RaggedMmap(out)] == expected
+        assert [s.tolist() for s in RaggedMmap(twin)] == [[0, 1, 2, 3], [0, 1], [5]]
+    elif kind == "strings":
+        m = StringsMmap(out)
+        m.append("fg")
+        m[1] = "xyz"
+        StringsMmap(twin).append("h")
+        assert list(StringsMmap(out)) == ["ab", "xyz", "fg"] and list(StringsMmap(twin)) == ["ab", "cde", "h"]
+    else:
+        np_ninja.extend_dir(out, np.array([[6, 7]], np.int64))
+        assert np_ninja.open_existing(out).tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+        assert np_ninja.open_existing(twin).tolist() == [[0, 1], [2, 3], [4, 5]]
+    # other still shares its file with the twin map when that was not written
+    assert (tmp_path / "other").read_bytes() == other and (tmp_path / "other").stat().st_nlink == (
+        2 if kind == "numpy" else 1)
+    if kind == "numpy":  # the twin map was not written
+        assert folder_bytes(twin) == twins
+    assert (out / "data.ninja").stat().st_nlink == 1
+    for folder in (out, twin):  # each map's checksums are its own
+        report = np_ninja.verify(folder, deep=True) if kind == "numpy" else type(m)(folder).verify(deep=True)
+        assert report == [] and report.notes == [], folder
+
+
+def test_a_data_file_shortened_through_another_name_refuses_writes_writing_nothing(tmp_path):
+    m = StringsMmap.from_strings(tmp_path / "s", ["abc", "de"])
+    os.link(tmp_path / "s" / "data.ninja", tmp_path / "other")
+    os.truncate(tmp_path / "other", 2)
+    kept = folder_bytes(tmp_path / "s")
+    with pytest.raises(ValueError, match=f"{tmp_path / 's' / 'data.ninja'}: holds 2 bytes"):
+        m.append("f")
+    with pytest.raises(ValueError, match=f"{tmp_path / 's' / 'data.ninja'}: holds 2 bytes"):
+        m[0] = "xyz"
+    assert folder_bytes(tmp_path / "s") == kept and (tmp_path / "other").read_bytes() == b"ab"
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_a_writer_killed_while_making_its_copy_leaves_the_map_and_the_bin_as_they_were(tmp_path, moment):
+    import subprocess
+    import sys
+
+    samples = token_samples(200, seed=11)
+    build_pair(tmp_path / "c", samples)
+    before = (tmp_path / "c.bin").read_bytes()
+    megatron.to_ragged(tmp_path / "c", tmp_path / "m")
+    script = f"""
+import os
+import numpy as np
+from mmap_ninja.ragged import RaggedMmap
+replace = os.replace
+def dying(source, target, *args, **kwargs):
+    if os.path.basename(target) == "data.ninja":
+        if {moment!r} == "after":
+            replace(source, target, *args, **kwargs)
+        os._exit(9)
+    return replace(source, target, *args, **kwargs)
+os.replace = dying
+RaggedMmap({str(tmp_path / 'm')!r}).extend([np.arange(4, dtype=np.int32)])
+"""
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    assert (tmp_path / "c.bin").read_bytes() == before
+    assert (tmp_path / "m" / "data.ninja").samefile(tmp_path / "c.bin") == (moment == "before")
+    assert_reads(RaggedMmap(tmp_path / "m"), samples)
+    RaggedMmap(tmp_path / "m").extend([np.arange(4, dtype=np.int32)])
+    assert_reads(RaggedMmap(tmp_path / "m"), samples + [np.arange(4, dtype=np.int32)])
+    assert (tmp_path / "c.bin").read_bytes() == before and (tmp_path / "c.bin").stat().st_nlink == 1
+    assert RaggedMmap(tmp_path / "m").verify(deep=True) == []
+    assert sorted(p.name for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_an_index_whose_pointer_plus_size_overflows_int64_is_refused_naming_it(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.arange(5, dtype=np.int32), np.arange(3, dtype=np.int32)])
+    megatron.export(m, tmp_path / "c")
+    raw = bytearray((tmp_path / "c.idx").read_bytes())
+    fixed = len(megatron.HEADER) + 8 + 1 + 8 + 8
+    assert struct.unpack_from("<2q", raw, fixed + 2 * 4) == (0, 20)  # the pointers of the two sequences
+    struct.pack_into("<q", raw, fixed + 2 * 4 + 8, 2 ** 63 - 8)  # 3 int32 from here end past 2**63 - 1
+    (tmp_path / "c.idx").write_bytes(bytes(raw))
+    for call in (lambda: megatron.read_index(tmp_path / "c"),
+                 lambda: megatron.to_ragged(tmp_path / "c", tmp_path / "o")):
+        with pytest.raises(ValueError, match=f"{tmp_path / 'c.idx'}: sequence 1 .* overflow int64"):
+            call()
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_new_version_of_a_map_shares_its_data_file_by_its_own_link_without_a_copy(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "m", [np.arange(4, dtype=np.int16), np.arange(2, dtype=np.int16)],
+                              mode="r+")
+    inode = (tmp_path / "m" / "data.ninja").stat().st_ino
+    m[0] = np.full(4, 9, np.int16)  # built aside with hard links to the map's files: those are not copied
+    assert (tmp_path / "m" / "data.ninja").stat().st_ino == inode
+    assert [s.tolist() for s in RaggedMmap(tmp_path / "m")] == [[9, 9, 9, 9], [0, 1]]
+
+
+def test_a_reader_opening_the_map_while_a_writer_makes_its_copy_reads_it_whole(tmp_path, monkeypatch):
+    samples = token_samples(100, seed=12)
+    build_pair(tmp_path / "c", samples)
+    megatron.to_ragged(tmp_path / "c", tmp_path / "m")
+    mapping = _storage.ArrayDir.map
+    copied = []
+
+    def copy_first(array, mode="r"):  # a writer makes its private copy just as this reader maps the file
+        if array.data_file == tmp_path / "m" / "data.ninja" and not copied:
+            copied.append(_storage.make_private(array.data_file, durable=False))
+        return mapping(array, mode)
+
+    monkeypatch.setattr(_storage.ArrayDir, "map", copy_first)
+    assert_reads(RaggedMmap(tmp_path / "m"), samples)
+    assert copied and not (tmp_path / "m" / "data.ninja").samefile(tmp_path / "c.bin")
