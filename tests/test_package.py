@@ -33,3 +33,48 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, mmap_ninja, mmap_ninja.cli; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "False"
+
+
+def import_graph():
+    """``{module: modules of this package it imports}``, at module level or inside functions,
+    read from the source of every module of the package."""
+    import ast
+
+    root = Path(mmap_ninja.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root.parent).with_suffix("")
+        name = ".".join(relative.parts[:-1] if relative.name == "__init__" else relative.parts)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rsplit(".", 1)[0]
+                target = (base + ("." + node.module if node.module else "")) if node.level else (node.module or "")
+                imported.add(target)
+                imported.update(f"{target}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        graph[name] = imported
+    return {name: {m for m in imported if m in graph and m != name} for name, imported in graph.items()}
+
+
+def test_the_command_line_is_in_no_import_circle():
+    """Nothing the command line imports imports it back, and ``mmap_ninja.benchmark`` (kept for
+    its import path) only forwards to ``mmap_ninja.cli.bench``."""
+    graph = import_graph()
+    cli = {name for name in graph if name == "mmap_ninja.cli" or name.startswith("mmap_ninja.cli.")}
+    assert "mmap_ninja.cli.bench" in cli and len(cli) >= 4
+
+    def reaches(start, goal, seen=()):
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, seen + (nxt,))) for nxt in graph[start])
+
+    outside = {m for name in cli for m in graph[name]} - cli
+    assert not [m for m in outside if any(reaches(m, c) for c in cli)]
+    assert graph["mmap_ninja.benchmark"] <= cli | {"mmap_ninja.cli"}
+    from mmap_ninja.benchmark import generate_images
+    from mmap_ninja.cli.bench import generate_images as same
+
+    assert generate_images is same

@@ -1,325 +1,28 @@
-"""The ``mmap-ninja`` command (also ``python -m mmap_ninja``): inspect, check, convert and
-benchmark maps.
-
-    mmap-ninja info PATH                  what a map holds (and how many samples have a path)
-    mmap-ninja verify PATH [--deep]       check a whole map (--deep: every byte against its
-                                          checksum); exit 1 when something is wrong
-    mmap-ninja head PATH [-n K]           the first K samples, one line each, with their paths
-    mmap-ninja merge OUT MAP...           maps of one kind into a new sharded map (--move: no copy)
-    mmap-ninja compact SHARDED OUT        a sharded map into one plain map
-    mmap-ninja gc SHARDED                 remove the parts no commit lists
-    mmap-ninja convert SOURCE OUT         a folder tree of images, .txt or .npy files, or a .jsonl
-                                          field, into a RaggedMmap or StringsMmap at OUT;
-                                          refused when OUT holds a map already
-    mmap-ninja convert DATA.parquet OUT --column NAME    a column of a Parquet file, read row
-                                          group by row group (pyarrow)
-    mmap-ninja convert SOURCE OUT --force     replace the map at OUT
-    mmap-ninja convert SOURCE OUT --append    extend the map at OUT (of the same kind)
-    mmap-ninja convert --from megatron PREFIX OUT     Megatron's PREFIX.bin/PREFIX.idx into a
-                                          RaggedMmap, PREFIX.bin linked as its data when it can
-                                          be (--copy: copied; --checksum: its CRC-32 recorded)
-    mmap-ninja convert --to megatron MAP PREFIX       a RaggedMmap of 1-d sequences into
-                                          Megatron's PREFIX.bin/PREFIX.idx
-    mmap-ninja bench {images,texts}       files read one by one against a map
-
-``convert`` reads a folder recursively, in natural order of the files' paths (``doc_2`` before
-``doc_10``, ``a/x`` before ``b/x``), skips hidden files and folders and files of other kinds
-(and says so on stderr), and keeps the path of each sample relative to SOURCE in the strings map
-``OUT/paths``.
-
-Exit codes: 0 done, 1 ``verify`` found a problem, 2 wrong usage or input. Errors are one line;
-``--debug`` shows the traceback.
-"""
+"""``mmap-ninja convert``: folder trees of images, ``.txt`` or ``.npy`` files, ``.jsonl`` fields,
+Parquet columns and Megatron's indexed datasets into maps, and maps into Megatron's files."""
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
 import re
 import shutil
 import sys
-import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import __version__, _keys, _meta
-from . import numpy as np_ninja
-from .base import in_batches, map_type, progress
-from .generic import VERIFY_LIMIT, open_existing, verify
-from .parallel import indexable_batches
-from .ragged import RaggedMmap
-from .string import StringsMmap
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# What ``convert`` reads from a folder, in the order that breaks a tie when guessing the kind.
-FOLDER_KINDS = (("images", IMAGE_SUFFIXES), ("texts", (".txt",)), ("npy", (".npy",)))
-# The sub-folder of a converted map that holds the relative path of each sample.
-PATHS = "paths"
-# How each kind of map is named in messages.
-MAP_NAMES = {"numpy": "numpy", "ragged": "ragged", "string": "strings"}
-
-
-class UsageError(Exception):
-    """Wrong input: reported in one line, exit code 2."""
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def disk_usage(path: Path) -> int:
-    """Bytes that the files under ``path`` occupy on disk (holes of sparse files excluded)."""
-    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
-
-
-def open_paths(path: Path) -> Optional[StringsMmap]:
-    """The relative path of each sample kept beside the map at ``path`` by earlier versions of
-    ``convert`` (``path/paths``; now the paths are the samples' keys), or ``None`` when it has
-    none."""
-    folder = path / PATHS
-    if not folder.is_dir() or map_type(folder) != "string":
-        return None
-    return StringsMmap(folder, mode="rb")
-
-
-def _paths_to_extend(out: Path, samples: int) -> Optional[StringsMmap]:
-    """``open_paths(out)``, checked to hold one path per sample of the map's ``samples`` before
-    an append adds more."""
-    paths = open_paths(out)
-    if paths is not None and len(paths) != samples:
-        raise UsageError(f"{out / PATHS} holds {len(paths):,} paths for {samples:,} samples: remove it to append "
-                         f"without paths, or rebuild the map with --force")
-    return paths
-
-
-# -- info ---------------------------------------------------------------------------------------
-
-def _length_summary(lengths: np.ndarray, unit: str) -> str:
-    if not len(lengths):
-        return "-"
-    return (f"min {int(lengths.min()):,}, max {int(lengths.max()):,}, mean {float(lengths.mean()):,.1f} {unit}")
-
-
-def first_keys(path: Path, count: int) -> Optional[List[str]]:
-    """The keys of the first ``count`` samples of the map at ``path`` (fewer if it holds fewer),
-    or ``None`` when its samples have no keys."""
-    index = _keys.KeyIndex.open(path)
-    if index is None:
-        return None
-    return index.keys(min(count, index.count, len(open_existing(path))))
-
-
-def _keys_summary(path: Path, samples: int) -> str:
-    index = _keys.KeyIndex.open(path)
-    if index is None:
-        return "none"
-    if index.count < samples:
-        return f"{index.count:,} for {samples:,} samples: out of step (see verify)"
-    return f"one per sample, unique (index_of, by_key; {path / _meta.KEYS})"
-
-
-def describe(path: Path) -> List[tuple]:
-    """``(label, value)`` lines that describe the map at ``path``."""
-    kind = map_type(path, must_exist=True)
-    if kind is None:
-        raise UsageError(f"{path} is not a mmap_ninja map: it has no {_meta.TYPE}")
-    lines = [("path", str(path))]
-    if kind == "numpy":
-        memmap = np_ninja.open_existing(path)
-        lines += [("kind", f"numpy ({'Fortran' if memmap.flags.f_contiguous and memmap.ndim > 1 else 'C'} order)"),
-                  ("samples", f"{memmap.shape[0]:,}" if memmap.ndim else "0-d array"),
-                  ("dtype", memmap.dtype.name), ("shape", str(memmap.shape))]
-    elif kind == "ragged":
-        m = RaggedMmap(path)
-        lines += [("kind", "ragged (" + ("1-d samples" if m.shapes_are_flat else "samples of several shapes") + ")"),
-                  ("samples", f"{len(m):,}"), ("dtype", "unknown" if m.dtype is None else m.dtype.name)]
-        if len(m):
-            lines.append(("elements", _length_summary(m.ends - m.starts, "per sample")))
-            if not m.shapes_are_flat:
-                lines.append(("shapes", _shape_summary(m)))
-    elif kind == "string":
-        s = StringsMmap(path, mode="rb")
-        compression = _compression(s.codec)
-        lines += [("kind", "strings"), ("samples", f"{len(s):,}")]
-        if len(s):
-            unit = "per string" + (" (compressed)" if compression != "none" else "")
-            lines.append(("bytes", _length_summary(s.ends - s.starts, unit)))
-        lines.append(("compression", compression))
-    elif kind == "sharded":
-        from .sharded import ShardedMmap
-
-        m = ShardedMmap(path)
-        lines += [("kind", f"sharded ({m.kind} parts)"), ("samples", f"{len(m):,}"),
-                  ("parts", f"{len(m.part_names):,}" + (f", {len(m.uncommitted_parts()):,} never committed"
-                                                        if m.uncommitted_parts() else "")),
-                  ("dtype", "-" if m.dtype is None else m.dtype.name)]
-    else:
-        raise UsageError(f"{path}: unknown map type {kind!r}")
-    samples = len(open_existing(path)) if kind != "numpy" or np_ninja.open_existing(path).ndim else 0
-    lines.append(("keys", _keys_summary(path, samples)))
-    paths = open_paths(path)
-    if paths is not None:
-        lines.append(("paths", _paths_summary(paths, samples)))
-    files = [p for p in path.rglob("*") if p.is_file()]
-    lines.append(("on disk", f"{human_bytes(disk_usage(path))} in {len(files)} files"))
-    return lines
-
-
-def _compression(codec) -> str:
-    """How a strings map is compressed (``codec``: its ``StringsMmap.codec``)."""
-    if not codec.compressed:
-        return "none"
-    dictionary = f", {len(codec.dictionary):,}-byte dictionary" if codec.dictionary else ""
-    return f"zstd level {codec.level}{dictionary}"
-
-
-def _paths_summary(paths: StringsMmap, samples: int) -> str:
-    """How many of ``samples`` have a path in ``paths`` (an empty path stands for none)."""
-    with_path = int(np.count_nonzero(paths.ends - paths.starts)) if len(paths) else 0
-    text = f"{with_path:,} of {samples:,} samples have one ({paths.out_dir})"
-    if len(paths) != samples:
-        text += f"; out of step: it holds {len(paths):,} entries"
-    return text
-
-
-def _shape_summary(m: RaggedMmap, limit: int = 100_000) -> str:
-    """Ranks and the range of each axis, over the first ``limit`` samples."""
-    shapes = [tuple(shape) for shape in m.shapes.take(slice(0, min(len(m), limit))).arrays()]
-    by_rank = {}
-    for shape in shapes:
-        by_rank.setdefault(len(shape), []).append(shape)
-    parts = []
-    for rank, group in sorted(by_rank.items()):
-        if rank == 0:
-            parts.append(f"{len(group):,} scalar" + ("s" if len(group) > 1 else ""))
-            continue
-        axes = np.array(group)
-        ranges = ", ".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in zip(axes.min(0), axes.max(0)))
-        parts.append(f"{len(group):,} of ({ranges})")
-    scope = "" if len(m) <= limit else f" (first {limit:,} samples)"
-    return "; ".join(parts) + scope
-
-
-def command_info(args) -> int:
-    lines = describe(args.path)
-    width = max(len(label) for label, _ in lines) + 1
-    for label, value in lines:
-        print(f"{label + ':':<{width}} {value}")
-    return 0
-
-
-# -- verify and head ----------------------------------------------------------------------------
-
-def command_verify(args) -> int:
-    if not args.path.exists():
-        raise UsageError(f"no map at {args.path}")
-    report = verify(args.path, limit=args.limit, deep=args.deep)
-    for problem in report:
-        print(problem)
-    if report.omitted:
-        print(f"... and {report.omitted:,} more problem{'s' if report.omitted > 1 else ''} not shown "
-              f"(--limit {len(report) + report.omitted} lists them)")
-    for note in report.notes:
-        print(f"note: {note}")
-    if not report:
-        checked = "every byte checked against its checksum" if args.deep else "structure and metadata checked"
-        print(f"{args.path}: sound ({checked})")
-    return 1 if report else 0
-
-
-# Samples longer than this print as a summary; strings are cut to this many characters.
-SHORT_ARRAY = 10
-LONG_STRING = 200
-# Values shown of a sample printed as a summary.
-FIRST_VALUES = 8
-
-
-def _number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _show(sample: Any) -> str:
-    """One line that shows ``sample``: a string (cut when long), a scalar, a short 1-d array
-    in full, or the dtype, shape, range and first values of a larger array."""
-    if isinstance(sample, str):
-        if len(sample) <= LONG_STRING:
-            return repr(sample)
-        return f"{sample[:LONG_STRING] + '…'!r} ({len(sample):,} chars)"
-    array = np.asarray(sample)
-    if array.ndim == 0:
-        return repr(array.item())
-    head = f"{array.dtype.name} {array.shape}"
-    if array.ndim == 1 and array.size <= SHORT_ARRAY:
-        return f"{head}: " + np.array2string(array, max_line_width=sys.maxsize, threshold=SHORT_ARRAY)
-    if array.size == 0:
-        return f"{head}: empty"
-    first = " ".join(_number(value) for value in array.flat[:FIRST_VALUES].tolist())
-    more = " ..." if array.size > FIRST_VALUES else ""
-    return f"{head} min {_number(array.min().item())} max {_number(array.max().item())}: {first}{more}"
-
-
-# -- sharded maps ----------------------------------------------------------------------------------
-
-def command_merge(args) -> int:
-    from .sharded import ShardedMmap
-
-    if map_type(args.out) is not None:
-        raise UsageError(f"{args.out} holds a map already")
-    m = ShardedMmap.from_maps(args.out, args.maps, copy=not args.move)
-    print(f"wrote {m!r}")
-    return 0
-
-
-def command_compact(args) -> int:
-    from .sharded import ShardedMmap
-
-    if map_type(args.sharded, must_exist=True) != "sharded":
-        raise UsageError(f"{args.sharded} is not a sharded map")
-    if map_type(args.out) is not None and not args.force:
-        raise UsageError(f"{args.out} holds a map already: --force replaces it")
-    print(f"wrote {ShardedMmap(args.sharded).compact(args.out, verbose=not args.quiet)!r}")
-    return 0
-
-
-def command_gc(args) -> int:
-    from .sharded import ShardedMmap
-
-    if map_type(args.path, must_exist=True) != "sharded":
-        raise UsageError(f"{args.path} is not a sharded map")
-    removed = ShardedMmap(args.path).gc()
-    for name in removed:
-        print(f"removed {args.path / 'parts' / name}")
-    for line in removed.skipped:
-        print(f"skipped {line}")
-    print(f"{args.path}: {len(removed)} uncommitted part{'s' if len(removed) != 1 else ''} removed")
-    return 0
-
-
-def command_head(args) -> int:
-    m = open_existing(args.path)
-    count = min(args.n, len(m))
-    names = first_keys(args.path, count)
-    if names is None:
-        paths = open_paths(args.path)
-        if paths is not None and len(paths) == len(m):  # else out of step with the samples: see ``info``
-            names = [paths[i] for i in range(count)]
-    for i in range(count):
-        name = names[i] if names is not None and i < len(names) else ""
-        print(f"[{i}] " + (f"{name}: " if name else "") + _show(m[i]))
-    if len(m) > count:
-        print(f"... {len(m) - count:,} more")
-    return 0
-
+from .. import _keys
+from ..base import in_batches, map_type, progress
+from ..generic import open_existing
+from ..parallel import indexable_batches
+from ..ragged import RaggedMmap
+from ..string import StringsMmap
+from ._common import FOLDER_KINDS, MAP_NAMES, PATHS, UsageError, _paths_to_extend, open_paths, read_image
 
 # -- convert ------------------------------------------------------------------------------------
 
@@ -415,16 +118,6 @@ def _printable(path: str) -> str:
         return path
     except UnicodeEncodeError:
         return os.fsencode(path).decode("utf-8", errors="backslashreplace")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """The pixels of an image file, as ``uint8`` (H, W) or (H, W, channels)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise UsageError("reading images needs Pillow: pip install 'mmap_ninja[images]'") from None
-    with Image.open(path) as image:
-        return np.asarray(image)
 
 
 def read_text(path: Path) -> str:
@@ -550,7 +243,7 @@ def _parquet_source(path: Path, column: Optional[str]) -> Source:
     try:
         import pyarrow.parquet as pq
 
-        from . import arrow
+        from .. import arrow
     except ImportError:
         raise UsageError("reading Parquet files needs pyarrow: pip install 'mmap_ninja[arrow]'") from None
     try:
@@ -620,7 +313,7 @@ def _write(out: Path, source: Source, args, verbose: bool):
     """Write ``source`` as a new map at ``out`` (replacing one there), each sample's key the
     relative path of its file (for a folder)."""
     if source.kind == "parquet":
-        from .arrow import from_arrow
+        from ..arrow import from_arrow
 
         if args.zstd is not None and source.makes != "string":
             raise UsageError(f"--zstd compresses strings; the column {source.column or ''} makes a "
@@ -673,7 +366,7 @@ def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], 
 def _append_parquet(out: Path, source: Source, batch_size: int, verbose: bool):
     """Extend the map at ``out`` with a Parquet column, one commit per batch of rows (and the
     paths an earlier version kept beside the map with an empty one per new sample)."""
-    from .arrow import extend_from_arrow
+    from ..arrow import extend_from_arrow
 
     if _keys.KeyIndex.open(out) is not None:
         raise UsageError(f"the samples of {out} have keys, and a Parquet column has none to give")
@@ -707,7 +400,7 @@ def _megatron_prefix(path: Path, existing: bool) -> Path:
 
 def _convert_megatron(args) -> int:
     """``convert --from megatron PREFIX OUT`` and ``convert --to megatron MAP PREFIX``."""
-    from . import megatron
+    from .. import megatron
 
     given = [flag for flag, value in (("--append", args.append), ("--kind", args.kind), ("--field", args.field),
                                       ("--workers", args.workers > 1), ("--zstd", args.zstd is not None)) if value]
@@ -757,109 +450,3 @@ def _convert_megatron(args) -> int:
             detail += "; those bytes carry no checksum (--checksum reads them once to record one)"
     print(f"wrote {m!r}: {detail}")
     return 0
-
-
-# -- entry point --------------------------------------------------------------------------------
-
-def positive(text: str) -> int:
-    """An argument that must be a whole number of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmap-ninja", description="Inspect, check, convert and benchmark "
-                                     "memory-mapped datasets.")
-    parser.add_argument("--version", action="version", version=f"mmap_ninja {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    info = commands.add_parser("info", help="what a map holds")
-    info.add_argument("path", type=Path)
-    info.set_defaults(run=command_info)
-
-    check = commands.add_parser("verify", help="check a whole map; exit 1 when something is wrong")
-    check.add_argument("path", type=Path)
-    check.add_argument("--limit", type=positive, default=VERIFY_LIMIT,
-                       help=f"list at most this many problems, counting the rest (default {VERIFY_LIMIT})")
-    check.add_argument("--deep", action="store_true", help="also read every byte and compare it with the "
-                       "checksums recorded by its commit")
-    check.set_defaults(run=command_verify)
-
-    head = commands.add_parser("head", help="print the first samples")
-    head.add_argument("path", type=Path)
-    head.add_argument("-n", type=positive, default=5, help="how many (default 5)")
-    head.set_defaults(run=command_head)
-
-    convert = commands.add_parser("convert", help="files into a map: a folder tree of images, .txt or .npy "
-                                  "files, a field of a .jsonl file or a column of a .parquet file")
-    convert.add_argument("source", type=Path, metavar="SOURCE", help="a folder (read recursively), a .jsonl file "
-                         "or a .parquet file")
-    convert.add_argument("out", type=Path, metavar="OUT", help="the folder of the map")
-    existing = convert.add_mutually_exclusive_group()
-    existing.add_argument("--force", action="store_true", help="replace a map already at OUT")
-    existing.add_argument("--append", action="store_true", help="extend the map at OUT (of the same kind)")
-    convert.add_argument("--kind", choices=["images", "texts", "npy", "jsonl", "parquet"],
-                         help="what the source holds (default: guessed from it)")
-    convert.add_argument("--field", help="the field of each .jsonl record to store")
-    convert.add_argument("--column", help="the column of a .parquet file to store (needed when it has several)")
-    convert.add_argument("--batch-size", type=positive, default=None,
-                         help="samples per commit (default 1024; 65536 for a .parquet file and with --from/--to "
-                              "megatron)")
-    convert.add_argument("--workers", type=positive, default=1, help="processes reading files (images, .npy)")
-    convert.add_argument("--zstd", type=int, default=None, metavar="LEVEL", help="compress strings with zstd")
-    convert.add_argument("--quiet", action="store_true", help="no progress bar")
-    megatron = convert.add_mutually_exclusive_group()
-    megatron.add_argument("--from", dest="from_format", choices=["megatron"],
-                          help="SOURCE is the PREFIX of Megatron's PREFIX.bin and PREFIX.idx")
-    megatron.add_argument("--to", dest="to_format", choices=["megatron"],
-                          help="SOURCE is a ragged map of 1-d sequences, written as Megatron's OUT.bin and OUT.idx")
-    convert.add_argument("--copy", action="store_true", help="with --from megatron: copy PREFIX.bin's tokens instead "
-                         "of linking the file as the map's data")
-    convert.add_argument("--checksum", action="store_true", help="with --from megatron: read the linked tokens once "
-                         "to record their CRC-32 (for verify --deep)")
-    convert.set_defaults(run=command_convert)
-
-    merge = commands.add_parser("merge", help="maps of one kind into a new sharded map (copied, or --move)")
-    merge.add_argument("out", type=Path)
-    merge.add_argument("maps", type=Path, nargs="+")
-    merge.add_argument("--move", action="store_true", help="move the maps in instead of copying them")
-    merge.set_defaults(run=command_merge)
-
-    compact = commands.add_parser("compact", help="a sharded map into one plain map")
-    compact.add_argument("sharded", type=Path)
-    compact.add_argument("out", type=Path)
-    compact.add_argument("--force", action="store_true", help="replace a map at OUT")
-    compact.add_argument("--quiet", action="store_true", help="no progress bar")
-    compact.set_defaults(run=command_compact)
-
-    gc = commands.add_parser("gc", help="remove the parts of a sharded map that no commit lists")
-    gc.add_argument("path", type=Path)
-    gc.set_defaults(run=command_gc)
-
-    from .benchmark import add_bench_command
-
-    add_bench_command(commands)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except KeyboardInterrupt:
-        print("mmap-ninja: interrupted", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        if args.debug:
-            traceback.print_exc()
-        message = str(exc) if isinstance(exc, (UsageError, OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
-        print(f"mmap-ninja {args.command}: error: {message}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
