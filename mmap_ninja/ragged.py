@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
@@ -885,11 +886,11 @@ def _write_chunk_part(samples: List[Any], first_index: int, folder: str, dtype: 
     the samples themselves."""
     if dtype is None:
         return samples
-    from .sharded import write_part
-
     arrays, _ = _as_arrays(samples, dtype, first_index)
+    name = f"part-{uuid.uuid4().hex}"
     with durability(False):  # a scratch copy: the commit that appends it to the map is flushed
-        return write_part(folder, arrays, "ragged")
+        RaggedMmap.from_lists(Path(folder) / "parts" / name, arrays, dtype=dtype)
+    return {"name": name, "length": len(arrays)}
 
 
 RaggedMmmap = RaggedMmap

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import _core, _keys, _meta, _sharded
+from . import _core, _keys, _kinds, _meta, _sharded
 from . import numpy as np_ninja
 from ._lifecycle import VERIFY_LIMIT, Report, building, check_limit
 from ._storage import WriterLock, open_consistent
@@ -57,6 +57,8 @@ except ImportError:  # pragma: no cover - not POSIX
 MANIFEST = _meta.MANIFEST
 PARTS = "parts"
 KINDS = ("ragged", "string", "numpy")
+# What ``type.ninja`` holds for a sharded map.
+TYPE = "sharded"
 _FORMAT = 2  # 2: numbered versions (versions/, keysets/); 1 (0.13.0): one manifest
 _NOTHING = object()
 
@@ -66,11 +68,7 @@ def _kind_of(sample: Any) -> str:
 
 
 def _open_part(path: Path, kind: str, mode: str = "r"):
-    if kind == "ragged":
-        return RaggedMmap(path, mode=mode)
-    if kind == "string":
-        return StringsMmap(path, mode=mode)
-    return np_ninja.open_existing(path, mode)
+    return _kinds.KINDS[kind].open(path, None, mode)
 
 
 class _CompressedPart(Exception):
@@ -632,14 +630,12 @@ class ShardedMmap(_keys.KeyLookups):
         """Write the samples, with their keys when they have some, as one plain map at
         ``out_dir`` (another folder than this map's, whose versions stay for their readers)
         and open it (see ``mmap_ninja.generic.concatenate``)."""
-        from .generic import concatenate  # the parts' files, copied file to file, in one commit each
-
         if os.path.realpath(as_dir(out_dir)) == os.path.realpath(self.out_dir):
             raise ValueError(f"compact writes a plain map at another path than {self.out_dir}: replacing the sharded "
                              f"map with it would take the parts of every version from its readers")
 
         parts = self._state[0]["parts"]
-        return concatenate(out_dir, [self.out_dir / PARTS / part["name"] for part in parts],
+        return _kinds.concatenate(out_dir, [self.out_dir / PARTS / part["name"] for part in parts],
                            [part["length"] for part in parts], kind=self.kind, dtype=self.dtype, verbose=verbose,
                            batch_size=batch_size)
 
@@ -981,8 +977,6 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
     """Problems and notes of the sharded map at ``out_dir``: the manifest, every part (with its
     length), and the parts no commit lists (notes); at most ``limit`` problems listed, the
     rest counted in ``omitted``."""
-    from .generic import verify
-
     limit = check_limit(limit)
     try:
         manifest = _read_manifest(out_dir)
@@ -998,7 +992,7 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
         path = out_dir / PARTS / entry["name"]
         try:
             _part_dir(out_dir, entry["name"])
-            report = verify(path, limit, deep)
+            report = _kinds.verify_plain(path, map_type(path), limit, deep)
         except Exception as exc:
             problems.append(str(exc))
             continue
