@@ -655,7 +655,7 @@ def open_consistent(out_dir: Path, opener: Callable[[], T]) -> T:
 # one of its files (``_meta.MAP_FILES``, with their temporary ``.tmp``/``.new`` versions, and
 # ``writer.lock``) is the user's, and moves along when the folder is replaced.
 _COMPONENTS = {"ragged": ("starts", "ends", "shapes", "flattened_shapes"), "string": ("starts", "ends"),
-               "sharded": ("parts",)}
+               "sharded": ("parts", "versions", "keysets")}
 
 
 # The folder, within the build folder of a map, where worker processes write the parts that are

@@ -190,6 +190,9 @@ def _parse_manifest(path: Path) -> dict:
         total += part["length"]
     if total > MAX_SAMPLES:
         raise ValueError(f"{path}: its parts hold {total} samples in all, more than {MAX_SAMPLES}")
+    if not isinstance(manifest.get("format", 1), int) or manifest.get("format", 1) > _FORMAT:
+        raise ValueError(f"{path}: written in format {manifest.get('format')!r}; this version of mmap_ninja reads "
+                         f"formats up to {_FORMAT}: upgrade mmap_ninja to read it")
     version = manifest.get("version", 0)
     if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**62:
         raise ValueError(f"{path}: the version must be an int of at least 0, found {version!r}")

@@ -840,3 +840,14 @@ def test_compact_into_its_own_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="another path"):
         m.compact(tmp_path / "s")
     assert tree(tmp_path) == before
+
+
+def test_a_manifest_of_a_newer_format_is_refused_not_misread(tmp_path):
+    import json
+
+    ShardedMmap.from_generator(tmp_path / "s", (np.arange(3) for _ in range(4)), part_size=2)
+    manifest = json.loads((tmp_path / "s" / "manifest.ninja").read_text())
+    write_manifest(tmp_path / "s", dict(manifest, format=3))
+    with pytest.raises(ValueError, match="format 3.*upgrade"):
+        ShardedMmap(tmp_path / "s")
+    assert "format 3" in mmap_ninja.verify(tmp_path / "s")[0]
