@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 from copy import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union
 
@@ -283,3 +284,76 @@ def check_max_len(max_len: Any, out: Any) -> None:
         raise ValueError(f"max_len must be a non-negative integer, got {max_len!r}")
     if out is not None and not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
+
+
+# -- names of mmap_ninja 0.9.0, kept for code written against it -------------------------------
+
+@dataclass
+class BytesSlices:
+    """Kept from mmap_ninja 0.9.0: encoded strings laid end to end in ``buffer``, item ``i``
+    being ``buffer[starts[i]:ends[i]]``."""
+
+    buffer: bytes
+    starts: List[int]
+    ends: List[int]
+
+
+def _build_from_batches(out_dir: Path, batches: Iterable[List[Any]], batch_ctor: Callable[..., Any],
+                        extend_fn: Optional[Callable[[Any, List[Any]], Any]], kwargs: dict) -> Any:
+    """The map made by ``batch_ctor(out_dir, first batch, **kwargs)`` and grown by
+    ``extend_fn(map, batch)`` (``map.extend(batch)`` by default) for each next batch; ``None``
+    when there is no batch."""
+    def create(batch: List[Any]) -> Any:
+        return batch_ctor(out_dir, batch, **kwargs) if batch else None
+
+    def extend(memmap: Any, batch: List[Any]) -> None:
+        if extend_fn is not None:
+            extend_fn(memmap, batch)
+        else:
+            memmap.extend(batch)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return build_in_batches(batches, create, extend)
+
+
+def from_generator_base(out_dir: PathLike, sample_generator: Iterable[Any], batch_size: int,
+                        batch_ctor: Callable[..., Any], extend_fn: Optional[Callable[[Any, List[Any]], Any]] = None,
+                        **kwargs: Any) -> Any:
+    """Kept from mmap_ninja 0.9.0: build a map from an iterable, ``batch_size`` samples at a
+    time. The first batch goes to ``batch_ctor(out_dir, samples, **kwargs)``, each next one to
+    ``extend_fn(map, samples)`` (by default ``map.extend(samples)``); the map ``batch_ctor``
+    returned is returned (``None`` for no samples). ``verbose=True`` among ``kwargs`` shows a
+    progress bar instead of being passed on."""
+    verbose = kwargs.pop("verbose", False)
+    with progress(known_length(sample_generator), verbose) as bar:
+        def batches() -> Iterator[List[Any]]:
+            for batch in in_batches(sample_generator, batch_size):
+                bar.update(len(batch))
+                yield batch
+
+        return _build_from_batches(Path(out_dir), batches(), batch_ctor, extend_fn, kwargs)
+
+
+# What the names above need of mmap_ninja.parallel, which imports this module: it hands them
+# over when it is imported (the package imports it, through mmap_ninja.ragged).
+_FROM_PARALLEL: dict = {}
+
+
+def from_indexable_base(out_dir: PathLike, indexable: Any, batch_size: int, batch_ctor: Callable[..., Any],
+                        extend_fn: Optional[Callable[[Any, List[Any]], Any]] = None, n_jobs: Optional[int] = None,
+                        verbose: bool = False, **kwargs: Any) -> Any:
+    """Kept from mmap_ninja 0.9.0: ``from_generator_base`` over ``indexable[0], indexable[1],
+    ...`` (or ``indexable(i)``), read as ``mmap_ninja.parallel.indexable_batches`` reads them:
+    until ``len(indexable)`` or the first ``IndexError``/``KeyError``, in ``n_jobs`` worker
+    processes when ``n_jobs`` is not ``None`` or 1. No empty batch is passed on."""
+    import contextlib
+
+    batches = _FROM_PARALLEL["indexable_batches"](indexable, batch_size, n_jobs, verbose)
+    with contextlib.closing(batches):
+        return _build_from_batches(Path(out_dir), batches, batch_ctor, extend_fn, kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ParallelBatchCollector" and name in _FROM_PARALLEL:  # kept: mmap_ninja 0.9.0 had it here too
+        return _FROM_PARALLEL[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

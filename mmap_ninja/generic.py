@@ -8,9 +8,11 @@ from typing import Any, Callable, Optional
 from . import _meta, sharded
 from ._kinds import _ARRAY_MODES, KINDS, _mode, concatenate, verify_plain
 from ._lifecycle import VERIFY_LIMIT, Report, check_limit
-from .base import PathLike, as_dir, map_type
+from .base import PathLike, Wrapped, as_dir, map_type
+from .ragged import RaggedMmap
+from .string import StringsMmap
 
-__all__ = ["VERIFY_LIMIT", "open_existing", "verify", "concatenate"]
+__all__ = ["VERIFY_LIMIT", "open_existing", "verify", "concatenate", "Wrapped", "RaggedMmap", "StringsMmap"]
 
 
 def verify(out_dir: PathLike, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:

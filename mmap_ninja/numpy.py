@@ -9,6 +9,7 @@ open a map return a ``np.memmap``, so everything numpy does works on it.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -30,6 +31,7 @@ from .base import (
     progress,
     stored_dtype,
 )
+from .base import from_generator_base as from_generator_base  # kept: mmap_ninja 0.9.0 had it here too
 
 _OPEN_MODES = ("r", "r+", "c", "readonly", "readwrite", "copyonwrite")
 
@@ -346,3 +348,15 @@ def keys(memmap_or_dir: Any) -> List[str]:
     """The key of every sample of the map at ``memmap_or_dir``, in order."""
     index, n = _key_index(memmap_or_dir, "keys")
     return index.keys(n)
+
+
+@dataclass
+class NumpyBytesSlices:
+    """Kept from mmap_ninja 0.9.0: arrays flattened end to end in ``buffer``, array ``i`` being
+    the ``flattened_shapes[i]`` elements ``buffer[starts[i]:ends[i]]``, of shape ``shapes[i]``."""
+
+    buffer: np.ndarray
+    starts: List[int]
+    ends: List[int]
+    flattened_shapes: List[int]
+    shapes: List[Tuple[int, ...]]

@@ -65,6 +65,7 @@ samples, and at most ``2 * workers`` are in flight, so the parts waiting on disk
 from __future__ import annotations
 
 import collections
+import enum
 import multiprocessing
 import numbers
 import pickle
@@ -72,7 +73,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-from .base import check_positive, known_length, progress
+from .base import _FROM_PARALLEL, check_positive, known_length, progress
 
 # A chunk grows until it takes about this many seconds of a worker's time.
 CHUNK_SECONDS = 0.05
@@ -394,3 +395,143 @@ def _stop(executor, unfinished: bool) -> None:
         for process in processes:
             process.join()
     executor.shutdown(wait=True, cancel_futures=True)
+
+
+# -- names of mmap_ninja 0.9.0, kept for code written against it -------------------------------
+
+class _Exhausted(enum.Enum):
+    exhausted = "EXHAUSTED"
+
+
+# Kept from mmap_ninja 0.9.0: what ``ParallelBatchCollector.exhausted(results)`` looks for in
+# ``results``, standing for an index past the end.
+EXHAUSTED = _Exhausted.exhausted
+
+
+class _FunctionIndexable:
+    """``make_indexable(func)``: ``self[i]`` is ``func(i)``."""
+
+    def __init__(self, func: Callable[[int], Any]):
+        self._func = func
+
+    def __getitem__(self, item: Any) -> Any:
+        return self._func(item)
+
+    @property
+    def wrapped(self) -> Callable[[int], Any]:
+        return self._func
+
+
+class _SizedFunctionIndexable(_FunctionIndexable):
+    """``make_indexable(func, length)``: ``self[i]`` is ``func(i)`` and ``len(self)`` is
+    ``length``."""
+
+    def __init__(self, func: Callable[[int], Any], length: int):
+        super().__init__(func)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def make_indexable(func: Callable[[int], Any], length: Optional[int] = None) -> Any:
+    """Kept from mmap_ninja 0.9.0: an object whose ``[i]`` is ``func(i)`` (``.wrapped`` is
+    ``func``), of length ``length`` when given, to read with ``from_indexable``. The reading
+    stops at ``length``, or else at the first ``IndexError``/``KeyError`` of ``func``."""
+    if length is not None:
+        return _SizedFunctionIndexable(func, length)
+    return _FunctionIndexable(func)
+
+
+class ParallelBatchCollector:
+    """Kept from mmap_ninja 0.9.0: the batches of ``batch_size`` samples of ``indexable``
+    (``batches()``, or one by one with ``collect_batch()``), as ``indexable_batches`` reads
+    them, in ``n_jobs`` worker processes when ``n_jobs`` is not ``None`` or 1.
+
+    ``kwargs`` were the options of the ``joblib.Parallel`` that read the samples; the reading
+    is this module's, which takes ``chunk_size`` and ``start_method`` and leaves out the
+    options of ``joblib.Parallel``. No empty batch is given, and the reading stops at
+    ``len(indexable)`` even when indexing past it would not raise.
+    """
+
+    def __init__(self, indexable: Any, batch_size: int, n_jobs: Optional[int] = None, verbose: bool = False,
+                 **kwargs: Any):
+        self.indexable, self._obj_length, self._num_batches = self.verify(indexable, batch_size)
+        self.batch_size = batch_size
+        options = _reader_options(kwargs)
+        self.begin(n_jobs)
+        self._source = indexable_batches(self.indexable, batch_size, n_jobs, verbose, **options)
+        self._batch_num = 0
+        self._exhausted = False
+
+    @staticmethod
+    def verify(indexable: Any, batch_size: int) -> Tuple[Any, Optional[int], Optional[int]]:
+        """``(indexable, its length, number of batches)``: a function becomes
+        ``make_indexable(function)``; the lengths are ``None`` when ``indexable`` has none."""
+        if not hasattr(indexable, "__getitem__"):
+            if not callable(indexable):
+                raise TypeError("indexable must implement __getitem__ or be callable and take one integer argument.")
+            indexable = make_indexable(indexable)
+        check_positive(batch_size=batch_size)
+        length = known_length(indexable)
+        num_batches = None if length is None else -(-length // batch_size)
+        return indexable, length, num_batches
+
+    @staticmethod
+    def begin(n_jobs: Optional[int], **kwargs: Any) -> Optional[int]:
+        """Check ``n_jobs``: ``None`` when the samples are read here, else the number of worker
+        processes (``ImportError`` without joblib, as before)."""
+        _reader_options(kwargs)
+        workers = _worker_count(n_jobs)
+        return None if workers == 1 else workers
+
+    def batches(self) -> Iterator[List[Any]]:
+        while not self.exhausted():
+            batch = self.collect_batch()
+            if batch:
+                yield batch
+
+    def collect_batch(self) -> List[Any]:
+        """The next batch, ``[]`` past the end."""
+        batch = next(self._source, [])
+        self._batch_num += 1
+        if len(batch) < self.batch_size:  # the reading has ended
+            self.close()
+            self._exhausted = True
+        return batch
+
+    def exhausted(self, results: Any = ()) -> bool:
+        self._exhausted = (self._exhausted or any(r is EXHAUSTED for r in results)
+                           or self.completed_batches())
+        if self._exhausted:
+            self.close()
+        return self._exhausted
+
+    def completed_batches(self) -> bool:
+        return self._num_batches is not None and self._batch_num == self._num_batches
+
+    def close(self) -> None:
+        """Stop the worker processes, if any are still reading."""
+        self._source.close()
+
+
+def _reader_options(kwargs: dict) -> dict:
+    """The options of ``indexable_batches`` among ``kwargs``, after checking that the others are
+    options of ``joblib.Parallel``."""
+    own = {name: kwargs[name] for name in ("chunk_size", "start_method") if name in kwargs}
+    others = set(kwargs) - set(own)
+    if others:
+        try:
+            import inspect
+
+            from joblib import Parallel
+            known = set(inspect.signature(Parallel).parameters)
+        except ImportError:
+            known = set()
+        unknown = others - known
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    return own
+
+
+_FROM_PARALLEL.update(ParallelBatchCollector=ParallelBatchCollector, indexable_batches=indexable_batches)

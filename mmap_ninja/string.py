@@ -28,7 +28,8 @@ from ._storage import (
     recorded_crcs,
     verify_checksums,
 )
-from .base import (
+from .base import (  # noqa: F401  (BytesSlices: a name of 0.9.0's strings module, kept)
+    BytesSlices,
     PathLike,
     as_dir,
     check_options,
