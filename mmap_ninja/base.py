@@ -3,6 +3,7 @@ streams and the rule for casting values into a map's dtype."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from copy import copy
@@ -346,8 +347,6 @@ def from_indexable_base(out_dir: PathLike, indexable: Any, batch_size: int, batc
     ...`` (or ``indexable(i)``), read as ``mmap_ninja.parallel.indexable_batches`` reads them:
     until ``len(indexable)`` or the first ``IndexError``/``KeyError``, in ``n_jobs`` worker
     processes when ``n_jobs`` is not ``None`` or 1. No empty batch is passed on."""
-    import contextlib
-
     batches = _FROM_PARALLEL["indexable_batches"](indexable, batch_size, n_jobs, verbose)
     with contextlib.closing(batches):
         return _build_from_batches(Path(out_dir), batches, batch_ctor, extend_fn, kwargs)

@@ -132,11 +132,7 @@ class MmapNinjaDatasink(Datasink):
         names = getattr(schema, "names", None)
         if names:
             _pick_column(list(names), self.column, self.key_column)
-        type_name = map_type(Path(self.out_dir))
-        if type_name not in (None, "sharded"):
-            raise ValueError(f"{self.out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be "
-                             f"appended to it")
-        check_joining(self.out_dir, self.key_column is not None)
+        check_joining(self.out_dir, self.key_column is not None)  # another kind of map, files, keys
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> Optional[Dict[str, Any]]:
         """Write the rows of this task's blocks as one part (on the worker). Returns the part's

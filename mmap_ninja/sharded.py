@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 MANIFEST = _meta.MANIFEST
 PARTS = "parts"
-KINDS = ("ragged", "string", "numpy")
+KINDS = tuple(_kinds.KINDS)  # what parts may be: the plain kinds of the registry
 # What ``type.ninja`` holds for a sharded map.
 TYPE = "sharded"
 _FORMAT = 2  # 2: numbered versions (versions/, keysets/); 1 (0.13.0): one manifest
