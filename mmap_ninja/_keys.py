@@ -203,24 +203,27 @@ class _ByKey:
 
 
 def _map_table(path: Path, count: int) -> np.ndarray:
-    """The slots of the hash table at ``path``, checked to index ``count`` keys."""
+    """The slots of the hash table at ``path``, checked to index ``count`` keys. The header is
+    read from, and the slots mapped through, one open file: a table built anew and renamed over
+    ``path`` meanwhile is never read with the header of the one it replaced."""
     try:
-        with open(path, "rb") as table:
-            header = table.read(_HEADER_BYTES)
+        table = open(path, "rb")
     except FileNotFoundError:
         raise ValueError(f"{path} is missing: the keys of {path.parent.parent} cannot be looked up "
                          f"(verify reports it; writing keys again rebuilds it)") from None
-    if len(header) < _HEADER_BYTES:
-        raise ValueError(f"{path}: {len(header)} bytes, too short for the header of a key table")
-    magic, version, bits, capacity = _HEADER.unpack_from(header)
-    if magic != _MAGIC or version != _VERSION or bits != _keyindex.POSITION_BITS:
-        raise ValueError(f"{path}: not a key table of a known version ({magic!r}, version {version})")
-    if capacity < 2 or capacity & (capacity - 1) or capacity < count:
-        raise ValueError(f"{path}: a table of {capacity} slots cannot index {count} keys: damaged")
-    size = os.stat(path).st_size
-    if size < _HEADER_BYTES + 8 * capacity:
-        raise ValueError(f"{path}: {size} bytes cannot hold {capacity} slots: damaged or cut short")
-    return np.memmap(path, dtype=np.uint64, mode="r", offset=_HEADER_BYTES, shape=(capacity,))
+    with table:
+        header = table.read(_HEADER_BYTES)
+        if len(header) < _HEADER_BYTES:
+            raise ValueError(f"{path}: {len(header)} bytes, too short for the header of a key table")
+        magic, version, bits, capacity = _HEADER.unpack_from(header)
+        if magic != _MAGIC or version != _VERSION or bits != _keyindex.POSITION_BITS:
+            raise ValueError(f"{path}: not a key table of a known version ({magic!r}, version {version})")
+        if capacity < 2 or capacity & (capacity - 1) or capacity < count:
+            raise ValueError(f"{path}: a table of {capacity} slots cannot index {count} keys: damaged")
+        size = os.fstat(table.fileno()).st_size
+        if size < _HEADER_BYTES + 8 * capacity:
+            raise ValueError(f"{path}: {size} bytes cannot hold {capacity} slots: damaged or cut short")
+        return np.memmap(table, dtype=np.uint64, mode="r", offset=_HEADER_BYTES, shape=(capacity,))
 
 
 def _starts_of(ends: np.ndarray, at: int, total: int) -> np.ndarray:

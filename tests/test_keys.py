@@ -463,6 +463,47 @@ def test_threads_look_up_while_another_extends(tmp_path):
     assert errors == [] and len(m) == 401
 
 
+def test_a_table_is_read_whole_from_one_file_while_tables_of_other_sizes_replace_it(tmp_path):
+    # a table built anew is renamed over the old one: a reader must never take the header (the
+    # number of slots) of one table and the slots of the other
+    import threading
+
+    m = StringsMmap.from_strings(tmp_path / "s", [str(i) for i in range(3000)],
+                                 keys=[f"k{i}" for i in range(3000)])
+    keys_dir = m.out_dir / _keys.KEYS_DIR
+    stored = np.frombuffer((keys_dir / "data.ninja").read_bytes(), np.uint8)
+    ends = np.asarray(StringsMmap(keys_dir).ends)
+    probe = [f"k{i}" for i in range(0, 600, 7)]
+    errors, done = [], threading.Event()
+
+    def replace_tables():
+        while not done.is_set():
+            for count in (600, 3000):  # 2048 and 8192 slots, both indexing keys 0 to 599
+                _keys._write_table(keys_dir / _keys.INDEX, stored, ends[:count], durable=False)
+
+    def look_up():
+        for _ in range(3000):
+            try:
+                slots = _keys._map_table(keys_dir / _keys.INDEX, 600)
+                found = _keyindex.find_strings(slots, stored, ends, 600, probe, "t").tolist()
+            except Exception as exc:  # reported below
+                errors.append(exc)
+                return
+            if found != [int(key[1:]) for key in probe]:
+                errors.append((len(slots), found[:3]))
+
+    writer = threading.Thread(target=replace_tables)
+    readers = [threading.Thread(target=look_up) for _ in range(2)]
+    writer.start()
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    done.set()
+    writer.join()
+    assert errors == []
+
+
 def test_a_key_table_linked_by_hand_is_not_written_through(tmp_path):
     m = RaggedMmap.from_lists(tmp_path / "m", [np.arange(3)] * 4, keys=["a", "b", "c", "d"])
     table = tmp_path / "m" / "keys" / "index.ninja"
