@@ -56,6 +56,8 @@ def test_sdist_and_wheel_build_and_the_sdist_installs_from_source(tmp_path):
     assert any(name.startswith("mmap_ninja/_mapping.") and name.endswith(".so") for name in names)
     assert any(name.startswith("mmap_ninja/_build.") and name.endswith(".so") for name in names)
     assert {"mmap_ninja/py.typed", "mmap_ninja/_core.pyi"} <= set(names)
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "mmap_ninja").rglob("*.py")}
+    assert modules <= set(names), sorted(modules - set(names))  # every subpackage and module is shipped
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
