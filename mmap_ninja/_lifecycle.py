@@ -23,158 +23,30 @@ process's copy, never the files. ``extend``/``append`` add samples in ``"r"`` an
 
 from __future__ import annotations
 
-import contextlib
 import io
 import shutil
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _core, _keys, _meta
+from ._format.build import build_aside
+from ._format.verify import VERIFY_LIMIT, Found, Report, verify_map
 from ._storage import (
     ArrayDir,
     Commit,
     Replacement,
     WriterLock,
     check_holds,
-    flush_tree,
     link_map,
     open_consistent,
 )
-from .base import Legacy090Names, PathLike, as_dir, build_in_batches, progress
+from .base import Legacy090Names, PathLike, as_dir, progress
 
 # Every mode a map object takes, and the mapping mode it stands for: strings maps keep the
 # file modes of mmap_ninja 0.9.0 ("rb", "r+b").
 MAPPING_MODES = {"r": "r", "rb": "r", "r+": "r+", "r+b": "r+", "c": "c"}
-
-
-# Problems ``verify`` lists by default (the command line's ``--limit`` too); the rest are counted.
-VERIFY_LIMIT = 20
-
-
-class Report(list):
-    """What ``verify`` found: a list of problems, one line each naming the file (empty when
-    the map is sound), at most the ``limit`` asked for; ``omitted``: how many more problems
-    were found and not listed; and ``notes``: what could not be checked, and why."""
-
-    def __init__(self, problems: Iterable[str] = (), notes: Iterable[str] = (), omitted: int = 0):
-        super().__init__(problems)
-        self.notes = list(notes)
-        self.omitted = omitted
-
-    @classmethod
-    def cut(cls, problems: List[str], notes: Iterable[str], limit: int, omitted: int = 0) -> "Report":
-        """The first ``limit`` of ``problems``; those past it are added to ``omitted`` (problems
-        found and not even listed in ``problems``)."""
-        return cls(problems[:limit], notes, omitted + max(0, len(problems) - limit))
-
-
-def check_limit(limit: int) -> int:
-    """``limit`` of a ``verify`` call: at least one problem must be listable (``ValueError``),
-    so that a damaged map never reports as sound."""
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
-        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1 (the problems listed), not {limit}")
-    return int(limit)
-
-
-# What a kind's check of a map directory finds: its problems (the first ``limit`` of each
-# pass over the samples), notes, and how many unsound items it counted past those listed.
-Found = Tuple[List[str], List[str], int]
-
-
-def verify_map(out_dir: Path, check: Callable[[Path, int, bool], Found], limit: int, deep: bool) -> Report:
-    """Run a kind's ``check(out_dir, limit, deep)`` and report what it found; damage that
-    makes it raise is a problem too, never an exception."""
-    limit = check_limit(limit)
-
-    def check_with_keys() -> Found:
-        problems, notes, omitted = check(out_dir, limit, deep)
-        if not problems:
-            found, noted = _keys.problems(out_dir, _committed_length(out_dir), deep)
-            problems, notes = problems + found, notes + noted
-        return problems, notes, omitted
-
-    try:  # read from one version, again if the map was swapped for a new one meanwhile
-        problems, notes, omitted = open_consistent(out_dir, check_with_keys)
-    except Exception as exc:  # whatever damage makes reading fail is reported, not raised
-        problems, notes, omitted = [f"{out_dir}: {exc}" if str(out_dir) not in str(exc) else str(exc)], [], 0
-    if any("no checksums recorded" in note for note in notes):
-        notes = [note for note in notes if "no checksums recorded" not in note]
-        notes.insert(0, f"{out_dir}: no checksums recorded for some or all of its files (written by mmap_ninja "
-                        f"0.9.0, or by hand): damage to their bytes or metadata cannot be detected")
-    return Report.cut(problems, notes, limit, omitted)
-
-
-def _committed_length(out_dir: Path) -> int:
-    """The number of samples committed in the map at ``out_dir`` (a plain map, of any kind)."""
-    if (out_dir / "starts" / _meta.TYPE).exists():  # ragged and strings maps: starts is committed last
-        return ArrayDir.open(out_dir / "starts").rows
-    if _meta.read_type(out_dir) == "numpy":
-        shape = ArrayDir.open(out_dir).meta.shape
-        return shape[0] if shape else 0
-    return 0
-
-
-# Items checked at a time by ``overlap_problems``, to bound its memory.
-_ORDER_CHUNK = 1 << 20
-
-
-def overlap_problems(starts: np.ndarray, ends: np.ndarray, source: Path, item: str) -> List[str]:
-    """A problem when two non-empty items share stored units. Items stored in order (each
-    from where the one before ends) cannot overlap: that is checked in chunks, in bounded
-    memory. Only a map whose items are out of order (a replaced sample moves past the others)
-    is sorted, which takes memory in proportion to its length."""
-    in_order = True
-    for begin in range(1, len(starts), _ORDER_CHUNK):
-        stop = min(begin + _ORDER_CHUNK, len(starts))
-        if np.any(starts[begin:stop] < ends[begin - 1:stop - 1]):
-            in_order = False
-            break
-    if in_order:
-        return []
-    nonempty = np.flatnonzero(ends > starts)
-    order = nonempty[np.argsort(starts[nonempty], kind="stable")]
-    bad = np.flatnonzero(starts[order[1:]] < ends[order[:-1]])
-    if not bad.size:
-        return []
-    first, second = int(order[bad[0]]), int(order[bad[0] + 1])
-    return [f"{source}: {item}s {first} and {second} overlap: [{int(starts[first])}, {int(ends[first])}) and "
-            f"[{int(starts[second])}, {int(ends[second])})"]
-
-
-def checksum_problems(arrays: Iterable[ArrayDir], deep: bool) -> Tuple[List[str], List[str]]:
-    """Problems and notes of the checksums of ``arrays``."""
-    problems: List[str] = []
-    notes: List[str] = []
-    for array in arrays:
-        found, noted = array.verify_checksums(deep)
-        problems += found
-        notes += noted
-    return problems, notes
-
-
-@contextlib.contextmanager
-def building(out_dir: PathLike) -> Iterator[Path]:
-    """A folder in which to build a new map that replaces whatever map is at ``out_dir`` when
-    the block ends without an error; on any error the old map stays exactly as it was, and
-    nothing is left behind (not even ``out_dir``, when this call created it)."""
-    out_dir = as_dir(out_dir)
-    created = not out_dir.exists()
-    lock = WriterLock(out_dir).__enter__()  # another writer: BlockingIOError, and nothing is touched
-    try:
-        with Replacement(lock) as build:
-            yield build
-    except BaseException:
-        if created:  # still holding the lock: nobody else writes here
-            with contextlib.suppress(OSError):
-                (out_dir / "writer.lock").unlink()
-                out_dir.rmdir()
-        raise
-    finally:
-        lock.__exit__()
 
 
 def _reopen(cls, out_dir: str, options: dict) -> "MapObject":
@@ -447,14 +319,7 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
         mode = open_kwargs.get("mode")
         if mode not in cls.MODES:  # checked before anything is written
             raise ValueError(f"mode must be one of {cls.MODES}, got {mode!r}")
-        out_dir = as_dir(out_dir)  # absolute before the folder (maybe the working one) is replaced
-        with building(out_dir) as build:
-            feed = _keys.KeyFeed(build, keys) if keys is not None else None
-            files = build_in_batches(batches if feed is None else feed.batches(batches),
-                                     lambda batch: create(build, batch), extend)
-            if feed is not None:
-                feed.finish(files.n)
-            flush_tree(build)
+        out_dir = build_aside(out_dir, batches, create, extend, keys)
         return cls(out_dir, **open_kwargs)
 
 

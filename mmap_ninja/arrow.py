@@ -39,11 +39,14 @@ import numpy as np
 from . import _keys
 from . import numpy as np_ninja
 from ._extras import require
-from ._lifecycle import building
+from ._format.build import build_aside, building
+from ._format.kinds import KINDS, display_name
+from ._format.ragged import SampleBatch
+from ._format.strings import Codec, StringsFiles
 from ._storage import ArrayDir, Commit, WriterLock, flush_tree
 from .base import PathLike, as_dir, cast_values, check_options, check_positive, map_type, progress, stored_dtype
-from .ragged import RaggedMmap, _already_packed, _Batch, _RaggedFiles
-from .string import StringsMmap, _Codec, _StringsFiles
+from .ragged import RaggedMmap
+from .string import StringsMmap
 
 require(__name__, "arrow", {"pyarrow": "pyarrow"})
 
@@ -53,8 +56,6 @@ __all__ = ["from_arrow", "extend_from_arrow", "to_arrow", "map_kind"]
 
 # Rows read and committed at a time (a chunk of the input longer than this is cut, zero-copy).
 BATCH_ROWS = 65536
-# How each kind of map is named in messages.
-_MAP_NAMES = {"ragged": "ragged", "string": "strings", "numpy": "numpy"}
 
 
 # -- what a column holds ------------------------------------------------------------------------
@@ -337,9 +338,10 @@ def _offsets(level: pa.Array, begin: int, end: int) -> np.ndarray:
 
 
 class _ArrowBatch:
-    """Samples of a list column, as ``_RaggedFiles.append`` takes a batch (the interface of
-    ``ragged._Batch``): ``values`` (a view of the Arrow buffer when no cast was needed), the
-    elements of each sample, and its size along each axis (``dims``, one array per axis)."""
+    """Samples of a list column, as ``RaggedFiles.append`` takes a batch (a ``WriteBatch`` of
+    ``mmap_ninja._format.ragged``): ``values`` (a view of the Arrow buffer when no cast was
+    needed), the elements of each sample, and its size along each axis (``dims``, one array per
+    axis)."""
 
     def __init__(self, values: np.ndarray, counts: np.ndarray, dims: List[np.ndarray]):
         self.values = values
@@ -357,9 +359,9 @@ class _ArrowBatch:
     def flat_lengths(self) -> np.ndarray:
         return self.dims[0]
 
-    def shape_batch(self) -> _Batch:
+    def shape_batch(self) -> SampleBatch:
         ndims = np.full(len(self), len(self.dims), dtype=np.int64)
-        return _Batch(np.stack(self.dims, axis=1).reshape(-1), ndims, None, ndims)
+        return SampleBatch(np.stack(self.dims, axis=1).reshape(-1), ndims, None, ndims)
 
     def write_values(self, data: ArrayDir, commit: Commit):
         return data.write_rows(self.values, commit)
@@ -456,7 +458,7 @@ def _rows(chunk: pa.Array, first_row: int, layout: _Layout) -> np.ndarray:
 
 # -- writing -------------------------------------------------------------------------------------
 
-def _append_strings(files: _StringsFiles, chunk: pa.Array, first_row: int, commit: Commit,
+def _append_strings(files: StringsFiles, chunk: pa.Array, first_row: int, commit: Commit,
                     payload: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
     """Add the strings of ``chunk`` to ``commit``: Arrow's UTF-8 bytes written as they are, its
     offsets shifted into ``starts`` and ``ends`` (a compressed map takes them one by one).
@@ -498,7 +500,7 @@ def _build_ragged(out_dir: Path, source: _Source, batch_rows: int, bar, keys: Op
             yield batch
             bar.update(len(batch))
 
-    return RaggedMmap._build_ragged(out_dir, batches(), dtype, keys=keys, pack=_already_packed, mode="r+")
+    return RaggedMmap.from_batches(out_dir, batches(), dtype, keys=keys, mode="r+")
 
 
 def _build_strings(out_dir: Path, source: _Source, batch_rows: int, bar, zstd_level: Optional[int],
@@ -512,20 +514,20 @@ def _build_strings(out_dir: Path, source: _Source, batch_rows: int, bar, zstd_le
             yield _StringRows(row, chunk)
             bar.update(len(chunk))
 
-    def create(build: Path, batch: Any) -> _StringsFiles:
-        files, commit = _StringsFiles(build, _Codec(zstd_level)), Commit(durable=False)
+    def create(build: Path, batch: Any) -> StringsFiles:
+        files, commit = StringsFiles(build, Codec(zstd_level)), Commit(durable=False)
         files.create(commit)
         if len(batch):
             _append_strings(files, batch.chunk, batch.first_row, commit)
         commit.finish()
         return files
 
-    def extend(files: _StringsFiles, batch: _StringRows) -> None:
+    def extend(files: StringsFiles, batch: _StringRows) -> None:
         commit = Commit(durable=False)
         _append_strings(files, batch.chunk, batch.first_row, commit)
         commit.finish()
 
-    return StringsMmap._build(out_dir, batches(), create, extend, keys, mode="r+b")
+    return StringsMmap(build_aside(out_dir, batches(), create, extend, keys), mode="r+b")
 
 
 def _build_numpy(out_dir: Path, source: _Source, batch_rows: int, bar, keys: Optional[Iterable[str]]) -> np.memmap:
@@ -651,21 +653,20 @@ def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None
         return from_arrow(out_dir, data, column, verbose, batch_size=batch_size, keys=keys, key_column=key_column)
     source = _open_source(data, column, int(batch_size), key_column)
     if kind != source.layout.kind:
-        raise ValueError(f"{out_dir} holds a {_MAP_NAMES.get(kind, kind)} map; {source.name} ({source.layout.kind} "
-                         f"data) makes a {_MAP_NAMES[source.layout.kind]} map")
+        raise ValueError(f"{out_dir} holds a {display_name(kind)} map; {source.name} ({source.layout.kind} "
+                         f"data) makes a {display_name(source.layout.kind)} map")
     given = None if keys is None else _GivenKeys(keys, source.rows)
     with progress(source.rows, verbose, desc=f"Extending {out_dir.name}") as bar:
-        m = None if kind == "numpy" else RaggedMmap(out_dir) if kind == "ragged" else StringsMmap(out_dir)
         for row, chunk, chunk_keys in _batches(source, int(batch_size)):
             if given is not None:
                 chunk_keys = given.take(len(chunk), row)
             if not len(chunk):
                 continue
-            if m is None:
+            if kind == "numpy":
                 np_ninja.extend_dir(out_dir, _rows(chunk, row, source.layout), keys=chunk_keys)
             else:
                 with WriterLock(out_dir) as lock:
-                    files = _RaggedFiles.open(out_dir) if kind == "ragged" else _StringsFiles.open(out_dir)
+                    files = KINDS[kind].read_files(out_dir)
                     encoded = _keys.check_extension(out_dir, chunk_keys, files.n)
                     if kind == "ragged":  # the rows checked (nulls, casts) before their keys are written
                         dtype = source.layout.dtype if files.dtype is None else files.dtype
@@ -675,7 +676,7 @@ def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None
                     if chunk_keys is not None:  # committed first: a map never has samples without keys
                         _keys.write_keys(out_dir, chunk_keys, files.n, encoded=encoded)
                     if kind == "ragged":
-                        m._append(lock, files, batch)
+                        files.commit_batch(batch, lock)
                     else:
                         commit = Commit()
                         _append_strings(files, chunk, row, commit, payload)
@@ -683,10 +684,7 @@ def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None
             bar.update(len(chunk))
         if given is not None:
             given.finish()
-    if m is None:
-        return np_ninja.open_existing(out_dir)
-    m.refresh()
-    return m
+    return KINDS[kind].open(out_dir)
 
 
 # -- maps as Arrow arrays ------------------------------------------------------------------------
@@ -821,7 +819,7 @@ def _sharded_to_arrow(m: Any) -> pa.ChunkedArray:
     chunks = []
     for k in range(len(bounds) - 1):
         length = int(bounds[k + 1] - bounds[k])
-        part = m._part(k)
+        part = m.part(k)
         chunk = to_arrow(part[:length] if isinstance(part, np.ndarray) else part)
         chunks.append(chunk if len(chunk) == length else chunk.slice(0, length))
     if chunks:

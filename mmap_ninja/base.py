@@ -1,10 +1,10 @@
-"""What every kind of map shares: the ``Wrapped`` view, progress bars, batching of sample
-streams and the rule for casting values into a map's dtype."""
+"""What every kind of map shares: the ``Wrapped`` view, map folders, the rule for casting values
+into a map's dtype, and the names of mmap_ninja 0.9.0's ``base`` module. Progress bars and
+batching of sample streams are ``mmap_ninja._iteration``'s (imported here too)."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 from copy import copy
 from dataclasses import dataclass
@@ -14,6 +14,13 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Typ
 import numpy as np
 
 from . import _meta
+from ._iteration import build_in_batches as build_in_batches
+from ._iteration import check_positive as check_positive
+from ._iteration import in_batches as in_batches
+from ._iteration import known_length as known_length
+from ._iteration import progress as progress
+from .parallel import ParallelBatchCollector as ParallelBatchCollector  # kept: mmap_ninja 0.9.0 had it here
+from .parallel import indexable_batches
 
 PathLike = Union[str, "os.PathLike[str]"]
 # ``alloc(shape, dtype)``: makes the writable C-contiguous array a batch is written into
@@ -75,79 +82,6 @@ def map_type(out_dir: Path, must_exist: bool = False) -> Optional[str]:
     if not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file, not a map directory")
     return _meta.read_type(out_dir)
-
-
-def known_length(obj: Any) -> Optional[int]:
-    """``len(obj)`` when ``obj`` has one, else ``None`` (generators, iterators)."""
-    try:
-        return len(obj)
-    except TypeError:
-        return None
-
-
-class _HiddenBar:
-    """What ``progress`` gives when nothing is shown: a bar that ignores its updates (a hidden
-    tqdm bar would still start tqdm's monitor thread, and a process with other threads is not
-    forked for parallel builds)."""
-
-    total: Optional[int] = None
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "_HiddenBar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-def progress(total: Optional[int], verbose: bool, desc: Optional[str] = None):
-    """A tqdm progress bar, shown only when ``verbose``; update it with ``.update(k)``."""
-    if not verbose:
-        return _HiddenBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=" samples")
-
-
-def check_positive(**values: Any) -> None:
-    """Refuse a count (``batch_size=...``, ``part_size=...``) that is not a positive integer."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def in_batches(samples: Iterable[Any], batch_size: int) -> Iterator[List[Any]]:
-    """Lists of up to ``batch_size`` consecutive items of ``samples``."""
-    check_positive(batch_size=batch_size)
-    iterator = iter(samples)
-    while True:
-        batch = list(itertools.islice(iterator, int(batch_size)))
-        if not batch:
-            return
-        yield batch
-
-
-def build_in_batches(
-    batches: Iterable[List[Any]],
-    create: Callable[[List[Any]], M],
-    extend: Callable[[M, List[Any]], None],
-) -> M:
-    """Create a map from the first batch (possibly empty) and extend it with each next one;
-    every batch is committed before the next is read."""
-    memmap = None
-    for batch in batches:
-        if memmap is None:
-            memmap = create(batch)
-        else:
-            extend(memmap, batch)
-    if memmap is None:
-        memmap = create([])
-    return memmap
 
 
 def cast_values(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
@@ -335,11 +269,6 @@ def from_generator_base(out_dir: PathLike, sample_generator: Iterable[Any], batc
         return _build_from_batches(Path(out_dir), batches(), batch_ctor, extend_fn, kwargs)
 
 
-# What the names above need of mmap_ninja.parallel, which imports this module: it hands them
-# over when it is imported (the package imports it, through mmap_ninja.ragged).
-_FROM_PARALLEL: dict = {}
-
-
 def from_indexable_base(out_dir: PathLike, indexable: Any, batch_size: int, batch_ctor: Callable[..., Any],
                         extend_fn: Optional[Callable[[Any, List[Any]], Any]] = None, n_jobs: Optional[int] = None,
                         verbose: bool = False, **kwargs: Any) -> Any:
@@ -347,12 +276,6 @@ def from_indexable_base(out_dir: PathLike, indexable: Any, batch_size: int, batc
     ...`` (or ``indexable(i)``), read as ``mmap_ninja.parallel.indexable_batches`` reads them:
     until ``len(indexable)`` or the first ``IndexError``/``KeyError``, in ``n_jobs`` worker
     processes when ``n_jobs`` is not ``None`` or 1. No empty batch is passed on."""
-    batches = _FROM_PARALLEL["indexable_batches"](indexable, batch_size, n_jobs, verbose)
+    batches = indexable_batches(indexable, batch_size, n_jobs, verbose)
     with contextlib.closing(batches):
         return _build_from_batches(Path(out_dir), batches, batch_ctor, extend_fn, kwargs)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ParallelBatchCollector" and name in _FROM_PARALLEL:  # kept: mmap_ninja 0.9.0 had it here too
-        return _FROM_PARALLEL[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

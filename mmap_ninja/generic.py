@@ -1,13 +1,13 @@
 """Opening, checking and concatenating maps of any kind, dispatching on ``type.ninja`` (the
-plain kinds through the registry of ``mmap_ninja._kinds``)."""
+plain kinds through the registry of ``mmap_ninja._format.kinds``)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
 from . import _meta, sharded
-from ._kinds import _ARRAY_MODES, KINDS, _mode, concatenate, verify_plain
-from ._lifecycle import VERIFY_LIMIT, Report, check_limit
+from ._format.kinds import ARRAY_MODES, KINDS, concatenate, mode_option, verify_plain
+from ._format.verify import VERIFY_LIMIT, Report, check_limit
 from .base import PathLike, Wrapped, as_dir, map_type
 from .ragged import RaggedMmap
 from .string import StringsMmap
@@ -46,7 +46,7 @@ def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] 
     if type_name in KINDS:
         return KINDS[type_name].open(out_dir, wrapper_fn, mode)
     if type_name == sharded.TYPE:
-        return sharded.ShardedMmap(out_dir, wrapper_fn=wrapper_fn, **_mode(mode, _ARRAY_MODES))
+        return sharded.ShardedMmap(out_dir, wrapper_fn=wrapper_fn, **mode_option(mode, ARRAY_MODES))
     if type_name is None:
         raise ValueError(f"{out_dir} is not a mmap_ninja map: it has no {_meta.TYPE}")
     raise ValueError(f"unknown map type {type_name!r} in {out_dir / _meta.TYPE}; "

@@ -23,17 +23,18 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from ._format.ragged import SampleBatch
 from ._meta import ArrayMeta
 from ._storage import ArrayDir, Commit, metadata_bytes
 from ._storage import clone_file as _clone
 from .base import PathLike, as_dir, check_positive, progress
-from .ragged import RaggedMmap, _already_packed
+from .ragged import RaggedMmap
 
-__all__ = ["export", "to_ragged", "read_index"]
+__all__ = ["export", "to_ragged", "convert", "Conversion", "read_index"]
 
 HEADER = b"MMIDIDX\x00\x00"
 DTYPE_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
@@ -145,7 +146,7 @@ def _bytes_back_to_back(lengths: np.ndarray, pointers: np.ndarray, itemsize: int
 
 
 class _Pair:
-    """The sequences of a Megatron pair, given to ``_RaggedFiles.append`` in batches
+    """The sequences of a Megatron pair, given to ``RaggedFiles.append`` in batches
     (``_SequenceBatch``), and how their values get into the map: ``"cloned"`` or ``"linked"``
     (the whole of ``PREFIX.bin`` becomes the map's data file as the first batch is written) or
     ``"copied"``, with the reason."""
@@ -190,8 +191,8 @@ class _Pair:
 
 
 class _SequenceBatch:
-    """Sequences ``start`` to ``stop`` of a ``_Pair``, as ``_RaggedFiles.append`` takes a batch
-    (the interface of ``ragged._Batch``): 1-d samples whose values are in ``PREFIX.bin``."""
+    """Sequences ``start`` to ``stop`` of a ``_Pair``, as ``RaggedFiles.append`` takes a batch
+    (a ``mmap_ninja._format.ragged.WriteBatch``): 1-d samples whose values are in ``PREFIX.bin``."""
 
     def __init__(self, pair: _Pair, start: int, stop: int):
         self.pair, self.start, self.stop = pair, start, stop
@@ -207,6 +208,10 @@ class _SequenceBatch:
 
     def flat_lengths(self) -> np.ndarray:
         return self.counts
+
+    def shape_batch(self) -> SampleBatch:
+        ones = np.ones(len(self.counts), np.int64)  # one axis each, as long as the sequence
+        return SampleBatch(self.counts, ones, None, ones)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -247,10 +252,20 @@ class _SequenceBatch:
         return data.copy_rows(self.pair.bin_path, ranges, elements, like, commit)
 
 
-def _to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False, *,
-               link: bool = True, checksum: bool = False) -> Tuple[RaggedMmap, str, str]:
-    """``to_ragged``, and how the values got into the map (``"cloned"``, ``"linked"`` or
-    ``"copied"``) with the reason for a copy."""
+class Conversion(NamedTuple):
+    """What ``convert`` made of a Megatron pair: the ``map`` (a ``RaggedMmap``), ``how`` the
+    values got into it (``"cloned"``, ``"linked"`` or ``"copied"``) and, for a copy, the
+    ``reason`` (``""`` otherwise)."""
+
+    map: RaggedMmap
+    how: str
+    reason: str
+
+
+def convert(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False, *,
+            link: bool = True, checksum: bool = False) -> Conversion:
+    """``to_ragged``, telling how the values got into the map and why they were copied, if
+    they were."""
     check_positive(batch_size=batch_size)
     pair = _Pair(prefix, link, checksum)  # the index is read and checked before anything is written
     out_dir = as_dir(out_dir)
@@ -261,10 +276,11 @@ def _to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, ver
             bar.update(len(batch))  # once it is written
 
     with progress(len(pair.lengths), verbose, desc=f"Converting {pair.bin_path.name}") as bar:
-        RaggedMmap._build_ragged(out_dir, batches(), pair.dtype, pack=_already_packed, mode="r")
+        RaggedMmap.from_batches(out_dir, batches(), pair.dtype, mode="r")
     # a map sharing Megatron's file opens read-only, so that no view writes into it by accident
     m = RaggedMmap(out_dir, mode="r" if pair.how == "linked" else "r+")
-    return m, pair.how or "copied", pair.reason
+    how = pair.how or "copied"
+    return Conversion(m, how, pair.reason if how == "copied" else "")
 
 
 def to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False, *,
@@ -301,4 +317,4 @@ def to_ragged(prefix: PathLike, out_dir: PathLike, batch_size: int = 65536, verb
     Linked or cloned bytes are not read: no CRC-32 is recorded for them, and ``verify`` notes
     that they carry none, unless ``checksum=True``, which reads the file once, without
     copying it, to record it. Later commits record their own checksums as usual."""
-    return _to_ragged(prefix, out_dir, batch_size, verbose, link=link, checksum=checksum)[0]
+    return convert(prefix, out_dir, batch_size, verbose, link=link, checksum=checksum).map

@@ -11,57 +11,33 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _core, _keys, _meta
-from ._lifecycle import VERIFY_LIMIT, Found, Report, _appended_keys, _listed_keys, building, verify_map
+from ._format.build import building
+from ._format.kinds import register
+from ._format.numpy import append_rows, create, open_dir, verify_dir
+from ._format.verify import VERIFY_LIMIT, Report, verify_map
+from ._lifecycle import _appended_keys, _listed_keys
 from ._meta import ArrayMeta
 from ._storage import ArrayDir, Commit, Replacement, WriterLock, check_holds, link_map, open_consistent
 from .base import (
     PathLike,
+    Wrapped,
     as_dir,
     cast_values,
     check_options,
     in_batches,
     known_length,
     map_type,
-    native,
     progress,
     stored_dtype,
 )
 from .base import from_generator_base as from_generator_base  # kept: mmap_ninja 0.9.0 had it here too
 
 _OPEN_MODES = ("r", "r+", "c", "readonly", "readwrite", "copyonwrite")
-
-
-def _open_dir(out_dir: PathLike, types: Tuple[str, ...] = ("numpy",)) -> ArrayDir:
-    """The array directory at ``out_dir``, checked to hold a map of one of ``types``."""
-    out_dir = as_dir(out_dir)
-    type_name = map_type(out_dir, must_exist=True)
-    if type_name is None:  # type.ninja comes last: a map whose creation was cut short has none
-        raise ValueError(f"{out_dir} is not a mmap_ninja map: it has no {_meta.TYPE}")
-    if type_name not in types:
-        raise ValueError(f"{out_dir} holds a {type_name!r} map, expected a numpy map")
-    return ArrayDir.open(out_dir)
-
-
-def _create(out_dir: Path, arr: np.ndarray, order: str = "C") -> ArrayDir:
-    """Write ``arr`` as a new map in the new folder ``out_dir``."""
-    arr = native(arr)
-    stored_dtype(arr.dtype)
-    array, commit = ArrayDir(out_dir), Commit()
-    array.commit_rows(array.write_rows(arr, commit, order=order), commit)
-    commit.finish()
-    return array
-
-
-def _append(array: ArrayDir, rows: np.ndarray) -> None:
-    """Append ``rows`` to ``array`` in one commit."""
-    commit = Commit()
-    array.commit_rows(array.write_rows(rows, commit), commit)
-    commit.finish()
 
 
 def _empty(out_dir: PathLike, dtype: Any, shape: Sequence[int], order: str) -> np.memmap:
@@ -92,7 +68,7 @@ def from_ndarray(out_dir: PathLike, arr: Any, *, keys: Optional[Iterable[str]] =
     with building(out_dir) as build:
         if keys is not None:
             _keys.KeyFeed(build, keys).finish(arr.shape[0])
-        _create(build, arr, order)
+        create(build, arr, order)
     return open_existing(out_dir, "r+")
 
 
@@ -142,11 +118,11 @@ def from_generator(
         batches = in_batches(sample_generator, batch_size)
         for batch in batches if feed is None else feed.batches(batches):
             if array is None:
-                array = _create(build, _stack(batch, None, 0))
+                array = create(build, _stack(batch, None, 0))
                 if n is not None and n > array.rows:
                     array.reserve(n)
             else:
-                _append(array, _stack(batch, array.meta, array.rows))
+                append_rows(array, _stack(batch, array.meta, array.rows))
             bar.update(len(batch))
         if array is None:
             raise ValueError(f"sample_generator yielded no samples, so {out_dir} cannot be created: "
@@ -163,7 +139,7 @@ def open_existing(out_dir: PathLike, mode: str = "r") -> np.memmap:
     if mode not in _OPEN_MODES:
         raise ValueError(f"mode must be one of {_OPEN_MODES}, got {mode!r}")
     out_dir = as_dir(out_dir)
-    return open_consistent(out_dir, lambda: _open_dir(out_dir, ("numpy", "ragged")).map(mode))
+    return open_consistent(out_dir, lambda: open_dir(out_dir, ("numpy", "ragged")).map(mode))
 
 
 def take(arr: np.ndarray, indices: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -194,7 +170,7 @@ def extend_dir(out_dir: PathLike, arr: Any, *, keys: Optional[Iterable[str]] = N
     out_dir = as_dir(out_dir)
     map_type(out_dir, must_exist=True)  # the folder must be there before the lock creates it
     with WriterLock(out_dir) as lock:
-        array = _open_dir(out_dir)
+        array = open_dir(out_dir)
         arr = np.asarray(arr)
         shape = array.meta.shape
         if not shape:
@@ -215,45 +191,9 @@ def extend_dir(out_dir: PathLike, arr: Any, *, keys: Optional[Iterable[str]] = N
             with Replacement(lock) as build:
                 if (out_dir / _meta.KEYS).exists():
                     link_map(out_dir / _meta.KEYS, build / _meta.KEYS)
-                _create(build, combined, "F")
+                create(build, combined, "F")
         else:
-            _append(array, arr)
-
-
-def append_map(array: ArrayDir, part: ArrayDir, commit: Commit, count: Optional[int] = None,
-               batch_size: int = 65536) -> None:
-    """Add to ``commit`` the first ``count`` rows (default: all) of the numpy map ``part``
-    after the rows of ``array`` (a new array takes ``part``'s dtype and sample shape, in C
-    order), and make them visible: the bytes are copied file to file (``ArrayDir.copy_rows``;
-    the checksums that ``part``'s commits recorded are kept when they cover exactly those
-    bytes), with no work per row in Python. A part in Fortran order with more than one axis
-    longer than 1, whose rows are not contiguous, is written ``batch_size`` rows at a time. ``ValueError``
-    when ``part``'s dtype or sample shape is not ``array``'s."""
-    shape = part.meta.shape
-    if not shape:
-        raise ValueError(f"{part.path} holds a 0-d array, which has no rows to append")
-    count = part.rows if count is None else count
-    if count > part.rows:
-        raise ValueError(f"{part.path} holds {part.rows} rows, not {count}")
-    if array.meta is not None and (array.meta.dtype != part.meta.dtype or array.meta.shape[1:] != shape[1:]):
-        raise ValueError(f"{part.path} holds samples of {part.meta.dtype} and shape {shape[1:]}, {array.path} "
-                         f"samples of {array.meta.dtype} and shape {array.meta.shape[1:]}")
-    if part.meta.order == "F" and sum(axis > 1 for axis in shape) > 1:  # else its bytes are in C order too
-        source = part.map("r")
-        for begin in range(0, count, batch_size):
-            rows = np.ascontiguousarray(source[begin:min(count, begin + batch_size)])
-            array.commit_rows(array.write_rows(rows, commit), commit)
-        return
-    nbytes = count * part.meta.row_bytes
-    meta = array.copy_rows(part.data_file, [(0, nbytes)], count, part.meta, commit, part.recorded_crcs(0, nbytes))
-    array.commit_rows(meta, commit)
-
-
-def _verify_dir(out_dir: Path, limit: int, deep: bool) -> Found:
-    array = _open_dir(out_dir)
-    array.map("r")
-    problems, notes = array.verify_checksums(deep)
-    return problems, notes, 0
+            append_rows(array, arr)
 
 
 def verify(out_dir: PathLike, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
@@ -261,7 +201,7 @@ def verify(out_dir: PathLike, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
     recorded; with ``deep``, every byte against the checksums of its commits) and return what
     is wrong, one line per problem naming the file (an empty list when the map is sound), at
     most ``limit`` lines, with ``.omitted`` and ``.notes`` as ``mmap_ninja.verify`` gives them."""
-    return verify_map(as_dir(out_dir), _verify_dir, limit, deep)
+    return verify_map(as_dir(out_dir), verify_dir, limit, deep)
 
 
 def _map_dir(memmap_or_dir: Any, what: str) -> Path:
@@ -322,7 +262,7 @@ def _key_index(memmap_or_dir: Any, what: str) -> Tuple[_keys.KeyIndex, int]:
         return cached[1], cached[2]
 
     def read() -> Tuple[Optional[_keys.KeyIndex], int]:
-        array = _open_dir(out_dir)  # the samples first: the keys read after are at least as many
+        array = open_dir(out_dir)  # the samples first: the keys read after are at least as many
         return _keys.KeyIndex.open(out_dir), array.rows
 
     index, rows = open_consistent(out_dir, read)
@@ -360,3 +300,15 @@ class NumpyBytesSlices:
     ends: List[int]
     flattened_shapes: List[int]
     shapes: List[Tuple[int, ...]]
+
+
+def _open_map(out_dir: Path, wrapper_fn: Optional[Callable[[Any], Any]], mode: Optional[str]) -> Any:
+    memmap = open_existing(out_dir, "r" if mode is None else mode)
+    return memmap if wrapper_fn is None else Wrapped(memmap, wrapper_fn)
+
+
+def _build_map(out_dir: Path, samples: Iterable[Any], batch_size: int, keys: Optional[Iterable[str]]) -> Any:
+    return from_generator(out_dir, samples, batch_size, keys=keys)
+
+
+register("numpy", _open_map, _build_map)

@@ -73,7 +73,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-from .base import _FROM_PARALLEL, check_positive, known_length, progress
+from ._iteration import check_positive, known_length, progress
 
 # A chunk grows until it takes about this many seconds of a worker's time.
 CHUNK_SECONDS = 0.05
@@ -532,6 +532,3 @@ def _reader_options(kwargs: dict) -> dict:
         if unknown:
             raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
     return own
-
-
-_FROM_PARALLEL.update(ParallelBatchCollector=ParallelBatchCollector, indexable_batches=indexable_batches)

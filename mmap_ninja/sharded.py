@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -31,9 +29,25 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import _core, _keys, _kinds, _meta, _sharded
-from . import numpy as np_ninja
-from ._lifecycle import VERIFY_LIMIT, Report, building, check_limit
+from . import _core, _keys, _meta, _sharded
+from ._format import kinds as _kinds
+from ._format.build import building
+from ._format.sharded import (
+    FORMAT,
+    KEYSETS,
+    MANIFEST,
+    MAX_SAMPLES,
+    PARTS,
+    TYPE,
+    VERSIONS,
+    is_length,
+    keys_home,
+    part_dir,
+    read_manifest,
+    versions_of,
+    write_manifest,
+)
+from ._format.verify import VERIFY_LIMIT, Report, check_limit
 from ._storage import WriterLock, open_consistent
 from .base import (
     Allocator,
@@ -46,20 +60,16 @@ from .base import (
     map_type,
     progress,
 )
-from .ragged import RaggedBatch, RaggedMmap
-from .string import StringsMmap
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-MANIFEST = _meta.MANIFEST
-PARTS = "parts"
+__all__ = ["ShardedMmap", "write_part", "check_joining", "verify_dir", "versions_of", "Collected", "TYPE", "MANIFEST",
+           "PARTS", "VERSIONS", "KEYSETS", "MAX_SAMPLES"]
+
 KINDS = tuple(_kinds.KINDS)  # what parts may be: the plain kinds of the registry
-# What ``type.ninja`` holds for a sharded map.
-TYPE = "sharded"
-_FORMAT = 2  # 2: numbered versions (versions/, keysets/); 1 (0.13.0): one manifest
 _NOTHING = object()
 
 
@@ -75,19 +85,9 @@ class _CompressedPart(Exception):
     """A strings part holds compressed strings, which the compiled reader does not decode."""
 
 
-def _plain_strings(part: StringsMmap, k: int, compressed: set):
-    """The compiled reader of strings part ``k``, or ``_CompressedPart`` (recorded in
-    ``compressed``) when its strings are compressed."""
-    if part.codec.compressed:
-        compressed.add(k)
-        raise _CompressedPart(k)
-    return part._live()[1]
-
-
-def _dtype_of(part: Any, kind: str) -> Optional[str]:
-    if kind == "string":
-        return None
-    dtype = part.dtype
+def _dtype_of(part: Any) -> Optional[str]:
+    """The dtype name of a part's samples (``None`` for strings, and for an empty ragged map)."""
+    dtype = getattr(part, "dtype", None)
     return None if dtype is None else _meta.dtype_name(dtype)
 
 
@@ -114,152 +114,10 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
     path.parent.mkdir(parents=True, exist_ok=True)
     if first is _NOTHING and kind == "numpy":
         raise ValueError("a numpy part needs at least one sample (its shape and dtype come from it)")
-    if first is _NOTHING:
-        part = RaggedMmap.from_lists(path, [], keys=keys) if kind == "ragged" else \
-            StringsMmap.from_strings(path, [], keys=keys)
-    else:
-        stream = itertools.chain([first], iterator)
-        if kind == "ragged":
-            part = RaggedMmap.from_generator(path, stream, batch_size, keys=keys)
-        elif kind == "string":
-            part = StringsMmap.from_generator(path, stream, batch_size, keys=keys)
-        else:
-            part = np_ninja.from_generator(path, stream, batch_size, keys=keys)
+    stream = iterator if first is _NOTHING else itertools.chain([first], iterator)
+    part = _kinds.KINDS[kind].build(path, stream, batch_size, keys)
     (path / "writer.lock").unlink(missing_ok=True)
-    return {"name": name, "length": len(part), "kind": kind, "dtype": _dtype_of(part, kind)}
-
-
-# A part's name: one path component of safe characters (``write_part`` names parts
-# ``part-<uuid hex>``), never ``.``, ``..``, a separator or an absolute path.
-_PART_NAME = re.compile(r"part-[A-Za-z0-9_-]{1,64}")
-# The most samples one part, and a whole map, may hold: their sums and offsets stay int64.
-MAX_SAMPLES = 2**62
-# Numbered copies of every version's manifest, and the key tables of versions that replaced the
-# map's samples (``keysets/v<version>/keys``).
-VERSIONS = "versions"
-KEYSETS = "keysets"
-_KEYS_HOME = re.compile(r"\.|keysets/v[0-9]{1,19}")
-
-
-def _is_part_name(name: Any) -> bool:
-    return isinstance(name, str) and _PART_NAME.fullmatch(name) is not None
-
-
-def _is_length(length: Any) -> bool:
-    return isinstance(length, int) and not isinstance(length, bool) and 0 <= length <= MAX_SAMPLES
-
-
-def _read_manifest(out_dir: Path, version: Optional[int] = None) -> dict:
-    """The manifest of the sharded map at ``out_dir`` (its latest version, or ``version``),
-    checked: every name one path component naming a part (listed once), every length an int
-    within ``[0, MAX_SAMPLES]``, and their sum too, the version and the folder of its keys;
-    ``ValueError`` naming the file otherwise (``FileNotFoundError`` for a version not kept)."""
-    if version is not None:
-        if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
-            raise TypeError(f"version must be an int of at least 0, not {version!r}")
-        latest = _read_manifest(out_dir)
-        if latest.get("version", 0) == version:
-            return latest
-        path = out_dir / VERSIONS / f"{int(version)}.ninja"
-        if not path.exists():
-            raise FileNotFoundError(f"{out_dir} keeps no version {version} (it keeps {versions_of(out_dir)})")
-        manifest = _parse_manifest(path)
-        if manifest.get("version", 0) != version:
-            raise ValueError(f"{path}: holds version {manifest.get('version', 0)}, not {version}")
-        return manifest
-    return _parse_manifest(out_dir / MANIFEST)
-
-
-def _parse_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(_meta.read_text(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS or \
-            not isinstance(manifest.get("parts"), list) or not isinstance(manifest.get("dtype"), (str, type(None))):
-        raise ValueError(f"{path}: expected {{'kind', 'dtype', 'parts'}}, found {str(manifest)[:80]!r}")
-    names = set()
-    total = 0
-    for k, part in enumerate(manifest["parts"]):
-        if not isinstance(part, dict) or not _is_part_name(part.get("name")) or not _is_length(part.get("length")):
-            raise ValueError(f"{path}: part {k} must be {{'name': 'part-...' (one path component), 'length': an int "
-                             f"from 0 to {MAX_SAMPLES}}}, found {str(part)[:120]}")
-        if part["name"] in names:
-            raise ValueError(f"{path}: the part {part['name']!r} is listed twice")
-        names.add(part["name"])
-        total += part["length"]
-    if total > MAX_SAMPLES:
-        raise ValueError(f"{path}: its parts hold {total} samples in all, more than {MAX_SAMPLES}")
-    if not isinstance(manifest.get("format", 1), int) or manifest.get("format", 1) > _FORMAT:
-        raise ValueError(f"{path}: written in format {manifest.get('format')!r}; this version of mmap_ninja reads "
-                         f"formats up to {_FORMAT}: upgrade mmap_ninja to read it")
-    version = manifest.get("version", 0)
-    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**62:
-        raise ValueError(f"{path}: the version must be an int of at least 0, found {version!r}")
-    if "keys" in manifest and manifest["keys"] is not None and \
-            not (isinstance(manifest["keys"], str) and _KEYS_HOME.fullmatch(manifest["keys"])):
-        raise ValueError(f"{path}: keys must be '.', 'keysets/v<version>' or null, found {manifest['keys']!r}")
-    return manifest
-
-
-def _keys_home(out_dir: Path, manifest: Optional[dict]) -> Optional[Path]:
-    """The folder whose ``keys/`` holds the key table of a version (``manifest``), or ``None``
-    when its samples have no keys: the map's own folder for manifests that do not say."""
-    if manifest is None:
-        return None
-    home = manifest.get("keys", ".")
-    if home is None:
-        return None
-    folder = out_dir if home == "." else out_dir / home
-    return folder if (folder / _meta.KEYS / _meta.TYPE).exists() else None
-
-
-def versions_of(out_dir: Path) -> List[int]:
-    """The versions of the sharded map at ``out_dir`` that can be read, oldest first."""
-    kept = set()
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(out_dir / VERSIONS):
-            match = re.fullmatch(r"([0-9]{1,19})\.ninja", entry.name)
-            if match:
-                kept.add(int(match.group(1)))
-    with contextlib.suppress(OSError, ValueError):
-        kept.add(_read_manifest(out_dir).get("version", 0))
-    return sorted(kept)
-
-
-def _write_manifest(out_dir: Path, manifest: dict, new: bool) -> None:
-    """Commit ``manifest`` as the latest version: its numbered copy under ``versions/`` first
-    (kept until ``gc`` drops it), then ``manifest.ninja``, which readers open."""
-    from ._storage import _durable
-
-    encoded = json.dumps(manifest, indent=1).encode()
-    (out_dir / VERSIONS).mkdir(exist_ok=True)
-    _meta.write_bytes(out_dir / VERSIONS / f"{manifest['version']}.ninja", encoded, durable=_durable)
-    _meta.write_bytes(out_dir / MANIFEST, encoded, durable=_durable)
-    if new:
-        _meta.write_bytes(out_dir / _meta.TYPE, b"sharded", durable=_durable)
-
-
-def _keep_version(out_dir: Path, manifest: dict) -> None:
-    """Keep the latest version of a map written before versions were numbered (version 0)
-    readable after the next commit, as ``versions/0.ninja``."""
-    from ._storage import _durable
-
-    path = out_dir / VERSIONS / f"{manifest.get('version', 0)}.ninja"
-    if not path.exists():
-        (out_dir / VERSIONS).mkdir(exist_ok=True)
-        _meta.write_bytes(path, (out_dir / MANIFEST).read_bytes(), durable=_durable)
-
-
-def _part_dir(out_dir: Path, name: Any) -> Path:
-    """The folder of the part ``name`` of ``out_dir``: ``ValueError`` unless ``name`` is one
-    path component naming a part and the folder is a directory there (not a link)."""
-    if not _is_part_name(name):
-        raise ValueError(f"{name!r} is not the name of a part of {out_dir} (one path component: 'part-...')")
-    path = out_dir / PARTS / name
-    if path.is_symlink() or not path.is_dir():
-        raise ValueError(f"{path}: no part folder there ({'a symbolic link' if path.is_symlink() else 'missing'})")
-    return path
+    return {"name": name, "length": len(part), "kind": kind, "dtype": _dtype_of(part)}
 
 
 def _row_shape(part: Any, kind: str) -> Optional[list]:
@@ -274,7 +132,7 @@ def _examine(path: Path, kind: str) -> Tuple[Any, Dict[str, Any]]:
     if found != kind:
         raise ValueError(f"{path}: holds {'no map' if found is None else f'a {found} map'}, not {kind} samples")
     part = _open_part(path, kind)
-    return part, {"length": len(part), "kind": kind, "dtype": _dtype_of(part, kind), "shape": _row_shape(part, kind)}
+    return part, {"length": len(part), "kind": kind, "dtype": _dtype_of(part), "shape": _row_shape(part, kind)}
 
 
 def _first_shape(out_dir: Path, manifest: dict) -> Optional[list]:
@@ -316,38 +174,51 @@ class ShardedMmap(_keys.KeyLookups):
             type_name = map_type(self.out_dir, must_exist=True)
             if type_name != "sharded":
                 raise ValueError(f"{self.out_dir} holds a {type_name!r} map, expected a sharded map")
-            return _read_manifest(self.out_dir, self.pinned)
+            return read_manifest(self.out_dir, self.pinned)
 
         manifest = open_consistent(self.out_dir, read)
         lengths = np.array([part["length"] for part in manifest["parts"]], dtype=np.int64)
         bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=bounds[1:])
-        opened: Dict[int, Any] = {}
+        kind = _kinds.KINDS[manifest["kind"]]
+        opened: Dict[int, Any] = {}  # part k's map object, for what the compiled readers do not do
         compressed: set = set()  # strings parts whose strings are compressed (read part by part)
+
+        def part_files(k: int):
+            """Part ``k``'s committed files, checked to hold the samples the manifest lists."""
+            entry = manifest["parts"][k]
+            path = self.out_dir / PARTS / entry["name"]
+            files = kind.read(path)
+            if kind.length(files) < entry["length"]:
+                raise ValueError(f"{path}: holds {kind.length(files)} samples, the manifest says {entry['length']}")
+            return files
+
+        def part_reader(k: int):
+            """What the compiled reader reads part ``k`` through, from its files (no map object)."""
+            files = part_files(k)
+            if manifest["kind"] == "string" and files.codec.compressed:
+                compressed.add(k)
+                raise _CompressedPart(k)
+            return kind.reader(files, self.mode)
 
         def open_part(k: int):
             """Part ``k``'s map, opened once (kept in ``opened``)."""
             part = opened.get(k)
             if part is None:
-                entry = manifest["parts"][k]
-                path = self.out_dir / PARTS / entry["name"]
-                part = _open_part(path, manifest["kind"], self.mode)
-                if len(part) < entry["length"]:
-                    raise ValueError(f"{path}: holds {len(part)} samples, the manifest says {entry['length']}")
-                opened[k] = part
+                part_files(k)
+                part = opened[k] = kind.open(self.out_dir / PARTS / manifest["parts"][k]["name"], None, self.mode)
             return part
 
         source = str(self.out_dir)
         if manifest["kind"] == "ragged":
             dtype = manifest.get("dtype")
             dtype = np.float64 if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
-            reader = _sharded.ShardedRaggedReader(bounds, lambda k: open_part(k)._live()[1], dtype, source)
+            reader = _sharded.ShardedRaggedReader(bounds, part_reader, dtype, source)
         elif manifest["kind"] == "string":
-            reader = _sharded.ShardedStringsReader(
-                bounds, lambda k: _plain_strings(open_part(k), k, compressed), source)
+            reader = _sharded.ShardedStringsReader(bounds, part_reader, source)
         else:
-            reader = _sharded.ShardedRowsReader(bounds, open_part, source)
-        home = _keys_home(self.out_dir, manifest)  # committed before the manifest: at least as many
+            reader = _sharded.ShardedRowsReader(bounds, part_reader, source)
+        home = keys_home(self.out_dir, manifest)  # committed before the manifest: at least as many
         self._keys = None if home is None else _keys.KeyIndex.open(home)
         self._state = (manifest, bounds, open_part, reader, compressed)
 
@@ -389,8 +260,8 @@ class ShardedMmap(_keys.KeyLookups):
     def __len__(self) -> int:
         return int(self._state[1][-1])
 
-    def _part(self, k: int):
-        """Part ``k``'s map, opened on its first read."""
+    def part(self, k: int):
+        """The map of part ``k`` (in ``part_names`` order), opened on its first use."""
         return self._state[2](k)
 
     def _grouped(self, index: np.ndarray):
@@ -405,7 +276,7 @@ class ShardedMmap(_keys.KeyLookups):
     def _gather(self, index: np.ndarray, read: Callable[[Any, np.ndarray], Sequence[Any]]) -> List[Any]:
         out: List[Any] = [None] * len(index)
         for k, positions, local in self._grouped(index):
-            for position, sample in zip(positions.tolist(), read(self._part(k), local)):
+            for position, sample in zip(positions.tolist(), read(self.part(k), local)):
                 out[position] = sample
         return out
 
@@ -438,7 +309,7 @@ class ShardedMmap(_keys.KeyLookups):
             except _CompressedPart:
                 pass
         k, local = reader.part(i)
-        part = self._part(k)
+        part = self.part(k)
         return part.get_bytes(local) if as_bytes else part[local]
 
     def _strings(self, index: np.ndarray, as_bytes: bool) -> List[Any]:
@@ -467,7 +338,7 @@ class ShardedMmap(_keys.KeyLookups):
 
     def __iter__(self):
         for k in range(len(self._state[0]["parts"])):
-            part = self._part(k)
+            part = self.part(k)
             for i in range(self._state[0]["parts"][k]["length"]):
                 yield self._wrap(part[i])
 
@@ -475,7 +346,7 @@ class ShardedMmap(_keys.KeyLookups):
         if self.kind != kind:
             raise TypeError(f"{what} needs {kind} parts; {self.out_dir} holds {self.kind} parts")
 
-    def take(self, indices, *, alloc: Optional[Allocator] = None) -> RaggedBatch:
+    def take(self, indices, *, alloc: Optional[Allocator] = None) -> _core.RaggedBatch:
         """The samples at ``indices`` copied back to back into one buffer, in the caller's
         order, as a ``RaggedBatch`` (ragged parts; see ``RaggedMmap.take``): gathered from all
         parts in one compiled pass; ``alloc`` as there."""
@@ -656,7 +527,7 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
     new = type_name is None
     if (new or replace) and not records:
         raise ValueError(f"no parts to commit to {out_dir}, which {'holds no map yet' if new else 'they replace'}")
-    previous = _read_manifest(out_dir) if not new else None
+    previous = read_manifest(out_dir) if not new else None
     committed = _referenced(out_dir) if not new else set()
     manifest = previous if not replace else None
     kind = manifest["kind"] if manifest is not None else (records[0].get("kind") if isinstance(records[0], dict)
@@ -669,10 +540,10 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
     for record in records:
         if not isinstance(record, dict):
             raise TypeError(f"a record is a dict from write_part, not a {type(record).__name__}")
-        path = _part_dir(out_dir, record.get("name"))
+        path = part_dir(out_dir, record.get("name"))
         if record["name"] in committed:
             raise ValueError(f"part {record['name']!r} is committed already")
-        if not _is_length(record.get("length")):
+        if not is_length(record.get("length")):
             raise ValueError(f"{path}: its record's length must be an int from 0 to {MAX_SAMPLES}, "
                              f"found {record.get('length')!r}")
         if record.get("kind") != kind:
@@ -693,7 +564,7 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
             shape = found["shape"] if shape is None else shape
         committed.add(record["name"])
         keyed.append((path / _meta.KEYS / _meta.TYPE).exists())
-    home = _keys_home(out_dir, manifest)
+    home = keys_home(out_dir, manifest)
     map_keyed = home is not None if manifest is not None else bool(keyed and keyed[0])
     for record, part_keyed in zip(records, keyed):
         if part_keyed != map_keyed:
@@ -704,7 +575,7 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
     if manifest is None:  # a new map, or new samples in place of the latest version's
         manifest = {"kind": kind, "dtype": dtype, "parts": []}
         home = (out_dir if new else out_dir / KEYSETS / f"v{version}") if map_keyed else None
-    manifest = dict(manifest, format=_FORMAT, version=version, dtype=dtype,
+    manifest = dict(manifest, format=FORMAT, version=version, dtype=dtype,
                     keys=None if home is None else os.path.relpath(home, out_dir))
     if sum(part["length"] for part in manifest["parts"]) + sum(r["length"] for r in records) > MAX_SAMPLES:
         raise ValueError(f"{out_dir} would hold more than {MAX_SAMPLES} samples")
@@ -713,9 +584,7 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
         added = [key for record in records for key in _part_keys(out_dir / PARTS / record["name"], record["length"])]
         _keys.write_keys(home, added, at, encoded=_keys.check_new(home, added, at))
     manifest["parts"] = manifest["parts"] + [{"name": r["name"], "length": r["length"]} for r in records]
-    if previous is not None:
-        _keep_version(out_dir, previous)
-    _write_manifest(out_dir, manifest, new)
+    write_manifest(out_dir, manifest, new, previous)
 
 
 def _write_parts(out_dir: Path, sample_generator: Iterable[Any], part_size: int, kind: Optional[str],
@@ -777,7 +646,7 @@ def check_joining(out_dir: PathLike, keyed: bool) -> None:
                                  f"{', ...' if len(stray) > 3 else ''}): a new sharded map needs an empty or absent "
                                  f"folder")
         return
-    map_keyed = _keys_home(out_dir, _read_manifest(out_dir)) is not None
+    map_keyed = keys_home(out_dir, read_manifest(out_dir)) is not None
     if keyed != map_keyed:
         raise ValueError(f"the samples of {out_dir} {'have' if map_keyed else 'have no'} keys: parts "
                          f"{'without' if map_keyed else 'with'} keys cannot join it (the parts of a map all have "
@@ -821,10 +690,10 @@ def _idle(folder: Path):
 def _referenced(out_dir: Path, what: str = "parts") -> set:
     """The names of the parts that some kept version of the map at ``out_dir`` lists (or with
     ``what="keys"``, the folders of their key tables, relative to ``out_dir``)."""
-    manifests = [_read_manifest(out_dir)]
+    manifests = [read_manifest(out_dir)]
     for version in versions_of(out_dir):
         with contextlib.suppress(FileNotFoundError):
-            manifests.append(_read_manifest(out_dir, version))
+            manifests.append(read_manifest(out_dir, version))
     if what == "keys":
         return {manifest.get("keys", ".") for manifest in manifests} - {None}
     return {part["name"] for manifest in manifests for part in manifest["parts"]}
@@ -855,7 +724,7 @@ def _check_adoption(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> 
     type_name = map_type(out_dir)
     if type_name not in (None, "sharded"):
         raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: maps cannot join it as parts")
-    manifest = _read_manifest(out_dir) if type_name == "sharded" else None
+    manifest = read_manifest(out_dir) if type_name == "sharded" else None
     target = os.path.realpath(out_dir)
     seen: Dict[str, Path] = {}
     checked: List[Tuple[Path, Dict[str, Any]]] = []
@@ -902,7 +771,7 @@ def _check_adoption(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> 
                              + f", but {source} holds samples of {dtype}"
                              + (f" in rows of shape {tuple(shape)}" if shape else "")
                              + ": the parts of a sharded map cannot hold several kinds or dtypes of samples")
-    map_keyed = _keys_home(out_dir, manifest) is not None if manifest is not None else None
+    map_keyed = keys_home(out_dir, manifest) is not None if manifest is not None else None
     keys: List[str] = []
     for map_dir, record in checked:
         keyed = (map_dir / _meta.KEYS / _meta.TYPE).exists()
@@ -914,7 +783,7 @@ def _check_adoption(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> 
         if keyed:
             keys += _part_keys(map_dir, record["length"])
     if map_keyed:  # repeated within or across the maps, or held by the map: ValueError naming the key
-        home = _keys_home(out_dir, manifest)
+        home = keys_home(out_dir, manifest)
         _keys.check_new(out_dir if home is None else home, keys,
                         sum(part["length"] for part in manifest["parts"]) if manifest else 0)
     return checked
@@ -982,7 +851,7 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
     rest counted in ``omitted``."""
     limit = check_limit(limit)
     try:
-        manifest = _read_manifest(out_dir)
+        manifest = read_manifest(out_dir)
         if manifest.get("dtype") is not None:
             _meta.dtype_from_name(manifest["dtype"], out_dir / MANIFEST)
     except Exception as exc:  # damage is reported, never raised
@@ -994,7 +863,7 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
     for entry in manifest["parts"]:
         path = out_dir / PARTS / entry["name"]
         try:
-            _part_dir(out_dir, entry["name"])
+            part_dir(out_dir, entry["name"])
             report = _kinds.verify_plain(path, map_type(path), limit, deep)
         except Exception as exc:
             problems.append(str(exc))
@@ -1020,7 +889,7 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
                                 f"shape {tuple(shape)}")
     if not problems:
         try:
-            home = _keys_home(out_dir, manifest)
+            home = keys_home(out_dir, manifest)
             found_keys, noted = ([], []) if home is None else \
                 _keys.problems(home, sum(entry["length"] for entry in manifest["parts"]), deep)
         except Exception as exc:

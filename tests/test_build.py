@@ -20,8 +20,9 @@ from hypothesis.extra import numpy as hnp
 
 import mmap_ninja
 from mmap_ninja import _build, _storage
+from mmap_ninja._format.ragged import as_array
 from mmap_ninja.base import cast_values
-from mmap_ninja.ragged import RaggedMmap, _as_array
+from mmap_ninja.ragged import RaggedMmap
 
 DTYPES = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
           np.float16, np.float32, np.float64, np.complex64]
@@ -85,7 +86,7 @@ def test_packing_stores_every_sample_as_the_general_rule_or_raises_its_error(cas
     dtype, samples = case
     expected = [outcome(lambda i=i, s=s: reference(s, dtype, i)) for i, s in enumerate(samples)]
     first_error = next((error for _, error in expected if error is not None), None)
-    packed, error = outcome(lambda: _build.pack(samples, np.dtype(dtype), 0, _as_array))
+    packed, error = outcome(lambda: _build.pack(samples, np.dtype(dtype), 0, as_array))
     assert error == first_error
     if error is not None:
         return
@@ -212,7 +213,7 @@ def test_n_d_samples_after_flat_ones_in_later_batches(tmp_path):
 
 def test_packed_samples_stay_whole_when_the_callers_list_and_arrays_go():
     samples = [np.arange(5, dtype=np.int32), [1, 2, 3], np.arange(4, dtype=np.int64)]
-    packed = _build.pack(samples, np.dtype(np.int32), 0, _as_array)
+    packed = _build.pack(samples, np.dtype(np.int32), 0, as_array)
     samples.clear()
     gc.collect()
     np.testing.assert_array_equal(packed.values(), [0, 1, 2, 3, 4, 1, 2, 3, 0, 1, 2, 3])
@@ -226,7 +227,7 @@ def test_pack_reports_progress_for_every_sample():
             self.updates.append(k)
 
     bar = Bar()
-    _build.pack([[1]] * 40_000, np.dtype(np.int64), 0, _as_array, bar)
+    _build.pack([[1]] * 40_000, np.dtype(np.int64), 0, as_array, bar)
     assert sum(bar.updates) == 40_000 and len(bar.updates) > 1
 
 
@@ -243,7 +244,7 @@ def test_pack_refuses_samples_without_a_general_path():
 def test_write_to_writes_the_values_from_an_offset_and_returns_their_crc(tmp_path, sizes):
     rng = np.random.default_rng(1)
     samples = [rng.integers(-5, 5, size) for size in sizes]
-    packed = _build.pack(samples, np.dtype(np.int64), 0, _as_array)
+    packed = _build.pack(samples, np.dtype(np.int64), 0, as_array)
     values = packed.values().tobytes()
     path = tmp_path / "f"
     path.write_bytes(b"x" * 10)
@@ -258,7 +259,7 @@ def test_write_to_writes_the_values_from_an_offset_and_returns_their_crc(tmp_pat
 
 @pytest.mark.parametrize("size", [10, 1 << 20])
 def test_a_failed_write_raises_and_leaves_no_thread(tmp_path, size):
-    packed = _build.pack([np.arange(size)], np.dtype(np.int64), 0, _as_array)
+    packed = _build.pack([np.arange(size)], np.dtype(np.int64), 0, as_array)
     threads = threading.active_count()
     (tmp_path / "f").write_bytes(b"")
     fd = os.open(tmp_path / "f", os.O_RDONLY)
@@ -272,7 +273,7 @@ def test_a_failed_write_raises_and_leaves_no_thread(tmp_path, size):
 
 def test_a_build_is_flushed_whole_once_before_the_swap(tmp_path, monkeypatch):
     flushed = []
-    real = _storage._fsync_path
+    real = _storage.locking._fsync_path
 
     def fsync_path(path, directory=False):
         parts = Path(path).parts
@@ -281,7 +282,7 @@ def test_a_build_is_flushed_whole_once_before_the_swap(tmp_path, monkeypatch):
             flushed.append(Path(*parts[inside + 1:]))  # relative to the folder of the build
         real(path, directory)
 
-    monkeypatch.setattr(_storage, "_fsync_path", fsync_path)
+    monkeypatch.setattr(_storage.locking, "_fsync_path", fsync_path)
     samples = [np.arange(k % 5) for k in range(100)] + [np.zeros((2, 2), dtype=np.int64)]
     RaggedMmap.from_generator(tmp_path / "m", iter(samples), batch_size=10)
     files = {p.relative_to(tmp_path / "m") for p in (tmp_path / "m").rglob("*") if p.is_file()}

@@ -1,4 +1,4 @@
-"""What every kind of map does alike, run for each kind in the registry (``mmap_ninja._kinds``)
+"""What every kind of map does alike, run for each kind in the registry (``mmap_ninja._format.kinds``)
 and for sharded maps through one adapter per kind: build and reopen, extend and refresh, keys,
 pickling, verify, and readers running while a writer extends the map. A kind added to the
 registry without an adapter here fails ``test_every_kind_has_an_adapter``."""
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mmap_ninja
-from mmap_ninja import _kinds
 from mmap_ninja import numpy as np_ninja
+from mmap_ninja._format import kinds as _kinds
 from mmap_ninja.ragged import RaggedMmap
 from mmap_ninja.sharded import ShardedMmap, write_part
 from mmap_ninja.string import StringsMmap

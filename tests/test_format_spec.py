@@ -391,7 +391,7 @@ def _write_every_kind(root: Path, elsewhere: Path) -> Tuple[List[str], bool]:
     RaggedMmap.from_lists(root / "replaced", [np.arange(2)])
     StringsMmap.from_strings(root / "replaced", ["now strings"], keys=["only"])
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_storage, "exchange", _fail_exchange)
+        patch.setattr(_storage.locking, "exchange", _fail_exchange)
         RaggedMmap.from_lists(root / "swapped", [np.arange(2)])
         RaggedMmap.from_lists(root / "swapped", [np.arange(3), np.arange(1)])
     StringsMmap.from_strings(root / "kept", ["a", "b"])

@@ -227,7 +227,7 @@ def test_without_an_atomic_exchange_replacements_still_work_and_a_writer_killed_
     def no_exchange(a, b):
         raise OSError(errno_module.ENOSYS, "no renameat2 here")
 
-    monkeypatch.setattr(_storage, "exchange", no_exchange)  # a file system without RENAME_EXCHANGE
+    monkeypatch.setattr(_storage.locking, "exchange", no_exchange)  # a file system without RENAME_EXCHANGE
     RaggedMmap.from_lists(tmp_path / "m", [np.arange(3)])
     RaggedMmap.from_lists(tmp_path / "m", [np.arange(5)])
     assert [s.tolist() for s in RaggedMmap(tmp_path / "m")] == [[0, 1, 2, 3, 4]]
@@ -253,7 +253,7 @@ def test_a_full_disk_during_a_rebuild_keeps_the_old_map_and_leaves_nothing(tmp_p
     def disk_full(*args, **kwargs):
         raise OSError(errno_module.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_storage, "write_at", disk_full)  # every data write of the new version fails
+    monkeypatch.setattr(_storage.commit, "write_at", disk_full)  # every data write of the new version fails
     with pytest.raises(OSError, match="No space left"):
         BUILDERS[kind](tmp_path / "m", 2)
     monkeypatch.undo()

@@ -157,7 +157,7 @@ def test_a_builders_pair_is_linked_and_megatron_reads_its_documents_after_the_ma
 def test_checksum_reads_the_linked_file_and_verify_finds_it_changed_or_truncated(tmp_path, capsys):
     samples = token_samples(500, seed=1)
     build_pair(tmp_path / "c", samples)
-    m, how, _ = megatron._to_ragged(tmp_path / "c", tmp_path / "m", batch_size=128, checksum=True)
+    m, how, _ = megatron.convert(tmp_path / "c", tmp_path / "m", batch_size=128, checksum=True)
     assert how == "linked" and m.mode == "r"
     report = m.verify(deep=True)
     assert report == [] and report.notes == []
@@ -214,7 +214,7 @@ def test_sequences_that_do_not_lie_back_to_back_are_copied(tmp_path):
     for name, (lengths, pointers) in cases.items():
         write_index(tmp_path / "c", np.int16, lengths, pointers)
         theirs = IndexedDataset(str(tmp_path / "c"))
-        m, how, reason = megatron._to_ragged(tmp_path / "c", tmp_path / name)
+        m, how, reason = megatron.convert(tmp_path / "c", tmp_path / name)
         assert how == "copied", name
         assert reason == ("c.bin holds 140 bytes past its last sequence" if name == "short" else
                           f"the sequences of {tmp_path / 'c.idx'} do not lie back to back from byte 0").replace(
@@ -222,14 +222,17 @@ def test_sequences_that_do_not_lie_back_to_back_are_copied(tmp_path):
         assert_reads(m, [np.array(theirs[i]) for i in range(len(lengths))])
         assert m.verify(deep=True) == [] and m.verify(deep=True).notes == []
     write_index(tmp_path / "c", np.int16, [100], [0])  # the whole file: linked
-    assert megatron._to_ragged(tmp_path / "c", tmp_path / "whole")[1] == "linked"
+    whole = megatron.convert(tmp_path / "c", tmp_path / "whole")
+    assert whole.how in ("linked", "cloned") and whole.reason == "" and isinstance(whole.map, megatron.RaggedMmap)
+    again = megatron.to_ragged(tmp_path / "c", tmp_path / "again")
+    assert [sample.tolist() for sample in again] == [sample.tolist() for sample in whole.map]
 
 
 def test_empty_datasets_are_copied_into_maps_that_0_9_0_can_map(tmp_path):
     (tmp_path / "e.bin").write_bytes(b"")
     for name, lengths in (("none", []), ("blank", [0, 0, 0])):
         write_index(tmp_path / "e", np.uint16, lengths, [0] * len(lengths))
-        m, how, reason = megatron._to_ragged(tmp_path / "e", tmp_path / name)
+        m, how, reason = megatron.convert(tmp_path / "e", tmp_path / name)
         assert how == "copied" and reason == f"{tmp_path / 'e.bin'} holds no values"
         assert len(m) == len(lengths) and m.dtype == np.uint16 and all(m[i].size == 0 for i in range(len(m)))
         assert m.verify(deep=True) == []
@@ -327,7 +330,7 @@ def test_a_clone_is_an_independent_file_where_the_file_system_makes_one(tmp_path
     samples = token_samples(300, seed=6)
     build_pair(tmp_path / "c", samples)
     size = (tmp_path / "c.bin").stat().st_size
-    m, how, _ = megatron._to_ragged(tmp_path / "c", tmp_path / "m")
+    m, how, _ = megatron.convert(tmp_path / "c", tmp_path / "m")
     assert how == "cloned" and m.mode == "r+"
     assert (tmp_path / "m" / "data.ninja").stat().st_ino != (tmp_path / "c.bin").stat().st_ino
     m.extend([np.arange(9, dtype=np.int32)])

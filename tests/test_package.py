@@ -56,6 +56,7 @@ def import_graph():
                 modules = [f"{target}.{alias.name}" for alias in node.names]
                 imported.update(modules)
                 if not any((root.parent / Path(*module.split("."))).with_suffix(".py").exists() or
+                           (root.parent / Path(*module.split("."))).with_suffix(".pyx").exists() or
                            (root.parent / Path(*module.split("."))).is_dir() for module in modules):
                     imported.add(target)  # names of a module, not modules of a package
             elif isinstance(node, ast.Import):
@@ -104,4 +105,73 @@ def test_no_module_imports_one_that_imports_it_back():
         if module not in state:
             circle = circle_from(module, [module])
             assert circle is None, " -> ".join(circle)
-    assert {"mmap_ninja.generic", "mmap_ninja.sharded", "mmap_ninja._kinds", "mmap_ninja.ragged"} <= set(graph)
+    assert {"mmap_ninja.generic", "mmap_ninja.sharded", "mmap_ninja._format.kinds", "mmap_ninja.ragged"} <= set(graph)
+
+
+def _is_public(module: str) -> bool:
+    return not any(part.startswith("_") for part in module.split(".")[1:])
+
+
+def test_no_private_name_of_a_public_module_is_used_elsewhere():
+    """A public module's private names (``_Name``) are its own: no other module of the package
+    imports them (``from .ragged import _X``) or reaches for them (``ragged._X``)."""
+    import ast
+
+    root = Path(mmap_ninja.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root.parent).with_suffix("")
+        modules[".".join(relative.parts[:-1] if relative.name == "__init__" else relative.parts)] = path
+    compiled = {".".join(path.relative_to(root.parent).with_suffix("").parts) for path in root.rglob("*.pyx")}
+    found = []
+    for name, path in sorted(modules.items()):
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        tree = ast.parse(path.read_text())
+        aliases = {}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                if f"{target}.{alias.name}" in compiled:
+                    continue
+                if f"{target}.{alias.name}" in modules:
+                    aliases[alias.asname or alias.name] = f"{target}.{alias.name}"
+                elif alias.name.startswith("_") and not alias.name.startswith("__") and target in modules \
+                        and _is_public(target) and target != name:
+                    found.append(f"{name}: from {target} import {alias.name}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                target = aliases[node.value.id]
+                if node.attr.startswith("_") and not node.attr.startswith("__") and _is_public(target) \
+                        and target != name:
+                    found.append(f"{name}: {target}.{node.attr}")
+    assert found == []
+
+
+def test_the_format_and_storage_layers_import_no_map_object():
+    """``mmap_ninja._format`` (what each kind is on disk, the registry) and ``mmap_ninja._storage``
+    (commits, locks, array files) import nothing of the object layer or the integrations: the
+    objects are registered with the registry by their own modules."""
+    graph = import_graph()
+    lower = {name for name in graph if name.startswith(("mmap_ninja._format", "mmap_ninja._storage"))}
+    assert {"mmap_ninja._format.kinds", "mmap_ninja._format.ragged", "mmap_ninja._storage"} <= lower
+    allowed = lower | {"mmap_ninja", "mmap_ninja._meta", "mmap_ninja._keys", "mmap_ninja._iteration", "mmap_ninja.base",
+                       "mmap_ninja.parallel"}
+
+    def reach(module, seen):
+        for nxt in graph[module]:
+            if nxt not in seen:
+                seen.add(nxt)
+                reach(nxt, seen)
+        return seen
+
+    outside = {(name, m) for name in lower for m in reach(name, set()) if m not in allowed}
+    assert outside == set()
+    from mmap_ninja._format.kinds import KINDS
+
+    assert all(kind.opener is not None and kind.builder is not None for kind in KINDS.values())

@@ -14,9 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmap_ninja import _handoff
 from mmap_ninja import numpy as np_ninja
-from mmap_ninja._handoff import LentTensor
 from mmap_ninja.blend import Blend
 from mmap_ninja.pytorch import (
     BLOCK_WINDOW,
@@ -26,10 +24,12 @@ from mmap_ninja.pytorch import (
     PaddedBatch,
     RaggedBatches,
     TokenizedCollate,
+    _handoff,
     collate,
     collate_packed,
     shared_array,
 )
+from mmap_ninja.pytorch._handoff import LentTensor
 from mmap_ninja.ragged import RaggedBatch, RaggedMmap
 from mmap_ninja.sharded import ShardedMmap
 from mmap_ninja.string import StringsMmap

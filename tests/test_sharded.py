@@ -466,8 +466,8 @@ def test_compact_copies_the_data_file_to_file(tmp_path, monkeypatch):
 
     m = ShardedMmap.from_generator(tmp_path / "s", iter([np.arange(1000) + i for i in range(50)]), part_size=10)
     copies = []
-    copy_ranges = _storage.copy_ranges
-    monkeypatch.setattr(_storage, "copy_ranges", lambda *args: copies.append(args[1]) or copy_ranges(*args))
+    copy_ranges = _storage.commit.copy_ranges
+    monkeypatch.setattr(_storage.commit, "copy_ranges", lambda *args: copies.append(args[1]) or copy_ranges(*args))
     assert_compacts_to(m, tmp_path / "one", [np.arange(1000) + i for i in range(50)])
     assert copies == [[(0, 80_000)]] * 5  # one copy of each part's data, nothing sample by sample
 

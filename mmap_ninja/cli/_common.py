@@ -17,8 +17,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 FOLDER_KINDS = (("images", IMAGE_SUFFIXES), ("texts", (".txt",)), ("npy", (".npy",)))
 # The sub-folder of a converted map that holds the relative path of each sample.
 PATHS = "paths"
-# How each kind of map is named in messages.
-MAP_NAMES = {"numpy": "numpy", "ragged": "ragged", "string": "strings"}
 
 
 class UsageError(Exception):

@@ -17,12 +17,13 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .. import _keys
+from .._format.kinds import display_name
 from ..base import in_batches, map_type, progress
 from ..generic import open_existing
 from ..parallel import indexable_batches
 from ..ragged import RaggedMmap
 from ..string import StringsMmap
-from ._common import FOLDER_KINDS, MAP_NAMES, PATHS, UsageError, _paths_to_extend, open_paths, read_image
+from ._common import FOLDER_KINDS, PATHS, UsageError, _paths_to_extend, open_paths, read_image
 
 # -- convert ------------------------------------------------------------------------------------
 
@@ -276,7 +277,7 @@ def command_convert(args) -> int:
     if args.append and existing is not None and args.zstd is not None:
         raise UsageError(f"--zstd sets the compression of a new map; {out} keeps its own when appended to")
     if existing is not None and not (args.force or args.append):
-        raise UsageError(f"{out} already holds a {MAP_NAMES.get(existing, existing)} map: "
+        raise UsageError(f"{out} already holds a {display_name(existing)} map: "
                          f"--force replaces it, --append extends it")
     source = open_source(args.source, args.kind, args.field, args.column)
     if args.column is not None and source.kind != "parquet":
@@ -288,9 +289,9 @@ def command_convert(args) -> int:
     if source.skipped:
         print(f"mmap-ninja convert: {source.skipped}", file=sys.stderr)
     if args.append and existing not in (None, source.makes):
-        raise UsageError(f"cannot append to {out}: it holds a {MAP_NAMES.get(existing, existing)} map, "
+        raise UsageError(f"cannot append to {out}: it holds a {display_name(existing)} map, "
                          f"and {'the Parquet column makes' if source.kind == 'parquet' else source.kind + ' make'} "
-                         f"a {MAP_NAMES[source.makes]} map")
+                         f"a {display_name(source.makes)} map")
     verbose = not args.quiet
     if args.append and existing is not None:
         m, added = _append(out, source, args.batch_size, _workers(args), verbose)
@@ -317,7 +318,7 @@ def _write(out: Path, source: Source, args, verbose: bool):
 
         if args.zstd is not None and source.makes != "string":
             raise UsageError(f"--zstd compresses strings; the column {source.column or ''} makes a "
-                             f"{MAP_NAMES[source.makes]} map")
+                             f"{display_name(source.makes)} map")
         m = from_arrow(out, source.samples, source.column, verbose, batch_size=args.batch_size, zstd_level=args.zstd)
     elif source.makes == "string":
         m = StringsMmap.from_generator(out, source.samples, args.batch_size, verbose, n=source.count,
@@ -412,7 +413,7 @@ def _convert_megatron(args) -> int:
             raise UsageError("--copy and --checksum go with --from megatron")
         kind = map_type(args.source, must_exist=True)
         if kind != "ragged":
-            what = "no map" if kind is None else f"a {MAP_NAMES.get(kind, kind)} map"
+            what = "no map" if kind is None else f"a {display_name(kind)} map"
             raise UsageError(f"{args.source} holds {what}: Megatron's indexed datasets are written from a ragged "
                              f"map of 1-d sequences")
         prefix = _megatron_prefix(args.out, existing=False)
@@ -435,9 +436,9 @@ def _convert_megatron(args) -> int:
         raise UsageError(f"no Megatron dataset at {prefix}: {' and '.join(missing)} missing")
     existing = map_type(args.out)
     if existing is not None and not args.force:
-        raise UsageError(f"{args.out} already holds a {MAP_NAMES.get(existing, existing)} map: --force replaces it")
-    m, how, reason = megatron._to_ragged(prefix, args.out, args.batch_size or 65536, verbose, link=not args.copy,
-                                         checksum=args.checksum)
+        raise UsageError(f"{args.out} already holds a {display_name(existing)} map: --force replaces it")
+    m, how, reason = megatron.convert(prefix, args.out, args.batch_size or 65536, verbose, link=not args.copy,
+                                      checksum=args.checksum)
     bin_name = f"{prefix}.bin"
     if how == "copied":
         detail = f"the tokens were copied ({reason})"

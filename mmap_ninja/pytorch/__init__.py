@@ -37,9 +37,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
-from . import _core
-from ._extras import require
-from .ragged import RaggedBatch, RaggedMmap
+from .. import _core
+from .._extras import require
+from ..ragged import RaggedBatch, RaggedMmap
 
 require(__name__, "torch", {"torch": "torch"})
 
