@@ -586,16 +586,17 @@ def from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbo
     check_positive(batch_size=batch_size)
     out_dir = as_dir(out_dir)
     source = _open_source(data, column, int(batch_size), key_column)
-    if zstd_level is not None and source.layout.kind != "string":
+    made = KINDS[source.layout.kind]
+    if zstd_level is not None and not made.text:
         raise ValueError(f"zstd_level compresses strings; {source.name} makes a {source.layout.kind} map")
     if keys is not None and key_column is not None:
         raise TypeError("from_arrow takes keys= or key_column=, not both")
     with progress(source.rows, verbose, desc=f"Writing {out_dir.name}") as bar:
-        if source.layout.kind == "ragged":
-            return _build_ragged(out_dir, source, int(batch_size), bar, keys)
-        if source.layout.kind == "string":
+        if made.rows:
+            return _build_numpy(out_dir, source, int(batch_size), bar, keys)
+        if made.text:
             return _build_strings(out_dir, source, int(batch_size), bar, zstd_level, keys)
-        return _build_numpy(out_dir, source, int(batch_size), bar, keys)
+        return _build_ragged(out_dir, source, int(batch_size), bar, keys)
 
 
 def map_kind(data: Any, column: Optional[str] = None) -> str:
@@ -655,6 +656,7 @@ def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None
     if kind != source.layout.kind:
         raise ValueError(f"{out_dir} holds a {display_name(kind)} map; {source.name} ({source.layout.kind} "
                          f"data) makes a {display_name(source.layout.kind)} map")
+    registered = KINDS[kind]
     given = None if keys is None else _GivenKeys(keys, source.rows)
     with progress(source.rows, verbose, desc=f"Extending {out_dir.name}") as bar:
         for row, chunk, chunk_keys in _batches(source, int(batch_size)):
@@ -662,20 +664,20 @@ def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None
                 chunk_keys = given.take(len(chunk), row)
             if not len(chunk):
                 continue
-            if kind == "numpy":
+            if registered.rows:
                 np_ninja.extend_dir(out_dir, _rows(chunk, row, source.layout), keys=chunk_keys)
             else:
                 with WriterLock(out_dir) as lock:
-                    files = KINDS[kind].read_files(out_dir)
+                    files = registered.read_files(out_dir)
                     encoded = _keys.check_extension(out_dir, chunk_keys, files.n)
-                    if kind == "ragged":  # the rows checked (nulls, casts) before their keys are written
+                    if not registered.text:  # the rows checked (nulls, casts) before their keys are written
                         dtype = source.layout.dtype if files.dtype is None else files.dtype
                         batch = _ragged_batch(chunk, row, source.layout, dtype)
                     else:
                         payload = _string_payload(chunk, row)
                     if chunk_keys is not None:  # committed first: a map never has samples without keys
                         _keys.write_keys(out_dir, chunk_keys, files.n, encoded=encoded)
-                    if kind == "ragged":
+                    if not registered.text:
                         files.commit_batch(batch, lock)
                     else:
                         commit = Commit()
@@ -684,7 +686,7 @@ def extend_from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None
             bar.update(len(chunk))
         if given is not None:
             given.finish()
-    return KINDS[kind].open(out_dir)
+    return registered.open(out_dir)
 
 
 # -- maps as Arrow arrays ------------------------------------------------------------------------
@@ -828,4 +830,5 @@ def _sharded_to_arrow(m: Any) -> pa.ChunkedArray:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise ValueError(f"{m.out_dir}: its parts make Arrow arrays of different types ({exc})") from None
     dtype = pa.from_numpy_dtype(m.dtype if m.dtype is not None else np.dtype(np.float64))
-    return pa.chunked_array([], {"ragged": pa.large_list(dtype), "string": pa.large_string()}.get(m.kind, dtype))
+    kind = KINDS[m.kind]
+    return pa.chunked_array([], pa.large_string() if kind.text else dtype if kind.rows else pa.large_list(dtype))

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _keys
 from ._extras import require
+from ._format.kinds import KINDS, Kind
 from .base import PathLike, as_dir, map_type
 from .ragged import RaggedMmap
 from .sharded import PARTS, ShardedMmap, check_joining, write_part
@@ -202,15 +203,15 @@ def _ragged_layout(maps: List[RaggedMmap]) -> str:
     return "tensor" if dtype is not None and dtype.kind in _TENSOR_DTYPE_KINDS else "object"
 
 
-def _block(m: Any, kind: str, start: int, stop: int, column: str, layout: str) -> Block:
+def _block(m: Any, kind: Kind, start: int, stop: int, column: str, layout: str) -> Block:
     """The samples ``[start, stop)`` of the open map ``m`` of ``kind`` as one block, copied out
     of the mapped files (no block refers to them)."""
     import pyarrow as pa
     from ray.data.extensions import ArrowPythonObjectArray, ArrowVariableShapedTensorArray
 
-    if kind == "string":
+    if kind.text:
         values = pa.array(m[start:stop], type=pa.string())
-    elif kind == "numpy":  # Ray's own conversion: a plain column, or a fixed-shape tensor column
+    elif kind.rows:  # Ray's own conversion: a plain column, or a fixed-shape tensor column
         return BlockAccessor.batch_to_block({column: np.array(m[start:stop])})
     else:
         dtype = m.dtype
@@ -231,9 +232,7 @@ def _read_range(path: str, start: int, stop: int, column: str, layout: str, rows
     from .generic import open_existing
 
     m = open_existing(path)
-    kind = map_type(Path(path))
-    if kind == "sharded":
-        kind = m.kind
+    kind = KINDS[m.kind if isinstance(m, ShardedMmap) else map_type(Path(path))]
     for a in range(start, stop, rows_per_block):
         yield _block(m, kind, a, min(stop, a + rows_per_block), column, layout)
 
@@ -281,10 +280,9 @@ class MmapNinjaDatasource(Datasource):
         m = open_existing(out_dir)
         self._n = len(m)
         self._bounds = m.part_bounds if isinstance(m, ShardedMmap) else None
-        kind = map_type(out_dir)
-        kind = m.kind if kind == "sharded" else kind
+        kind = KINDS[m.kind if self._bounds is not None else map_type(out_dir)]
         self._layout = "plain"
-        if kind == "ragged":
+        if kind.arrays:
             parts = [RaggedMmap(out_dir / PARTS / name) for name in m.part_names] if self._bounds is not None else [m]
             self._layout = _ragged_layout(parts)
         del m

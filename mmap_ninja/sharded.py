@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import _core, _keys, _meta, _sharded
+from . import _core, _keys, _meta
 from ._format import kinds as _kinds
 from ._format.build import building
 from ._format.sharded import (
@@ -47,6 +47,7 @@ from ._format.sharded import (
     versions_of,
     write_manifest,
 )
+from ._format.strings import CompressedStrings
 from ._format.verify import VERIFY_LIMIT, Report, check_limit
 from ._storage import WriterLock, open_consistent
 from .base import (
@@ -73,16 +74,8 @@ KINDS = tuple(_kinds.KINDS)  # what parts may be: the plain kinds of the registr
 _NOTHING = object()
 
 
-def _kind_of(sample: Any) -> str:
-    return "string" if isinstance(sample, str) else "ragged"
-
-
 def _open_part(path: Path, kind: str, mode: str = "r"):
     return _kinds.KINDS[kind].open(path, None, mode)
-
-
-class _CompressedPart(Exception):
-    """A strings part holds compressed strings, which the compiled reader does not decode."""
 
 
 def _dtype_of(part: Any) -> Optional[str]:
@@ -106,13 +99,13 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
     iterator = iter(samples)
     first = next(iterator, _NOTHING)
     if kind is None:
-        kind = _kind_of(first) if first is not _NOTHING else "ragged"
+        kind = _kinds.kind_of_sample(first) if first is not _NOTHING else "ragged"
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     name = f"part-{uuid.uuid4().hex}"
     path = as_dir(out_dir) / PARTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    if first is _NOTHING and kind == "numpy":
+    if first is _NOTHING and _kinds.KINDS[kind].rows:
         raise ValueError("a numpy part needs at least one sample (its shape and dtype come from it)")
     stream = iterator if first is _NOTHING else itertools.chain([first], iterator)
     part = _kinds.KINDS[kind].build(path, stream, batch_size, keys)
@@ -122,7 +115,7 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
 
 def _row_shape(part: Any, kind: str) -> Optional[list]:
     """The shape of a numpy part's rows (``None`` for other kinds and empty parts)."""
-    return list(part.shape[1:]) if kind == "numpy" and len(part) else None
+    return list(part.shape[1:]) if _kinds.KINDS[kind].rows and len(part) else None
 
 
 def _examine(path: Path, kind: str) -> Tuple[Any, Dict[str, Any]]:
@@ -137,9 +130,10 @@ def _examine(path: Path, kind: str) -> Tuple[Any, Dict[str, Any]]:
 
 def _first_shape(out_dir: Path, manifest: dict) -> Optional[list]:
     """The row shape of the first non-empty committed part of a numpy sharded map."""
+    kind = manifest["kind"]
     for entry in manifest["parts"]:
-        if entry["length"] and manifest["kind"] == "numpy":
-            return _row_shape(_open_part(out_dir / PARTS / entry["name"], "numpy"), "numpy")
+        if entry["length"] and _kinds.KINDS[kind].rows:
+            return _row_shape(_open_part(out_dir / PARTS / entry["name"], kind), kind)
     return None
 
 
@@ -172,7 +166,7 @@ class ShardedMmap(_keys.KeyLookups):
         with ``version`` reads that version again)."""
         def read():
             type_name = map_type(self.out_dir, must_exist=True)
-            if type_name != "sharded":
+            if type_name != TYPE:
                 raise ValueError(f"{self.out_dir} holds a {type_name!r} map, expected a sharded map")
             return read_manifest(self.out_dir, self.pinned)
 
@@ -195,11 +189,11 @@ class ShardedMmap(_keys.KeyLookups):
 
         def part_reader(k: int):
             """What the compiled reader reads part ``k`` through, from its files (no map object)."""
-            files = part_files(k)
-            if manifest["kind"] == "string" and files.codec.compressed:
+            try:
+                return kind.reader(part_files(k), self.mode)
+            except CompressedStrings:
                 compressed.add(k)
-                raise _CompressedPart(k)
-            return kind.reader(files, self.mode)
+                raise
 
         def open_part(k: int):
             """Part ``k``'s map, opened once (kept in ``opened``)."""
@@ -209,18 +203,13 @@ class ShardedMmap(_keys.KeyLookups):
                 part = opened[k] = kind.open(self.out_dir / PARTS / manifest["parts"][k]["name"], None, self.mode)
             return part
 
-        source = str(self.out_dir)
-        if manifest["kind"] == "ragged":
-            dtype = manifest.get("dtype")
-            dtype = np.float64 if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
-            reader = _sharded.ShardedRaggedReader(bounds, part_reader, dtype, source)
-        elif manifest["kind"] == "string":
-            reader = _sharded.ShardedStringsReader(bounds, part_reader, source)
-        else:
-            reader = _sharded.ShardedRowsReader(bounds, part_reader, source)
+        dtype = manifest.get("dtype")
+        dtype = None if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
+        reader = kind.sharded_reader(bounds, part_reader, dtype, str(self.out_dir))
         home = keys_home(self.out_dir, manifest)  # committed before the manifest: at least as many
         self._keys = None if home is None else _keys.KeyIndex.open(home)
         self._state = (manifest, bounds, open_part, reader, compressed)
+        self._kind = kind
 
     @property
     def version(self) -> int:
@@ -281,8 +270,8 @@ class ShardedMmap(_keys.KeyLookups):
         return out
 
     def __getitem__(self, item):
-        manifest, _, _, reader, _ = self._state
-        if manifest["kind"] == "ragged":
+        reader = self._state[3]
+        if self._kind.arrays:  # arrays of any shape
             if type(item) is int and self.wrapper_fn is None:
                 return reader.sample(item)
             index = _core.normalize_index(item, reader.n)
@@ -291,7 +280,7 @@ class ShardedMmap(_keys.KeyLookups):
             samples = reader.samples(index)
             return samples if self.wrapper_fn is None else [self._wrap(sample) for sample in samples]
         index = _core.normalize_index(item, reader.n)
-        if manifest["kind"] == "numpy":
+        if self._kind.rows:
             if type(index) is int:
                 return self._wrap(reader.row(index))
             rows = reader.take(index)
@@ -306,7 +295,7 @@ class ShardedMmap(_keys.KeyLookups):
         if not compressed:
             try:
                 return reader.get(i, as_bytes)
-            except _CompressedPart:
+            except CompressedStrings:
                 pass
         k, local = reader.part(i)
         part = self.part(k)
@@ -319,7 +308,7 @@ class ShardedMmap(_keys.KeyLookups):
         if not compressed:
             try:
                 return reader.get_many(index, as_bytes)
-            except _CompressedPart:
+            except CompressedStrings:
                 pass
         return self._gather(index, lambda part, local: part.get_bytes(local) if as_bytes else part[local])
 
@@ -331,7 +320,7 @@ class ShardedMmap(_keys.KeyLookups):
         """The samples at ``indices`` (``torch.utils.data.DataLoader`` fetches whole batches
         with this method): copies for ragged parts, as ``RaggedMmap.__getitems__`` gives."""
         index = _core.batch_index(indices, len(self))
-        if self.kind == "ragged":
+        if self._kind.arrays:
             samples = self.take(index).arrays()
             return samples if self.wrapper_fn is None else [self.wrapper_fn(s) for s in samples]
         return self[index]
@@ -486,7 +475,7 @@ class ShardedMmap(_keys.KeyLookups):
         out_dir = as_dir(out_dir)
         if isinstance(keys, (str, bytes)):
             raise TypeError("keys= takes one str per sample (a list, say), not one str")
-        if map_type(out_dir) == "sharded":
+        if map_type(out_dir) == TYPE:
             with WriterLock(out_dir):
                 records = _write_parts(out_dir, sample_generator, part_size, kind, batch_size, verbose, keys)
                 try:
@@ -522,7 +511,7 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
     uncommitted part folder under ``parts/`` whose kind, dtype, row shape and length on disk are
     the record's and the map's; else ``ValueError``, and nothing is committed."""
     type_name = map_type(out_dir)
-    if type_name not in (None, "sharded"):
+    if type_name not in (None, TYPE):
         raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be committed to it")
     new = type_name is None
     if (new or replace) and not records:
@@ -631,7 +620,7 @@ def check_joining(out_dir: PathLike, keyed: bool) -> None:
     sharded map whose samples have keys when these have none, or the reverse."""
     out_dir = as_dir(out_dir)
     type_name = map_type(out_dir)
-    if type_name not in (None, "sharded"):
+    if type_name not in (None, TYPE):
         raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: parts cannot be appended to it")
     if type_name is None:
         if out_dir.exists():
@@ -722,9 +711,9 @@ def _check_adoption(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> 
     and all with keys or none (the map's way), no key repeated within or across them nor
     held by the map."""
     type_name = map_type(out_dir)
-    if type_name not in (None, "sharded"):
+    if type_name not in (None, TYPE):
         raise ValueError(f"{out_dir} holds a {type_name!r} map, not a sharded one: maps cannot join it as parts")
-    manifest = read_manifest(out_dir) if type_name == "sharded" else None
+    manifest = read_manifest(out_dir) if type_name == TYPE else None
     target = os.path.realpath(out_dir)
     seen: Dict[str, Path] = {}
     checked: List[Tuple[Path, Dict[str, Any]]] = []

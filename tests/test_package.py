@@ -175,3 +175,30 @@ def test_the_format_and_storage_layers_import_no_map_object():
     from mmap_ninja._format.kinds import KINDS
 
     assert all(kind.opener is not None and kind.builder is not None for kind in KINDS.values())
+
+
+def test_kinds_are_dispatched_by_the_registry_not_by_their_names():
+    """Outside the format layer (``mmap_ninja._format``: the registry and each kind's own
+    module), code asks the registry what a kind does (``KINDS[name].rows``, ``.text``,
+    ``.sharded_reader``, ...) rather than comparing kind names: at most a handful of
+    comparisons such as ``kind == "ragged"`` remain."""
+    import ast
+
+    from mmap_ninja._format.kinds import KINDS
+    from mmap_ninja.sharded import TYPE
+
+    names = set(KINDS) | {TYPE, "strings"}
+    root = Path(mmap_ninja.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "_format" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            for operand in operands:
+                values = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+                if any(isinstance(v, ast.Constant) and v.value in names for v in values):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert len(found) <= 3, found

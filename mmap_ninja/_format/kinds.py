@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .. import _keys, _meta
-from .._storage import Commit, flush_tree, open_consistent
+import numpy as np
+
+from .. import _keys, _meta, _sharded
+from .._storage import Commit, flush_tree, locking, open_consistent
 from ..base import PathLike, as_dir, check_options, map_type, progress, stored_dtype
 from . import numpy as numpy_format
 from . import ragged as ragged_format
@@ -48,9 +50,16 @@ class Kind:
     """A plain kind of map: ``name`` in ``type.ninja``, ``display`` in messages, ``modes`` (the
     other kinds' mode names in its own), ``read_files(out_dir)`` (its committed files) and
     ``length(files)``, ``reader(files, mode)`` (what the compiled readers of a sharded map
-    read a part through: its compiled reader, or the ``np.memmap`` of its rows),
-    ``verify_dir(out_dir, limit, deep)``, and ``concatenation(build, out_dir, dtype)``, the
-    writer ``concatenate`` adds maps of it to."""
+    read a part through: its compiled reader, or the ``np.memmap`` of its rows; raises
+    ``strings.CompressedStrings`` for strings the compiled reader does not decode),
+    ``verify_dir(out_dir, limit, deep)``, ``concatenation(build, out_dir, dtype)``, the writer
+    ``concatenate`` adds maps of it to, and ``sharded_reader(bounds, part_reader, dtype,
+    source)``, the compiled reader of a sharded map of such parts; ``components``, the
+    folders a map of it holds besides its files.
+
+    What its samples are: ``rows`` (rows of one fixed-shape array: a row shape, and a part
+    needs a first sample to take it from), ``text`` (``str``), else arrays of any shape
+    (``take``, ``padded``)."""
 
     name: str
     display: str
@@ -60,8 +69,17 @@ class Kind:
     reader: Callable[[Any, str], Any]
     verify_dir: Callable[[Path, int, bool], Found]
     concatenation: Callable[[Path, Path, Any], Any]
+    sharded_reader: Callable[[np.ndarray, Callable[[int], Any], Optional[np.dtype], str], Any]
+    components: Tuple[str, ...] = ()
+    rows: bool = False
+    text: bool = False
     opener: Optional[Opener] = None
     builder: Optional[Builder] = None
+
+    @property
+    def arrays(self) -> bool:
+        """Its samples are arrays of any shape (neither ``rows`` nor ``text``)."""
+        return not (self.rows or self.text)
 
     def read(self, path: Path) -> Any:
         """The committed files of the map at ``path``, all of one version."""
@@ -81,14 +99,36 @@ class Kind:
         return self.builder(out_dir, samples, batch_size, keys)
 
 
+def _strings_reader(files: strings_format.StringsFiles, mode: str) -> Any:
+    if files.codec.compressed:
+        raise strings_format.CompressedStrings(files.out_dir)
+    return files.reader(mode)[0]
+
+
 KINDS: Dict[str, Kind] = {kind.name: kind for kind in (
     Kind("numpy", "numpy", ARRAY_MODES, lambda path: numpy_format.open_dir(path), lambda array: array.rows,
-         lambda array, mode: array.map(mode), numpy_format.verify_dir, numpy_format.Concatenation),
+         lambda array, mode: array.map(mode), numpy_format.verify_dir, numpy_format.Concatenation,
+         lambda bounds, part_reader, dtype, source: _sharded.ShardedRowsReader(bounds, part_reader, source),
+         rows=True),
     Kind("ragged", "ragged", ARRAY_MODES, ragged_format.RaggedFiles.open, lambda files: files.n,
-         lambda files, mode: files.reader(mode)[0], ragged_format.verify_dir, ragged_format.Concatenation),
+         lambda files, mode: files.reader(mode)[0], ragged_format.verify_dir, ragged_format.Concatenation,
+         lambda bounds, part_reader, dtype, source: _sharded.ShardedRaggedReader(
+             bounds, part_reader, np.float64 if dtype is None else dtype, source),
+         components=("starts", "ends", "shapes", "flattened_shapes")),
     Kind("string", "strings", STRING_MODES, strings_format.StringsFiles.open, lambda files: files.n,
-         lambda files, mode: files.reader(mode)[0], strings_format.verify_dir, strings_format.Concatenation),
+         _strings_reader, strings_format.verify_dir, strings_format.Concatenation,
+         lambda bounds, part_reader, dtype, source: _sharded.ShardedStringsReader(bounds, part_reader, source),
+         components=("starts", "ends"), text=True),
 )}
+for _kind in KINDS.values():  # what the storage layer leaves in place when it replaces a map
+    locking.COMPONENTS[_kind.name] = _kind.components
+    locking.UNWRITTEN.update(_kind.components)
+
+
+def kind_of_sample(sample: Any) -> str:
+    """The kind a map of samples like ``sample`` is when none is given: strings for ``str``,
+    else ragged."""
+    return "string" if isinstance(sample, str) else "ragged"
 
 
 def register(name: str, opener: Opener, builder: Builder) -> None:

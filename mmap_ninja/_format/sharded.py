@@ -18,7 +18,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from .. import _meta
-from .._storage import Commit
+from .._storage import Commit, locking
 from .kinds import KINDS
 
 # What ``type.ninja`` holds for a sharded map.
@@ -37,6 +37,7 @@ MAX_SAMPLES = 2**62
 VERSIONS = "versions"
 KEYSETS = "keysets"
 KEYS_HOME = re.compile(r"\.|keysets/v[0-9]{1,19}")
+locking.COMPONENTS[TYPE] = (PARTS, VERSIONS, KEYSETS)
 
 
 def is_part_name(name: Any) -> bool:

@@ -114,6 +114,11 @@ class Codec:
         return self.decompress(raw).decode("utf-8")
 
 
+class CompressedStrings(Exception):
+    """The strings of a map are compressed, which the compiled readers do not decode (raised
+    with the map's folder)."""
+
+
 class StringsFiles:
     """The files of a strings map and the writer that appends to them (data first, then
     ``ends``, then ``starts``, whose length is the length of the map)."""

@@ -27,7 +27,7 @@ import shutil
 import stat
 import uuid
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Set, Tuple
 
 from .. import _meta
 from .._mapping import exchange
@@ -161,11 +161,14 @@ class WriterLock:
             self._fd = None
 
 
-# The component folders each kind of map holds; everything else in a map's folder that is not
-# one of its files (``_meta.MAP_FILES``, with their temporary ``.tmp``/``.new`` versions, and
-# ``writer.lock``) is the user's, and moves along when the folder is replaced.
-_COMPONENTS = {"ragged": ("starts", "ends", "shapes", "flattened_shapes"), "string": ("starts", "ends"),
-               "sharded": ("parts", "versions", "keysets")}
+# The component folders each kind of map holds, by its ``type.ninja`` (filled in by the format
+# layer's registry of kinds, ``_format.kinds``, and by ``_format.sharded``); everything else in a
+# map's folder that is not one of its files (``_meta.MAP_FILES``, with their temporary
+# ``.tmp``/``.new`` versions, and ``writer.lock``) is the user's, and moves along when the folder
+# is replaced. ``UNWRITTEN``: what a folder whose map is not written yet may hold (the
+# components of any plain kind).
+COMPONENTS: Dict[str, Tuple[str, ...]] = {}
+UNWRITTEN: Set[str] = set()
 
 
 # The folder, within the build folder of a map, where worker processes write the parts that are
@@ -182,7 +185,7 @@ def _own_entries(folder: Path) -> frozenset:
     except (OSError, ValueError):
         kind = None
     # a folder whose map is not written yet may hold the components of any kind
-    components = _COMPONENTS.get(kind, ()) if kind is not None else _COMPONENTS["ragged"]
+    components = COMPONENTS.get(kind, ()) if kind is not None else UNWRITTEN
     return frozenset(files | set(components))
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from .._format.kinds import KINDS
 from ..base import map_type
 from ..string import StringsMmap
 
@@ -41,7 +42,8 @@ def open_paths(path: Path) -> Optional[StringsMmap]:
     ``convert`` (``path/paths``; now the paths are the samples' keys), or ``None`` when it has
     none."""
     folder = path / PATHS
-    if not folder.is_dir() or map_type(folder) != "string":
+    kind = KINDS.get(map_type(folder)) if folder.is_dir() else None  # type: ignore[arg-type]
+    if kind is None or not kind.text:
         return None
     return StringsMmap(folder, mode="rb")
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .. import _keys
-from .._format.kinds import display_name
+from .._format.kinds import KINDS, display_name
 from ..base import in_batches, map_type, progress
 from ..generic import open_existing
 from ..parallel import indexable_batches
@@ -175,6 +175,11 @@ class Source:
     skipped: str = ""  # what was passed over, in one line
     column: Optional[str] = None  # of a Parquet file
 
+    @property
+    def text(self) -> bool:
+        """It makes a strings map."""
+        return KINDS[self.makes].text
+
 
 def open_source(source: Path, kind: Optional[str], name: Optional[str], column: Optional[str] = None) -> Source:
     """The samples of ``source``: a folder tree (its kind guessed from the whole tree unless
@@ -316,11 +321,11 @@ def _write(out: Path, source: Source, args, verbose: bool):
     if source.kind == "parquet":
         from ..arrow import from_arrow
 
-        if args.zstd is not None and source.makes != "string":
+        if args.zstd is not None and not source.text:
             raise UsageError(f"--zstd compresses strings; the column {source.column or ''} makes a "
                              f"{display_name(source.makes)} map")
         m = from_arrow(out, source.samples, source.column, verbose, batch_size=args.batch_size, zstd_level=args.zstd)
-    elif source.makes == "string":
+    elif source.text:
         m = StringsMmap.from_generator(out, source.samples, args.batch_size, verbose, n=source.count,
                                        zstd_level=args.zstd, keys=source.paths)
     elif source.kind == "jsonl":
@@ -340,7 +345,7 @@ def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], 
     empty one for samples without)."""
     if source.kind == "parquet":
         return _append_parquet(out, source, batch_size, verbose)
-    m = StringsMmap(out) if source.makes == "string" else RaggedMmap(out)
+    m = StringsMmap(out) if source.text else RaggedMmap(out)
     keyed = m.keyed or (len(m) == 0 and source.paths is not None)
     if m.keyed and source.paths is None:
         raise UsageError(f"the samples of {out} have keys (their files' paths), and {source.kind} have none to give")
@@ -412,7 +417,7 @@ def _convert_megatron(args) -> int:
         if args.copy or args.checksum:
             raise UsageError("--copy and --checksum go with --from megatron")
         kind = map_type(args.source, must_exist=True)
-        if kind != "ragged":
+        if kind not in KINDS or not KINDS[kind].arrays:
             what = "no map" if kind is None else f"a {display_name(kind)} map"
             raise UsageError(f"{args.source} holds {what}: Megatron's indexed datasets are written from a ragged "
                              f"map of 1-d sequences")

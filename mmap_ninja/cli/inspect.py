@@ -10,11 +10,10 @@ from typing import Any, List, Optional
 import numpy as np
 
 from .. import _keys, _meta
-from .. import numpy as np_ninja
 from ..base import map_type
 from ..generic import open_existing, verify
 from ..ragged import RaggedMmap
-from ..sharded import ShardedMmap
+from ..sharded import TYPE, ShardedMmap
 from ..string import StringsMmap
 from ._common import UsageError, disk_usage, human_bytes, open_paths
 
@@ -46,41 +45,37 @@ def _keys_summary(path: Path, samples: int) -> str:
 
 def describe(path: Path) -> List[tuple]:
     """``(label, value)`` lines that describe the map at ``path``."""
-    kind = map_type(path, must_exist=True)
-    if kind is None:
-        raise UsageError(f"{path} is not a mmap_ninja map: it has no {_meta.TYPE}")
+    try:
+        m = open_existing(path, mode="r")
+    except ValueError as exc:  # not a map, or of a type this version does not know
+        raise UsageError(str(exc)) from None
     lines = [("path", str(path))]
-    if kind == "numpy":
-        memmap = np_ninja.open_existing(path)
-        lines += [("kind", f"numpy ({'Fortran' if memmap.flags.f_contiguous and memmap.ndim > 1 else 'C'} order)"),
-                  ("samples", f"{memmap.shape[0]:,}" if memmap.ndim else "0-d array"),
-                  ("dtype", memmap.dtype.name), ("shape", str(memmap.shape))]
-    elif kind == "ragged":
-        m = RaggedMmap(path)
+    if isinstance(m, np.ndarray):
+        lines += [("kind", f"numpy ({'Fortran' if m.flags.f_contiguous and m.ndim > 1 else 'C'} order)"),
+                  ("samples", f"{m.shape[0]:,}" if m.ndim else "0-d array"),
+                  ("dtype", m.dtype.name), ("shape", str(m.shape))]
+    elif isinstance(m, RaggedMmap):
         lines += [("kind", "ragged (" + ("1-d samples" if m.shapes_are_flat else "samples of several shapes") + ")"),
                   ("samples", f"{len(m):,}"), ("dtype", "unknown" if m.dtype is None else m.dtype.name)]
         if len(m):
             lines.append(("elements", _length_summary(m.ends - m.starts, "per sample")))
             if not m.shapes_are_flat:
                 lines.append(("shapes", _shape_summary(m)))
-    elif kind == "string":
-        s = StringsMmap(path, mode="rb")
-        compression = _compression(s.codec)
-        lines += [("kind", "strings"), ("samples", f"{len(s):,}")]
-        if len(s):
+    elif isinstance(m, StringsMmap):
+        compression = _compression(m.codec)
+        lines += [("kind", "strings"), ("samples", f"{len(m):,}")]
+        if len(m):
             unit = "per string" + (" (compressed)" if compression != "none" else "")
-            lines.append(("bytes", _length_summary(s.ends - s.starts, unit)))
+            lines.append(("bytes", _length_summary(m.ends - m.starts, unit)))
         lines.append(("compression", compression))
-    elif kind == "sharded":
-
-        m = ShardedMmap(path)
-        lines += [("kind", f"sharded ({m.kind} parts)"), ("samples", f"{len(m):,}"),
-                  ("parts", f"{len(m.part_names):,}" + (f", {len(m.uncommitted_parts()):,} never committed"
-                                                        if m.uncommitted_parts() else "")),
-                  ("dtype", "-" if m.dtype is None else m.dtype.name)]
     else:
-        raise UsageError(f"{path}: unknown map type {kind!r}")
-    samples = len(open_existing(path)) if kind != "numpy" or np_ninja.open_existing(path).ndim else 0
+        uncommitted = m.uncommitted_parts()
+        lines += [("kind", f"sharded ({m.kind} parts)"), ("samples", f"{len(m):,}"),
+                  ("parts", f"{len(m.part_names):,}" + (f", {len(uncommitted):,} never committed"
+                                                        if uncommitted else "")),
+                  ("dtype", "-" if m.dtype is None else m.dtype.name)]
+    samples = len(m) if not isinstance(m, np.ndarray) or m.ndim else 0
+    del m
     lines.append(("keys", _keys_summary(path, samples)))
     paths = open_paths(path)
     if paths is not None:
@@ -196,7 +191,7 @@ def command_merge(args) -> int:
 
 def command_compact(args) -> int:
 
-    if map_type(args.sharded, must_exist=True) != "sharded":
+    if map_type(args.sharded, must_exist=True) != TYPE:
         raise UsageError(f"{args.sharded} is not a sharded map")
     if map_type(args.out) is not None and not args.force:
         raise UsageError(f"{args.out} holds a map already: --force replaces it")
@@ -206,7 +201,7 @@ def command_compact(args) -> int:
 
 def command_gc(args) -> int:
 
-    if map_type(args.path, must_exist=True) != "sharded":
+    if map_type(args.path, must_exist=True) != TYPE:
         raise UsageError(f"{args.path} is not a sharded map")
     removed = ShardedMmap(args.path).gc()
     for name in removed:
