@@ -281,6 +281,45 @@ cdef inline object _empty(int nd, cnp.npy_intp* dims, cnp.dtype descr):
     return PyArray_Empty(nd, dims, <cnp.PyArray_Descr*>descr, 0)
 
 
+cdef bint _rows_span(const void* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t k,
+                     const char** ptr, Py_ssize_t* nbytes) noexcept nogil:
+    """``_ragged_span`` for rows of fixed-shape ``parts`` (``rows_t``; parts without C-ordered
+    rows, and indices out of range, are left out)."""
+    cdef const rows_t* r = (<const rows_t*>parts) + (part_of[k] if part_of != NULL else 0)
+    if r.base == NULL or idx[k] < 0 or idx[k] >= r.n:
+        return False
+    ptr[0] = r.base + idx[k] * r.row_bytes
+    nbytes[0] = r.row_bytes
+    return True
+
+
+cdef bint _advise_rows(const char* base, Py_ssize_t row_bytes, int64_t n, const int64_t* idx, Py_ssize_t batch,
+                       Py_ssize_t probes) noexcept nogil:
+    """``_advise_spans`` of the rows at ``idx[0..batch]`` among ``n`` rows of ``row_bytes``
+    each at ``base``."""
+    cdef rows_t rows
+    rows.base = base
+    rows.n = n
+    rows.row_bytes = row_bytes
+    return _advise_spans(_rows_span, &rows, NULL, idx, batch, probes)
+
+
+def prefetch_rows(src, const int64_t[::1] indices):
+    """Start reading the rows ``src[indices]`` into the page cache in the background (tell the
+    kernel their byte ranges) and return at once. ``src``: a C-contiguous array (a numpy
+    map); ``indices``: ``int64`` positions in ``[0, len(src))`` (``IndexError`` otherwise)."""
+    if not isinstance(src, np.ndarray) or src.ndim < 1 or not src.flags.c_contiguous:
+        raise ValueError("prefetch_rows needs a C-contiguous array with at least one axis")
+    cdef Py_ssize_t n = src.shape[0], k
+    for k in range(indices.shape[0]):
+        if indices[k] < 0 or indices[k] >= n:
+            raise IndexError(f"index {indices[k]} is out of bounds for {n} rows")
+    cdef Py_ssize_t row_bytes = src.dtype.itemsize * int(np.prod(src.shape[1:], dtype=np.int64))
+    cdef const char* base = cnp.PyArray_BYTES(<cnp.ndarray>src)
+    with nogil:
+        _advise_rows(base, row_bytes, n, _first(indices), indices.shape[0], PREFETCH_PROBES)
+
+
 def gather_rows(src, const int64_t[::1] indices, out):
     """Copy ``src[indices[k]]`` to ``out[k]`` for every ``k``, without the GIL, and return
     ``out``.
@@ -304,11 +343,17 @@ def gather_rows(src, const int64_t[::1] indices, out):
     cdef Py_ssize_t row_bytes = src.dtype.itemsize * int(np.prod(src.shape[1:], dtype=np.int64))
     cdef const char* base = cnp.PyArray_BYTES(<cnp.ndarray>src)
     cdef char* dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
+    cdef watch_t w
+    cdef bint advised
     with nogil:
+        advised = _advise_rows(base, row_bytes, n, _first(indices), indices.shape[0], COLD_PROBES)
+        _watch_start(&w, not advised)
         for k in range(indices.shape[0]):
             if indices[k] < 0 or indices[k] >= n:
                 bad = k
                 break
+            if _slow(&w, k):
+                _watched(&w, _advise_rows(base, row_bytes, n, _first(indices) + k, indices.shape[0] - k, WATCH_PROBES))
             if k + PREFETCH_DISTANCE < indices.shape[0] and 0 <= indices[k + PREFETCH_DISTANCE] < n:
                 _prefetch_bytes(base + indices[k + PREFETCH_DISTANCE] * row_bytes, row_bytes)
             memcpy(dst + k * row_bytes, base + indices[k] * row_bytes, row_bytes)
@@ -339,6 +384,8 @@ cdef class _Offsets:
         if self.ends_view.shape[0] < self.n:
             raise ValueError(f"{source}: ends holds {self.ends_view.shape[0]} offsets, "
                              f"starts holds {self.n}")
+        _keep_resident(self.starts, self.n * sizeof(int64_t))
+        _keep_resident(self.ends, self.n * sizeof(int64_t))
 
     def __len__(self):
         return self.n
@@ -360,6 +407,21 @@ cdef class _Offsets:
         if i < 0 or i >= self.n:
             raise IndexError(f"index {i} is out of bounds for a map of length {self.n}")
         return self._bounds(i, &start, &end)
+
+    cdef void _advise_prefetch(self, const int64_t* idx, Py_ssize_t batch) noexcept nogil:
+        """Tell the kernel the bytes of the items at ``idx[0..batch]`` (see ``prefetch``)."""
+        pass
+
+    def prefetch(self, const int64_t[::1] indices):
+        """Start reading the items at ``indices`` (``int64`` positions in ``[0, n)``,
+        ``IndexError`` otherwise) into the page cache in the background, and return at once. A
+        few of them are looked up first, and when all are in the page cache nothing is asked."""
+        cdef Py_ssize_t k
+        for k in range(indices.shape[0]):
+            if indices[k] < 0 or indices[k] >= self.n:
+                raise IndexError(f"index {indices[k]} is out of bounds for a map of length {self.n}")
+        with nogil:
+            self._advise_prefetch(_first(indices), indices.shape[0])
 
     def span(self, i):
         """``(start, end)`` offsets of item ``i`` (negative counts from the end), checked
@@ -454,6 +516,72 @@ cdef inline int _check_sample(const ragged_t* parts, const int32_t* part_of, con
     return _ragged_shape(r, i, end[0] - start[0], dims)
 
 
+cdef bint _ragged_span(const void* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t k,
+                       const char** ptr, Py_ssize_t* nbytes) noexcept nogil:
+    """The bytes of the sample at batch position ``k`` of ragged ``parts`` (``False`` when its
+    index or offsets are not sound)."""
+    cdef const ragged_t* r = _part_at(<const ragged_t*>parts, part_of, k)
+    cdef int64_t i = idx[k]
+    if i < 0 or i >= r.n or not _valid_span(r.starts[i], r.ends[i], r.length):
+        return False
+    ptr[0] = r.base + r.starts[i] * r.itemsize
+    nbytes[0] = (r.ends[i] - r.starts[i]) * r.itemsize
+    return True
+
+
+cdef bint _advise_spans(span_t span, const void* parts, const int32_t* part_of, const int64_t* idx,
+                        Py_ssize_t batch, Py_ssize_t probes) noexcept nogil:
+    """Tell the kernel the bytes of every sample at batch positions ``0..batch`` (``span``
+    finds them; those it finds not sound are left out), coalesced where they touch, when
+    ``probes`` is 0 or when one of ``probes`` samples spread over the batch is not in the page
+    cache: the kernel then reads them all at once rather than one page fault after another.
+    Return whether it was told."""
+    cdef advice_t a
+    cdef Py_ssize_t k, step, nbytes
+    cdef const char* ptr
+    _advice_start(&a)
+    if probes:
+        step = _probe_step(batch, probes)
+        k = 0
+        while k < batch and not a.cold:
+            if span(parts, part_of, idx, k, &ptr, &nbytes):
+                _probe(&a, ptr, nbytes)
+            k += step
+        if not a.cold:
+            return False
+    for k in range(batch):
+        if span(parts, part_of, idx, k, &ptr, &nbytes):
+            _advise(&a, ptr, nbytes)
+    _advice_flush(&a)
+    return True
+
+
+cdef bint _probed(span_t span, const void* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                  int* unprobed) noexcept nogil:
+    """``_advise_spans`` of a batch with COLD_PROBES, unless ``unprobed`` (the reader's count,
+    or NULL) says to skip this batch's probe (see UNPROBED)."""
+    cdef bint advised
+    if unprobed != NULL and unprobed[0] > 0:
+        unprobed[0] -= 1
+        return False
+    advised = _advise_spans(span, parts, part_of, idx, batch, COLD_PROBES)
+    if unprobed != NULL:
+        unprobed[0] = 0 if advised else UNPROBED
+    return advised
+
+
+cdef bint _advise_ragged(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                         Py_ssize_t probes) noexcept nogil:
+    """``_advise_spans`` of samples of ragged ``parts``."""
+    return _advise_spans(_ragged_span, parts, part_of, idx, batch, probes)
+
+
+cdef bint _probed_ragged(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                         int* unprobed) noexcept nogil:
+    """``_probed`` of samples of ragged ``parts``."""
+    return _probed(_ragged_span, parts, part_of, idx, batch, unprobed)
+
+
 cdef Py_ssize_t _plan_take(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                            Py_ssize_t itemsize, int64_t* src, int64_t* dims, int64_t* off, int64_t* soff,
                            int* reason) noexcept nogil:
@@ -487,12 +615,18 @@ cdef Py_ssize_t _plan_take(const ragged_t* parts, const int32_t* part_of, const 
 cdef void _copy_take(const ragged_t* parts, const int32_t* part_of, Py_ssize_t batch, Py_ssize_t itemsize,
                      const int64_t* src,
                      const int64_t* off, const int64_t* soff, const int64_t* dims, char* out,
-                     int64_t* shape_out) noexcept nogil:
+                     int64_t* shape_out, const int64_t* idx, bint watch) noexcept nogil:
     """Copy the samples planned by ``_plan_take`` back to back into ``out`` and their shapes
-    into ``shape_out``, while the CPU fetches the data of the samples that come next."""
+    into ``shape_out``, while the CPU fetches the data of the samples that come next; with
+    ``watch``, the kernel is told the ranges of the rest of the batch once copies turn slow
+    (``idx``: the samples' indices in their parts)."""
     cdef Py_ssize_t k, ahead
     cdef int nd, a
+    cdef watch_t w
+    _watch_start(&w, watch)
     for k in range(batch):
+        if _slow(&w, k):
+            _watched(&w, _advise_ragged(parts, _parts_from(part_of, k), idx + k, batch - k, WATCH_PROBES))
         ahead = k + PREFETCH_DISTANCE
         if ahead < batch:
             _prefetch_bytes(_part_at(parts, part_of, ahead).base + src[ahead] * itemsize,
@@ -520,13 +654,14 @@ cdef object _allocated(object alloc, tuple shape, cnp.dtype descr):
 
 
 cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
-                  cnp.dtype descr, bint nested, object source, object indices, object alloc=None):
+                  cnp.dtype descr, bint nested, object source, object indices, int* unprobed, object alloc=None):
     """The samples at batch positions ``0..batch`` (``idx``: their indices in their parts)
     copied back to back into a new ``RaggedBatch`` (its values in ``alloc(shape, dtype)`` when
     given, else a new array); ``nested``: whether any part read is. A sample that cannot be
     taken raises ``source._batch_error(indices, k, reason)``, before anything is copied."""
     cdef Py_ssize_t bad
     cdef int reason = PAD_OK
+    cdef bint advised
     offsets = _empty_int64(batch + 1)
     shape_offsets = _empty_int64(batch + 1)
     cdef int64_t* off = <int64_t*>cnp.PyArray_DATA(offsets)
@@ -541,6 +676,7 @@ cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* 
     cdef int64_t* shape_out
     try:
         with nogil:
+            advised = _probed_ragged(parts, part_of, idx, batch, unprobed)
             bad = _plan_take(parts, part_of, idx, batch, descr.itemsize, src, dims, off, soff, &reason)
         if bad >= 0 and reason == TAKE_TOO_LARGE:
             raise MemoryError(f"a batch of {batch} samples is too large for memory")
@@ -552,7 +688,7 @@ cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* 
         out = cnp.PyArray_BYTES(values)
         shape_out = <int64_t*>cnp.PyArray_DATA(shape_values)
         with nogil:
-            _copy_take(parts, part_of, batch, descr.itemsize, src, off, soff, dims, out, shape_out)
+            _copy_take(parts, part_of, batch, descr.itemsize, src, off, soff, dims, out, shape_out, idx, not advised)
     finally:
         free(src)
     return _new_batch(values, offsets, shape_values, shape_offsets)
@@ -593,16 +729,21 @@ cdef Py_ssize_t _plan_padded(const ragged_t* parts, const int32_t* part_of, cons
 cdef void _fill_padded(const ragged_t* parts, const int32_t* part_of, const int64_t* src, int64_t* length,
                        Py_ssize_t batch, int64_t longest, Py_ssize_t itemsize, int64_t row_elems, char* dst,
                        Py_ssize_t out_itemsize, convert_t convert, const char* pattern,
-                       bint zero) noexcept nogil:
+                       bint zero, const int64_t* idx, bint watch) noexcept nogil:
     """Copy each sample's first ``longest`` rows (``row_elems`` elements each) into row ``k``
     of ``dst``, converted by ``convert`` to elements of ``out_itemsize`` bytes (copied as they
     are when ``convert`` is NULL), and fill the rest with the element at ``pattern`` (all zero
-    bytes when ``zero``); ``length`` becomes the number of rows kept."""
+    bytes when ``zero``); ``length`` becomes the number of rows kept. ``idx`` and ``watch``
+    as for ``_copy_take``."""
     cdef Py_ssize_t k, row_bytes = row_elems * itemsize, out_row_bytes = row_elems * out_itemsize
     cdef int64_t kept
     cdef const char* sample
     cdef char* row
+    cdef watch_t w
+    _watch_start(&w, watch)
     for k in range(batch):
+        if _slow(&w, k):
+            _watched(&w, _advise_ragged(parts, _parts_from(part_of, k), idx + k, batch - k, WATCH_PROBES))
         if k + PREFETCH_DISTANCE < batch:
             _prefetch_bytes(_part_at(parts, part_of, k + PREFETCH_DISTANCE).base
                             + src[k + PREFETCH_DISTANCE] * itemsize, row_bytes)
@@ -619,7 +760,7 @@ cdef void _fill_padded(const ragged_t* parts, const int32_t* part_of, const int6
 
 cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                    cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices,
-                   object dtype=None, object alloc=None):
+                   int* unprobed, object dtype=None, object alloc=None):
     """The samples at batch positions ``0..batch`` padded into one array of ``dtype`` (default:
     the map's; into ``out``, else ``alloc(shape, dtype)``, else a new array), and their lengths
     (see ``RaggedReader.padded``); errors as in ``_take``."""
@@ -627,6 +768,7 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
     cdef int64_t longest = 0, row_elems = 1
     cdef int64_t first[MAX_SAMPLE_NDIM]
     cdef int first_nd = -1, reason = PAD_OK, a
+    cdef bint advised = False
     cdef cnp.dtype out_descr = descr if dtype is None else np.dtype(dtype)
     cdef convert_t convert = NULL
     if out_descr != descr:
@@ -636,7 +778,8 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
         if descr.isnative and out_descr.isnative:
             convert = converter(ord(descr.kind), descr.itemsize, ord(out_descr.kind), out_descr.itemsize)
         if convert == NULL:  # no compiled conversion (into complex numbers, say): pad, then cast
-            padded, lengths = _padded(parts, part_of, idx, batch, descr, 0, max_len, None, source, indices)
+            padded, lengths = _padded(parts, part_of, idx, batch, descr, 0, max_len, None, source, indices,
+                                      unprobed)
             if out is None and alloc is None:
                 out = padded.astype(out_descr)
             else:
@@ -658,6 +801,7 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
         raise MemoryError(f"cannot allocate a batch of {batch} samples")
     try:
         with nogil:
+            advised = _probed_ragged(parts, part_of, idx, batch, unprobed)
             bad = _plan_padded(parts, part_of, idx, batch, src, length, first, &first_nd, &longest, &reason)
         if bad >= 0:
             source._batch_error(indices, bad, reason)
@@ -684,7 +828,7 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
         pattern = cnp.PyArray_BYTES(<cnp.ndarray>pad)
         with nogil:
             _fill_padded(parts, part_of, src, length, batch, longest, descr.itemsize, row_elems, dst,
-                         out_descr.itemsize, convert, pattern, zero)
+                         out_descr.itemsize, convert, pattern, zero, idx, not advised)
     finally:
         free(src)
     return out, lengths
@@ -741,12 +885,16 @@ cdef class RaggedReader(_Offsets):
             self.c.n_shape_values = self.shape_values_view.shape[0]
             if self.shape_starts_view.shape[0] < self.n or self.shape_ends_view.shape[0] < self.n:
                 raise ValueError(f"{source}: shapes holds fewer entries than the {self.n} samples")
+            _keep_resident(self.c.shape_values, self.c.n_shape_values * sizeof(int64_t))
+            _keep_resident(self.c.shape_starts, self.n * sizeof(int64_t))
+            _keep_resident(self.c.shape_ends, self.n * sizeof(int64_t))
         else:
             self.sizes_view = sizes
             self.c.sizes = _first(self.sizes_view)
             if self.sizes_view.shape[0] < self.n:
                 raise ValueError(f"{source}: shapes holds {self.sizes_view.shape[0]} entries, "
                                  f"fewer than the {self.n} samples")
+            _keep_resident(self.c.sizes, self.n * sizeof(int64_t))
 
     @property
     def dtype(self):
@@ -785,6 +933,7 @@ cdef class RaggedReader(_Offsets):
             self._raise_invalid(i)
         for a in range(nd):
             view_dims[a] = dims[a]
+        _advise_large(self.c.base + start * self.c.itemsize, (end - start) * self.c.itemsize)
         return _view(self.data, self.c.base + start * self.c.itemsize, nd, view_dims, self.flags)
 
     def sample(self, i):
@@ -797,6 +946,8 @@ cdef class RaggedReader(_Offsets):
         list of views."""
         cdef Py_ssize_t k, batch = indices.shape[0]
         cdef list out = []
+        with nogil:
+            _probed_ragged(&self.c, NULL, _first(indices), batch, &self.unprobed)
         for k in range(batch):
             _prefetch_ragged(&self.c, NULL, _first(indices), k + PREFETCH_DISTANCE, batch)
             out.append(self._sample(_wrap_scalar(indices[k], self.n)))
@@ -806,10 +957,16 @@ cdef class RaggedReader(_Offsets):
         """The samples of a slice of the map (any step), as a list of views."""
         cdef Py_ssize_t start, step, k
         start, step, count = _slice_bounds(item, self.n)
+        cdef const int64_t[::1] positions = _slice_positions(item, self.n)
+        with nogil:
+            _advise_ragged(&self.c, NULL, _first(positions), positions.shape[0], COLD_PROBES)
         cdef list out = []
         for k in range(count):
             out.append(self._sample(start + k * step))
         return out
+
+    cdef void _advise_prefetch(self, const int64_t* idx, Py_ssize_t batch) noexcept nogil:
+        _advise_ragged(&self.c, NULL, idx, batch, PREFETCH_PROBES)
 
     def verify(self, Py_ssize_t limit=20):
         """``(problems, unsound)`` of one pass over every sample: the first ``limit`` problems
@@ -860,7 +1017,7 @@ cdef class RaggedReader(_Offsets):
         the GIL; nothing is copied when a sample fails its checks.
         """
         return _take(&self.c, NULL, _first(indices), indices.shape[0], self.descr, self.c.nested, self, indices,
-                     alloc)
+                     &self.unprobed, alloc)
 
     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,
                alloc=None):
@@ -877,7 +1034,7 @@ cdef class RaggedReader(_Offsets):
         pass.
         """
         return _padded(&self.c, NULL, _first(indices), indices.shape[0], self.descr, pad_value, max_len, out,
-                       self, indices, dtype, alloc)
+                       self, indices, &self.unprobed, dtype, alloc)
 
 
 @cython.final
@@ -1143,14 +1300,28 @@ cdef inline const strings_t* _strings_at(const strings_t* parts, const int32_t* 
     return parts if part_of == NULL else parts + part_of[k]
 
 
+cdef bint _strings_span(const void* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t k,
+                        const char** ptr, Py_ssize_t* nbytes) noexcept nogil:
+    """``_ragged_span`` for strings."""
+    cdef const strings_t* r = _strings_at(<const strings_t*>parts, part_of, k)
+    cdef int64_t i = idx[k]
+    if i < 0 or i >= r.n or not _valid_span(r.starts[i], r.ends[i], r.length):
+        return False
+    ptr[0] = r.data + r.starts[i]
+    nbytes[0] = r.ends[i] - r.starts[i]
+    return True
+
+
 cdef list _gather_strings(const strings_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
-                          bint as_bytes, object source, object indices):
+                          bint as_bytes, object source, object indices, int* unprobed):
     """The strings (or bytes) at batch positions ``0..batch`` (``idx``: their indices in their
     parts), gathered into one buffer without the GIL and decoded from it. A string that cannot
     be read raises ``source._batch_error(indices, k)`` before anything is copied."""
     cdef Py_ssize_t k, bad = -1, ahead
     cdef int64_t i
     cdef const strings_t* r
+    cdef bint advised
+    cdef watch_t w
     cdef int64_t* off = <int64_t*>malloc((2 * batch + 1) * sizeof(int64_t))
     if off == NULL:
         raise MemoryError(f"cannot allocate a batch of {batch} strings")
@@ -1158,6 +1329,7 @@ cdef list _gather_strings(const strings_t* parts, const int32_t* part_of, const 
     cdef char* gathered = NULL
     try:
         with nogil:
+            advised = _probed(_strings_span, parts, part_of, idx, batch, unprobed)
             off[0] = 0
             for k in range(batch):
                 ahead = k + PREFETCH_DISTANCE
@@ -1184,7 +1356,11 @@ cdef list _gather_strings(const strings_t* parts, const int32_t* part_of, const 
         if gathered == NULL:
             raise MemoryError(f"cannot allocate {off[batch]} bytes for a batch of strings")
         with nogil:
+            _watch_start(&w, not advised)
             for k in range(batch):
+                if _slow(&w, k):
+                    _watched(&w, _advise_spans(_strings_span, parts, _parts_from(part_of, k), idx + k, batch - k,
+                                               WATCH_PROBES))
                 ahead = k + PREFETCH_DISTANCE
                 if ahead < batch:
                     _prefetch_bytes(_strings_at(parts, part_of, ahead).data + src[ahead], off[ahead + 1] - off[ahead])
@@ -1220,6 +1396,7 @@ cdef class StringsReader(_Offsets):
         self._bounds(i, &start, &end)
         if end == start:
             return b"" if as_bytes else ""
+        _advise_large(self.data + start, end - start)
         if as_bytes:
             return PyBytes_FromStringAndSize(self.data + start, end - start)
         return PyUnicode_DecodeUTF8(self.data + start, end - start, NULL)
@@ -1263,16 +1440,23 @@ cdef class StringsReader(_Offsets):
         bytes that come next); the strings are then decoded from that buffer, which is in the
         CPU's cache.
         """
-        return _gather_strings(&self.c, NULL, _first(indices), indices.shape[0], as_bytes, self, indices)
+        return _gather_strings(&self.c, NULL, _first(indices), indices.shape[0], as_bytes, self, indices,
+                               &self.unprobed)
 
     def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k):
         """Raise why the string at position ``k`` of a batch cannot be read."""
         self._raise_unreadable(indices[k])
 
+    cdef void _advise_prefetch(self, const int64_t* idx, Py_ssize_t batch) noexcept nogil:
+        _advise_spans(_strings_span, &self.c, NULL, idx, batch, PREFETCH_PROBES)
+
     def get_in(self, slice item, bint as_bytes=False):
         """The strings (or raw bytes) of a slice of the map (any step), as a list."""
         cdef Py_ssize_t start, step, k
         start, step, count = _slice_bounds(item, self.n)
+        cdef const int64_t[::1] positions = _slice_positions(item, self.n)
+        with nogil:
+            _advise_spans(_strings_span, &self.c, NULL, _first(positions), positions.shape[0], COLD_PROBES)
         cdef list out = []
         for k in range(count):
             out.append(self._get(start + k * step, as_bytes))

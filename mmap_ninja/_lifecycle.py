@@ -54,6 +54,11 @@ def _reopen(cls, out_dir: str, options: dict) -> "MapObject":
     return cls(out_dir, **options)
 
 
+# Samples read ahead by iteration: while a stretch of this many is read, the kernel reads the
+# next one (the data is mapped for random access, so a page fault reads its own page only).
+ITER_AHEAD = 1024
+
+
 class MapObject(Legacy090Names, _keys.KeyLookups):
     """The lifecycle shared by ``RaggedMmap`` and ``StringsMmap`` (see the module docstring).
 
@@ -163,8 +168,25 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
         return self._live()[0].n
 
     def __iter__(self):
-        for i in range(len(self)):
+        n = len(self)
+        for i in range(n):
+            if i % ITER_AHEAD == 0:  # the samples one stretch ahead are read meanwhile
+                start = i + ITER_AHEAD if i else 0
+                reader = self._live()[1]
+                if reader is not None and start < n:
+                    reader.prefetch(np.arange(start, min(n, i + 2 * ITER_AHEAD), dtype=np.int64))
             yield self[i]
+
+    def prefetch(self, indices) -> None:
+        """Start reading the samples at ``indices`` (a sequence, array, boolean mask or slice,
+        as ``take`` takes them) from disk into the page cache in the background, and return at
+        once: a later read of them finds them in memory. A few of them are looked up in the page
+        cache first, and when all are there the kernel is asked nothing.
+        ``IndexError`` for an index out of range."""
+        files, reader, _ = self._live()
+        index = _core.batch_index(indices, files.n)
+        if reader is not None and len(index):
+            reader.prefetch(index)
 
     # -- keys (see _keys.KeyLookups) ---------------------------------------------------
 

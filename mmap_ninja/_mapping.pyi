@@ -15,8 +15,12 @@ class Mapping:
     mode: str
     path: str
     inode: Tuple[int, int]
-    def __init__(self, path: PathLike, size: Optional[int] = ..., mode: str = ...) -> None: ...
+    def __init__(
+        self, path: PathLike, size: Optional[int] = ..., mode: str = ..., random_access: bool = ...
+    ) -> None: ...
     def __len__(self) -> int: ...
+    def resident(self) -> Tuple[int, int]:
+        """``(resident, total)`` pages of the mapping (``mincore``)."""
     def flush(self) -> None:
         """``msync`` a shared writable mapping."""
 

@@ -15,10 +15,24 @@ the atomic exchange of two directories.
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from libc.errno cimport errno
+from libc.stdlib cimport free, malloc
 from posix.fcntl cimport O_CLOEXEC, O_RDONLY, O_RDWR, open
-from posix.mman cimport MAP_FAILED, MAP_PRIVATE, MAP_SHARED, MS_SYNC, PROT_READ, PROT_WRITE, mmap, msync, munmap
+from posix.mman cimport (
+    MADV_RANDOM,
+    MAP_FAILED,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MS_SYNC,
+    PROT_READ,
+    PROT_WRITE,
+    madvise,
+    mincore,
+    mmap,
+    msync,
+    munmap,
+)
 from posix.stat cimport fstat, struct_stat
-from posix.unistd cimport close
+from posix.unistd cimport close, sysconf
 
 import os
 
@@ -44,6 +58,9 @@ cdef extern from *:
     int mn_exchange(const char* a, const char* b) nogil
     char mn_empty_buffer[1]
 
+cdef extern from "<unistd.h>" nogil:
+    enum: _SC_PAGESIZE
+
 
 MODES = ("r", "r+", "c")
 
@@ -55,6 +72,9 @@ cdef class Mapping:
     ``mode``: ``"r"`` read-only and shared, ``"r+"`` writable and shared (writes reach the
     file), ``"c"`` copy-on-write (writes stay in this process). ``ValueError`` names the file
     when it is shorter than ``size``. ``inode`` is ``(st_dev, st_ino)`` of the file mapped.
+    ``random_access``: tell the kernel the pages are read at random (``MADV_RANDOM``), so that
+    a page fault reads that page only, not the megabytes of read-ahead around it (the readers
+    tell the kernel the ranges of a batch beforehand: see ``_core``).
     """
 
     cdef char* addr
@@ -64,7 +84,7 @@ cdef class Mapping:
     cdef readonly object path
     cdef readonly tuple inode
 
-    def __cinit__(self, path, size=None, str mode="r"):
+    def __cinit__(self, path, size=None, str mode="r", bint random_access=False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.path = os.fspath(path)
@@ -96,6 +116,8 @@ cdef class Mapping:
                     code = errno
                     raise OSError(code, f"cannot map {wanted} bytes: {os.strerror(code)}", self.path)
                 self.addr = <char*>addr
+                if random_access:
+                    madvise(addr, wanted, MADV_RANDOM)  # advisory: a failure changes nothing
             self.length = wanted
         finally:
             close(fd)  # the mapping stays valid without it
@@ -114,6 +136,27 @@ cdef class Mapping:
 
     def __releasebuffer__(self, Py_buffer* buffer):
         pass
+
+    def resident(self):
+        """``(resident, total)``: how many of the mapping's pages are in the page cache
+        (``mincore``), and how many it has."""
+        cdef long page = sysconf(_SC_PAGESIZE)
+        cdef size_t pages = (self.length + page - 1) // page if self.addr != NULL else 0
+        cdef size_t k, count = 0
+        if pages == 0:
+            return 0, 0
+        cdef unsigned char* vec = <unsigned char*>malloc(pages)
+        if vec == NULL:
+            raise MemoryError(f"cannot allocate {pages} bytes to look up {self.path} in the page cache")
+        try:
+            if mincore(self.addr, self.length, vec) != 0:
+                code = errno
+                raise OSError(code, os.strerror(code), self.path)
+            for k in range(pages):
+                count += vec[k] & 1
+        finally:
+            free(vec)
+        return count, pages
 
     def flush(self):
         """Write changed pages of a shared writable mapping to the file, and wait for it."""

@@ -19,6 +19,8 @@ class _Parts:
     def locate(self, indices: Int64Array, open_parts: bool = ...) -> Tuple[npt.NDArray[np.int32], Int64Array]:
         """The part of each index and the position in it; opens the parts read unless told not to."""
     def part(self, i: int) -> Tuple[int, int]: ...
+    def prefetch(self, indices: Int64Array) -> None:
+        """Start reading the samples at ``indices`` into the page cache in the background."""
 
 class ShardedRaggedReader(_Parts):
     """Samples of the ragged parts of a sharded map by their index in the whole map; batches

@@ -18,21 +18,34 @@ cimport numpy as cnp
 import numpy as np
 
 from mmap_ninja._core cimport (
+    COLD_PROBES,
     PAD_CORRUPTED,
     PREFETCH_DISTANCE,
+    PREFETCH_PROBES,
+    WATCH_PROBES,
     RaggedReader,
     StringsReader,
+    _advise_ragged,
+    _advise_spans,
     _empty_int64,
     _first,
     _gather_strings,
     _padded,
     _prefetch_bytes,
+    _probed_ragged,
     _raise_batch_error,
+    _rows_span,
     _scalar_index,
     _slice_positions,
+    _slow,
+    _strings_span,
     _take,
+    _watch_start,
+    _watched,
     ragged_t,
+    rows_t,
     strings_t,
+    watch_t,
 )
 
 cnp.import_array()
@@ -134,6 +147,27 @@ cdef class _Parts:
             raise MemoryError(f"cannot allocate a batch of {batch} samples")
         return self._locate(_first(indices), batch, part_of[0], local[0])
 
+    cdef void _advise_located(self, const int32_t* part_of, const int64_t* local,
+                              Py_ssize_t batch) noexcept nogil:
+        """Tell the kernel the bytes of a located batch (see ``prefetch``): each kind of part
+        its own."""
+        pass
+
+    def prefetch(self, const int64_t[::1] indices):
+        """Start reading the samples at ``indices`` (``int64``) into the page cache in the
+        background, and return at once (``IndexError`` for an index out of range); the parts
+        they lie in are opened. A few of them are looked up first, and when all are in the page
+        cache nothing is asked."""
+        cdef int32_t* part_of = NULL
+        cdef int64_t* local = NULL
+        try:
+            self._locate_batch(indices, &part_of, &local)
+            with nogil:
+                self._advise_located(part_of, local, indices.shape[0])
+        finally:
+            free(part_of)
+            free(local)
+
     def locate(self, const int64_t[::1] indices, bint open_parts=True):
         """``(parts, local)``: the part (``int32``) of each of ``indices`` (``int64`` positions
         in the map) and the position in it (``int64``); opens the parts read unless
@@ -160,6 +194,7 @@ cdef class ShardedRaggedReader(_Parts):
 
     cdef ragged_t* parts
     cdef cnp.dtype descr
+    cdef int unprobed  # as RaggedReader's
 
     def __cinit__(self, bounds, opener, dtype, source=""):
         self._init_parts(bounds, opener, source, sizeof(ragged_t))
@@ -202,6 +237,9 @@ cdef class ShardedRaggedReader(_Parts):
         parts, local = self.locate(indices)
         cdef const int32_t[::1] part_of = parts
         cdef const int64_t[::1] at = local
+        if batch:
+            with nogil:
+                _probed_ragged(self.parts, &part_of[0], &at[0], batch, &self.unprobed)
         for k in range(batch):
             out.append((<RaggedReader>self.readers[part_of[k]])._sample(at[k]))
         return out
@@ -237,12 +275,16 @@ cdef class ShardedRaggedReader(_Parts):
             self._locate_batch(indices, &part_of, &local)
             if padded:
                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
-                               dtype, alloc)
+                               &self.unprobed, dtype, alloc)
             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices,
-                         alloc)
+                         &self.unprobed, alloc)
         finally:
             free(part_of)
             free(local)
+
+    cdef void _advise_located(self, const int32_t* part_of, const int64_t* local,
+                              Py_ssize_t batch) noexcept nogil:
+        _advise_ragged(self.parts, part_of, local, batch, PREFETCH_PROBES)
 
     def take(self, const int64_t[::1] indices, alloc=None):
         """The samples at ``indices`` (``int64``) copied back to back into one new buffer, as
@@ -262,6 +304,7 @@ cdef class ShardedStringsReader(_Parts):
     in the whole map, a batch gathered from every part in one pass without the GIL."""
 
     cdef strings_t* parts
+    cdef int unprobed  # as RaggedReader's
 
     def __cinit__(self, bounds, opener, source=""):
         self._init_parts(bounds, opener, source, sizeof(strings_t))
@@ -291,6 +334,10 @@ cdef class ShardedStringsReader(_Parts):
         p, j = self.part(indices[k])
         (<StringsReader>self.readers[p])._raise_unreadable(j)
 
+    cdef void _advise_located(self, const int32_t* part_of, const int64_t* local,
+                              Py_ssize_t batch) noexcept nogil:
+        _advise_spans(_strings_span, self.parts, part_of, local, batch, PREFETCH_PROBES)
+
     def get_many(self, const int64_t[::1] indices, bint as_bytes=False):
         """The strings (or raw bytes) at ``indices`` (``int64``), as a list (see
         ``StringsReader.get_many``)."""
@@ -299,16 +346,10 @@ cdef class ShardedStringsReader(_Parts):
         cdef int64_t* local = NULL
         try:
             self._locate_batch(indices, &part_of, &local)
-            return _gather_strings(self.parts, part_of, local, batch, as_bytes, self, indices)
+            return _gather_strings(self.parts, part_of, local, batch, as_bytes, self, indices, &self.unprobed)
         finally:
             free(part_of)
             free(local)
-
-
-# The rows of one fixed-shape map, read by ``ShardedRowsReader`` without the GIL.
-ctypedef struct rows_t:
-    const char* base
-    int64_t n
 
 
 @cython.final
@@ -347,6 +388,7 @@ cdef class ShardedRowsReader(_Parts):
         # rows of another layout (a Fortran-ordered map) are copied by numpy, one by one
         self.parts[p].base = cnp.PyArray_BYTES(<cnp.ndarray>rows) if rows.flags.c_contiguous else NULL
         self.parts[p].n = length
+        self.parts[p].row_bytes = self.row_bytes
         return 0
 
     def row(self, i):
@@ -357,6 +399,10 @@ cdef class ShardedRowsReader(_Parts):
             self._open(p)
         return self.readers[p][j - self.bounds[p]]
 
+    cdef void _advise_located(self, const int32_t* part_of, const int64_t* local,
+                              Py_ssize_t batch) noexcept nogil:
+        _advise_spans(_rows_span, self.parts, part_of, local, batch, PREFETCH_PROBES)
+
     def take(self, const int64_t[::1] indices):
         """The rows at ``indices`` (``int64``) copied into a new array ``(B, *row_shape)``."""
         cdef Py_ssize_t batch = indices.shape[0], k
@@ -365,6 +411,7 @@ cdef class ShardedRowsReader(_Parts):
         cdef char* dst
         cdef const rows_t* r
         cdef bint others = False
+        cdef watch_t w
         try:
             self._locate_batch(indices, &part_of, &local)
             if self.row_shape is None and self.n:
@@ -374,7 +421,11 @@ cdef class ShardedRowsReader(_Parts):
             out = np.empty((batch,) + self.row_shape, dtype=self.descr)
             dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
             with nogil:
+                _watch_start(&w, not _advise_spans(_rows_span, self.parts, part_of, local, batch, COLD_PROBES))
                 for k in range(batch):
+                    if _slow(&w, k):
+                        _watched(&w, _advise_spans(_rows_span, self.parts, part_of + k, local + k, batch - k,
+                                                   WATCH_PROBES))
                     if k + PREFETCH_DISTANCE < batch:
                         r = self.parts + part_of[k + PREFETCH_DISTANCE]
                         if r.base != NULL:

@@ -160,6 +160,19 @@ def take(arr: np.ndarray, indices: Any, out: Optional[np.ndarray] = None) -> np.
     return np.take(arr, index, axis=0, out=out)  # numpy buffers an out that overlaps arr
 
 
+def prefetch(arr: np.ndarray, indices: Any) -> None:
+    """Start reading the rows ``arr[indices]`` of a map (a ``np.memmap``; ``indices`` as
+    ``take`` takes them) from disk into the page cache in the background, and return at once:
+    a later read of them finds them in memory. Cheap when they are there already; nothing is
+    done for an array in Fortran order (its rows are not contiguous). ``IndexError`` for an
+    index out of range."""
+    if not isinstance(arr, np.ndarray) or arr.ndim == 0:
+        raise TypeError("prefetch needs an array with at least one axis")
+    index = _core.batch_index(indices, arr.shape[0])
+    if arr.flags.c_contiguous and len(index) and arr.nbytes:
+        _core.prefetch_rows(arr, index)
+
+
 def extend_dir(out_dir: PathLike, arr: Any, *, keys: Optional[Iterable[str]] = None) -> None:
     """Append the samples ``arr`` (shape ``(k, *sample_shape)``) to the map at ``out_dir``.
 

@@ -327,9 +327,23 @@ class ShardedMmap(_keys.KeyLookups):
 
     def __iter__(self):
         for k in range(len(self._state[0]["parts"])):
-            part = self.part(k)
-            for i in range(self._state[0]["parts"][k]["length"]):
-                yield self._wrap(part[i])
+            # each part's own iteration, which reads ahead, cut at the length committed
+            for sample in itertools.islice(self.part(k), self._state[0]["parts"][k]["length"]):
+                yield self._wrap(sample)
+
+    def prefetch(self, indices) -> None:
+        """Start reading the samples at ``indices`` (as ``take`` takes them) from disk into the
+        page cache in the background, and return at once (see ``RaggedMmap.prefetch``); the
+        parts they lie in are opened. ``IndexError`` for an index out of range."""
+        reader = self._state[3]
+        index = _core.batch_index(indices, reader.n)
+        if not len(index):
+            return
+        try:
+            reader.prefetch(index)
+        except CompressedStrings:  # such parts are read part by part
+            for k, _, local in self._grouped(index):
+                self.part(k).prefetch(local)
 
     def _require(self, kind: str, what: str) -> None:
         if self.kind != kind:

@@ -550,10 +550,10 @@ def test_a_reader_opening_the_map_while_a_writer_makes_its_copy_reads_it_whole(t
     mapping = _storage.ArrayDir.map
     copied = []
 
-    def copy_first(array, mode="r"):  # a writer makes its private copy just as this reader maps the file
+    def copy_first(array, mode="r", **options):  # a writer makes its private copy just as this reader maps the file
         if array.data_file == tmp_path / "m" / "data.ninja" and not copied:
             copied.append(_storage.make_private(array.data_file, durable=False))
-        return mapping(array, mode)
+        return mapping(array, mode, **options)
 
     monkeypatch.setattr(_storage.ArrayDir, "map", copy_first)
     assert_reads(RaggedMmap(tmp_path / "m"), samples)

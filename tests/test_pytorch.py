@@ -21,6 +21,7 @@ from mmap_ninja.pytorch import (
     BufferPool,
     DistributedSampler,
     Loader,
+    LookaheadSampler,
     PaddedBatch,
     RaggedBatches,
     TokenizedCollate,
@@ -315,14 +316,14 @@ def token_map(tmp_path_factory):
 @settings(max_examples=40, deadline=None)
 @given(batch_size=st.integers(1, 40), shuffle=st.booleans(), drop_last=st.booleans(), seed=st.integers(0, 2**32),
        num_threads=st.integers(0, 3), prefetch=st.integers(1, 3), padded=st.booleans(),
-       dtype=st.sampled_from([b for a, b in SAFE_PAIRS if a == np.int32]))
+       dtype=st.sampled_from([b for a, b in SAFE_PAIRS if a == np.int32]), lookahead=st.integers(0, 5))
 def test_loader_gives_the_batches_of_a_dataloader(token_map, batch_size, shuffle, drop_last, seed, num_threads,
-                                                  prefetch, padded, dtype):
+                                                  prefetch, padded, dtype, lookahead):
     m, samples = token_map
     dataset = RaggedBatches(m, padded=padded, pad_value=-1, dtype=dtype)
     collate_fn = functools.partial(collate, attention_mask=True) if padded else collate_packed
     loader = Loader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=collate_fn,
-                    num_threads=num_threads, prefetch=prefetch, seed=seed)
+                    num_threads=num_threads, prefetch=prefetch, seed=seed, lookahead=lookahead)
     reference = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                                             collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))
     for _ in range(2):  # two epochs: each draws the next order
@@ -770,3 +771,98 @@ def test_a_run_stopped_mid_epoch_resumes_on_2_1_and_3_ranks(tmp_path):
         counts = np.bincount(first[0] + first[1] + sum(rest, []), minlength=n)
         # the whole epoch, nothing read twice but what torch's padding repeats (at most a rank's worth)
         assert counts.min() == 1 and counts.sum() - n < world, (world, counts.sum())
+
+
+# -- reading ahead from disk ------------------------------------------------------------------
+
+
+class Recording(torch.utils.data.Dataset):
+    """A dataset that records, in order, the batches asked of the kernel and the batches read."""
+
+    def __init__(self, n):
+        self.n = n
+        self.events = []
+        self.lock = threading.Lock()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+    def __getitems__(self, indices):
+        with self.lock:
+            self.events.append(("read", list(indices)))
+        return list(indices)
+
+    def prefetch(self, indices):
+        with self.lock:
+            self.events.append(("prefetch", [int(i) for i in indices]))
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+def test_the_loader_asks_for_the_batches_ahead_before_reading_each(lookahead):
+    dataset = Recording(50)
+    batches = [batch.tolist() for batch in Loader(dataset, batch_size=4, num_threads=0, lookahead=lookahead)]
+    assert batches == [list(range(a, min(a + 4, 50))) for a in range(0, 50, 4)]
+    asked = [indices for what, indices in dataset.events if what == "prefetch"]
+    assert asked == (batches if lookahead else [])  # each batch once, in order
+    for k, (what, indices) in enumerate(dataset.events):
+        if what == "read" and lookahead:
+            j = batches.index(indices)
+            wanted = batches[j:j + lookahead + 1]
+            assert all(("prefetch", later) in dataset.events[:k] for later in wanted), (j, dataset.events[:k])
+
+
+def test_the_loader_refuses_a_negative_lookahead_and_reads_datasets_that_cannot_prefetch(token_map):
+    m, samples = token_map
+    with pytest.raises(ValueError, match="lookahead"):
+        Loader(m, lookahead=-1)
+    plain = [np.arange(3)] * 10  # no prefetch: read as it is
+    assert len(list(Loader(plain, batch_size=3, lookahead=2))) == 4
+
+
+def test_lookahead_sampler_asks_for_single_indices_a_batch_at_a_time():
+    dataset = Recording(20)
+    sampler = LookaheadSampler(range(20), dataset, batches=2, batch_size=3)
+    assert len(sampler) == 20
+    yielded = []
+    for i in sampler:
+        yielded.append(i)
+        asked = [x for what, indices in dataset.events if what == "prefetch" for x in indices]
+        assert asked == list(range(len(asked)))  # in order, each once
+        assert len(asked) >= min(20, len(yielded) + 4)  # the next batch and the one after (of 3) begun
+    assert yielded == list(range(20))
+    assert [indices for _, indices in dataset.events] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11],
+                                                          [12, 13, 14], [15, 16, 17], [18, 19]]
+    with pytest.raises(ValueError, match="batches"):
+        LookaheadSampler(range(3), dataset, batches=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        LookaheadSampler(range(3), dataset, batch_size=0)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_lookahead_sampler_with_dataloader_workers_and_a_distributed_sampler(tmp_path, context):
+    from mmap_ninja import pagecache
+
+    rng = np.random.default_rng(5)
+    samples = [rng.integers(0, 1000, size=rng.integers(1, 400), dtype=np.int32) for _ in range(300)]
+    m = RaggedMmap.from_lists(tmp_path / "m", samples)
+    dataset = RaggedBatches(m, pad_value=-1)
+    distributed = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=4)
+    sampler = LookaheadSampler(distributed, dataset, batches=3, batch_size=8)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        assert distributed.epoch == epoch
+        pagecache.evict(m.out_dir / "data.ninja")
+        loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=sampler, num_workers=2,
+                                             multiprocessing_context=context, collate_fn=collate)
+        got = [row[:n].tolist() for batch in loader for row, n in zip(batch["input"], batch["lengths"])]
+        assert got == [samples[i].tolist() for i in distributed.order(epoch)[1::2]][:len(got)]
+        assert len(got) == len(distributed) == len(sampler)
+    state = sampler.state_dict()
+    assert state == distributed.state_dict()
+    sampler.load_state_dict(state)
+    batch_sampler = torch.utils.data.BatchSampler(range(len(m)), 16, False)
+    batches = LookaheadSampler(batch_sampler, m, batches=2)
+    assert list(batches) == list(batch_sampler)

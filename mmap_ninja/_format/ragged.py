@@ -252,17 +252,21 @@ class RaggedFiles:
         if self.n == 0:
             return None, None
         data = self.data.map(mode).reshape(-1)
+        # the reader's own mapping, read sample by sample (a fault reads its page only); the
+        # data shown to the user keeps the kernel's read-ahead for whole scans. A private
+        # mapping ("c") is one, so that the reader sees what m[i] = v writes into it.
+        read = data if mode == "c" else self.data.map(mode, random_access=True).reshape(-1)
         starts, ends = self.starts.map(), self.ends.map()
         source = str(self.out_dir)
         if self.flat:
             lengths = self.flat_shapes.map()
             self.mapped = {"starts": starts, "ends": ends, "shapes": lengths}
-            return _core.RaggedReader(data, starts, ends, sizes=lengths.reshape(-1), source=source), data
+            return _core.RaggedReader(read, starts, ends, sizes=lengths.reshape(-1), source=source), data
         shapes = self.nested_shapes
         shapes_reader, shape_values = shapes.reader("r")
         self.mapped = {"starts": starts, "ends": ends, "shapes": (shapes, shapes_reader, shape_values)}
         return _core.RaggedReader(
-            data, starts, ends, shape_values=shape_values, shape_starts=shapes.mapped["starts"],
+            read, starts, ends, shape_values=shape_values, shape_starts=shapes.mapped["starts"],
             shape_ends=shapes.mapped["ends"], source=source,
         ), data
 

@@ -156,8 +156,10 @@ class StringsFiles:
         if self.n == 0:
             return None, None
         buffer = map_bytes(self.data_file, mode)
+        # the reader's own mapping, read string by string (see RaggedFiles.reader)
+        read = buffer if mode == "c" else map_bytes(self.data_file, mode, random_access=True)
         self.mapped = {"starts": self.starts.map(), "ends": self.ends.map()}
-        reader = _core.StringsReader(buffer, self.mapped["starts"], self.mapped["ends"], source=str(self.out_dir))
+        reader = _core.StringsReader(read, self.mapped["starts"], self.mapped["ends"], source=str(self.out_dir))
         return reader, buffer
 
     def create(self, commit: Commit) -> None:

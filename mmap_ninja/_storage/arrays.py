@@ -58,17 +58,18 @@ class ChangedWhileOpening(ValueError):
 _MAPPING_MODES = {"r": "r", "readonly": "r", "r+": "r+", "readwrite": "r+", "c": "c", "copyonwrite": "c"}
 
 
-def map_file(path: Path, meta: ArrayMeta, mode: str = "r", inode: Optional[Tuple[int, int]] = None) -> np.memmap:
+def map_file(path: Path, meta: ArrayMeta, mode: str = "r", inode: Optional[Tuple[int, int]] = None,
+             random_access: bool = False) -> np.memmap:
     """Map the first ``meta.nbytes`` bytes of ``path`` as a ``np.memmap`` (holding no file
     descriptor); ``ValueError`` naming the file when it is shorter than that,
     ``ChangedWhileOpening`` when it is no longer the file ``inode`` (read with ``meta``)
-    names."""
+    names. ``random_access``: as for ``Mapping``."""
     mapping_mode = _MAPPING_MODES[mode]
     if meta.nbytes == 0:
         _file_size(path)
         return empty_memmap(path, meta.dtype, meta.shape, meta.order, mapping_mode)
     try:
-        mapping = Mapping(path, None, mapping_mode)
+        mapping = Mapping(path, None, mapping_mode, random_access)
     except FileNotFoundError:
         raise FileNotFoundError(f"missing data file: {path}") from None
     if inode is not None and mapping.inode != inode:
@@ -173,8 +174,8 @@ class ArrayDir:
             (self.path / leftover).unlink(missing_ok=True)
         self.data_file = self.path / _meta.DATA
 
-    def map(self, mode: str = "r") -> np.memmap:
-        return map_file(self.data_file, self.meta, mode, self.inode)
+    def map(self, mode: str = "r", random_access: bool = False) -> np.memmap:
+        return map_file(self.data_file, self.meta, mode, self.inode, random_access)
 
     @property
     def rows(self) -> int:

@@ -171,10 +171,10 @@ def _fd_inode(fd: int) -> Tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def map_bytes(path: Path, mode: str = "r") -> Mapping:
+def map_bytes(path: Path, mode: str = "r", random_access: bool = False) -> Mapping:
     """Map all of ``path`` (``mode`` ``"r"``, ``"r+"`` or ``"c"``), holding no file
-    descriptor."""
+    descriptor; ``random_access`` as for ``Mapping``."""
     try:
-        return Mapping(path, None, mode)
+        return Mapping(path, None, mode, random_access)
     except FileNotFoundError:
         raise FileNotFoundError(f"missing data file: {path}") from None

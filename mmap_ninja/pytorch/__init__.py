@@ -16,7 +16,11 @@ This module adds batches that reach the model without a copy after the one from 
 - ``TokenizedCollate(tokenizer, pad_value=0, max_len=None)``: a collate for ``StringsMmap``
   batches, tokenizing each string with your function and padding the token ids;
 - ``Loader``: the batches a ``DataLoader`` gives, made by threads instead of processes (the
-  gathers from the map run without the GIL), with nothing pickled.
+  gathers from the map run without the GIL), with nothing pickled; ``lookahead=k`` also starts
+  reading the samples of the ``k`` batches after those in flight from disk;
+- ``LookaheadSampler(sampler, dataset, batches=k)``: the same for a ``DataLoader`` with worker
+  processes: the main process, which draws the indices, starts reading them from disk ``k``
+  batches ahead (the page cache is shared, so the workers find them in memory).
 
     loader = Loader(RaggedBatches(tokens, max_len=512, dtype=np.int64), batch_size=32,
                     shuffle=True, collate_fn=collate)
@@ -38,6 +42,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 
 from .. import _core
+from .. import numpy as np_ninja
 from .._extras import require
 from ..ragged import RaggedBatch, RaggedMmap
 
@@ -58,6 +63,7 @@ __all__ = [
     "shared_array",
     "BufferPool",
     "DistributedSampler",
+    "LookaheadSampler",
 ]
 
 class PaddedBatch(tuple):
@@ -224,6 +230,11 @@ class RaggedBatches(torch_data.Dataset):
         np.copyto(values, batch.values, casting="safe")
         return RaggedBatch(values, batch.offsets, batch.shape_values, batch.shape_offsets)
 
+    def prefetch(self, indices: Sequence[int]) -> None:
+        """Start reading the samples at ``indices`` from disk in the background (see
+        ``RaggedMmap.prefetch``)."""
+        self.ragged.prefetch(indices)
+
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_pool"}
 
@@ -371,6 +382,109 @@ class TokenizedCollate:
 # -- the threaded loader --------------------------------------------------------------------
 
 
+# Batches LookaheadSampler reads ahead by default. Loader reads none ahead by default: its
+# threads keep num_threads * prefetch batches in flight, each asking the kernel for all of its
+# ranges at once, and reading further ahead made its cold epochs no faster (the cold epochs of
+# benchmarks/bench_cold.py, benchmarks/COLD.md) while it costs a little on warm data.
+LOOKAHEAD = 4
+
+
+def prefetcher(dataset: Any) -> Optional[Callable[[Any], None]]:
+    """How to start reading samples of ``dataset`` from disk: its ``prefetch(indices)``
+    (every map, ``RaggedBatches``), ``numpy.prefetch`` for a numpy map, through the indices of
+    a ``torch.utils.data.Subset``; ``None`` for a dataset that cannot say."""
+    if isinstance(dataset, torch_data.Subset):
+        inner = prefetcher(dataset.dataset)
+        if inner is None:
+            return None
+        positions = np.asarray(dataset.indices, dtype=np.int64)
+        return lambda indices: inner(positions[np.asarray(indices, dtype=np.int64)])
+    if isinstance(dataset, np.ndarray):
+        return functools.partial(np_ninja.prefetch, dataset)
+    method = getattr(dataset, "prefetch", None)
+    return method if callable(method) else None
+
+
+def _looking_ahead(items: Iterator[Any], prefetch: Callable[[Any], None], ahead: int,
+                   batch_size: int) -> Iterator[Any]:
+    """``items`` (batches of indices, or single indices gathered ``batch_size`` at a time),
+    each yielded once the kernel was asked for the samples of the ``ahead`` batches after it.
+    Asking is advisory: an index that cannot be read raises when its batch is read, not here."""
+    window: collections.deque = collections.deque()
+    group: List[int] = []
+    size = ahead * batch_size
+
+    def ask(indices: Any) -> None:
+        try:
+            prefetch(indices)
+        except (IndexError, ValueError, TypeError):
+            pass
+
+    for item in items:
+        window.append(item)
+        if isinstance(item, (int, np.integer)):
+            group.append(int(item))
+            if len(group) >= batch_size:
+                ask(group)
+                group = []
+        else:
+            ask(item)
+        if len(window) > (size if isinstance(item, (int, np.integer)) else ahead):
+            yield window.popleft()
+    if group:
+        ask(group)
+    while window:
+        yield window.popleft()
+
+
+class LookaheadSampler(torch_data.Sampler):
+    """``sampler`` (a sampler or batch sampler: ``DistributedSampler``, ``BatchSampler``, any
+    iterable of indices or of lists of them), whose indices are asked of the kernel ``batches``
+    batches before they are yielded, so that reading them from disk overlaps the batches in
+    between (``dataset``: what the indices are read from, with a ``prefetch(indices)``
+    method: a map, ``RaggedBatches``, a numpy map, a ``Subset``). For a ``DataLoader`` with
+    worker processes it runs in the main process, which draws the indices; the page cache is
+    shared, so the workers find the samples in memory. ``batch_size``: how many single
+    indices make a batch (for a sampler of single indices; default the DataLoader's 1).
+    ``set_epoch``, ``state_dict`` and ``load_state_dict`` go to ``sampler``.
+
+        loader = DataLoader(dataset, batch_size=32, num_workers=4,
+                            sampler=LookaheadSampler(DistributedSampler(dataset), dataset,
+                                                     batches=4, batch_size=32))
+    """
+
+    def __init__(self, sampler: Iterable[Any], dataset: Any, batches: int = LOOKAHEAD,
+                 batch_size: Optional[int] = None):
+        for name, value, least in (("batches", batches, 0), ("batch_size", 1 if batch_size is None else batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} must be an integer of at least {least}, not {value!r}")
+        self.sampler = sampler
+        self.dataset = dataset
+        self.batches = int(batches)
+        self.batch_size = 1 if batch_size is None else int(batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        prefetch = prefetcher(self.dataset)
+        if prefetch is None or not self.batches:
+            return iter(self.sampler)
+        return _looking_ahead(iter(self.sampler), prefetch, self.batches, self.batch_size)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.sampler.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"LookaheadSampler({self.sampler!r}, batches={self.batches}, batch_size={self.batch_size})"
+
+
 class Loader:
     """The batches ``torch.utils.data.DataLoader`` gives for the same arguments, made by
     ``num_threads`` threads of this process: no worker processes, nothing pickled, and the
@@ -381,7 +495,11 @@ class Loader:
     each index fetched and converted alone); with ``shuffle=True`` and ``seed``, an epoch's
     order is the one of ``DataLoader(..., generator=torch.Generator().manual_seed(seed))``,
     each ``iter`` drawing the next. ``prefetch``: batches in flight per thread.
-    ``num_threads=0`` makes every batch in the iterating thread. An error raised making a batch
+    ``lookahead``: how many batches past those in flight the kernel is asked to read from disk
+    meanwhile (datasets with a ``prefetch(indices)`` method: every map, ``RaggedBatches``, a
+    numpy map, a ``Subset`` of one; default ``0``: the batches in flight already ask for all of
+    their ranges at once). ``num_threads=0`` makes every batch in the
+    iterating thread. An error raised making a batch
     is raised where the loop iterates; leaving the loop early stops the threads.
     """
 
@@ -389,10 +507,11 @@ class Loader:
                  sampler: Union[torch_data.Sampler, Iterable, None] = None,
                  batch_sampler: Union[torch_data.Sampler, Iterable, None] = None, drop_last: bool = False,
                  collate_fn: Optional[Callable[[Any], Any]] = None, num_threads: int = 2, prefetch: int = 2,
-                 pin_memory: bool = False, seed: Optional[int] = None):
+                 pin_memory: bool = False, seed: Optional[int] = None, lookahead: int = 0):
         if isinstance(dataset, torch_data.IterableDataset):
             raise TypeError("Loader reads map-style datasets (len and indexing); iterate an IterableDataset directly")
-        for name, value, least in (("num_threads", num_threads, 0), ("prefetch", prefetch, 1)):
+        for name, value, least in (("num_threads", num_threads, 0), ("prefetch", prefetch, 1),
+                                   ("lookahead", lookahead, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{name} must be an integer of at least {least}, not {value!r}")
         if batch_sampler is not None:
@@ -409,6 +528,7 @@ class Loader:
         self.drop_last = drop_last
         self.num_threads = int(num_threads)
         self.prefetch = int(prefetch)
+        self.lookahead = int(lookahead)
         self.seed = seed
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         if sampler is None:
@@ -444,6 +564,10 @@ class Loader:
         # DataLoader draws its workers' base seed first, then the sampler its order
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         indices = iter(self.batch_sampler if self.batch_sampler is not None else self.sampler)
+        prefetch = prefetcher(self.dataset)
+        if prefetch is not None and self.lookahead:
+            ahead = self.lookahead + (self.num_threads * self.prefetch if self.num_threads else 0)
+            indices = _looking_ahead(indices, prefetch, ahead, 1)
         if self.num_threads == 0:
             return (self._make(index) for index in indices)
         return self._threaded(indices)
@@ -471,7 +595,7 @@ class Loader:
 
     def __repr__(self) -> str:
         return (f"Loader({self.dataset!r}, batch_size={self.batch_size}, num_threads={self.num_threads}, "
-                f"prefetch={self.prefetch})")
+                f"prefetch={self.prefetch}, lookahead={self.lookahead})")
 
 
 def _pin_memory_available() -> bool:
