@@ -304,16 +304,23 @@ cdef bint _advise_rows(const char* base, Py_ssize_t row_bytes, int64_t n, const 
     return _advise_spans(_rows_span, &rows, NULL, idx, batch, probes)
 
 
+cdef int _check_positions(const int64_t[::1] indices, Py_ssize_t n, str what) except -1:
+    """``IndexError`` for the first of ``indices`` outside ``[0, n)`` (``what``: of what)."""
+    cdef Py_ssize_t k
+    for k in range(indices.shape[0]):
+        if indices[k] < 0 or indices[k] >= n:
+            raise IndexError(f"index {indices[k]} is out of bounds for {what}")
+    return 0
+
+
 def prefetch_rows(src, const int64_t[::1] indices):
     """Start reading the rows ``src[indices]`` into the page cache in the background (tell the
     kernel their byte ranges) and return at once. ``src``: a C-contiguous array (a numpy
     map); ``indices``: ``int64`` positions in ``[0, len(src))`` (``IndexError`` otherwise)."""
     if not isinstance(src, np.ndarray) or src.ndim < 1 or not src.flags.c_contiguous:
         raise ValueError("prefetch_rows needs a C-contiguous array with at least one axis")
-    cdef Py_ssize_t n = src.shape[0], k
-    for k in range(indices.shape[0]):
-        if indices[k] < 0 or indices[k] >= n:
-            raise IndexError(f"index {indices[k]} is out of bounds for {n} rows")
+    cdef Py_ssize_t n = src.shape[0]
+    _check_positions(indices, n, f"{n} rows")
     cdef Py_ssize_t row_bytes = src.dtype.itemsize * int(np.prod(src.shape[1:], dtype=np.int64))
     cdef const char* base = cnp.PyArray_BYTES(<cnp.ndarray>src)
     with nogil:
@@ -416,10 +423,7 @@ cdef class _Offsets:
         """Start reading the items at ``indices`` (``int64`` positions in ``[0, n)``,
         ``IndexError`` otherwise) into the page cache in the background, and return at once. A
         few of them are looked up first, and when all are in the page cache nothing is asked."""
-        cdef Py_ssize_t k
-        for k in range(indices.shape[0]):
-            if indices[k] < 0 or indices[k] >= self.n:
-                raise IndexError(f"index {indices[k]} is out of bounds for a map of length {self.n}")
+        _check_positions(indices, self.n, f"a map of length {self.n}")
         with nogil:
             self._advise_prefetch(_first(indices), indices.shape[0])
 
@@ -955,15 +959,7 @@ cdef class RaggedReader(_Offsets):
 
     def samples_in(self, slice item):
         """The samples of a slice of the map (any step), as a list of views."""
-        cdef Py_ssize_t start, step, k
-        start, step, count = _slice_bounds(item, self.n)
-        cdef const int64_t[::1] positions = _slice_positions(item, self.n)
-        with nogil:
-            _advise_ragged(&self.c, NULL, _first(positions), positions.shape[0], COLD_PROBES)
-        cdef list out = []
-        for k in range(count):
-            out.append(self._sample(start + k * step))
-        return out
+        return self.samples(_slice_positions(item, self.n))
 
     cdef void _advise_prefetch(self, const int64_t* idx, Py_ssize_t batch) noexcept nogil:
         _advise_ragged(&self.c, NULL, idx, batch, PREFETCH_PROBES)
@@ -1452,12 +1448,8 @@ cdef class StringsReader(_Offsets):
 
     def get_in(self, slice item, bint as_bytes=False):
         """The strings (or raw bytes) of a slice of the map (any step), as a list."""
-        cdef Py_ssize_t start, step, k
-        start, step, count = _slice_bounds(item, self.n)
         cdef const int64_t[::1] positions = _slice_positions(item, self.n)
+        cdef Py_ssize_t k
         with nogil:
-            _advise_spans(_strings_span, &self.c, NULL, _first(positions), positions.shape[0], COLD_PROBES)
-        cdef list out = []
-        for k in range(count):
-            out.append(self._get(start + k * step, as_bytes))
-        return out
+            _probed(_strings_span, &self.c, NULL, _first(positions), positions.shape[0], &self.unprobed)
+        return [self._get(positions[k], as_bytes) for k in range(positions.shape[0])]
