@@ -21,6 +21,10 @@ class _Parts:
     def part(self, i: int) -> Tuple[int, int]: ...
     def prefetch(self, indices: Int64Array) -> None:
         """Start reading the samples at ``indices`` into the page cache in the background."""
+    def release(self, p: int) -> None:
+        """Forget part ``p``'s reader; its next read opens it again."""
+    def opened(self) -> List[int]:
+        """The parts whose readers are open."""
 
 class ShardedRaggedReader(_Parts):
     """Samples of the ragged parts of a sharded map by their index in the whole map; batches

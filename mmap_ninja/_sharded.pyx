@@ -10,7 +10,7 @@ with the kernels of ``_core`` (declared in ``_core.pxd``), results in the caller
 
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cimport cython
 cimport numpy as cnp
@@ -66,6 +66,7 @@ cdef class _Parts:
     cdef void* table                # the C state of every part: an array of a subclass's struct
     cdef object opener
     cdef readonly object source
+    cdef size_t entry_size
 
     cdef _init_parts(self, bounds, opener, source, size_t entry_size):
         array = np.ascontiguousarray(bounds, dtype=np.int64)
@@ -84,6 +85,7 @@ cdef class _Parts:
             raise MemoryError(f"cannot allocate the table of {self.n_parts} parts")
         self.opener = opener
         self.source = source
+        self.entry_size = entry_size
 
     def __dealloc__(self):
         free(self.ready)
@@ -114,6 +116,19 @@ cdef class _Parts:
     cdef int _adopt(self, Py_ssize_t p, object reader) except -1:
         """Check ``reader`` of part ``p`` and record its C state."""
         return 0
+
+    def release(self, Py_ssize_t p):
+        """Forget part ``p``'s reader (its files are unmapped once nothing else holds them);
+        the part is opened again by its next read. Only while no read of this reader runs."""
+        if p < 0 or p >= self.n_parts:
+            raise IndexError(f"part {p} is out of range for {self.n_parts} parts")
+        self.ready[p] = 0
+        memset(<char*>self.table + p * self.entry_size, 0, self.entry_size)
+        self.readers[p] = None
+
+    def opened(self):
+        """The parts whose readers are open, in order."""
+        return [p for p in range(self.n_parts) if self.ready[p]]
 
     cdef int _locate(self, const int64_t* idx, Py_ssize_t batch, int32_t* part_of, int64_t* local,
                      bint open_parts=True) except -1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +59,26 @@ class Wrapped:
         return f"Wrapped({self.data!r}, wrapper_fn={self.wrapper_fn!r})"
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://.+")
+
+
+def is_url(path: Any) -> bool:
+    """Whether ``path`` is a URL (``s3://bucket/prefix``) rather than a local path."""
+    return isinstance(path, str) and _URL.fullmatch(path) is not None
+
+
 def as_dir(out_dir: PathLike) -> Path:
-    """A map directory given as ``str`` or any ``os.PathLike``, as an absolute path."""
+    """A map directory given as ``str`` or any ``os.PathLike``, as an absolute path;
+    ``ValueError`` for a URL (maps at URLs are read by ``ShardedMmap(url)`` and written by
+    ``mmap_ninja.remote``)."""
     if isinstance(out_dir, (bytes, bytearray)):
         out_dir = os.fsdecode(out_dir)
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"a map directory must be a str or os.PathLike, not {type(out_dir).__name__}")
+    if is_url(out_dir):
+        raise ValueError(f"{out_dir!r} is a URL, not a local folder: open it with ShardedMmap(url) or "
+                         f"mmap_ninja.open_existing(url), write it with mmap_ninja.remote.push (or a Dask or Ray "
+                         f"write)")
     # absolute: a rebuilt map's folder is a new one, which a relative path such as "." (the
     # process's working folder, the old one) would not reach
     return Path(os.path.abspath(out_dir))

@@ -20,20 +20,21 @@ from typing import Any, Iterable, List, Optional
 import numpy as np
 
 from ._extras import require
-from .base import PathLike, as_dir
+from .base import PathLike, as_dir, is_url
 from .sharded import ShardedMmap, check_joining, write_part
 
 require(__name__, "dask", {"dask": "dask", "dask.bag": "dask", "distributed": "distributed"})
 
 
-def _write_partition(out_dir: str, samples: Iterable[Any], kind: Optional[str], keyed: bool) -> Optional[dict]:
+def _write_partition(out_dir: str, samples: Iterable[Any], kind: Optional[str], keyed: bool,
+                     storage_options: Optional[dict] = None) -> Optional[dict]:
     """Write one partition as a part; ``None`` for an empty partition. ``keyed``: its elements
     are ``(key, sample)`` pairs."""
     samples = list(samples)
     if not samples:
         return None
     if not keyed:
-        return write_part(out_dir, samples, kind)
+        return write_part(out_dir, samples, kind, storage_options=storage_options)
     for k, pair in enumerate(samples):
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise TypeError(f"with keyed=True every element is a (key, sample) pair; element {k} of this partition "
@@ -41,7 +42,8 @@ def _write_partition(out_dir: str, samples: Iterable[Any], kind: Optional[str], 
     return write_part(out_dir, [sample for _, sample in samples], kind, keys=[key for key, _ in samples])
 
 
-def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None, *, keyed: bool = False) -> ShardedMmap:
+def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None, *, keyed: bool = False,
+            storage_options: Optional[dict] = None) -> ShardedMmap:
     """Write ``collection`` (a ``dask.bag.Bag``, or a list of ``dask.delayed`` objects each
     giving an iterable of samples) as the parts of a sharded map at ``out_dir``, one part per
     partition, written on the workers and committed by the client in the collection's order
@@ -52,20 +54,28 @@ def to_mmap(collection: Any, out_dir: PathLike, kind: Optional[str] = None, *, k
     ``keyed``: every element is a ``(key, sample)`` pair (``bag.map(lambda r: (r["id"], r["x"]))``),
     the key a ``str``, unique across the whole map (``ValueError`` naming a repeated one when
     the parts are committed, and nothing is committed). Look samples up with ``index_of`` and
-    ``by_key``."""
+    ``by_key``.
+
+    ``out_dir`` may be a URL (``s3://bucket/corpus``, see ``mmap_ninja.remote``): each worker
+    writes its part in local scratch and uploads it, and the client commits the next version
+    with a conditional put; no disk is shared. ``storage_options`` go to the fsspec filesystem.
+    A task that dies mid-upload leaves objects no version lists (``mmap_ninja.remote.gc``)."""
     import dask
     import dask.bag
 
-    out_dir = as_dir(out_dir)
+    out_dir = out_dir if is_url(out_dir) else as_dir(out_dir)
     check_joining(out_dir, keyed)  # before the workers write anything
     if isinstance(collection, dask.bag.Bag):
         partitions = collection.to_delayed()
     else:
         partitions = list(collection)
-    tasks = [dask.delayed(_write_partition, pure=False)(str(out_dir), part, kind, keyed) for part in partitions]
+    tasks = [dask.delayed(_write_partition, pure=False)(str(out_dir), part, kind, keyed, storage_options)
+             for part in partitions]
     records = [record for record in dask.compute(*tasks) if record is not None]
     if not records:
         raise ValueError(f"the collection holds no samples, so {out_dir} cannot be created")
+    if is_url(out_dir):
+        return ShardedMmap.commit_parts(out_dir, records, storage_options=storage_options)
     return ShardedMmap.commit_parts(out_dir, records)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 from . import _meta, sharded
 from ._format.kinds import ARRAY_MODES, KINDS, concatenate, mode_option, verify_plain
 from ._format.verify import VERIFY_LIMIT, Report, check_limit
-from .base import PathLike, Wrapped, as_dir, map_type
+from .base import PathLike, Wrapped, as_dir, is_url, map_type
 from .ragged import RaggedMmap
 from .string import StringsMmap
 
@@ -20,7 +20,12 @@ def verify(out_dir: PathLike, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
     problem naming the file, at most ``limit`` lines (an empty list when it is sound), with
     ``.omitted``, the number of problems found and not listed, and ``.notes`` on what could
     not be checked. ``deep`` also checks every byte written by a commit against its
-    checksum. Damage is reported, never raised."""
+    checksum. Damage is reported, never raised. A URL is checked in object storage (see
+    ``mmap_ninja.remote.verify``)."""
+    if is_url(out_dir):
+        from .remote import verify as verify_url
+
+        return verify_url(out_dir, limit=limit, deep=deep)
     out_dir = as_dir(out_dir)
     limit = check_limit(limit)
     try:
@@ -32,7 +37,8 @@ def verify(out_dir: PathLike, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
     return verify_plain(out_dir, type_name, limit, deep)
 
 
-def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: Optional[str] = None):
+def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: Optional[str] = None,
+                  **url_options: Any):
     """Open the map at ``out_dir``: a ``np.memmap`` for a numpy map, a ``RaggedMmap``, a
     ``StringsMmap`` or a ``ShardedMmap``; with ``wrapper_fn``, each item is passed through it (a
     ``Wrapped`` for numpy and strings maps). ``mode``, if given, is passed to the opener (the
@@ -40,7 +46,16 @@ def open_existing(out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] 
 
     ``FileNotFoundError`` when there is nothing at ``out_dir``; ``ValueError`` when it is not a
     map or of an unknown type.
+
+    A URL (``s3://bucket/corpus``) opens the map there as a ``ShardedMmap`` (a plain map pushed
+    there is one part); ``url_options``: its ``cache_dir``, ``cache_limit`` and
+    ``storage_options``.
     """
+    if is_url(out_dir):
+        return sharded.ShardedMmap(out_dir, wrapper_fn=wrapper_fn, **mode_option(mode, ARRAY_MODES), **url_options)
+    if url_options:
+        raise TypeError(f"{', '.join(sorted(url_options))}: options of maps at a URL, not of the local folder "
+                        f"{out_dir!r}")
     out_dir = as_dir(out_dir)
     type_name = map_type(out_dir, must_exist=True)
     if type_name in KINDS:

@@ -32,7 +32,7 @@ import numpy as np
 from . import _keys
 from ._extras import require
 from ._format.kinds import KINDS, Kind
-from .base import PathLike, as_dir, map_type
+from .base import PathLike, as_dir, is_url, map_type
 from .ragged import RaggedMmap
 from .sharded import PARTS, ShardedMmap, check_joining, write_part
 
@@ -113,11 +113,17 @@ class MmapNinjaDatasink(Datasink):
     ``key_column``: a column of ``str`` holding each row's key, unique across the whole map
     (a repeated key raises ``ValueError`` naming it when the parts are committed, and nothing
     is committed); the map then finds samples by key (``index_of``, ``by_key``).
+
+    ``out_dir`` may be a URL (``s3://bucket/corpus``, see ``mmap_ninja.remote``): each task
+    writes its part in local scratch and uploads it, and the driver commits the next version
+    with a conditional put; ``storage_options`` go to the fsspec filesystem.
     """
 
     def __init__(self, out_dir: PathLike, column: Optional[str] = None, kind: Optional[str] = None, *,
-                 key_column: Optional[str] = None, min_rows_per_part: Optional[int] = None):
-        self.out_dir = str(as_dir(out_dir))
+                 key_column: Optional[str] = None, min_rows_per_part: Optional[int] = None,
+                 storage_options: Optional[Dict[str, Any]] = None):
+        self.out_dir = out_dir if is_url(out_dir) else str(as_dir(out_dir))
+        self.storage_options = storage_options
         self.column = column
         self.kind = kind
         self.key_column = key_column
@@ -150,7 +156,7 @@ class MmapNinjaDatasink(Datasink):
             return None
         # block by block: the keys of each block are taken as it is read, before its samples
         record = write_part(self.out_dir, itertools.chain([first], samples), self.kind,
-                            keys=keys)
+                            keys=keys, storage_options=self.storage_options)
         return {"task": ctx.task_idx, "record": record}
 
     def _keys_taken(self, blocks: Iterable[Block], keys: _keys.KeysAlongside) -> Iterator[Block]:
@@ -164,11 +170,19 @@ class MmapNinjaDatasink(Datasink):
         results = sorted((r for r in write_result.write_returns if r is not None), key=lambda r: r["task"])
         records = [r["record"] for r in results]
         if not records:
-            if map_type(Path(self.out_dir)) is None:
+            if is_url(self.out_dir):
+                from .remote import Store, latest_manifest
+
+                if latest_manifest(Store(self.out_dir, self.storage_options)) is None:
+                    raise ValueError(f"the dataset holds no samples, so {self.out_dir} cannot be created")
+            elif map_type(Path(self.out_dir)) is None:
                 raise ValueError(f"the dataset holds no samples, so {self.out_dir} cannot be created")
             self.committed = []
             return
-        ShardedMmap.commit_parts(self.out_dir, records)
+        if is_url(self.out_dir):
+            ShardedMmap.commit_parts(self.out_dir, records, storage_options=self.storage_options)
+        else:
+            ShardedMmap.commit_parts(self.out_dir, records)
         self.committed = [record["name"] for record in records]
 
     def on_write_failed(self, error: Exception) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -58,6 +59,7 @@ from .base import (
     check_max_len,
     check_options,
     check_positive,
+    is_url,
     map_type,
     progress,
 )
@@ -72,6 +74,83 @@ __all__ = ["ShardedMmap", "write_part", "check_joining", "verify_dir", "versions
 
 KINDS = tuple(_kinds.KINDS)  # what parts may be: the plain kinds of the registry
 _NOTHING = object()
+_LOCAL_READS = contextlib.nullcontext()
+
+
+class _RemoteReads:
+    """The reads of a map at a URL: while none runs (in any thread), the parts opened longest
+    ago are closed and unpinned until those open hold at most a quarter of the cache's limit,
+    so that the cache can evict them; the parts a read opened stay open until the next."""
+
+    def __init__(self, owner: "ShardedMmap"):
+        self.owner = owner
+        self.lock = threading.RLock()
+        self.running = 0
+        self.open: Dict[int, int] = {}  # part: bytes, oldest opened first
+        self.fresh: set = set()  # the parts opened since no read ran
+        # how long a download waits for room: not at all while a batch reads every part at once
+        # (it is read part by part instead, see RemoteShardedMmap._by_part), else the cache's wait
+        self.wait: Optional[float] = 0.0
+
+    def __enter__(self):
+        mirror = self.owner._mirror
+        with self.lock:
+            if mirror.forked():  # a forked child pins, itself, the parts its copy of the readers has open
+                state = self.owner._state
+                for p in state[3].opened():
+                    mirror.pin(state[0]["parts"][p]["name"])
+            if not self.running:
+                self.fresh = set()
+            self.running += 1
+        return self
+
+    def __exit__(self, *exc_info):
+        with self.lock:
+            self.running -= 1
+            if not self.running:
+                self.settle()
+
+    def opened(self, p: int, size: int) -> None:
+        with self.lock:
+            self.open[p] = size
+            self.fresh.add(p)
+
+    def settle(self) -> None:
+        limit = self.owner._mirror.cache.limit
+        if limit is None:
+            return
+        budget, total = limit // 4, sum(self.open.values())
+        for p in list(self.open):
+            if total <= budget:
+                break
+            if p not in self.fresh:
+                total -= self.open.pop(p)
+                self.release(p)
+
+    def release(self, p: int) -> None:
+        manifest, _, _, reader, _ = self.owner._state
+        reader.release(p)
+        self.owner._opened.pop(p, None)
+        self.owner._mirror.unpin(manifest["parts"][p]["name"])
+
+    def release_all_but(self, keep: int) -> None:
+        """Close every open part but ``keep`` (only while this read is the only one)."""
+        for p in list(self.open):
+            if p != keep:
+                self.open.pop(p)
+                self.release(p)
+        self.fresh &= {keep}
+
+    def forget(self) -> None:
+        """Drop every pin (the map reads another version now)."""
+        with self.lock:
+            for name in self.owner._mirror.pinned():
+                self.owner._mirror.unpin(name)
+            self.open, self.fresh = {}, set()
+
+
+def _open_url(url: str, options: Dict[str, Any]) -> "ShardedMmap":
+    return ShardedMmap(url, **options)
 
 
 def _open_part(path: Path, kind: str, mode: str = "r"):
@@ -85,7 +164,8 @@ def _dtype_of(part: Any) -> Optional[str]:
 
 
 def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = None,
-               batch_size: int = 65536, *, keys: Optional[Iterable[str]] = None) -> Dict[str, Any]:
+               batch_size: int = 65536, *, keys: Optional[Iterable[str]] = None,
+               storage_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Write ``samples`` as a new part of the sharded map at ``out_dir`` (not yet committed:
     see ``ShardedMmap.commit_parts``) and return its record, a small picklable dict.
 
@@ -94,8 +174,16 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
     ``batch_size`` at a time. Any process may write parts at once. ``keys``: one ``str`` per
     sample, consumed alongside (unique across the whole map: checked when the part is
     committed).
+
+    ``out_dir`` may be a URL (``s3://bucket/corpus``): the part is written in local scratch
+    and uploaded, and its record lists its files (``storage_options`` go to the fsspec
+    filesystem); parts with keys are refused there (push a map with keys instead).
     """
     check_positive(batch_size=batch_size)
+    if is_url(out_dir):
+        return _write_part_to_url(out_dir, samples, kind, batch_size, keys, storage_options)
+    if storage_options is not None:
+        raise TypeError(f"storage_options is for parts written to a URL, not to the local folder {out_dir!r}")
     iterator = iter(samples)
     first = next(iterator, _NOTHING)
     if kind is None:
@@ -111,6 +199,24 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
     part = _kinds.KINDS[kind].build(path, stream, batch_size, keys)
     (path / "writer.lock").unlink(missing_ok=True)
     return {"name": name, "length": len(part), "kind": kind, "dtype": _dtype_of(part)}
+
+
+def _write_part_to_url(url: str, samples: Iterable[Any], kind: Optional[str], batch_size: int,
+                       keys: Optional[Iterable[str]], storage_options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """``write_part`` to a map at a URL: the part is written in a scratch folder (under
+    ``$MMAP_NINJA_SCRATCH``, else the system's temporary folder), uploaded, and removed."""
+    import tempfile
+
+    from .remote import Store, upload_part
+
+    if keys is not None:
+        raise ValueError(f"{url}: parts with keys cannot be written to a URL; write the map locally and push it")
+    scratch = Path(tempfile.mkdtemp(prefix="mmap_ninja-part-", dir=os.environ.get("MMAP_NINJA_SCRATCH")))
+    try:
+        record = write_part(scratch, samples, kind, batch_size)
+        return upload_part(Store(url, storage_options), scratch / PARTS / record["name"], record["name"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _row_shape(part: Any, kind: str) -> Optional[list]:
@@ -148,14 +254,43 @@ class ShardedMmap(_keys.KeyLookups):
     Every commit makes a new version of the map; an open map reads the version it opened (its
     parts are never changed, and stay until ``gc`` drops that version) until ``refresh()``.
     ``version``: read that earlier version (see ``versions()``) rather than the latest.
+
+    ``out_dir`` may be a URL (``s3://bucket/corpus``; see ``mmap_ninja.remote``): each part is
+    downloaded whole on its first read into the cache ``cache_dir`` (default
+    ``$MMAP_NINJA_CACHE``, else ``~/.cache/mmap_ninja``), which holds at most ``cache_limit``
+    bytes (an int or ``"20GB"``; default ``$MMAP_NINJA_CACHE_LIMIT``, else no limit) and is
+    shared by every process of the machine; ``storage_options`` go to the fsspec filesystem.
+    ``m.url`` is the URL (``None`` for a local map).
     """
 
+    def __new__(cls, out_dir: Any = None, *args: Any, **kwargs: Any):
+        # a map at a URL is a RemoteShardedMmap: the same reads, each counted (see _RemoteReads)
+        return super().__new__(RemoteShardedMmap if cls is ShardedMmap and is_url(out_dir) else cls)
+
     def __init__(self, out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: str = "r",
-                 version: Optional[int] = None):
+                 version: Optional[int] = None, *, cache_dir: Optional[PathLike] = None,
+                 cache_limit: Optional[Any] = None, storage_options: Optional[Dict[str, Any]] = None):
         check_options(wrapper_fn=wrapper_fn)
         if mode not in ("r", "c"):
             raise ValueError(f"mode must be 'r' or 'c' (parts are changed through their own maps), got {mode!r}")
-        self.out_dir = as_dir(out_dir)
+        self._opened: Dict[int, Any] = {}
+        if is_url(out_dir):
+            from .remote import Cache, Mirror, Store
+
+            self._mirror = Mirror(out_dir, Cache(cache_dir, cache_limit), Store(out_dir, storage_options))
+            self._remote_options = {"cache_dir": str(self._mirror.cache.root), "cache_limit": self._mirror.cache.limit,
+                                    "storage_options": storage_options}
+            self.url: Optional[str] = self._mirror.url
+            self.out_dir = self._mirror.local
+            self._reads: Any = _RemoteReads(self)
+        else:
+            if cache_dir is not None or cache_limit is not None or storage_options is not None:
+                raise TypeError("cache_dir, cache_limit and storage_options are for maps at a URL "
+                                f"(s3://bucket/prefix), not the local folder {out_dir!r}")
+            self._mirror = None
+            self.url = None
+            self.out_dir = as_dir(out_dir)
+            self._reads = _LOCAL_READS
         self.wrapper_fn = wrapper_fn
         self.mode = mode
         self.pinned = version
@@ -170,18 +305,27 @@ class ShardedMmap(_keys.KeyLookups):
                 raise ValueError(f"{self.out_dir} holds a {type_name!r} map, expected a sharded map")
             return read_manifest(self.out_dir, self.pinned)
 
-        manifest = open_consistent(self.out_dir, read)
+        mirror = self._mirror
+        if mirror is not None:
+            self._reads.forget()
+            manifest = mirror.manifest(self.pinned)
+            home = mirror.ensure_keys(manifest)
+        else:
+            manifest = open_consistent(self.out_dir, read)
         lengths = np.array([part["length"] for part in manifest["parts"]], dtype=np.int64)
         bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=bounds[1:])
         kind = _kinds.KINDS[manifest["kind"]]
-        opened: Dict[int, Any] = {}  # part k's map object, for what the compiled readers do not do
+        opened = self._opened = {}  # part k's map object, for what the compiled readers do not do
         compressed: set = set()  # strings parts whose strings are compressed (read part by part)
 
         def part_files(k: int):
             """Part ``k``'s committed files, checked to hold the samples the manifest lists."""
             entry = manifest["parts"][k]
             path = self.out_dir / PARTS / entry["name"]
+            if mirror is not None:  # downloaded (or waited for) and pinned
+                mirror.ensure(entry, self._reads.wait)
+                self._reads.opened(k, sum(f["size"] for f in entry["files"]))
             files = kind.read(path)
             if kind.length(files) < entry["length"]:
                 raise ValueError(f"{path}: holds {kind.length(files)} samples, the manifest says {entry['length']}")
@@ -206,7 +350,8 @@ class ShardedMmap(_keys.KeyLookups):
         dtype = manifest.get("dtype")
         dtype = None if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
         reader = kind.sharded_reader(bounds, part_reader, dtype, str(self.out_dir))
-        home = keys_home(self.out_dir, manifest)  # committed before the manifest: at least as many
+        if mirror is None:
+            home = keys_home(self.out_dir, manifest)  # committed before the manifest: at least as many
         self._keys = None if home is None else _keys.KeyIndex.open(home)
         self._state = (manifest, bounds, open_part, reader, compressed)
         self._kind = kind
@@ -436,19 +581,29 @@ class ShardedMmap(_keys.KeyLookups):
         return removed
 
     def __reduce__(self):
+        if self._mirror is not None:  # the version read here, in every process it is sent to
+            return _open_url, (self.url, dict(self._remote_options, wrapper_fn=self.wrapper_fn, mode=self.mode,
+                                              version=self.version))
         return type(self), (str(self.out_dir), self.wrapper_fn, self.mode, self.pinned)
 
     def __repr__(self) -> str:
-        return (f"ShardedMmap({str(self.out_dir)!r}, {len(self)} {self.kind} samples in "
+        return (f"{type(self).__name__}({self.url or str(self.out_dir)!r}, {len(self)} {self.kind} samples in "
                 f"{len(self._state[0]['parts'])} parts)")
 
     # -- writing ---------------------------------------------------------------------------
 
     @classmethod
-    def commit_parts(cls, out_dir: PathLike, records: Sequence[Dict[str, Any]]) -> "ShardedMmap":
+    def commit_parts(cls, out_dir: PathLike, records: Sequence[Dict[str, Any]], *,
+                     storage_options: Optional[Dict[str, Any]] = None) -> "ShardedMmap":
         """Append the parts of ``records`` (from ``write_part``), in the order given, in one
         atomic commit of the manifest, under the map's writer lock; create the map if there is
-        none. Every record is checked against its part on disk first."""
+        none. Every record is checked against its part on disk first. At a URL, the next
+        version is created with a conditional put (see ``mmap_ninja.remote.commit``)."""
+        if is_url(out_dir):
+            from .remote import Store, commit
+
+            commit(Store(out_dir, storage_options), records)
+            return ShardedMmap(out_dir, storage_options=storage_options)
         out_dir = as_dir(out_dir)
         with WriterLock(out_dir):
             _commit(out_dir, list(records))
@@ -515,6 +670,119 @@ class ShardedMmap(_keys.KeyLookups):
         return _kinds.concatenate(out_dir, [self.out_dir / PARTS / part["name"] for part in parts],
                            [part["length"] for part in parts], kind=self.kind, dtype=self.dtype, verbose=verbose,
                            batch_size=batch_size)
+
+
+class RemoteShardedMmap(ShardedMmap):
+    """A sharded map at a URL (``ShardedMmap("s3://bucket/corpus", ...)`` makes one): every
+    read is that of ``ShardedMmap``, counted so that the parts it no longer reads are closed
+    and unpinned between reads (see ``mmap_ninja.remote``). ``prefetch`` downloads the parts
+    of the samples asked for in background threads."""
+
+    def _by_part(self, index: np.ndarray, read: Callable[[np.ndarray], Sequence[Any]], error: BaseException):
+        """``read(index)`` part by part, each part read alone with every other part closed:
+        for batches whose parts do not all fit in the cache at once (``error``: the
+        ``CacheFull`` that said so). Only while no other thread reads this object."""
+        reads = self._reads
+        if reads.running != 1:
+            raise error
+        parts, _ = self._state[3].locate(index, open_parts=False)
+        out: List[Any] = [None] * len(index)
+        reads.wait = None
+        try:
+            for p in np.unique(parts).tolist():
+                positions = np.flatnonzero(parts == p)
+                reads.release_all_but(p)
+                for position, sample in zip(positions.tolist(), read(index[positions])):
+                    out[position] = sample
+        finally:
+            reads.wait = 0.0
+        return out
+
+    def _batch(self, item, read: Callable[[Any], Any]):
+        from .remote import CacheFull
+
+        with self._reads:
+            try:
+                return read(item)
+            except CacheFull as exc:
+                index = _core.normalize_index(item, len(self))
+                if type(index) is int:
+                    raise
+                found = self._by_part(index, read, exc)
+                return np.stack(found) if self._kind.rows and self.wrapper_fn is None else found
+
+    def __getitem__(self, item):
+        if type(item) is int:
+            with self._reads:
+                return super().__getitem__(item)
+        return self._batch(item, super().__getitem__)
+
+    def __getitems__(self, indices):
+        return self._batch(_core.batch_index(indices, len(self)), super().__getitems__)
+
+    def take(self, indices, *, alloc=None):
+        with self._reads:
+            return super().take(indices, alloc=alloc)
+
+    def padded(self, indices, pad_value=0, max_len=None, out=None, dtype=None, *, alloc=None):
+        with self._reads:
+            return super().padded(indices, pad_value, max_len, out, dtype, alloc=alloc)
+
+    def get_bytes(self, item):
+        return self._batch(item, super().get_bytes)
+
+    def part(self, k: int):
+        with self._reads:
+            return super().part(k)
+
+    def __iter__(self):
+        for start in range(0, len(self), 1024):  # in slices: each a read that releases parts after it
+            yield from self[start:min(len(self), start + 1024)]
+
+    def prefetch(self, indices) -> None:
+        """Start downloading the parts that hold the samples at ``indices`` into the cache in
+        background threads, and return at once (``IndexError`` for an index out of range)."""
+        manifest, _, _, reader, _ = self._state
+        index = _core.batch_index(indices, reader.n)
+        if len(index):
+            parts, _ = reader.locate(index, open_parts=False)
+            self._mirror.prefetch([manifest["parts"][p] for p in np.unique(parts).tolist()])
+
+    def versions(self) -> List[int]:
+        """The versions of the map kept at its URL, oldest first."""
+        found = set()
+        for entry in self._mirror.store.list(VERSIONS):
+            stem = entry["name"].rsplit("/", 1)[-1]
+            if stem.endswith(".ninja") and stem[:-6].isdigit():
+                found.add(int(stem[:-6]))
+        return sorted(found | {self.version})
+
+    def uncommitted_parts(self) -> List[str]:
+        raise TypeError(f"{self.url}: uncommitted parts of a map at a URL are found and removed by "
+                        f"mmap_ninja.remote.gc(url)")
+
+    def verify(self, limit: int = VERIFY_LIMIT, deep: bool = False) -> Report:
+        """Check the map at its URL (see ``mmap_ninja.remote.verify``)."""
+        from .remote import verify
+
+        return verify(self.url, self._remote_options["storage_options"], limit, deep)
+
+    def gc(self, keep_versions: Optional[int] = None) -> "Collected":
+        raise TypeError(f"{self.url}: abandoned uploads of a map at a URL are removed by mmap_ninja.remote.gc(url)")
+
+    def compact(self, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False):
+        """Download every part and write the samples as one plain map at ``out_dir``."""
+        with self._reads:
+            for k in range(len(self._state[0]["parts"])):
+                super().part(k)
+            return super().compact(out_dir, batch_size, verbose)
+
+    def close(self) -> None:
+        """Release every part this object holds in the cache (it reads on, fetching again)."""
+        with self._reads:
+            for p in self._state[3].opened():
+                self._reads.release(p)
+            self._reads.forget()
 
 
 def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False) -> None:
@@ -631,7 +899,13 @@ def check_joining(out_dir: PathLike, keyed: bool) -> None:
     without cannot join the map at ``out_dir``, as ``commit_parts`` would refuse them once
     written: a map of another kind, a folder holding files but no map (what an interrupted
     write of parts leaves, parts never committed and a writer's lock, does not count), or a
-    sharded map whose samples have keys when these have none, or the reverse."""
+    sharded map whose samples have keys when these have none, or the reverse. At a URL: keyed
+    parts are refused (push a map with keys instead), and so is a URL holding another kind."""
+    if is_url(out_dir):
+        if keyed:
+            raise ValueError(f"{out_dir}: parts with keys cannot be written to a URL; write the map locally and "
+                             f"push it")
+        return
     out_dir = as_dir(out_dir)
     type_name = map_type(out_dir)
     if type_name not in (None, TYPE):

@@ -137,3 +137,37 @@ def ref090(tmp_path_factory) -> Reference090:
             pytest.skip(f"mmap-ninja 0.9.0 could not be fetched from the package registry: {output[-500:]}")
         raise AssertionError(f"installing mmap-ninja 0.9.0 failed:\n{output}")
     return Reference090(site)
+
+
+# -- object storage: a real S3-compatible server on loopback (tests/object_store.py) --------------
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, for the whole session."""
+    from object_store import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> str:
+    """``s3://<a new bucket>`` on the server, with the standard AWS environment pointing at it
+    (inherited by the processes a test starts)."""
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MMAP_NINJA_CACHE_LIMIT", raising=False)
+    return f"s3://{s3_server.new_bucket()}"
+
+
+@pytest.fixture
+def fault_proxy(s3, s3_server, monkeypatch):
+    """A counting, fault-injecting proxy in front of the server; ``AWS_ENDPOINT_URL`` points at
+    it (see ``object_store.FaultProxy``)."""
+    from object_store import FaultProxy
+
+    proxy = FaultProxy(("127.0.0.1", s3_server.port))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    yield proxy
+    proxy.stop()

@@ -97,6 +97,10 @@ def test_example_runs_alone_and_leaves_nothing_behind(block, tmp_path, request):
         else:
             env[name] = value
     env.pop("PYTHONPATH", None)
+    if "s3://" in block.code:  # the examples of object storage read and write a real S3-compatible server
+        server = request.getfixturevalue("s3_server")
+        server.new_bucket("datasets")
+        env.update(server.environment(), MMAP_NINJA_CACHE=str(scratch / "cache"))
     if block.language == "python":
         command = [sys.executable, "-c", block.code]
     else:

@@ -66,7 +66,8 @@ def _block(section: str, language: str, containing: str = "") -> str:
 
 
 # What the placeholders of the index of names stand for (see its syntax in FORMAT.md).
-PLACEHOLDERS = {"<N>": "[0-9]{1,19}", "<hex12>": "[0-9a-f]{12}", "<part>": "part-[A-Za-z0-9_-]{1,64}"}
+PLACEHOLDERS = {"<N>": "[0-9]{1,19}", "<hex12>": "[0-9a-f]{12}", "<hex24>": "[0-9a-f]{24}", "<hex32>": "[0-9a-f]{32}",
+                "<part>": "part-[A-Za-z0-9_-]{1,64}"}
 
 
 class Grammar:
@@ -428,12 +429,13 @@ def written(tmp_path_factory) -> Written:
 
 
 def test_index_of_names_is_a_closed_grammar():
-    """Every layout referenced is defined, every layout is reachable from PARENT, and no
+    """Every layout referenced is defined, every layout is reachable from PARENT (or CACHE, the
+    folder of the cache of maps in object storage), and no
     layout includes itself (in the same folder), so that matching ends."""
     grammar = Grammar.from_spec()
     references = list(grammar.references())
     assert {ref for _, ref, _ in references} <= set(grammar.layouts)
-    reachable, todo = {"PARENT"}, ["PARENT"]
+    reachable, todo = {"PARENT", "CACHE"}, ["PARENT", "CACHE"]  # a map's folder's parent; a cache folder
     while todo:
         layout = todo.pop()
         for name, ref, _ in references:
@@ -873,3 +875,25 @@ def test_golden_files_are_described_and_open_here(tmp_path):
         for folder in _array_folders(path):
             array = Array.parse(folder)
             assert (folder / "data.ninja").stat().st_size >= array.nbytes
+
+
+def test_the_cache_of_maps_in_object_storage_holds_only_what_section_15_names(s3, tmp_path):
+    """Every file and folder a cache holds after maps with keys were read from a URL, by several
+    maps, is described by the CACHE layout of the index of names."""
+    from mmap_ninja import remote
+
+    ShardedMmap.from_generator(tmp_path / "local", [np.arange(k % 9) for k in range(300)], part_size=100,
+                               keys=[f"k{k}" for k in range(300)])
+    remote.push(tmp_path / "local", f"{s3}/a")
+    remote.push(tmp_path / "local", f"{s3}/b")
+    cache = tmp_path / "cache"
+    for name in ("a", "b"):
+        m = ShardedMmap(f"{s3}/{name}", cache_dir=cache, cache_limit=10**6)
+        assert [len(x) for x in m[[0, 150, 299]]] == [0, 6, 2] and m.index_of("k7") == 7
+        m.prefetch([250])
+    grammar = Grammar.from_spec()
+    entries = [(path, is_dir) for path, is_dir in _tree(cache)]
+    assert len(entries) > 20
+    undescribed = [path for path, is_dir in entries
+                   if not grammar.describes("CACHE", Path(path).relative_to(cache).parts, is_dir, "(?!)", cache)]
+    assert undescribed == []

@@ -721,15 +721,16 @@ def test_a_real_process_group_reads_every_sample_once(tmp_path):
     assert np.array_equal(blends[0], blends[1]) and abs((blends[0][0] == 0).sum() - 350) <= 1
 
 
-def resumable_rank(rank, world, address, out_dir, phase, steps, states_from):
-    """A rank of a real gloo process group reading a sharded map through a StatefulDataLoader
-    with 2 workers: it stops after ``steps`` batches and saves its loader's state, or, given the
-    states of an earlier run (``states_from`` ranks), goes on from them to the end of the epoch."""
+def resumable_rank(rank, world, address, out_dir, phase, steps, states_from, url=None):
+    """A rank of a real gloo process group reading a sharded map (at ``url`` if given, through
+    the cache of ``$MMAP_NINJA_CACHE``) through a StatefulDataLoader with 2 workers: it stops
+    after ``steps`` batches and saves its loader's state, or, given the states of an earlier run
+    (``states_from`` ranks), goes on from them to the end of the epoch."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
     try:
-        sharded = ShardedMmap(out_dir / "sharded")
+        sharded = ShardedMmap(url or out_dir / "sharded")
         sampler = DistributedSampler(sharded, seed=8, block_size="parts")
         sampler.set_epoch(3)
         loader = StatefulDataLoader(RaggedBatches(sharded), batch_size=4, sampler=sampler, num_workers=2,
@@ -756,16 +757,24 @@ def free_address():
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def test_a_run_stopped_mid_epoch_resumes_on_2_1_and_3_ranks(tmp_path):
+@pytest.mark.parametrize("where", ["local", "url"])
+def test_a_run_stopped_mid_epoch_resumes_on_2_1_and_3_ranks(tmp_path, where, request, monkeypatch):
     n = 203
     ShardedMmap.from_generator(tmp_path / "sharded", (np.full(1 + i % 3, i, np.int64) for i in range(n)),
                                part_size=20)
-    torch.multiprocessing.spawn(resumable_rank, args=(2, free_address(), tmp_path, "first", 7, 0), nprocs=2)
+    url = None
+    if where == "url":  # in object storage, read through one cache by every rank and worker
+        from mmap_ninja import remote
+
+        url = request.getfixturevalue("s3") + "/sharded"
+        remote.push(tmp_path / "sharded", url)
+        monkeypatch.setenv("MMAP_NINJA_CACHE", str(tmp_path / "cache"))
+    torch.multiprocessing.spawn(resumable_rank, args=(2, free_address(), tmp_path, "first", 7, 0, url), nprocs=2)
     first = [np.load(tmp_path / f"first-rank{r}.npy").tolist() for r in range(2)]
     assert len(first[0]) == len(first[1]) == 28
     for world in (2, 1, 3):
         phase = f"resumed{world}"
-        torch.multiprocessing.spawn(resumable_rank, args=(world, free_address(), tmp_path, phase, None, 2),
+        torch.multiprocessing.spawn(resumable_rank, args=(world, free_address(), tmp_path, phase, None, 2, url),
                                     nprocs=world)
         rest = [np.load(tmp_path / f"{phase}-rank{r}.npy").tolist() for r in range(world)]
         counts = np.bincount(first[0] + first[1] + sum(rest, []), minlength=n)

@@ -74,6 +74,12 @@ def parse_manifest(path: Path) -> dict:
         manifest = json.loads(_meta.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a manifest ({exc})") from None
+    return check_manifest(manifest, path)
+
+
+def check_manifest(manifest: Any, path: Any) -> dict:
+    """``manifest`` (JSON read from ``path``, a file or a URL) checked as ``read_manifest``
+    describes; ``ValueError`` naming ``path``."""
     if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS or \
             not isinstance(manifest.get("parts"), list) or not isinstance(manifest.get("dtype"), (str, type(None))):
         raise ValueError(f"{path}: expected {{'kind', 'dtype', 'parts'}}, found {str(manifest)[:80]!r}")

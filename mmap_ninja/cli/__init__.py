@@ -8,6 +8,10 @@ benchmark maps.
     mmap-ninja merge OUT MAP...           maps of one kind into a new sharded map (--move: no copy)
     mmap-ninja compact SHARDED OUT        a sharded map into one plain map
     mmap-ninja gc SHARDED                 remove the parts no commit lists
+    mmap-ninja push MAP URL               a map into object storage (s3://bucket/prefix, ...)
+    mmap-ninja pull URL OUT               a map in object storage into the new folder OUT
+    info, verify, head and gc take a URL too (credentials and endpoint from the environment:
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION for s3://).
     mmap-ninja convert SOURCE OUT         a folder tree of images, .txt or .npy files, or a .jsonl
                                           field, into a RaggedMmap or StringsMmap at OUT;
                                           refused when OUT holds a map already
@@ -45,6 +49,7 @@ from ._common import UsageError, positive
 from .bench import add_bench_command
 from .convert import command_convert, natural_key
 from .inspect import command_compact, command_gc, command_head, command_info, command_merge, command_verify
+from .remote import command_pull, command_push, location
 
 __all__ = ["main", "build_parser", "UsageError", "natural_key"]
 
@@ -58,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    info = commands.add_parser("info", help="what a map holds")
-    info.add_argument("path", type=Path)
+    info = commands.add_parser("info", help="what a map holds (a folder or a URL)")
+    info.add_argument("path", type=location)
     info.set_defaults(run=command_info)
 
     check = commands.add_parser("verify", help="check a whole map; exit 1 when something is wrong")
-    check.add_argument("path", type=Path)
+    check.add_argument("path", type=location)
     check.add_argument("--limit", type=positive, default=VERIFY_LIMIT,
                        help=f"list at most this many problems, counting the rest (default {VERIFY_LIMIT})")
     check.add_argument("--deep", action="store_true", help="also read every byte and compare it with the "
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=command_verify)
 
     head = commands.add_parser("head", help="print the first samples")
-    head.add_argument("path", type=Path)
+    head.add_argument("path", type=location)
     head.add_argument("-n", type=positive, default=5, help="how many (default 5)")
     head.set_defaults(run=command_head)
 
@@ -117,9 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     compact.add_argument("--quiet", action="store_true", help="no progress bar")
     compact.set_defaults(run=command_compact)
 
-    gc = commands.add_parser("gc", help="remove the parts of a sharded map that no commit lists")
-    gc.add_argument("path", type=Path)
+    gc = commands.add_parser("gc", help="remove the parts of a sharded map (or uploads to a URL) that no commit lists")
+    gc.add_argument("path", type=location)
+    gc.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
+                    help="at a URL, only uploads older than this (default 3600: builds running now keep theirs)")
     gc.set_defaults(run=command_gc)
+
+    push = commands.add_parser("push", help="a local map to object storage (a URL such as s3://bucket/corpus)")
+    push.add_argument("map", type=Path)
+    push.add_argument("url")
+    push.add_argument("--quiet", action="store_true", help="no progress bar")
+    push.set_defaults(run=command_push)
+
+    pull = commands.add_parser("pull", help="a map in object storage into a new local folder")
+    pull.add_argument("url")
+    pull.add_argument("out", type=Path)
+    pull.add_argument("--version", type=int, default=None, help="an earlier version (default: the latest)")
+    pull.add_argument("--quiet", action="store_true", help="no progress bar")
+    pull.set_defaults(run=command_pull)
 
     add_bench_command(commands)
     return parser

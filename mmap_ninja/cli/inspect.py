@@ -10,12 +10,13 @@ from typing import Any, List, Optional
 import numpy as np
 
 from .. import _keys, _meta
-from ..base import map_type
+from ..base import is_url, map_type
 from ..generic import open_existing, verify
 from ..ragged import RaggedMmap
 from ..sharded import TYPE, ShardedMmap
 from ..string import StringsMmap
 from ._common import UsageError, disk_usage, human_bytes, open_paths
+from .remote import command_gc_url, describe_url
 
 # -- info ---------------------------------------------------------------------------------------
 
@@ -121,7 +122,7 @@ def _shape_summary(m: RaggedMmap, limit: int = 100_000) -> str:
 
 
 def command_info(args) -> int:
-    lines = describe(args.path)
+    lines = describe_url(args.path) if is_url(args.path) else describe(args.path)
     width = max(len(label) for label, _ in lines) + 1
     for label, value in lines:
         print(f"{label + ':':<{width}} {value}")
@@ -131,7 +132,7 @@ def command_info(args) -> int:
 # -- verify and head ----------------------------------------------------------------------------
 
 def command_verify(args) -> int:
-    if not args.path.exists():
+    if not is_url(args.path) and not args.path.exists():
         raise UsageError(f"no map at {args.path}")
     report = verify(args.path, limit=args.limit, deep=args.deep)
     for problem in report:
@@ -200,6 +201,8 @@ def command_compact(args) -> int:
 
 
 def command_gc(args) -> int:
+    if is_url(args.path):
+        return command_gc_url(args.path, args.older_than)
 
     if map_type(args.path, must_exist=True) != TYPE:
         raise UsageError(f"{args.path} is not a sharded map")
@@ -215,8 +218,8 @@ def command_gc(args) -> int:
 def command_head(args) -> int:
     m = open_existing(args.path)
     count = min(args.n, len(m))
-    names = first_keys(args.path, count)
-    if names is None:
+    names = None if is_url(args.path) else first_keys(args.path, count)
+    if names is None and not is_url(args.path):
         paths = open_paths(args.path)
         if paths is not None and len(paths) == len(m):  # else out of step with the samples: see ``info``
             names = [paths[i] for i in range(count)]

@@ -1,0 +1,309 @@
+"""Maps moved to and from object storage: ``push`` a local map to a URL, ``pull`` one back,
+``upload_part`` + ``commit`` for builds that write parts on many machines (Dask, Ray), ``gc`` of
+abandoned uploads and ``verify`` of a URL (FORMAT.md, section 15)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .. import _meta
+from .._format import kinds as _kinds
+from .._format import sharded as _sharded
+from .._format.verify import VERIFY_LIMIT, Report, check_limit
+from .cache import check_files, fetch_files, fetch_manifest
+from .store import RemoteError, Store
+
+__all__ = ["push", "pull", "upload_part", "commit", "gc", "verify", "folder_files", "latest_manifest"]
+
+# Files a writer leaves beside a map that are not the map's.
+NOT_UPLOADED = ("writer.lock",)
+COMMIT_ATTEMPTS = 20
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(8 << 20)
+            if not block:
+                return digest.hexdigest()
+            digest.update(block)
+
+
+def folder_files(folder: Path) -> List[Dict[str, Any]]:
+    """Every file of the map folder ``folder`` as a manifest lists it (``path``, ``size``,
+    ``sha256``), in sorted order: temporary, hidden and lock files left out; ``ValueError``
+    for a symbolic link (a map's files are its own)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if name.startswith(".") or name.endswith(".tmp") or name in NOT_UPLOADED:
+                continue
+            if path.is_symlink():
+                raise ValueError(f"{path}: a symbolic link; a map pushed to object storage holds its own files")
+            relative = path.relative_to(folder).as_posix()
+            found.append({"path": relative, "size": path.stat().st_size, "sha256": _sha256(path)})
+    for d in Path(folder).rglob("*"):
+        if d.is_symlink():
+            raise ValueError(f"{d}: a symbolic link; a map pushed to object storage holds its own files")
+    return check_files(found, str(folder))
+
+
+def _upload(store: Store, folder: Path, files: List[Dict[str, Any]], prefix: str) -> None:
+    store.upload_all([(folder.joinpath(*f["path"].split("/")), f"{prefix}/{f['path']}") for f in files])
+
+
+def upload_part(store: Store, folder: Path, name: Optional[str] = None) -> Dict[str, Any]:
+    """Upload the plain map at ``folder`` as a part (``name``, else a new one) of the map at
+    ``store``'s URL, not yet committed (see ``commit``), and return its record: ``name``,
+    ``length``, ``kind``, ``dtype`` and ``files``."""
+    folder = Path(folder)
+    kind = _meta.read_type(folder)
+    if kind not in _kinds.KINDS:
+        raise ValueError(f"{folder}: holds {'no map' if kind is None else f'a {kind} map'}, not a part "
+                         f"({', '.join(_kinds.KINDS)})")
+    name = name or f"part-{uuid.uuid4().hex}"
+    if not _sharded.is_part_name(name):
+        raise ValueError(f"{name!r} is not the name of a part (one path component: 'part-...')")
+    opened = _kinds.KINDS[kind].open(folder, None, None)
+    dtype = getattr(opened, "dtype", None)
+    record = {"name": name, "length": len(opened), "kind": kind,
+              "dtype": None if dtype is None else _meta.dtype_name(dtype),
+              "shape": list(opened.shape[1:]) if _kinds.KINDS[kind].rows and len(opened) else None,
+              "files": folder_files(folder)}
+    del opened
+    _upload(store, folder, record["files"], f"{_sharded.PARTS}/{name}")
+    return record
+
+
+def latest_manifest(store: Store) -> Optional[dict]:
+    """The latest version of the map at ``store``'s URL, checked, or ``None`` when there is none."""
+    try:
+        return fetch_manifest(store)[1]
+    except FileNotFoundError:
+        return None
+
+
+def commit(store: Store, records: Sequence[Dict[str, Any]], replace: bool = False,
+           key_files: Optional[List[Dict[str, Any]]] = None, plain: bool = False) -> dict:
+    """Commit the uploaded parts of ``records`` as the next version of the map at ``store``'s
+    URL: after the latest version's parts, or with ``replace`` in their place. The version is
+    created with a conditional put, so of two committers at once one wins and the other commits
+    after it; every record is checked against the map (kind, dtype, row shape) first.
+    ``key_files``: the key table uploaded under ``keys/`` (only with ``replace`` or for a new
+    map). Returns the manifest committed."""
+    records = list(records)
+    for k, record in enumerate(records):
+        if not isinstance(record, dict) or not _sharded.is_part_name(record.get("name")) or \
+                not _sharded.is_length(record.get("length")) or record.get("kind") not in _kinds.KINDS:
+            raise ValueError(f"record {k} must be a dict from upload_part ('name', 'length', 'kind', 'files'), "
+                             f"found {str(record)[:120]}")
+        check_files(record.get("files"), f"record {k} ({record['name']})")
+    for attempt in range(COMMIT_ATTEMPTS):
+        latest = latest_manifest(store)
+        if latest is None and not records:
+            raise ValueError(f"no parts to commit to {store.url}, which holds no map yet")
+        base = None if latest is None or replace else latest
+        kind = base["kind"] if base is not None else records[0]["kind"]
+        dtype = base.get("dtype") if base is not None else None
+        shape = base.get("shape") if base is not None else None
+        names = {part["name"] for part in base["parts"]} if base is not None else set()
+        for record in records:
+            if record["kind"] != kind:
+                raise ValueError(f"{record['name']} holds {record['kind']} samples, but {store.url} holds {kind} "
+                                 f"samples")
+            if record["name"] in names:
+                raise ValueError(f"part {record['name']!r} is committed to {store.url} already")
+            names.add(record["name"])
+            if record["length"]:
+                if dtype is not None and record.get("dtype") != dtype:
+                    raise ValueError(f"{record['name']} holds samples of {record.get('dtype')}, but {store.url} holds "
+                                     f"samples of {dtype}")
+                if shape is not None and record.get("shape") is not None and record["shape"] != shape:
+                    raise ValueError(f"{record['name']} holds rows of shape {tuple(record['shape'])}, but {store.url} "
+                                     f"holds rows of shape {tuple(shape)}")
+                dtype = record.get("dtype") if dtype is None else dtype
+                shape = record.get("shape") if shape is None else shape
+        if base is not None and base.get("keys") is not None and base.get("key_files"):
+            raise ValueError(f"{store.url} has keys: appending parts to it is not supported; push the whole map")
+        version = 0 if latest is None else latest.get("version", 0) + 1
+        parts = (base["parts"] if base is not None else []) + \
+            [{"name": r["name"], "length": r["length"], "files": r["files"]} for r in records]
+        manifest = {"format": _sharded.FORMAT, "version": version, "kind": kind, "dtype": dtype, "shape": shape,
+                    "keys": "." if key_files else None, "parts": parts}
+        if key_files:
+            manifest["key_files"] = key_files
+        if plain:
+            manifest["plain"] = True
+        data = json.dumps(manifest, indent=1).encode()
+        name = f"{_sharded.VERSIONS}/{version}.ninja"
+        if latest is None:
+            store.write(_meta.TYPE, _sharded.TYPE.encode())
+        if store.write(name, data, create=True) or store.read(name) == data:  # ours, even if the answer was lost
+            store.write(_sharded.MANIFEST, data)
+            return manifest
+        time.sleep(0.01 * (attempt + 1))  # another committer won this version: commit after it
+    raise RemoteError(f"{store.url}: could not commit: other committers took {COMMIT_ATTEMPTS} versions in a row")
+
+
+def push(local_map: Any, url: str, storage_options: Optional[Dict[str, Any]] = None, verbose: bool = False) -> dict:
+    """Upload the map at ``local_map`` (any kind; a sharded map's latest version) to ``url``
+    and commit it there as a new version in place of any map's samples there (readers of
+    earlier versions keep reading theirs). A plain map becomes a map of one part, which
+    ``pull`` writes back as a plain map. Keys and checksums come along. Returns the manifest."""
+    store = Store(url, storage_options)
+    folder = Path(os.path.abspath(os.fspath(local_map)))
+    kind = _meta.read_type(folder)
+    if kind is None:
+        raise FileNotFoundError(f"{folder}: no map there (no {_meta.TYPE})")
+    records: List[Dict[str, Any]] = []
+    key_files = None
+    if kind == _sharded.TYPE:
+        manifest = _sharded.read_manifest(folder)
+        entries = manifest["parts"]
+        for entry in _progress(entries, verbose, f"push {folder.name}"):
+            part = _sharded.part_dir(folder, entry["name"])
+            record = upload_part(store, part, entry["name"])
+            record["length"] = entry["length"]
+            records.append(record)
+        home = _sharded.keys_home(folder, manifest)
+        if home is not None:
+            key_files = folder_files(home / _meta.KEYS)
+            _upload(store, home / _meta.KEYS, key_files, _meta.KEYS)
+        return commit(store, records, replace=True, key_files=key_files)
+    if kind not in _kinds.KINDS:
+        raise ValueError(f"{folder}: holds a map of unknown kind {kind!r}")
+    record = upload_part(store, folder)
+    if (folder / _meta.KEYS / _meta.TYPE).exists():
+        key_files = folder_files(folder / _meta.KEYS)
+        _upload(store, folder / _meta.KEYS, key_files, _meta.KEYS)
+    return commit(store, [record], replace=True, key_files=key_files, plain=True)
+
+
+def _progress(items: Sequence[Any], verbose: bool, what: str) -> Iterable[Any]:
+    if not verbose:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit="part")
+
+
+def pull(url: str, local_dir: Any, storage_options: Optional[Dict[str, Any]] = None, version: Optional[int] = None,
+         verbose: bool = False) -> Path:
+    """Download the map at ``url`` (its latest version, or ``version``) to ``local_dir``, which
+    must not exist or be an empty folder: a plain map when one was pushed, else a sharded map.
+    Every file is checked (size and SHA-256) before it is kept, and the map is written aside
+    and renamed into place, so a failed pull leaves nothing at ``local_dir``."""
+    store = Store(url, storage_options)
+    target = Path(os.path.abspath(os.fspath(local_dir)))
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target}: exists and is not an empty folder; pull writes a new map")
+    manifest = fetch_manifest(store, version)[1]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.pulling"
+    try:
+        build.mkdir()
+        if manifest.get("plain") and len(manifest["parts"]) == 1:
+            fetch_files(store, manifest["parts"][0]["files"], f"{_sharded.PARTS}/{manifest['parts'][0]['name']}",
+                         build)
+        else:
+            for entry in _progress(manifest["parts"], verbose, f"pull {target.name}"):
+                fetch_files(store, entry["files"], f"{_sharded.PARTS}/{entry['name']}",
+                             build / _sharded.PARTS / entry["name"])
+            if manifest.get("keys") is not None and manifest.get("key_files"):
+                fetch_files(store, manifest["key_files"], _meta.KEYS, build / _meta.KEYS)
+                manifest = dict(manifest, keys=".")
+            _sharded.write_manifest(build, manifest, new=True)
+        if target.exists():
+            target.rmdir()
+        os.rename(build, target)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return target
+
+
+def _referenced(store: Store) -> set:
+    names = set()
+    for entry in store.list(_sharded.VERSIONS):
+        data = store.read_if_exists(entry["name"])
+        if data is None:
+            continue
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            names |= {part.get("name") for part in json.loads(data.decode()).get("parts", [])
+                      if isinstance(part, dict)}
+    latest = latest_manifest(store)
+    if latest is not None:
+        names |= {part["name"] for part in latest["parts"]}
+    return names
+
+
+def gc(url: str, storage_options: Optional[Dict[str, Any]] = None, older_than: float = 3600.0) -> List[str]:
+    """Remove the parts under ``url`` that no kept version lists (uploads of tasks that failed
+    or were retried) and whose objects are all older than ``older_than`` seconds (so that a
+    build uploading now keeps its parts), and return their names."""
+    store = Store(url, storage_options)
+    referenced = _referenced(store)
+    now = time.time()
+    found: Dict[str, List[Dict[str, Any]]] = {}
+    for entry in store.list(_sharded.PARTS):
+        name = entry["name"].split("/")[1] if entry["name"].count("/") >= 1 else None
+        if name is not None and name not in referenced:
+            found.setdefault(name, []).append(entry)
+    removed = []
+    for name, objects in sorted(found.items()):
+        if all(o["mtime"] is not None and now - o["mtime"] >= older_than for o in objects):
+            store.delete([o["name"] for o in objects])
+            removed.append(name)
+    return removed
+
+
+def verify(url: str, storage_options: Optional[Dict[str, Any]] = None, limit: int = VERIFY_LIMIT,
+           deep: bool = False) -> Report:
+    """Check the map at ``url``: its manifest, and that every file every part lists is there
+    with its size; ``deep`` also downloads each and checks its SHA-256. Damage is reported,
+    never raised."""
+    limit = check_limit(limit)
+    problems: List[str] = []
+    try:
+        store = Store(url, storage_options)
+        manifest = fetch_manifest(store)[1]
+        present = {o["name"]: o["size"] for o in store.list("")}
+        listed = [(f"{_sharded.PARTS}/{part['name']}/{f['path']}", f) for part in manifest["parts"]
+                  for f in part["files"]]
+        if manifest.get("keys") is not None:
+            listed += [(f"{_meta.KEYS}/{f['path']}", f) for f in manifest.get("key_files") or []]
+        for name, f in listed:
+            if name not in present:
+                problems.append(f"{store.url_of(name)}: missing")
+            elif present[name] != f["size"]:
+                problems.append(f"{store.url_of(name)}: {present[name]} bytes, the manifest says {f['size']}")
+            elif deep:
+                with _scratch() as scratch:
+                    try:
+                        store.download(name, scratch / "file", int(f["size"]), f["sha256"])
+                    except RemoteError as exc:
+                        problems.append(str(exc))
+    except (OSError, ValueError) as exc:
+        problems.append(str(exc))
+    report = Report(problems[:limit])
+    report.omitted = max(0, len(problems) - limit)
+    return report
+
+
+@contextlib.contextmanager
+def _scratch():
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mmap_ninja-verify-") as folder:
+        yield Path(folder)
