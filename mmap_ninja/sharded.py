@@ -149,6 +149,22 @@ class _RemoteReads:
             self.open, self.fresh = {}, set()
 
 
+def _batch_of(samples: List[np.ndarray], dtype: Optional[np.dtype], alloc: Optional[Allocator]) -> _core.RaggedBatch:
+    """One ``RaggedBatch`` of ``samples`` (arrays), back to back in their order."""
+    sizes = np.array([sample.size for sample in samples], dtype=np.int64)
+    offsets = np.zeros(len(samples) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    dtype = dtype if dtype is not None else (samples[0].dtype if samples else np.dtype(np.uint8))
+    values = alloc((int(offsets[-1]),), dtype) if alloc is not None else np.empty(int(offsets[-1]), dtype)
+    for k, sample in enumerate(samples):
+        values[offsets[k]:offsets[k + 1]] = sample.reshape(-1)
+    ndims = np.array([sample.ndim for sample in samples], dtype=np.int64)
+    shape_offsets = np.zeros(len(samples) + 1, dtype=np.int64)
+    np.cumsum(ndims, out=shape_offsets[1:])
+    shape_values = np.array([d for sample in samples for d in sample.shape], dtype=np.int64)
+    return _core.RaggedBatch(values, offsets, shape_values, shape_offsets)
+
+
 def _open_url(url: str, options: Dict[str, Any]) -> "ShardedMmap":
     return ShardedMmap(url, **options)
 
@@ -678,24 +694,32 @@ class RemoteShardedMmap(ShardedMmap):
     and unpinned between reads (see ``mmap_ninja.remote``). ``prefetch`` downloads the parts
     of the samples asked for in background threads."""
 
-    def _by_part(self, index: np.ndarray, read: Callable[[np.ndarray], Sequence[Any]], error: BaseException):
-        """``read(index)`` part by part, each part read alone with every other part closed:
-        for batches whose parts do not all fit in the cache at once (``error``: the
-        ``CacheFull`` that said so). Only while no other thread reads this object."""
+    def _per_part(self, index: np.ndarray, read: Callable[[np.ndarray], Any], error: BaseException) -> List[Any]:
+        """``[(positions, read(index[positions]))]``, one per part that ``index`` reads, each
+        part read alone with every other part closed: for batches whose parts do not all fit
+        in the cache at once (``error``: the ``CacheFull`` that said so). Only while no other
+        thread reads this object."""
         reads = self._reads
         if reads.running != 1:
             raise error
         parts, _ = self._state[3].locate(index, open_parts=False)
-        out: List[Any] = [None] * len(index)
+        found = []
         reads.wait = None
         try:
             for p in np.unique(parts).tolist():
                 positions = np.flatnonzero(parts == p)
                 reads.release_all_but(p)
-                for position, sample in zip(positions.tolist(), read(index[positions])):
-                    out[position] = sample
+                found.append((positions, read(index[positions])))
         finally:
             reads.wait = 0.0
+        return found
+
+    def _by_part(self, index: np.ndarray, read: Callable[[np.ndarray], Sequence[Any]], error: BaseException):
+        """``read(index)`` (a sequence per sample) part by part (see ``_per_part``)."""
+        out: List[Any] = [None] * len(index)
+        for positions, samples in self._per_part(index, read, error):
+            for position, sample in zip(positions.tolist(), samples):
+                out[position] = sample
         return out
 
     def _batch(self, item, read: Callable[[Any], Any]):
@@ -721,12 +745,38 @@ class RemoteShardedMmap(ShardedMmap):
         return self._batch(_core.batch_index(indices, len(self)), super().__getitems__)
 
     def take(self, indices, *, alloc=None):
+        from .remote import CacheFull
+
         with self._reads:
-            return super().take(indices, alloc=alloc)
+            try:
+                return super().take(indices, alloc=alloc)
+            except CacheFull as exc:  # part by part, then one batch in the caller's order
+                index = _core.batch_index(indices, len(self))
+                samples = self._by_part(index, lambda sub: super(RemoteShardedMmap, self).take(sub).arrays(), exc)
+                return _batch_of(samples, self.dtype, alloc)
 
     def padded(self, indices, pad_value=0, max_len=None, out=None, dtype=None, *, alloc=None):
+        from .remote import CacheFull
+
         with self._reads:
-            return super().padded(indices, pad_value, max_len, out, dtype, alloc=alloc)
+            try:
+                return super().padded(indices, pad_value, max_len, out, dtype, alloc=alloc)
+            except CacheFull as exc:  # part by part, each padded to the batch's length
+                index = _core.batch_index(indices, len(self))
+                groups = self._per_part(index, lambda sub: super(RemoteShardedMmap, self).padded(
+                    sub, pad_value, max_len, None, dtype), exc)
+                width = max_len if max_len is not None else out.shape[1] if out is not None else \
+                    max(array.shape[1] for _, (array, _) in groups)
+                first = groups[0][1][0]
+                shape = (len(index), width) + first.shape[2:]
+                result = out if out is not None else alloc(shape, first.dtype) if alloc is not None else \
+                    np.empty(shape, first.dtype)
+                result[...] = np.asarray(pad_value, dtype=first.dtype)
+                lengths = np.empty(len(index), dtype=np.int64)
+                for positions, (array, found) in groups:
+                    result[positions, :array.shape[1]] = array
+                    lengths[positions] = found
+                return result, lengths
 
     def get_bytes(self, item):
         return self._batch(item, super().get_bytes)

@@ -173,6 +173,14 @@ def test_an_epoch_through_a_cache_of_a_quarter_of_the_map_stays_under_the_cap(s3
             assert all(np.array_equal(a, samples[i]) for a, i in zip(m[index], index))
         index = rng.permutation(2000)[:512]  # a batch over every part: read part by part
         assert all(np.array_equal(a, samples[i]) for a, i in zip(m[index], index))
+        assert all(np.array_equal(a, samples[i]) for a, i in zip(m.__getitems__(index), index))
+        batch = m.take(index)
+        assert all(np.array_equal(batch[k], samples[i]) for k, i in enumerate(index))
+        local = ShardedMmap(tmp_path / "local")
+        for options in ({}, {"pad_value": -1, "max_len": 100, "dtype": np.int64}):
+            padded, lengths = m.padded(index, **options)
+            expected, expected_lengths = local.padded(index, **options)
+            assert np.array_equal(padded, expected) and np.array_equal(lengths, expected_lengths)
     finally:
         done.set()
         watcher.join()
@@ -186,8 +194,9 @@ def test_a_part_larger_than_the_cache_is_refused_naming_the_limit(s3, tmp_path):
     m = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "cache", cache_limit=1000)
     with pytest.raises(CacheFull, match="cache_limit of 1000 bytes"):
         m[0]
-    assert cache_size(tmp_path / "cache") == 0
-    assert not list((tmp_path / "cache").glob("maps/*/parts/*"))
+    assert not list((tmp_path / "cache").glob("maps/*/parts/*")) and not list((tmp_path / "cache").glob("reserved/*"))
+    manifest_bytes = sum(p.stat().st_size for p in (tmp_path / "cache").glob("maps/*/*") if p.is_file())
+    assert cache_size(tmp_path / "cache") == manifest_bytes  # the manifest alone
 
 
 @pytest.mark.parametrize("size, expected", [(123, 123), ("20GB", 20 * 10**9), ("512MiB", 512 * 2**20),
@@ -235,10 +244,8 @@ def test_processes_sharing_a_cache_download_each_part_once(s3, fault_proxy, tmp_
     assert {int(out) for out in outputs} == {sum(int(x.sum()) for x in samples)}
     gets = fault_proxy.gets("/parts/")
     manifest = remote.latest_manifest(Store(f"{s3}/m"))
-    files = {f"/{s3[5:]}/m/parts/{part['name']}/{f['path']}" for part in manifest["parts"] for f in part["files"]}
-    assert set(gets) == {path for path in files if path in gets}
-    assert all(gets[path] == 1 for path in gets), gets  # each file downloaded once, by one of them
-    assert {path for path in files if manifest["parts"][0]["files"][0]["path"] in path} <= set(gets)
+    packs = {f"/{s3[5:]}/m/parts/{part['name']}.pack" for part in manifest["parts"]}
+    assert set(gets) == packs and all(gets[path] == 1 for path in packs), gets  # each part once, by one of them
 
 
 _PINNED_READER = textwrap.dedent("""
@@ -336,10 +343,10 @@ def test_faults_that_persist_raise_an_error_naming_the_url_and_keep_nothing(s3, 
     fault_proxy.reset(["corrupt"] * 10_000)
     m = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "cache")
     m._mirror.store.backoff = 0.001
-    with pytest.raises(RemoteError, match=rf"{s3}/m/parts/part-.*(SHA-256|checksum).*failed 7 times"):
+    with pytest.raises(RemoteError, match=rf"{s3}/m/parts/part-.*\.pack: download failed 7 times.*(SHA-256|checksum)"):
         m[0]
     parts = next((tmp_path / "cache" / "maps").iterdir()) / "parts"
-    assert os.listdir(parts) == [] and cache_size(tmp_path / "cache") == 0
+    assert os.listdir(parts) == [] and not list((tmp_path / "cache").glob("reserved/*"))
 
 
 def test_damaged_manifests_are_refused_naming_the_url(s3, tmp_path):
@@ -437,8 +444,7 @@ def test_gc_removes_abandoned_uploads_only(s3):
     abandoned = write_part(url, ragged_samples(20, 1))
     assert remote.gc(url) == []  # too recent: a build may be uploading it now
     assert remote.gc(url, older_than=0) == [abandoned["name"]]
-    names = {entry["name"].split("/")[1] for entry in Store(url).list("parts")}
-    assert names == {kept["name"]}
+    assert [entry["name"] for entry in Store(url).list("parts")] == [f"parts/{kept['name']}.pack"]
     assert len(ShardedMmap(url)) == 20
 
 
@@ -562,7 +568,7 @@ def test_the_command_line_pushes_pulls_and_inspects_urls(s3, tmp_path, capsys):
     assert len(ShardedMmap(tmp_path / "back")) == 300
     assert main(["gc", url, "--older-than", "0"]) == 0
     assert "0 abandoned uploads removed" in capsys.readouterr().out
-    Store(url).delete([f"parts/{ShardedMmap(tmp_path / 'back').part_names[0]}/type.ninja"])
+    Store(url).delete([f"parts/{ShardedMmap(tmp_path / 'back').part_names[0]}.pack"])
     assert main(["verify", url]) == 1
     assert "missing" in capsys.readouterr().out
 

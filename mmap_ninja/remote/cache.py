@@ -35,9 +35,24 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Cache", "Mirror", "CacheFull", "Reservation", "parse_size", "default_cache_dir", "check_files", "part_size"]
+__all__ = ["keys_pack", "pack_of", "Cache", "Mirror", "CacheFull", "Reservation", "parse_size", "default_cache_dir",
+           "check_files", "part_size"]
 
 MAPS = "maps"
+
+
+def pack_of(part: str) -> str:
+    """The object holding every file of the part ``part`` in object storage."""
+    return f"{_sharded.PARTS}/{part}.pack"
+
+
+def keys_pack(key_files: List[Dict[str, Any]]) -> str:
+    """The object holding the key table whose files are ``key_files``: named by their digests,
+    so that each version's table has its own and a new version never changes an old one's."""
+    digest = hashlib.sha256("".join(f["sha256"] for f in key_files).encode()).hexdigest()
+    return f"{_sharded.KEYSETS}/{digest[:32]}.pack"
+
+
 PINS = "pins"
 FETCH = "fetch"
 RESERVED = "reserved"
@@ -143,15 +158,15 @@ def _flock(path: Path, exclusive: bool = True) -> Iterator[int]:
         os.close(fd)
 
 
-def fetch_files(store: Store, files: List[Dict[str, Any]], prefix: str, folder: Path) -> None:
-    """Download ``files`` (a manifest's list) from under ``prefix`` of ``store`` into
-    ``folder``, every one checked (see ``Store.download_all``)."""
-    items = []
+def fetch_files(store: Store, files: List[Dict[str, Any]], pack: str, folder: Path) -> None:
+    """Download the pack ``pack`` of ``store`` into the files ``files`` (a manifest's list)
+    under ``folder``, every one checked (see ``Store.download_pack``)."""
+    targets = []
     for f in files:
         target = folder.joinpath(*f["path"].split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        items.append((f"{prefix}/{f['path']}", target, int(f["size"]), f["sha256"]))
-    store.download_all(items)
+        targets.append((target, int(f["size"]), f["sha256"]))
+    store.download_pack(pack, targets)
 
 
 class Cache:
@@ -185,11 +200,14 @@ class Cache:
             return self.used()
 
     def used(self) -> int:
-        """``size()`` for a caller holding the cache's lock."""
+        """``size()`` for a caller holding the cache's lock: the manifests too."""
         total = 0
         with contextlib.suppress(FileNotFoundError):
             for mirror in os.scandir(self.root / MAPS):
-                for folder in ("parts", "keys", "keysets"):
+                with contextlib.suppress(FileNotFoundError):  # its manifest, type and URL
+                    total += sum(entry.stat().st_size for entry in os.scandir(mirror.path)
+                                 if entry.is_file(follow_symlinks=False))
+                for folder in ("parts", "keysets"):
                     base = Path(mirror.path) / folder
                     if folder != "parts":
                         total += _tree_size(base)
@@ -466,13 +484,13 @@ class Mirror:
         with _flock(self.local / FETCH / name):
             if path.is_dir():
                 return path
-            self._download(entry["files"], path, f"part {name} of {self.url}", f"{_sharded.PARTS}/{name}", wait)
+            self._download(entry["files"], path, f"part {name} of {self.url}", pack_of(name), wait)
         return path
 
-    def _download(self, files: List[Dict[str, Any]], path: Path, what: str, prefix: str,
+    def _download(self, files: List[Dict[str, Any]], path: Path, what: str, pack: str,
                   wait: Optional[float] = None) -> None:
-        """Download ``files`` (a manifest's list) under ``prefix`` of the store into the new
-        folder ``path``, through a ``.fetching`` folder beside it, within the cache's limit."""
+        """Download ``files`` (a manifest's list) from the pack ``pack`` of the store into the
+        new folder ``path``, through a ``.fetching`` folder beside it, within the cache's limit."""
         for entry in os.scandir(path.parent):  # what a download that died left (we hold its lock)
             match = FETCHING.fullmatch(entry.name)
             if match and match.group(1) == path.name:
@@ -482,7 +500,7 @@ class Mirror:
             tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.fetching"
             try:
                 tmp.mkdir()
-                fetch_files(self.store, files, prefix, tmp)
+                fetch_files(self.store, files, pack, tmp)
                 reservation.fill(tmp, path)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -501,8 +519,7 @@ class Mirror:
             folder.parent.mkdir(parents=True, exist_ok=True)
             with _flock(self.local / FETCH / "keys"):
                 if not folder.is_dir():
-                    prefix = _meta.KEYS if home == "." else f"{home}/{_meta.KEYS}"
-                    self._download(files, folder, f"the keys of {self.url}", prefix)
+                    self._download(files, folder, f"the keys of {self.url}", keys_pack(files))
         return folder.parent
 
     # -- downloads in the background ----------------------------------------------------

@@ -157,98 +157,75 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def read_range(self, name: str, start: int, end: int) -> bytes:
-        """Bytes ``start:end`` of the object ``name``, exactly that many or ``RemoteError``."""
-        def get():
-            data = bytes(self.fs.cat_file(self.path(name), start=start, end=end))
-            if len(data) != end - start:
-                raise Damaged(f"{len(data)} bytes of {end - start}")
-            return data
-        return self._call(f"GET of bytes {start}:{end}", name, get)
+    def download_pack(self, name: str, files: List[Tuple[Path, int, str]]) -> None:
+        """Write the pack ``name`` (files back to back) into the files of ``files``, each a
+        ``(target, size, sha256)`` in the pack's order: read in ranges of at most ``CHUNK``
+        bytes, ``PARALLEL`` groups of them at once, each file checked (size and SHA-256) as it
+        is completed. A body cut short, a wrong length or a wrong digest: the pack is read
+        again, and after the retries ``RemoteError`` names its URL."""
+        total = sum(size for _, size, _ in files)
+        starts = list(range(0, total, CHUNK))
+        path = self.path(name)
 
-    def download(self, name: str, target: Path, size: int, sha256: str) -> None:
-        """Write the object ``name`` to ``target`` (a new file), checked to be ``size`` bytes
-        whose SHA-256 is ``sha256``: a body cut short, a wrong length or a wrong digest is
-        fetched again, and after the retries ``RemoteError`` names the URL. Files above
-        ``CHUNK`` bytes are read in ranges, several at once."""
         def get():
-            digest = hashlib.sha256()
-            with open(target, "wb") as out:
-                if size <= CHUNK:
-                    data = bytes(self.fs.cat_file(self.path(name), start=0, end=size)) if size else b""
-                    if len(data) != size:
-                        raise Damaged(f"{len(data)} bytes, {size} recorded")
-                    digest.update(data)
-                    out.write(data)
+            k, digest, out, left = -1, None, None, 0
+
+            def next_file():
+                nonlocal k, digest, out, left
+                if out is not None:
+                    out.close()
+                    if digest.hexdigest() != files[k][2]:
+                        raise Damaged(f"{files[k][0].name}: SHA-256 {digest.hexdigest()}, {files[k][2]} recorded")
+                k += 1
+                if k < len(files):
+                    digest, out, left = hashlib.sha256(), open(files[k][0], "wb"), files[k][1]
                 else:
-                    starts = list(range(0, size, CHUNK))
-                    for first in range(0, len(starts), PARALLEL):
-                        group = starts[first:first + PARALLEL]
-                        ends = [min(size, start + CHUNK) for start in group]
-                        chunks = self.fs.cat_ranges([self.path(name)] * len(group), group, ends, on_error="raise")
-                        for start, end, chunk in zip(group, ends, chunks):
-                            if isinstance(chunk, BaseException):
-                                raise chunk
-                            if len(chunk) != end - start:
-                                raise Damaged(f"{len(chunk)} bytes at {start}, {end - start} expected")
-                            digest.update(chunk)
-                            out.write(chunk)
-            if digest.hexdigest() != sha256:
-                raise Damaged(f"SHA-256 {digest.hexdigest()}, {sha256} recorded")
+                    out = None
+
+            try:
+                next_file()
+                while out is not None and left == 0:
+                    next_file()
+                for first in range(0, len(starts), PARALLEL * 2):
+                    group = starts[first:first + PARALLEL * 2]
+                    ends = [min(total, start + CHUNK) for start in group]
+                    chunks = self.fs.cat_ranges([path] * len(group), group, ends, on_error="raise") \
+                        if len(group) > 1 else [self.fs.cat_file(path, start=group[0], end=ends[0])]
+                    for start, end, chunk in zip(group, ends, chunks):
+                        if isinstance(chunk, BaseException):
+                            raise chunk
+                        if len(chunk) != end - start:
+                            raise Damaged(f"{len(chunk)} bytes at {start}, {end - start} asked")
+                        view = memoryview(chunk)
+                        while len(view):
+                            take = min(left, len(view))
+                            digest.update(view[:take])
+                            out.write(view[:take])
+                            view, left = view[take:], left - take
+                            while out is not None and left == 0:
+                                next_file()
+            finally:
+                if out is not None:
+                    out.close()
+
         try:
             self._call("download", name, get)
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.url_of(name)}: no such object (the map lists it)") from None
 
-    def download_all(self, files: List[Tuple[str, Path, int, str]]) -> None:
-        """``download`` of every ``(name, target, size, sha256)`` of ``files``: the small ones
-        (at most ``CHUNK`` bytes) requested all at once (fsspec runs the GETs concurrently),
-        those that failed or came back damaged asked again, with backoff, up to the retries."""
-        pending = [f for f in files if f[2] <= CHUNK]
-        for name, target, size, sha256 in files:
-            if size > CHUNK:
-                self.download(name, target, size, sha256)
-        last = ""
-        for attempt in range(self.retries + 1):
-            empty = [f for f in pending if f[2] == 0]
-            asked = [f for f in pending if f[2]]
-            try:
-                found = self.fs.cat_ranges([self.path(f[0]) for f in asked], [0] * len(asked), [f[2] for f in asked],
-                                           on_error="return") if asked else []
-            except Exception as exc:  # the whole call failed: every file is asked again
-                if not _retryable(exc):
-                    raise
-                found = [exc] * len(asked)
-            failed = []
-            for (name, target, size, sha256), data in zip(empty + asked, [b""] * len(empty) + list(found)):
-                if isinstance(data, FileNotFoundError):
-                    raise FileNotFoundError(f"{self.url_of(name)}: no such object (the map lists it)")
-                if isinstance(data, BaseException):
-                    if not _retryable(data):
-                        raise data
-                    last = f"{self.url_of(name)}: {type(data).__name__}: {data}"
-                elif len(data) != size:
-                    last = f"{self.url_of(name)}: {len(data)} bytes, {size} recorded"
-                elif hashlib.sha256(data).hexdigest() != sha256:
-                    last = f"{self.url_of(name)}: SHA-256 {hashlib.sha256(data).hexdigest()}, {sha256} recorded"
-                else:
-                    target.write_bytes(data)
-                    continue
-                failed.append((name, target, size, sha256))
-            pending = failed
-            if not pending:
-                return
-            if attempt < self.retries:
-                time.sleep(min(8.0, self.backoff * 2 ** attempt) * (0.5 + random.random()))
-        raise RemoteError(f"{last} (download failed {self.retries + 1} times; {len(pending)} files of "
-                          f"{self.url} not downloaded)")
-
-    def upload_all(self, files: List[Tuple[Path, str]]) -> None:
-        """``upload`` of every ``(source, name)`` of ``files``, concurrently, retried."""
-        if files:
-            sources = [os.fspath(source) for source, _ in files]
-            paths = [self.path(name) for _, name in files]
-            self._call("PUT", files[0][1], lambda: self.fs.put(sources, paths))
+    def upload_pack(self, sources: List[Path], name: str) -> None:
+        """Upload the files ``sources``, back to back, as the one object ``name`` (streamed:
+        a multipart upload where the store has them), retried whole."""
+        def put():
+            with self.fs.open(self.path(name), "wb", block_size=CHUNK) as out:
+                for source in sources:
+                    with open(source, "rb") as f:
+                        while True:
+                            block = f.read(CHUNK)
+                            if not block:
+                                break
+                            out.write(block)
+        self._call("PUT", name, put)
 
     def list(self, prefix: str) -> List[Dict[str, Any]]:
         """Every object under ``prefix`` (recursively): dicts of ``name`` (relative to the
@@ -268,9 +245,6 @@ class Store:
         return out
 
     # -- writing -------------------------------------------------------------------------
-
-    def upload(self, source: Path, name: str) -> None:
-        self._call("PUT", name, lambda: self.fs.put_file(os.fspath(source), self.path(name)))
 
     def write(self, name: str, data: bytes, create: bool = False) -> bool:
         """Put ``data`` as the object ``name``; with ``create``, only if there is none yet

@@ -18,7 +18,7 @@ from .. import _meta
 from .._format import kinds as _kinds
 from .._format import sharded as _sharded
 from .._format.verify import VERIFY_LIMIT, Report, check_limit
-from .cache import check_files, fetch_files, fetch_manifest
+from .cache import check_files, fetch_files, fetch_manifest, keys_pack, pack_of
 from .store import RemoteError, Store
 
 __all__ = ["push", "pull", "upload_part", "commit", "gc", "verify", "folder_files", "latest_manifest"]
@@ -59,8 +59,8 @@ def folder_files(folder: Path) -> List[Dict[str, Any]]:
     return check_files(found, str(folder))
 
 
-def _upload(store: Store, folder: Path, files: List[Dict[str, Any]], prefix: str) -> None:
-    store.upload_all([(folder.joinpath(*f["path"].split("/")), f"{prefix}/{f['path']}") for f in files])
+def _upload(store: Store, folder: Path, files: List[Dict[str, Any]], pack: str) -> None:
+    store.upload_pack([folder.joinpath(*f["path"].split("/")) for f in files], pack)
 
 
 def upload_part(store: Store, folder: Path, name: Optional[str] = None) -> Dict[str, Any]:
@@ -82,7 +82,7 @@ def upload_part(store: Store, folder: Path, name: Optional[str] = None) -> Dict[
               "shape": list(opened.shape[1:]) if _kinds.KINDS[kind].rows and len(opened) else None,
               "files": folder_files(folder)}
     del opened
-    _upload(store, folder, record["files"], f"{_sharded.PARTS}/{name}")
+    _upload(store, folder, record["files"], pack_of(name))
     return record
 
 
@@ -179,14 +179,14 @@ def push(local_map: Any, url: str, storage_options: Optional[Dict[str, Any]] = N
         home = _sharded.keys_home(folder, manifest)
         if home is not None:
             key_files = folder_files(home / _meta.KEYS)
-            _upload(store, home / _meta.KEYS, key_files, _meta.KEYS)
+            _upload(store, home / _meta.KEYS, key_files, keys_pack(key_files))
         return commit(store, records, replace=True, key_files=key_files)
     if kind not in _kinds.KINDS:
         raise ValueError(f"{folder}: holds a map of unknown kind {kind!r}")
     record = upload_part(store, folder)
     if (folder / _meta.KEYS / _meta.TYPE).exists():
         key_files = folder_files(folder / _meta.KEYS)
-        _upload(store, folder / _meta.KEYS, key_files, _meta.KEYS)
+        _upload(store, folder / _meta.KEYS, key_files, keys_pack(key_files))
     return commit(store, [record], replace=True, key_files=key_files, plain=True)
 
 
@@ -214,14 +214,14 @@ def pull(url: str, local_dir: Any, storage_options: Optional[Dict[str, Any]] = N
     try:
         build.mkdir()
         if manifest.get("plain") and len(manifest["parts"]) == 1:
-            fetch_files(store, manifest["parts"][0]["files"], f"{_sharded.PARTS}/{manifest['parts'][0]['name']}",
+            fetch_files(store, manifest["parts"][0]["files"], pack_of(manifest['parts'][0]['name']),
                          build)
         else:
             for entry in _progress(manifest["parts"], verbose, f"pull {target.name}"):
-                fetch_files(store, entry["files"], f"{_sharded.PARTS}/{entry['name']}",
+                fetch_files(store, entry["files"], pack_of(entry["name"]),
                              build / _sharded.PARTS / entry["name"])
             if manifest.get("keys") is not None and manifest.get("key_files"):
-                fetch_files(store, manifest["key_files"], _meta.KEYS, build / _meta.KEYS)
+                fetch_files(store, manifest["key_files"], keys_pack(manifest["key_files"]), build / _meta.KEYS)
                 manifest = dict(manifest, keys=".")
             _sharded.write_manifest(build, manifest, new=True)
         if target.exists():
@@ -256,8 +256,8 @@ def gc(url: str, storage_options: Optional[Dict[str, Any]] = None, older_than: f
     referenced = _referenced(store)
     now = time.time()
     found: Dict[str, List[Dict[str, Any]]] = {}
-    for entry in store.list(_sharded.PARTS):
-        name = entry["name"].split("/")[1] if entry["name"].count("/") >= 1 else None
+    for entry in store.list(_sharded.PARTS):  # parts/<part>.pack (and what else a writer left there)
+        name = entry["name"].split("/")[1].split(".", 1)[0] if entry["name"].count("/") >= 1 else None
         if name is not None and name not in referenced:
             found.setdefault(name, []).append(entry)
     removed = []
@@ -270,28 +270,28 @@ def gc(url: str, storage_options: Optional[Dict[str, Any]] = None, older_than: f
 
 def verify(url: str, storage_options: Optional[Dict[str, Any]] = None, limit: int = VERIFY_LIMIT,
            deep: bool = False) -> Report:
-    """Check the map at ``url``: its manifest, and that every file every part lists is there
-    with its size; ``deep`` also downloads each and checks its SHA-256. Damage is reported,
-    never raised."""
+    """Check the map at ``url``: its manifest, and that the pack of every part (and of its key
+    table) is there with the size of its files; ``deep`` also downloads each and checks every
+    file's SHA-256. Damage is reported, never raised."""
     limit = check_limit(limit)
     problems: List[str] = []
     try:
         store = Store(url, storage_options)
         manifest = fetch_manifest(store)[1]
         present = {o["name"]: o["size"] for o in store.list("")}
-        listed = [(f"{_sharded.PARTS}/{part['name']}/{f['path']}", f) for part in manifest["parts"]
-                  for f in part["files"]]
-        if manifest.get("keys") is not None:
-            listed += [(f"{_meta.KEYS}/{f['path']}", f) for f in manifest.get("key_files") or []]
-        for name, f in listed:
+        listed = [(pack_of(part["name"]), part["files"]) for part in manifest["parts"]]
+        if manifest.get("keys") is not None and manifest.get("key_files"):
+            listed.append((keys_pack(manifest["key_files"]), manifest["key_files"]))
+        for name, files in listed:
+            size = sum(f["size"] for f in files)
             if name not in present:
                 problems.append(f"{store.url_of(name)}: missing")
-            elif present[name] != f["size"]:
-                problems.append(f"{store.url_of(name)}: {present[name]} bytes, the manifest says {f['size']}")
+            elif present[name] != size:
+                problems.append(f"{store.url_of(name)}: {present[name]} bytes, its files in the manifest {size}")
             elif deep:
                 with _scratch() as scratch:
                     try:
-                        store.download(name, scratch / "file", int(f["size"]), f["sha256"])
+                        fetch_files(store, files, name, scratch)
                     except RemoteError as exc:
                         problems.append(str(exc))
     except (OSError, ValueError) as exc:
