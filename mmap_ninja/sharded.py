@@ -74,58 +74,77 @@ __all__ = ["ShardedMmap", "write_part", "check_joining", "verify_dir", "versions
 
 KINDS = tuple(_kinds.KINDS)  # what parts may be: the plain kinds of the registry
 _NOTHING = object()
-_LOCAL_READS = contextlib.nullcontext()
 
 
 class _RemoteReads:
-    """The reads of a map at a URL: while none runs (in any thread), the parts opened longest
-    ago are closed and unpinned until those open hold at most a quarter of the cache's limit,
-    so that the cache can evict them; the parts a read opened stay open until the next."""
+    """The reads running on a map at a URL, each with the parts it reads. A part no running read
+    needs may be closed and unpinned, so that the cache can evict it: after each read, the
+    parts opened longest ago, until those open hold at most a quarter of the cache's limit; and
+    all of them when a batch is read part by part (see ``RemoteShardedMmap._per_part``). A part
+    a read of any thread needs is never closed under it."""
 
     def __init__(self, owner: "ShardedMmap"):
         self.owner = owner
         self.lock = threading.RLock()
-        self.running = 0
         self.open: Dict[int, int] = {}  # part: bytes, oldest opened first
-        self.fresh: set = set()  # the parts opened since no read ran
-        # how long a download waits for room: not at all while a batch reads every part at once
-        # (it is read part by part instead, see RemoteShardedMmap._by_part), else the cache's wait
-        self.wait: Optional[float] = 0.0
+        self.calls: Dict[int, set] = {}  # running read: the parts it reads
+        self.next_call = 0
+        self.local = threading.local()  # this thread's read (``call``) and how long it waits (``wait``)
 
-    def __enter__(self):
+    @contextlib.contextmanager
+    def reading(self, parts: Iterable[int]):
+        """A read of ``parts`` (the parts' positions in the map), for its duration."""
         mirror = self.owner._mirror
         with self.lock:
             if mirror.forked():  # a forked child pins, itself, the parts its copy of the readers has open
                 state = self.owner._state
                 for p in state[3].opened():
                     mirror.pin(state[0]["parts"][p]["name"])
-            if not self.running:
-                self.fresh = set()
-            self.running += 1
-        return self
+            call = self.next_call
+            self.next_call += 1
+            self.calls[call] = set(parts)
+        outer = getattr(self.local, "call", None)
+        self.local.call = call
+        try:
+            yield call
+        finally:
+            self.local.call = outer
+            with self.lock:
+                del self.calls[call]
+                self.settle(self.owner._mirror.cache.limit)
 
-    def __exit__(self, *exc_info):
-        with self.lock:
-            self.running -= 1
-            if not self.running:
-                self.settle()
+    @property
+    def wait(self) -> Optional[float]:
+        """How long a download of this thread's read waits for room: not at all at first (a
+        batch whose parts do not fit is read part by part instead), the cache's wait then."""
+        return getattr(self.local, "wait", 0.0)
+
+    def busy(self) -> set:
+        return set().union(*self.calls.values()) if self.calls else set()
 
     def opened(self, p: int, size: int) -> None:
         with self.lock:
             self.open[p] = size
-            self.fresh.add(p)
 
-    def settle(self) -> None:
-        limit = self.owner._mirror.cache.limit
+    def settle(self, limit: Optional[int], budget: Optional[int] = None) -> None:
+        """Close open parts that no running read needs, oldest first, until those open hold at
+        most ``budget`` bytes (a quarter of ``limit``; nothing is closed without a limit)."""
         if limit is None:
             return
-        budget, total = limit // 4, sum(self.open.values())
+        budget = limit // 4 if budget is None else budget
+        busy, total = self.busy(), sum(self.open.values())
         for p in list(self.open):
             if total <= budget:
                 break
-            if p not in self.fresh:
+            if p not in busy:
                 total -= self.open.pop(p)
                 self.release(p)
+
+    def narrow(self, parts: Iterable[int]) -> None:
+        """This thread's read needs only ``parts`` now: close every part no read needs."""
+        with self.lock:
+            self.calls[self.local.call] = set(parts)
+            self.settle(self.owner._mirror.cache.limit or 0, budget=0)
 
     def release(self, p: int) -> None:
         manifest, _, _, reader, _ = self.owner._state
@@ -133,20 +152,12 @@ class _RemoteReads:
         self.owner._opened.pop(p, None)
         self.owner._mirror.unpin(manifest["parts"][p]["name"])
 
-    def release_all_but(self, keep: int) -> None:
-        """Close every open part but ``keep`` (only while this read is the only one)."""
-        for p in list(self.open):
-            if p != keep:
-                self.open.pop(p)
-                self.release(p)
-        self.fresh &= {keep}
-
     def forget(self) -> None:
         """Drop every pin (the map reads another version now)."""
         with self.lock:
             for name in self.owner._mirror.pinned():
                 self.owner._mirror.unpin(name)
-            self.open, self.fresh = {}, set()
+            self.open = {}
 
 
 def _batch_of(samples: List[np.ndarray], dtype: Optional[np.dtype], alloc: Optional[Allocator]) -> _core.RaggedBatch:
@@ -306,7 +317,7 @@ class ShardedMmap(_keys.KeyLookups):
             self._mirror = None
             self.url = None
             self.out_dir = as_dir(out_dir)
-            self._reads = _LOCAL_READS
+            self._reads = None
         self.wrapper_fn = wrapper_fn
         self.mode = mode
         self.pinned = version
@@ -694,95 +705,100 @@ class RemoteShardedMmap(ShardedMmap):
     and unpinned between reads (see ``mmap_ninja.remote``). ``prefetch`` downloads the parts
     of the samples asked for in background threads."""
 
-    def _per_part(self, index: np.ndarray, read: Callable[[np.ndarray], Any], error: BaseException) -> List[Any]:
+    def _parts(self, index: Any) -> List[int]:
+        """The parts that the samples at ``index`` (an int or positions) lie in."""
+        reader = self._state[3]
+        if type(index) is int:
+            return [reader.part(index)[0]]
+        return np.unique(reader.locate(index, open_parts=False)[0]).tolist()
+
+    def _per_part(self, index: np.ndarray, read: Callable[[np.ndarray], Any]) -> List[Any]:
         """``[(positions, read(index[positions]))]``, one per part that ``index`` reads, each
-        part read alone with every other part closed: for batches whose parts do not all fit
-        in the cache at once (``error``: the ``CacheFull`` that said so). Only while no other
-        thread reads this object."""
+        part read with every part no read of any thread needs closed first: for batches whose
+        parts do not all fit in the cache at once."""
         reads = self._reads
-        if reads.running != 1:
-            raise error
-        parts, _ = self._state[3].locate(index, open_parts=False)
+        parts = self._state[3].locate(index, open_parts=False)[0]
         found = []
-        reads.wait = None
+        reads.local.wait = None
         try:
             for p in np.unique(parts).tolist():
                 positions = np.flatnonzero(parts == p)
-                reads.release_all_but(p)
+                reads.narrow([p])
                 found.append((positions, read(index[positions])))
         finally:
-            reads.wait = 0.0
+            reads.local.wait = 0.0
         return found
 
-    def _by_part(self, index: np.ndarray, read: Callable[[np.ndarray], Sequence[Any]], error: BaseException):
+    def _by_part(self, index: np.ndarray, read: Callable[[np.ndarray], Sequence[Any]]) -> List[Any]:
         """``read(index)`` (a sequence per sample) part by part (see ``_per_part``)."""
         out: List[Any] = [None] * len(index)
-        for positions, samples in self._per_part(index, read, error):
+        for positions, samples in self._per_part(index, read):
             for position, sample in zip(positions.tolist(), samples):
                 out[position] = sample
         return out
 
-    def _batch(self, item, read: Callable[[Any], Any]):
+    def _read(self, index: Any, read: Callable[[], Any], by_part: Callable[[np.ndarray], Any]):
+        """``read()`` as a read of the parts of ``index``; when they do not fit in the cache at
+        once, ``by_part(index)`` (reading them part by part) instead."""
         from .remote import CacheFull
 
-        with self._reads:
+        with self._reads.reading(self._parts(index)):
             try:
-                return read(item)
-            except CacheFull as exc:
-                index = _core.normalize_index(item, len(self))
+                return read()
+            except CacheFull:
                 if type(index) is int:
                     raise
-                found = self._by_part(index, read, exc)
-                return np.stack(found) if self._kind.rows and self.wrapper_fn is None else found
+                return by_part(index)
+
+    def _list(self, index: np.ndarray, read: Callable[[np.ndarray], Any]):
+        found = self._by_part(index, read)
+        return np.stack(found) if self._kind.rows and self.wrapper_fn is None else found
 
     def __getitem__(self, item):
-        if type(item) is int:
-            with self._reads:
-                return super().__getitem__(item)
-        return self._batch(item, super().__getitem__)
+        index = _core.normalize_index(item, len(self))
+        get = super().__getitem__
+        return self._read(index, lambda: get(item), lambda index: self._list(index, get))
 
     def __getitems__(self, indices):
-        return self._batch(_core.batch_index(indices, len(self)), super().__getitems__)
+        index = _core.batch_index(indices, len(self))
+        get = super().__getitems__
+        return self._read(index, lambda: get(index), lambda index: self._list(index, get))
 
     def take(self, indices, *, alloc=None):
-        from .remote import CacheFull
-
-        with self._reads:
-            try:
-                return super().take(indices, alloc=alloc)
-            except CacheFull as exc:  # part by part, then one batch in the caller's order
-                index = _core.batch_index(indices, len(self))
-                samples = self._by_part(index, lambda sub: super(RemoteShardedMmap, self).take(sub).arrays(), exc)
-                return _batch_of(samples, self.dtype, alloc)
+        index = _core.batch_index(indices, len(self))
+        take = super().take
+        return self._read(index, lambda: take(index, alloc=alloc),  # part by part, then one batch in order
+                          lambda index: _batch_of(self._by_part(index, lambda sub: take(sub).arrays()), self.dtype,
+                                                  alloc))
 
     def padded(self, indices, pad_value=0, max_len=None, out=None, dtype=None, *, alloc=None):
-        from .remote import CacheFull
+        index = _core.batch_index(indices, len(self))
+        padded = super().padded
 
-        with self._reads:
-            try:
-                return super().padded(indices, pad_value, max_len, out, dtype, alloc=alloc)
-            except CacheFull as exc:  # part by part, each padded to the batch's length
-                index = _core.batch_index(indices, len(self))
-                groups = self._per_part(index, lambda sub: super(RemoteShardedMmap, self).padded(
-                    sub, pad_value, max_len, None, dtype), exc)
-                width = max_len if max_len is not None else out.shape[1] if out is not None else \
-                    max(array.shape[1] for _, (array, _) in groups)
-                first = groups[0][1][0]
-                shape = (len(index), width) + first.shape[2:]
-                result = out if out is not None else alloc(shape, first.dtype) if alloc is not None else \
-                    np.empty(shape, first.dtype)
-                result[...] = np.asarray(pad_value, dtype=first.dtype)
-                lengths = np.empty(len(index), dtype=np.int64)
-                for positions, (array, found) in groups:
-                    result[positions, :array.shape[1]] = array
-                    lengths[positions] = found
-                return result, lengths
+        def by_part(index):  # part by part, each padded to the batch's length
+            groups = self._per_part(index, lambda sub: padded(sub, pad_value, max_len, None, dtype))
+            width = max_len if max_len is not None else out.shape[1] if out is not None else \
+                max(array.shape[1] for _, (array, _) in groups)
+            first = groups[0][1][0]
+            shape = (len(index), width) + first.shape[2:]
+            result = out if out is not None else alloc(shape, first.dtype) if alloc is not None else \
+                np.empty(shape, first.dtype)
+            result[...] = np.asarray(pad_value, dtype=first.dtype)
+            lengths = np.empty(len(index), dtype=np.int64)
+            for positions, (array, found) in groups:
+                result[positions, :array.shape[1]] = array
+                lengths[positions] = found
+            return result, lengths
+
+        return self._read(index, lambda: padded(index, pad_value, max_len, out, dtype, alloc=alloc), by_part)
 
     def get_bytes(self, item):
-        return self._batch(item, super().get_bytes)
+        index = _core.normalize_index(item, len(self))
+        get = super().get_bytes
+        return self._read(index, lambda: get(item), lambda index: self._by_part(index, get))
 
     def part(self, k: int):
-        with self._reads:
+        with self._reads.reading([k]):
             return super().part(k)
 
     def __iter__(self):
@@ -822,17 +838,16 @@ class RemoteShardedMmap(ShardedMmap):
 
     def compact(self, out_dir: PathLike, batch_size: int = 65536, verbose: bool = False):
         """Download every part and write the samples as one plain map at ``out_dir``."""
-        with self._reads:
+        with self._reads.reading(range(len(self._state[0]["parts"]))):
             for k in range(len(self._state[0]["parts"])):
                 super().part(k)
             return super().compact(out_dir, batch_size, verbose)
 
     def close(self) -> None:
-        """Release every part this object holds in the cache (it reads on, fetching again)."""
-        with self._reads:
-            for p in self._state[3].opened():
-                self._reads.release(p)
-            self._reads.forget()
+        """Release every part this object holds in the cache that no read of another thread
+        needs (it reads on, fetching again)."""
+        with self._reads.lock:
+            self._reads.settle(0, budget=0)
 
 
 def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False) -> None:

@@ -139,6 +139,27 @@ def ref090(tmp_path_factory) -> Reference090:
     return Reference090(site)
 
 
+def errors_of_threads(read, count: int) -> list:
+    """Run ``read(k)`` in ``count`` threads at once (``k`` = 0 .. count - 1) and return the
+    exceptions they raised."""
+    import threading
+
+    errors = []
+
+    def run(k):
+        try:
+            read(k)
+        except BaseException as exc:  # noqa: B902 - reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 # -- object storage: a real S3-compatible server on loopback (tests/object_store.py) --------------
 
 @pytest.fixture(scope="session")

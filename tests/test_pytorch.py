@@ -603,6 +603,29 @@ def test_block_shuffle_reads_a_bounded_region_at_a_time(tmp_path):
                                                                          block_size="parts")) == set(range(300))
 
 
+@pytest.mark.parametrize("block_window", [1, 2, 6])
+def test_block_window_bounds_the_parts_a_stretch_of_the_order_reads(tmp_path, block_window):
+    sharded = ShardedMmap.from_generator(tmp_path / "s", (np.array([i], np.int64) for i in range(600)), part_size=50)
+    sampler = DistributedSampler(sharded, 1, 0, seed=3, block_size="parts", block_window=block_window)
+    order = np.array(list(sampler))
+    assert sorted(order.tolist()) == list(range(600))
+    window = block_window * 50
+    for start in range(0, 600, window):  # a window's worth of positions reads at most one part more
+        assert len(set((order[start:start + window] // 50).tolist())) <= block_window + 1
+    if block_window == 1:
+        assert all(len(set((order[k:k + 25] // 50).tolist())) <= 2 for k in range(0, 600, 25))
+    state = sampler.state_dict()
+    assert state["block_window"] == block_window
+    with pytest.raises(ValueError, match="block_window"):
+        DistributedSampler(sharded, 1, 0, seed=3, block_size="parts", block_window=block_window + 1).load_state_dict(
+            state)
+    with pytest.raises(ValueError, match="block_window must be a positive integer"):
+        DistributedSampler(sharded, 1, 0, block_size="parts", block_window=0)
+    default = DistributedSampler(sharded, 1, 0, seed=3, block_size="parts")
+    old_state = {k: v for k, v in default.state_dict().items() if k != "block_window"}  # saved before it existed
+    default.load_state_dict(old_state)
+
+
 @pytest.mark.parametrize("block_size", [None, 7])
 def test_an_epoch_resumed_after_the_map_grew_reads_each_sample_of_its_length_once(tmp_path, block_size):
     m = RaggedMmap.from_lists(tmp_path / "m", [np.array([i]) for i in range(62)])

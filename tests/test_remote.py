@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import errors_of_threads
 
 import mmap_ninja
 from mmap_ninja import RaggedMmap, StringsMmap, remote
@@ -186,6 +187,32 @@ def test_an_epoch_through_a_cache_of_a_quarter_of_the_map_stays_under_the_cap(s3
         watcher.join()
     assert len(sizes) > 10 and max(sizes) <= limit
     assert cache_size(cache) <= limit
+
+
+def test_threads_reading_one_map_under_a_capped_cache_get_every_sample(tmp_path):
+    from mmap_ninja.pytorch import DistributedSampler, Loader, RaggedBatches, collate
+
+    samples = sharded_map(tmp_path / "local", 3000, 150)  # 20 parts
+    url = (tmp_path / "store").as_uri()
+    remote.push(tmp_path / "local", url)
+    total = sum(f["size"] for part in remote.latest_manifest(Store(url))["parts"] for f in part["files"])
+    m = ShardedMmap(url, cache_dir=tmp_path / "cache", cache_limit=total // 4)
+    sampler = DistributedSampler(m, 1, 0, seed=5, block_size="parts", block_window=1)
+    seen = []
+    for batch in Loader(RaggedBatches(m, dtype=np.int64), batch_size=64, sampler=sampler, num_threads=2,
+                        collate_fn=collate, lookahead=2):
+        seen += [int(length) for length in batch["lengths"]]
+        assert cache_size(tmp_path / "cache") <= total // 4
+    assert sorted(seen) == sorted(len(x) for x in samples)
+
+    def read_randomly(seed):  # batches over every part at once, from four threads
+        rng = np.random.default_rng(seed)
+        for _ in range(5):
+            index = rng.integers(0, 3000, 200)
+            assert all(np.array_equal(a, samples[i]) for a, i in zip(m[index], index))
+
+    errors = errors_of_threads(read_randomly, 4)
+    assert not errors and cache_size(tmp_path / "cache") <= total // 4
 
 
 def test_a_part_larger_than_the_cache_is_refused_naming_the_limit(s3, tmp_path):

@@ -630,13 +630,14 @@ class DistributedSampler(torch_data.Sampler):
 
     ``block_size``: shuffle for locality: blocks of ``block_size`` consecutive samples (or, with
     ``"parts"`` and a sharded map, its parts) are permuted, then samples are shuffled within runs
-    of ``BLOCK_WINDOW`` blocks' worth of positions, so a rank reads a bounded region of the files
-    at a time.
+    of ``block_window`` blocks' worth of positions (``BLOCK_WINDOW``, 4, by default), so a rank
+    reads a bounded region of the files at a time; ``block_window=1`` keeps each batch within a
+    part or two (for a map at a URL whose cache holds few parts).
     """
 
     def __init__(self, dataset: Any, num_replicas: Optional[int] = None, rank: Optional[int] = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 block_size: Union[int, str, None] = None):
+                 block_size: Union[int, str, None] = None, block_window: int = BLOCK_WINDOW):
         if num_replicas is None or rank is None:
             import torch.distributed as dist
             if not dist.is_available() or not dist.is_initialized():
@@ -650,6 +651,9 @@ class DistributedSampler(torch_data.Sampler):
         self.dataset = dataset
         self.block_size = block_size
         self._block_bounds(len(dataset))  # checks block_size
+        if isinstance(block_window, bool) or not isinstance(block_window, (int, np.integer)) or block_window < 1:
+            raise ValueError(f"block_window must be a positive integer, not {block_window!r}")
+        self.block_window = int(block_window)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.shuffle = shuffle
@@ -699,7 +703,7 @@ class DistributedSampler(torch_data.Sampler):
         lengths = lengths[permuted]
         firsts = np.cumsum(lengths) - lengths
         order = np.arange(n, dtype=np.int64) + np.repeat(starts[permuted] - firsts, lengths)
-        window = BLOCK_WINDOW * max(1, -(-n // max(1, len(lengths))))
+        window = self.block_window * max(1, -(-n // max(1, len(lengths))))
         _core.shuffle_windows(order, window, (self.seed * 1_000_003 + epoch) % 2**64)
         return order
 
@@ -743,7 +747,8 @@ class DistributedSampler(torch_data.Sampler):
         length = self._length()
         consumed = min(self.start + self._yielded * self.num_replicas, length)
         return {"epoch": self.epoch, "consumed": consumed, "seed": self.seed, "shuffle": self.shuffle,
-                "block_size": self.block_size, "dataset_len": len(self.dataset), "epoch_len": length}
+                "block_size": self.block_size, "block_window": self.block_window, "dataset_len": len(self.dataset),
+                "epoch_len": length}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Go on from ``state`` (saved on any number of ranks): the next ``iter`` gives this
@@ -751,9 +756,10 @@ class DistributedSampler(torch_data.Sampler):
         state without ``epoch_len``: over ``dataset_len``)."""
         if not isinstance(state, collections.abc.Mapping):
             raise TypeError(f"a sampler state is a dict, not a {type(state).__name__}")
-        for key in ("seed", "shuffle", "block_size"):
-            if state.get(key) != getattr(self, key):
-                raise ValueError(f"the state was saved with {key}={state.get(key)!r}, this sampler has "
+        for key in ("seed", "shuffle", "block_size", "block_window"):
+            saved = state.get(key, BLOCK_WINDOW if key == "block_window" else None)  # states from before block_window
+            if saved != getattr(self, key):
+                raise ValueError(f"the state was saved with {key}={saved!r}, this sampler has "
                                  f"{getattr(self, key)!r}")
         n = len(self.dataset)
         dataset_len = _state_field(state, "dataset_len", 0, None)
