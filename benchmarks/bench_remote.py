@@ -582,7 +582,7 @@ def report(args, n: int, rounds: int, stats: dict, stored: dict, limit: int, res
         "",
         f"{n:,} int32 token sequences of {MIN_LEN} to {MAX_LEN:,} tokens ({mb(token_bytes)} of tokens). Stored: "
         f"mmap_ninja {mb(stored['ninja']['bytes'])} in {stored['ninja']['files']} objects ({stats['parts']} parts, "
-        f"each a folder of {stored['ninja']['files_per_part']:.0f} files; the manifest is "
+        f"each one object holding its files back to back; the manifest is "
         f"{stored['ninja']['manifest_bytes'] / 1e3:,.0f} kB), litdata "
         f"{mb(stored['lit']['bytes'])} in {stored['lit']['files']} objects (chunk_bytes {stats['chunk_bytes']:,}). "
         f"Served by moto's S3 server on 127.0.0.1 in its own process. Each measurement in a fresh process on a "
@@ -630,9 +630,9 @@ def report(args, n: int, rounds: int, stats: dict, stored: dict, limit: int, res
     lines += ["", "\"vs litdata\": against litdata with the same number of workers (for `Loader`, litdata's best).",
               "", f"## A cold epoch with the cache capped at a quarter of the dataset ({mb(limit)})", "",
               f"`cache_limit={limit}` for mmap_ninja, `max_cache_size={limit}` for litdata. The peak is the largest "
-              f"size of the cache folder seen in any round, failed runs included (until they failed). mmap_ninja's "
-              f"folder also holds the map's manifest ({stored['ninja']['manifest_bytes'] / 1e3:,.0f} kB), which "
-              f"`cache_limit` does not count (it counts parts and downloads in progress).", "",
+              f"size of the cache folder seen in any round, failed runs included (until they failed); mmap_ninja's "
+              f"`cache_limit` counts its parts, downloads in progress and the map's manifest "
+              f"({stored['ninja']['manifest_bytes'] / 1e3:,.0f} kB).", "",
               "| loader | samples/s | vs litdata | downloaded | GETs | peak cache | under the cap |",
               "|:--|--:|--:|--:|--:|--:|:--|"]
     for name, m in capped.items():
