@@ -475,6 +475,19 @@ def test_gc_removes_abandoned_uploads_only(s3):
     assert len(ShardedMmap(url)) == 20
 
 
+def test_gc_removes_key_tables_no_version_reads(s3, tmp_path):
+    url = f"{s3}/m"
+    RaggedMmap.from_lists(tmp_path / "keyed", [np.arange(3)] * 4, keys=["a", "b", "c", "d"])
+    manifest = remote.push(tmp_path / "keyed", url)
+    stray = "keysets/" + "0" * 32 + ".pack"  # what a push that failed before its commit leaves
+    Store(url).write(stray, b"keys")
+    assert remote.gc(url) == []
+    assert remote.gc(url, older_than=0) == [stray]
+    left = [entry["name"] for entry in Store(url).list("keysets")]
+    assert len(left) == 1 and left[0] != stray and len(manifest["key_files"]) >= 1
+    assert ShardedMmap(url, cache_dir=tmp_path / "cache").index_of("c") == 2
+
+
 def test_file_urls_go_through_the_same_code(tmp_path):
     samples = sharded_map(tmp_path / "local", 600, 200, keys=True)
     url = (tmp_path / "store" / "m").as_uri()

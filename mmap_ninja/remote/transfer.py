@@ -233,33 +233,45 @@ def pull(url: str, local_dir: Any, storage_options: Optional[Dict[str, Any]] = N
     return target
 
 
-def _referenced(store: Store) -> set:
-    names = set()
+def _referenced(store: Store) -> tuple:
+    """``(parts, key packs)``: the names of the parts and the objects of the key tables that
+    some kept version lists."""
+    manifests = []
     for entry in store.list(_sharded.VERSIONS):
         data = store.read_if_exists(entry["name"])
-        if data is None:
-            continue
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            names |= {part.get("name") for part in json.loads(data.decode()).get("parts", [])
-                      if isinstance(part, dict)}
+        if data is not None:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                manifests.append(json.loads(data.decode()))
     latest = latest_manifest(store)
     if latest is not None:
-        names |= {part["name"] for part in latest["parts"]}
-    return names
+        manifests.append(latest)
+    parts, keys = set(), set()
+    for manifest in manifests:
+        if not isinstance(manifest, dict):
+            continue
+        parts |= {part.get("name") for part in manifest.get("parts", []) if isinstance(part, dict)}
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            if manifest.get("key_files"):
+                keys.add(keys_pack(check_files(manifest["key_files"], store.url)))
+    return parts, keys
 
 
 def gc(url: str, storage_options: Optional[Dict[str, Any]] = None, older_than: float = 3600.0) -> List[str]:
     """Remove the parts under ``url`` that no kept version lists (uploads of tasks that failed
-    or were retried) and whose objects are all older than ``older_than`` seconds (so that a
-    build uploading now keeps its parts), and return their names."""
+    or were retried), and the key tables no kept version reads, whose objects are all older
+    than ``older_than`` seconds (so that a build uploading now keeps its own), and return their
+    names (a part's name; a key table's object, ``keysets/<hex32>.pack``)."""
     store = Store(url, storage_options)
-    referenced = _referenced(store)
+    parts, keys = _referenced(store)
     now = time.time()
     found: Dict[str, List[Dict[str, Any]]] = {}
     for entry in store.list(_sharded.PARTS):  # parts/<part>.pack (and what else a writer left there)
         name = entry["name"].split("/")[1].split(".", 1)[0] if entry["name"].count("/") >= 1 else None
-        if name is not None and name not in referenced:
+        if name is not None and name not in parts:
             found.setdefault(name, []).append(entry)
+    for entry in store.list(_sharded.KEYSETS):
+        if entry["name"] not in keys:
+            found.setdefault(entry["name"], []).append(entry)
     removed = []
     for name, objects in sorted(found.items()):
         if all(o["mtime"] is not None and now - o["mtime"] >= older_than for o in objects):
