@@ -300,13 +300,10 @@ class ShardedMmap(_keys.KeyLookups):
         check_options(wrapper_fn=wrapper_fn)
         if mode not in ("r", "c"):
             raise ValueError(f"mode must be 'r' or 'c' (parts are changed through their own maps), got {mode!r}")
-        self._opened: Dict[int, Any] = {}
         if is_url(out_dir):
-            from .remote import Cache, Mirror, Store
+            from .remote.cache import open_mirror
 
-            self._mirror = Mirror(out_dir, Cache(cache_dir, cache_limit), Store(out_dir, storage_options))
-            self._remote_options = {"cache_dir": str(self._mirror.cache.root), "cache_limit": self._mirror.cache.limit,
-                                    "storage_options": storage_options}
+            self._mirror = open_mirror(out_dir, cache_dir, cache_limit, storage_options)
             self.url: Optional[str] = self._mirror.url
             self.out_dir = self._mirror.local
             self._reads: Any = _RemoteReads(self)
@@ -334,6 +331,8 @@ class ShardedMmap(_keys.KeyLookups):
 
         mirror = self._mirror
         if mirror is not None:
+            from .remote.cache import files_size
+
             self._reads.forget()
             manifest = mirror.manifest(self.pinned)
             home = mirror.ensure_keys(manifest)
@@ -343,7 +342,8 @@ class ShardedMmap(_keys.KeyLookups):
         bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=bounds[1:])
         kind = _kinds.KINDS[manifest["kind"]]
-        opened = self._opened = {}  # part k's map object, for what the compiled readers do not do
+        opened: Dict[int, Any] = {}  # part k's map object, for what the compiled readers do not do
+        self._opened = opened
         compressed: set = set()  # strings parts whose strings are compressed (read part by part)
 
         def part_files(k: int):
@@ -352,7 +352,7 @@ class ShardedMmap(_keys.KeyLookups):
             path = self.out_dir / PARTS / entry["name"]
             if mirror is not None:  # downloaded (or waited for) and pinned
                 mirror.ensure(entry, self._reads.wait)
-                self._reads.opened(k, sum(f["size"] for f in entry["files"]))
+                self._reads.opened(k, files_size(entry["files"]))
             files = kind.read(path)
             if kind.length(files) < entry["length"]:
                 raise ValueError(f"{path}: holds {kind.length(files)} samples, the manifest says {entry['length']}")
@@ -609,8 +609,10 @@ class ShardedMmap(_keys.KeyLookups):
 
     def __reduce__(self):
         if self._mirror is not None:  # the version read here, in every process it is sent to
-            return _open_url, (self.url, dict(self._remote_options, wrapper_fn=self.wrapper_fn, mode=self.mode,
-                                              version=self.version))
+            mirror = self._mirror
+            return _open_url, (self.url, {"cache_dir": str(mirror.cache.root), "cache_limit": mirror.cache.limit,
+                                          "storage_options": mirror.store.storage_options,
+                                          "wrapper_fn": self.wrapper_fn, "mode": self.mode, "version": self.version})
         return type(self), (str(self.out_dir), self.wrapper_fn, self.mode, self.pinned)
 
     def __repr__(self) -> str:
@@ -831,7 +833,7 @@ class RemoteShardedMmap(ShardedMmap):
         """Check the map at its URL (see ``mmap_ninja.remote.verify``)."""
         from .remote import verify
 
-        return verify(self.url, self._remote_options["storage_options"], limit, deep)
+        return verify(self.url, self._mirror.store.storage_options, limit, deep)
 
     def gc(self, keep_versions: Optional[int] = None) -> "Collected":
         raise TypeError(f"{self.url}: abandoned uploads of a map at a URL are removed by mmap_ninja.remote.gc(url)")

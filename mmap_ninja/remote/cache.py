@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .. import _meta
 from .._format import sharded as _sharded
-from .store import RemoteError, Store, split_url
+from .store import RemoteError, Store
 
 try:
     import fcntl
@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["keys_pack", "pack_of", "Cache", "Mirror", "CacheFull", "Reservation", "parse_size", "default_cache_dir",
-           "check_files", "part_size"]
+           "check_files", "files_size"]
 
 MAPS = "maps"
 
@@ -120,8 +120,9 @@ def check_files(files: Any, where: str) -> List[Dict[str, Any]]:
     return files
 
 
-def part_size(entry: Dict[str, Any]) -> int:
-    return sum(int(f["size"]) for f in entry.get("files", ()))
+def files_size(files: List[Dict[str, Any]]) -> int:
+    """The bytes of the files of a manifest's list (a part's, a key table's): its pack's size."""
+    return sum(int(f["size"]) for f in files)
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -207,15 +208,11 @@ class Cache:
                 with contextlib.suppress(FileNotFoundError):  # its manifest, type and URL
                     total += sum(entry.stat().st_size for entry in os.scandir(mirror.path)
                                  if entry.is_file(follow_symlinks=False))
-                for folder in ("parts", "keysets"):
-                    base = Path(mirror.path) / folder
-                    if folder != "parts":
-                        total += _tree_size(base)
-                        continue
-                    with contextlib.suppress(FileNotFoundError):
-                        for part in os.scandir(base):
-                            if not part.name.startswith("."):
-                                total += _tree_size(Path(part.path))
+                total += _tree_size(Path(mirror.path) / _sharded.KEYSETS)
+                with contextlib.suppress(FileNotFoundError):  # complete parts (not downloads: reserved)
+                    for part in os.scandir(Path(mirror.path) / "parts"):
+                        if not part.name.startswith("."):
+                            total += _tree_size(Path(part.path))
         return total + sum(size for size, _ in self._reservations())
 
     def _reservations(self) -> List[Tuple[int, Path]]:
@@ -390,12 +387,11 @@ def fetch_manifest(store: Store, version: Optional[int] = None) -> Tuple[bytes, 
 
 
 class Mirror:
-    """The local copy of the map at ``url`` in ``cache``: its manifest, the parts read so far,
-    its key tables; ``local`` is a sharded map folder that the readers of ``ShardedMmap``
-    read."""
+    """The local copy in ``cache`` of the map at ``store``'s URL: its manifest, the parts read
+    so far, its key tables; ``local`` is a sharded map folder that the readers of
+    ``ShardedMmap`` read."""
 
-    def __init__(self, url: str, cache: Cache, store: Store):
-        split_url(url)
+    def __init__(self, store: Store, cache: Cache):
         self.url = store.url
         self.cache = cache
         self.store = store
@@ -411,22 +407,17 @@ class Mirror:
             _replace(self.local / URL_FILE, self.url.encode())
 
     def forked(self) -> bool:
-        """Whether this object came into this process by a fork since its last use (its pins
-        and download threads are then forgotten: the parent's)."""
+        """Whether this object came into this process by a fork since its last use; its pins
+        and download threads are then forgotten: the pins' locks belong to the parent (closing
+        our copies keeps them; unlocking them would not), and the threads did not come along."""
         if self._pid == os.getpid():
             return False
-        self._forked()
+        for fd in self._pins.values():
+            os.close(fd)
+        self._pins, self._pending, self._pool = {}, {}, None
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
         return True
-
-    def _forked(self) -> None:
-        """After a fork: the pins' locks belong to the parent (closing our copies keeps them;
-        unlocking them would not), and the download threads did not come along."""
-        if self._pid != os.getpid():
-            for fd in self._pins.values():
-                os.close(fd)
-            self._pins, self._pending, self._pool = {}, {}, None
-            self._lock = threading.RLock()
-            self._pid = os.getpid()
 
     # -- the manifest --------------------------------------------------------------------
 
@@ -443,7 +434,7 @@ class Mirror:
 
     def pin(self, name: str) -> None:
         """Hold the part ``name`` (a shared lock on its pin) so that no process evicts it."""
-        self._forked()
+        self.forked()
         with self._lock:
             if name in self._pins:
                 return
@@ -454,14 +445,14 @@ class Mirror:
             os.utime(fd)
 
     def unpin(self, name: str) -> None:
-        self._forked()
+        self.forked()
         with self._lock:
             fd = self._pins.pop(name, None)
         if fd is not None:
             os.close(fd)  # the lock goes with the last descriptor of this process
 
     def pinned(self) -> List[str]:
-        self._forked()
+        self.forked()
         return list(self._pins)
 
     def ensure(self, entry: Dict[str, Any], wait: Optional[float] = None) -> Path:
@@ -495,8 +486,7 @@ class Mirror:
             match = FETCHING.fullmatch(entry.name)
             if match and match.group(1) == path.name:
                 shutil.rmtree(entry.path, ignore_errors=True)
-        size = sum(int(f["size"]) for f in files)
-        with self.cache.reserve(size, what, wait) as reservation:
+        with self.cache.reserve(files_size(files), what, wait) as reservation:
             tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.fetching"
             try:
                 tmp.mkdir()
@@ -527,7 +517,7 @@ class Mirror:
     def prefetch(self, entries: List[Dict[str, Any]]) -> List[Future]:
         """Start downloading the parts of ``entries`` that are not in the cache, two at a
         time in background threads, and return their futures (errors stay in them)."""
-        self._forked()
+        self.forked()
         futures = []
         with self._lock:
             if self._pool is None:
@@ -555,7 +545,7 @@ class Mirror:
 
 def open_mirror(url: str, cache_dir=None, cache_limit=None, storage_options=None) -> Mirror:
     """The ``Mirror`` of ``url`` in the cache ``cache_dir`` with ``cache_limit``."""
-    return Mirror(url, Cache(cache_dir, cache_limit), Store(url, storage_options))
+    return Mirror(Store(url, storage_options), Cache(cache_dir, cache_limit))
 
 
 __all__ += ["open_mirror", "fetch_manifest", "fetch_files", "parse_manifest", "RemoteError"]

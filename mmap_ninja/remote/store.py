@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
@@ -24,10 +24,9 @@ from ..base import is_url
 __all__ = ["Store", "RemoteError", "is_url", "split_url", "CHUNK"]
 
 T = TypeVar("T")
-URL = re.compile(r"([a-z][a-z0-9+.-]*)://(.+)")
-# Downloads of larger files are read in ranges of this many bytes, ``PARALLEL`` at once.
+# Packs are read in ranges of this many bytes, ``PARALLEL`` at once.
 CHUNK = 16 << 20
-PARALLEL = 4
+PARALLEL = 8
 
 
 class RemoteError(OSError):
@@ -41,10 +40,10 @@ class Damaged(OSError):
 def split_url(url: str) -> Tuple[str, str]:
     """``(protocol, path)`` of ``url``, its path without a trailing ``/``; ``ValueError`` for
     a URL with no path."""
-    match = URL.fullmatch(url) if isinstance(url, str) else None
-    if match is None or not match.group(2).strip("/"):
+    if not is_url(url) or not url.split("://", 1)[1].strip("/"):
         raise ValueError(f"{url!r} is not a URL of a map (expected scheme://bucket/prefix, e.g. s3://bucket/corpus)")
-    return match.group(1), match.group(2).rstrip("/")
+    protocol, path = url.split("://", 1)
+    return protocol, path.rstrip("/")
 
 
 def _s3_options(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -160,7 +159,7 @@ class Store:
     def download_pack(self, name: str, files: List[Tuple[Path, int, str]]) -> None:
         """Write the pack ``name`` (files back to back) into the files of ``files``, each a
         ``(target, size, sha256)`` in the pack's order: read in ranges of at most ``CHUNK``
-        bytes, ``PARALLEL`` groups of them at once, each file checked (size and SHA-256) as it
+        bytes, ``PARALLEL`` of them at once, each file checked (size and SHA-256) as it
         is completed. A body cut short, a wrong length or a wrong digest: the pack is read
         again, and after the retries ``RemoteError`` names its URL."""
         total = sum(size for _, size, _ in files)
@@ -186,8 +185,8 @@ class Store:
                 next_file()
                 while out is not None and left == 0:
                     next_file()
-                for first in range(0, len(starts), PARALLEL * 2):
-                    group = starts[first:first + PARALLEL * 2]
+                for first in range(0, len(starts), PARALLEL):
+                    group = starts[first:first + PARALLEL]
                     ends = [min(total, start + CHUNK) for start in group]
                     chunks = self.fs.cat_ranges([path] * len(group), group, ends, on_error="raise") \
                         if len(group) > 1 else [self.fs.cat_file(path, start=group[0], end=ends[0])]
@@ -220,11 +219,7 @@ class Store:
             with self.fs.open(self.path(name), "wb", block_size=CHUNK) as out:
                 for source in sources:
                     with open(source, "rb") as f:
-                        while True:
-                            block = f.read(CHUNK)
-                            if not block:
-                                break
-                            out.write(block)
+                        shutil.copyfileobj(f, out, CHUNK)
         self._call("PUT", name, put)
 
     def list(self, prefix: str) -> List[Dict[str, Any]]:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ from .. import _meta
 from .._format import kinds as _kinds
 from .._format import sharded as _sharded
 from .._format.verify import VERIFY_LIMIT, Report, check_limit
-from .cache import check_files, fetch_files, fetch_manifest, keys_pack, pack_of
+from .cache import check_files, fetch_files, fetch_manifest, files_size, keys_pack, pack_of
 from .store import RemoteError, Store
 
 __all__ = ["push", "pull", "upload_part", "commit", "gc", "verify", "folder_files", "latest_manifest"]
@@ -44,18 +45,17 @@ def folder_files(folder: Path) -> List[Dict[str, Any]]:
     for a symbolic link (a map's files are its own)."""
     found = []
     for root, dirs, files in os.walk(folder):
+        for name in dirs + files:  # os.walk lists links to folders among the folders, and follows none
+            if (Path(root) / name).is_symlink():
+                raise ValueError(f"{Path(root) / name}: a symbolic link; a map pushed to object storage holds its "
+                                 f"own files")
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            path = Path(root) / name
             if name.startswith(".") or name.endswith(".tmp") or name in NOT_UPLOADED:
                 continue
-            if path.is_symlink():
-                raise ValueError(f"{path}: a symbolic link; a map pushed to object storage holds its own files")
-            relative = path.relative_to(folder).as_posix()
-            found.append({"path": relative, "size": path.stat().st_size, "sha256": _sha256(path)})
-    for d in Path(folder).rglob("*"):
-        if d.is_symlink():
-            raise ValueError(f"{d}: a symbolic link; a map pushed to object storage holds its own files")
+            path = Path(root) / name
+            found.append({"path": path.relative_to(folder).as_posix(), "size": path.stat().st_size,
+                          "sha256": _sha256(path)})
     return check_files(found, str(folder))
 
 
@@ -295,15 +295,15 @@ def verify(url: str, storage_options: Optional[Dict[str, Any]] = None, limit: in
         if manifest.get("keys") is not None and manifest.get("key_files"):
             listed.append((keys_pack(manifest["key_files"]), manifest["key_files"]))
         for name, files in listed:
-            size = sum(f["size"] for f in files)
+            size = files_size(files)
             if name not in present:
                 problems.append(f"{store.url_of(name)}: missing")
             elif present[name] != size:
                 problems.append(f"{store.url_of(name)}: {present[name]} bytes, its files in the manifest {size}")
             elif deep:
-                with _scratch() as scratch:
+                with tempfile.TemporaryDirectory(prefix="mmap_ninja-verify-") as scratch:
                     try:
-                        fetch_files(store, files, name, scratch)
+                        fetch_files(store, files, name, Path(scratch))
                     except RemoteError as exc:
                         problems.append(str(exc))
     except (OSError, ValueError) as exc:
@@ -311,11 +311,3 @@ def verify(url: str, storage_options: Optional[Dict[str, Any]] = None, limit: in
     report = Report(problems[:limit])
     report.omitted = max(0, len(problems) - limit)
     return report
-
-
-@contextlib.contextmanager
-def _scratch():
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="mmap_ninja-verify-") as folder:
-        yield Path(folder)
