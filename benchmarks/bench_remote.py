@@ -45,7 +45,8 @@ take turns, ``--rounds`` times, and the tables give medians:
    ``RaggedBatches(dtype=int64)``/``collate``, and through ``Loader(num_threads=2,
    lookahead=4)``; also the map itself as the dataset (``ShardedMmap.__getitems__``, which
    reads a batch part by part when its parts do not fit in the cache) with the padding collate
-   litdata gets, ``num_workers=0``, no lookahead. litdata: ``StreamingDataset(shuffle=True)``
+   litdata gets, ``num_workers=0``, no ``LookaheadSampler`` (the ``DistributedSampler`` asks the
+   map for its ``prefetch_span`` ahead by itself). litdata: ``StreamingDataset(shuffle=True)``
    (chunks permuted, samples shuffled within them) through ``StreamingDataLoader``
    (``num_workers`` 0 and 2, forked) with a numpy padding collate. The time to first batch is
    the time from opening the dataset (cold cache) to the first batch of that cold epoch. The
@@ -65,7 +66,7 @@ MosaicML streaming is not measured: ``mosaicml-streaming`` 0.13.0 requires ``num
 and this project pins numpy 2.4.6 (its ``torch<3,>=1.10`` would accept the pinned torch).
 
 Writes the tables, with the machine and the versions, to ``--out``/REMOTE.md. Needs moto
-(server), s3fs, boto3, litdata and torch.
+(server), s3fs, obstore, boto3, litdata and torch.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ LOADERS = {
     "mmap_ninja DataLoader(num_workers=0) + LookaheadSampler": ("ninja", "dataloader", 0),
     "mmap_ninja DataLoader(num_workers=2) + LookaheadSampler": ("ninja", "dataloader", 2),
     "mmap_ninja Loader(num_threads=2, lookahead=4)": ("ninja", "loader", 2),
-    "mmap_ninja DataLoader(num_workers=0), ShardedMmap.__getitems__, no lookahead": ("ninja", "getitems", 0),
+    "mmap_ninja DataLoader(num_workers=0), ShardedMmap.__getitems__, no LookaheadSampler": ("ninja", "getitems", 0),
     "litdata StreamingDataLoader(num_workers=0)": ("lit", "dataloader", 0),
     "litdata StreamingDataLoader(num_workers=2)": ("lit", "dataloader", 2),
 }
@@ -369,7 +370,8 @@ def epoch_run(loader_name: str, stats: dict, round_: int, cache: Path, limit, wa
     contender, kind, workers = LOADERS[loader_name]
     context = "fork" if workers else None
     if contender == "ninja":
-        import s3fs  # noqa: F401  (the client, imported before the clock as litdata's are by `import litdata`)
+        import obstore  # noqa: F401  (the clients, imported before the clock as litdata's are by `import litdata`)
+        import s3fs  # noqa: F401
 
         from mmap_ninja.pytorch import DistributedSampler, Loader, LookaheadSampler, RaggedBatches, collate
     else:
@@ -441,7 +443,8 @@ def random_run(contender: str, stats: dict, round_: int, cache: Path) -> dict:
     if contender == "lit":
         litdata_allow_http()
     else:
-        import s3fs  # noqa: F401  (the client, imported before the clock as litdata's are)
+        import obstore  # noqa: F401  (the clients, imported before the clock as litdata's are)
+        import s3fs  # noqa: F401
     indices = np.random.default_rng((SEED, 1, round_)).integers(0, stats["samples"], RANDOM_READS).tolist()
     expected = [sample(i) for i in indices]
     start = time.perf_counter()
@@ -669,7 +672,10 @@ def report(args, n: int, rounds: int, stats: dict, stored: dict, limit: int, res
         f"(`{COUNTER_PATH}` reports them).",
         "- mmap_ninja: `ShardedMmap.from_generator(..., part_size=ceil(samples / parts))`, then "
         f"`mmap_ninja.remote.push(local_dir, \"{NINJA_URL}\")`; read with `ShardedMmap(\"{NINJA_URL}\", "
-        "cache_dir=..., cache_limit=...)` (s3fs, from the `AWS_*` environment).",
+        "cache_dir=..., cache_limit=...)`: the manifest and the parts downloaded through obstore (keys and "
+        "endpoint from the `AWS_*` environment; through s3fs in a DataLoader worker forked from a process that "
+        "used obstore). A look-ahead (`LookaheadSampler`, `Loader(lookahead=)`) asks for the map's "
+        "`prefetch_span` (two parts' worth of samples) ahead of the reads, whatever its `batches` says.",
         "- litdata: `litdata.optimize(fn=sample, inputs=list(range(samples)), output_dir=<local folder>, "
         "chunk_bytes=<bytes per mmap_ninja part>, num_workers=1)`, the folder uploaded to "
         f"`{LIT_URL}/` with boto3 (`upload_file` for each file), because litdata's obstore client refuses an "

@@ -74,6 +74,7 @@ __all__ = ["ShardedMmap", "write_part", "check_joining", "verify_dir", "versions
 
 KINDS = tuple(_kinds.KINDS)  # what parts may be: the plain kinds of the registry
 _NOTHING = object()
+PREFETCH_PARTS = 2  # parts a look-ahead over a map at a URL keeps downloading ahead of the reads
 
 
 class _RemoteReads:
@@ -806,6 +807,26 @@ class RemoteShardedMmap(ShardedMmap):
     def __iter__(self):
         for start in range(0, len(self), 1024):  # in slices: each a read that releases parts after it
             yield from self[start:min(len(self), start + 1024)]
+
+    @property
+    def prefetch_span(self) -> int:
+        """How many samples ahead of the reads a look-ahead (``LookaheadSampler``, ``Loader``'s
+        ``lookahead``) asks ``prefetch`` for: the samples of ``PREFETCH_PARTS`` parts of mean
+        length, as many fewer as keep two parts beside them under the cache's limit (a part
+        takes longer to download than to read, so that the next parts download while one is
+        read)."""
+        manifest = self._state[0]
+        parts = len(manifest["parts"])
+        if not parts or not len(self):
+            return 0
+        from .remote.cache import files_size
+
+        ahead = PREFETCH_PARTS
+        limit = self._mirror.cache.limit
+        if limit is not None:
+            mean_bytes = sum(files_size(entry["files"]) for entry in manifest["parts"]) / parts
+            ahead = max(0, min(ahead, int(limit // max(1.0, mean_bytes)) - 2))
+        return ahead * -(-len(self) // parts)
 
     def prefetch(self, indices) -> None:
         """Start downloading the parts that hold the samples at ``indices`` into the cache in

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
-import time
 import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +66,7 @@ class FaultProxy:
         self.injected: Counter = Counter()
         self.stall_seconds = stall_seconds
         self.lock = threading.Lock()
+        self.stopped = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -96,8 +96,8 @@ class FaultProxy:
                     self.connection.close()
                     self.close_connection = True
                     return
-                if fault == "stall":
-                    time.sleep(proxy.stall_seconds)
+                if fault == "stall" and proxy.stopped.wait(proxy.stall_seconds):
+                    return  # the proxy stopped meanwhile: nothing is forwarded to a server that may be gone
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 upstream.request(self.command, self.path, body=body, headers=headers)
@@ -146,5 +146,6 @@ class FaultProxy:
             self.faults = list(faults or [])
 
     def stop(self) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()

@@ -873,6 +873,58 @@ def test_lookahead_sampler_asks_for_single_indices_a_batch_at_a_time():
         LookaheadSampler(range(3), dataset, batch_size=0)
 
 
+class Spanning(Recording):
+    """A recording dataset that wants to be asked ``span`` samples ahead (as a map at a URL)."""
+
+    def __init__(self, n, span):
+        super().__init__(n)
+        self.prefetch_span = span
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 300), batch=st.integers(1, 40), batches=st.integers(1, 5), span=st.integers(0, 200),
+       single=st.booleans())
+def test_lookahead_asks_at_least_the_dataset_span_ahead(n, batch, batches, span, single):
+    dataset = Spanning(n, span)
+    items = range(n) if single else torch.utils.data.BatchSampler(range(n), batch, False)
+    sampler = LookaheadSampler(items, torch.utils.data.Subset(dataset, list(range(n))), batches=batches,
+                               batch_size=batch if single else None)
+    yielded = []
+    for item in sampler:
+        yielded.extend([item] if single else item)
+        asked = [x for what, indices in dataset.events if what == "prefetch" for x in indices]
+        assert asked == list(range(len(asked)))  # in order, each once
+        assert len(asked) >= min(n, len(yielded) + span)  # the dataset's span past what was yielded
+    assert yielded == list(range(n))
+
+
+def test_the_distributed_sampler_asks_a_dataset_with_a_span_ahead_and_yields_the_same_order():
+    dataset = Spanning(500, 120)
+    plain = DistributedSampler(Recording(500), num_replicas=3, rank=1, seed=4)
+    sampler = DistributedSampler(dataset, num_replicas=3, rank=1, seed=4)
+    yielded = []
+    for index in sampler:
+        yielded.append(index)
+        asked = [x for what, indices in dataset.events if what == "prefetch" for x in indices]
+        assert asked == list(sampler.order()[1::3][:len(asked)])  # this rank's order, each once
+        assert len(asked) >= min(len(sampler), len(yielded) + 120)
+    assert yielded == list(plain)
+    half = DistributedSampler(dataset, num_replicas=3, rank=1, seed=4)
+    it = iter(half)
+    [next(it) for _ in range(40)]
+    assert half.state_dict()["consumed"] == 120  # what was given, not what was asked ahead
+
+
+def test_the_loader_looks_ahead_for_a_dataset_with_a_span_even_without_lookahead():
+    dataset = Spanning(100, 30)
+    seen = 0
+    for batch in Loader(dataset, batch_size=10, num_threads=0):
+        seen += len(batch)
+        asked = [x for what, indices in dataset.events if what == "prefetch" for x in indices]
+        assert len(asked) >= min(100, seen + 30)
+    assert seen == 100
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_lookahead_sampler_with_dataloader_workers_and_a_distributed_sampler(tmp_path, context):
     from mmap_ninja import pagecache

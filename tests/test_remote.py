@@ -22,6 +22,7 @@ from mmap_ninja import RaggedMmap, StringsMmap, remote
 from mmap_ninja import numpy as np_ninja
 from mmap_ninja.cli import main
 from mmap_ninja.remote import CacheFull, RemoteError, Store
+from mmap_ninja.remote.cache import files_size
 from mmap_ninja.sharded import RemoteShardedMmap, ShardedMmap, write_part
 
 TESTS = Path(__file__).parent
@@ -47,6 +48,13 @@ def files_of(folder: Path) -> dict:
 def as_list(batch):
     """A DataLoader's collate_fn that keeps a batch as the list of its samples."""
     return batch
+
+
+@pytest.fixture(params=["obstore", "fsspec"])
+def client(request, monkeypatch) -> str:
+    """The client that downloads: obstore (the default for s3:// with keys) or fsspec (s3fs)."""
+    monkeypatch.setenv("MMAP_NINJA_OBSTORE", "1" if request.param == "obstore" else "0")
+    return request.param
 
 
 def cache_size(cache: Path) -> int:
@@ -119,7 +127,7 @@ def test_every_kind_opens_at_its_url_and_reads_as_the_local_map(s3, tmp_path):
         all(np.array_equal(a, b) for a, b in zip(n.__getitems__([7, 8]), rows[[7, 8]]))
 
 
-def test_the_manifest_is_one_small_get_and_parts_are_downloaded_on_first_read(s3, fault_proxy, tmp_path):
+def test_the_manifest_is_one_small_get_and_parts_are_downloaded_on_first_read(s3, fault_proxy, tmp_path, client):
     sharded_map(tmp_path / "local", 1000, 250)
     remote.push(tmp_path / "local", f"{s3}/m")
     fault_proxy.reset()
@@ -215,6 +223,46 @@ def test_threads_reading_one_map_under_a_capped_cache_get_every_sample(tmp_path)
     assert not errors and cache_size(tmp_path / "cache") <= total // 4
 
 
+def test_a_lookahead_downloads_the_next_parts_before_they_are_read(s3, tmp_path):
+    import torch
+
+    from mmap_ninja.pytorch import LookaheadSampler
+
+    sharded_map(tmp_path / "local", 1000, 100)  # 10 parts
+    remote.push(tmp_path / "local", f"{s3}/m")
+    m = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "cache")
+    assert m.prefetch_span == 200  # two parts' worth
+    names = [entry["name"] for entry in m._state[0]["parts"]]
+    batches = torch.utils.data.BatchSampler(range(1000), 50, False)
+    it = iter(LookaheadSampler(batches, m, batches=1))
+    assert next(it) == list(range(50))  # yielded once samples 0-249 were asked for: parts 0, 1 and 2
+    for future in list(m._mirror._pending.values()):
+        future.result(timeout=120)
+    assert sorted(os.listdir(m._mirror.local / "parts")) == sorted(names[:3])
+    part = sum(files_size(entry["files"]) for entry in m._state[0]["parts"]) / len(names)
+    capped = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "small", cache_limit=int(3.5 * part))
+    assert capped.prefetch_span == 100  # one part ahead, two beside it under the limit
+    assert ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "tiny", cache_limit=int(2.5 * part)).prefetch_span == 0
+
+
+def test_parts_downloaded_ahead_are_evicted_after_the_parts_read_already(s3, tmp_path):
+    samples = sharded_map(tmp_path / "local", 1000, 250)  # 4 parts
+    remote.push(tmp_path / "local", f"{s3}/m")
+    manifest = remote.latest_manifest(Store(f"{s3}/m"))
+    sizes = [files_size(part["files"]) for part in manifest["parts"]]
+    names = [part["name"] for part in manifest["parts"]]
+    m = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "cache", cache_limit=sum(sizes[1:]) + (64 << 10))
+    assert sizes[0] > 64 << 10  # four parts do not fit
+    m.prefetch([250, 500])  # parts 1 and 2, downloaded ahead of their reads
+    for future in list(m._mirror._pending.values()):
+        future.result(timeout=60)
+    assert np.array_equal(m[0], samples[0])  # part 0, downloaded and read after them
+    m.close()
+    assert np.array_equal(m[999], samples[999])  # part 3: one part must go, and it is part 0
+    assert sorted(os.listdir(m._mirror.local / "parts")) == sorted(names[1:])
+    assert all(np.array_equal(m[i], samples[i]) for i in (250, 500))
+
+
 def test_a_part_larger_than_the_cache_is_refused_naming_the_limit(s3, tmp_path):
     sharded_map(tmp_path / "local", 400, 400)
     remote.push(tmp_path / "local", f"{s3}/m")
@@ -297,7 +345,8 @@ def test_a_reader_keeps_reading_while_another_process_evicts(s3, tmp_path):
     manifest = remote.latest_manifest(Store(f"{s3}/m"))
     part_bytes = max(sum(f["size"] for f in part["files"]) for part in manifest["parts"])
     limit, cache = 3 * part_bytes, tmp_path / "cache"
-    reader = subprocess.Popen([sys.executable, "-c", _PINNED_READER, f"{s3}/m", str(cache), str(limit), "6"],
+    # the reader keeps up to a quarter of its limit open between reads: its part stays mapped and pinned
+    reader = subprocess.Popen([sys.executable, "-c", _PINNED_READER, f"{s3}/m", str(cache), str(8 * part_bytes), "6"],
                               stdout=subprocess.PIPE, text=True)
     assert reader.stdout.readline().strip() == "ready"
     first_part = cache / "maps" / os.listdir(cache / "maps")[0] / "parts" / manifest["parts"][0]["name"]
@@ -311,7 +360,7 @@ def test_a_reader_keeps_reading_while_another_process_evicts(s3, tmp_path):
     assert reader.returncode == 0 and int(out) > 0
 
 
-def test_a_download_killed_midway_leaves_nothing_taken_for_a_part(s3, fault_proxy, tmp_path):
+def test_a_download_killed_midway_leaves_nothing_taken_for_a_part(s3, fault_proxy, tmp_path, client):
     samples = sharded_map(tmp_path / "local", 600, 300)
     remote.push(tmp_path / "local", f"{s3}/m")
     fault_proxy.stall_seconds = 30
@@ -342,7 +391,7 @@ def test_a_download_killed_midway_leaves_nothing_taken_for_a_part(s3, fault_prox
 
 @pytest.mark.parametrize("faults", [["503"] * 3, ["reset", "reset"], ["truncate", "truncate"], ["corrupt"] * 2,
                                     ["503", "reset", "truncate", "corrupt"]])
-def test_faults_give_the_right_bytes_after_retries(s3, fault_proxy, tmp_path, faults):
+def test_faults_give_the_right_bytes_after_retries(s3, fault_proxy, tmp_path, client, faults):
     samples = sharded_map(tmp_path / "local", 500, 250)
     remote.push(tmp_path / "local", f"{s3}/m")
     fault_proxy.reset(faults)
@@ -353,7 +402,7 @@ def test_faults_give_the_right_bytes_after_retries(s3, fault_proxy, tmp_path, fa
     assert not mmap_ninja.verify(pulled, deep=True)
 
 
-def test_a_stalled_answer_times_out_and_is_retried(s3, fault_proxy, tmp_path):
+def test_a_stalled_answer_times_out_and_is_retried(s3, fault_proxy, tmp_path, client):
     samples = sharded_map(tmp_path / "local", 300, 300)
     remote.push(tmp_path / "local", f"{s3}/m")
     fault_proxy.stall_seconds = 10
@@ -364,7 +413,7 @@ def test_a_stalled_answer_times_out_and_is_retried(s3, fault_proxy, tmp_path):
     assert fault_proxy.injected["stall"] == 1 and sum(fault_proxy.gets("/parts/").values()) == 2
 
 
-def test_faults_that_persist_raise_an_error_naming_the_url_and_keep_nothing(s3, fault_proxy, tmp_path):
+def test_faults_that_persist_raise_an_error_naming_the_url_and_keep_nothing(s3, fault_proxy, tmp_path, client):
     sharded_map(tmp_path / "local", 300, 300)
     remote.push(tmp_path / "local", f"{s3}/m")
     fault_proxy.reset(["corrupt"] * 10_000)
@@ -380,9 +429,12 @@ def test_damaged_manifests_are_refused_naming_the_url(s3, tmp_path):
     sharded_map(tmp_path / "local", 200, 100)
     manifest = remote.push(tmp_path / "local", f"{s3}/m")
     store = Store(f"{s3}/m")
-    for bad in ({"path": "../../etc/passwd", "size": 5, "sha256": "0" * 64},
-                {"path": "data.ninja", "size": -1, "sha256": "0" * 64},
-                {"path": "data.ninja", "size": 5, "sha256": "xyz"}):
+    for bad in ({"path": "../../etc/passwd", "size": 5, "crc32": "0" * 8},
+                {"path": "data.ninja", "size": -1, "crc32": "0" * 8},
+                {"path": "data.ninja", "size": 5, "crc32": "xyz"},
+                {"path": "data.ninja", "size": 5, "sha256": "0" * 8},
+                {"path": "data.ninja", "size": 5, "crc32": "0" * 8, "sha256": "0" * 64},
+                {"path": "data.ninja", "size": 5}):
         damaged = json.loads(json.dumps(manifest))
         damaged["parts"][0]["files"][0] = bad
         store.write("manifest.ninja", json.dumps(damaged).encode())
@@ -393,6 +445,41 @@ def test_damaged_manifests_are_refused_naming_the_url(s3, tmp_path):
     with pytest.raises(ValueError, match="not a manifest"):
         ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("maps/*/parts/*"))
+
+
+def test_manifests_recording_sha256_digests_are_read_and_checked(s3, tmp_path):
+    import hashlib
+
+    samples = sharded_map(tmp_path / "local", 300, 100, keys=True)
+    manifest = remote.push(tmp_path / "local", f"{s3}/m")
+    assert all(set(f) == {"path", "size", "crc32"} for part in manifest["parts"] for f in part["files"])
+    # the same map as earlier writers recorded it: SHA-256 digests, the key table named by them
+    store = Store(f"{s3}/m")
+    local = ShardedMmap(tmp_path / "local")
+    old = json.loads(json.dumps(manifest))
+    for part, folder in zip(old["parts"], local.part_names):
+        for f in part["files"]:
+            del f["crc32"]
+            f["sha256"] = hashlib.sha256((tmp_path / "local" / "parts" / folder / f["path"]).read_bytes()).hexdigest()
+    key_folder = tmp_path / "local" / "keysets"
+    for f in old["key_files"]:
+        del f["crc32"]
+        source = next(key_folder.glob(f"*/keys/{f['path']}"), None) or tmp_path / "local" / "keys" / f["path"]
+        f["sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()
+    store.write(remote.cache.keys_pack(old["key_files"]), store.read(remote.cache.keys_pack(manifest["key_files"])))
+    old["version"] = manifest["version"] + 1
+    store.write(f"versions/{old['version']}.ninja", json.dumps(old).encode(), create=True)
+    m = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "cache")
+    assert m.version == old["version"]
+    assert all(np.array_equal(m[i], samples[i]) for i in range(300)) and m.index_of("doc-123") == 123
+    # a recorded SHA-256 that the bytes do not have: never kept
+    old["parts"][0]["files"][-1]["sha256"] = "0" * 64
+    old["version"] += 1
+    store.write(f"versions/{old['version']}.ninja", json.dumps(old).encode(), create=True)
+    fresh = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "fresh")
+    fresh._mirror.store.backoff = 0.001
+    with pytest.raises(RemoteError, match="sha256 checksum"):
+        fresh[0]
 
 
 # -- writing from many machines --------------------------------------------------------------------
@@ -589,6 +676,53 @@ def test_ray_writes_a_map_to_a_url(s3, tmp_path):
     assert sorted(len(m[i]) for i in range(300)) == sorted(i % 17 for i in range(300))
 
 
+def test_ray_writes_a_map_to_a_url_and_a_worker_killed_mid_upload_loses_nothing(s3, fault_proxy, tmp_path):
+    import psutil
+    import ray
+    from conftest import ray_on_loopback
+
+    from mmap_ninja.ray import MmapNinjaDatasink
+
+    url = f"{s3}/ray-killed"
+    fault_proxy.stall_seconds = 60
+    fault_proxy.match = lambda method, path: method == "PUT" and "/parts/" in path
+    fault_proxy.reset(["stall"])
+    killed = []
+
+    def kill_stalled_worker():
+        deadline = time.time() + 180
+        while not fault_proxy.injected["stall"] and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for child in psutil.Process().children(recursive=True):  # the workers running a write (one is stalled)
+            try:
+                title = " ".join(child.cmdline()).split(" ", 1)[0]
+            except psutil.Error:
+                continue
+            if title.startswith("ray::") and "Write" in title:
+                child.kill()
+                killed.append(title)
+
+    with ray_on_loopback():
+        os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+        ray.init(num_cpus=2, include_dashboard=False)
+        try:
+            ds = ray.data.from_items([{"item": np.full(i % 17, i, dtype=np.int32)} for i in range(300)],
+                                     override_num_blocks=4)
+            killer = threading.Thread(target=kill_stalled_worker)
+            killer.start()
+            ds.write_datasink(MmapNinjaDatasink(url))
+            killer.join()
+        finally:
+            ray.shutdown()
+    assert fault_proxy.injected["stall"] == 1 and killed
+    m = ShardedMmap(url, cache_dir=tmp_path / "cache")
+    assert len(m) == 300  # every sample once: the killed task's part was written again, its upload never committed
+    assert sorted((len(x), int(x[0]) if len(x) else -1) for x in m) == \
+        sorted((i % 17, i if i % 17 else -1) for i in range(300))
+    assert not remote.verify(url)
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 
@@ -611,6 +745,39 @@ def test_the_command_line_pushes_pulls_and_inspects_urls(s3, tmp_path, capsys):
     Store(url).delete([f"parts/{ShardedMmap(tmp_path / 'back').part_names[0]}.pack"])
     assert main(["verify", url]) == 1
     assert "missing" in capsys.readouterr().out
+
+
+def test_downloads_go_through_obstore_with_keys_and_through_fsspec_otherwise(s3, tmp_path, monkeypatch):
+    assert Store(f"{s3}/m").obstore is not None  # keys in the environment
+    assert Store(f"{s3}/m", {"key": "testing", "secret": "testing"}).obstore is not None
+    assert Store(f"{s3}/m", {"profile": "default"}).obstore is None  # botocore's chain finds a profile
+    assert Store(f"{s3}/m", {"config_kwargs": {"max_pool_connections": 4}}).obstore is None
+    assert Store(f"file://{tmp_path}/m").obstore is None
+    monkeypatch.setenv("MMAP_NINJA_OBSTORE", "0")
+    assert Store(f"{s3}/m").obstore is None
+    monkeypatch.setenv("MMAP_NINJA_OBSTORE", "1")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    assert Store(f"{s3}/m").obstore is None  # an instance role or a profile: through botocore
+
+
+def _read_in_child(m, index, out):
+    out.put((m._mirror.store.obstore is None, [np.asarray(x).tolist() for x in m[index]]))
+
+
+def test_a_child_forked_after_obstore_was_used_downloads_through_fsspec(s3, tmp_path):
+    samples = sharded_map(tmp_path / "local", 400, 100)
+    remote.push(tmp_path / "local", f"{s3}/m")
+    m = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "cache")
+    assert np.array_equal(m[0], samples[0]) and m._mirror.store.obstore is not None  # part 0 through obstore
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_read_in_child, args=(m, [150, 399], out))  # parts 1 and 3, not cached
+    child.start()
+    fell_back, got = out.get(timeout=120)
+    child.join(60)
+    assert child.exitcode == 0 and fell_back
+    assert all(np.array_equal(x, samples[i]) for x, i in zip(got, [150, 399]))
+    assert m._mirror.store.obstore is not None  # the parent keeps its client
 
 
 def test_importing_the_package_imports_no_object_store_client():

@@ -405,14 +405,33 @@ def prefetcher(dataset: Any) -> Optional[Callable[[Any], None]]:
     return method if callable(method) else None
 
 
+def prefetch_span(dataset: Any) -> int:
+    """How many samples ahead of its reads ``dataset`` wants to be asked for, at least: its
+    ``prefetch_span`` (a map at a URL: a few parts' worth), through ``RaggedBatches`` and a
+    ``Subset``; 0 for the rest."""
+    while True:
+        if isinstance(dataset, torch_data.Subset):
+            dataset = dataset.dataset
+        elif isinstance(dataset, RaggedBatches):
+            dataset = dataset.ragged
+        else:
+            span = getattr(dataset, "prefetch_span", 0)
+            return span if isinstance(span, int) and span > 0 else 0
+
+
 def _looking_ahead(items: Iterator[Any], prefetch: Callable[[Any], None], ahead: int,
-                   batch_size: int) -> Iterator[Any]:
+                   batch_size: int, span: int = 0) -> Iterator[Any]:
     """``items`` (batches of indices, or single indices gathered ``batch_size`` at a time),
-    each yielded once the kernel was asked for the samples of the ``ahead`` batches after it.
-    Asking is advisory: an index that cannot be read raises when its batch is read, not here."""
+    each yielded once the kernel was asked for the samples of the ``ahead`` batches after it,
+    and of at least ``span`` samples after it. Asking is advisory: an index that cannot be read
+    raises when its batch is read, not here."""
     window: collections.deque = collections.deque()
     group: List[int] = []
-    size = ahead * batch_size
+    size = max(ahead * batch_size, span + batch_size - 1 if span else 0)  # single indices: asked a batch at a time
+    held = 0  # samples in the window
+
+    def count(item: Any) -> int:
+        return 1 if isinstance(item, (int, np.integer)) else len(item)
 
     def ask(indices: Any) -> None:
         try:
@@ -422,14 +441,18 @@ def _looking_ahead(items: Iterator[Any], prefetch: Callable[[Any], None], ahead:
 
     for item in items:
         window.append(item)
+        held += count(item)
         if isinstance(item, (int, np.integer)):
             group.append(int(item))
             if len(group) >= batch_size:
                 ask(group)
                 group = []
+            ready = len(window) > size
         else:
             ask(item)
-        if len(window) > (size if isinstance(item, (int, np.integer)) else ahead):
+            ready = len(window) > ahead and held - count(window[0]) >= span
+        if ready:
+            held -= count(window[0])
             yield window.popleft()
     if group:
         ask(group)
@@ -445,7 +468,9 @@ class LookaheadSampler(torch_data.Sampler):
     method: a map, ``RaggedBatches``, a numpy map, a ``Subset``). For a ``DataLoader`` with
     worker processes it runs in the main process, which draws the indices; the page cache is
     shared, so the workers find the samples in memory. ``batch_size``: how many single
-    indices make a batch (for a sampler of single indices; default the DataLoader's 1).
+    indices make a batch (for a sampler of single indices; default the DataLoader's 1). A
+    dataset with a ``prefetch_span`` (a map at a URL: two parts' worth of samples, so that the
+    next parts download while one is read) is asked at least that many samples ahead.
     ``set_epoch``, ``state_dict`` and ``load_state_dict`` go to ``sampler``.
 
         loader = DataLoader(dataset, batch_size=32, num_workers=4,
@@ -467,7 +492,7 @@ class LookaheadSampler(torch_data.Sampler):
         prefetch = prefetcher(self.dataset)
         if prefetch is None or not self.batches:
             return iter(self.sampler)
-        return _looking_ahead(iter(self.sampler), prefetch, self.batches, self.batch_size)
+        return _looking_ahead(iter(self.sampler), prefetch, self.batches, self.batch_size, prefetch_span(self.dataset))
 
     def __len__(self) -> int:
         return len(self.sampler)  # type: ignore[arg-type]
@@ -498,7 +523,8 @@ class Loader:
     ``lookahead``: how many batches past those in flight the kernel is asked to read from disk
     meanwhile (datasets with a ``prefetch(indices)`` method: every map, ``RaggedBatches``, a
     numpy map, a ``Subset`` of one; default ``0``: the batches in flight already ask for all of
-    their ranges at once). ``num_threads=0`` makes every batch in the
+    their ranges at once). A dataset with a ``prefetch_span`` (a map at a URL) is asked at least
+    that many samples ahead, whatever ``lookahead`` says. ``num_threads=0`` makes every batch in the
     iterating thread. An error raised making a batch
     is raised where the loop iterates; leaving the loop early stops the threads.
     """
@@ -565,9 +591,10 @@ class Loader:
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         indices = iter(self.batch_sampler if self.batch_sampler is not None else self.sampler)
         prefetch = prefetcher(self.dataset)
-        if prefetch is not None and self.lookahead:
+        span = prefetch_span(self.dataset) if prefetch is not None else 0
+        if prefetch is not None and (self.lookahead or span):
             ahead = self.lookahead + (self.num_threads * self.prefetch if self.num_threads else 0)
-            indices = _looking_ahead(indices, prefetch, ahead, 1)
+            indices = _looking_ahead(indices, prefetch, ahead, 1, span)
         if self.num_threads == 0:
             return (self._make(index) for index in indices)
         return self._threaded(indices)
@@ -632,7 +659,9 @@ class DistributedSampler(torch_data.Sampler):
     ``"parts"`` and a sharded map, its parts) are permuted, then samples are shuffled within runs
     of ``block_window`` blocks' worth of positions (``BLOCK_WINDOW``, 4, by default), so a rank
     reads a bounded region of the files at a time; ``block_window=1`` keeps each batch within a
-    part or two (for a map at a URL whose cache holds few parts).
+    part or two (for a map at a URL whose cache holds few parts). Over a dataset with a
+    ``prefetch_span`` (a map at a URL), the sampler asks its ``prefetch`` for that many samples
+    ahead of those it has given, so that the next parts download while these are read.
     """
 
     def __init__(self, dataset: Any, num_replicas: Optional[int] = None, rank: Optional[int] = None,
@@ -723,7 +752,11 @@ class DistributedSampler(torch_data.Sampler):
         self._yielded = 0
         if not self._loaded:  # the epoch's order is drawn over the dataset as it is now
             self.epoch_len = len(self.dataset)
-        indices = self._indices().tolist()
+        indices: Iterator[int] = iter(self._indices().tolist())
+        prefetch = prefetcher(self.dataset)
+        span = prefetch_span(self.dataset) if prefetch is not None else 0
+        if span:  # a map at a URL: the parts of the next samples download while these are read
+            indices = _looking_ahead(indices, prefetch, 0, min(span, 1024), span)
         for index in indices:
             self._yielded += 1
             yield index

@@ -3,7 +3,7 @@ cache shared by every process of a machine, published without a shared disk.
 
 ``ShardedMmap("s3://bucket/corpus", cache_dir=..., cache_limit="20GB")`` (and
 ``mmap_ninja.open_existing(url)``) reads the map at a URL: the manifest in one or two small GETs,
-each part downloaded whole on its first read, checked (size and SHA-256) and then read by the
+each part downloaded whole on its first read, checked (size and CRC-32) and then read by the
 same compiled readers as a local part. ``push(local_map, url)`` and ``pull(url, local_dir)``
 move whole maps; ``upload_part`` and ``commit`` let many machines write one map (Dask and Ray
 writes to a URL use them); ``gc`` removes abandoned uploads, ``verify`` checks a URL.

@@ -2,7 +2,7 @@
 process of the machine, bounded by ``cache_limit``.
 
 A part is downloaded whole on its first read, into ``parts/.<part>.<hex12>.fetching/``, checked
-(size and SHA-256 of every file) and renamed into place, so a process killed mid-download leaves
+(size and checksum of every file) and renamed into place, so a process killed mid-download leaves
 nothing that is taken for a part. One process downloads a part (it holds ``fetch/<part>``), the
 others wait for it. A process reading a part holds a shared lock on ``pins/<part>``; eviction
 takes it exclusively, so it never removes a part that a reader of any process has mapped, and
@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .. import _meta
 from .._format import sharded as _sharded
-from .store import RemoteError, Store
+from .store import RemoteError, Store, recorded_digest
 
 try:
     import fcntl
@@ -49,18 +49,20 @@ def pack_of(part: str) -> str:
 def keys_pack(key_files: List[Dict[str, Any]]) -> str:
     """The object holding the key table whose files are ``key_files``: named by their digests,
     so that each version's table has its own and a new version never changes an old one's."""
-    digest = hashlib.sha256("".join(f["sha256"] for f in key_files).encode()).hexdigest()
+    digest = hashlib.sha256("".join(recorded_digest(f)[1] for f in key_files).encode()).hexdigest()
     return f"{_sharded.KEYSETS}/{digest[:32]}.pack"
 
 
 PINS = "pins"
+# Seconds past its download that a part counts as last used until a reader pins it: eviction
+# takes the parts read already before those downloaded ahead of their reads.
+UNREAD_GRACE = 600.0
 FETCH = "fetch"
 RESERVED = "reserved"
 LOCK = "cache.lock"
 URL_FILE = "url.ninja"
 FETCHING = re.compile(r"\.(.+)\.[0-9a-f]{12}\.fetching")
 FILE_PATH = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
-SHA256 = re.compile(r"[0-9a-f]{64}")
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
          "GIB": 2**30, "TIB": 2**40, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -101,19 +103,22 @@ def default_cache_dir() -> Path:
 
 def check_files(files: Any, where: str) -> List[Dict[str, Any]]:
     """The ``files`` list of a part (or of a key table) as recorded in a manifest, checked:
-    paths inside the folder, sizes ints in range, SHA-256 digests; ``ValueError`` naming
-    ``where`` otherwise."""
+    paths inside the folder, sizes ints in range, one digest each (``crc32``, or ``sha256``);
+    ``ValueError`` naming ``where`` otherwise."""
     if not isinstance(files, list):
-        raise ValueError(f"{where}: 'files' must be a list of {{'path', 'size', 'sha256'}}, found {str(files)[:80]!r}")
+        raise ValueError(f"{where}: 'files' must be a list of {{'path', 'size', 'crc32'}}, found {str(files)[:80]!r}")
     seen = set()
     for k, entry in enumerate(files):
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or \
                 not FILE_PATH.fullmatch(entry["path"]) or \
                 any(component in (".", "..") for component in entry["path"].split("/")) or \
-                not _sharded.is_length(entry.get("size")) or \
-                not isinstance(entry.get("sha256"), str) or not SHA256.fullmatch(entry["sha256"]):
+                not _sharded.is_length(entry.get("size")):
             raise ValueError(f"{where}: file {k} must be {{'path': a relative path inside the folder, 'size': an int "
-                             f"of at least 0, 'sha256': 64 hex digits}}, found {str(entry)[:160]}")
+                             f"of at least 0, 'crc32': 8 hex digits}}, found {str(entry)[:160]}")
+        try:
+            recorded_digest(entry)
+        except ValueError as exc:
+            raise ValueError(f"{where}: file {k} ({entry['path']}) must record {exc}") from None
         if entry["path"] in seen:
             raise ValueError(f"{where}: the file {entry['path']!r} is listed twice")
         seen.add(entry["path"])
@@ -166,7 +171,7 @@ def fetch_files(store: Store, files: List[Dict[str, Any]], pack: str, folder: Pa
     for f in files:
         target = folder.joinpath(*f["path"].split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        targets.append((target, int(f["size"]), f["sha256"]))
+        targets.append((target, int(f["size"]), recorded_digest(f)))
     store.download_pack(pack, targets)
 
 
@@ -462,10 +467,13 @@ class Mirror:
         name = entry["name"]
         self.pin(name)
         try:
-            return self._fetch(entry, wait)
+            path = self._fetch(entry, wait)
         except BaseException:
             self.unpin(name)
             raise
+        with contextlib.suppress(OSError):
+            os.utime(self.local / PINS / name)  # used now (a download meanwhile set it ahead)
+        return path
 
     def _fetch(self, entry: Dict[str, Any], wait: Optional[float] = None) -> Path:
         name = entry["name"]
@@ -476,6 +484,10 @@ class Mirror:
             if path.is_dir():
                 return path
             self._download(entry["files"], path, f"part {name} of {self.url}", pack_of(name), wait)
+            with contextlib.suppress(OSError):  # downloaded ahead of its reads: parts read already go first
+                pin = self.local / PINS / name
+                pin.touch()
+                os.utime(pin, (time.time(), time.time() + UNREAD_GRACE))
         return path
 
     def _download(self, files: List[Dict[str, Any]], path: Path, what: str, pack: str,

@@ -5,7 +5,6 @@ abandoned uploads and ``verify`` of a URL (FORMAT.md, section 15)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from .._format import kinds as _kinds
 from .._format import sharded as _sharded
 from .._format.verify import VERIFY_LIMIT, Report, check_limit
 from .cache import check_files, fetch_files, fetch_manifest, files_size, keys_pack, pack_of
-from .store import RemoteError, Store
+from .store import RemoteError, Store, file_digest
 
 __all__ = ["push", "pull", "upload_part", "commit", "gc", "verify", "folder_files", "latest_manifest"]
 
@@ -29,19 +28,9 @@ NOT_UPLOADED = ("writer.lock",)
 COMMIT_ATTEMPTS = 20
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(8 << 20)
-            if not block:
-                return digest.hexdigest()
-            digest.update(block)
-
-
 def folder_files(folder: Path) -> List[Dict[str, Any]]:
     """Every file of the map folder ``folder`` as a manifest lists it (``path``, ``size``,
-    ``sha256``), in sorted order: temporary, hidden and lock files left out; ``ValueError``
+    ``crc32``), in sorted order: temporary, hidden and lock files left out; ``ValueError``
     for a symbolic link (a map's files are its own)."""
     found = []
     for root, dirs, files in os.walk(folder):
@@ -55,7 +44,7 @@ def folder_files(folder: Path) -> List[Dict[str, Any]]:
                 continue
             path = Path(root) / name
             found.append({"path": path.relative_to(folder).as_posix(), "size": path.stat().st_size,
-                          "sha256": _sha256(path)})
+                          "crc32": file_digest(path)})
     return check_files(found, str(folder))
 
 
@@ -202,7 +191,7 @@ def pull(url: str, local_dir: Any, storage_options: Optional[Dict[str, Any]] = N
          verbose: bool = False) -> Path:
     """Download the map at ``url`` (its latest version, or ``version``) to ``local_dir``, which
     must not exist or be an empty folder: a plain map when one was pushed, else a sharded map.
-    Every file is checked (size and SHA-256) before it is kept, and the map is written aside
+    Every file is checked (size and checksum) before it is kept, and the map is written aside
     and renamed into place, so a failed pull leaves nothing at ``local_dir``."""
     store = Store(url, storage_options)
     target = Path(os.path.abspath(os.fspath(local_dir)))
@@ -284,7 +273,7 @@ def verify(url: str, storage_options: Optional[Dict[str, Any]] = None, limit: in
            deep: bool = False) -> Report:
     """Check the map at ``url``: its manifest, and that the pack of every part (and of its key
     table) is there with the size of its files; ``deep`` also downloads each and checks every
-    file's SHA-256. Damage is reported, never raised."""
+    file's checksum. Damage is reported, never raised."""
     limit = check_limit(limit)
     problems: List[str] = []
     try:
