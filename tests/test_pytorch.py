@@ -913,6 +913,12 @@ def test_the_distributed_sampler_asks_a_dataset_with_a_span_ahead_and_yields_the
     it = iter(half)
     [next(it) for _ in range(40)]
     assert half.state_dict()["consumed"] == 120  # what was given, not what was asked ahead
+    # given to a LookaheadSampler, the sampler leaves asking ahead to it: every index asked once
+    wrapped = Spanning(500, 120)
+    inner = DistributedSampler(wrapped, num_replicas=3, rank=1, seed=4)
+    batches = list(LookaheadSampler(torch.utils.data.BatchSampler(inner, 10, False), wrapped, batches=2))
+    assert not inner.prefetch_ahead and sum(batches, []) == yielded
+    assert [x for what, indices in wrapped.events for x in indices] == yielded
 
 
 def test_the_loader_looks_ahead_for_a_dataset_with_a_span_even_without_lookahead():

@@ -261,6 +261,15 @@ def test_parts_downloaded_ahead_are_evicted_after_the_parts_read_already(s3, tmp
     assert np.array_equal(m[999], samples[999])  # part 3: one part must go, and it is part 0
     assert sorted(os.listdir(m._mirror.local / "parts")) == sorted(names[1:])
     assert all(np.array_equal(m[i], samples[i]) for i in (250, 500))
+    # a download ahead never evicts parts downloaded ahead and not read yet: it is not made
+    ahead = ShardedMmap(f"{s3}/m", cache_dir=tmp_path / "ahead", cache_limit=sizes[1] + sizes[2] + (64 << 10))
+    for part in (1, 2):
+        ahead._mirror.prefetch([manifest["parts"][part]])[0].result(timeout=60)
+    with pytest.raises(CacheFull):
+        ahead._mirror.prefetch([manifest["parts"][3]])[0].result(timeout=60)
+    assert sorted(os.listdir(ahead._mirror.local / "parts")) == sorted(names[1:3])
+    assert np.array_equal(ahead[999], samples[999])  # a read may evict them
+    assert cache_size(tmp_path / "ahead") <= sizes[1] + sizes[2] + (64 << 10)
 
 
 def test_a_part_larger_than_the_cache_is_refused_naming_the_limit(s3, tmp_path):

@@ -419,6 +419,15 @@ def prefetch_span(dataset: Any) -> int:
             return span if isinstance(span, int) and span > 0 else 0
 
 
+def _looked_ahead_by_caller(sampler: Any) -> None:
+    """``sampler`` (or the sampler of a batch sampler), when a ``DistributedSampler``, leaves
+    asking ahead to the ``LookaheadSampler`` or ``Loader`` it is given to: asked twice, the
+    parts downloaded ahead would be twice as many."""
+    for candidate in (sampler, getattr(sampler, "sampler", None)):
+        if isinstance(candidate, DistributedSampler):
+            candidate.prefetch_ahead = False
+
+
 def _looking_ahead(items: Iterator[Any], prefetch: Callable[[Any], None], ahead: int,
                    batch_size: int, span: int = 0) -> Iterator[Any]:
     """``items`` (batches of indices, or single indices gathered ``batch_size`` at a time),
@@ -486,6 +495,8 @@ class LookaheadSampler(torch_data.Sampler):
         self.sampler = sampler
         self.dataset = dataset
         self.batches = int(batches)
+        if self.batches:
+            _looked_ahead_by_caller(sampler)
         self.batch_size = 1 if batch_size is None else int(batch_size)
 
     def __iter__(self) -> Iterator[Any]:
@@ -564,6 +575,7 @@ class Loader:
         if batch_size is not None and batch_sampler is None:
             batch_sampler = torch_data.BatchSampler(sampler, batch_size, drop_last)
         self.batch_sampler = batch_sampler
+        _looked_ahead_by_caller(batch_sampler if batch_sampler is not None else sampler)
         if collate_fn is None:
             collate_fn = (torch_data.default_collate if self.batch_sampler is not None
                           else torch_data.default_convert)
@@ -661,7 +673,9 @@ class DistributedSampler(torch_data.Sampler):
     reads a bounded region of the files at a time; ``block_window=1`` keeps each batch within a
     part or two (for a map at a URL whose cache holds few parts). Over a dataset with a
     ``prefetch_span`` (a map at a URL), the sampler asks its ``prefetch`` for that many samples
-    ahead of those it has given, so that the next parts download while these are read.
+    ahead of those it has given, so that the next parts download while these are read, unless
+    it was given to a ``LookaheadSampler`` or ``Loader``, which ask instead
+    (``prefetch_ahead``).
     """
 
     def __init__(self, dataset: Any, num_replicas: Optional[int] = None, rank: Optional[int] = None,
@@ -693,6 +707,7 @@ class DistributedSampler(torch_data.Sampler):
         self.epoch_len: Optional[int] = None  # the length the epoch's order is drawn over, once drawn
         self._loaded = False  # epoch_len comes from a loaded state: kept for the rest of the epoch
         self._yielded = 0
+        self.prefetch_ahead = True  # False once a LookaheadSampler or Loader asks ahead for it
 
     def _block_bounds(self, n: int) -> Optional[np.ndarray]:
         """Where the blocks of the first ``n`` samples start, then ``n``."""
@@ -755,7 +770,7 @@ class DistributedSampler(torch_data.Sampler):
         indices: Iterator[int] = iter(self._indices().tolist())
         prefetch = prefetcher(self.dataset)
         span = prefetch_span(self.dataset) if prefetch is not None else 0
-        if span:  # a map at a URL: the parts of the next samples download while these are read
+        if span and self.prefetch_ahead:  # a map at a URL: the next parts download while these are read
             indices = _looking_ahead(indices, prefetch, 0, min(span, 1024), span)
         for index in indices:
             self._yielded += 1

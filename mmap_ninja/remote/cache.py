@@ -284,20 +284,25 @@ class Cache:
             os.close(fd)
 
     @contextlib.contextmanager
-    def reserve(self, size: int, what: str, wait: Optional[float] = None) -> Iterator["Reservation"]:
+    def reserve(self, size: int, what: str, wait: Optional[float] = None,
+                ahead: bool = False) -> Iterator["Reservation"]:
         """Hold ``size`` bytes of the cache for a download (``what`` names it in errors):
         unpinned parts are evicted, least recently used first, until it fits under the
         limit; ``CacheFull`` after ``wait`` seconds (default: the cache's) when the pinned
-        parts leave no room."""
+        parts leave no room. ``ahead``: a download ahead of its reads, which evicts only parts
+        read already (never one downloaded ahead and not read yet), and does not wait."""
         (self.root / RESERVED).mkdir(exist_ok=True)
         path = self.root / RESERVED / uuid.uuid4().hex
-        deadline = time.monotonic() + (self.wait if wait is None else wait)
+        deadline = time.monotonic() + (0.0 if ahead else self.wait if wait is None else wait)
         fd = None
         while fd is None:
             with _flock(self.root / LOCK):
                 used = self.used() if self.limit is not None else 0
                 if self.limit is not None and used + size > self.limit:
-                    for _, mirror, name in self._evictable():
+                    now = time.time()
+                    for last_use, mirror, name in self._evictable():
+                        if ahead and last_use > now:  # downloaded ahead, not read yet: kept for its reads
+                            continue
                         used -= self._evict(mirror, name)
                         if used + size <= self.limit:
                             break
@@ -475,7 +480,7 @@ class Mirror:
             os.utime(self.local / PINS / name)  # used now (a download meanwhile set it ahead)
         return path
 
-    def _fetch(self, entry: Dict[str, Any], wait: Optional[float] = None) -> Path:
+    def _fetch(self, entry: Dict[str, Any], wait: Optional[float] = None, ahead: bool = False) -> Path:
         name = entry["name"]
         path = self.local / "parts" / name
         if path.is_dir():
@@ -483,7 +488,7 @@ class Mirror:
         with _flock(self.local / FETCH / name):
             if path.is_dir():
                 return path
-            self._download(entry["files"], path, f"part {name} of {self.url}", pack_of(name), wait)
+            self._download(entry["files"], path, f"part {name} of {self.url}", pack_of(name), wait, ahead)
             with contextlib.suppress(OSError):  # downloaded ahead of its reads: parts read already go first
                 pin = self.local / PINS / name
                 pin.touch()
@@ -491,14 +496,15 @@ class Mirror:
         return path
 
     def _download(self, files: List[Dict[str, Any]], path: Path, what: str, pack: str,
-                  wait: Optional[float] = None) -> None:
+                  wait: Optional[float] = None, ahead: bool = False) -> None:
         """Download ``files`` (a manifest's list) from the pack ``pack`` of the store into the
-        new folder ``path``, through a ``.fetching`` folder beside it, within the cache's limit."""
+        new folder ``path``, through a ``.fetching`` folder beside it, within the cache's limit
+        (``wait``, ``ahead``: see ``Cache.reserve``)."""
         for entry in os.scandir(path.parent):  # what a download that died left (we hold its lock)
             match = FETCHING.fullmatch(entry.name)
             if match and match.group(1) == path.name:
                 shutil.rmtree(entry.path, ignore_errors=True)
-        with self.cache.reserve(files_size(files), what, wait) as reservation:
+        with self.cache.reserve(files_size(files), what, wait, ahead) as reservation:
             tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.fetching"
             try:
                 tmp.mkdir()
@@ -528,7 +534,9 @@ class Mirror:
 
     def prefetch(self, entries: List[Dict[str, Any]]) -> List[Future]:
         """Start downloading the parts of ``entries`` that are not in the cache, two at a
-        time in background threads, and return their futures (errors stay in them)."""
+        time in background threads, and return their futures (errors stay in them). A part
+        that fits only by evicting parts downloaded ahead and not read yet is not downloaded
+        (``CacheFull`` in its future); its read downloads it."""
         self.forked()
         futures = []
         with self._lock:
@@ -540,7 +548,7 @@ class Mirror:
                     continue
                 future = self._pending.get(name)
                 if future is None or future.done():
-                    future = self._pending[name] = self._pool.submit(self._fetch, entry)
+                    future = self._pending[name] = self._pool.submit(self._fetch, entry, None, True)
                 futures.append(future)
         return futures
 
