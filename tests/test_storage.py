@@ -347,3 +347,35 @@ def test_a_failing_generator_leaves_neither_the_map_nor_its_reserved_space(tmp_p
     with pytest.raises(RuntimeError, match="source broke"):
         np_ninja.from_generator(tmp_path / "g", rows(), batch_size=2, n=10**6)
     assert list(tmp_path.iterdir()) == []
+
+
+def _build_in_child(path: str) -> int:
+    RaggedMmap.from_generator(path, (np.arange(i % 7) for i in range(300)), batch_size=16)
+    return len(RaggedMmap(path))
+
+
+def test_a_build_aside_starts_flushing_its_batches_and_a_forked_child_builds_too(tmp_path, monkeypatch):
+    import multiprocessing
+    import threading
+
+    from mmap_ninja._storage import files
+
+    flushed = []
+    flush = files._fsync_path
+    monkeypatch.setattr(files, "_fsync_path", lambda path, directory=False: (flushed.append(
+        (threading.current_thread().name, str(path))), flush(path, directory))[1])
+    RaggedMmap.from_generator(tmp_path / "m", (np.arange(i % 7) for i in range(300)), batch_size=16)
+    early = [path for name, path in flushed if name.startswith("mmap_ninja-writeback")]
+    assert any(path.endswith("data.ninja") for path in early), flushed  # flushed while the build went on
+    assert [s.tolist() for s in RaggedMmap(tmp_path / "m")][:8] == [list(range(i % 7)) for i in range(8)]
+    monkeypatch.undo()
+    # a child forked while this process's writeback thread exists starts its own, and finishes
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_build_in_child, (str(tmp_path / "child"),)).get(timeout=120) == 300
+    flushed.clear()
+    monkeypatch.setattr(files, "_fsync_path", lambda path, directory=False: flushed.append(str(path)))
+    with durability(False):  # nothing is flushed, early or late
+        RaggedMmap.from_generator(tmp_path / "n", (np.arange(3) for _ in range(50)), batch_size=8)
+    assert flushed == []
+    RaggedMmap.from_generator(tmp_path / "o", (np.arange(3) for _ in range(50)), batch_size=8)
+    assert flushed  # the same patch sees the flushes of a durable build

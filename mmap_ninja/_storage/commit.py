@@ -240,6 +240,8 @@ class Commit:
         if self.durable:
             for path in self._written:
                 _fsync_path(path)
+        else:  # a build aside, flushed whole before it is swapped in: its data start going now
+            files.start_writeback(self._written)
         for _, path, data in self._steps:
             _meta.write_bytes(path, data, durable=self.durable)
         self._written.clear()

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
@@ -61,6 +62,68 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _Writeback:
+    """Files a build aside has written, flushed to disk by a thread of this process while the
+    build goes on (``start``), so that the flush of the whole build before it is swapped in
+    (``flush_tree``, after ``wait``) finds little left to write: the disk writes one batch while
+    the next is made. The thread belongs to the process that started it: a forked child starts
+    its own."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pid: Optional[int] = None
+        self.executor = None
+        self.queued: set = set()
+        self.futures: list = []
+
+    def forked(self) -> None:
+        """In a forked child: nothing of the parent's (its lock may have been held)."""
+        self.__init__()
+
+    def start(self, paths: Sequence[Path]) -> None:
+        import concurrent.futures
+
+        with self.lock:
+            if self.pid != os.getpid():  # the thread of the parent is not in this process
+                self.pid, self.queued, self.futures = os.getpid(), set(), []
+                self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmap_ninja-writeback")
+            self.futures = [future for future in self.futures if not future.done()]
+            for path in paths:
+                if path not in self.queued:  # not flushed yet: the pages written since go with it
+                    self.queued.add(path)
+                    self.futures.append(self.executor.submit(self._flush, path))
+
+    def _flush(self, path: Path) -> None:
+        with self.lock:
+            self.queued.discard(path)
+        with contextlib.suppress(OSError):  # the flush before the swap reports what fails
+            _fsync_path(path)
+
+    def wait(self) -> None:
+        """Until every flush started by this process is done."""
+        with self.lock:
+            futures = self.futures if self.pid == os.getpid() else []
+            self.futures = []
+        for future in futures:
+            future.result()
+
+
+_writeback = _Writeback()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_writeback.forked)
+
+
+def start_writeback(paths: Sequence[Path]) -> None:
+    """Start flushing ``paths`` to disk on a thread of this process (when durability is on):
+    files of a build aside, which ``flush_tree`` flushes whole before the build is swapped in."""
+    if _durable and paths:
+        _writeback.start(list(paths))
+
+
+def wait_writeback() -> None:
+    _writeback.wait()
 
 
 def write_at(path: Path, offset: int, data: Union[bytes, memoryview], truncate: bool = False) -> None:

@@ -50,6 +50,7 @@ def flush_tree(folder: Path) -> None:
     flushes its folders)."""
     if not files._durable:
         return
+    files.wait_writeback()  # what the build's commits started flushing meanwhile
     for root, _, names in os.walk(folder):
         for name in names:
             _fsync_path(Path(root) / name)
