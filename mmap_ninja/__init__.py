@@ -3,6 +3,7 @@
 - ``mmap_ninja.numpy``: fixed-shape arrays (``np.memmap``), growable along the first axis;
 - ``mmap_ninja.ragged.RaggedMmap``: arrays of different shapes;
 - ``mmap_ninja.string.StringsMmap``: strings;
+- ``mmap_ninja.table.TableMmap``: several fields per sample, one map per column;
 - ``mmap_ninja.generic.open_existing``: open any of them from its directory.
 """
 
@@ -29,6 +30,7 @@ from .numpy import from_ndarray as np_from_ndarray
 from .numpy import open_existing as np_open_existing
 from .ragged import RaggedBatch, RaggedMmap
 from .string import StringsMmap
+from .table import TableMmap
 
 __all__ = [
     "__version__",
@@ -36,6 +38,7 @@ __all__ = [
     "RaggedMmap",
     "RaggedBatch",
     "StringsMmap",
+    "TableMmap",
     "open_existing",
     "verify",
     "VERIFY_LIMIT",

@@ -33,12 +33,14 @@ PENDING = "pending.ninja"
 CHECKSUMS = "checksums.ninja"
 # The parts of a sharded map, in order (see mmap_ninja.sharded).
 MANIFEST = "manifest.ninja"
+# The schema and length of a table (see mmap_ninja.table).
+TABLE = "table.ninja"
 # The folder of the keys of a map's samples, and their hash table in it (see mmap_ninja._keys).
 KEYS = "keys"
 KEY_INDEX = "index.ninja"
 # Every file a map directory may hold (beside its component folders).
 MAP_FILES = (TYPE, DTYPE, SHAPE, ORDER, DATA, SHAPES_ARE_FLAT, ZSTD_LEVEL, ZSTD_DICT, PENDING, CHECKSUMS, MANIFEST,
-             KEY_INDEX)
+             KEY_INDEX, TABLE)
 
 # The largest metadata file this library reads (the zstd dictionary is the only big one).
 _MAX_META_BYTES = 1 << 28

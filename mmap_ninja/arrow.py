@@ -561,14 +561,16 @@ def from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbo
     """Write a column of Arrow data as a new map at ``out_dir`` and open it: a ``RaggedMmap``
     (lists of numbers; nested or fixed-size inner lists for n-d samples, opened ``"r+"``), a
     ``StringsMmap`` (strings, ``"r+b"``) or a numpy map (numbers and fixed-size lists of numbers,
-    a ``np.memmap`` opened ``"r+"``).
+    a ``np.memmap`` opened ``"r+"``). Data of several columns with no ``column`` given makes a
+    ``TableMmap`` of every column (but ``key_column``), each as its own map would be.
 
     ``data``: a pyarrow ``Array`` or ``ChunkedArray`` (``column`` then picks a field of a struct
     array), ``RecordBatch``, ``Table``, ``RecordBatchReader``, ``pyarrow.parquet.ParquetFile``
     (read one row group at a time), a Hugging Face ``datasets.Dataset`` (its rows in the order of
     its indices mapping, as ``select``/``shuffle``/``filter`` leave it), or an object with
-    ``__arrow_c_stream__``. ``column`` names the column of a table with several (``ValueError``
-    listing them otherwise). The map's dtype is that of the column's numbers.
+    ``__arrow_c_stream__``. ``column`` names the column to write of data with several (without
+    it, every column is written, as a ``TableMmap``). The map's dtype is that of the column's
+    numbers.
 
     Keys (``m.index_of``, ``m.by_key``): ``key_column`` names a string column of the same data
     holding each row's key (``column`` may then be left out when there is one other column), or
@@ -585,6 +587,12 @@ def from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbo
     check_options(verbose)
     check_positive(batch_size=batch_size)
     out_dir = as_dir(out_dir)
+    if column is None:
+        whole = _all_columns(data, int(batch_size))
+        if whole is not None and len([name for name in whole[0].names if name != key_column]) > 1:
+            if zstd_level is not None:
+                raise ValueError("zstd_level compresses one strings map; pass column= to write one column")
+            return _build_table(out_dir, whole, int(batch_size), verbose, keys, key_column)
     source = _open_source(data, column, int(batch_size), key_column)
     made = KINDS[source.layout.kind]
     if zstd_level is not None and not made.text:
@@ -597,6 +605,72 @@ def from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbo
         if made.text:
             return _build_strings(out_dir, source, int(batch_size), bar, zstd_level, keys)
         return _build_ragged(out_dir, source, int(batch_size), bar, keys)
+
+
+def _all_columns(data: Any, batch_rows: int) -> Optional[Tuple[pa.Schema, Optional[int], Iterator[Any]]]:
+    """``(schema, rows, tables)`` of data of named columns (``rows`` ``None`` when not known;
+    ``tables``: its rows as tables or record batches, in order, at most ``batch_rows`` in
+    memory at a time where the data allows), or ``None`` for an array."""
+    if _hf_dataset(data):
+        return data.data.schema, len(data), data.with_format("arrow").iter(batch_size=batch_rows)
+    parquet = sys.modules.get("pyarrow.parquet")
+    if parquet is not None and isinstance(data, parquet.ParquetFile):
+        groups = (data.read_row_group(k) for k in range(data.num_row_groups))
+        return data.schema_arrow, data.metadata.num_rows, groups
+    if isinstance(data, pa.Table):
+        return data.schema, data.num_rows, iter(data.to_batches(max_chunksize=batch_rows))
+    if isinstance(data, pa.RecordBatch):
+        return data.schema, data.num_rows, iter([data])
+    if isinstance(data, (pa.Array, pa.ChunkedArray)):
+        return None
+    if hasattr(data, "__arrow_c_stream__") and not isinstance(data, pa.RecordBatchReader):
+        data = pa.RecordBatchReader.from_stream(data)
+    if isinstance(data, pa.RecordBatchReader):
+        return data.schema, None, iter(data)
+    return None  # from_arrow's single-column path names what it takes
+
+
+def _build_table(out_dir: Path, whole: Tuple[pa.Schema, Optional[int], Iterator[Any]], batch_rows: int,
+                 verbose: bool, keys: Optional[Iterable[str]], key_column: Optional[str]):
+    """A ``TableMmap`` at ``out_dir`` of every column of ``whole`` (see ``_all_columns``) but
+    ``key_column``, which gives the keys: each column written as ``from_arrow`` writes it alone,
+    batch by batch, in a table built aside and swapped in whole."""
+    from ._format.table import column_dir, finish_build, new_schema
+    from .table import TableMmap
+
+    schema, rows, tables = whole
+    if keys is not None and key_column is not None:
+        raise TypeError("from_arrow takes keys= or key_column=, not both")
+    if key_column is not None:
+        if key_column not in schema.names:
+            raise ValueError(f"the data has no column {key_column!r} (key_column); its columns: {schema.names}")
+        _check_key_type(schema.field(key_column).type, key_column)
+    names = [name for name in schema.names if name != key_column]
+    table_schema = new_schema([(name, _layout(schema.field(name).type, name).kind) for name in names])
+    key_list = None if keys is None else list(keys)
+    with building(out_dir) as build, progress(rows, verbose, desc=f"Writing {out_dir.name}") as bar:
+        written = 0
+        found_keys: List[str] = []
+        for table in tables:
+            if table.num_rows == 0:
+                continue
+            for name in names:
+                if written == 0:
+                    from_arrow(column_dir(build, name), table, column=name, batch_size=batch_rows)
+                else:
+                    extend_from_arrow(column_dir(build, name), table, column=name, batch_size=batch_rows)
+            if key_column is not None:
+                key_chunk = table.column(key_column)
+                if isinstance(key_chunk, pa.ChunkedArray):
+                    key_chunk = key_chunk.combine_chunks()
+                found_keys += _key_list(key_chunk, written, key_column)
+            written += table.num_rows
+            bar.update(table.num_rows)
+        if written == 0:
+            for name in names:
+                from_arrow(column_dir(build, name), schema.empty_table(), column=name)
+        finish_build(build, table_schema.with_length(written), found_keys if key_column is not None else key_list)
+    return TableMmap(out_dir)
 
 
 def map_kind(data: Any, column: Optional[str] = None) -> str:
@@ -800,7 +874,8 @@ def to_arrow(m: Any) -> Union[pa.Array, pa.ChunkedArray]:
       map is compressed or a string was replaced);
     - a numpy map (``np.memmap``, or any array): its rows, as numbers, or fixed-size lists of
       them for rows of more than one value (copied only when in Fortran order);
-    - a ``ShardedMmap``: a ``pa.ChunkedArray``, one chunk per part.
+    - a ``ShardedMmap``: a ``pa.ChunkedArray``, one chunk per part;
+    - a ``TableMmap``: a ``pa.Table`` of its columns, each as above.
 
     Booleans are copied (Arrow stores them as bits).
     """
@@ -813,7 +888,27 @@ def to_arrow(m: Any) -> Union[pa.Array, pa.ChunkedArray]:
     sharded = sys.modules.get("mmap_ninja.sharded")
     if sharded is not None and isinstance(m, sharded.ShardedMmap):
         return _sharded_to_arrow(m)
-    raise TypeError(f"to_arrow takes a RaggedMmap, StringsMmap, numpy map or ShardedMmap, not a {type(m).__name__}")
+    table = sys.modules.get("mmap_ninja.table")
+    if table is not None and isinstance(m, table.TableMmap):
+        return _table_to_arrow(m)
+    raise TypeError(f"to_arrow takes a RaggedMmap, StringsMmap, numpy map, ShardedMmap or TableMmap, not a "
+                    f"{type(m).__name__}")
+
+
+def _table_to_arrow(t: Any) -> pa.Table:
+    """A ``TableMmap`` as a ``pa.Table``: each column as ``to_arrow`` gives its map, cut to the
+    table's length."""
+    columns = []
+    for name in t.columns:
+        column = t[name]
+        if isinstance(column, list):  # a column with no rows yet
+            kind = KINDS[t.schema[name]]
+            columns.append(pa.array([], pa.large_string() if kind.text else pa.float64() if kind.rows else
+                                    pa.large_list(pa.float64())))
+            continue
+        array = to_arrow(column)
+        columns.append(array if len(array) == len(t) else array.slice(0, len(t)))
+    return pa.table(columns, names=t.columns)
 
 
 def _sharded_to_arrow(m: Any) -> pa.ChunkedArray:

@@ -324,4 +324,8 @@ def _build_map(out_dir: Path, samples: Iterable[Any], batch_size: int, keys: Opt
     return from_generator(out_dir, samples, batch_size, keys=keys)
 
 
-register("numpy", _open_map, _build_map)
+def _extend_map(out_dir: Path, samples: Any) -> None:
+    extend_dir(out_dir, samples)
+
+
+register("numpy", _open_map, _build_map, _extend_map)

@@ -463,6 +463,10 @@ def _build_map(out_dir: Path, samples: Iterable[Any], batch_size: int, keys: Opt
     return RaggedMmap.from_generator(out_dir, samples, batch_size, keys=keys)
 
 
-register("ragged", _open_map, _build_map)
+def _extend_map(out_dir: Path, samples: Any) -> None:
+    RaggedMmap(out_dir, mode="r+").extend(samples)
+
+
+register("ragged", _open_map, _build_map, _extend_map)
 
 RaggedMmmap = RaggedMmap

@@ -262,6 +262,10 @@ def _build_map(out_dir: Path, samples: Iterable[Any], batch_size: int, keys: Opt
     return StringsMmap.from_generator(out_dir, samples, batch_size, keys=keys)
 
 
-register("string", _open_map, _build_map)
+def _extend_map(out_dir: Path, samples: Any) -> None:
+    StringsMmap(out_dir, mode="r+b").extend(samples)
+
+
+register("string", _open_map, _build_map, _extend_map)
 
 StringsMmmap = StringsMmap

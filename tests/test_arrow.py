@@ -20,12 +20,14 @@ from conftest import file_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import mmap_ninja
 from mmap_ninja import arrow, durability
 from mmap_ninja import numpy as np_ninja
 from mmap_ninja.cli import main
 from mmap_ninja.ragged import RaggedMmap
 from mmap_ninja.sharded import ShardedMmap, write_part
 from mmap_ninja.string import StringsMmap
+from mmap_ninja.table import TableMmap
 
 NUMBER_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64(),
                 pa.float16(), pa.float32(), pa.float64(), pa.bool_()]
@@ -248,7 +250,6 @@ def test_what_no_map_holds_is_refused_and_leaves_the_map_as_it_was(tmp_path):
     StringsMmap.from_strings(out, ["kept"])
     table = pa.table({"a": [1], "b": ["x"]})
     for data, exc, message in [
-        (table, ValueError, r"the Table has 2 columns \('a', 'b'\): pass column="),
         (table.select([]), ValueError, "has no column"),
         ((table, "c"), ValueError, r"has no column 'c'; its columns: 'a', 'b'"),
         (pa.array([b"\x00"]), TypeError, "binary values cannot be stored"),
@@ -284,8 +285,8 @@ def hf_dataset():
 def test_hf_datasets_in_the_order_of_their_indices_mapping(tmp_path, hf_dataset):
     m = arrow.from_arrow(tmp_path / "all", hf_dataset, column="input_ids")
     assert [s.tolist() for s in m] == hf_dataset["input_ids"]
-    with pytest.raises(ValueError, match=r"3 columns \('input_ids', 'text', 'label'\)"):
-        arrow.from_arrow(tmp_path / "x", hf_dataset)
+    whole = arrow.from_arrow(tmp_path / "x", hf_dataset)  # every column: a table
+    assert isinstance(whole, TableMmap) and whole["text"][:] == hf_dataset["text"]
     reordered = (hf_dataset.select(range(40, 3, -1)).shuffle(seed=3)
                  .filter(lambda row: row["label"] % 3 != 0, load_from_cache_file=False))
     assert reordered._indices is not None  # the rows are a mapping over the original table
@@ -295,6 +296,7 @@ def test_hf_datasets_in_the_order_of_their_indices_mapping(tmp_path, hf_dataset)
     assert [s.tolist() for s in ids] == reordered["input_ids"]
     assert arrow.from_arrow(tmp_path / "text", reordered, column="text")[:] == reordered["text"]
     assert arrow.from_arrow(tmp_path / "label", reordered, column="label").tolist() == expected
+    assert arrow.from_arrow(tmp_path / "reordered", reordered, batch_size=7)["label"].tolist() == expected
     grids = datasets.Dataset.from_dict({"grid": [np.full((k, 3), k, np.int32) for k in range(1, 4)]},
                                        features=datasets.Features({"grid": datasets.Array2D((None, 3), "int32")}))
     m = arrow.from_arrow(tmp_path / "grid", grids.select([2, 0]))
@@ -312,8 +314,10 @@ def test_parquet_files_are_read_row_group_by_row_group(tmp_path):
     assert len(m) == 500 and all(np.array_equal(a, b) for a, b in zip(m, samples))
     m = arrow.extend_from_arrow(tmp_path / "m", pq.ParquetFile(path), column="tokens")
     assert len(m) == 1000 and np.array_equal(m[999], samples[499])
-    with pytest.raises(ValueError, match="the Parquet file has 2 columns"):
-        arrow.from_arrow(tmp_path / "x", parquet)
+    with pytest.raises(ValueError, match="the Parquet file has 2 columns"):  # a map holds one
+        arrow.extend_from_arrow(tmp_path / "m", parquet)
+    both = arrow.from_arrow(tmp_path / "x", parquet, batch_size=50)  # every column: a table
+    assert both["text"][499] == "499" and np.array_equal(both[123]["tokens"], samples[123])
 
 
 # -- maps into Arrow -----------------------------------------------------------------------------
@@ -491,8 +495,8 @@ def test_bad_keys_are_refused_and_leave_the_map_as_it_was(tmp_path):
                            ValueError, "an array has none")
     assert_unchanged_after(lambda: arrow.from_arrow(out, table, "text", keys=["a", "b", "c"], key_column="id"), out,
                            TypeError, "not both")
-    assert_unchanged_after(lambda: arrow.from_arrow(out, table, key_column="id"), out,
-                           ValueError, "pass column= to choose one")
+    assert_unchanged_after(lambda: arrow.from_arrow(out, table, key_column="id"), out,  # every column: a table
+                           ValueError, r"row 1: its key \(column 'id'\) is null")
     assert StringsMmap(out).by_key["k"] == "kept"
 
 
@@ -609,9 +613,11 @@ def test_convert_a_parquet_file(tmp_path, capsys):
     samples = [list(range(k % 7)) for k in range(300)]
     pq.write_table(pa.table({"tokens": pa.array(samples, pa.list_(pa.int32())), "text": [f"t{k}" for k in range(300)],
                              "score": np.arange(300, dtype=np.float32)}), path, row_group_size=64)
-    code, _, err = run(capsys, "convert", path, tmp_path / "out")
-    assert code == 2 and err.strip() == (f"mmap-ninja convert: error: {path} has 3 columns (tokens, text, score): "
-                                         f"--column NAME chooses one")
+    code, out, _ = run(capsys, "convert", path, tmp_path / "table", "--quiet")  # every column: a table
+    assert code == 0 and out.startswith(f"wrote TableMmap('{tmp_path / 'table'}', 300 rows")
+    table = TableMmap(tmp_path / "table")
+    assert table.schema == {"tokens": "ragged", "text": "string", "score": "numpy"}
+    assert [s.tolist() for s in table["tokens"]] == samples and table["score"].dtype == np.float32
     code, out, err = run(capsys, "convert", path, tmp_path / "out", "--column", "tokens", "--batch-size", "50")
     assert code == 0 and out.startswith(f"wrote RaggedMmap('{tmp_path / 'out'}', 300 1-d samples of int32)")
     assert "300/300" in err  # the progress bar counts rows
@@ -679,3 +685,64 @@ def test_convert_appends_a_parquet_column_to_a_map_with_paths_of_an_earlier_vers
     assert code == 0 and out.startswith("appended 2 samples: StringsMmap(")
     assert StringsMmap(tmp_path / "out")[:] == ["text 0", "text 1", "text 2", "more 0", "more 1"]
     assert StringsMmap(tmp_path / "out" / "paths")[:] == ["doc_0.txt", "doc_1.txt", "doc_2.txt", "", ""]
+
+
+# -- tables: data of several columns -------------------------------------------------------------
+
+
+def _several_columns(rows: int) -> pa.Table:
+    rng = np.random.default_rng(3)
+    return pa.table({
+        "id": [f"row{k}" for k in range(rows)],
+        "tokens": pa.array([list(rng.integers(0, 99, k % 5)) for k in range(rows)], pa.list_(pa.int32())),
+        "image": pa.array([np.full((2, 3), k, np.uint8).tolist() for k in range(rows)],
+                          pa.list_(pa.list_(pa.uint8(), 3))),
+        "label": pa.array(rng.integers(0, 10, rows), pa.int64()),
+        "embedding": pa.array([[float(k), -float(k)] for k in range(rows)], pa.list_(pa.float32(), 2)),
+        "text": [f"text {k}" for k in range(rows)],
+    })
+
+
+@pytest.mark.parametrize("form", ["table", "record_batch", "reader", "parquet", "hf"])
+def test_from_arrow_of_several_columns_makes_a_table_of_each_columns_map(tmp_path, form):
+    data = _several_columns(130)
+    if form == "record_batch":
+        source = data.combine_chunks().to_batches()[0]
+    elif form == "reader":
+        source = pa.RecordBatchReader.from_batches(data.schema, data.to_batches(max_chunksize=40))
+    elif form == "parquet":
+        pq.write_table(data, tmp_path / "d.parquet", row_group_size=50)
+        source = pq.ParquetFile(tmp_path / "d.parquet")
+    elif form == "hf":
+        source = datasets.Dataset(data)
+    else:
+        source = data
+    t = arrow.from_arrow(tmp_path / "t", source, key_column="id", batch_size=32)
+    assert isinstance(t, TableMmap) and len(t) == 130 and t.keys()[:2] == ["row0", "row1"]
+    assert t.schema == {"tokens": "ragged", "image": "ragged", "label": "numpy", "embedding": "numpy",
+                        "text": "string"}
+    for k in (0, 77, 129):
+        row = t.by_key[f"row{k}"]
+        assert row["tokens"].tolist() == data["tokens"][k].as_py() and row["image"].shape == (2, 3)
+        assert row["label"] == data["label"][k].as_py() and row["embedding"].tolist() == [k, -k]
+        assert row["text"] == f"text {k}"
+    back = arrow.to_arrow(t)
+    assert back.column_names == t.columns and back.num_rows == 130
+    assert back.column("text").to_pylist() == data["text"].to_pylist()
+    assert back.column("tokens").to_pylist() == data["tokens"].to_pylist()
+    assert mmap_ninja.verify(tmp_path / "t") == []
+
+
+def test_from_arrow_of_a_table_refuses_bad_columns_and_null_keys_writing_nothing(tmp_path):
+    bad = pa.table({"a": [1, 2], "when": pa.array([1, 2], pa.date32())})
+    with pytest.raises(TypeError):
+        arrow.from_arrow(tmp_path / "t", bad)
+    assert not (tmp_path / "t").exists()
+    nulls = pa.table({"id": ["x", None], "a": [1, 2], "b": ["p", "q"]})
+    with pytest.raises(ValueError, match="row 1: its key"):
+        arrow.from_arrow(tmp_path / "t", nulls, key_column="id")
+    assert not (tmp_path / "t").exists()
+    empty = arrow.from_arrow(tmp_path / "e", _several_columns(3).slice(0, 0))
+    assert len(empty) == 0 and empty.schema["text"] == "string"
+    assert arrow.to_arrow(arrow.from_arrow(tmp_path / "one", _several_columns(4), column="text")).to_pylist()[3] == \
+        "text 3"

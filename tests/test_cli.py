@@ -124,7 +124,8 @@ def test_convert_images_texts_npy_and_jsonl(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["convert", "{tmp}/d.jsonl", "{tmp}/x"], "needs --field"),
+    (["convert", "{tmp}/d.jsonl", "{tmp}/x", "--key-field", "id"], "d.jsonl:1: no field 'id' (--key-field)"),
+    (["convert", "{tmp}/d.jsonl", "{tmp}/x", "--field", "text", "--key-field", "text"], "leave out --field"),
     (["convert", "{tmp}/d.jsonl", "{tmp}/x", "--field", "nope"], "d.jsonl:1: no field 'nope'"),
     (["convert", "{tmp}/empty", "{tmp}/x"], "holds no image, .txt or .npy files"),
     (["convert", "{tmp}/none", "{tmp}/x"], "no such file or folder"),
@@ -392,3 +393,82 @@ def test_convert_follows_links_to_folders_once(tmp_path, capsys):
     assert code == 0 and StringsMmap(tmp_path / "out").keys() == ["a/1.txt", "b/2.txt", "c/3.txt"]
     assert err == ("mmap-ninja convert: skipped 1 file: 1 broken link or special file; 2 folders reached again "
                    "through a link\n")
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+
+def test_convert_jsonl_makes_a_table_of_every_field_keyed_by_a_field(tmp_path, capsys):
+    from mmap_ninja.table import TableMmap
+
+    with open(tmp_path / "posts.jsonl", "w") as f:
+        for i in range(6):
+            f.write(json.dumps({"id": f"p{i}", "text": f"post {i}", "likes": i, "score": 0.5 if i == 4 else i,
+                                "tags": list(range(i % 3))}) + "\n")
+        f.write("\n")
+    code, out, _ = run(capsys, "convert", tmp_path / "posts.jsonl", tmp_path / "t", "--key-field", "id", "--quiet")
+    assert code == 0 and "TableMmap" in out
+    t = TableMmap(tmp_path / "t")
+    assert t.schema == {"text": "string", "likes": "numpy", "score": "numpy", "tags": "ragged"}
+    assert t["likes"].dtype == np.int64 and t["score"].dtype == np.float64  # a float anywhere: a float column
+    assert t["tags"].dtype == np.int64 and t.by_key["p5"]["tags"].tolist() == [0, 1]
+    assert t[4]["score"] == 0.5 and t.keys() == [f"p{i}" for i in range(6)]
+
+
+def test_convert_jsonl_stops_at_a_bad_record_or_skips_and_lists_it(tmp_path, capsys):
+    from mmap_ninja.table import TableMmap
+
+    lines = [json.dumps({"text": "a", "n": 1}), "{broken", json.dumps({"text": 2, "n": 2}),
+             json.dumps({"text": "c"}), json.dumps({"text": "d", "n": 4})]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "t", "--quiet")
+    assert code == 2 and "d.jsonl:2: not JSON" in err and not (tmp_path / "t").exists()
+    code, _, err = run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "t", "--quiet", "--skip-errors")
+    assert code == 0 and "skipped 3 files or records" in err
+    assert "d.jsonl:2: not JSON" in err and "d.jsonl:3: field 'text' holds 2" in err
+    assert "d.jsonl:4: no field 'n'" in err
+    t = TableMmap(tmp_path / "t")
+    assert t["text"][:] == ["a", "d"] and t["n"].tolist() == [1, 4]
+
+
+def test_convert_parquet_makes_a_table_of_every_column(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmap_ninja.table import TableMmap
+
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "tokens": pa.array([[1, 2], [3], []], pa.list_(pa.int32())),
+                             "label": [7, 8, 9], "text": ["x", "yy", "zzz"]}), tmp_path / "d.parquet",
+                   row_group_size=2)
+    code, out, _ = run(capsys, "convert", tmp_path / "d.parquet", tmp_path / "t", "--key-field", "id", "--quiet")
+    assert code == 0
+    t = TableMmap(tmp_path / "t")
+    assert t.columns == ["tokens", "label", "text"] and t.keys() == ["a", "b", "c"]
+    assert t.by_key["b"]["tokens"].tolist() == [3] and t["label"].tolist() == [7, 8, 9]
+    code, _, _ = run(capsys, "convert", tmp_path / "d.parquet", tmp_path / "one", "--column", "text", "--quiet")
+    assert code == 0 and StringsMmap(tmp_path / "one")[:] == ["x", "yy", "zzz"]
+    code, _, err = run(capsys, "convert", tmp_path / "d.parquet", tmp_path / "t", "--append", "--quiet")
+    assert code == 2 and "makes a table" in err
+
+
+def test_convert_class_folders_of_images_makes_an_image_and_label_table(tmp_path, capsys):
+    from PIL import Image
+
+    from mmap_ninja.table import TableMmap
+
+    for k, name in enumerate(["cat", "dog", "zebra"]):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((3 + i, 4, 3), 10 * k + i, np.uint8)).save(tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"not an image")
+    code, _, err = run(capsys, "convert", tmp_path / "images", tmp_path / "t", "--quiet")
+    assert code == 2 and "broken.png: cannot be read" in err
+    code, out, err = run(capsys, "convert", tmp_path / "images", tmp_path / "t", "--quiet", "--skip-errors",
+                         "--workers", "2")
+    assert code == 0 and "the classes ['cat', 'dog', 'zebra']" in out and "dog/broken.png" in err
+    t = TableMmap(tmp_path / "t")
+    assert t.classes == {"label": ["cat", "dog", "zebra"]} and t["label"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert t.keys() == [f"{name}/{i}.png" for name in ("cat", "dog", "zebra") for i in range(2)]
+    np.testing.assert_array_equal(t.by_key["zebra/1.png"]["image"], np.full((4, 4, 3), 21, np.uint8))
+    code, out, _ = run(capsys, "info", tmp_path / "t")
+    assert "column label:" in out and "classes: cat, dog, zebra" in out

@@ -1,5 +1,5 @@
 """What every kind of map does alike, run for each kind in the registry (``mmap_ninja._format.kinds``)
-and for sharded maps through one adapter per kind: build and reopen, extend and refresh, keys,
+and for sharded maps and tables through one adapter per kind: build and reopen, extend and refresh, keys,
 pickling, verify, and readers running while a writer extends the map. A kind added to the
 registry without an adapter here fails ``test_every_kind_has_an_adapter``."""
 
@@ -20,6 +20,7 @@ from mmap_ninja._format import kinds as _kinds
 from mmap_ninja.ragged import RaggedMmap
 from mmap_ninja.sharded import ShardedMmap, write_part
 from mmap_ninja.string import StringsMmap
+from mmap_ninja.table import TableMmap
 
 
 class Adapter:
@@ -48,6 +49,10 @@ class Adapter:
 
     def same(self, a, b) -> bool:
         return np.shape(a) == np.shape(b) and np.array_equal(a, b)
+
+    def batch(self, m, indices) -> list:
+        """The samples ``m[indices]``, one per index."""
+        return m[indices]
 
 
 class Numpy(Adapter):
@@ -108,12 +113,33 @@ class Sharded(Ragged):
         ShardedMmap.commit_parts(path, [write_part(path, samples, "ragged", keys=keys)])
 
 
-ADAPTERS = {adapter.name: adapter for adapter in (Numpy(), Ragged(), Strings(), Sharded())}
+class Table(Adapter):
+    name = "table"
+
+    def sample(self, i):
+        return {"tokens": Ragged().sample(i), "label": i * 7, "text": Strings().sample(i)}
+
+    def build(self, path, samples, keys=None):
+        return TableMmap.from_generator(path, iter(samples), batch_size=2, keys=keys)
+
+    def extend(self, path, samples, keys=None):
+        TableMmap(path).extend(samples, keys=keys)
+
+    def same(self, a, b):
+        return list(a) == list(b) and all(
+            a[name] == b[name] if isinstance(b[name], str) else Adapter.same(self, a[name], b[name]) for name in b)
+
+    def batch(self, m, indices):  # a dict of one batch per column, as rows
+        columns = m[indices]
+        return [{name: columns[name][k] for name in columns} for k in range(len(indices))]
+
+
+ADAPTERS = {adapter.name: adapter for adapter in (Numpy(), Ragged(), Strings(), Sharded(), Table())}
 KINDS = sorted(ADAPTERS)
 
 
 def test_every_kind_has_an_adapter():
-    assert set(_kinds.KINDS) | {"sharded"} == set(ADAPTERS)
+    assert set(_kinds.KINDS) | {"sharded", "table"} == set(ADAPTERS)
 
 
 def samples_of(adapter, start, count):
@@ -141,7 +167,7 @@ def test_built_then_extended_reopens_identical_and_batches_equal_samples(tmp_pat
     m = adapter.open(path)
     assert_holds(adapter, m, expected)
     indices = data.draw(st.lists(st.integers(0, len(expected) - 1), max_size=10))
-    batch = m[indices] if indices else []
+    batch = adapter.batch(m, indices) if indices else []
     assert all(adapter.same(got, expected[i]) for got, i in zip(batch, indices))
     assert mmap_ninja.verify(path, deep=True) == []
 

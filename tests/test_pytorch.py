@@ -80,10 +80,81 @@ def test_contiguous_batches_become_tensors_sharing_memory(sequences):
 def test_collate_pads_a_list_of_samples_and_refuses_other_things():
     tensors = collate([np.array([1, 2, 3]), np.array([4])])
     assert tensors["input"].tolist() == [[1, 2, 3], [4, 0, 0]] and tensors["lengths"].tolist() == [3, 1]
-    with pytest.raises(ValueError, match="differ after their first axis"):
-        collate([np.zeros((2, 3)), np.zeros((2, 4))])
+    assert "shapes" not in tensors
+    with pytest.raises(ValueError, match="one number of axes"):
+        collate([np.zeros((2, 3)), np.zeros(2)])
     with pytest.raises(TypeError, match="collate takes"):
         collate("text")
+    with pytest.raises(TypeError, match="safe"):
+        collate([np.array([1.5])], dtype=np.int64)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(1, 3)), min_size=1, max_size=6))
+def test_collate_pads_images_of_different_heights_and_widths_along_every_axis(shapes):
+    images = [np.random.default_rng(k).integers(1, 255, size=shape).astype(np.uint8) for k, shape in enumerate(shapes)]
+    tensors = collate(images)
+    padded = tensors["input"].numpy()
+    assert padded.shape == (len(images), *np.max(shapes, axis=0))
+    sizes = tensors["shapes"].tolist() if "shapes" in tensors else [list(image.shape) for image in images]
+    assert sizes == [list(image.shape) for image in images] and tensors["lengths"].tolist() == [s[0] for s in shapes]
+    for k, image in enumerate(images):
+        h, w, c = image.shape
+        np.testing.assert_array_equal(padded[k, :h, :w, :c], image)
+        assert padded[k].sum() == image.sum()  # everything else is padding (0)
+
+
+def _table_rows(count: int) -> list:
+    return [{"image": np.full((2 + i % 3, 3 + i % 2, 3), i, np.uint8), "label": i, "caption": f"caption {i}",
+             "tokens": np.arange(i % 4 + 1, dtype=np.int32)} for i in range(count)]
+
+
+@pytest.fixture
+def table(tmp_path):
+    from mmap_ninja.table import TableMmap
+
+    rows = _table_rows(24)
+    return TableMmap.from_generator(tmp_path / "t", rows, batch_size=5), rows
+
+
+def test_collate_of_a_table_batch_gives_each_column_its_tensors(table):
+    t, rows = table
+    batch = collate(t.__getitems__([5, 1, 2]), dtype={"label": np.float64, "tokens": np.int64}, packed=["tokens"])
+    assert batch["label"].dtype == torch.float64 and batch["label"].tolist() == [5.0, 1.0, 2.0]
+    assert batch["caption"] == ["caption 5", "caption 1", "caption 2"]
+    assert batch["image"].shape == (3, 4, 4, 3) and batch["image_shapes"].tolist() == [[4, 4, 3], [3, 4, 3], [4, 3, 3]]
+    np.testing.assert_array_equal(batch["image"][1, :3, :4].numpy(), rows[1]["image"])
+    assert batch["tokens"].dtype == torch.int64 and batch["tokens"].tolist() == [0, 1, 0, 1, 0, 1, 2]
+    assert batch["tokens_cu_seqlens"].tolist() == [0, 2, 4, 7] and batch["tokens_max_seqlen"] == 3
+    with pytest.raises(KeyError, match="'nope'"):
+        collate(t.__getitems__([0]), dtype={"nope": np.int64})
+    taken = collate(t.take([3, 0]))  # a RaggedBatch column is padded as its samples
+    assert taken["image"].shape == (2, 2, 4, 3) and taken["tokens_lengths"].tolist() == [4, 1]
+
+
+@pytest.mark.parametrize("workers, context", [(0, None), (2, "fork"), (2, "spawn")])
+def test_a_dataloader_over_a_table_gets_dict_batches_without_warnings(table, workers, context, recwarn):
+    t, rows = table
+    loader = torch.utils.data.DataLoader(t, batch_size=5, shuffle=True, num_workers=workers, collate_fn=collate,
+                                         multiprocessing_context=context, generator=torch.Generator().manual_seed(3))
+    seen = []
+    for batch in loader:
+        assert set(batch) >= {"image", "image_lengths", "label", "caption", "tokens", "tokens_lengths"}
+        for k, label in enumerate(batch["label"].tolist()):
+            assert batch["caption"][k] == rows[label]["caption"]
+            h, w, _ = rows[label]["image"].shape
+            np.testing.assert_array_equal(batch["image"][k, :h, :w].numpy(), rows[label]["image"])
+        seen += batch["label"].tolist()
+    assert sorted(seen) == list(range(24))
+    assert not [w for w in recwarn if "not writable" in str(w.message) or "non-writable" in str(w.message)]
+
+
+def test_loader_threads_make_the_same_dict_batches_as_a_dataloader(table):
+    t, _ = table
+    ours = [batch["label"].tolist() for batch in Loader(t, batch_size=7, shuffle=True, seed=4, collate_fn=collate)]
+    theirs = [batch["label"].tolist() for batch in torch.utils.data.DataLoader(
+        t, batch_size=7, shuffle=True, generator=torch.Generator().manual_seed(4), collate_fn=collate)]
+    assert ours == theirs
 
 
 def test_tokenized_collate_pads_token_ids(tmp_path):

@@ -38,6 +38,9 @@ Opener = Callable[[Path, Optional[Callable[[Any], Any]], Optional[str]], Any]
 # keys)`` (``samples`` an iterable read ``batch_size`` at a time, ``keys`` one per sample or
 # ``None``).
 Builder = Callable[[Path, Iterable[Any], int, Optional[Iterable[str]]], Any]
+# How samples are appended to a map in one commit: ``extender(out_dir, samples)`` (``samples``
+# a list, or an array of rows for numpy maps).
+Extender = Callable[[Path, Any], None]
 
 
 def mode_option(mode: Optional[str], translation: Dict[str, str]) -> dict:
@@ -53,9 +56,11 @@ class Kind:
     read a part through: its compiled reader, or the ``np.memmap`` of its rows; raises
     ``strings.CompressedStrings`` for strings the compiled reader does not decode),
     ``verify_dir(out_dir, limit, deep)``, ``concatenation(build, out_dir, dtype)``, the writer
-    ``concatenate`` adds maps of it to, and ``sharded_reader(bounds, part_reader, dtype,
-    source)``, the compiled reader of a sharded map of such parts; ``components``, the
-    folders a map of it holds besides its files.
+    ``concatenate`` adds maps of it to, ``sharded_reader(bounds, part_reader, dtype,
+    source)``, the compiled reader of a sharded map of such parts, and ``truncate(out_dir, n,
+    commit)``, what makes a map of it hold its first ``n`` samples again (metadata only: a table
+    drops the samples of a write cut short with it); ``components``, the folders a map of it
+    holds besides its files.
 
     What its samples are: ``rows`` (rows of one fixed-shape array: a row shape, and a part
     needs a first sample to take it from), ``text`` (``str``), else arrays of any shape
@@ -70,11 +75,13 @@ class Kind:
     verify_dir: Callable[[Path, int, bool], Found]
     concatenation: Callable[[Path, Path, Any], Any]
     sharded_reader: Callable[[np.ndarray, Callable[[int], Any], Optional[np.dtype], str], Any]
+    truncate: Callable[[Path, int, Any], None]
     components: Tuple[str, ...] = ()
     rows: bool = False
     text: bool = False
     opener: Optional[Opener] = None
     builder: Optional[Builder] = None
+    extender: Optional[Extender] = None
 
     @property
     def arrays(self) -> bool:
@@ -98,6 +105,12 @@ class Kind:
             raise RuntimeError(f"no builder is registered for {self.display} maps: import mmap_ninja first")
         return self.builder(out_dir, samples, batch_size, keys)
 
+    def extend(self, out_dir: Path, samples: Any) -> None:
+        """Append ``samples`` to the map at ``out_dir`` in one commit."""
+        if self.extender is None:
+            raise RuntimeError(f"no extender is registered for {self.display} maps: import mmap_ninja first")
+        self.extender(out_dir, samples)
+
 
 def _strings_reader(files: strings_format.StringsFiles, mode: str) -> Any:
     if files.codec.compressed:
@@ -109,16 +122,16 @@ KINDS: Dict[str, Kind] = {kind.name: kind for kind in (
     Kind("numpy", "numpy", ARRAY_MODES, lambda path: numpy_format.open_dir(path), lambda array: array.rows,
          lambda array, mode: array.map(mode), numpy_format.verify_dir, numpy_format.Concatenation,
          lambda bounds, part_reader, dtype, source: _sharded.ShardedRowsReader(bounds, part_reader, source),
-         rows=True),
+         numpy_format.truncate_dir, rows=True),
     Kind("ragged", "ragged", ARRAY_MODES, ragged_format.RaggedFiles.open, lambda files: files.n,
          lambda files, mode: files.reader(mode)[0], ragged_format.verify_dir, ragged_format.Concatenation,
          lambda bounds, part_reader, dtype, source: _sharded.ShardedRaggedReader(
              bounds, part_reader, np.float64 if dtype is None else dtype, source),
-         components=("starts", "ends", "shapes", "flattened_shapes")),
+         ragged_format.truncate_dir, components=("starts", "ends", "shapes", "flattened_shapes")),
     Kind("string", "strings", STRING_MODES, strings_format.StringsFiles.open, lambda files: files.n,
          _strings_reader, strings_format.verify_dir, strings_format.Concatenation,
          lambda bounds, part_reader, dtype, source: _sharded.ShardedStringsReader(bounds, part_reader, source),
-         components=("starts", "ends"), text=True),
+         strings_format.truncate_dir, components=("starts", "ends"), text=True),
 )}
 for _kind in KINDS.values():  # what the storage layer leaves in place when it replaces a map
     locking.COMPONENTS[_kind.name] = _kind.components
@@ -131,11 +144,13 @@ def kind_of_sample(sample: Any) -> str:
     return "string" if isinstance(sample, str) else "ragged"
 
 
-def register(name: str, opener: Opener, builder: Builder) -> None:
-    """Make ``opener`` how maps of the kind ``name`` open as objects, and ``builder`` how new
-    ones are written from samples (each kind's public module registers its own)."""
+def register(name: str, opener: Opener, builder: Builder, extender: Extender) -> None:
+    """Make ``opener`` how maps of the kind ``name`` open as objects, ``builder`` how new ones
+    are written from samples and ``extender`` how samples are appended to one (each kind's
+    public module registers its own)."""
     KINDS[name].opener = opener
     KINDS[name].builder = builder
+    KINDS[name].extender = extender
 
 
 def display_name(type_name: Optional[str]) -> str:

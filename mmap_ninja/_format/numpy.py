@@ -72,6 +72,18 @@ def append_map(array: ArrayDir, part: ArrayDir, commit: Commit, count: Optional[
     array.commit_rows(meta, commit)
 
 
+def truncate_dir(out_dir: Path, n: int, commit: Commit) -> None:
+    """Add to ``commit`` what makes the numpy map at ``out_dir`` hold its first ``n`` rows (at
+    most as many as it holds): its ``shape.ninja``. No byte of data is written."""
+    array = open_dir(out_dir)
+    if array.rows <= n:
+        return
+    if array.meta.order == "F" and sum(axis > 1 for axis in array.meta.shape[1:]) >= 1:
+        raise ValueError(f"{out_dir}: a Fortran-ordered array of rows of more than one value cannot be cut short "
+                         f"in place")
+    array.commit_rows(array.meta.with_rows(n), commit)
+
+
 def verify_dir(out_dir: Path, limit: int, deep: bool) -> Found:
     array = open_dir(out_dir)
     array.map("r")

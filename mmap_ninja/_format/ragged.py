@@ -445,6 +445,25 @@ class RaggedFiles:
         self.flat = self.flag_on_disk = False
 
 
+def truncate_dir(out_dir: Path, n: int, commit: Commit) -> None:
+    """Add to ``commit`` what makes the ragged map at ``out_dir`` hold its first ``n`` samples
+    (at most as many as it holds): ``starts/shape.ninja`` first (its length is the map's), then
+    those of ``ends/``, ``flattened_shapes/`` and the shapes (the nested shapes' map cut the same
+    way), and the flattened data's, cut to ``ends[n - 1]`` elements, where 0.9.0 appends. No
+    byte of data is written."""
+    files = RaggedFiles.open(out_dir)
+    if files.n <= n:
+        return
+    end = int(files.ends.map()[n - 1]) if n else 0
+    for offsets in (files.starts, files.ends, files.flattened_shapes):
+        offsets.commit_rows(offsets.meta.with_rows(n), commit)
+    if files.flat:
+        files.flat_shapes.commit_rows(files.flat_shapes.meta.with_rows(n), commit)
+    else:
+        truncate_dir(out_dir / "shapes", n, commit)
+    files.data.commit_rows(files.data.meta.with_rows(end), commit, type_name=None)
+
+
 def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> Found:
     """Problems and notes of the ragged map at ``out_dir`` (none when it is sound), the samples'
     at most ``limit``, and the number of unsound samples not listed; ``deep`` also checks every

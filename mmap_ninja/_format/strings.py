@@ -261,6 +261,18 @@ def offsets_array(path: Path) -> ArrayDir:
     return array
 
 
+def truncate_dir(out_dir: Path, n: int, commit: Commit) -> None:
+    """Add to ``commit`` what makes the strings map at ``out_dir`` hold its first ``n`` strings
+    (at most as many as it holds): ``starts/shape.ninja``, whose length is the map's, then
+    ``ends/shape.ninja``. No byte of data is written (the next strings go past the end of the
+    data file, as always)."""
+    files = StringsFiles.open(out_dir)
+    if files.n <= n:
+        return
+    for offsets in (files.starts, files.ends):
+        offsets.commit_rows(offsets.meta.with_rows(n), commit)
+
+
 def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> Found:
     """Problems and notes of the strings map at ``out_dir`` (none when it is sound), the
     strings' at most ``limit``, and the number of unsound strings not listed; ``deep`` also

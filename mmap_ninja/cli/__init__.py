@@ -15,8 +15,15 @@ benchmark maps.
     mmap-ninja convert SOURCE OUT         a folder tree of images, .txt or .npy files, or a .jsonl
                                           field, into a RaggedMmap or StringsMmap at OUT;
                                           refused when OUT holds a map already
-    mmap-ninja convert DATA.parquet OUT --column NAME    a column of a Parquet file, read row
-                                          group by row group (pyarrow)
+    mmap-ninja convert IMAGES OUT         a folder whose sub-folders are classes (cat/1.png,
+                                          dog/2.png, ...): a TableMmap of image and label, with
+                                          the class names
+    mmap-ninja convert DATA.jsonl OUT     every field of the records into a TableMmap (numbers as
+                                          numpy columns); --key-field id keys rows by a field
+    mmap-ninja convert DATA.parquet OUT   every column of a Parquet file into a TableMmap, read
+                                          row group by row group (pyarrow); --column NAME: one
+                                          column, into the map of its kind
+    --skip-errors                         skip unreadable files and records (listed on stderr)
     mmap-ninja convert SOURCE OUT --force     replace the map at OUT
     mmap-ninja convert SOURCE OUT --append    extend the map at OUT (of the same kind)
     mmap-ninja convert --from megatron PREFIX OUT     Megatron's PREFIX.bin/PREFIX.idx into a
@@ -90,8 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument("--append", action="store_true", help="extend the map at OUT (of the same kind)")
     convert.add_argument("--kind", choices=["images", "texts", "npy", "jsonl", "parquet"],
                          help="what the source holds (default: guessed from it)")
-    convert.add_argument("--field", help="the field of each .jsonl record to store")
-    convert.add_argument("--column", help="the column of a .parquet file to store (needed when it has several)")
+    convert.add_argument("--field", help="the field of each .jsonl record to store (default: every field, as a "
+                         "table)")
+    convert.add_argument("--key-field", help="the field of each .jsonl record (or column of a .parquet file) that "
+                         "keys its row, in a table")
+    convert.add_argument("--skip-errors", action="store_true", help="skip unreadable files and records, listing them "
+                         "on stderr, instead of stopping at the first")
+    convert.add_argument("--column", help="the one column of a .parquet file to store (default: every column, as a "
+                         "table)")
     convert.add_argument("--batch-size", type=positive, default=None,
                          help="samples per commit (default 1024; 65536 for a .parquet file and with --from/--to "
                               "megatron)")

@@ -127,16 +127,49 @@ def read_text(path: Path) -> str:
 
 class _FileReader:
     """``reader(files[i])``, indexable and picklable, for ``from_indexable`` with workers; an
-    unreadable file becomes an error that names it."""
+    unreadable file becomes an error that names it, or, with ``skip``, a ``_Unreadable``.
+    With ``labels``, each item is a row ``{"image": ..., "label": labels[i]}``."""
 
-    def __init__(self, files: List[Path], reader: Callable):
-        self.files, self.reader = files, reader
+    def __init__(self, files: List[Path], reader: Callable, skip: bool = False, labels: Optional[List[int]] = None):
+        self.files, self.reader, self.skip, self.labels = files, reader, skip, labels
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        return _read(self.reader, self.files[i])
+        try:
+            sample = _read(self.reader, self.files[i])
+        except UsageError as exc:
+            if not self.skip:
+                raise
+            return _Unreadable(str(exc))
+        return sample if self.labels is None else {"image": sample, "label": self.labels[i]}
+
+
+@dataclass
+class _Unreadable:
+    """A file ``--skip-errors`` passes over, and why."""
+
+    why: str
+
+
+class Skips:
+    """What ``--skip-errors`` skipped: ``(where, why)``, reported on stderr once done."""
+
+    def __init__(self):
+        self.items: List[Tuple[str, str]] = []
+
+    def add(self, where: str, why: str) -> None:
+        self.items.append((where, why))
+
+    def report(self, limit: int = 5) -> None:
+        if not self.items:
+            return
+        shown = "; ".join(f"{where}: {why}" for where, why in self.items[:limit])
+        more = f"; ... and {len(self.items) - limit:,} more" if len(self.items) > limit else ""
+        what = "file or record" if len(self.items) == 1 else "files or records"
+        print(f"mmap-ninja convert: skipped {len(self.items):,} {what} it could not read or store: {shown}{more}",
+              file=sys.stderr)
 
 
 def _read(reader: Callable, path: Path):
@@ -149,17 +182,10 @@ def _read(reader: Callable, path: Path):
 
 
 def _jsonl_values(path: Path, name: str) -> Iterator:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or name not in record:
-                raise UsageError(f"{path}:{number}: no field {name!r}")
-            yield record[name]
+    for number, record in _jsonl_records(path, None):
+        if name not in record:
+            raise UsageError(f"{path}:{number}: no field {name!r}")
+        yield record[name]
 
 
 @dataclass
@@ -174,6 +200,9 @@ class Source:
     dtype: Any = None  # of a ragged map made of .jsonl values
     skipped: str = ""  # what was passed over, in one line
     column: Optional[str] = None  # of a Parquet file
+    key_field: Optional[str] = None  # the field (or column) keying each row of a table
+    columns: Optional[dict] = None  # the kind of each column of a table, when known ahead
+    classes: Optional[List[str]] = None  # the class names of an image folder's labels
 
     @property
     def text(self) -> bool:
@@ -181,17 +210,25 @@ class Source:
         return KINDS[self.makes].text
 
 
-def open_source(source: Path, kind: Optional[str], name: Optional[str], column: Optional[str] = None) -> Source:
+def open_source(source: Path, kind: Optional[str], name: Optional[str], column: Optional[str] = None,
+                key_field: Optional[str] = None, skips: Optional[Skips] = None) -> Source:
     """The samples of ``source``: a folder tree (its kind guessed from the whole tree unless
-    ``kind`` is given), the field ``name`` of a .jsonl file or the ``column`` of a .parquet file."""
+    ``kind`` is given; images in class sub-folders make a table), the field ``name`` of a .jsonl
+    file (every field, as a table, without one) or the ``column`` of a .parquet file (every
+    column, as a table, without one). ``skips``: where ``--skip-errors`` records what it skips."""
     if source.is_file() and (kind == "parquet" or kind is None and source.suffix.lower() == ".parquet"):
-        return _parquet_source(source, column)
+        return _parquet_source(source, column, key_field)
     if source.is_file():
         if kind not in (None, "jsonl") or (kind is None and source.suffix.lower() != ".jsonl"):
-            raise UsageError(f"{source}: convert takes a folder, or a .jsonl file with --field, or a .parquet file")
+            raise UsageError(f"{source}: convert takes a folder, or a .jsonl file, or a .parquet file")
         if not name:
-            raise UsageError("a .jsonl source needs --field NAME")
+            return _jsonl_table_source(source, key_field, skips)
+        if key_field is not None:
+            raise UsageError("--key-field keys the rows of a table: leave out --field to convert every field")
         return _jsonl_source(source, name)
+    if key_field is not None:
+        raise UsageError("--key-field names a field of a .jsonl file or a column of a .parquet file; the files of "
+                         "a folder are keyed by their paths")
     if not source.is_dir():
         raise UsageError(f"no such file or folder: {source}")
     if kind in ("jsonl", "parquet"):
@@ -222,7 +259,14 @@ def open_source(source: Path, kind: Optional[str], name: Optional[str], column: 
     if kind == "texts":
         samples = (_read(read_text, path) for path in files)
     else:
-        samples = _FileReader(files, read_image if kind == "images" else np.load)
+        samples = _FileReader(files, read_image if kind == "images" else np.load, skip=skips is not None)
+    classes = sorted({path.split("/", 1)[0] for path in paths if "/" in path}, key=natural_key)
+    if kind == "images" and len(classes) >= 2 and all("/" in path for path in paths):
+        # sub-folders of classes: a table of the images and their labels, the folders' names kept
+        label = {name: k for k, name in enumerate(classes)}
+        samples.labels = [label[path.split("/", 1)[0]] for path in paths]
+        return Source(kind, "table", samples, len(files), paths, skipped=skipped.message(),
+                      columns={"image": "ragged", "label": "numpy"}, classes=classes)
     return Source(kind, "string" if kind == "texts" else "ragged", samples, len(files), paths,
                   skipped=skipped.message())
 
@@ -243,7 +287,114 @@ def _jsonl_source(path: Path, name: str) -> Source:
     return Source("jsonl", "ragged", values, dtype=dtype)
 
 
-def _parquet_source(path: Path, column: Optional[str]) -> Source:
+def _jsonl_records(path: Path, skips: Optional[Skips]) -> Iterator[Tuple[int, dict]]:
+    """``(line number, record)`` of each record of a .jsonl file; a line that is not a JSON
+    object is an error naming it, or, with ``skips``, skipped."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                why = f"not JSON ({exc.msg})"
+            else:
+                if isinstance(record, dict):
+                    yield number, record
+                    continue
+                why = f"not a JSON object but {type(record).__name__}"
+            if skips is None:
+                raise UsageError(f"{path}:{number}: {why}")
+            skips.add(f"{path.name}:{number}", why)
+
+
+def _value_kind(value: Any) -> Optional[str]:
+    """The kind of column a JSON value goes into: ``numpy`` (a number or a bool), ``string``,
+    ``ragged`` (a list of numbers, nested or not), or ``None`` (null, an object, a list of
+    anything else)."""
+    if isinstance(value, (bool, int, float)):
+        return "numpy"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        try:
+            array = np.asarray(value)
+        except ValueError:  # lists of different lengths: not rectangular
+            return None
+        return "ragged" if array.dtype.kind in "biuf" else None
+    return None
+
+
+def _check_record(record: dict, fields: List[str], kinds: dict, key_field: Optional[str]) -> Optional[str]:
+    """Why ``record`` cannot be a row of a table of ``fields`` of ``kinds`` (keyed by
+    ``key_field``), or ``None``."""
+    names = set(record) - ({key_field} if key_field else set())
+    if names != set(fields):
+        missing, extra = sorted(set(fields) - names), sorted(names - set(fields))
+        return f"no field {missing[0]!r}" if missing else f"a field {extra[0]!r} that the first record has not"
+    if key_field is not None:
+        key = record.get(key_field)
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            return f"its key (field {key_field!r}) is {json.dumps(key)[:40]}, not a str or an int"
+    for name in fields:
+        found = _value_kind(record[name])
+        if found != kinds[name] and not (KINDS[kinds[name]].arrays and record[name] == []):
+            return f"field {name!r} holds {json.dumps(record[name])[:40]}, not a value of its {kinds[name]} column"
+    return None
+
+
+def _jsonl_table_source(path: Path, key_field: Optional[str], skips: Optional[Skips]) -> Source:
+    """Every field of the records of a .jsonl file, as the columns of a table (``key_field``: the
+    field keying each row). The file is read twice: once to check every record and find each
+    column's kind and dtype (numbers are floats in a column where any is; integers else), once
+    to write."""
+    fields: Optional[List[str]] = None
+    kinds: dict = {}
+    floats: set = set()
+    bad: set = set()
+    rows = 0
+    for number, record in _jsonl_records(path, skips):
+        if fields is None:
+            if key_field is not None and key_field not in record:
+                raise UsageError(f"{path}:{number}: no field {key_field!r} (--key-field)")
+            fields = [name for name in record if name != key_field]
+            if not fields:
+                raise UsageError(f"{path}:{number}: no field besides the key")
+            kinds = {name: _value_kind(record[name]) for name in fields}
+            empty = [name for name in fields if kinds[name] is None]
+            if empty:
+                raise UsageError(f"{path}:{number}: field {empty[0]!r} holds {json.dumps(record[empty[0]])[:40]}, "
+                                 f"which no column holds (numbers, strings and lists of numbers do)")
+        why = _check_record(record, fields, kinds, key_field)
+        if why is not None:
+            if skips is None:
+                raise UsageError(f"{path}:{number}: {why}")
+            skips.add(f"{path.name}:{number}", why)
+            bad.add(number)
+            continue
+        for name in fields:
+            if not KINDS[kinds[name]].text and np.size(record[name]) and np.asarray(record[name]).dtype.kind == "f":
+                floats.add(name)
+        rows += 1
+    if fields is None:
+        raise UsageError(f"{path} holds no records")
+    dtypes = {name: np.float64 if name in floats else None for name in fields}
+    keys = _keys.KeysAlongside() if key_field is not None else None
+
+    def records() -> Iterator[dict]:
+        for number, record in _jsonl_records(path, None if skips is None else Skips()):
+            if number in bad:
+                continue
+            if keys is not None:
+                keys.pending.append(str(record[key_field]))
+            yield {name: record[name] if KINDS[kinds[name]].text else
+                   np.asarray(record[name], dtype=dtypes[name] or (np.int64 if record[name] == [] else None))
+                   for name in fields}
+
+    return Source("jsonl", "table", (records(), keys), rows, key_field=key_field, columns=kinds)
+
+
+def _parquet_source(path: Path, column: Optional[str], key_field: Optional[str] = None) -> Source:
     """A column of a Parquet file (``column``: needed when it has several), read row group by
     row group by ``mmap_ninja.arrow``."""
     try:
@@ -257,10 +408,18 @@ def _parquet_source(path: Path, column: Optional[str]) -> Source:
     except Exception as exc:  # pyarrow's errors for a file that is not Parquet
         raise UsageError(f"{path}: cannot be read as Parquet ({exc})") from None
     names = parquet.schema_arrow.names
-    if column is None and len(names) != 1:
-        raise UsageError(f"{path} has {len(names)} columns ({', '.join(names)}): --column NAME chooses one")
+    if key_field is not None and key_field not in names:
+        raise UsageError(f"{path} has no column {key_field!r} (--key-field); its columns: {', '.join(names)}")
     if column is not None and column not in names:
         raise UsageError(f"{path} has no column {column!r}; its columns: {', '.join(names)}")
+    if column is None and len([name for name in names if name != key_field]) > 1:
+        try:  # every column is checked before anything is written
+            kinds = {name: arrow.map_kind(parquet, name) for name in names if name != key_field}
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        return Source("parquet", "table", parquet, parquet.metadata.num_rows, key_field=key_field, columns=kinds)
+    if key_field is not None:
+        raise UsageError("--key-field keys the rows of a table: leave out --column to convert every column")
     try:
         makes = arrow.map_kind(parquet, column)
     except TypeError as exc:
@@ -284,7 +443,8 @@ def command_convert(args) -> int:
     if existing is not None and not (args.force or args.append):
         raise UsageError(f"{out} already holds a {display_name(existing)} map: "
                          f"--force replaces it, --append extends it")
-    source = open_source(args.source, args.kind, args.field, args.column)
+    skips = Skips() if getattr(args, "skip_errors", False) else None
+    source = open_source(args.source, args.kind, args.field, args.column, getattr(args, "key_field", None), skips)
     if args.column is not None and source.kind != "parquet":
         raise UsageError(f"--column names a column of a .parquet file; {args.source} holds {source.kind}")
     if args.field is not None and source.kind != "jsonl":
@@ -293,6 +453,8 @@ def command_convert(args) -> int:
         args.batch_size = 65536 if source.kind == "parquet" else 1024
     if source.skipped:
         print(f"mmap-ninja convert: {source.skipped}", file=sys.stderr)
+    if args.append and source.makes == "table":
+        raise UsageError(f"{args.source} makes a table, which convert writes anew: --force replaces {out}")
     if args.append and existing not in (None, source.makes):
         raise UsageError(f"cannot append to {out}: it holds a {display_name(existing)} map, "
                          f"and {'the Parquet column makes' if source.kind == 'parquet' else source.kind + ' make'} "
@@ -302,9 +464,13 @@ def command_convert(args) -> int:
         m, added = _append(out, source, args.batch_size, _workers(args), verbose)
         print(f"appended {added:,} samples: {_described(m)}")
     else:
-        m = _write(out, source, args, verbose)
+        m = _write(out, source, args, verbose, skips)
         print(f"wrote {_described(m)}"
-              + (", each sample's key its file's relative path" if source.paths is not None else ""))
+              + (", each sample's key its file's relative path" if source.paths is not None else "")
+              + (f", the classes {source.classes[:5]}" + (" ..." if len(source.classes) > 5 else "")
+                 if source.classes else ""))
+    if skips is not None:
+        skips.report()
     return 0
 
 
@@ -315,10 +481,15 @@ def _described(m) -> str:
     return repr(m)
 
 
-def _write(out: Path, source: Source, args, verbose: bool):
+def _write(out: Path, source: Source, args, verbose: bool, skips: Optional[Skips] = None):
     """Write ``source`` as a new map at ``out`` (replacing one there), each sample's key the
     relative path of its file (for a folder)."""
-    if source.kind == "parquet":
+    if source.makes == "table":
+        m = _write_table(out, source, args, verbose, skips)
+    elif isinstance(source.samples, _FileReader) and skips is not None:
+        samples, keys = _readable(source, args, skips)
+        m = RaggedMmap.from_generator(out, samples, args.batch_size, verbose, n=source.count, keys=keys)
+    elif source.kind == "parquet":
         from ..arrow import from_arrow
 
         if args.zstd is not None and not source.text:
@@ -336,6 +507,51 @@ def _write(out: Path, source: Source, args, verbose: bool):
     if open_paths(out) is not None:
         shutil.rmtree(out / PATHS)  # the paths kept by an earlier version beside the map just replaced
     return m
+
+
+def _readable(source: Source, args, skips: Skips) -> Tuple[Iterator[Any], _keys.KeysAlongside]:
+    """The samples of a ``_FileReader`` source that can be read (workers reading them), and
+    their keys alongside; the others recorded in ``skips``."""
+    keys = _keys.KeysAlongside()
+
+    def samples() -> Iterator[Any]:
+        at = 0
+        for batch in indexable_batches(source.samples, args.batch_size, n_jobs=_workers(args)):
+            for sample in batch:
+                if isinstance(sample, _Unreadable):
+                    skips.add(source.paths[at], sample.why.split(": ", 1)[-1])
+                else:
+                    keys.pending.append(source.paths[at])
+                    yield sample
+                at += 1
+
+    return samples(), keys
+
+
+def _write_table(out: Path, source: Source, args, verbose: bool, skips: Optional[Skips]):
+    """A ``TableMmap`` at ``out`` of a table source: every column of a Parquet file, every field
+    of a .jsonl file, the images of class folders with their labels."""
+    from ..table import TableMmap
+
+    if source.kind == "parquet":
+        from ..arrow import from_arrow
+
+        if args.zstd is not None:
+            raise UsageError("--zstd compresses one strings map: with --column NAME a column of strings is one")
+        return from_arrow(out, source.samples, None, verbose, batch_size=args.batch_size, key_column=source.key_field)
+    if args.zstd is not None:
+        raise UsageError("--zstd compresses one strings map; a table's columns are written uncompressed")
+    if source.kind == "jsonl":
+        rows, keys = source.samples
+        return TableMmap.from_generator(out, rows, args.batch_size, n=source.count, verbose=verbose, keys=keys,
+                                        columns=source.columns)
+    classes = {"label": source.classes}
+    if skips is not None:
+        rows, keys = _readable(source, args, skips)
+        return TableMmap.from_generator(out, rows, args.batch_size, n=source.count, verbose=verbose, keys=keys,
+                                        columns=source.columns, classes=classes)
+    return TableMmap.from_indexable(out, source.samples, args.batch_size, n_jobs=_workers(args), verbose=verbose,
+                                    keys=source.paths, columns=source.columns, classes=classes)
 
 
 def _append(out: Path, source: Source, batch_size: int, workers: Optional[int], verbose: bool):

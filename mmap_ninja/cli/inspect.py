@@ -10,11 +10,13 @@ from typing import Any, List, Optional
 import numpy as np
 
 from .. import _keys, _meta
+from .._format.kinds import KINDS
 from ..base import is_url, map_type
 from ..generic import open_existing, verify
 from ..ragged import RaggedMmap
 from ..sharded import TYPE, ShardedMmap
 from ..string import StringsMmap
+from ..table import TableMmap
 from ._common import UsageError, disk_usage, human_bytes, open_paths
 from .remote import command_gc_url, describe_url
 
@@ -69,6 +71,9 @@ def describe(path: Path) -> List[tuple]:
             unit = "per string" + (" (compressed)" if compression != "none" else "")
             lines.append(("bytes", _length_summary(m.ends - m.starts, unit)))
         lines.append(("compression", compression))
+    elif isinstance(m, TableMmap):
+        lines += [("kind", f"table ({len(m.columns)} columns)"), ("samples", f"{len(m):,}")]
+        lines += [(f"column {name}", _column_summary(m, name)) for name in m.columns]
     else:
         uncommitted = m.uncommitted_parts()
         lines += [("kind", f"sharded ({m.kind} parts)"), ("samples", f"{len(m):,}"),
@@ -84,6 +89,21 @@ def describe(path: Path) -> List[tuple]:
     files = [p for p in path.rglob("*") if p.is_file()]
     lines.append(("on disk", f"{human_bytes(disk_usage(path))} in {len(files)} files"))
     return lines
+
+
+def _column_summary(table: TableMmap, name: str) -> str:
+    """A table column's kind, dtype (and row shape) and bytes on disk."""
+    kind, column = KINDS[table.schema[name]], table[name]
+    if kind.rows:
+        what = f"numpy, {column.dtype.name}" + (f" rows of shape {column.shape[1:]}" if column.ndim > 1 else "")
+    elif kind.arrays:
+        what = "ragged, " + ("unknown dtype" if column.dtype is None else column.dtype.name)
+    else:
+        what = "strings"
+    folder = table.out_dir / "columns" / name
+    classes = table.classes.get(name)
+    named = "" if not classes else "; classes: " + ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+    return f"{what}; {human_bytes(disk_usage(folder)) if folder.exists() else '0 B'}{named}"
 
 
 def _compression(codec) -> str:
@@ -161,7 +181,10 @@ def _number(value: Any) -> str:
 
 def _show(sample: Any) -> str:
     """One line that shows ``sample``: a string (cut when long), a scalar, a short 1-d array
-    in full, or the dtype, shape, range and first values of a larger array."""
+    in full, or the dtype, shape, range and first values of a larger array; each field of a
+    table's row."""
+    if isinstance(sample, dict):
+        return "{" + ", ".join(f"{name}: {_show(value)}" for name, value in sample.items()) + "}"
     if isinstance(sample, str):
         if len(sample) <= LONG_STRING:
             return repr(sample)

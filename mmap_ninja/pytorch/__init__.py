@@ -68,12 +68,19 @@ __all__ = [
 
 class PaddedBatch(tuple):
     """``(padded, lengths)``: a padded array ``(B, L, *row_shape)`` and the valid length of
-    each row (``int64``), as ``RaggedMmap.padded`` returns them."""
+    each row (``int64``), as ``RaggedMmap.padded`` returns them; ``shapes`` ``(B, ndim)``, the
+    size of each sample along every axis, when samples were padded along later axes too."""
 
-    __slots__ = ()
+    shapes: Optional[np.ndarray] = None
 
-    def __new__(cls, padded: np.ndarray, lengths: np.ndarray):
-        return super().__new__(cls, (padded, lengths))
+    def __new__(cls, padded: np.ndarray, lengths: np.ndarray, shapes: Optional[np.ndarray] = None):
+        batch = super().__new__(cls, (padded, lengths))
+        if shapes is not None:
+            batch.shapes = shapes
+        return batch
+
+    def __getnewargs__(self):
+        return self[0], self[1], self.shapes
 
 
 # -- shared memory --------------------------------------------------------------------------
@@ -247,7 +254,8 @@ class RaggedBatches(torch_data.Dataset):
                 f"max_len={self.max_len}, dtype={self.dtype})")
 
 
-def collate(batch: Union[PaddedBatch, RaggedBatch, List[Any]], attention_mask: bool = False) -> Dict[str, Any]:
+def collate(batch: Union[PaddedBatch, RaggedBatch, List[Any], Dict[str, Any]], attention_mask: bool = False, *,
+            dtype: Any = None, packed: Sequence[str] = ()) -> Dict[str, Any]:
     """Tensors of a batch, sharing its memory:
 
     - a ``PaddedBatch``: ``input`` ``(B, L, ...)`` and ``lengths`` ``(B,)``, and with
@@ -256,24 +264,83 @@ def collate(batch: Union[PaddedBatch, RaggedBatch, List[Any]], attention_mask: b
       ``collate_fn``);
     - a ``RaggedBatch``: ``values`` (1-d), ``offsets`` ``(B + 1,)``, ``lengths`` ``(B,)`` and
       ``shapes`` (a list of tuples), sample ``k`` being ``values[offsets[k]:offsets[k + 1]]``;
-    - a list of samples (what maps return without ``RaggedBatches``): padded first, as one
-      ``PaddedBatch`` of their first axis, with a copy.
+    - a list of samples (what maps return without ``RaggedBatches``): padded first, with a
+      copy, as one ``input`` ``(B, *longest)``: every axis padded to the batch's longest
+      (images of different heights and widths, say), with ``lengths`` ``(B,)`` (the first
+      axis) and, when samples differ in a later axis too, ``shapes`` ``(B, ndim)``;
+    - a dict of batches, one per column (what a ``TableMmap`` gives): each column by itself,
+      keyed by its name: an array of rows as one tensor; a list of ``str`` as it is; a list of
+      arrays padded as above into ``name``, with ``name_lengths`` (and ``name_shapes`` when
+      later axes differ), or, for the columns named in ``packed``, packed as
+      ``collate_packed`` packs them (``name``, ``name_cu_seqlens``, ``name_position_ids``,
+      ``name_max_seqlen``). ``dtype``: ``{column: dtype}`` (numpy's names), to which that
+      column's values are converted (safe casts only).
+
+    ``dtype`` for a batch that is not a dict: the dtype of its values.
     """
+    if isinstance(batch, collections.abc.Mapping):
+        return _collate_columns(batch, attention_mask, dtype or {}, packed)
     if isinstance(batch, list):
-        batch = _pad(batch)
+        batch = _pad(batch, dtype=dtype)
     if isinstance(batch, PaddedBatch):
         padded, lengths = batch
         lengths = _tensor(lengths)
-        tensors = {"input": _tensor(padded), "lengths": lengths}
+        tensors = {"input": _tensor(_cast_batch(padded, dtype)), "lengths": lengths}
+        if batch.shapes is not None:
+            tensors["shapes"] = _tensor(batch.shapes)
         if attention_mask:
             width = padded.shape[1] if padded.ndim > 1 else 0
             mask = _tensor(_worker_memory()((len(lengths), width), np.bool_)) if _in_worker() else None
             tensors["attention_mask"] = torch.lt(torch.arange(width)[None, :], lengths[:, None], out=mask)
         return tensors
     if isinstance(batch, RaggedBatch):
-        return {"values": _tensor(batch.values), "offsets": torch.from_numpy(batch.offsets.copy()),
+        return {"values": _tensor(_cast_batch(batch.values, dtype)), "offsets": torch.from_numpy(batch.offsets.copy()),
                 "lengths": torch.from_numpy(batch.lengths), "shapes": batch.shapes}
-    raise TypeError(f"collate takes a PaddedBatch, a RaggedBatch or a list of samples, not {type(batch).__name__}")
+    raise TypeError(f"collate takes a PaddedBatch, a RaggedBatch, a list of samples or a dict of columns, not "
+                    f"{type(batch).__name__}")
+
+
+def _cast_batch(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """``values`` as ``dtype`` (``None``: as they are), refusing casts that are not safe."""
+    if dtype is None or values.dtype == np.dtype(dtype):
+        return values
+    dtype = np.dtype(dtype)
+    if not np.can_cast(values.dtype, dtype, "safe"):
+        raise TypeError(f"a batch of {dtype} cannot hold values of {values.dtype} exactly (only safe casts, as "
+                        f"numpy.can_cast(..., 'safe') defines them)")
+    out = (_worker_memory() if _in_worker() else np.empty)(values.shape, dtype)
+    np.copyto(out, values, casting="safe")
+    return out
+
+
+def _collate_columns(batch: Dict[str, Any], attention_mask: bool, dtypes: Dict[str, Any],
+                     packed: Sequence[str]) -> Dict[str, Any]:
+    """``collate`` of a dict of column batches (see there)."""
+    unknown = sorted((set(dtypes) | set(packed)) - set(batch))
+    if unknown:
+        raise KeyError(f"collate: {unknown[0]!r} is not a column of the batch (its columns: {list(batch)})")
+    tensors: Dict[str, Any] = {}
+    for name, values in batch.items():
+        dtype = dtypes.get(name)
+        if isinstance(values, np.ndarray):
+            tensors[name] = _tensor(_cast_batch(values, dtype))
+        elif isinstance(values, list) and values and all(isinstance(value, str) for value in values):
+            tensors[name] = values
+        elif name in packed:
+            layout = collate_packed(values)
+            tensors[name] = layout["input_ids"] if dtype is None else \
+                _tensor(_cast_batch(layout["input_ids"].numpy(), dtype))
+            for key in ("cu_seqlens", "position_ids", "max_seqlen"):
+                tensors[f"{name}_{key}"] = layout[key]
+        else:
+            column = collate(values if isinstance(values, (list, RaggedBatch)) else list(values),
+                             attention_mask, dtype=dtype)
+            if "values" in column:  # a RaggedBatch (TableMmap.take): padded as a list of its samples
+                column = collate(values.arrays(), attention_mask, dtype=dtype)
+            tensors[name] = column.pop("input")
+            for key, tensor in column.items():
+                tensors[f"{name}_{key}"] = tensor
+    return tensors
 
 
 def collate_packed(batch: Union[RaggedBatch, List[Any]]) -> Dict[str, Any]:
@@ -338,25 +405,39 @@ def _concatenate(samples: List[Any]) -> RaggedBatch:
     return RaggedBatch(values, offsets, shape_values, np.concatenate([[0], np.cumsum(ranks)]))
 
 
-def _pad(samples: List[Any], pad_value: Any = 0, max_len: Optional[int] = None) -> PaddedBatch:
-    """Samples (arrays with a first axis, or sequences of ids) padded into one array."""
+def _pad(samples: List[Any], pad_value: Any = 0, max_len: Optional[int] = None, dtype: Any = None) -> PaddedBatch:
+    """Samples (arrays with a first axis, or sequences of ids) padded into one array: along the
+    first axis to the longest (or ``max_len``), and along every later axis in which they
+    differ to the batch's largest, with ``shapes`` ``(B, ndim)`` then."""
     arrays = [np.asarray(sample) for sample in samples]
     if not arrays:
-        return PaddedBatch(np.zeros((0, max_len or 0), np.int64), np.zeros(0, np.int64))
+        return PaddedBatch(np.zeros((0, max_len or 0), dtype or np.int64), np.zeros(0, np.int64))
     if any(arr.ndim == 0 for arr in arrays):
         raise ValueError("a padded batch needs samples with at least one axis")
-    rows = {arr.shape[1:] for arr in arrays}
-    if len(rows) > 1:
-        raise ValueError(f"samples differ after their first axis: {sorted(rows)}")
+    ranks = {arr.ndim for arr in arrays}
+    if len(ranks) > 1:
+        raise ValueError(f"samples of {sorted(ranks)} axes cannot be padded into one array: a batch needs samples "
+                         f"of one number of axes")
     lengths = np.array([len(arr) for arr in arrays], dtype=np.int64)
     width = int(lengths.max()) if max_len is None else max_len
-    dtype = np.result_type(*arrays) if any(arr.size for arr in arrays) else np.int64
-    padded = (_worker_memory() if _in_worker() else np.empty)((len(arrays), width, *arrays[0].shape[1:]), dtype)
+    rest = tuple(int(axis) for axis in np.max([arr.shape[1:] for arr in arrays], axis=0)) if arrays[0].ndim > 1 else ()
+    uneven = any(arr.shape[1:] != rest for arr in arrays)
+    if dtype is None:
+        dtype = np.result_type(*arrays) if any(arr.size for arr in arrays) else np.int64
+    elif any(not np.can_cast(arr.dtype, dtype, "safe") for arr in arrays):
+        raise TypeError(f"a padded batch of {np.dtype(dtype)} cannot hold samples of "
+                        f"{np.result_type(*arrays)} exactly (only safe casts)")
+    padded = (_worker_memory() if _in_worker() else np.empty)((len(arrays), width, *rest), dtype)
+    padded[...] = pad_value
     for k, arr in enumerate(arrays):
         kept = min(len(arr), width)
-        padded[k, :kept] = arr[:kept]
-        padded[k, kept:] = pad_value
-    return PaddedBatch(padded, np.minimum(lengths, width))
+        padded[(k, slice(0, kept)) + tuple(slice(0, axis) for axis in arr.shape[1:])] = arr[:kept]
+    kept_lengths = np.minimum(lengths, width)
+    if not uneven:
+        return PaddedBatch(padded, kept_lengths)
+    shapes = np.array([arr.shape for arr in arrays], dtype=np.int64)
+    shapes[:, 0] = kept_lengths
+    return PaddedBatch(padded, kept_lengths, shapes)
 
 
 class TokenizedCollate:
