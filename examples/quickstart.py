@@ -1,4 +1,4 @@
-"""Build three small maps and read random batches from them, the way a data loader does.
+"""Build four small maps and read random batches from them, the way a data loader does.
 
     python examples/quickstart.py [OUT_DIR]
 
@@ -20,6 +20,7 @@ import mmap_ninja
 from mmap_ninja import numpy as np_ninja
 from mmap_ninja.ragged import RaggedMmap
 from mmap_ninja.string import StringsMmap
+from mmap_ninja.table import TableMmap
 
 BATCH = 256
 
@@ -90,6 +91,29 @@ def main(out: Path) -> None:
           f"{disk_size(out / 'rows')} on disk, opened in {open_ms:.2f} ms")
     ms = median_ms(lambda: rows[np.sort(rng.integers(0, len(rows), size=1024))])
     print(f"   rows[1024 sorted random indices] -> array {(1024, rows.shape[1])}: {ms:.3f} ms per batch")
+
+    # Table: several fields per sample (an image, its label, its caption), every write one commit.
+    n = 2_000
+    sides = rng.integers(32, 97, size=(n, 2))
+    print(f"\n4. TableMmap of {n:,} rows: an image (uint8, 32-96 px a side), its label and its caption")
+
+    def rows():
+        for i in range(n):
+            yield {"image": rng.integers(0, 256, size=(*sides[i], 3), dtype=np.uint8), "label": i % 10,
+                   "caption": f"image {i}, of class {i % 10}"}
+
+    TableMmap.from_generator(out / "images", rows(), batch_size=512, n=n, verbose=True)
+    table, open_ms = timed_open(lambda: TableMmap(out / "images"))
+    print(f"   {table!r}: {disk_size(out / 'images')} on disk, opened in {open_ms:.2f} ms")
+    indices = rng.integers(0, n, size=BATCH)
+    batch = table[indices]
+    assert batch["label"].tolist() == (indices % 10).tolist()
+    assert all(image.shape == (*sides[i], 3) for image, i in zip(batch["image"], indices))
+    ms = median_ms(lambda: table[rng.integers(0, n, size=BATCH)])
+    print(f"   table[{BATCH} random indices] -> dict of {BATCH} images (views), a label array and "
+          f"{BATCH} captions: {ms:.3f} ms per batch")
+    print(f"   table[{indices[0]}] = {{image: {batch['image'][0].shape}, label: {batch['label'][0]}, "
+          f"caption: {batch['caption'][0]!r}}}")
 
     print("\nEvery map reopens in O(1) and reads only what is asked for: see README.md and docs/ for the API.")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from mmap_ninja import numpy as np_ninja
 from mmap_ninja.ragged import RaggedMmap
 from mmap_ninja.string import StringsMmap
+from mmap_ninja.table import TableMmap
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -43,6 +44,10 @@ def test_quickstart_reports_the_counts_it_builds(tmp_path):
     assert count(r"^   built with ([\d,]+) rows$", out) == built
     assert count(r"^   extended to ([\d,]+) rows:", out) == built + more == len(rows)
     assert f"shape {rows.shape}" in out and not rows[built:].any()
+
+    table = TableMmap(tmp_path / "images")
+    assert count(r"^4\. TableMmap of ([\d,]+) rows", out) == len(table)
+    assert table.schema == {"image": "ragged", "label": "numpy", "caption": "string"}
 
 
 def test_ddp_training_stops_and_resumes_mid_epoch_on_another_number_of_ranks(tmp_path):
