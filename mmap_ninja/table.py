@@ -51,7 +51,7 @@ from ._format.table import verify_dir as _verify_table
 from ._format.verify import VERIFY_LIMIT, Report, check_limit
 from ._iteration import in_batches, known_length, progress
 from ._storage import ChangedWhileOpening, Commit, Replacement, WriterLock, link_map, open_consistent
-from .base import PathLike, as_dir, check_positive, map_type
+from .base import Allocator, PathLike, as_dir, check_positive, map_type
 from .parallel import indexable_batches
 
 __all__ = ["TableMmap", "TYPE"]
@@ -267,10 +267,12 @@ class TableMmap(_keys.KeyLookups):
             batch[name] = values if fn is None else [fn(value) for value in values]
         return batch
 
-    def take(self, indices: Any) -> Dict[str, Any]:
+    def take(self, indices: Any, *, alloc: Optional[Allocator] = None) -> Dict[str, Any]:
         """The rows at ``indices`` as a dict of each column's compiled gather, with no
         ``wrapper_fn``: an array for a numpy column, a ``RaggedBatch`` (one buffer) for a ragged
-        column, a list of ``str`` for a strings column."""
+        column, a list of ``str`` for a strings column. ``alloc(shape, dtype)``, when given,
+        makes the arrays of the numpy and ragged columns (in shared memory, or a
+        ``mmap_ninja.pytorch.BufferPool`` of batches already gone, say)."""
         state = self._live()
         index = _core.batch_index(indices, state.schema.length)
         out = {}
@@ -279,11 +281,12 @@ class TableMmap(_keys.KeyLookups):
             if column is None:
                 out[name] = []
             elif kind.rows:
-                out[name] = np_ninja.take(column, index)
+                rows = None if alloc is None else alloc((len(index), *column.shape[1:]), column.dtype)
+                out[name] = np_ninja.take(column, index, out=rows)
             elif kind.text:
                 out[name] = column.__getitems__(index)
             else:
-                out[name] = column.take(index)
+                out[name] = column.take(index, alloc=alloc)
         return out
 
     def _wrap(self, name: str, value: Any) -> Any:

@@ -492,3 +492,17 @@ def test_what_an_add_column_cut_short_left_is_removed_by_the_next_write(table):
     table.extend([row(10)])
     assert sorted(os.listdir(columns)) == ["caption", "image", "label"]
     assert_table(TableMmap(table.out_dir), [row(i) for i in range(11)])
+
+
+def test_take_writes_into_the_buffers_alloc_gives(table):
+    made = []
+
+    def alloc(shape, dtype):
+        made.append((shape, np.dtype(dtype)))
+        return np.empty(shape, dtype)
+
+    taken = table.take([4, 2], alloc=alloc)
+    assert sorted(made, key=str) == sorted([((2,), np.dtype(np.int64)),
+                                            ((image(4).size + image(2).size,), np.dtype(np.uint8))], key=str)
+    np.testing.assert_array_equal(taken["image"][0], image(4))
+    assert taken["label"].tolist() == [12, 6] and taken["caption"] == [row(4)["caption"], row(2)["caption"]]
