@@ -588,6 +588,11 @@ def from_arrow(out_dir: PathLike, data: Any, column: Optional[str] = None, verbo
     check_positive(batch_size=batch_size)
     out_dir = as_dir(out_dir)
     if column is None:
+        parquet = sys.modules.get("pyarrow.parquet")
+        if (hasattr(data, "__arrow_c_stream__") and not _hf_dataset(data)
+                and not (parquet is not None and isinstance(data, parquet.ParquetFile))
+                and not isinstance(data, (pa.RecordBatchReader, pa.Table, pa.RecordBatch, pa.Array, pa.ChunkedArray))):
+            data = pa.RecordBatchReader.from_stream(data)  # exported once, read by whichever path follows
         whole = _all_columns(data, int(batch_size))
         if whole is not None and len([name for name in whole[0].names if name != key_column]) > 1:
             if zstd_level is not None:

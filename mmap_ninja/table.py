@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -59,6 +61,11 @@ __all__ = ["TableMmap", "TYPE"]
 Row = Mapping[str, Any]
 Columns = Mapping[str, Any]
 WrapperFns = Optional[Mapping[str, Callable[[Any], Any]]]
+
+
+# Times a table's columns are read again when one fails to open while table.ninja stays the same:
+# a writer may be cutting back rows a killed writer left (its length files are replaced one by one).
+_COLUMN_ATTEMPTS = 5
 
 
 def _reopen(out_dir: str, options: dict) -> "TableMmap":
@@ -112,13 +119,17 @@ class TableMmap(_keys.KeyLookups):
             raise ValueError(f"{self.out_dir} holds a {type_name!r} map, not a table" if type_name else
                              f"{self.out_dir} is not a mmap_ninja map: it has no {_meta.TYPE}")
         schema = read_schema(self.out_dir)
-        try:
-            return self._open_columns(schema)
-        except (OSError, ValueError):
-            # a column dropped or replaced since table.ninja was read: read the table again
-            if read_schema(self.out_dir) != schema:
-                raise ChangedWhileOpening(f"{self.out_dir / SCHEMA} changed while the table was opened") from None
-            raise
+        for attempt in range(_COLUMN_ATTEMPTS):
+            try:
+                return self._open_columns(schema)
+            except (OSError, ValueError):
+                # a column dropped or replaced since table.ninja was read: read the table again
+                if read_schema(self.out_dir) != schema:
+                    raise ChangedWhileOpening(f"{self.out_dir / SCHEMA} changed while the table was opened") from None
+                if attempt == _COLUMN_ATTEMPTS - 1:
+                    raise  # the same error each time: the column is damaged
+                time.sleep(0.001 * 2 ** attempt)  # a column cut back to the table's length meanwhile
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _open_columns(self, schema: Schema) -> _State:
         names = schema.names if self._selected is None else self._selected
@@ -357,9 +368,12 @@ class TableMmap(_keys.KeyLookups):
 
     def __setitem__(self, item: Any, value: Any) -> None:
         """``t[i] = row`` or ``t[indices] = rows`` (dicts with a value for every column), in mode
-        ``"r+"``: the table with those rows replaced is built aside, its columns' files shared
-        with the current version by hard links, and swapped in whole, so a reader sees every
-        column old or every column new. All values are checked before anything is written."""
+        ``"r+"``: the table with those rows replaced is built aside and swapped in whole, so a
+        reader sees every column old or every column new. Each column is changed as its kind's
+        own assignment changes it: a ragged or strings value keeps the size of the one it
+        replaces (the column's data file is copied once), a numpy column is written anew. Every
+        value is checked before anything is written; one of another size fails the build, and
+        nothing visible changes."""
         if self.mode != "r+":
             raise io.UnsupportedOperation(f"{self.out_dir} was opened read-only (mode={self.mode!r}): rows cannot "
                                           f"be assigned; open it with mode='r+' to change them")
@@ -650,8 +664,8 @@ def _write_columns(table: Path, schema: Schema, columns: Mapping[str, Any], rows
 def _create_column(path: Path, kind: str, prepared: Any, batch_size: Optional[int] = None) -> None:
     """A new column map of ``kind`` at ``path`` holding ``prepared`` (as ``column_values`` gives),
     written ``batch_size`` values at a time (default: at once)."""
-    if isinstance(prepared, np.ndarray):
-        np_ninja.from_ndarray(path, prepared)
+    if isinstance(prepared, np.ndarray):  # in C order: rows are appended, and cut back, in place
+        np_ninja.from_ndarray(path, np.ascontiguousarray(prepared))
     else:
         KINDS[kind].build(path, prepared, batch_size or max(1, len(prepared)), None)
 
@@ -690,8 +704,8 @@ def _append_rows(out_dir: Path, schema: Schema, columns: Columns, keys: Optional
 def _link_table(source: Path, build: Path, schema: Schema) -> None:
     """Lay out at ``build`` the table at ``source``, sharing its files by hard links: its
     ``type.ninja``, ``table.ninja`` and keys, and each listed column."""
-    for name in (_meta.TYPE, SCHEMA):
-        shutil.copy2(source / name, build / name)
+    for name in (_meta.TYPE, SCHEMA):  # replaced only by renames: the two versions never share a change
+        os.link(source / name, build / name)
     if (source / _meta.KEYS).is_dir():
         link_map(source / _meta.KEYS, build / _meta.KEYS)
     (build / COLUMNS).mkdir()
@@ -705,7 +719,7 @@ def _replace_rows(path: Path, kind: str, length: int, positions: List[int], valu
     ``positions`` by ``values`` (as ``column_values`` gives them), as that kind's own
     assignment does; a numpy column is written anew."""
     if KINDS[kind].rows:
-        rows = np.array(np_ninja.open_existing(path)[:length])
+        rows = np.array(np_ninja.open_existing(path)[:length], order="C")  # a copy, in C order
         rows[positions] = values
         shutil.rmtree(path)
         np_ninja.from_ndarray(path, rows)

@@ -472,3 +472,18 @@ def test_convert_class_folders_of_images_makes_an_image_and_label_table(tmp_path
     np.testing.assert_array_equal(t.by_key["zebra/1.png"]["image"], np.full((4, 4, 3), 21, np.uint8))
     code, out, _ = run(capsys, "info", tmp_path / "t")
     assert "column label:" in out and "classes: cat, dog, zebra" in out
+
+
+def test_convert_jsonl_refuses_or_skips_invalid_utf8_mixed_booleans_and_huge_integers(tmp_path, capsys):
+    from mmap_ninja.table import TableMmap
+
+    lines = [b'{"ok": true, "n": 1}', b'{"ok": 2, "n": 2}', b'{"ok": false, "n": 99999999999999999999}',
+             b'{"ok": true, "n": "caf\xe9"}', b'{"ok": false, "n": 5}']
+    (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    code, _, err = run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "t", "--quiet")
+    assert code == 2 and "d.jsonl:2: field 'ok' holds 2, the column booleans" in err
+    code, _, err = run(capsys, "convert", tmp_path / "d.jsonl", tmp_path / "t", "--quiet", "--skip-errors")
+    assert code == 0 and "d.jsonl:3: field 'n' holds 99999999999999999999, past the range of int64" in err
+    assert "d.jsonl:4: not UTF-8" in err
+    t = TableMmap(tmp_path / "t")
+    assert t["ok"].tolist() == [True, False] and t["n"].tolist() == [1, 5]

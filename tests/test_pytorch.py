@@ -1027,3 +1027,11 @@ def test_lookahead_sampler_with_dataloader_workers_and_a_distributed_sampler(tmp
     batch_sampler = torch.utils.data.BatchSampler(range(len(m)), 16, False)
     batches = LookaheadSampler(batch_sampler, m, batches=2)
     assert list(batches) == list(batch_sampler)
+
+
+def test_collate_of_a_table_column_read_through_a_wrapper_fn_gives_one_tensor(tmp_path):
+    from mmap_ninja.table import TableMmap
+
+    t = TableMmap.from_generator(tmp_path / "t", _table_rows(6), wrapper_fn={"label": float})
+    batch = collate(t.__getitems__([3, 1]))
+    assert batch["label"].dtype == torch.float64 and batch["label"].tolist() == [3.0, 1.0]

@@ -367,6 +367,8 @@ def test_a_build_aside_starts_flushing_its_batches_and_a_forked_child_builds_too
     RaggedMmap.from_generator(tmp_path / "m", (np.arange(i % 7) for i in range(300)), batch_size=16)
     early = [path for name, path in flushed if name.startswith("mmap_ninja-writeback")]
     assert any(path.endswith("data.ninja") for path in early), flushed  # flushed while the build went on
+    # and the thread is gone once the build is swapped in: a parallel build after it still forks
+    assert not any(thread.name == "mmap_ninja-writeback" for thread in threading.enumerate())
     assert [s.tolist() for s in RaggedMmap(tmp_path / "m")][:8] == [list(range(i % 7)) for i in range(8)]
     monkeypatch.undo()
     # a child forked while this process's writeback thread exists starts its own, and finishes

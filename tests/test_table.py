@@ -506,3 +506,17 @@ def test_take_writes_into_the_buffers_alloc_gives(table):
                                             ((image(4).size + image(2).size,), np.dtype(np.uint8))], key=str)
     np.testing.assert_array_equal(taken["image"][0], image(4))
     assert taken["label"].tolist() == [12, 6] and taken["caption"] == [row(4)["caption"], row(2)["caption"]]
+
+
+def test_names_that_differ_only_in_case_an_unknown_format_and_fortran_columns(tmp_path):
+    with pytest.raises(ValueError, match="differ only in case"):
+        TableMmap.from_columns(tmp_path / "t", {"Label": [1], "label": [2]})
+    assert not (tmp_path / "t").exists()
+    fortran = np.asfortranarray(np.arange(12.0).reshape(4, 3))
+    t = TableMmap.from_columns(tmp_path / "f", {"x": fortran, "s": list("abcd")})
+    t.extend([{"x": np.ones(3), "s": "e"}])  # appended in place: the column is kept in C order
+    assert t["x"].flags.c_contiguous and t[4]["x"].tolist() == [1, 1, 1] and t[2]["x"].tolist() == [6, 7, 8]
+    schema = t.out_dir / "table.ninja"
+    schema.write_text(schema.read_text().replace('"format": 1', '"format": 2'))
+    with pytest.raises(ValueError, match="format 2"):
+        TableMmap(t.out_dir)

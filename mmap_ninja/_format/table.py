@@ -109,13 +109,16 @@ def new_schema(columns: Sequence[Tuple[str, str]], length: int = 0,
     ``classes`` (``{column: names}``, for numpy columns of integer labels), checked."""
     if not columns:
         raise ValueError("a table has at least one column")
-    seen = set()
+    seen: Dict[str, str] = {}
     checked = []
     for name, kind in columns:
         check_column_name(name)
-        if name in seen:
-            raise ValueError(f"column {name!r} is given twice")
-        seen.add(name)
+        if name.casefold() in seen:  # one folder on file systems that ignore case
+            other = seen[name.casefold()]
+            raise ValueError(f"column {name!r} is given twice" if other == name else
+                             f"columns {other!r} and {name!r} differ only in case: their folders would be one "
+                             f"on file systems that ignore case")
+        seen[name.casefold()] = name
         checked.append((name, kind_name(kind, name)))
     kinds = dict(checked)
     named = []
@@ -138,6 +141,8 @@ def read_schema(out_dir: Path) -> Schema:
         raise ValueError(f"{path}: not a JSON table schema ({exc})") from None
     if not isinstance(body, dict):
         raise ValueError(f"{path}: expected a JSON object")
+    if body.get("format") != 1 or isinstance(body.get("format"), bool):
+        raise ValueError(f"{path}: format {body.get('format')!r}, this library reads format 1")
     length = body.get("length")
     if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
         raise ValueError(f"{path}: length must be an int from 0 to 2**62, found {length!r}")

@@ -8,6 +8,7 @@ Files are mapped with ``_mapping.Mapping``, which keeps no file descriptor open.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -68,46 +69,53 @@ class _Writeback:
     """Files a build aside has written, flushed to disk by a thread of this process while the
     build goes on (``start``), so that the flush of the whole build before it is swapped in
     (``flush_tree``, after ``wait``) finds little left to write: the disk writes one batch while
-    the next is made. The thread belongs to the process that started it: a forked child starts
-    its own."""
+    the next is made. The thread exits as soon as nothing is left to flush (a process that
+    forks later forks with no thread of this module), and belongs to the process that started
+    it: a forked child starts its own."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pid: Optional[int] = None
-        self.executor = None
+        self.pending: collections.deque = collections.deque()
         self.queued: set = set()
-        self.futures: list = []
+        self.thread: Optional[threading.Thread] = None
 
     def forked(self) -> None:
         """In a forked child: nothing of the parent's (its lock may have been held)."""
         self.__init__()
 
     def start(self, paths: Sequence[Path]) -> None:
-        import concurrent.futures
-
         with self.lock:
             if self.pid != os.getpid():  # the thread of the parent is not in this process
-                self.pid, self.queued, self.futures = os.getpid(), set(), []
-                self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmap_ninja-writeback")
-            self.futures = [future for future in self.futures if not future.done()]
+                self.__init__()
+                self.pid = os.getpid()
             for path in paths:
                 if path not in self.queued:  # not flushed yet: the pages written since go with it
                     self.queued.add(path)
-                    self.futures.append(self.executor.submit(self._flush, path))
+                    self.pending.append(path)
+            if self.thread is None and self.pending:
+                self.thread = threading.Thread(target=self._run, name="mmap_ninja-writeback", daemon=True)
+                self.thread.start()
 
-    def _flush(self, path: Path) -> None:
-        with self.lock:
-            self.queued.discard(path)
-        with contextlib.suppress(OSError):  # the flush before the swap reports what fails
-            _fsync_path(path)
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.pending:
+                    self.thread = None
+                    return
+                path = self.pending.popleft()
+                self.queued.discard(path)
+            with contextlib.suppress(OSError):  # the flush before the swap reports what fails
+                _fsync_path(path)
 
     def wait(self) -> None:
-        """Until every flush started by this process is done."""
-        with self.lock:
-            futures = self.futures if self.pid == os.getpid() else []
-            self.futures = []
-        for future in futures:
-            future.result()
+        """Until every flush started by this process is done (and its thread gone)."""
+        while True:
+            with self.lock:
+                thread = self.thread if self.pid == os.getpid() else None
+            if thread is None:
+                return
+            thread.join()
 
 
 _writeback = _Writeback()

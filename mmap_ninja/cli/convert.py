@@ -290,12 +290,14 @@ def _jsonl_source(path: Path, name: str) -> Source:
 def _jsonl_records(path: Path, skips: Optional[Skips]) -> Iterator[Tuple[int, dict]]:
     """``(line number, record)`` of each record of a .jsonl file; a line that is not a JSON
     object is an error naming it, or, with ``skips``, skipped."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                why = f"not UTF-8 (byte {exc.start})"
             except json.JSONDecodeError as exc:
                 why = f"not JSON ({exc.msg})"
             else:
@@ -325,9 +327,23 @@ def _value_kind(value: Any) -> Optional[str]:
     return None
 
 
-def _check_record(record: dict, fields: List[str], kinds: dict, key_field: Optional[str]) -> Optional[str]:
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+def _out_of_place(value: Any, first: Any) -> Optional[str]:
+    """Why a number ``value`` cannot join a numpy column whose first value was ``first``:
+    a boolean among numbers or a number among booleans, an integer past int64's range."""
+    if isinstance(value, bool) != isinstance(first, bool):
+        return f"holds {json.dumps(value)}, the column {'booleans' if isinstance(first, bool) else 'numbers'}"
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        return f"holds {value}, past the range of int64"
+    return None
+
+
+def _check_record(record: dict, fields: List[str], kinds: dict, key_field: Optional[str],
+                  firsts: Optional[dict] = None) -> Optional[str]:
     """Why ``record`` cannot be a row of a table of ``fields`` of ``kinds`` (keyed by
-    ``key_field``), or ``None``."""
+    ``key_field``; ``firsts``: the first record's values), or ``None``."""
     names = set(record) - ({key_field} if key_field else set())
     if names != set(fields):
         missing, extra = sorted(set(fields) - names), sorted(names - set(fields))
@@ -340,6 +356,9 @@ def _check_record(record: dict, fields: List[str], kinds: dict, key_field: Optio
         found = _value_kind(record[name])
         if found != kinds[name] and not (KINDS[kinds[name]].arrays and record[name] == []):
             return f"field {name!r} holds {json.dumps(record[name])[:40]}, not a value of its {kinds[name]} column"
+        why = _out_of_place(record[name], firsts[name]) if firsts is not None and KINDS[kinds[name]].rows else None
+        if why is not None:
+            return f"field {name!r} {why}"
     return None
 
 
@@ -361,11 +380,12 @@ def _jsonl_table_source(path: Path, key_field: Optional[str], skips: Optional[Sk
             if not fields:
                 raise UsageError(f"{path}:{number}: no field besides the key")
             kinds = {name: _value_kind(record[name]) for name in fields}
+            firsts = {name: record[name] for name in fields}
             empty = [name for name in fields if kinds[name] is None]
             if empty:
                 raise UsageError(f"{path}:{number}: field {empty[0]!r} holds {json.dumps(record[empty[0]])[:40]}, "
                                  f"which no column holds (numbers, strings and lists of numbers do)")
-        why = _check_record(record, fields, kinds, key_field)
+        why = _check_record(record, fields, kinds, key_field, firsts)
         if why is not None:
             if skips is None:
                 raise UsageError(f"{path}:{number}: {why}")

@@ -326,6 +326,8 @@ def _collate_columns(batch: Dict[str, Any], attention_mask: bool, dtypes: Dict[s
             tensors[name] = _tensor(_cast_batch(values, dtype))
         elif isinstance(values, list) and values and all(isinstance(value, str) for value in values):
             tensors[name] = values
+        elif isinstance(values, list) and values and all(np.ndim(value) == 0 for value in values):
+            tensors[name] = _tensor(_cast_batch(np.asarray(values), dtype))  # scalars (through a wrapper_fn)
         elif name in packed:
             layout = collate_packed(values)
             tensors[name] = layout["input_ids"] if dtype is None else \
