@@ -59,7 +59,46 @@ def _reopen(cls, out_dir: str, options: dict) -> "MapObject":
 ITER_AHEAD = 1024
 
 
-class MapObject(Legacy090Names, _keys.KeyLookups):
+class OpenState:
+    """What every map object does with the state it reads (``self._state``, made by
+    ``_open_state()`` from the files of ``self.out_dir``, all of one version): refresh, close,
+    use as a context manager, and refuse reads once closed."""
+
+    out_dir: Path
+    _state: Any
+
+    def _open_state(self) -> Any:
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Re-read the map from disk, to see what was committed since it was opened (or
+        reopen a closed map). In mode ``"c"``, changes made in this process are dropped."""
+        self._state = open_consistent(self.out_dir, self._open_state)
+
+    def close(self) -> None:
+        """Let go of the mapped files: reading raises ``ValueError`` until ``refresh()``.
+        Views and batches already handed out stay valid (the memory is unmapped when the last
+        of them goes away)."""
+        self._state = None
+
+    @property
+    def closed(self) -> bool:
+        return self._state is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _live(self) -> Any:
+        state = self._state
+        if state is None:
+            raise ValueError(f"{self.out_dir}: the {type(self).__name__} is closed; refresh() reopens it")
+        return state
+
+
+class MapObject(OpenState, Legacy090Names, _keys.KeyLookups):
     """The lifecycle shared by ``RaggedMmap`` and ``StringsMmap`` (see the module docstring).
 
     The state read by every access is ``self._state = (files, reader, buffer)``: the kind's
@@ -136,33 +175,6 @@ class MapObject(Legacy090Names, _keys.KeyLookups):
         reader, buffer = self._open_reader(files)
         files.keys = _keys.KeyIndex.open(self.out_dir)  # read after the samples: at least as many
         return files, reader, buffer
-
-    def refresh(self) -> None:
-        """Re-read the map from disk, to see what was committed since it was opened (or
-        reopen a closed map). In mode ``"c"``, changes made in this process are dropped."""
-        self._state = open_consistent(self.out_dir, self._open_state)
-
-    def close(self) -> None:
-        """Let go of the mapped files: reading raises ``ValueError`` until ``refresh()``.
-        Views and batches already handed out stay valid (the memory is unmapped when the last
-        of them goes away)."""
-        self._state = None
-
-    @property
-    def closed(self) -> bool:
-        return self._state is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def _live(self) -> tuple:
-        state = self._state
-        if state is None:
-            raise ValueError(f"{self.out_dir}: the {type(self).__name__} is closed; refresh() reopens it")
-        return state
 
     def __len__(self) -> int:
         return self._live()[0].n

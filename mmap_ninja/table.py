@@ -52,7 +52,8 @@ from ._format.table import (
 from ._format.table import verify_dir as _verify_table
 from ._format.verify import VERIFY_LIMIT, Report, check_limit
 from ._iteration import in_batches, known_length, progress
-from ._storage import ChangedWhileOpening, Commit, Replacement, WriterLock, link_map, open_consistent
+from ._lifecycle import OpenState
+from ._storage import ChangedWhileOpening, Commit, Replacement, WriterLock, link_map
 from .base import Allocator, PathLike, as_dir, check_positive, map_type
 from .parallel import indexable_batches
 
@@ -83,7 +84,7 @@ class _State:
         self.keys = keys
 
 
-class TableMmap(_keys.KeyLookups):
+class TableMmap(OpenState, _keys.KeyLookups):
     """A table of ``len(t)`` rows and the columns ``t.columns`` (see the module docstring).
 
     ``mode``: ``"r"`` (rows may be added, not changed) or ``"r+"`` (``t[i] = row`` too).
@@ -140,14 +141,15 @@ class TableMmap(_keys.KeyLookups):
         for name in names:
             kind = schema.kinds[name]
             path = column_dir(self.out_dir, name)
-            if map_type(path) is None:
+            found = map_type(path)
+            if found is None:
                 if schema.length:
                     raise ValueError(f"{path}: column {name!r} is missing; {self.out_dir / SCHEMA} says "
                                      f"{schema.length} rows")
                 columns[name] = None
                 continue
-            if map_type(path) != kind:
-                raise ValueError(f"{path / _meta.TYPE}: column {name!r} holds a {map_type(path)!r} map, "
+            if found != kind:
+                raise ValueError(f"{path / _meta.TYPE}: column {name!r} holds a {found!r} map, "
                                  f"{self.out_dir / SCHEMA} says {kind!r}")
             column = KINDS[kind].open(path, None, "r")
             if len(column) < schema.length:
@@ -157,31 +159,6 @@ class TableMmap(_keys.KeyLookups):
                 column = column[:schema.length]
             columns[name] = column
         return _State(schema, columns, _keys.KeyIndex.open(self.out_dir))
-
-    def refresh(self) -> None:
-        """Read the table again, to see what was committed since it was opened."""
-        self._state = open_consistent(self.out_dir, self._open_state)
-
-    def close(self) -> None:
-        """Let go of the columns' mappings (batches already read stay valid); ``refresh()``
-        opens the table again."""
-        self._state = None
-
-    @property
-    def closed(self) -> bool:
-        return self._state is None
-
-    def __enter__(self) -> "TableMmap":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def _live(self) -> _State:
-        state = self._state
-        if state is None:
-            raise ValueError(f"{self.out_dir}: the TableMmap is closed; refresh() reopens it")
-        return state
 
     def __reduce__(self):
         # a table pickles as its path and options, and reopens where it is unpickled
@@ -455,7 +432,7 @@ class TableMmap(_keys.KeyLookups):
         schema = _schema_of(data, columns, count, classes)
         out_dir = as_dir(out_dir)
         with building(out_dir) as build, progress(count, verbose, desc=f"Writing {out_dir.name}") as bar:
-            _write_columns(build, schema, {name: data[name] for name in schema.names}, range(count))
+            _write_prepared(build, schema, _prepared(build, schema, data, range(count)))
             bar.update(count)
             finish_build(build, schema.with_length(count), None if keys is None else _listed(keys))
         return cls(out_dir, mode, wrapper_fn)
@@ -560,8 +537,8 @@ class TableMmap(_keys.KeyLookups):
                     schema = _schema_of({name: [value] for name, value in first.items()}, kinds, 1, classes)
                 if feed is not None:  # taken after the batch is read: a generator may make both
                     feed.take(len(batch))
-                values = split_rows(batch, schema.names, range(written, written + len(batch)))
-                _write_columns(build, schema, values, range(written, written + len(batch)))
+                rows = range(written, written + len(batch))
+                _write_prepared(build, schema, _prepared(build, schema, split_rows(batch, schema.names, rows), rows))
                 written += len(batch)
                 bar.update(len(batch))
             if schema is None:
@@ -641,15 +618,20 @@ def _schema_of(columns: Columns, kinds: Optional[Mapping[str, str]], count: int,
     return new_schema(pairs, 0, dict(classes or {}))
 
 
-def _write_columns(table: Path, schema: Schema, columns: Mapping[str, Any], rows: Sequence[int]) -> None:
-    """Append ``columns`` (values per column, of the rows numbered ``rows``) to the columns of the table
-    being built at ``table`` (creating each column at the first rows); every value is checked
-    before anything is written."""
+def _prepared(table: Path, schema: Schema, columns: Mapping[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
+    """``columns`` (values per column, of the rows numbered ``rows``) checked and converted as the
+    columns of the table at ``table`` store them (see ``column_values``); nothing is written."""
     prepared = {}
     for name, kind in schema.columns:
         path = column_dir(table, name)
         like = KINDS[kind].open(path, None, "r") if map_type(path) is not None else None
         prepared[name] = column_values(kind, name, columns[name], rows, like)
+    return prepared
+
+
+def _write_prepared(table: Path, schema: Schema, prepared: Mapping[str, Any]) -> None:
+    """Append ``prepared`` values to each column of the table at ``table``, creating a column
+    at its first rows."""
     for name, kind in schema.columns:
         path = column_dir(table, name)
         if not len(prepared[name]):
@@ -675,23 +657,13 @@ def _append_rows(out_dir: Path, schema: Schema, columns: Columns, keys: Optional
     ``schema.length``): the keys, each column, then ``table.ninja``. On an error the columns
     are rolled back to ``schema.length``; the committed table never changed."""
     n = schema.length
-    prepared = {}
-    for name, kind in schema.columns:
-        path = column_dir(out_dir, name)
-        like = KINDS[kind].open(path, None, "r") if map_type(path) is not None else None
-        prepared[name] = column_values(kind, name, columns[name], range(n, n + len(columns[name])), like)
+    count = len(columns[schema.names[0]])
+    prepared = _prepared(out_dir, schema, columns, range(n, n + count))
     encoded = _keys.check_extension(out_dir, keys, n)
-    count = len(next(iter(prepared.values())))
     if keys is not None:  # committed first: a table never has rows without keys
         _keys.write_keys(out_dir, keys, n, encoded=encoded)
     try:
-        for name, kind in schema.columns:
-            path = column_dir(out_dir, name)
-            if map_type(path) is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _create_column(path, kind, prepared[name])
-            else:
-                KINDS[kind].extend(path, prepared[name])
+        _write_prepared(out_dir, schema, prepared)
         commit = Commit()
         write_schema(out_dir, schema.with_length(n + count), commit)
         commit.finish()
