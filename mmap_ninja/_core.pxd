@@ -79,6 +79,8 @@ cdef enum:
     PAD_OTHER_ROW_SHAPE = 3
     # Why a sample cannot go into a batch copied back to back.
     TAKE_TOO_LARGE = 4
+    # Why a sample cannot go into a batch padded along every axis.
+    PAD_OTHER_NDIM = 5
 
 # Converts ``n`` elements at ``src`` to elements of another type at ``dst``.
 ctypedef void (*convert_t)(const char* src, char* dst, Py_ssize_t n) noexcept nogil
@@ -279,7 +281,7 @@ cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* 
                   cnp.dtype descr, bint nested, object source, object indices, int* unprobed, object alloc=*)
 cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                    cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices,
-                   int* unprobed, object dtype=*, object alloc=*)
+                   int* unprobed, object dtype=*, object alloc=*, bint every_axis=*)
 cdef list _gather_strings(const strings_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                           bint as_bytes, object source, object indices, int* unprobed)
 cdef bint _probed_ragged(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,

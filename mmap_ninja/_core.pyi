@@ -90,7 +90,14 @@ class RaggedReader:
         out: Optional[np.ndarray] = ...,
         dtype: Any = ...,
         alloc: Optional[Allocator] = ...,
-    ) -> Tuple[np.ndarray, Int64Array]: ...
+        every_axis: bool = ...,
+    ) -> Tuple[np.ndarray, ...]: ...
+
+def pad_arrays(
+    arrays: List[np.ndarray], pad_value: Any, max_len: int = ..., dtype: Any = ..., alloc: Optional[Allocator] = ...
+) -> Tuple[np.ndarray, Int64Array, Int64Array]:
+    """Arrays of one dtype and number of axes padded along every axis into one array, with
+    their lengths and shapes."""
 
 class StringsReader:
     """Offset lookup and UTF-8 decoding over a strings map."""

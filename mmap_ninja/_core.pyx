@@ -700,11 +700,13 @@ cdef object _take(const ragged_t* parts, const int32_t* part_of, const int64_t* 
 
 cdef Py_ssize_t _plan_padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                              int64_t* src, int64_t* length, int64_t* first, int* first_nd,
-                             int64_t* longest, int* reason) noexcept nogil:
+                             int64_t* longest, int* reason, int64_t* dims_all, int64_t* widest) noexcept nogil:
     """Check that every sample of a batch can be padded (at least one axis, the row shape of
-    the first, recorded in ``first``/``first_nd``) and record its data start (``src``), its
-    length along the first axis (``length``) and the longest; return the position of the first
-    that cannot be padded (``reason`` says why), or -1."""
+    the first, recorded in ``first``/``first_nd``; with ``dims_all`` not NULL, padded along every
+    axis, only its number of axes) and record its data start (``src``), its length along the
+    first axis (``length``) and the longest; with ``dims_all``, also its axes
+    (``MAX_SAMPLE_NDIM`` per sample) and the largest along each axis (``widest``). Return the
+    position of the first that cannot be padded (``reason`` says why), or -1."""
     cdef Py_ssize_t k
     cdef int64_t start, end
     cdef int64_t dims[MAX_SAMPLE_NDIM]
@@ -716,8 +718,8 @@ cdef Py_ssize_t _plan_padded(const ragged_t* parts, const int32_t* part_of, cons
             first_nd[0] = nd
             memcpy(first, dims, nd * sizeof(int64_t))
         elif reason[0] == PAD_OK and nd != first_nd[0]:
-            reason[0] = PAD_OTHER_ROW_SHAPE
-        elif reason[0] == PAD_OK:
+            reason[0] = PAD_OTHER_ROW_SHAPE if dims_all == NULL else PAD_OTHER_NDIM
+        elif reason[0] == PAD_OK and dims_all == NULL:
             for a in range(1, nd):
                 if dims[a] != first[a]:
                     reason[0] = PAD_OTHER_ROW_SHAPE
@@ -727,6 +729,11 @@ cdef Py_ssize_t _plan_padded(const ragged_t* parts, const int32_t* part_of, cons
         length[k] = dims[0]
         if length[k] > longest[0]:
             longest[0] = length[k]
+        if dims_all != NULL:
+            memcpy(dims_all + k * MAX_SAMPLE_NDIM, dims, nd * sizeof(int64_t))
+            for a in range(nd):
+                if dims[a] > widest[a]:
+                    widest[a] = dims[a]
     return -1
 
 
@@ -762,16 +769,101 @@ cdef void _fill_padded(const ragged_t* parts, const int32_t* part_of, const int6
         _fill(row + kept * out_row_bytes, (longest - kept) * out_row_bytes, pattern, out_itemsize, zero)
 
 
+cdef inline void _copy_run(const char* sample, char* row, int64_t count, Py_ssize_t itemsize,
+                           convert_t convert) noexcept nogil:
+    """Copy ``count`` elements, converted by ``convert`` (as they are when it is NULL)."""
+    if convert == NULL:
+        memcpy(row, sample, count * itemsize)
+    else:
+        convert(sample, row, count)
+
+
+cdef void _fill_padded_axes(const ragged_t* parts, const int32_t* part_of, const int64_t* src, int64_t* length,
+                            int64_t* dims_all, int nd, Py_ssize_t batch, const int64_t* width,
+                            Py_ssize_t itemsize, char* dst, Py_ssize_t out_itemsize, convert_t convert,
+                            const char* pattern, bint zero, const int64_t* idx, bint watch) noexcept nogil:
+    """Copy each sample (its axes in ``dims_all``, ``nd`` of them) into block ``k`` of ``dst``,
+    an array ``(batch, *width)``: its first ``width[0]`` rows, each of its innermost runs
+    converted as ``_fill_padded`` converts, and every element of the block it does not cover
+    filled with the element at ``pattern``. ``length`` and the first axis in ``dims_all``
+    become the number of rows kept. ``idx`` and ``watch`` as for ``_copy_take``."""
+    cdef Py_ssize_t k, r, runs = 1, block = 1
+    cdef int64_t inner = width[nd - 1], kept, offset
+    cdef int64_t pos[MAX_SAMPLE_NDIM]
+    cdef int64_t stride[MAX_SAMPLE_NDIM]
+    cdef int64_t* dims
+    cdef int a
+    cdef bint inside
+    cdef const char* sample
+    cdef char* out
+    cdef char* row
+    cdef watch_t w
+    for a in range(nd):
+        block *= width[a]
+    for a in range(nd - 1):
+        runs *= width[a]
+    _watch_start(&w, watch)
+    for k in range(batch):
+        if _slow(&w, k):
+            _watched(&w, _advise_ragged(parts, _parts_from(part_of, k), idx + k, batch - k, WATCH_PROBES))
+        dims = dims_all + k * MAX_SAMPLE_NDIM
+        kept = dims[0] if dims[0] < width[0] else width[0]
+        dims[0] = kept
+        length[k] = kept
+        if block == 0:
+            continue
+        sample = _part_at(parts, part_of, k).base + src[k] * itemsize
+        out = dst + k * block * out_itemsize
+        if nd == 1:
+            _copy_run(sample, out, kept, itemsize, convert)
+            _fill(out + kept * out_itemsize, (inner - kept) * out_itemsize, pattern, out_itemsize, zero)
+            continue
+        stride[nd - 1] = 1  # elements of the sample per step along each axis
+        for a in range(nd - 2, -1, -1):
+            stride[a] = stride[a + 1] * dims[a + 1]
+        for a in range(nd - 1):
+            pos[a] = 0
+        for r in range(runs):  # each innermost run of the block, in order
+            row = out + r * inner * out_itemsize
+            if pos[0] >= kept:  # past the sample's rows: the rest of the block is padding
+                _fill(row, (runs - r) * inner * out_itemsize, pattern, out_itemsize, zero)
+                break
+            inside = True
+            offset = 0
+            for a in range(1, nd - 1):
+                if pos[a] >= dims[a]:
+                    inside = False
+                    break
+            if inside:
+                for a in range(nd - 1):
+                    offset += pos[a] * stride[a]
+                _copy_run(sample + offset * itemsize, row, dims[nd - 1], itemsize, convert)
+                _fill(row + dims[nd - 1] * out_itemsize, (inner - dims[nd - 1]) * out_itemsize, pattern,
+                      out_itemsize, zero)
+            else:
+                _fill(row, inner * out_itemsize, pattern, out_itemsize, zero)
+            a = nd - 2
+            while a >= 0:
+                pos[a] += 1
+                if pos[a] < width[a]:
+                    break
+                pos[a] = 0
+                a -= 1
+
+
 cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
                    cnp.dtype descr, pad_value, Py_ssize_t max_len, out, object source, object indices,
-                   int* unprobed, object dtype=None, object alloc=None):
+                   int* unprobed, object dtype=None, object alloc=None, bint every_axis=False):
     """The samples at batch positions ``0..batch`` padded into one array of ``dtype`` (default:
     the map's; into ``out``, else ``alloc(shape, dtype)``, else a new array), and their lengths
-    (see ``RaggedReader.padded``); errors as in ``_take``."""
+    (see ``RaggedReader.padded``); with ``every_axis``, padded along every axis, and their
+    shapes too. Errors as in ``_take``."""
     cdef Py_ssize_t bad
     cdef int64_t longest = 0, row_elems = 1
     cdef int64_t first[MAX_SAMPLE_NDIM]
-    cdef int first_nd = -1, reason = PAD_OK, a
+    cdef int64_t widest[MAX_SAMPLE_NDIM]
+    cdef int64_t width[MAX_SAMPLE_NDIM]
+    cdef int first_nd = -1, reason = PAD_OK, a, nd
     cdef bint advised = False
     cdef cnp.dtype out_descr = descr if dtype is None else np.dtype(dtype)
     cdef convert_t convert = NULL
@@ -782,16 +874,8 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
         if descr.isnative and out_descr.isnative:
             convert = converter(ord(descr.kind), descr.itemsize, ord(out_descr.kind), out_descr.itemsize)
         if convert == NULL:  # no compiled conversion (into complex numbers, say): pad, then cast
-            padded, lengths = _padded(parts, part_of, idx, batch, descr, 0, max_len, None, source, indices,
-                                      unprobed)
-            if out is None and alloc is None:
-                out = padded.astype(out_descr)
-            else:
-                if out is None:
-                    out = _allocated(alloc, padded.shape, out_descr)
-                np.copyto(out, padded, casting="safe")
-            out[np.arange(out.shape[1]) >= lengths[:, None]] = np.asarray(pad_value, dtype=out_descr)
-            return out, lengths
+            return _padded_cast(parts, part_of, idx, batch, descr, out_descr, pad_value, max_len, out, source,
+                                indices, unprobed, alloc, every_axis)
     pad = np.ascontiguousarray(pad_value, dtype=out_descr)
     if pad.size != 1:
         raise ValueError(f"pad_value must be one value, not an array of shape {pad.shape}")
@@ -801,25 +885,42 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
     lengths = _empty_int64(batch)
     cdef int64_t* length = <int64_t*>cnp.PyArray_DATA(lengths)
     cdef int64_t* src = <int64_t*>malloc((batch + 1) * sizeof(int64_t))
+    cdef int64_t* dims_all = NULL
+    cdef int64_t* shape_out
     if src == NULL:
         raise MemoryError(f"cannot allocate a batch of {batch} samples")
+    if every_axis:
+        dims_all = <int64_t*>malloc((batch + 1) * MAX_SAMPLE_NDIM * sizeof(int64_t))
+        if dims_all == NULL:
+            free(src)
+            raise MemoryError(f"cannot allocate a batch of {batch} samples")
+    memset(widest, 0, sizeof(widest))
     try:
         with nogil:
             advised = _probed_ragged(parts, part_of, idx, batch, unprobed)
-            bad = _plan_padded(parts, part_of, idx, batch, src, length, first, &first_nd, &longest, &reason)
+            bad = _plan_padded(parts, part_of, idx, batch, src, length, first, &first_nd, &longest, &reason,
+                               dims_all, widest)
         if bad >= 0:
             source._batch_error(indices, bad, reason)
         if batch == 0:
             # no sample to take the row shape from: the map's first sample stands for all
             row_shape = source._first_row_shape()
+        elif every_axis:
+            row_shape = tuple(widest[a] for a in range(1, first_nd))
         else:
             row_shape = tuple(first[a] for a in range(1, first_nd))
-        for a in range(len(row_shape)):
-            row_elems *= row_shape[a]
         if max_len >= 0:
             longest = max_len
         elif out is not None:
             longest = out.shape[1] if out.ndim >= 2 else -1
+        if every_axis and out is not None and isinstance(out, np.ndarray) and out.ndim == len(row_shape) + 2:
+            for a in range(len(row_shape)):  # a larger out pads every sample to its size
+                if out.shape[a + 2] < row_shape[a]:
+                    raise ValueError(f"out has {out.shape[a + 2]} entries along axis {a + 2}, a sample of the "
+                                     f"batch {row_shape[a]}")
+            row_shape = tuple(out.shape[2:])
+        for a in range(len(row_shape)):
+            row_elems *= row_shape[a]
         expected = (batch, longest) + row_shape
         if out is None and alloc is not None:
             out = _allocated(alloc, expected, out_descr)
@@ -830,12 +931,54 @@ cdef tuple _padded(const ragged_t* parts, const int32_t* part_of, const int64_t*
             raise ValueError(f"out must be a writable C-contiguous {out_descr} array of shape {expected}")
         dst = cnp.PyArray_BYTES(<cnp.ndarray>out)
         pattern = cnp.PyArray_BYTES(<cnp.ndarray>pad)
+        if not every_axis:
+            with nogil:
+                _fill_padded(parts, part_of, src, length, batch, longest, descr.itemsize, row_elems, dst,
+                             out_descr.itemsize, convert, pattern, zero, idx, not advised)
+            return out, lengths
+        nd = len(row_shape) + 1
+        width[0] = longest
+        for a in range(1, nd):
+            width[a] = row_shape[a - 1]
         with nogil:
-            _fill_padded(parts, part_of, src, length, batch, longest, descr.itemsize, row_elems, dst,
-                         out_descr.itemsize, convert, pattern, zero, idx, not advised)
+            _fill_padded_axes(parts, part_of, src, length, dims_all, nd, batch, width, descr.itemsize, dst,
+                              out_descr.itemsize, convert, pattern, zero, idx, not advised)
+        shapes = _empty_int64(batch * nd)
+        shape_out = <int64_t*>cnp.PyArray_DATA(shapes)
+        for bad in range(batch):
+            memcpy(shape_out + bad * nd, dims_all + bad * MAX_SAMPLE_NDIM, nd * sizeof(int64_t))
+        return out, lengths, shapes.reshape(batch, nd)
     finally:
         free(src)
-    return out, lengths
+        free(dims_all)
+
+
+cdef tuple _padded_cast(const ragged_t* parts, const int32_t* part_of, const int64_t* idx, Py_ssize_t batch,
+                        cnp.dtype descr, cnp.dtype out_descr, pad_value, Py_ssize_t max_len, out, object source,
+                        object indices, int* unprobed, object alloc, bint every_axis):
+    """``_padded`` into a dtype that no compiled conversion makes (complex numbers, say):
+    padded in the samples' dtype, then cast, then the padding set."""
+    width = max_len if max_len >= 0 else out.shape[1] if out is not None and out.ndim >= 2 else -1
+    found = _padded(parts, part_of, idx, batch, descr, 0, width, None, source, indices, unprobed, None, None,
+                    every_axis)
+    padded, lengths = found[0], found[1]
+    shape = padded.shape if out is None or not every_axis else tuple(out.shape)
+    if out is None:
+        out = _allocated(alloc, shape, out_descr) if alloc is not None else np.empty(shape, out_descr)
+    elif (not isinstance(out, np.ndarray) or out.dtype != out_descr or out.shape[:2] != padded.shape[:2]
+          or out.ndim != padded.ndim or any(n < m for n, m in zip(out.shape, padded.shape))
+          or not out.flags.writeable):
+        raise ValueError(f"out must be a writable {out_descr} array of shape {padded.shape}")
+    if not every_axis:
+        np.copyto(out, padded, casting="safe")
+        out[np.arange(out.shape[1]) >= lengths[:, None]] = np.asarray(pad_value, dtype=out_descr)
+        return out, lengths
+    shapes = found[2]
+    out[...] = np.asarray(pad_value, dtype=out_descr)
+    for k in range(batch):
+        kept = (k,) + tuple(slice(0, n) for n in shapes[k])
+        out[kept] = padded[kept]
+    return out, lengths, shapes
 
 
 cdef int _raise_batch_error(reason, i, first_i, sample) except -1:
@@ -846,9 +989,13 @@ cdef int _raise_batch_error(reason, i, first_i, sample) except -1:
         raise ValueError(f"sample {i} cannot be read")  # not reached: reading it raised
     if reason == PAD_SCALAR:
         raise ValueError(f"sample {i} is a scalar: a padded batch needs samples with at least one axis")
+    if reason == PAD_OTHER_NDIM:
+        raise ValueError(f"sample {i} has shape {np.shape(sample(i))}, sample {first_i} has shape "
+                         f"{np.shape(sample(first_i))}: a batch padded along every axis needs samples of one "
+                         f"number of axes")
     raise ValueError(f"sample {i} has shape {np.shape(sample(i))}, sample {first_i} has shape "
                      f"{np.shape(sample(first_i))}: a padded batch needs samples that differ only in "
-                     f"their first axis")
+                     f"their first axis (every_axis=True pads the others too)")
 
 
 @cython.final
@@ -1016,13 +1163,16 @@ cdef class RaggedReader(_Offsets):
                      &self.unprobed, alloc)
 
     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,
-               alloc=None):
+               alloc=None, bint every_axis=False):
         """The samples at ``indices`` as one array ``(B, L, *row_shape)`` of ``dtype`` (default:
         the map's; any other must hold every value exactly, a safe cast) padded with
         ``pad_value`` (one value of that dtype), and their lengths along the first axis
         (``int64``, at most ``L``).
 
-        Every sample must have at least one axis and the same ``row_shape`` after the first.
+        Every sample must have at least one axis and the same ``row_shape`` after the first;
+        with ``every_axis``, only the same number of axes: each later axis is padded to the
+        batch's largest (or to ``out``'s size along it), and the samples' shapes ``(B, ndim)``
+        (``int64``, the first axis as kept) are returned third.
         ``L`` is ``max_len`` when given (longer samples are truncated), else ``out.shape[1]``
         when ``out`` is given, else the longest sample's length. ``out``, if given, is a
         writable C-contiguous array of ``dtype`` and of that shape; else ``alloc(shape,
@@ -1030,7 +1180,79 @@ cdef class RaggedReader(_Offsets):
         pass.
         """
         return _padded(&self.c, NULL, _first(indices), indices.shape[0], self.descr, pad_value, max_len, out,
-                       self, indices, &self.unprobed, dtype, alloc)
+                       self, indices, &self.unprobed, dtype, alloc, every_axis)
+
+
+@cython.final
+cdef class _Arrays:
+    """Arrays in memory as the samples of a batch (for ``pad_arrays``'s errors)."""
+    cdef list arrays
+
+    def __init__(self, list arrays):
+        self.arrays = arrays
+
+    def sample(self, Py_ssize_t i):
+        return self.arrays[i]
+
+    def _batch_error(self, const int64_t[::1] indices, Py_ssize_t k, int reason):
+        _raise_batch_error(reason, indices[k], indices[0], self.sample)
+
+    def _first_row_shape(self):
+        return ()
+
+
+def pad_arrays(list arrays, pad_value, Py_ssize_t max_len=-1, dtype=None, alloc=None):
+    """Arrays (C-contiguous, of one dtype, each with at least one axis and all with the same
+    number of axes) padded along every axis into one array ``(B, L, *largest)`` of ``dtype``
+    (default: theirs), as ``RaggedReader.padded(..., every_axis=True)`` pads a map's samples,
+    in one pass without the GIL; returns ``(padded, lengths, shapes)``."""
+    cdef Py_ssize_t batch = len(arrays), k
+    cdef int nd
+    cdef int skip = 1 << 30  # memory, not a mapped file: no page-cache probe
+    if batch == 0:
+        raise ValueError("pad_arrays needs at least one array")
+    cdef cnp.dtype descr = (<cnp.ndarray?>arrays[0]).dtype
+    cdef ragged_t* parts = <ragged_t*>calloc(batch, sizeof(ragged_t))
+    cdef int64_t* meta = <int64_t*>malloc(batch * (4 + MAX_SAMPLE_NDIM) * sizeof(int64_t))
+    cdef int32_t* part_of = <int32_t*>malloc(batch * sizeof(int32_t))
+    cdef int64_t* idx = <int64_t*>calloc(batch, sizeof(int64_t))
+    cdef int64_t* m
+    cdef cnp.ndarray arr
+    try:
+        if parts == NULL or meta == NULL or part_of == NULL or idx == NULL:
+            raise MemoryError(f"cannot allocate a batch of {batch} samples")
+        for k in range(batch):
+            arr = arrays[k]
+            if arr.dtype != descr or not arr.flags.c_contiguous or arr.ndim > MAX_SAMPLE_NDIM:
+                raise ValueError(f"array {k}: pad_arrays takes C-contiguous arrays of one dtype ({descr}) with at "
+                                 f"most {MAX_SAMPLE_NDIM} axes, not {arr.dtype} {np.shape(arr)}")
+            nd = arr.ndim
+            m = meta + k * (4 + MAX_SAMPLE_NDIM)
+            m[0] = 0  # the sample's start and end in its own data, its axes' start and end
+            m[1] = arr.size
+            m[2] = 0
+            m[3] = nd
+            for a in range(nd):
+                m[4 + a] = arr.shape[a]
+            parts[k].base = cnp.PyArray_BYTES(arr)
+            parts[k].itemsize = descr.itemsize
+            parts[k].starts = m
+            parts[k].ends = m + 1
+            parts[k].n = 1
+            parts[k].length = arr.size
+            parts[k].nested = True
+            parts[k].shape_values = m + 4
+            parts[k].shape_starts = m + 2
+            parts[k].shape_ends = m + 3
+            parts[k].n_shape_values = nd
+            part_of[k] = <int32_t>k
+        return _padded(parts, part_of, idx, batch, descr, pad_value, max_len, None, _Arrays(arrays),
+                       np.arange(batch, dtype=np.int64), &skip, dtype, alloc, True)
+    finally:
+        free(parts)
+        free(meta)
+        free(part_of)
+        free(idx)
 
 
 @cython.final

@@ -45,7 +45,8 @@ class ShardedRaggedReader(_Parts):
         out: Optional[np.ndarray] = ...,
         dtype: Any = ...,
         alloc: Optional[Allocator] = ...,
-    ) -> Tuple[np.ndarray, Int64Array]: ...
+        every_axis: bool = ...,
+    ) -> Tuple[np.ndarray, ...]: ...
 
 class ShardedStringsReader(_Parts):
     """Strings of the parts of a sharded map by their index in the whole map; batches gathered

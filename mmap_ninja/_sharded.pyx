@@ -281,7 +281,7 @@ cdef class ShardedRaggedReader(_Parts):
         return tuple(np.shape(self._sample(0))[1:]) if self.n else ()
 
     cdef object _gather(self, const int64_t[::1] indices, bint padded, pad_value, Py_ssize_t max_len, out,
-                        dtype=None, alloc=None):
+                        dtype=None, alloc=None, bint every_axis=False):
         """``_take`` or ``_padded`` of the samples at ``indices``, each read from its part."""
         cdef Py_ssize_t batch = indices.shape[0]
         cdef int32_t* part_of = NULL
@@ -290,7 +290,7 @@ cdef class ShardedRaggedReader(_Parts):
             self._locate_batch(indices, &part_of, &local)
             if padded:
                 return _padded(self.parts, part_of, local, batch, self.descr, pad_value, max_len, out, self, indices,
-                               &self.unprobed, dtype, alloc)
+                               &self.unprobed, dtype, alloc, every_axis)
             return _take(self.parts, part_of, local, batch, self.descr, self._nested(part_of, batch), self, indices,
                          &self.unprobed, alloc)
         finally:
@@ -307,10 +307,10 @@ cdef class ShardedRaggedReader(_Parts):
         return self._gather(indices, False, None, -1, None, None, alloc)
 
     def padded(self, const int64_t[::1] indices, pad_value, Py_ssize_t max_len=-1, out=None, dtype=None,
-               alloc=None):
+               alloc=None, bint every_axis=False):
         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)``, and their
-        lengths (see ``RaggedReader.padded``)."""
-        return self._gather(indices, True, pad_value, max_len, out, dtype, alloc)
+        lengths (and with ``every_axis`` their shapes; see ``RaggedReader.padded``)."""
+        return self._gather(indices, True, pad_value, max_len, out, dtype, alloc, every_axis)
 
 
 @cython.final

@@ -4,11 +4,13 @@
   ``dask.delayed`` object of a list, each giving samples) is written as one part of a sharded
   map by the worker that computes it (``sharded.write_part``); the client then commits the
   parts in the collection's order, in one step (``ShardedMmap.commit_parts``), whatever order
-  the tasks finished in. A task that dies mid-part and is retried writes a new part: the
+  the tasks finished in (elements that are dicts make a sharded map of tables, one column per
+  key). A task that dies mid-part and is retried writes a new part: the
   abandoned one is never committed, so no sample is missing or doubled (``gc`` removes it).
   With ``keyed=True`` the elements are ``(key, sample)`` pairs, and the map is keyed.
-- ``read_mmap(path)``: a ``Bag`` of the samples of any map, for preprocessing that starts from
-  a map (one partition per part of a sharded map, else ranges of samples).
+- ``read_mmap(path)``: a ``Bag`` of the samples of any map (a table's rows as dicts), for
+  preprocessing that starts from a map (one partition per part of a sharded map, else ranges
+  of samples).
 
 The workers must see ``out_dir`` at the same path (one host, or a shared file system).
 """
@@ -84,6 +86,10 @@ def _read_range(path: str, start: int, stop: int) -> List[Any]:
 
     m = open_existing(path)
     items = m[start:stop]
+    if isinstance(items, dict):  # a table's rows: one dict each, of copies
+        names = list(items)
+        return [{name: value if isinstance(value, str) else np.array(value) for name, value in zip(names, values)}
+                for values in zip(*items.values())]
     return [item if isinstance(item, str) else np.array(item) for item in items]
 
 

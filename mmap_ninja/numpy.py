@@ -133,13 +133,70 @@ def from_generator(
     return open_existing(out_dir, "r+")
 
 
-def open_existing(out_dir: PathLike, mode: str = "r") -> np.memmap:
-    """Open the map at ``out_dir`` as a ``np.memmap`` (``mode``: ``"r"`` read-only, ``"r+"``
-    writable in place, ``"c"`` copy-on-write). The flattened data of a ragged map opens too."""
+class NumpyMmap(np.memmap):
+    """The ``np.memmap`` that ``open_existing`` gives: everything numpy does works on it, and
+
+    - ``__getitems__(indices)``: the rows at ``indices`` as a new (writable) array, gathered in
+      one compiled pass (``take``): a ``torch.utils.data.DataLoader`` over the map fetches its
+      batches so, and its default collate makes them tensors without copying them row by row
+      or warning about read-only arrays;
+    - a map opened read-only pickles as its folder and length, and is mapped again where it is
+      unpickled (a ``DataLoader`` worker started by spawn maps the file instead of receiving a
+      copy of the data). Slices, views and maps opened otherwise pickle as numpy arrays do."""
+
+    def __array_finalize__(self, obj: Any) -> None:
+        super().__array_finalize__(obj)
+        self._source: Optional[Tuple[str, int]] = None  # (folder, rows) of a whole map opened read-only
+
+    def __getitems__(self, indices: Sequence[int]) -> np.ndarray:
+        return take(self, indices)
+
+    # as np.memmap does for itself: what is not a view of the mapped file is a plain ndarray
+    def __array_wrap__(self, arr: np.ndarray, context: Any = None, return_scalar: bool = False) -> Any:
+        arr = np.ndarray.__array_wrap__(self, arr, context, return_scalar)
+        if self is arr:
+            return arr
+        return arr[()] if return_scalar else arr.view(np.ndarray)
+
+    def __getitem__(self, index: Any) -> Any:
+        found = np.ndarray.__getitem__(self, index)
+        if type(found) is NumpyMmap and found._mmap is None:
+            return found.view(np.ndarray)
+        return found
+
+    def __reduce_ex__(self, protocol: Any):
+        if self._source is not None:
+            return _reopen_rows, self._source
+        return super().__reduce_ex__(protocol)
+
+
+def _reopen_rows(out_dir: str, rows: int) -> NumpyMmap:
+    """The map at ``out_dir`` opened read-only, cut to its first ``rows`` rows (the length it had
+    when it was pickled)."""
+    arr = open_existing(out_dir)
+    if rows > len(arr):
+        raise ValueError(f"{out_dir}: holds {len(arr)} rows, fewer than the {rows} of the map pickled")
+    if rows == len(arr):
+        return arr
+    cut = arr[:rows]
+    cut._source = (out_dir, rows)
+    return cut
+
+
+def open_existing(out_dir: PathLike, mode: str = "r") -> NumpyMmap:
+    """Open the map at ``out_dir`` as a ``np.memmap`` (a ``NumpyMmap``; ``mode``: ``"r"``
+    read-only, ``"r+"`` writable in place, ``"c"`` copy-on-write). The flattened data of a
+    ragged map opens too."""
     if mode not in _OPEN_MODES:
         raise ValueError(f"mode must be one of {_OPEN_MODES}, got {mode!r}")
     out_dir = as_dir(out_dir)
-    return open_consistent(out_dir, lambda: open_dir(out_dir, ("numpy", "ragged")).map(mode))
+    mapped = open_consistent(out_dir, lambda: open_dir(out_dir, ("numpy", "ragged")).map(mode))
+    arr = mapped.view(NumpyMmap)
+    # the file it maps (an empty map maps none, and np.memmap does not pass its file on then)
+    arr._mmap, arr.filename, arr.offset, arr.mode = mapped._mmap, mapped.filename, mapped.offset, mapped.mode
+    if mode in ("r", "readonly") and arr.ndim:
+        arr._source = (str(out_dir), len(arr))
+    return arr
 
 
 def take(arr: np.ndarray, indices: Any, out: Optional[np.ndarray] = None) -> np.ndarray:

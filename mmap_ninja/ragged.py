@@ -170,10 +170,16 @@ class RaggedMmap(MapObject):
         dtype: Any = None,
         *,
         alloc: Optional[Allocator] = None,
-    ) -> Tuple[np.ndarray, np.ndarray]:
+        every_axis: bool = False,
+    ) -> Tuple[np.ndarray, ...]:
         """The samples at ``indices`` (sequences along their first axis, same shape after it)
         as one array ``(B, L, *row_shape)`` padded with ``pad_value``, and the number of valid
         entries of each along the first axis (``int64``, ``B``).
+
+        ``every_axis=True``: samples of one number of axes that differ in any of them (images
+        of different heights and widths) are padded along every axis, to the batch's largest
+        (or to ``out``'s size along it), in the same compiled pass; the samples' shapes
+        ``(B, ndim)`` (``int64``, the first axis as kept) are returned third.
 
         ``L`` is ``max_len`` when given (longer samples are cut), else ``out.shape[1]`` when
         ``out`` (a preallocated C-contiguous array) is given, else the longest sample's length.
@@ -189,9 +195,11 @@ class RaggedMmap(MapObject):
         if reader is None:
             _core.batch_index(indices, 0)
             length = max_len if max_len is not None else (out.shape[1] if out is not None and out.ndim > 1 else 0)
-            return np.full((0, length), pad, dtype=out_dtype) if out is None else out, np.empty(0, np.int64)
+            empty = np.full((0, length), pad, dtype=out_dtype) if out is None else out, np.empty(0, np.int64)
+            return empty + (np.zeros((0, 1), np.int64),) if every_axis else empty
         index = _core.batch_index(indices, reader.n)
-        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype, alloc)
+        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype, alloc,
+                             bool(every_axis))
 
     def _wrap(self, sample):
         if self.wrapper_fn is None:

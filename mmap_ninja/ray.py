@@ -12,7 +12,8 @@ and this module needs it).
   abandoned one is never committed (``verify`` lists it, ``gc`` removes it), so no sample is
   missing or doubled.
 - ``read_mmap(path)``: a ``ray.data.Dataset`` of the samples of any map, one row per sample in
-  one column (``"item"``, as ``ray.data.from_items`` names it): one read task per part of a
+  one column (``"item"``, as ``ray.data.from_items`` names it; a table's rows in its own
+  columns): one read task per part of a
   sharded map, else ranges of samples; each task opens the map from its path. The rows come in
   the map's order with ``preserve_order`` (without it, in the order the read tasks finish).
 
@@ -35,6 +36,7 @@ from ._format.kinds import KINDS, Kind
 from .base import PathLike, as_dir, is_url, map_type
 from .ragged import RaggedMmap
 from .sharded import PARTS, ShardedMmap, check_joining, write_part
+from .table import TYPE as TABLE
 
 require(__name__, "ray", {"ray": "ray", "ray.data": "ray", "pyarrow": "pyarrow"})
 
@@ -71,6 +73,28 @@ def _pick_column(names: List[str], column: Optional[str], key_column: Optional[s
     return column
 
 
+def _data_columns(names: List[str], column: Optional[str], key_column: Optional[str]) -> List[str]:
+    """The columns a sink writes: ``[column]`` (checked), else every column but ``key_column``."""
+    if column is not None or len([name for name in names if name != key_column]) <= 1:
+        return [_pick_column(names, column, key_column)]
+    if key_column is not None and key_column not in names:
+        raise ValueError(f"the dataset has no column {key_column!r} (key_column); its columns are {names}")
+    return [name for name in names if name != key_column]
+
+
+def _rows_of(block: Block, column: Optional[str], key_column: Optional[str] = None) -> List[Any]:
+    """The samples of ``block``: those of ``column`` (or of its only column besides
+    ``key_column``), else one dict per row of every column but ``key_column``."""
+    accessor = BlockAccessor.for_block(block)
+    if accessor.num_rows() == 0:
+        return []
+    names = _data_columns(list(accessor.column_names()), column, key_column)
+    if column is not None or len(names) == 1:
+        return _samples_of(block, names[0], key_column)
+    values = [_samples_of(block, name, key_column) for name in names]
+    return [dict(zip(names, row)) for row in zip(*values)]
+
+
 def _samples_of(block: Block, column: Optional[str], key_column: Optional[str] = None) -> List[Any]:
     """The samples of ``column`` in ``block`` (arrow or pandas): arrays, numpy scalars or
     strings, one per row."""
@@ -96,14 +120,17 @@ def _keys_of(block: Block, key_column: str) -> List[Any]:
 
 
 class MmapNinjaDatasink(Datasink):
-    """A Ray Data sink writing the samples of one column of a dataset into the sharded map at
-    ``out_dir`` (created, or appended to): ``ds.write_datasink(MmapNinjaDatasink(out_dir))``.
+    """A Ray Data sink writing the rows of a dataset into the sharded map at ``out_dir``
+    (created, or appended to): ``ds.write_datasink(MmapNinjaDatasink(out_dir))``.
 
     Each write task writes its rows as one part; the driver commits the parts in the order of
     the write tasks once all succeeded, and nothing if the write fails (its parts are left
     uncommitted: never read, removed by ``ShardedMmap.gc``). Tasks with no rows write no part.
 
-    ``column``: the column holding the samples (``None``: the dataset's only column). Samples
+    ``column``: the column holding the samples. ``None``: the dataset's only column (besides
+    ``key_column``), or, when it has several, every one of them: each part is then a table
+    (``mmap_ninja.table``) of those columns, their kinds inferred from the first row (arrays
+    ragged, scalars numpy, ``str`` strings), and the map reads dict batches. Samples
     are numpy arrays of any shape and dtype (ragged), ``str`` (strings), or arrays of one shape
     with ``kind="numpy"``; ``kind`` as in ``sharded.write_part``. ``min_rows_per_part``: Ray
     bundles blocks until a write task has at least that many rows (the last may have fewer), for
@@ -138,7 +165,7 @@ class MmapNinjaDatasink(Datasink):
         """Check the column on the driver before any task runs, when Ray knows the schema."""
         names = getattr(schema, "names", None)
         if names:
-            _pick_column(list(names), self.column, self.key_column)
+            _data_columns(list(names), self.column, self.key_column)
         check_joining(self.out_dir, self.key_column is not None)  # another kind of map, files, keys
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> Optional[Dict[str, Any]]:
@@ -150,7 +177,7 @@ class MmapNinjaDatasink(Datasink):
         if self.key_column is not None:
             keys = _keys.KeysAlongside()
             blocks = self._keys_taken(blocks, keys)
-        samples = (sample for block in blocks for sample in _samples_of(block, self.column, self.key_column))
+        samples = (sample for block in blocks for sample in _rows_of(block, self.column, self.key_column))
         first = next(samples, _NOTHING)
         if first is _NOTHING:
             return None
@@ -240,15 +267,44 @@ def _block(m: Any, kind: Kind, start: int, stop: int, column: str, layout: str) 
     return pa.Table.from_arrays([values], names=[column])
 
 
-def _read_range(path: str, start: int, stop: int, column: str, layout: str, rows_per_block: int) -> Iterator[Block]:
+def _table_block(m: Any, kinds: Dict[str, str], start: int, stop: int, layouts: Dict[str, str]) -> Block:
+    """The rows ``[start, stop)`` of the table (or map of tables) ``m`` as one block of a
+    column per column of the table, each as ``_block`` makes that of a map of its kind."""
+    import pyarrow as pa
+
+    columns = [_block(m[name], KINDS[kind], start, stop, name, layouts[name]) for name, kind in kinds.items()]
+    return pa.Table.from_arrays([table.column(0) for table in columns],
+                                schema=pa.schema([table.schema.field(0) for table in columns]))
+
+
+def _read_range(path: str, start: int, stop: int, column: str, layout: Any, rows_per_block: int) -> Iterator[Block]:
     """The samples ``[start, stop)`` of the map at ``path`` as blocks of at most
-    ``rows_per_block`` rows (run by a read task, which opens the map itself)."""
+    ``rows_per_block`` rows (run by a read task, which opens the map itself); ``layout``: a
+    dict per column for a table or a map of tables."""
     from .generic import open_existing
 
     m = open_existing(path)
+    if isinstance(layout, dict):
+        for a in range(start, stop, rows_per_block):
+            yield _table_block(m, m.schema, a, min(stop, a + rows_per_block), layout)
+        return
     kind = KINDS[m.kind if isinstance(m, ShardedMmap) else map_type(Path(path))]
     for a in range(start, stop, rows_per_block):
         yield _block(m, kind, a, min(stop, a + rows_per_block), column, layout)
+
+
+def _layouts(m: Any, out_dir: Path) -> Dict[str, str]:
+    """How each column of the table (or map of tables) ``m`` travels (see ``_ragged_layout``)."""
+    layouts = {}
+    for name, kind in m.schema.items():
+        if not KINDS[kind].arrays:
+            layouts[name] = "plain"
+        elif isinstance(m, ShardedMmap):
+            layouts[name] = _ragged_layout([RaggedMmap(out_dir / PARTS / part / "columns" / name)
+                                            for part, length in zip(m.part_names, np.diff(m.part_bounds)) if length])
+        else:
+            layouts[name] = _ragged_layout([m[name]])
+    return layouts
 
 
 def _size_on_disk(path: Path) -> int:
@@ -270,7 +326,8 @@ class MmapNinjaDatasource(Datasource):
     travel to a task, which opens the map and reads its samples in blocks of at most
     ``DataContext.target_max_block_size`` bytes (about).
 
-    The column, by kind of map:
+    A table, or a sharded map of tables, gives a column per column of the table (``column`` is
+    not used), each as below for a map of its kind. The column, by kind of map:
 
     - numpy map of shape ``(n, *shape)``: a plain column of its dtype when ``shape`` is ``()``,
       else Ray's fixed-shape tensor column (each row an array of ``shape``);
@@ -294,9 +351,11 @@ class MmapNinjaDatasource(Datasource):
         m = open_existing(out_dir)
         self._n = len(m)
         self._bounds = m.part_bounds if isinstance(m, ShardedMmap) else None
-        kind = KINDS[m.kind if self._bounds is not None else map_type(out_dir)]
-        self._layout = "plain"
-        if kind.arrays:
+        type_name = m.kind if self._bounds is not None else map_type(out_dir)
+        self._layout: Any = "plain"
+        if type_name == TABLE:
+            self._layout = _layouts(m, out_dir)
+        elif KINDS[type_name].arrays:
             parts = [RaggedMmap(out_dir / PARTS / name) for name in m.part_names] if self._bounds is not None else [m]
             self._layout = _ragged_layout(parts)
         del m
@@ -336,7 +395,8 @@ class MmapNinjaDatasource(Datasource):
 def read_mmap(path: PathLike, *, column: str = COLUMN, override_num_blocks: Optional[int] = None,
               **read_args: Any) -> "ray.data.Dataset":
     """The samples of the map at ``path`` (any kind) as a ``ray.data.Dataset`` with one column,
-    ``column`` (see ``MmapNinjaDatasource`` for its type): one read task per part of a sharded
+    ``column`` (see ``MmapNinjaDatasource`` for its type; a table's columns for a table or a
+    sharded map of tables): one read task per part of a sharded
     map, else ranges of samples; ``override_num_blocks`` asks for that many ranges instead.
     Rows are in the map's order when ``DataContext.execution_options.preserve_order`` is set.
     ``read_args`` go to ``ray.data.read_datasource`` (``concurrency``, ``num_cpus``, ...)."""

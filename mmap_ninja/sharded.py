@@ -1,5 +1,9 @@
 """Sharded maps: many maps of one kind (the parts), read as one.
 
+Parts are plain maps (numpy, ragged, strings) or tables (``mmap_ninja.table``): a sharded map of
+tables reads dict batches, each column of every part read as one sharded map of the column's
+kind (``m["image"]``).
+
 A sharded map is a directory with ``type.ninja`` = ``sharded``, a ``manifest.ninja`` (JSON: the
 kind and dtype of the parts, and the parts in order with their lengths) and a ``parts/`` folder
 holding the parts, each a complete map in the 0.9.0 format (so any part opens in 0.9.0).
@@ -26,7 +30,7 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,9 +42,13 @@ from ._format.sharded import (
     KEYSETS,
     MANIFEST,
     MAX_SAMPLES,
+    PART_KINDS,
     PARTS,
+    TABLE,
     TYPE,
     VERSIONS,
+    columns_text,
+    describe_part,
     is_length,
     keys_home,
     part_dir,
@@ -49,6 +57,8 @@ from ._format.sharded import (
     write_manifest,
 )
 from ._format.strings import CompressedStrings
+from ._format.table import COLUMNS
+from ._format.table import verify_dir as verify_table
 from ._format.verify import VERIFY_LIMIT, Report, check_limit
 from ._storage import WriterLock, open_consistent
 from .base import (
@@ -63,6 +73,7 @@ from .base import (
     map_type,
     progress,
 )
+from .table import TableMmap
 
 try:
     import fcntl
@@ -72,7 +83,7 @@ except ImportError:  # pragma: no cover - not POSIX
 __all__ = ["ShardedMmap", "write_part", "check_joining", "verify_dir", "versions_of", "Collected", "TYPE", "MANIFEST",
            "PARTS", "VERSIONS", "KEYSETS", "MAX_SAMPLES"]
 
-KINDS = tuple(_kinds.KINDS)  # what parts may be: the plain kinds of the registry
+KINDS = PART_KINDS  # what parts may be: the plain kinds of the registry, and tables
 _NOTHING = object()
 PREFETCH_PARTS = 2  # parts a look-ahead over a map at a URL keeps downloading ahead of the reads
 
@@ -97,8 +108,8 @@ class _RemoteReads:
         """A read of ``parts`` (the parts' positions in the map), for its duration."""
         mirror = self.owner._mirror
         with self.lock:
-            if mirror.forked():  # a forked child pins, itself, the parts its copy of the readers has open
-                state = self.owner._state
+            state = self.owner._state
+            if mirror.forked() and state[3] is not None:  # a forked child pins the parts its readers have open
                 for p in state[3].opened():
                     mirror.pin(state[0]["parts"][p]["name"])
             call = self.next_call
@@ -149,7 +160,8 @@ class _RemoteReads:
 
     def release(self, p: int) -> None:
         manifest, _, _, reader, _ = self.owner._state
-        reader.release(p)
+        if reader is not None:
+            reader.release(p)
         self.owner._opened.pop(p, None)
         self.owner._mirror.unpin(manifest["parts"][p]["name"])
 
@@ -182,13 +194,17 @@ def _open_url(url: str, options: Dict[str, Any]) -> "ShardedMmap":
 
 
 def _open_part(path: Path, kind: str, mode: str = "r"):
+    if kind == TABLE:
+        return TableMmap(path)
     return _kinds.KINDS[kind].open(path, None, mode)
 
 
-def _dtype_of(part: Any) -> Optional[str]:
-    """The dtype name of a part's samples (``None`` for strings, and for an empty ragged map)."""
-    dtype = getattr(part, "dtype", None)
-    return None if dtype is None else _meta.dtype_name(dtype)
+def _reopen(cls: type, args: tuple, options: Dict[str, Any]) -> "ShardedMmap":
+    return cls(*args, **options)
+
+
+def _column_of(whole: "ShardedMmap", name: str) -> "ShardedMmap":
+    return whole[name]
 
 
 def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = None,
@@ -197,8 +213,10 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
     """Write ``samples`` as a new part of the sharded map at ``out_dir`` (not yet committed:
     see ``ShardedMmap.commit_parts``) and return its record, a small picklable dict.
 
-    ``kind``: ``"ragged"``, ``"string"`` or ``"numpy"`` (same-shaped samples); ``None`` takes
-    ``"string"`` for ``str`` samples, else ``"ragged"``. The samples are read from the iterable
+    ``kind``: ``"ragged"``, ``"string"``, ``"numpy"`` (same-shaped samples) or ``"table"``
+    (samples are dicts of the columns' values: the part is a ``TableMmap``, its columns' kinds
+    inferred from the first row); ``None`` takes ``"table"`` for dicts, ``"string"`` for
+    ``str`` samples, else ``"ragged"``. The samples are read from the iterable
     ``batch_size`` at a time. Any process may write parts at once. ``keys``: one ``str`` per
     sample, consumed alongside (unique across the whole map: checked when the part is
     committed).
@@ -215,18 +233,26 @@ def write_part(out_dir: PathLike, samples: Iterable[Any], kind: Optional[str] = 
     iterator = iter(samples)
     first = next(iterator, _NOTHING)
     if kind is None:
-        kind = _kinds.kind_of_sample(first) if first is not _NOTHING else "ragged"
+        kind = "ragged" if first is _NOTHING else TABLE if isinstance(first, Mapping) else _kinds.kind_of_sample(first)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if first is _NOTHING and (kind == TABLE or _kinds.KINDS[kind].rows):
+        raise ValueError(f"a {kind} part needs at least one sample (its {'columns' if kind == TABLE else 'shape'} "
+                         f"and dtype come from it)")
     name = f"part-{uuid.uuid4().hex}"
     path = as_dir(out_dir) / PARTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    if first is _NOTHING and _kinds.KINDS[kind].rows:
-        raise ValueError("a numpy part needs at least one sample (its shape and dtype come from it)")
     stream = iterator if first is _NOTHING else itertools.chain([first], iterator)
-    part = _kinds.KINDS[kind].build(path, stream, batch_size, keys)
+    if kind == TABLE:
+        TableMmap.from_generator(path, stream, batch_size, keys=keys).close()
+    else:
+        _kinds.KINDS[kind].build(path, stream, batch_size, keys)
     (path / "writer.lock").unlink(missing_ok=True)
-    return {"name": name, "length": len(part), "kind": kind, "dtype": _dtype_of(part)}
+    found = describe_part(path, kind)
+    record = {"name": name, "length": found["length"], "kind": kind, "dtype": found["dtype"]}
+    if kind == TABLE:
+        record["columns"] = found["columns"]
+    return record
 
 
 def _write_part_to_url(url: str, samples: Iterable[Any], kind: Optional[str], batch_size: int,
@@ -247,28 +273,21 @@ def _write_part_to_url(url: str, samples: Iterable[Any], kind: Optional[str], ba
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _row_shape(part: Any, kind: str) -> Optional[list]:
-    """The shape of a numpy part's rows (``None`` for other kinds and empty parts)."""
-    return list(part.shape[1:]) if _kinds.KINDS[kind].rows and len(part) else None
-
-
-def _examine(path: Path, kind: str) -> Tuple[Any, Dict[str, Any]]:
-    """The part at ``path`` opened as a map of ``kind`` (``ValueError`` when its folder holds
-    another kind) and what it holds: ``length``, ``kind``, ``dtype`` and ``shape`` of rows."""
-    found = map_type(path)
-    if found != kind:
-        raise ValueError(f"{path}: holds {'no map' if found is None else f'a {found} map'}, not {kind} samples")
-    part = _open_part(path, kind)
-    return part, {"length": len(part), "kind": kind, "dtype": _dtype_of(part), "shape": _row_shape(part, kind)}
-
-
 def _first_shape(out_dir: Path, manifest: dict) -> Optional[list]:
     """The row shape of the first non-empty committed part of a numpy sharded map."""
     kind = manifest["kind"]
     for entry in manifest["parts"]:
-        if entry["length"] and _kinds.KINDS[kind].rows:
-            return _row_shape(_open_part(out_dir / PARTS / entry["name"], kind), kind)
+        if entry["length"] and kind != TABLE and _kinds.KINDS[kind].rows:
+            return describe_part(out_dir / PARTS / entry["name"], kind)["shape"]
     return None
+
+
+def _columns_differ(found: Dict[str, Any], columns: Optional[list], what: Any, holder: Any) -> None:
+    """``ValueError`` when the part described by ``found`` (a table holding rows) has other
+    columns than ``columns`` (those of ``holder``; ``None``: not known yet)."""
+    if columns is not None and found["length"] and found["columns"] != columns:
+        raise ValueError(f"{what}: holds the columns {columns_text(found['columns'])}, but {holder} holds "
+                         f"{columns_text(columns)}: the parts of a sharded map hold the same columns")
 
 
 class ShardedMmap(_keys.KeyLookups):
@@ -297,10 +316,14 @@ class ShardedMmap(_keys.KeyLookups):
 
     def __init__(self, out_dir: PathLike, wrapper_fn: Optional[Callable[[Any], Any]] = None, mode: str = "r",
                  version: Optional[int] = None, *, cache_dir: Optional[PathLike] = None,
-                 cache_limit: Optional[Any] = None, storage_options: Optional[Dict[str, Any]] = None):
-        check_options(wrapper_fn=wrapper_fn)
+                 cache_limit: Optional[Any] = None, storage_options: Optional[Dict[str, Any]] = None,
+                 columns: Optional[Sequence[str]] = None):
+        if not isinstance(wrapper_fn, Mapping):  # a map of tables takes {column: fn}
+            check_options(wrapper_fn=wrapper_fn)
         if mode not in ("r", "c"):
             raise ValueError(f"mode must be 'r' or 'c' (parts are changed through their own maps), got {mode!r}")
+        if isinstance(columns, str):
+            raise TypeError("columns= takes a list of column names, not one str")
         if is_url(out_dir):
             from .remote.cache import open_mirror
 
@@ -319,11 +342,17 @@ class ShardedMmap(_keys.KeyLookups):
         self.wrapper_fn = wrapper_fn
         self.mode = mode
         self.pinned = version
+        self._selected = None if columns is None else list(columns)
+        self._table: Optional[Dict[str, ShardedMmap]] = None
+        self._within: Optional[Tuple[ShardedMmap, str]] = None  # (the map of tables, the column) of a column
         self.refresh()
 
     def refresh(self) -> None:
         """Re-read the manifest, to see parts committed since the map was opened (a map opened
         with ``version`` reads that version again)."""
+        if self._within is not None:
+            raise TypeError(f"column {self._within[1]!r} of a map of tables is refreshed with the map it belongs to")
+
         def read():
             type_name = map_type(self.out_dir, must_exist=True)
             if type_name != TYPE:
@@ -332,28 +361,52 @@ class ShardedMmap(_keys.KeyLookups):
 
         mirror = self._mirror
         if mirror is not None:
-            from .remote.cache import files_size
-
             self._reads.forget()
             manifest = mirror.manifest(self.pinned)
             home = mirror.ensure_keys(manifest)
         else:
             manifest = open_consistent(self.out_dir, read)
+            home = keys_home(self.out_dir, manifest)  # committed before the manifest: at least as many
+        self._keys = None if home is None else _keys.KeyIndex.open(home)
+        self._load(manifest)
+
+    def _load(self, manifest: dict, within: Optional[str] = None) -> None:
+        """Read the parts of ``manifest`` (each part's folder ``within``, a column's, when given)."""
         lengths = np.array([part["length"] for part in manifest["parts"]], dtype=np.int64)
         bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=bounds[1:])
-        kind = _kinds.KINDS[manifest["kind"]]
+        mirror = self._mirror
         opened: Dict[int, Any] = {}  # part k's map object, for what the compiled readers do not do
         self._opened = opened
         compressed: set = set()  # strings parts whose strings are compressed (read part by part)
+        if manifest["kind"] == TABLE:
+            self._open_columns(manifest)
+            kind = None
+        else:
+            self._close_columns()
+            kind = _kinds.KINDS[manifest["kind"]]
+            if self._selected is not None:
+                raise TypeError(f"columns= selects columns of a map of tables; {self.url or self.out_dir} holds "
+                                f"{manifest['kind']} parts")
+            if isinstance(self.wrapper_fn, Mapping):
+                raise TypeError(f"wrapper_fn is a dict {{column: fn}} for a map of tables; {self.out_dir} holds "
+                                f"{manifest['kind']} parts")
+
+        def part_path(k: int) -> Path:
+            path = self.out_dir / PARTS / manifest["parts"][k]["name"]
+            return path if within is None else path / within
 
         def part_files(k: int):
             """Part ``k``'s committed files, checked to hold the samples the manifest lists."""
             entry = manifest["parts"][k]
-            path = self.out_dir / PARTS / entry["name"]
+            path = part_path(k)
             if mirror is not None:  # downloaded (or waited for) and pinned
+                from .remote.cache import files_size
+
                 mirror.ensure(entry, self._reads.wait)
                 self._reads.opened(k, files_size(entry["files"]))
+            if kind is None:
+                return None
             files = kind.read(path)
             if kind.length(files) < entry["length"]:
                 raise ValueError(f"{path}: holds {kind.length(files)} samples, the manifest says {entry['length']}")
@@ -372,17 +425,112 @@ class ShardedMmap(_keys.KeyLookups):
             part = opened.get(k)
             if part is None:
                 part_files(k)
-                part = opened[k] = kind.open(self.out_dir / PARTS / manifest["parts"][k]["name"], None, self.mode)
+                part = opened[k] = _open_part(part_path(k), manifest["kind"], self.mode)
             return part
 
-        dtype = manifest.get("dtype")
-        dtype = None if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
-        reader = kind.sharded_reader(bounds, part_reader, dtype, str(self.out_dir))
-        if mirror is None:
-            home = keys_home(self.out_dir, manifest)  # committed before the manifest: at least as many
-        self._keys = None if home is None else _keys.KeyIndex.open(home)
+        reader = None
+        if kind is not None:
+            dtype = manifest.get("dtype")
+            dtype = None if dtype is None else _meta.dtype_from_name(dtype, self.out_dir / MANIFEST)
+            reader = kind.sharded_reader(bounds, part_reader, dtype, str(self.out_dir))
         self._state = (manifest, bounds, open_part, reader, compressed)
         self._kind = kind
+
+    # -- maps of tables -------------------------------------------------------------------
+
+    def _open_columns(self, manifest: dict) -> None:
+        """Read each column (of ``columns=``, else every one) as a sharded map of its kind over
+        the same parts (``self._table``): ``KeyError`` for a column the parts do not hold."""
+        described = manifest.get("columns") or []
+        names = [entry["name"] for entry in described]
+        selected = names if self._selected is None else self._selected
+        wrappers = self.wrapper_fn or {}
+        if not isinstance(wrappers, Mapping):
+            raise TypeError(f"{self.out_dir} holds tables: its wrapper_fn is a dict {{column: fn}}")
+        for name in list(selected) + list(wrappers):
+            if name not in names:
+                raise KeyError(f"{name!r} is not a column of {self.url or self.out_dir} (its columns: {names})")
+        self._close_columns()
+        columns = {}
+        for entry in described:
+            if entry["name"] not in selected:
+                continue
+            view = object.__new__(type(self))
+            view.url, view.out_dir, view.mode, view.pinned = self.url, self.out_dir, self.mode, self.pinned
+            view._mirror = None if self._mirror is None else self._mirror.twin()  # pins of its own
+            view._reads = None if self._mirror is None else _RemoteReads(view)
+            view.wrapper_fn = wrappers.get(entry["name"])
+            view._selected, view._table, view._keys = None, None, None
+            view._within = (self, entry["name"])
+            view._load({"kind": entry["kind"], "dtype": entry["dtype"], "parts": manifest["parts"],
+                        "version": manifest.get("version", 0)}, f"{COLUMNS}/{entry['name']}")
+            columns[entry["name"]] = view
+        self._table = {name: columns[name] for name in selected if name in columns}
+
+    def _close_columns(self) -> None:
+        for view in (self._table or {}).values():
+            if view._mirror is not None:
+                view.close()
+                view._mirror.close()
+        self._table = None
+
+    def _columns_read(self) -> Dict[str, "ShardedMmap"]:
+        if self._table is None:
+            raise TypeError(f"{self.url or self.out_dir} holds {self.kind} parts, not tables: it has no columns")
+        return self._table
+
+    @property
+    def columns(self) -> List[str]:
+        """The names of the columns read (a map of tables; ``TypeError`` for other parts)."""
+        return list(self._columns_read())
+
+    @property
+    def schema(self) -> Dict[str, str]:
+        """``{column: kind}`` of the columns read (a map of tables)."""
+        return {name: view.kind for name, view in self._columns_read().items()}
+
+    @property
+    def classes(self) -> Dict[str, List[str]]:
+        """``{column: class names}`` of the columns read that name their classes (a map of tables)."""
+        read = self._columns_read()
+        return {entry["name"]: list(entry["classes"]) for entry in self._state[0].get("columns") or []
+                if entry["name"] in read and "classes" in entry}
+
+    def select(self, columns: Sequence[str]) -> "ShardedMmap":
+        """The map of tables reading only ``columns`` (a list of names), in that order."""
+        self._columns_read()
+        if isinstance(columns, str):
+            raise TypeError("select takes a list of column names, not one str")
+        wrappers = {name: fn for name, fn in (self.wrapper_fn or {}).items() if name in columns}
+        options = self._options()
+        options.update(wrapper_fn=wrappers or None, columns=list(columns))
+        return _reopen(type(self) if self.url is None else ShardedMmap, (self.url or str(self.out_dir),), options)
+
+    def _rows(self, item: Any) -> Any:
+        """``m[item]`` of a map of tables: a column's map, a selection, a row or a dict of batches."""
+        columns = self._table
+        if isinstance(item, str):
+            if item not in columns:
+                raise KeyError(f"{item!r} is not a column of {self.url or self.out_dir} read here (its columns: "
+                               f"{list(columns)})")
+            return columns[item]
+        if isinstance(item, (list, tuple)) and item and all(isinstance(name, str) for name in item):
+            return self.select(list(item))
+        index = _core.normalize_index(item, len(self))
+        return {name: view[index] for name, view in columns.items()}
+
+    def _take_rows(self, index: np.ndarray, alloc: Optional[Allocator]) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for name, view in self._table.items():
+            if view._kind.arrays:
+                out[name] = view.take(index, alloc=alloc)
+            elif view._kind.rows and alloc is not None:
+                rows = view._state[3].take(index)
+                out[name] = alloc(rows.shape, rows.dtype)
+                out[name][...] = rows
+            else:
+                out[name] = view[index]
+        return out
 
     @property
     def version(self) -> int:
@@ -443,6 +591,12 @@ class ShardedMmap(_keys.KeyLookups):
         return out
 
     def __getitem__(self, item):
+        """``m[i]``, ``m[slice]``, ``m[indices]``: a sample, or a list (an array of rows for
+        numpy parts). A map of tables: ``m[i]`` a dict of the row's values, ``m[indices]`` a
+        dict of batches (as ``TableMmap`` gives them), ``m["image"]`` the column, read as a
+        sharded map of its kind over the same parts, ``m[["image", "label"]]`` a selection."""
+        if self._table is not None:
+            return self._rows(item)
         reader = self._state[3]
         if self._kind.arrays:  # arrays of any shape
             if type(item) is int and self.wrapper_fn is None:
@@ -493,12 +647,19 @@ class ShardedMmap(_keys.KeyLookups):
         """The samples at ``indices`` (``torch.utils.data.DataLoader`` fetches whole batches
         with this method): copies for ragged parts, as ``RaggedMmap.__getitems__`` gives."""
         index = _core.batch_index(indices, len(self))
+        if self._table is not None:  # a dict of batches: each column's, as its own __getitems__ gives them
+            return {name: view.__getitems__(index) for name, view in self._table.items()}
         if self._kind.arrays:
             samples = self.take(index).arrays()
             return samples if self.wrapper_fn is None else [self.wrapper_fn(s) for s in samples]
         return self[index]
 
     def __iter__(self):
+        if self._table is not None:
+            names = list(self._table)
+            for values in zip(*(iter(view) for view in self._table.values())):
+                yield dict(zip(names, values))
+            return
         for k in range(len(self._state[0]["parts"])):
             # each part's own iteration, which reads ahead, cut at the length committed
             for sample in itertools.islice(self.part(k), self._state[0]["parts"][k]["length"]):
@@ -508,6 +669,10 @@ class ShardedMmap(_keys.KeyLookups):
         """Start reading the samples at ``indices`` (as ``take`` takes them) from disk into the
         page cache in the background, and return at once (see ``RaggedMmap.prefetch``); the
         parts they lie in are opened. ``IndexError`` for an index out of range."""
+        if self._table is not None:
+            for view in self._table.values():
+                view.prefetch(indices)
+            return
         reader = self._state[3]
         index = _core.batch_index(indices, reader.n)
         if not len(index):
@@ -520,28 +685,36 @@ class ShardedMmap(_keys.KeyLookups):
 
     def _require(self, kind: str, what: str) -> None:
         if self.kind != kind:
+            if self.kind == TABLE:
+                raise TypeError(f"{what} needs {kind} parts; {self.out_dir} holds tables: {what} a column "
+                                f"(m[name].{what}(...))")
             raise TypeError(f"{what} needs {kind} parts; {self.out_dir} holds {self.kind} parts")
 
     def take(self, indices, *, alloc: Optional[Allocator] = None) -> _core.RaggedBatch:
         """The samples at ``indices`` copied back to back into one buffer, in the caller's
         order, as a ``RaggedBatch`` (ragged parts; see ``RaggedMmap.take``): gathered from all
-        parts in one compiled pass; ``alloc`` as there."""
+        parts in one compiled pass; ``alloc`` as there. A map of tables: a dict of each column's
+        (an array for a numpy column, a ``RaggedBatch``, a list of ``str``), as ``TableMmap.take``."""
+        if self._table is not None:
+            return self._take_rows(_core.batch_index(indices, len(self)), alloc)
         self._require("ragged", "take")
         reader = self._state[3]
         return reader.take(_core.batch_index(indices, reader.n), alloc)
 
     def padded(self, indices, pad_value: Any = 0, max_len: Optional[int] = None,
                out: Optional[np.ndarray] = None, dtype: Any = None, *,
-               alloc: Optional[Allocator] = None) -> Tuple[np.ndarray, np.ndarray]:
+               alloc: Optional[Allocator] = None, every_axis: bool = False) -> Tuple[np.ndarray, ...]:
         """The samples at ``indices`` padded into one array ``(B, L, *row_shape)`` of ``dtype``
-        and their lengths (ragged parts; see ``RaggedMmap.padded``), in the caller's order."""
+        and their lengths (with ``every_axis``, padded along every axis, and their shapes;
+        ragged parts; see ``RaggedMmap.padded``), in the caller's order."""
         self._require("ragged", "padded")
         check_max_len(max_len, out)
         reader = self._state[3]
         out_dtype = reader.dtype if dtype is None else np.dtype(dtype)
         pad = cast_values(np.asarray(pad_value), out_dtype, "pad_value")
         index = _core.batch_index(indices, reader.n)
-        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype, alloc)
+        return reader.padded(index, pad, -1 if max_len is None else int(max_len), out, out_dtype, alloc,
+                             bool(every_axis))
 
     def get_bytes(self, item):
         """Like ``m[item]`` without decoding: the UTF-8 bytes of each string (strings parts)."""
@@ -608,16 +781,27 @@ class ShardedMmap(_keys.KeyLookups):
         removed.skipped = skipped
         return removed
 
-    def __reduce__(self):
-        if self._mirror is not None:  # the version read here, in every process it is sent to
+    def _options(self) -> Dict[str, Any]:
+        """What this map was opened with, as keyword arguments."""
+        options = {"wrapper_fn": self.wrapper_fn, "mode": self.mode, "version": self.pinned, "columns": self._selected}
+        if self._mirror is not None:
             mirror = self._mirror
-            return _open_url, (self.url, {"cache_dir": str(mirror.cache.root), "cache_limit": mirror.cache.limit,
-                                          "storage_options": mirror.store.storage_options,
-                                          "wrapper_fn": self.wrapper_fn, "mode": self.mode, "version": self.version})
-        return type(self), (str(self.out_dir), self.wrapper_fn, self.mode, self.pinned)
+            options.update(cache_dir=str(mirror.cache.root), cache_limit=mirror.cache.limit,
+                           storage_options=mirror.store.storage_options)
+        return options
+
+    def __reduce__(self):
+        if self._within is not None:  # a column: its map of tables, and the column's name
+            return _column_of, self._within
+        options = self._options()
+        if self._mirror is not None:  # the version read here, in every process it is sent to
+            return _open_url, (self.url, dict(options, version=self.version))
+        return _reopen, (type(self), (str(self.out_dir),), options)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.url or str(self.out_dir)!r}, {len(self)} {self.kind} samples in "
+        what = f"rows of {{{', '.join(f'{n}: {v.kind}' for n, v in self._table.items())}}}" \
+            if self._table is not None else f"{self.kind} samples"
+        return (f"{type(self).__name__}({self.url or str(self.out_dir)!r}, {len(self)} {what} in "
                 f"{len(self._state[0]['parts'])} parts)")
 
     # -- writing ---------------------------------------------------------------------------
@@ -697,6 +881,9 @@ class ShardedMmap(_keys.KeyLookups):
                              f"map with it would take the parts of every version from its readers")
 
         parts = self._state[0]["parts"]
+        if self.kind == TABLE:
+            return TableMmap.concatenate(out_dir, [self.out_dir / PARTS / part["name"] for part in parts],
+                                         [part["length"] for part in parts], verbose=verbose, batch_size=batch_size)
         return _kinds.concatenate(out_dir, [self.out_dir / PARTS / part["name"] for part in parts],
                            [part["length"] for part in parts], kind=self.kind, dtype=self.dtype, verbose=verbose,
                            batch_size=batch_size)
@@ -758,44 +945,62 @@ class RemoteShardedMmap(ShardedMmap):
         return np.stack(found) if self._kind.rows and self.wrapper_fn is None else found
 
     def __getitem__(self, item):
+        if self._table is not None:  # each column counts its own reads
+            return super().__getitem__(item)
         index = _core.normalize_index(item, len(self))
         get = super().__getitem__
         return self._read(index, lambda: get(item), lambda index: self._list(index, get))
 
     def __getitems__(self, indices):
+        if self._table is not None:  # each column counts its own reads
+            return super().__getitems__(indices)
         index = _core.batch_index(indices, len(self))
         get = super().__getitems__
         return self._read(index, lambda: get(index), lambda index: self._list(index, get))
 
     def take(self, indices, *, alloc=None):
+        if self._table is not None:  # each column counts its own reads
+            return super().take(indices, alloc=alloc)
         index = _core.batch_index(indices, len(self))
         take = super().take
         return self._read(index, lambda: take(index, alloc=alloc),  # part by part, then one batch in order
                           lambda index: _batch_of(self._by_part(index, lambda sub: take(sub).arrays()), self.dtype,
                                                   alloc))
 
-    def padded(self, indices, pad_value=0, max_len=None, out=None, dtype=None, *, alloc=None):
+    def padded(self, indices, pad_value=0, max_len=None, out=None, dtype=None, *, alloc=None, every_axis=False):
+        if self._table is not None:  # each column counts its own reads
+            return super().padded(indices, pad_value, max_len, out, dtype, alloc=alloc, every_axis=every_axis)
         index = _core.batch_index(indices, len(self))
         padded = super().padded
 
-        def by_part(index):  # part by part, each padded to the batch's length
-            groups = self._per_part(index, lambda sub: padded(sub, pad_value, max_len, None, dtype))
+        def by_part(index):  # part by part, each padded to the batch's length (and largest along each axis)
+            groups = self._per_part(index, lambda sub: padded(sub, pad_value, max_len, None, dtype,
+                                                               every_axis=every_axis))
+            arrays = [found[0] for _, found in groups]
             width = max_len if max_len is not None else out.shape[1] if out is not None else \
-                max(array.shape[1] for _, (array, _) in groups)
-            first = groups[0][1][0]
-            shape = (len(index), width) + first.shape[2:]
-            result = out if out is not None else alloc(shape, first.dtype) if alloc is not None else \
-                np.empty(shape, first.dtype)
-            result[...] = np.asarray(pad_value, dtype=first.dtype)
+                max(array.shape[1] for array in arrays)
+            rest = tuple(out.shape[2:]) if out is not None else \
+                tuple(np.max([array.shape[2:] for array in arrays], axis=0)) if arrays[0].ndim > 2 else ()
+            shape = (len(index), width) + rest
+            result = out if out is not None else alloc(shape, arrays[0].dtype) if alloc is not None else \
+                np.empty(shape, arrays[0].dtype)
+            result[...] = np.asarray(pad_value, dtype=arrays[0].dtype)
             lengths = np.empty(len(index), dtype=np.int64)
-            for positions, (array, found) in groups:
-                result[positions, :array.shape[1]] = array
-                lengths[positions] = found
-            return result, lengths
+            shapes = np.empty((len(index), len(shape) - 1), dtype=np.int64) if every_axis else None
+            for positions, found in groups:
+                array = found[0]
+                result[(positions,) + tuple(slice(0, n) for n in array.shape[1:])] = array
+                lengths[positions] = found[1]
+                if shapes is not None:
+                    shapes[positions] = found[2]
+            return (result, lengths, shapes) if every_axis else (result, lengths)
 
-        return self._read(index, lambda: padded(index, pad_value, max_len, out, dtype, alloc=alloc), by_part)
+        return self._read(index, lambda: padded(index, pad_value, max_len, out, dtype, alloc=alloc,
+                                                every_axis=every_axis), by_part)
 
     def get_bytes(self, item):
+        if self._table is not None:  # each column counts its own reads
+            return super().get_bytes(item)
         index = _core.normalize_index(item, len(self))
         get = super().get_bytes
         return self._read(index, lambda: get(item), lambda index: self._by_part(index, get))
@@ -805,6 +1010,9 @@ class RemoteShardedMmap(ShardedMmap):
             return super().part(k)
 
     def __iter__(self):
+        if self._table is not None:  # each column counts its own reads
+            yield from super().__iter__()
+            return
         for start in range(0, len(self), 1024):  # in slices: each a read that releases parts after it
             yield from self[start:min(len(self), start + 1024)]
 
@@ -831,6 +1039,10 @@ class RemoteShardedMmap(ShardedMmap):
     def prefetch(self, indices) -> None:
         """Start downloading the parts that hold the samples at ``indices`` into the cache in
         background threads, and return at once (``IndexError`` for an index out of range)."""
+        if self._table is not None:  # a part holds every column: one column's look-ahead downloads it
+            if self._table:
+                next(iter(self._table.values())).prefetch(indices)
+            return
         manifest, _, _, reader, _ = self._state
         index = _core.batch_index(indices, reader.n)
         if len(index):
@@ -869,6 +1081,8 @@ class RemoteShardedMmap(ShardedMmap):
     def close(self) -> None:
         """Release every part this object holds in the cache that no read of another thread
         needs (it reads on, fetching again)."""
+        for view in (self._table or {}).values():
+            view.close()
         with self._reads.lock:
             self._reads.settle(0, budget=0)
 
@@ -895,6 +1109,7 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
         raise ValueError(f"a record's kind must be one of {KINDS}, found {kind!r}")
     dtype = manifest.get("dtype") if manifest is not None else None
     shape = _first_shape(out_dir, manifest) if manifest is not None else None
+    columns = manifest.get("columns") if manifest is not None else None
     keyed = []
     for record in records:
         if not isinstance(record, dict):
@@ -908,9 +1123,13 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
         if record.get("kind") != kind:
             raise ValueError(f"{path}: its record says it holds {record.get('kind')} samples, but {out_dir} holds "
                              f"{kind} samples")
-        _, found = _examine(path, kind)
+        found = describe_part(path, kind)
         if found["length"] != record["length"]:
             raise ValueError(f"{path}: holds {found['length']} samples, its record says {record['length']}")
+        if kind == TABLE:
+            _columns_differ(found, record.get("columns"), path, "its record")
+            _columns_differ(found, columns, path, out_dir)
+            columns = columns if columns is not None or not found["length"] else found["columns"]
         if found["length"]:
             if record.get("dtype") != found["dtype"]:
                 raise ValueError(f"{path}: holds samples of {found['dtype']}, its record says {record.get('dtype')}")
@@ -936,6 +1155,8 @@ def _commit(out_dir: Path, records: List[Dict[str, Any]], replace: bool = False)
         home = (out_dir if new else out_dir / KEYSETS / f"v{version}") if map_keyed else None
     manifest = dict(manifest, format=FORMAT, version=version, dtype=dtype,
                     keys=None if home is None else os.path.relpath(home, out_dir))
+    if kind == TABLE:
+        manifest["columns"] = columns
     if sum(part["length"] for part in manifest["parts"]) + sum(r["length"] for r in records) > MAX_SAMPLES:
         raise ValueError(f"{out_dir} would hold more than {MAX_SAMPLES} samples")
     if home is not None:  # committed before the manifest: a map never has samples without keys
@@ -1114,19 +1335,24 @@ def _check_adoption(out_dir: Path, map_dirs: Sequence[PathLike], copy: bool) -> 
             if os.stat(map_dir).st_dev != os.stat(home).st_dev:
                 raise ValueError(f"{map_dir} is on another file system than {out_dir}: it cannot be moved in "
                                  f"(copy=True copies it)")
-        _, record = _examine(map_dir, kind)
-        checked.append((map_dir, record))
+        checked.append((map_dir, describe_part(map_dir, kind)))
     if not checked:
         return checked
     # what every map must hold: the sharded map's samples, else the first map's
     kind, source = (manifest["kind"], out_dir) if manifest is not None else (checked[0][1]["kind"], checked[0][0])
     dtype = manifest.get("dtype") if manifest is not None else None
     shape = _first_shape(out_dir, manifest) if manifest is not None else None
+    columns = manifest.get("columns") if manifest is not None else None
     for map_dir, record in checked:
         if record["kind"] != kind:
             raise ValueError(f"{map_dir} holds {record['kind']} samples, {source} holds {kind} samples: the parts "
                              f"of a sharded map cannot hold several kinds of samples")
         if not record["length"]:
+            continue
+        if kind == TABLE:
+            _columns_differ(record, columns, map_dir, source)
+            if columns is None:
+                columns, source = record["columns"], map_dir
             continue
         if dtype is None:
             dtype, shape, source = record["dtype"], record["shape"], map_dir
@@ -1229,7 +1455,9 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
         path = out_dir / PARTS / entry["name"]
         try:
             part_dir(out_dir, entry["name"])
-            report = _kinds.verify_plain(path, map_type(path), limit, deep)
+            found_type = map_type(path)
+            report = verify_table(path, limit, deep) if found_type == TABLE else \
+                _kinds.verify_plain(path, found_type, limit, deep)
         except Exception as exc:
             problems.append(str(exc))
             continue
@@ -1239,7 +1467,9 @@ def verify_dir(out_dir: Path, limit: int = VERIFY_LIMIT, deep: bool = False) -> 
         if report:
             continue
         try:  # the part against what the manifest says of it
-            _, found = _examine(path, manifest["kind"])
+            found = describe_part(path, manifest["kind"])
+            if manifest["kind"] == TABLE:
+                _columns_differ(found, manifest.get("columns"), path, f"{out_dir / MANIFEST}")
         except Exception as exc:
             problems.append(str(exc))
             continue

@@ -472,6 +472,17 @@ def test_convert_class_folders_of_images_makes_an_image_and_label_table(tmp_path
     np.testing.assert_array_equal(t.by_key["zebra/1.png"]["image"], np.full((4, 4, 3), 21, np.uint8))
     code, out, _ = run(capsys, "info", tmp_path / "t")
     assert "column label:" in out and "classes: cat, dog, zebra" in out
+    # the table as the one part of a sharded map: its columns summed over the parts
+    from mmap_ninja.sharded import ShardedMmap
+
+    ShardedMmap.from_maps(tmp_path / "s", [tmp_path / "t"], copy=True)
+    code, out, _ = run(capsys, "info", tmp_path / "s")
+    lines = {line.split(":", 1)[0]: " ".join(line.split(":", 1)[1].split()) for line in out.splitlines()}
+    assert code == 0 and lines["kind"] == "sharded (table parts)" and lines["column image"].startswith("ragged, uint8")
+    assert lines["column label"].startswith("numpy, int64; ") and "classes: cat, dog, zebra" in lines["column label"]
+    code, out, _ = run(capsys, "head", tmp_path / "s", "-n", "1")
+    assert code == 0 and "cat/0.png: {image: uint8 (3, 4, 3)" in out and "label: 0}" in out
+    assert run(capsys, "verify", tmp_path / "s")[0] == 0
 
 
 def test_convert_jsonl_refuses_or_skips_invalid_utf8_mixed_booleans_and_huge_integers(tmp_path, capsys):

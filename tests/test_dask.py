@@ -174,3 +174,24 @@ def test_importing_mmap_ninja_imports_no_engine():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "False False", out.stderr
+
+
+def test_a_bag_of_dicts_makes_a_sharded_map_of_tables(client, tmp_path):
+    def row(i):
+        return {"tokens": np.arange(i % 5 + 1, dtype=np.int32), "label": i, "text": f"doc {i}"}
+
+    bag = db.from_sequence(range(40), npartitions=4).map(row)
+    m = to_mmap(bag, tmp_path / "t")
+    assert m.kind == "table" and len(m.part_names) == 4 and len(m) == 40
+    assert m.schema == {"tokens": "ragged", "label": "numpy", "text": "string"}
+    batch = m[[39, 0, 17]]
+    assert batch["label"].tolist() == [39, 0, 17] and batch["text"] == ["doc 39", "doc 0", "doc 17"]
+    assert [len(t) for t in batch["tokens"]] == [5, 1, 3]
+    assert mmap_ninja.verify(tmp_path / "t", deep=True) == []
+    rows = read_mmap(tmp_path / "t").compute()
+    assert [r["label"] for r in rows] == list(range(40)) and rows[8]["text"] == "doc 8"
+    assert np.array_equal(rows[8]["tokens"], np.arange(4, dtype=np.int32))
+    other = db.from_sequence([{"tokens": np.zeros(2, np.int32), "label": 1, "caption": "x"}], npartitions=1)
+    with pytest.raises(ValueError, match="the same columns"):
+        to_mmap(other, tmp_path / "t")
+    assert len(ShardedMmap(tmp_path / "t")) == 40

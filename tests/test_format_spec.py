@@ -397,6 +397,13 @@ def _write_every_kind(root: Path, elsewhere: Path) -> Tuple[List[str], bool]:
     np_ninja.from_ndarray(cut.out_dir / "columns" / "stray", np.arange(3))  # as an add_column cut short
     cut.extend([{"image": np.ones((1, 2), np.uint8), "label": 7}])
     TableMmap.from_columns(root / "table_empty", {"x": [], "s": []}, columns={"x": "numpy", "s": "strings"})
+    # a sharded map of tables: built with keys, a part appended, a table adopted, compacted into one table
+    rows = [{"image": np.full((i % 3 + 1, 2), i, np.uint8), "label": i, "caption": f"#{i}"} for i in range(7)]
+    tables = ShardedMmap.from_generator(root / "sharded_tables", rows[:5], part_size=2, keys=_keys("st", 5))
+    ShardedMmap.commit_parts(tables.out_dir, [write_part(tables.out_dir, rows[5:6], keys=["st/5"])])
+    TableMmap.from_generator(root / "adopt_table", rows[6:], keys=["st/6"])
+    ShardedMmap(tables.out_dir).append_maps([root / "adopt_table"])
+    ShardedMmap(tables.out_dir).compact(root / "tables_compacted")
 
     # Megatron: linked (and its first write makes the data private), read once for checksums,
     # copied
@@ -433,7 +440,7 @@ def _write_every_kind(root: Path, elsewhere: Path) -> Tuple[List[str], bool]:
     kept = [entry for entry in os.listdir(root) if entry.startswith(".kept.") and entry.endswith(".kept")]
     assert len(kept) == 1 and (root / kept[0] / USER_FILE).exists(), os.listdir(root)
     left = [entry for entry in os.listdir(root) if not entry.startswith(".")]
-    return sorted(left + ["adopt_b"]), forked  # adopt_b: moved into sharded_adopted
+    return sorted(left + ["adopt_b", "adopt_table"]), forked  # moved into sharded_adopted, sharded_tables
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -251,3 +253,20 @@ def test_from_generator_takes_verbose_where_090_had_it(tmp_path, capsys):
 def test_memmap_filename_is_a_str(tmp_path):
     memmap = np_ninja.from_ndarray(tmp_path / "s", np.arange(3))
     assert isinstance(memmap.filename, str) and memmap.filename.endswith("data.ninja")
+
+
+def test_a_map_opened_read_only_pickles_as_its_folder_and_length(tmp_path):
+    rows = np.arange(3000, dtype=np.int64).reshape(1000, 3)
+    np_ninja.from_ndarray(tmp_path / "rows", rows)
+    m = np_ninja.open_existing(tmp_path / "rows")
+    data = pickle.dumps(m)
+    assert len(data) < 500  # the folder, not the rows
+    np_ninja.extend_dir(tmp_path / "rows", np.ones((5, 3), np.int64))
+    again = pickle.loads(data)
+    assert isinstance(again, np.memmap) and again.shape == (1000, 3) and np.array_equal(again, rows)
+    assert len(pickle.loads(pickle.dumps(again))) == 1000
+    view = m[10:20]
+    assert len(pickle.dumps(view)) > 240 and np.array_equal(pickle.loads(pickle.dumps(view)), rows[10:20])
+    writable = np_ninja.open_existing(tmp_path / "rows", "r+")
+    assert len(pickle.dumps(writable)) > 24000  # r+ and c maps pickle their values, as numpy arrays do
+    assert type(m + 1) is np.ndarray and type(m[[1, 2]]) is np.ndarray and isinstance(m[1:3], np.memmap)

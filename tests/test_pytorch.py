@@ -132,9 +132,18 @@ def test_collate_of_a_table_batch_gives_each_column_its_tensors(table):
     assert taken["image"].shape == (2, 2, 4, 3) and taken["tokens_lengths"].tolist() == [4, 1]
 
 
-@pytest.mark.parametrize("workers, context", [(0, None), (2, "fork"), (2, "spawn")])
-def test_a_dataloader_over_a_table_gets_dict_batches_without_warnings(table, workers, context, recwarn):
-    t, rows = table
+@pytest.fixture
+def sharded_table(tmp_path):
+    from mmap_ninja.sharded import ShardedMmap
+
+    rows = _table_rows(24)
+    return ShardedMmap.from_generator(tmp_path / "s", rows, part_size=7), rows
+
+
+@pytest.mark.parametrize("workers, context, sharded", [(0, None, False), (2, "fork", False), (2, "spawn", False),
+                                                       (0, None, True), (2, "spawn", True)])
+def test_a_dataloader_over_a_table_gets_dict_batches_without_warnings(request, workers, context, sharded, recwarn):
+    t, rows = request.getfixturevalue("sharded_table" if sharded else "table")
     loader = torch.utils.data.DataLoader(t, batch_size=5, shuffle=True, num_workers=workers, collate_fn=collate,
                                          multiprocessing_context=context, generator=torch.Generator().manual_seed(3))
     seen = []
@@ -163,6 +172,41 @@ def test_tokenized_collate_pads_token_ids(tmp_path):
     assert tensors["input_ids"].tolist() == [[1, 2], [4, 0], [0, 0]]
     assert tensors["lengths"].tolist() == [2, 1, 0]
     assert tensors["attention_mask"].tolist() == [[True, True], [True, False], [False, False]]
+
+
+@pytest.mark.parametrize("workers, context", [(0, None), (2, "spawn")])
+def test_ragged_batches_of_images_of_different_sizes_pad_every_axis_in_the_workers(tmp_path, workers, context):
+    images = [np.full((2 + i % 3, 1 + i % 4, 3), i, np.uint8) for i in range(20)]
+    m = RaggedMmap.from_lists(tmp_path / "images", images)
+    loader = torch.utils.data.DataLoader(RaggedBatches(m, pad_value=255), batch_size=6, shuffle=True,
+                                         num_workers=workers, multiprocessing_context=context, collate_fn=collate,
+                                         generator=torch.Generator().manual_seed(1))
+    seen = []
+    for batch in loader:
+        padded, shapes = batch["input"].numpy(), batch["shapes"].tolist()
+        assert padded.shape[1:] == (4, 4, 3) or padded.shape[1] < 4 or padded.shape[2] < 4
+        for k, (h, w, c) in enumerate(shapes):
+            i = int(padded[k, 0, 0, 0])
+            assert [h, w, c] == list(images[i].shape) and batch["lengths"][k] == h
+            np.testing.assert_array_equal(padded[k, :h, :w], images[i])
+            assert (padded[k, h:] == 255).all() and (padded[k, :, w:] == 255).all()
+            seen.append(i)
+    assert sorted(seen) == list(range(20))
+    same_width = RaggedBatches(m).__getitems__([0, 4, 8])  # differing in the first axis only: no shapes
+    assert same_width.shapes is None and same_width[0].shape == (3, 4, 1, 3)
+
+
+@pytest.mark.parametrize("workers, context", [(0, None), (2, "fork"), (2, "spawn")])
+def test_a_numpy_map_is_a_dataloader_dataset_without_warnings(tmp_path, workers, context, recwarn):
+    rows = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    np_ninja.from_ndarray(tmp_path / "rows", rows)
+    m = np_ninja.open_existing(tmp_path / "rows")
+    assert np.array_equal(m.__getitems__([3, 0]), rows[[3, 0]]) and m.__getitems__([3, 0]).flags.writeable
+    loader = torch.utils.data.DataLoader(m, batch_size=8, shuffle=True, num_workers=workers,
+                                         multiprocessing_context=context, generator=torch.Generator().manual_seed(2))
+    seen = torch.cat(list(loader))
+    assert seen.shape == (40, 3) and sorted(seen[:, 0].tolist()) == rows[:, 0].tolist()
+    assert not [w for w in recwarn if "not writable" in str(w.message) or "non-writable" in str(w.message)]
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])

@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from mmap_ninja import _meta
 from mmap_ninja.ragged import RaggedBatch, RaggedMmap, RaggedMmmap
+from mmap_ninja.sharded import ShardedMmap
 
 MIXED = [np.array([11, 13, -1, 17]), np.arange(6).reshape(2, 3), np.array(5), np.array([], dtype=np.int64),
          np.arange(24).reshape(2, 3, 4)]
@@ -551,6 +552,67 @@ def test_padded_equals_reference(tmp_path_factory, spec, raw_indices, max_len, p
     assert got_lengths.tolist() == [min(len(samples[i]), width) for i in indices]
     if use_out:
         assert result is out
+
+
+image_maps = st.tuples(
+    st.sampled_from([np.uint8, np.int32, np.float32]).map(np.dtype),
+    st.integers(1, 3),  # axes of every sample
+    st.lists(st.lists(st.integers(0, 4), min_size=3, max_size=3), min_size=1, max_size=9),
+)
+
+
+def padded_reference(samples, width, rest, pad, dtype):
+    """Samples padded along every axis one by one: the first to ``width``, the others to ``rest``."""
+    expected = np.full((len(samples), width, *rest), pad, dtype=dtype)
+    for k, sample in enumerate(samples):
+        kept = sample[:width]
+        expected[(k,) + tuple(slice(0, n) for n in kept.shape)] = kept
+    return expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=image_maps, raw_indices=st.lists(st.integers(0, 100), min_size=1, max_size=12),
+       max_len=st.one_of(st.none(), st.integers(0, 5)), pad=st.integers(0, 100), into=st.sampled_from(
+           [None, "out", "larger out", "float64", "complex128"]), sharded=st.booleans())
+def test_padded_along_every_axis_equals_the_per_sample_reference(tmp_path_factory, spec, raw_indices, max_len, pad,
+                                                                 into, sharded):
+    dtype, ndim, sizes = spec
+    rng = np.random.default_rng(len(sizes))
+    samples = [rng.integers(1, 100, size=size[:ndim]).astype(dtype) for size in sizes]
+    folder = tmp_path_factory.mktemp("axes") / "m"
+    m = ShardedMmap.from_generator(folder, samples, part_size=4) if sharded else RaggedMmap.from_lists(folder, samples)
+    indices = [i % len(samples) for i in raw_indices]
+    chosen = [samples[i] for i in indices]
+    width = max(len(s) for s in chosen) if max_len is None else max_len
+    rest = tuple(np.max([s.shape[1:] for s in chosen], axis=0).tolist()) if ndim > 1 else ()
+    out_dtype = np.dtype(into) if into in ("float64", "complex128") else dtype
+    out = None
+    if into in ("out", "larger out"):
+        rest = tuple(n + 2 for n in rest) if into == "larger out" else rest
+        out = np.full((len(indices), width, *rest), 255, dtype=dtype)
+    result, lengths, shapes = m.padded(indices, pad_value=pad, max_len=max_len, out=out, every_axis=True,
+                                       dtype=None if out_dtype == dtype else out_dtype)
+    np.testing.assert_array_equal(result, padded_reference(chosen, width, rest, pad, out_dtype))
+    assert result.dtype == out_dtype and (out is None or result is out)
+    assert lengths.tolist() == [min(len(s), width) for s in chosen]
+    assert shapes.tolist() == [[min(len(s), width), *s.shape[1:]] for s in chosen]
+
+
+def test_padded_along_every_axis_refuses_what_cannot_be_padded(tmp_path):
+    m = RaggedMmap.from_lists(tmp_path / "p", [np.zeros((2, 3)), np.zeros((1, 4)), np.zeros(4), np.array(1.0)])
+    with pytest.raises(ValueError, match=r"every_axis=True pads the others too"):
+        m.padded([0, 1])
+    padded, lengths, shapes = m.padded([0, 1], every_axis=True)
+    assert padded.shape == (2, 2, 4) and shapes.tolist() == [[2, 3], [1, 4]]
+    with pytest.raises(ValueError, match=r"sample 2 has shape \(4,\), sample 0 has shape \(2, 3\): a batch padded "
+                                         r"along every axis needs samples of one number of axes"):
+        m.padded([0, 2], every_axis=True)
+    with pytest.raises(ValueError, match="sample 3 is a scalar"):
+        m.padded([3], every_axis=True)
+    with pytest.raises(ValueError, match="along axis 2, a sample of the batch 4"):
+        m.padded([0, 1], out=np.zeros((2, 2, 3)), every_axis=True)
+    empty, lengths, shapes = m.padded([], every_axis=True)
+    assert empty.shape == (0, 0, 3) and shapes.shape == (0, 2)
 
 
 def test_padded_refuses_what_cannot_be_padded(tmp_path):

@@ -180,8 +180,6 @@ def test_a_failed_write_commits_nothing(tmp_path):
 def test_the_column_holding_the_samples(tmp_path):
     rows = [{"id": k, "tokens": np.arange(k % 4, dtype=np.int32)} for k in range(12)]
     ds = ray.data.from_items(rows, override_num_blocks=2)
-    with pytest.raises(ValueError, match=r"the columns \['id', 'tokens'\]: pass column="):
-        ds.write_datasink(MmapNinjaDatasink(tmp_path / "s"))
     with pytest.raises(ValueError, match=r"no column 'text'; its columns are \['id', 'tokens'\]"):
         ds.write_datasink(MmapNinjaDatasink(tmp_path / "s", column="text"))
     assert not (tmp_path / "s").exists()  # nothing written
@@ -189,6 +187,9 @@ def test_the_column_holding_the_samples(tmp_path):
     assert_same_samples(ShardedMmap(tmp_path / "s")[:], [row["tokens"] for row in rows])
     ds.write_datasink(MmapNinjaDatasink(tmp_path / "ids", column="id"))  # scalars: 0-d samples
     assert [int(v) for v in ShardedMmap(tmp_path / "ids")[:]] == list(range(12))
+    ds.write_datasink(MmapNinjaDatasink(tmp_path / "both"))  # no column named: every column, as tables
+    both = ShardedMmap(tmp_path / "both")
+    assert both.columns == ["id", "tokens"] and both["id"][:].tolist() == list(range(12))
 
 
 def test_a_key_column_keys_the_map(tmp_path):
@@ -345,3 +346,23 @@ def test_importing_mmap_ninja_does_not_import_ray():
     code = "import mmap_ninja.ray as m; print(m.ray.__name__, m.ray.__file__ != m.__file__, hasattr(m.ray, 'init'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "ray True True", out.stderr
+
+
+def test_a_dataset_of_several_columns_makes_a_sharded_map_of_tables_and_reads_back(tmp_path):
+    rows = [{"image": np.arange(k % 4 + 1, dtype=np.float32), "label": k, "caption": f"caption {k}", "id": f"id{k}"}
+            for k in range(30)]
+    sink = MmapNinjaDatasink(tmp_path / "t", key_column="id")
+    ray.data.from_items(rows, override_num_blocks=3).write_datasink(sink)
+    m = ShardedMmap(tmp_path / "t")
+    assert m.kind == "table" and len(m.part_names) == 3 and m.columns == ["image", "label", "caption"]
+    batch = m[[29, 0, 13]]
+    assert batch["label"].tolist() == [29, 0, 13] and batch["caption"] == ["caption 29", "caption 0", "caption 13"]
+    assert_same_samples(batch["image"], [rows[k]["image"] for k in (29, 0, 13)])
+    assert m.index_of("id13") == 13
+    assert mmap_ninja.verify(tmp_path / "t", deep=True) == []
+    back = read_mmap(tmp_path / "t").take_all()
+    assert [r["label"] for r in back] == list(range(30)) and back[5]["caption"] == "caption 5"
+    assert_same_samples([r["image"] for r in back], [r["image"] for r in rows])
+    mmap_ninja.TableMmap.from_generator(tmp_path / "one", [{k: v for k, v in r.items() if k != "id"} for r in rows])
+    back = read_mmap(tmp_path / "one").take_all()
+    assert [r["caption"] for r in back] == [r["caption"] for r in rows]

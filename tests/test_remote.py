@@ -808,3 +808,43 @@ def test_a_pickled_map_at_a_url_reads_the_same_version_elsewhere(s3, tmp_path):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
         assert pool.apply(len, (m,)) == 50
+
+
+def test_maps_of_tables_push_pull_and_read_at_their_url_as_locally(s3, tmp_path):
+    rng = np.random.default_rng(5)
+    rows = [{"image": rng.integers(0, 255, (int(rng.integers(1, 6)), 3), dtype=np.uint8), "label": i,
+             "caption": f"caption {i}"} for i in range(120)]
+    local = ShardedMmap.from_generator(tmp_path / "tables", rows, part_size=25, keys=[f"r{i}" for i in range(120)])
+    mmap_ninja.TableMmap.from_generator(tmp_path / "table", rows[:30])
+    remote.push(tmp_path / "tables", f"{s3}/tables")
+    remote.push(tmp_path / "table", f"{s3}/table")
+    assert not remote.verify(f"{s3}/tables", deep=True)
+    store = Store(f"{s3}/tables")
+    manifest = remote.latest_manifest(store)
+    parts = [files_size(part["files"]) for part in manifest["parts"]]
+    # room for the manifest, the keys and three of the five parts
+    limit = len(store.read("manifest.ninja")) + files_size(manifest["key_files"]) + 3 * max(parts)
+    assert limit < sum(parts) + len(store.read("manifest.ninja")) + files_size(manifest["key_files"])
+    m = ShardedMmap(f"{s3}/tables", cache_dir=tmp_path / "cache", cache_limit=limit)
+    assert m.columns == ["image", "label", "caption"] and len(m) == 120
+    for _ in range(6):  # batches over every part, through a cache that holds three of the five
+        index = rng.integers(0, 120, 40).tolist()
+        batch = m[index]
+        assert batch["label"].tolist() == index and batch["caption"] == [f"caption {i}" for i in index]
+        assert all(np.array_equal(a, rows[i]["image"]) for a, i in zip(batch["image"], index))
+        assert m.take(index)["label"].tolist() == index
+    m.prefetch([119])
+    assert m.index_of("r77") == 77 and pickle_round_trip(m)[[5]]["caption"] == ["caption 5"]
+    assert [row["label"] for row in m] == list(range(120))
+    remote.pull(f"{s3}/tables", tmp_path / "pulled")
+    assert files_of(tmp_path / "pulled" / "parts") == files_of(tmp_path / "tables" / "parts")
+    assert ShardedMmap(tmp_path / "pulled")[[3, 99]]["caption"] == ["caption 3", "caption 99"]
+    remote.pull(f"{s3}/table", tmp_path / "pulled-table")
+    assert files_of(tmp_path / "pulled-table") == files_of(tmp_path / "table")
+    assert local[[7]]["label"].tolist() == [7]
+
+
+def pickle_round_trip(obj):
+    import pickle
+
+    return pickle.loads(pickle.dumps(obj))

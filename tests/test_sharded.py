@@ -851,3 +851,131 @@ def test_a_manifest_of_a_newer_format_is_refused_not_misread(tmp_path):
     with pytest.raises(ValueError, match="format 3.*upgrade"):
         ShardedMmap(tmp_path / "s")
     assert "format 3" in mmap_ninja.verify(tmp_path / "s")[0]
+
+
+# -- parts that are tables ------------------------------------------------------------------------
+
+
+def table_row(i):
+    return {"image": np.full((i % 3 + 1, 2), i, dtype=np.uint8), "label": i, "caption": f"caption {i} é" * (i % 2 + 1)}
+
+
+def table_rows(n, start=0):
+    return [table_row(i) for i in range(start, start + n)]
+
+
+def assert_rows_equal(batch, indices):
+    """``batch``, a dict of batches, holds the rows ``indices`` of ``table_row``."""
+    assert list(batch) == ["image", "label", "caption"]
+    assert np.array_equal(batch["label"], indices)
+    assert batch["caption"] == [table_row(i)["caption"] for i in indices]
+    assert all(np.array_equal(a, table_row(i)["image"]) for a, i in zip(batch["image"], indices))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 9), min_size=1, max_size=5).filter(sum),
+       picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=30))
+def test_parts_that_are_tables_read_as_one_table(tmp_path_factory, sizes, picks):
+    out = tmp_path_factory.mktemp("tables") / "m"
+    starts = np.cumsum([0] + sizes)
+    records = [write_part(out, table_rows(n, int(start)), kind="table" if not n else None,
+                          keys=[f"k{i}" for i in range(start, start + n)])
+               for n, start in zip(sizes, starts) if n]
+    m = ShardedMmap.commit_parts(out, records)
+    n = int(starts[-1])
+    assert len(m) == n and m.kind == "table" and m.columns == ["image", "label", "caption"]
+    assert m.schema == {"image": "ragged", "label": "numpy", "caption": "string"}
+    indices = [p % n for p in picks]
+    assert_rows_equal(m[indices], indices)
+    assert_rows_equal(m.__getitems__(indices), indices)
+    taken = m.take(indices)
+    assert isinstance(taken["image"], mmap_ninja.RaggedBatch) and np.array_equal(taken["label"], indices)
+    assert all(np.array_equal(a, table_row(i)["image"]) for a, i in zip(taken["image"].arrays(), indices))
+    row = m[indices[0]]
+    assert row["label"] == indices[0] and row["caption"] == table_row(indices[0])["caption"]
+    assert [r["label"] for r in m] == list(range(n))
+    assert m.index_of(f"k{indices[-1]}") == indices[-1] and m.by_key[f"k{indices[0]}"]["label"] == indices[0]
+    reopened = pickle.loads(pickle.dumps(m))
+    assert_rows_equal(reopened[indices], indices)
+    assert not mmap_ninja.verify(out, deep=True)
+
+
+def test_a_column_of_a_map_of_tables_is_a_sharded_map_of_its_kind(tmp_path):
+    m = ShardedMmap.from_generator(tmp_path / "m", table_rows(25), part_size=6)
+    assert len(m.part_names) == 5
+    labels, captions, images = m["label"], m["caption"], m["image"]
+    assert labels.kind == "numpy" and np.array_equal(labels[:], np.arange(25))
+    assert captions.kind == "string" and captions.get_bytes(7) == table_row(7)["caption"].encode()
+    assert images.kind == "ragged"
+    padded, lengths = images.padded([3, 11, 24])
+    assert lengths.tolist() == [1, 3, 1] and padded.shape == (3, 3, 2) and padded[1, 2, 0] == 11
+    assert pickle.loads(pickle.dumps(captions))[5] == table_row(5)["caption"]
+    selected = m[["caption", "label"]]
+    assert selected.columns == ["caption", "label"] and list(selected[[2, 9]]) == ["caption", "label"]
+    assert pickle.loads(pickle.dumps(selected)).columns == ["caption", "label"]
+    wrapped = ShardedMmap(tmp_path / "m", wrapper_fn={"label": lambda x: int(x) * 10})
+    assert wrapped[[1, 2]]["label"] == [10, 20] and wrapped[3]["label"] == 30
+    with pytest.raises(KeyError, match="'nope' is not a column"):
+        m["nope"]
+    with pytest.raises(KeyError, match="'nope' is not a column"):
+        ShardedMmap(tmp_path / "m", columns=["label", "nope"])
+    with pytest.raises(TypeError, match="holds tables"):
+        m.padded([0])
+    with pytest.raises(TypeError, match="not tables"):
+        assert ShardedMmap.from_generator(tmp_path / "r", samples_of("ragged", 3), part_size=2).columns
+    with pytest.raises(TypeError, match="wrapper_fn is a dict"):
+        ShardedMmap(tmp_path / "r", wrapper_fn={"x": abs})
+    with pytest.raises(TypeError, match="columns= selects columns of a map of tables"):
+        ShardedMmap(tmp_path / "r", columns=["x"])
+
+
+def test_parts_of_other_columns_are_refused_and_nothing_is_committed(tmp_path):
+    m = ShardedMmap.from_generator(tmp_path / "m", table_rows(8), part_size=4)
+    before = (tmp_path / "m" / "manifest.ninja").read_bytes()
+    renamed = write_part(tmp_path / "m", [{"image": np.zeros((1, 2), np.uint8), "label": 1, "text": "x"}])
+    other_dtype = write_part(tmp_path / "m", [{"image": np.zeros((1, 2), np.float32), "label": 1, "caption": "x"}])
+    reordered = write_part(tmp_path / "m", [{"label": 1, "image": np.zeros((1, 2), np.uint8), "caption": "x"}])
+    plain = write_part(tmp_path / "m", samples_of("ragged", 2))
+    for record in (renamed, other_dtype, reordered):
+        with pytest.raises(ValueError, match="the parts of a sharded map hold the same columns"):
+            ShardedMmap.commit_parts(tmp_path / "m", [record])
+    with pytest.raises(ValueError, match="ragged samples"):
+        ShardedMmap.commit_parts(tmp_path / "m", [plain])
+    forged = dict(write_part(tmp_path / "m", table_rows(2)), columns=renamed["columns"])
+    with pytest.raises(ValueError, match="its record"):
+        ShardedMmap.commit_parts(tmp_path / "m", [forged])
+    assert (tmp_path / "m" / "manifest.ninja").read_bytes() == before and len(ShardedMmap(tmp_path / "m")) == 8
+    mmap_ninja.TableMmap.from_generator(tmp_path / "t", [{"image": np.zeros((1, 2), np.uint8), "label": 1.5,
+                                                          "caption": "x"}])
+    with pytest.raises(ValueError, match="the same columns"):
+        m.append_maps([tmp_path / "t"])
+    assert (tmp_path / "t" / "table.ninja").exists() and len(m) == 8
+    mmap_ninja.TableMmap.from_generator(tmp_path / "u", table_rows(3, 8))
+    m.append_maps([tmp_path / "u"])
+    assert len(m) == 11 and m[10]["caption"] == table_row(10)["caption"]
+
+
+def test_tables_become_a_sharded_map_and_compact_into_one_table(tmp_path):
+    for k in range(3):
+        mmap_ninja.TableMmap.from_generator(tmp_path / f"t{k}", table_rows(4, 4 * k), keys=[f"r{i}" for i in
+                                                                                          range(4 * k, 4 * k + 4)],
+                                            classes={"label": [f"class {i}" for i in range(12)]})
+    m = ShardedMmap.from_maps(tmp_path / "m", [tmp_path / f"t{k}" for k in range(3)])
+    assert m.classes == {"label": [f"class {i}" for i in range(12)]}
+    assert_rows_equal(m[list(range(12))], list(range(12)))
+    table = m.compact(tmp_path / "one")
+    assert isinstance(table, mmap_ninja.TableMmap) and len(table) == 12
+    assert_rows_equal(table[list(range(12))], list(range(12)))
+    assert table.index_of("r9") == 9 and table.classes == m.classes
+    assert isinstance(mmap_ninja.open_existing(tmp_path / "m"), ShardedMmap)
+
+
+def test_verify_finds_a_table_part_out_of_step_with_the_manifest(tmp_path):
+    ShardedMmap.from_generator(tmp_path / "m", table_rows(9), part_size=3)
+    assert not mmap_ninja.verify(tmp_path / "m", deep=True)
+    part = tmp_path / "m" / "parts" / ShardedMmap(tmp_path / "m").part_names[1]
+    (part / "columns" / "caption" / "starts" / "shape.ninja").write_bytes(b"(1,)")
+    report = mmap_ninja.verify(tmp_path / "m")
+    assert report and any("caption" in line for line in report)
+    with pytest.raises(ValueError, match="caption"):
+        ShardedMmap(tmp_path / "m")[[4]]

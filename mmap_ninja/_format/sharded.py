@@ -1,4 +1,4 @@
-"""Sharded maps on disk: a folder of parts (plain maps of one kind under ``parts/``) and the
+"""Sharded maps on disk: a folder of parts (plain maps of one kind, or tables, under ``parts/``) and the
 manifest that lists the committed ones, in numbered versions. ``manifest.ninja`` (JSON) is the
 latest version (``format``, ``version``, ``kind``, ``dtype``, ``keys``, ``parts``: each a
 ``name`` and a ``length``); ``versions/<N>.ninja`` keeps every version until ``gc`` drops it;
@@ -19,6 +19,8 @@ import numpy as np
 
 from .. import _meta
 from .._storage import Commit, locking
+from ..base import map_type
+from . import table as table_format
 from .kinds import KINDS
 
 # What ``type.ninja`` holds for a sharded map.
@@ -38,6 +40,82 @@ VERSIONS = "versions"
 KEYSETS = "keysets"
 KEYS_HOME = re.compile(r"\.|keysets/v[0-9]{1,19}")
 locking.COMPONENTS[TYPE] = (PARTS, VERSIONS, KEYSETS)
+# What parts may be: a plain map of any kind of the registry, or a table (section 16).
+TABLE = table_format.TYPE
+PART_KINDS = (*KINDS, TABLE)
+
+
+def describe_part(folder: Path, kind: str) -> dict:
+    """What the part at ``folder`` holds, as the manifest and a part's record say it:
+    ``length``, ``kind``, ``dtype`` (the dtype name of the samples; ``None`` for strings,
+    tables and parts with no sample), ``shape`` (the row shape of a numpy part, else
+    ``None``) and ``columns`` (a table's, see ``table_columns``; ``None`` for other kinds).
+    ``ValueError`` when the folder holds another kind of map, or none."""
+    found = map_type(folder)
+    if found != kind:
+        raise ValueError(f"{folder}: holds {'no map' if found is None else f'a {found} map'}, not {kind} samples")
+    if kind == TABLE:
+        schema = table_format.read_schema(folder)
+        return {"length": schema.length, "kind": kind, "dtype": None, "shape": None,
+                "columns": table_columns(folder, schema) if schema.length else None}
+    registered = KINDS[kind]
+    opened = registered.open(folder, None, None)
+    dtype = getattr(opened, "dtype", None)
+    length = len(opened)
+    return {"length": length, "kind": kind, "dtype": None if dtype is None else _meta.dtype_name(dtype),
+            "shape": list(opened.shape[1:]) if registered.rows and length else None, "columns": None}
+
+
+def table_columns(folder: Path, schema: "table_format.Schema") -> List[dict]:
+    """The columns of the table at ``folder`` (which holds rows) as a manifest lists them:
+    ``{"name", "kind", "dtype", "shape"}`` each (``dtype`` ``None`` for strings, ``shape`` the
+    row shape of a numpy column, else ``None``), with ``"classes"`` where the schema has them."""
+    columns = []
+    names = schema.class_names
+    for name, kind in schema.columns:
+        registered = KINDS[kind]
+        opened = registered.open(table_format.column_dir(folder, name), None, None)
+        dtype = getattr(opened, "dtype", None)
+        entry = {"name": name, "kind": kind, "dtype": None if dtype is None else _meta.dtype_name(dtype),
+                 "shape": list(opened.shape[1:]) if registered.rows else None}
+        if name in names:
+            entry["classes"] = list(names[name])
+        columns.append(entry)
+    return columns
+
+
+def columns_text(columns: Optional[List[dict]]) -> str:
+    """``columns`` (as ``table_columns`` gives them) for messages."""
+    if not columns:
+        return "no columns"
+    return "{" + ", ".join(f"{c['name']}: {c['kind']}" + (f" {c['dtype']}" if c.get("dtype") else "")
+                           + (f" rows {tuple(c['shape'])}" if c.get("shape") is not None else "")
+                           + (" with classes" if "classes" in c else "") for c in columns) + "}"
+
+
+def _check_columns(columns: Any, path: Any) -> None:
+    """``ValueError`` naming ``path`` unless ``columns`` is ``None`` or a list of columns as
+    ``table_columns`` makes them, each name listed once."""
+    if columns is None:
+        return
+    if not isinstance(columns, list) or not columns:
+        raise ValueError(f"{path}: columns must be a non-empty list or null, found {str(columns)[:80]!r}")
+    seen = set()
+    for entry in columns:
+        if not isinstance(entry, dict) or entry.get("kind") not in KINDS or \
+                not isinstance(entry.get("dtype"), (str, type(None))) or \
+                not (entry.get("shape") is None or isinstance(entry["shape"], list) and all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in entry["shape"])) or \
+                not isinstance(entry.get("classes", []), list):
+            raise ValueError(f"{path}: each column must be {{'name', 'kind' (one of {sorted(KINDS)}), 'dtype', "
+                             f"'shape'}}, found {str(entry)[:120]!r}")
+        try:
+            name = table_format.check_column_name(entry.get("name"))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        if name.lower() in seen:
+            raise ValueError(f"{path}: the column {name!r} is listed twice")
+        seen.add(name.lower())
 
 
 def is_part_name(name: Any) -> bool:
@@ -80,7 +158,7 @@ def parse_manifest(path: Path) -> dict:
 def check_manifest(manifest: Any, path: Any) -> dict:
     """``manifest`` (JSON read from ``path``, a file or a URL) checked as ``read_manifest``
     describes; ``ValueError`` naming ``path``."""
-    if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS or \
+    if not isinstance(manifest, dict) or manifest.get("kind") not in PART_KINDS or \
             not isinstance(manifest.get("parts"), list) or not isinstance(manifest.get("dtype"), (str, type(None))):
         raise ValueError(f"{path}: expected {{'kind', 'dtype', 'parts'}}, found {str(manifest)[:80]!r}")
     names = set()
@@ -101,6 +179,8 @@ def check_manifest(manifest: Any, path: Any) -> dict:
     version = manifest.get("version", 0)
     if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**62:
         raise ValueError(f"{path}: the version must be an int of at least 0, found {version!r}")
+    if manifest["kind"] == TABLE:
+        _check_columns(manifest.get("columns"), path)
     if "keys" in manifest and manifest["keys"] is not None and \
             not (isinstance(manifest["keys"], str) and KEYS_HOME.fullmatch(manifest["keys"])):
         raise ValueError(f"{path}: keys must be '.', 'keysets/v<version>' or null, found {manifest['keys']!r}")

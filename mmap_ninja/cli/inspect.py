@@ -78,8 +78,11 @@ def describe(path: Path) -> List[tuple]:
         uncommitted = m.uncommitted_parts()
         lines += [("kind", f"sharded ({m.kind} parts)"), ("samples", f"{len(m):,}"),
                   ("parts", f"{len(m.part_names):,}" + (f", {len(uncommitted):,} never committed"
-                                                        if uncommitted else "")),
-                  ("dtype", "-" if m.dtype is None else m.dtype.name)]
+                                                        if uncommitted else ""))]
+        if m.kind == "table":
+            lines += [(f"column {name}", _sharded_column_summary(m, name)) for name in m.columns]
+        else:
+            lines.append(("dtype", "-" if m.dtype is None else m.dtype.name))
     samples = len(m) if not isinstance(m, np.ndarray) or m.ndim else 0
     del m
     lines.append(("keys", _keys_summary(path, samples)))
@@ -91,19 +94,35 @@ def describe(path: Path) -> List[tuple]:
     return lines
 
 
-def _column_summary(table: TableMmap, name: str) -> str:
-    """A table column's kind, dtype (and row shape) and bytes on disk."""
-    kind, column = KINDS[table.schema[name]], table[name]
+def _column_text(kind_name: str, dtype: Any, row_shape: Any, size: int, classes: Any) -> str:
+    """A column's kind, dtype (and row shape), bytes on disk and class names."""
+    kind = KINDS[kind_name]
     if kind.rows:
-        what = f"numpy, {column.dtype.name}" + (f" rows of shape {column.shape[1:]}" if column.ndim > 1 else "")
+        what = "numpy, " + ("unknown dtype" if dtype is None else np.dtype(dtype).name) + \
+            (f" rows of shape {tuple(row_shape)}" if row_shape else "")
     elif kind.arrays:
-        what = "ragged, " + ("unknown dtype" if column.dtype is None else column.dtype.name)
+        what = "ragged, " + ("unknown dtype" if dtype is None else np.dtype(dtype).name)
     else:
         what = "strings"
-    folder = table.out_dir / "columns" / name
-    classes = table.classes.get(name)
     named = "" if not classes else "; classes: " + ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
-    return f"{what}; {human_bytes(disk_usage(folder)) if folder.exists() else '0 B'}{named}"
+    return f"{what}; {human_bytes(size)}{named}"
+
+
+def _column_summary(table: TableMmap, name: str) -> str:
+    """A table column's kind, dtype (and row shape) and bytes on disk."""
+    column = table[name]
+    folder = table.out_dir / "columns" / name
+    return _column_text(table.schema[name], getattr(column, "dtype", None), getattr(column, "shape", (0,))[1:],
+                        disk_usage(folder) if folder.exists() else 0, table.classes.get(name))
+
+
+def _sharded_column_summary(m: ShardedMmap, name: str) -> str:
+    """A column of a sharded map of tables: as ``_column_summary``, its bytes summed over the parts."""
+    column = m[name]
+    row_shape = np.shape(column[0]) if column.kind == "numpy" and len(column) else ()
+    size = sum(disk_usage(folder) for folder in (m.out_dir / "parts" / part / "columns" / name
+                                                 for part in m.part_names) if folder.exists())
+    return _column_text(column.kind, column.dtype, row_shape, size, m.classes.get(name))
 
 
 def _compression(codec) -> str:

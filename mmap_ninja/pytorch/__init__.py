@@ -223,12 +223,12 @@ class RaggedBatches(torch_data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> Union[PaddedBatch, RaggedBatch]:
         if self.padded:
             alloc = _worker_memory(len(indices)) if _in_worker() else self._pool
-            padded, lengths = self.ragged.padded(indices, pad_value=self.pad_value, max_len=self.max_len,
-                                                 dtype=self.dtype, alloc=alloc)
+            padded, lengths, shapes = self.ragged.padded(indices, pad_value=self.pad_value, max_len=self.max_len,
+                                                         dtype=self.dtype, alloc=alloc, every_axis=True)
             if alloc is not self._pool and alloc.lengths is not None:
                 alloc.lengths[:] = lengths
                 lengths = alloc.lengths
-            return PaddedBatch(padded, lengths)
+            return PaddedBatch(padded, lengths, shapes if _uneven(padded, shapes) else None)
         alloc = _worker_memory() if _in_worker() else self._pool
         batch = self.ragged.take(indices, alloc=alloc)
         if self.dtype is None or batch.values.dtype == self.dtype:
@@ -420,26 +420,21 @@ def _pad(samples: List[Any], pad_value: Any = 0, max_len: Optional[int] = None, 
     if len(ranks) > 1:
         raise ValueError(f"samples of {sorted(ranks)} axes cannot be padded into one array: a batch needs samples "
                          f"of one number of axes")
-    lengths = np.array([len(arr) for arr in arrays], dtype=np.int64)
-    width = int(lengths.max()) if max_len is None else max_len
-    rest = tuple(int(axis) for axis in np.max([arr.shape[1:] for arr in arrays], axis=0)) if arrays[0].ndim > 1 else ()
-    uneven = any(arr.shape[1:] != rest for arr in arrays)
+    common = np.result_type(*arrays) if any(arr.size for arr in arrays) else np.dtype(dtype or np.int64)
     if dtype is None:
-        dtype = np.result_type(*arrays) if any(arr.size for arr in arrays) else np.int64
-    elif any(not np.can_cast(arr.dtype, dtype, "safe") for arr in arrays):
-        raise TypeError(f"a padded batch of {np.dtype(dtype)} cannot hold samples of "
-                        f"{np.result_type(*arrays)} exactly (only safe casts)")
-    padded = (_worker_memory() if _in_worker() else np.empty)((len(arrays), width, *rest), dtype)
-    padded[...] = pad_value
-    for k, arr in enumerate(arrays):
-        kept = min(len(arr), width)
-        padded[(k, slice(0, kept)) + tuple(slice(0, axis) for axis in arr.shape[1:])] = arr[:kept]
-    kept_lengths = np.minimum(lengths, width)
-    if not uneven:
-        return PaddedBatch(padded, kept_lengths)
-    shapes = np.array([arr.shape for arr in arrays], dtype=np.int64)
-    shapes[:, 0] = kept_lengths
-    return PaddedBatch(padded, kept_lengths, shapes)
+        dtype = common
+    elif not np.can_cast(common, dtype, "safe"):
+        raise TypeError(f"a padded batch of {np.dtype(dtype)} cannot hold samples of {common} exactly (only safe "
+                        f"casts)")
+    arrays = [np.ascontiguousarray(arr, dtype=common) for arr in arrays]  # copies only samples that need it
+    padded, lengths, shapes = _core.pad_arrays(arrays, pad_value, -1 if max_len is None else int(max_len), dtype,
+                                               _worker_memory() if _in_worker() else None)
+    return PaddedBatch(padded, lengths, shapes if _uneven(padded, shapes) else None)
+
+
+def _uneven(padded: np.ndarray, shapes: np.ndarray) -> bool:
+    """Whether samples padded into ``padded`` (their shapes ``shapes``) differ after the first axis."""
+    return bool(shapes.shape[1] > 1 and (shapes[:, 1:] != np.asarray(padded.shape[2:], np.int64)).any())
 
 
 class TokenizedCollate:

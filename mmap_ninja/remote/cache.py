@@ -416,6 +416,11 @@ class Mirror:
         if not (self.local / URL_FILE).exists():
             _replace(self.local / URL_FILE, self.url.encode())
 
+    def twin(self) -> "Mirror":
+        """Another ``Mirror`` of the same map and cache, with pins of its own (the columns of a
+        map of tables each pin the parts they read)."""
+        return Mirror(self.store, self.cache)
+
     def forked(self) -> bool:
         """Whether this object came into this process by a fork since its last use; its pins
         and download threads are then forgotten: the pins' locks belong to the parent (closing

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .. import _meta
-from .._format import kinds as _kinds
 from .._format import sharded as _sharded
 from .._format.verify import VERIFY_LIMIT, Report, check_limit
 from .cache import check_files, fetch_files, fetch_manifest, files_size, keys_pack, pack_of
@@ -53,24 +52,18 @@ def _upload(store: Store, folder: Path, files: List[Dict[str, Any]], pack: str) 
 
 
 def upload_part(store: Store, folder: Path, name: Optional[str] = None) -> Dict[str, Any]:
-    """Upload the plain map at ``folder`` as a part (``name``, else a new one) of the map at
-    ``store``'s URL, not yet committed (see ``commit``), and return its record: ``name``,
-    ``length``, ``kind``, ``dtype`` and ``files``."""
+    """Upload the plain map or table at ``folder`` as a part (``name``, else a new one) of the
+    map at ``store``'s URL, not yet committed (see ``commit``), and return its record: ``name``,
+    ``length``, ``kind``, ``dtype``, ``shape``, ``columns`` and ``files``."""
     folder = Path(folder)
     kind = _meta.read_type(folder)
-    if kind not in _kinds.KINDS:
+    if kind not in _sharded.PART_KINDS:
         raise ValueError(f"{folder}: holds {'no map' if kind is None else f'a {kind} map'}, not a part "
-                         f"({', '.join(_kinds.KINDS)})")
+                         f"({', '.join(_sharded.PART_KINDS)})")
     name = name or f"part-{uuid.uuid4().hex}"
     if not _sharded.is_part_name(name):
         raise ValueError(f"{name!r} is not the name of a part (one path component: 'part-...')")
-    opened = _kinds.KINDS[kind].open(folder, None, None)
-    dtype = getattr(opened, "dtype", None)
-    record = {"name": name, "length": len(opened), "kind": kind,
-              "dtype": None if dtype is None else _meta.dtype_name(dtype),
-              "shape": list(opened.shape[1:]) if _kinds.KINDS[kind].rows and len(opened) else None,
-              "files": folder_files(folder)}
-    del opened
+    record = {"name": name, **_sharded.describe_part(folder, kind), "files": folder_files(folder)}
     _upload(store, folder, record["files"], pack_of(name))
     return record
 
@@ -94,7 +87,7 @@ def commit(store: Store, records: Sequence[Dict[str, Any]], replace: bool = Fals
     records = list(records)
     for k, record in enumerate(records):
         if not isinstance(record, dict) or not _sharded.is_part_name(record.get("name")) or \
-                not _sharded.is_length(record.get("length")) or record.get("kind") not in _kinds.KINDS:
+                not _sharded.is_length(record.get("length")) or record.get("kind") not in _sharded.PART_KINDS:
             raise ValueError(f"record {k} must be a dict from upload_part ('name', 'length', 'kind', 'files'), "
                              f"found {str(record)[:120]}")
         check_files(record.get("files"), f"record {k} ({record['name']})")
@@ -106,6 +99,7 @@ def commit(store: Store, records: Sequence[Dict[str, Any]], replace: bool = Fals
         kind = base["kind"] if base is not None else records[0]["kind"]
         dtype = base.get("dtype") if base is not None else None
         shape = base.get("shape") if base is not None else None
+        columns = base.get("columns") if base is not None else None
         names = {part["name"] for part in base["parts"]} if base is not None else set()
         for record in records:
             if record["kind"] != kind:
@@ -121,8 +115,13 @@ def commit(store: Store, records: Sequence[Dict[str, Any]], replace: bool = Fals
                 if shape is not None and record.get("shape") is not None and record["shape"] != shape:
                     raise ValueError(f"{record['name']} holds rows of shape {tuple(record['shape'])}, but {store.url} "
                                      f"holds rows of shape {tuple(shape)}")
+                if columns is not None and record.get("columns") != columns:
+                    raise ValueError(f"{record['name']} holds the columns "
+                                     f"{_sharded.columns_text(record.get('columns'))}, but {store.url} holds "
+                                     f"{_sharded.columns_text(columns)}")
                 dtype = record.get("dtype") if dtype is None else dtype
                 shape = record.get("shape") if shape is None else shape
+                columns = record.get("columns") if columns is None else columns
         if base is not None and base.get("keys") is not None and base.get("key_files"):
             raise ValueError(f"{store.url} has keys: appending parts to it is not supported; push the whole map")
         version = 0 if latest is None else latest.get("version", 0) + 1
@@ -130,6 +129,8 @@ def commit(store: Store, records: Sequence[Dict[str, Any]], replace: bool = Fals
             [{"name": r["name"], "length": r["length"], "files": r["files"]} for r in records]
         manifest = {"format": _sharded.FORMAT, "version": version, "kind": kind, "dtype": dtype, "shape": shape,
                     "keys": "." if key_files else None, "parts": parts}
+        if kind == _sharded.TABLE:
+            manifest["columns"] = columns
         if key_files:
             manifest["key_files"] = key_files
         if plain:
@@ -170,7 +171,7 @@ def push(local_map: Any, url: str, storage_options: Optional[Dict[str, Any]] = N
             key_files = folder_files(home / _meta.KEYS)
             _upload(store, home / _meta.KEYS, key_files, keys_pack(key_files))
         return commit(store, records, replace=True, key_files=key_files)
-    if kind not in _kinds.KINDS:
+    if kind not in _sharded.PART_KINDS:
         raise ValueError(f"{folder}: holds a map of unknown kind {kind!r}")
     record = upload_part(store, folder)
     if (folder / _meta.KEYS / _meta.TYPE).exists():
